@@ -1,0 +1,55 @@
+//! Traits, types, errors and the key grammar shared by every kvstore backend.
+//!
+//! This crate has no I/O and no backend dependency. Applications use it through the `kvstore`
+//! umbrella crate, which re-exports everything here; backend authors depend on it directly and
+//! run the conformance suite in `kvstore-testutils` against their [`Store`].
+//!
+//! # Examples
+//!
+//! ```
+//! use kvstore_core::{normalize_key, KvPair, WriteOptions};
+//! use std::time::Duration;
+//!
+//! let key = normalize_key("/services/web/")?;
+//! let opts = WriteOptions::default().with_ttl(Duration::from_secs(30));
+//! assert_eq!(key, "services/web");
+//! # let _ = (opts, KvPair::new(key, "x", 1));
+//! # Ok::<(), kvstore_core::Error>(())
+//! ```
+
+mod error;
+mod key;
+mod lock;
+mod store;
+mod types;
+
+pub use error::{BoxError, Error, Result};
+pub use key::{MAX_KEY_LEN, is_descendant, normalize_dir, normalize_key};
+pub use lock::{LockLost, LockLostSignal, Locker};
+pub use store::{Store, WatchStream, WatchTreeStream};
+pub use types::{Capabilities, DEFAULT_LOCK_TTL, KvPair, LockOptions, ReadOptions, WriteOptions};
+
+/// Checks a value against a backend's limit.
+///
+/// # Errors
+///
+/// [`Error::ValueTooLarge`] when `value` is longer than `limit` bytes.
+///
+/// # Examples
+///
+/// ```
+/// use kvstore_core::{check_value_size, Error};
+///
+/// assert!(check_value_size("k", b"abc", 3).is_ok());
+/// assert!(matches!(check_value_size("k", b"abcd", 3), Err(Error::ValueTooLarge { size: 4, limit: 3, .. })));
+/// ```
+pub fn check_value_size(key: &str, value: &[u8], limit: usize) -> Result<()> {
+    if value.len() > limit {
+        return Err(Error::ValueTooLarge {
+            key: key.to_owned(),
+            size: value.len(),
+            limit,
+        });
+    }
+    Ok(())
+}

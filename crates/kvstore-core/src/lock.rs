@@ -1,0 +1,175 @@
+//! Distributed locks: the [`Locker`] trait and the [`LockLost`] signal.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use async_trait::async_trait;
+use futures::FutureExt;
+use futures::channel::oneshot;
+use futures::future::Shared;
+
+use crate::Result;
+
+/// A lock on one key, prepared by `Store::new_lock`.
+///
+/// The lock is not taken until [`lock`](Locker::lock) returns. While held, the holder renews it
+/// in the background; it is released by [`unlock`](Locker::unlock), by closing the store, or by
+/// dropping the `Locker` (a drop stops renewal and releases as soon as the backend allows: at
+/// once where release needs no I/O, otherwise when the TTL runs out).
+#[async_trait]
+pub trait Locker: fmt::Debug + Send + Sync {
+    /// Waits until the lock is held and returns a [`LockLost`] that resolves when it is lost.
+    ///
+    /// Calling `lock` on a `Locker` that already holds the lock returns a new `LockLost` for the
+    /// current hold without waiting.
+    ///
+    /// # Errors
+    ///
+    /// `CannotLock` when the backend refuses the lock (for example the session cannot be
+    /// created); `Closed` after the store was closed; `NotReachable`/`Timeout` on connection
+    /// failures.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: dropping the returned future (for example under `tokio::time::timeout`)
+    /// leaves no waiter behind and does not take the lock later.
+    async fn lock(&mut self) -> Result<LockLost>;
+
+    /// Releases the lock at once; with `delete_on_unlock` also deletes the key.
+    ///
+    /// Unlocking a lock that is not held is a no-op that returns `Ok(())`.
+    ///
+    /// # Errors
+    ///
+    /// `NotReachable`/`Timeout` when the release could not reach the server (the lock is
+    /// then released when its TTL runs out).
+    async fn unlock(&mut self) -> Result<()>;
+
+    /// The fencing token of the current hold: `Some` while held, strictly greater for each
+    /// later holder of the same key. Pass it to the resource the lock protects so it can
+    /// refuse writes from a holder that has lost the lock.
+    fn fencing_token(&self) -> Option<u64>;
+}
+
+/// A future that resolves when a held lock stops being held: lost (session or lease expired,
+/// connection lost beyond the TTL, key deleted by someone else) or released (`unlock`, store
+/// closed, `Locker` dropped).
+///
+/// Cheap to clone; every clone resolves at the same time. Resolving is final.
+///
+/// # Examples
+///
+/// ```
+/// use kvstore_core::LockLost;
+///
+/// # futures::executor::block_on(async {
+/// let (signal, lost) = LockLost::new();
+/// assert!(!lost.is_lost());
+/// signal.fire();
+/// lost.clone().await;
+/// assert!(lost.is_lost());
+/// # });
+/// ```
+#[derive(Clone)]
+pub struct LockLost {
+    lost: Arc<AtomicBool>,
+    done: Shared<oneshot::Receiver<()>>,
+}
+
+impl LockLost {
+    /// Creates a `LockLost` and the [`LockLostSignal`] that fires it (for backend authors).
+    pub fn new() -> (LockLostSignal, LockLost) {
+        let (tx, rx) = oneshot::channel();
+        let lost = Arc::new(AtomicBool::new(false));
+        let signal = LockLostSignal(Arc::new(SignalInner {
+            lost: lost.clone(),
+            tx: Mutex::new(Some(tx)),
+        }));
+        (
+            signal,
+            LockLost {
+                lost,
+                done: rx.shared(),
+            },
+        )
+    }
+
+    /// Whether the lock has been lost or released. Never goes back to `false`.
+    pub fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::Acquire)
+    }
+}
+
+impl fmt::Debug for LockLost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockLost")
+            .field("lost", &self.is_lost())
+            .finish()
+    }
+}
+
+impl Future for LockLost {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        // The sender fires by sending or by being dropped; both mean "lost".
+        self.done.poll_unpin(cx).map(|_| ())
+    }
+}
+
+/// The sending side of a [`LockLost`], for backend authors. Clones share one signal: firing
+/// any clone, or dropping the last one, resolves every clone of the `LockLost`.
+#[derive(Debug, Clone)]
+pub struct LockLostSignal(Arc<SignalInner>);
+
+#[derive(Debug)]
+struct SignalInner {
+    lost: Arc<AtomicBool>,
+    tx: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+impl LockLostSignal {
+    /// Resolves the `LockLost` now. Idempotent.
+    pub fn fire(&self) {
+        self.0.fire();
+    }
+}
+
+impl SignalInner {
+    fn fire(&self) {
+        self.lost.store(true, Ordering::Release);
+        if let Some(tx) = self.tx.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Drop for SignalInner {
+    fn drop(&mut self) {
+        self.fire();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn dropping_the_signal_resolves_every_clone() {
+        let (signal, lost) = LockLost::new();
+        let other = lost.clone();
+        let waiter = tokio::spawn(other);
+        assert!(!lost.is_lost());
+        drop(signal);
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("clone resolves")
+            .expect("task ok");
+        assert!(lost.is_lost());
+        lost.await;
+    }
+}

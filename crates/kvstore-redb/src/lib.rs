@@ -1,0 +1,52 @@
+//! kvstore backend on an embedded [redb](https://docs.rs/redb) file, and the in-memory store.
+//!
+//! [`RedbStore`] implements every call of [`kvstore_core::Store`] with the semantics every
+//! kvstore backend shares. It needs no server: the file is owned by one process, and watches
+//! and locks are coordinated inside it. redb is synchronous, so every transaction runs on
+//! tokio's blocking pool, never on an async worker thread.
+//!
+//! # Layout in the file
+//!
+//! | table | key | value |
+//! | --- | --- | --- |
+//! | `kvstore_kv` | normalized key | (last_index, TTL deadline in Unix ms or 0, value bytes) |
+//! | `kvstore_expiry` | (TTL deadline, key) | () |
+//! | `kvstore_locks` | normalized key | (fencing token, deadline in Unix ms, owner id) |
+//! | `kvstore_meta` | `"revision"` | last revision handed out |
+//!
+//! # Examples
+//!
+//! ```
+//! use kvstore_core::Store;
+//! use kvstore_redb::{RedbConfig, RedbStore};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> kvstore_core::Result<()> {
+//! let dir = tempfile::tempdir().unwrap();
+//! let store = RedbStore::open(RedbConfig::file(dir.path().join("app.redb"))).await?;
+//! let first = store.put("services/web", b"10.0.0.1:80", None).await?;
+//! store.atomic_put("services/web", b"10.0.0.2:80", Some(&first), None).await?;
+//! assert_eq!(store.list("services", None).await?.len(), 1);
+//! store.close().await?;
+//! # Ok(())
+//! # }
+//! ```
+
+mod config;
+mod error;
+mod lock;
+mod store;
+mod watch;
+
+pub use config::{DEFAULT_MAX_VALUE_SIZE, DEFAULT_OPEN_TIMEOUT, Location, RedbConfig};
+pub use lock::RedbLocker;
+pub use store::RedbStore;
+
+/// URL scheme of the file store: `redb:///abs/path.redb` or `redb:rel/path.redb`.
+pub const SCHEME: &str = "redb";
+/// URL scheme of the in-memory store: `memory://`.
+pub const MEMORY_SCHEME: &str = "memory";
+/// `Store::backend()` of a file store.
+pub const BACKEND: &str = "redb";
+/// `Store::backend()` of an in-memory store.
+pub const MEMORY_BACKEND: &str = "memory";

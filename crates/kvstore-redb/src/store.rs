@@ -1,0 +1,984 @@
+//! The [`Store`] implementation: redb transactions on the blocking pool, in-process watches,
+//! TTL expiry and keep-alive.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use backon::{ExponentialBuilder, Retryable};
+use kvstore_core::{
+    Capabilities, Error, KvPair, LockOptions, Locker, ReadOptions, Result, Store, WatchStream,
+    WatchTreeStream, WriteOptions, check_value_size, is_descendant, normalize_dir, normalize_key,
+};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::{Notify, broadcast};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
+
+use crate::config::{Location, RedbConfig};
+use crate::error::{from_join, from_redb};
+use crate::lock::RedbLocker;
+use crate::watch::watch_stream;
+
+/// key → (last_index, expires_at in Unix milliseconds or 0 for never, value).
+const KV: TableDefinition<'_, &str, (u64, u64, &[u8])> = TableDefinition::new("kvstore_kv");
+/// (expires_at in Unix milliseconds, key) → (): the keys with a TTL, soonest first.
+const EXPIRY: TableDefinition<'_, (u64, &str), ()> = TableDefinition::new("kvstore_expiry");
+/// key → (fencing token, expires_at in Unix milliseconds, owner id): held locks. Kept apart from
+/// `KV` so lock bookkeeping never shows in `list` or `watch_tree`.
+pub(crate) const LOCKS: TableDefinition<'_, &str, (u64, u64, u64)> =
+    TableDefinition::new("kvstore_locks");
+/// Store-wide counters.
+const META: TableDefinition<'_, &str, u64> = TableDefinition::new("kvstore_meta");
+/// The last revision handed out; every write takes the next one, so `last_index` and fencing
+/// tokens are persisted, store-wide monotonic, and survive a reopen.
+const REVISION: &str = "revision";
+
+/// Capacity of the in-process change feed. A watcher that falls further behind re-reads its
+/// state, so a small buffer costs nothing but a re-read.
+const CHANGE_FEED_CAPACITY: usize = 1024;
+
+/// What changed, published after each commit to wake watchers and lock waiters.
+#[derive(Debug, Clone)]
+pub(crate) enum Change {
+    /// One key was written, deleted or expired.
+    Key(Arc<str>),
+    /// A directory and everything below it was deleted.
+    Tree(Arc<str>),
+    /// A lock was released.
+    Lock(Arc<str>),
+}
+
+impl Change {
+    /// Whether this change can alter `watch(key)`'s result.
+    pub(crate) fn touches_key(&self, key: &str) -> bool {
+        match self {
+            Change::Key(k) => &**k == key,
+            Change::Tree(d) => &**d == key || is_descendant(key, d),
+            Change::Lock(_) => false,
+        }
+    }
+
+    /// Whether this change can alter `watch_tree(dir)`'s result.
+    pub(crate) fn touches_tree(&self, dir: &str) -> bool {
+        match self {
+            Change::Key(k) => is_descendant(k, dir),
+            Change::Tree(d) => {
+                dir.is_empty() || &**d == dir || is_descendant(d, dir) || is_descendant(dir, d)
+            }
+            Change::Lock(_) => false,
+        }
+    }
+}
+
+/// Expected state of a key for a conditional write.
+#[derive(Debug, Clone, Copy)]
+enum Expect {
+    /// Unconditional.
+    Any,
+    /// The key must be absent (create-only).
+    Absent,
+    /// The key must exist with this `last_index`.
+    Index(u64),
+}
+
+/// Outcome of one attempt to take a lock.
+#[derive(Debug)]
+pub(crate) enum Acquire {
+    /// Taken, with this fencing token.
+    Acquired(u64),
+    /// Held by someone else until this time (Unix milliseconds) unless renewed.
+    Held(u64),
+}
+
+/// The database and everything shared by all handles on it.
+pub(crate) struct Shared {
+    db: Database,
+    pub(crate) backend: &'static str,
+    max_value_size: usize,
+    changes: broadcast::Sender<Change>,
+    expiry_wakeup: Arc<Notify>,
+    reaper: Mutex<Option<AbortOnDropHandle<()>>>,
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn deadline_ms(ttl: Duration) -> u64 {
+    now_ms().saturating_add(ttl.as_millis().max(1) as u64)
+}
+
+fn is_live(expires_at: u64, now: u64) -> bool {
+    expires_at == 0 || expires_at > now
+}
+
+fn next_revision(txn: &redb::WriteTransaction) -> Result<u64> {
+    let mut meta = txn.open_table(META).map_err(from_redb)?;
+    let rev = meta
+        .get(REVISION)
+        .map_err(from_redb)?
+        .map_or(0, |v| v.value())
+        + 1;
+    meta.insert(REVISION, rev).map_err(from_redb)?;
+    Ok(rev)
+}
+
+/// The half-open key range holding every descendant of a non-empty `dir`: `dir/` up to `dir0`
+/// (`'0'` is the byte after `'/'`), so `ab/x` is never inside `a`'s range.
+fn descendant_range(dir: &str) -> (String, String) {
+    (format!("{dir}/"), format!("{dir}0"))
+}
+
+impl Shared {
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
+
+    pub(crate) fn publish(&self, change: Change) {
+        // No receiver is not an error: nobody is watching.
+        let _ = self.changes.send(change);
+    }
+
+    /// Runs `f` on the blocking pool: redb is synchronous and may fsync.
+    pub(crate) async fn blocking<T, F>(self: &Arc<Self>, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Shared) -> Result<T> + Send + 'static,
+    {
+        let shared = self.clone();
+        tokio::task::spawn_blocking(move || f(&shared))
+            .await
+            .map_err(from_join)?
+    }
+
+    fn create_tables(&self) -> Result<()> {
+        let txn = self.db.begin_write().map_err(from_redb)?;
+        txn.open_table(KV).map_err(from_redb)?;
+        txn.open_table(EXPIRY).map_err(from_redb)?;
+        txn.open_table(LOCKS).map_err(from_redb)?;
+        txn.open_table(META).map_err(from_redb)?;
+        txn.commit().map_err(from_redb)
+    }
+
+    pub(crate) fn read_key(&self, key: &str) -> Result<Option<KvPair>> {
+        let txn = self.db.begin_read().map_err(from_redb)?;
+        let kv = txn.open_table(KV).map_err(from_redb)?;
+        let now = now_ms();
+        Ok(kv.get(key).map_err(from_redb)?.and_then(|entry| {
+            let (index, expires_at, value) = entry.value();
+            is_live(expires_at, now).then(|| KvPair::new(key, value.to_vec(), index))
+        }))
+    }
+
+    /// `None` when neither `dir` nor any descendant exists.
+    pub(crate) fn read_tree(&self, dir: &str) -> Result<Option<Vec<KvPair>>> {
+        let txn = self.db.begin_read().map_err(from_redb)?;
+        let kv = txn.open_table(KV).map_err(from_redb)?;
+        let now = now_ms();
+        let range = if dir.is_empty() {
+            kv.iter().map_err(from_redb)?
+        } else {
+            let (start, end) = descendant_range(dir);
+            kv.range(start.as_str()..end.as_str()).map_err(from_redb)?
+        };
+        let mut pairs = Vec::new();
+        for entry in range {
+            let (key, value) = entry.map_err(from_redb)?;
+            let (index, expires_at, value) = value.value();
+            if is_live(expires_at, now) {
+                pairs.push(KvPair::new(key.value(), value.to_vec(), index));
+            }
+        }
+        let dir_exists = !dir.is_empty()
+            && kv
+                .get(dir)
+                .map_err(from_redb)?
+                .is_some_and(|entry| is_live(entry.value().1, now));
+        Ok((dir.is_empty() || dir_exists || !pairs.is_empty()).then_some(pairs))
+    }
+
+    fn write(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+        expect: Expect,
+    ) -> Result<KvPair> {
+        let txn = self.db.begin_write().map_err(from_redb)?;
+        let pair = {
+            let mut kv = txn.open_table(KV).map_err(from_redb)?;
+            let mut expiry = txn.open_table(EXPIRY).map_err(from_redb)?;
+            let current = kv.get(key).map_err(from_redb)?.map(|e| {
+                let (index, expires_at, _) = e.value();
+                (index, expires_at)
+            });
+            let live_index = current
+                .filter(|&(_, exp)| is_live(exp, now_ms()))
+                .map(|(i, _)| i);
+            match (expect, live_index) {
+                (Expect::Absent, Some(_)) => return Err(Error::KeyExists { key: key.into() }),
+                (Expect::Index(_), None) => return Err(Error::not_found(key)),
+                (Expect::Index(want), Some(have)) if want != have => {
+                    return Err(Error::KeyModified { key: key.into() });
+                }
+                _ => {}
+            }
+            if let Some((_, old_exp)) = current.filter(|&(_, exp)| exp != 0) {
+                expiry.remove((old_exp, key)).map_err(from_redb)?;
+            }
+            let index = next_revision(&txn)?;
+            let expires_at = ttl.map_or(0, deadline_ms);
+            kv.insert(key, (index, expires_at, value))
+                .map_err(from_redb)?;
+            if expires_at != 0 {
+                expiry.insert((expires_at, key), ()).map_err(from_redb)?;
+            }
+            KvPair::new(key, value.to_vec(), index)
+        };
+        txn.commit().map_err(from_redb)?;
+        self.publish(Change::Key(key.into()));
+        if ttl.is_some() {
+            self.expiry_wakeup.notify_one();
+        }
+        Ok(pair)
+    }
+
+    fn remove(&self, key: &str, expect: Expect) -> Result<()> {
+        let txn = self.db.begin_write().map_err(from_redb)?;
+        {
+            let mut kv = txn.open_table(KV).map_err(from_redb)?;
+            let mut expiry = txn.open_table(EXPIRY).map_err(from_redb)?;
+            let current = kv.get(key).map_err(from_redb)?.map(|e| {
+                let (index, expires_at, _) = e.value();
+                (index, expires_at)
+            });
+            let Some((index, expires_at)) = current.filter(|&(_, exp)| is_live(exp, now_ms()))
+            else {
+                return Err(Error::not_found(key));
+            };
+            if let Expect::Index(want) = expect
+                && want != index
+            {
+                return Err(Error::KeyModified { key: key.into() });
+            }
+            kv.remove(key).map_err(from_redb)?;
+            if expires_at != 0 {
+                expiry.remove((expires_at, key)).map_err(from_redb)?;
+            }
+        }
+        txn.commit().map_err(from_redb)?;
+        self.publish(Change::Key(key.into()));
+        Ok(())
+    }
+
+    fn remove_tree(&self, dir: &str) -> Result<()> {
+        let txn = self.db.begin_write().map_err(from_redb)?;
+        {
+            let mut kv = txn.open_table(KV).map_err(from_redb)?;
+            let mut expiry = txn.open_table(EXPIRY).map_err(from_redb)?;
+            let now = now_ms();
+            let mut doomed: Vec<(String, u64)> = Vec::new();
+            let mut any_live = false;
+            let mut collect = |key: &str, expires_at: u64| {
+                any_live |= is_live(expires_at, now);
+                doomed.push((key.to_owned(), expires_at));
+            };
+            if dir.is_empty() {
+                for entry in kv.iter().map_err(from_redb)? {
+                    let (k, v) = entry.map_err(from_redb)?;
+                    collect(k.value(), v.value().1);
+                }
+            } else {
+                if let Some(entry) = kv.get(dir).map_err(from_redb)? {
+                    collect(dir, entry.value().1);
+                }
+                let (start, end) = descendant_range(dir);
+                for entry in kv.range(start.as_str()..end.as_str()).map_err(from_redb)? {
+                    let (k, v) = entry.map_err(from_redb)?;
+                    collect(k.value(), v.value().1);
+                }
+            }
+            if !any_live {
+                return Err(Error::not_found(dir));
+            }
+            for (key, expires_at) in &doomed {
+                kv.remove(key.as_str()).map_err(from_redb)?;
+                if *expires_at != 0 {
+                    expiry
+                        .remove((*expires_at, key.as_str()))
+                        .map_err(from_redb)?;
+                }
+            }
+        }
+        txn.commit().map_err(from_redb)?;
+        self.publish(Change::Tree(dir.into()));
+        Ok(())
+    }
+
+    /// Deletes every key whose TTL has run out; returns the next expiry time, if any.
+    fn reap(&self) -> Result<Option<u64>> {
+        let now = now_ms();
+        let txn = self.db.begin_write().map_err(from_redb)?;
+        let (expired, next) = {
+            let mut kv = txn.open_table(KV).map_err(from_redb)?;
+            let mut expiry = txn.open_table(EXPIRY).map_err(from_redb)?;
+            let mut expired = Vec::new();
+            let mut next = None;
+            for entry in expiry.iter().map_err(from_redb)? {
+                let (k, _) = entry.map_err(from_redb)?;
+                let (expires_at, key) = k.value();
+                if expires_at > now {
+                    next = Some(expires_at);
+                    break;
+                }
+                expired.push((expires_at, key.to_owned()));
+            }
+            for (expires_at, key) in &expired {
+                expiry
+                    .remove((*expires_at, key.as_str()))
+                    .map_err(from_redb)?;
+                // The index entry and the pair are written together, so the pair's own expiry
+                // always matches; checking keeps a stale index entry from deleting a newer pair.
+                let matches = kv
+                    .get(key.as_str())
+                    .map_err(from_redb)?
+                    .is_some_and(|e| e.value().1 == *expires_at);
+                if matches {
+                    kv.remove(key.as_str()).map_err(from_redb)?;
+                }
+            }
+            (expired, next)
+        };
+        if expired.is_empty() {
+            txn.abort().map_err(from_redb)?;
+        } else {
+            txn.commit().map_err(from_redb)?;
+            tracing::debug!(
+                backend = self.backend,
+                count = expired.len(),
+                "expired keys"
+            );
+            for (_, key) in expired {
+                self.publish(Change::Key(key.into()));
+            }
+        }
+        Ok(next)
+    }
+
+    /// Pushes the expiry of each kept-alive key to now + its TTL. Returns the keys that are no
+    /// longer ours to renew (rewritten, deleted or already expired).
+    fn renew_keys(&self, keys: &[(String, KeepAlive)]) -> Result<Vec<String>> {
+        let txn = self.db.begin_write().map_err(from_redb)?;
+        let mut dropped = Vec::new();
+        {
+            let mut kv = txn.open_table(KV).map_err(from_redb)?;
+            let mut expiry = txn.open_table(EXPIRY).map_err(from_redb)?;
+            let now = now_ms();
+            for (key, keep) in keys {
+                let current = kv.get(key.as_str()).map_err(from_redb)?.map(|e| {
+                    let (index, expires_at, value) = e.value();
+                    (index, expires_at, value.to_vec())
+                });
+                match current {
+                    Some((index, expires_at, value))
+                        if index == keep.index && is_live(expires_at, now) =>
+                    {
+                        let renewed = deadline_ms(keep.ttl);
+                        expiry
+                            .remove((expires_at, key.as_str()))
+                            .map_err(from_redb)?;
+                        expiry
+                            .insert((renewed, key.as_str()), ())
+                            .map_err(from_redb)?;
+                        kv.insert(key.as_str(), (index, renewed, value.as_slice()))
+                            .map_err(from_redb)?;
+                    }
+                    _ => dropped.push(key.clone()),
+                }
+            }
+        }
+        txn.commit().map_err(from_redb)?;
+        Ok(dropped)
+    }
+
+    /// Takes the lock on `key` for `owner` if it is free or its holder's TTL ran out; writes the
+    /// lock's value in the same transaction.
+    pub(crate) fn try_acquire(
+        &self,
+        key: &str,
+        owner: u64,
+        ttl: Duration,
+        value: Option<&[u8]>,
+    ) -> Result<Acquire> {
+        let txn = self.db.begin_write().map_err(from_redb)?;
+        let token = {
+            let mut locks = txn.open_table(LOCKS).map_err(from_redb)?;
+            if let Some(entry) = locks.get(key).map_err(from_redb)? {
+                let (_, expires_at, _) = entry.value();
+                if expires_at > now_ms() {
+                    return Ok(Acquire::Held(expires_at));
+                }
+            }
+            let token = next_revision(&txn)?;
+            locks
+                .insert(key, (token, deadline_ms(ttl), owner))
+                .map_err(from_redb)?;
+            if let Some(value) = value {
+                let mut kv = txn.open_table(KV).map_err(from_redb)?;
+                let mut expiry = txn.open_table(EXPIRY).map_err(from_redb)?;
+                let old_exp = kv.get(key).map_err(from_redb)?.map(|e| e.value().1);
+                if let Some(old_exp) = old_exp.filter(|&e| e != 0) {
+                    expiry.remove((old_exp, key)).map_err(from_redb)?;
+                }
+                kv.insert(key, (token, 0, value)).map_err(from_redb)?;
+            }
+            token
+        };
+        txn.commit().map_err(from_redb)?;
+        if value.is_some() {
+            self.publish(Change::Key(key.into()));
+        }
+        Ok(Acquire::Acquired(token))
+    }
+
+    /// Extends a held lock; `false` when it is no longer held by `owner` with `token`.
+    pub(crate) fn renew_lock(
+        &self,
+        key: &str,
+        owner: u64,
+        token: u64,
+        ttl: Duration,
+    ) -> Result<bool> {
+        let txn = self.db.begin_write().map_err(from_redb)?;
+        {
+            let mut locks = txn.open_table(LOCKS).map_err(from_redb)?;
+            let held = locks.get(key).map_err(from_redb)?.is_some_and(|e| {
+                e.value().0 == token && e.value().2 == owner && e.value().1 > now_ms()
+            });
+            if !held {
+                return Ok(false);
+            }
+            locks
+                .insert(key, (token, deadline_ms(ttl), owner))
+                .map_err(from_redb)?;
+        }
+        txn.commit().map_err(from_redb)?;
+        Ok(true)
+    }
+
+    /// Releases a lock held by `owner` with `token`, deleting the key too when asked.
+    pub(crate) fn release_lock(
+        &self,
+        key: &str,
+        owner: u64,
+        token: u64,
+        delete_value: bool,
+    ) -> Result<()> {
+        let txn = self.db.begin_write().map_err(from_redb)?;
+        let deleted_value = {
+            let mut locks = txn.open_table(LOCKS).map_err(from_redb)?;
+            let ours = locks
+                .get(key)
+                .map_err(from_redb)?
+                .is_some_and(|e| e.value().0 == token && e.value().2 == owner);
+            if !ours {
+                return Ok(());
+            }
+            locks.remove(key).map_err(from_redb)?;
+            let mut deleted = false;
+            if delete_value {
+                let mut kv = txn.open_table(KV).map_err(from_redb)?;
+                let mut expiry = txn.open_table(EXPIRY).map_err(from_redb)?;
+                if let Some(old_exp) = kv.remove(key).map_err(from_redb)?.map(|e| e.value().1) {
+                    deleted = true;
+                    if old_exp != 0 {
+                        expiry.remove((old_exp, key)).map_err(from_redb)?;
+                    }
+                }
+            }
+            deleted
+        };
+        txn.commit().map_err(from_redb)?;
+        if deleted_value {
+            self.publish(Change::Key(key.into()));
+        }
+        self.publish(Change::Lock(key.into()));
+        Ok(())
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if let Ok(mut reaper) = self.reaper.lock() {
+            reaper.take();
+        }
+    }
+}
+
+/// Deletes expired keys as their TTL runs out, for as long as any handle on the database lives.
+async fn reaper(shared: Weak<Shared>, wakeup: Arc<Notify>) {
+    loop {
+        let Some(strong) = shared.upgrade() else {
+            return;
+        };
+        let next = match strong.blocking(Shared::reap).await {
+            Ok(next) => next,
+            Err(err) => {
+                tracing::warn!(backend = strong.backend, error = %err, "expiring keys failed; retrying");
+                Some(now_ms() + 1000)
+            }
+        };
+        drop(strong);
+        let sleep = next.map(|at| Duration::from_millis(at.saturating_sub(now_ms())));
+        match sleep {
+            Some(d) => {
+                tokio::select! {
+                    () = tokio::time::sleep(d) => {}
+                    () = wakeup.notified() => {}
+                }
+            }
+            None => wakeup.notified().await,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct KeepAlive {
+    index: u64,
+    ttl: Duration,
+}
+
+type KeepAliveSet = Arc<Mutex<HashMap<String, KeepAlive>>>;
+
+/// Renews this handle's kept-alive keys at a third of their shortest TTL until cancelled.
+async fn keep_alive_loop(shared: Arc<Shared>, keys: KeepAliveSet, cancel: CancellationToken) {
+    loop {
+        let (snapshot, period) = {
+            let keys = keys.lock().unwrap_or_else(|e| e.into_inner());
+            let period = keys
+                .values()
+                .map(|k| k.ttl / 3)
+                .min()
+                .unwrap_or(Duration::from_secs(1));
+            (
+                keys.iter()
+                    .map(|(k, v)| (k.clone(), *v))
+                    .collect::<Vec<_>>(),
+                period,
+            )
+        };
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(period.max(Duration::from_millis(10))) => {}
+        }
+        if snapshot.is_empty() {
+            continue;
+        }
+        match shared.blocking(move |s| s.renew_keys(&snapshot)).await {
+            Ok(dropped) => {
+                let mut keys = keys.lock().unwrap_or_else(|e| e.into_inner());
+                for key in dropped {
+                    keys.remove(&key);
+                }
+            }
+            Err(err) => {
+                tracing::warn!(backend = shared.backend, error = %err, "keep-alive renewal failed")
+            }
+        }
+    }
+}
+
+/// Per-handle state: its lifetime, keep-alives and the token that ends its watches and locks.
+struct Session {
+    cancel: CancellationToken,
+    keep_alive: KeepAliveSet,
+    keep_alive_task: Mutex<Option<AbortOnDropHandle<()>>>,
+}
+
+impl Session {
+    fn new() -> Self {
+        Session {
+            cancel: CancellationToken::new(),
+            keep_alive: Arc::default(),
+            keep_alive_task: Mutex::new(None),
+        }
+    }
+
+    fn stop(&self) {
+        self.cancel.cancel();
+        self.keep_alive_task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A kvstore [`Store`] on a redb file or in memory.
+///
+/// One process owns the file: watches and locks are coordinated in-process, and every handle
+/// made with [`new_handle`](RedbStore::new_handle) shares them. All data — values, `last_index`,
+/// TTL deadlines, held locks and the revision counter — lives in the file, so it survives a
+/// reopen: a compare-and-swap with a pair read before a restart behaves the same after it, and
+/// a key or lock whose TTL ran out while the process was down is gone when it comes back.
+///
+/// # Backend notes
+///
+/// - `last_index` is a store-wide revision (like etcd's), so it also orders writes of
+///   different keys; fencing tokens come from the same counter.
+/// - TTL slack: a key is deleted, and watchers told, within a few milliseconds of its deadline
+///   (a background task sleeps until the next one). Reads never return an expired key.
+/// - `keep_alive` renews at a third of the TTL while the writing handle is open.
+/// - `close()` on a handle releases the locks it holds at once.
+/// - Every write commits with redb's default durability (fsync before returning).
+///
+/// # Examples
+///
+/// ```
+/// use kvstore_core::Store;
+/// use kvstore_redb::RedbStore;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> kvstore_core::Result<()> {
+/// let store = RedbStore::memory().await?;
+/// store.put("app/config", b"v1", None).await?;
+/// assert_eq!(&store.get("app/config", None).await?.value[..], b"v1");
+/// # Ok(())
+/// # }
+/// ```
+pub struct RedbStore {
+    shared: Arc<Shared>,
+    session: Session,
+}
+
+impl fmt::Debug for RedbStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedbStore")
+            .field("backend", &self.shared.backend)
+            .field("closed", &self.session.cancel.is_cancelled())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedbStore {
+    /// Opens (creating if needed) the store described by `config`.
+    ///
+    /// A file held by another process (or another `RedbStore` in this one) is retried with
+    /// backoff until `config.open_timeout` has passed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotReachable`] when the file stays held by someone else past the timeout;
+    /// [`Error::Backend`] for I/O errors or a corrupt file.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: dropping the future leaves the file closed.
+    pub async fn open(config: RedbConfig) -> Result<Self> {
+        let backend = match config.location {
+            Location::File(_) => crate::BACKEND,
+            Location::Memory => crate::MEMORY_BACKEND,
+        };
+        let location = config.location.clone();
+        let open_once = move || {
+            let location = location.clone();
+            async move {
+                tokio::task::spawn_blocking(move || match &location {
+                    Location::File(path) => Database::create(path),
+                    Location::Memory => Database::builder()
+                        .create_with_backend(redb::backends::InMemoryBackend::new()),
+                })
+                .await
+                .map_err(from_join)?
+                .map_err(|e| match e {
+                    redb::DatabaseError::DatabaseAlreadyOpen => Error::not_reachable(
+                        backend,
+                        "the database file is open in another process or store",
+                    ),
+                    other => from_redb(other),
+                })
+            }
+        };
+        let db = open_once
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(20))
+                    .with_max_delay(Duration::from_millis(500))
+                    .with_total_delay(Some(config.open_timeout))
+                    .without_max_times(),
+            )
+            .when(|e| matches!(e, Error::NotReachable { .. }))
+            .await?;
+        let wakeup = Arc::new(Notify::new());
+        let (changes, _) = broadcast::channel(CHANGE_FEED_CAPACITY);
+        let shared = Arc::new(Shared {
+            db,
+            backend,
+            max_value_size: config.max_value_size,
+            changes,
+            expiry_wakeup: wakeup.clone(),
+            reaper: Mutex::new(None),
+        });
+        shared.blocking(Shared::create_tables).await?;
+        // Spawned only now: the reaper holds a `Weak` and exits when it cannot upgrade it.
+        let reaper_task = tokio::spawn(reaper(Arc::downgrade(&shared), wakeup));
+        *shared.reaper.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(AbortOnDropHandle::new(reaper_task));
+        Ok(RedbStore {
+            shared,
+            session: Session::new(),
+        })
+    }
+
+    /// Opens a new in-memory store.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Backend`] if redb cannot initialise its in-memory backend.
+    pub async fn memory() -> Result<Self> {
+        Self::open(RedbConfig::memory()).await
+    }
+
+    /// Another handle on the same database with its own lifetime: closing or dropping it
+    /// stops only its own keep-alives, watches and locks. Tests use it as the "second client".
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use kvstore_core::Store;
+    /// use kvstore_redb::RedbStore;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> kvstore_core::Result<()> {
+    /// let store = RedbStore::memory().await?;
+    /// let other = store.new_handle();
+    /// other.put("k", b"v", None).await?;
+    /// other.close().await?;
+    /// assert!(store.exists("k", None).await?);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn new_handle(&self) -> RedbStore {
+        RedbStore {
+            shared: self.shared.clone(),
+            session: Session::new(),
+        }
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.session.cancel.is_cancelled() {
+            return Err(Error::Closed {
+                backend: self.shared.backend,
+            });
+        }
+        Ok(())
+    }
+
+    async fn write(
+        &self,
+        key: &str,
+        value: &[u8],
+        expect: Expect,
+        opts: Option<&WriteOptions>,
+    ) -> Result<KvPair> {
+        self.check_open()?;
+        let key = normalize_key(key)?.to_owned();
+        check_value_size(&key, value, self.shared.max_value_size)?;
+        let ttl = opts.and_then(|o| o.ttl);
+        let keep_alive = opts.is_some_and(|o| o.keep_alive) && ttl.is_some();
+        let value = value.to_vec();
+        let k = key.clone();
+        let pair = self
+            .shared
+            .blocking(move |s| s.write(&k, &value, ttl, expect))
+            .await?;
+        let mut keys = self
+            .session
+            .keep_alive
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match ttl.filter(|_| keep_alive) {
+            Some(ttl) => {
+                keys.insert(
+                    key,
+                    KeepAlive {
+                        index: pair.last_index,
+                        ttl,
+                    },
+                );
+                let mut task = self
+                    .session
+                    .keep_alive_task
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                if task.is_none() {
+                    *task = Some(AbortOnDropHandle::new(tokio::spawn(keep_alive_loop(
+                        self.shared.clone(),
+                        self.session.keep_alive.clone(),
+                        self.session.cancel.clone(),
+                    ))));
+                }
+            }
+            None => {
+                keys.remove(&key);
+            }
+        }
+        Ok(pair)
+    }
+
+    async fn remove(&self, key: &str, expect: Expect) -> Result<()> {
+        self.check_open()?;
+        let key = normalize_key(key)?.to_owned();
+        self.shared.blocking(move |s| s.remove(&key, expect)).await
+    }
+}
+
+#[async_trait]
+impl Store for RedbStore {
+    fn backend(&self) -> &'static str {
+        self.shared.backend
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::all().with_max_value_size(self.shared.max_value_size)
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = self.shared.backend, op = "put", key = %key))]
+    async fn put(&self, key: &str, value: &[u8], opts: Option<&WriteOptions>) -> Result<KvPair> {
+        self.write(key, value, Expect::Any, opts).await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = self.shared.backend, op = "get", key = %key))]
+    async fn get(&self, key: &str, _opts: Option<&ReadOptions>) -> Result<KvPair> {
+        self.check_open()?;
+        let key = normalize_key(key)?.to_owned();
+        let k = key.clone();
+        self.shared
+            .blocking(move |s| s.read_key(&k))
+            .await?
+            .ok_or(Error::KeyNotFound { key })
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = self.shared.backend, op = "delete", key = %key))]
+    async fn delete(&self, key: &str) -> Result<()> {
+        self.remove(key, Expect::Any).await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = self.shared.backend, op = "exists", key = %key))]
+    async fn exists(&self, key: &str, _opts: Option<&ReadOptions>) -> Result<bool> {
+        self.check_open()?;
+        let key = normalize_key(key)?.to_owned();
+        Ok(self
+            .shared
+            .blocking(move |s| s.read_key(&key))
+            .await?
+            .is_some())
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = self.shared.backend, op = "list", key = %dir))]
+    async fn list(&self, dir: &str, _opts: Option<&ReadOptions>) -> Result<Vec<KvPair>> {
+        self.check_open()?;
+        let dir = normalize_dir(dir)?.to_owned();
+        let d = dir.clone();
+        self.shared
+            .blocking(move |s| s.read_tree(&d))
+            .await?
+            .ok_or(Error::KeyNotFound { key: dir })
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = self.shared.backend, op = "delete_tree", key = %dir))]
+    async fn delete_tree(&self, dir: &str) -> Result<()> {
+        self.check_open()?;
+        let dir = normalize_dir(dir)?.to_owned();
+        self.shared.blocking(move |s| s.remove_tree(&dir)).await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = self.shared.backend, op = "atomic_put", key = %key))]
+    async fn atomic_put(
+        &self,
+        key: &str,
+        value: &[u8],
+        previous: Option<&KvPair>,
+        opts: Option<&WriteOptions>,
+    ) -> Result<KvPair> {
+        let expect = previous.map_or(Expect::Absent, |p| Expect::Index(p.last_index));
+        self.write(key, value, expect, opts).await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = self.shared.backend, op = "atomic_delete", key = %key))]
+    async fn atomic_delete(&self, key: &str, previous: &KvPair) -> Result<()> {
+        self.remove(key, Expect::Index(previous.last_index)).await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = self.shared.backend, op = "watch", key = %key))]
+    async fn watch(&self, key: &str, _opts: Option<&ReadOptions>) -> Result<WatchStream> {
+        self.check_open()?;
+        let key: Arc<str> = normalize_key(key)?.into();
+        let k = key.clone();
+        Ok(watch_stream(
+            &self.shared,
+            self.session.cancel.clone(),
+            move |c| c.touches_key(&k),
+            move |s| s.read_key(&key),
+        ))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = self.shared.backend, op = "watch_tree", key = %dir))]
+    async fn watch_tree(&self, dir: &str, _opts: Option<&ReadOptions>) -> Result<WatchTreeStream> {
+        self.check_open()?;
+        let dir: Arc<str> = normalize_dir(dir)?.into();
+        let d = dir.clone();
+        Ok(watch_stream(
+            &self.shared,
+            self.session.cancel.clone(),
+            move |c| c.touches_tree(&d),
+            move |s| Ok(s.read_tree(&dir)?.unwrap_or_default()),
+        ))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = self.shared.backend, op = "new_lock", key = %key))]
+    async fn new_lock(&self, key: &str, opts: Option<&LockOptions>) -> Result<Box<dyn Locker>> {
+        self.check_open()?;
+        let key = normalize_key(key)?.to_owned();
+        let opts = opts.cloned().unwrap_or_default();
+        if opts.ttl.is_zero() {
+            return Err(Error::invalid_config(
+                self.shared.backend,
+                "lock TTL must be greater than zero",
+            ));
+        }
+        if let Some(value) = &opts.value {
+            check_value_size(&key, value, self.shared.max_value_size)?;
+        }
+        Ok(Box::new(RedbLocker::new(
+            self.shared.clone(),
+            self.session.cancel.clone(),
+            key,
+            opts,
+        )))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = self.shared.backend, op = "close"))]
+    async fn close(&self) -> Result<()> {
+        self.session.stop();
+        Ok(())
+    }
+}

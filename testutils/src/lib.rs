@@ -1,0 +1,269 @@
+//! The kvstore conformance suite: the executable form of the kvstore contract.
+//!
+//! Every backend — built-in or third-party — runs the same cases. Each case is a public async
+//! function that panics (with a message saying which rule broke) when the store under test
+//! misbehaves, so it can be called from any test harness:
+//!
+//! - cases over one store take `&dyn Store`;
+//! - cases that need independent clients, or that close a store, take an [`Opener`], which
+//!   opens fresh handles on the same backend.
+//!
+//! Each case works under its own random directory (`kvstore-conformance/<case>-<random>`) and
+//! deletes only that, so the suite can run against a shared server. Every wait is bounded by
+//! [`EVENT_TIMEOUT`] or a TTL-derived deadline; nothing sleeps and hopes.
+//!
+//! A case whose capability the store lacks asserts that the call fails with
+//! `CallNotSupported` instead of skipping.
+//!
+//! # Examples
+//!
+//! One `#[tokio::test]` per case, for a backend's integration tests:
+//!
+//! ```ignore
+//! kvstore_testutils::conformance_tests!(kvstore_testutils::Opener::new(|| async {
+//!     Ok(std::sync::Arc::new(my_backend::MyStore::connect("...").await?) as _)
+//! }));
+//! ```
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use futures::{FutureExt, Stream, StreamExt};
+use kvstore_core::{Error, KvPair, LockOptions, Result, Store, WriteOptions};
+
+mod cases;
+
+pub use cases::*;
+
+/// Upper bound for any single expected event (a watch item, a lock hand-off).
+pub const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Environment variable that turns a missing server into a test failure.
+pub const REQUIRE_BACKENDS_VAR: &str = "KVSTORE_REQUIRE_BACKENDS";
+
+/// Opens independent handles on the backend under test, and says how its TTLs behave.
+pub struct Opener {
+    open: Box<dyn Fn() -> BoxFuture<'static, Result<Arc<dyn Store>>> + Send + Sync>,
+    /// The TTL the suite uses for keys and locks.
+    pub ttl: Duration,
+    /// How long after its TTL a key or lock may still exist (the backend's documented slack).
+    pub ttl_slack: Duration,
+}
+
+impl std::fmt::Debug for Opener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Opener")
+            .field("ttl", &self.ttl)
+            .field("ttl_slack", &self.ttl_slack)
+            .finish()
+    }
+}
+
+impl Opener {
+    /// An opener from an async function returning a fresh store each call; TTL 2 s, slack 2 s.
+    pub fn new<F, Fut>(open: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Arc<dyn Store>>> + Send + 'static,
+    {
+        Opener {
+            open: Box::new(move || open().boxed()),
+            ttl: Duration::from_secs(2),
+            ttl_slack: Duration::from_secs(2),
+        }
+    }
+
+    /// Sets the TTL the suite uses.
+    pub fn with_ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Sets the backend's TTL slack.
+    pub fn with_ttl_slack(mut self, slack: Duration) -> Self {
+        self.ttl_slack = slack;
+        self
+    }
+
+    /// Opens a new handle, panicking if that fails.
+    pub async fn open(&self) -> Arc<dyn Store> {
+        match (self.open)().await {
+            Ok(store) => store,
+            Err(err) => panic!("opening the store under test failed: {}", error_chain(&err)),
+        }
+    }
+}
+
+/// The URL of a server to test against, from the environment variable `var`.
+///
+/// `None` (after saying so on stderr) when unset, so tests can skip on a developer machine
+/// without that server. With `KVSTORE_REQUIRE_BACKENDS=1` a missing variable panics instead:
+/// CI never skips silently.
+pub fn backend_url(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var(REQUIRE_BACKENDS_VAR).is_ok_and(|v| v == "1") => {
+            panic!(
+                "{var} is not set and {REQUIRE_BACKENDS_VAR}=1: the server for this test is missing"
+            )
+        }
+        _ => {
+            eprintln!("skipping: {var} is not set (run ci/test.sh to start the servers)");
+            None
+        }
+    }
+}
+
+/// A fresh random directory for one case: `kvstore-conformance/<case>-<16 hex digits>`.
+pub fn scratch_dir(case: &str) -> String {
+    format!("kvstore-conformance/{case}-{:016x}", rand::random::<u64>())
+}
+
+/// Deletes a case's directory, ignoring a directory that is already gone.
+pub async fn cleanup(store: &dyn Store, dir: &str) {
+    match store.delete_tree(dir).await {
+        Ok(()) | Err(Error::KeyNotFound { .. }) => {}
+        Err(err) => panic!("cleaning up {dir} failed: {}", error_chain(&err)),
+    }
+}
+
+/// `err` and all its sources, joined with `: `.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// Unwraps a result, panicking with the full error chain and what was being done.
+#[track_caller]
+pub fn ok<T>(result: Result<T>, doing: &str) -> T {
+    match result {
+        Ok(v) => v,
+        Err(err) => panic!("{doing} failed: {}", error_chain(&err)),
+    }
+}
+
+/// The next item of a stream within [`EVENT_TIMEOUT`], panicking on timeout or end.
+pub async fn next_within<S: Stream + Unpin>(stream: &mut S, what: &str) -> S::Item {
+    match tokio::time::timeout(EVENT_TIMEOUT, stream.next()).await {
+        Ok(Some(item)) => item,
+        Ok(None) => panic!("{what}: stream ended"),
+        Err(_) => panic!("{what}: no item within {EVENT_TIMEOUT:?}"),
+    }
+}
+
+/// Polls `cond` every 20 ms until it is true or `deadline` passes; returns whether it became
+/// true. For states the API offers no event for (a key vanishing from a store without watch).
+pub async fn eventually<F, Fut>(deadline: Duration, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if cond().await {
+            return true;
+        }
+        if start.elapsed() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The keys of a listing, in order.
+pub fn keys(pairs: &[KvPair]) -> Vec<&str> {
+    pairs.iter().map(|p| p.key.as_str()).collect()
+}
+
+/// Write options with a TTL.
+pub fn ttl(ttl: Duration) -> WriteOptions {
+    WriteOptions::default().with_ttl(ttl)
+}
+
+/// Lock options with a TTL.
+pub fn lock_ttl(ttl: Duration) -> LockOptions {
+    LockOptions::default().with_ttl(ttl)
+}
+
+/// Generates one `#[tokio::test]` per conformance case for the [`Opener`] expression given.
+///
+/// The expression is evaluated once per test; it may `return` early (for example when
+/// [`backend_url`] says the server is absent) by being a block that yields
+/// `Option<Opener>`: use [`conformance_tests!`]`(optional: expr)` for that form.
+#[macro_export]
+macro_rules! conformance_tests {
+    (optional: $opener:expr) => {
+        $crate::conformance_tests!(@gen $opener;
+            store: put_get_delete_exists, binary_values, list_directory, list_whole_keyspace,
+                   delete_tree, atomic_put, atomic_delete, cas_race, last_index_semantics,
+                   watch_key, watch_tree, watch_drop_stops, lock_basics, lock_delete_on_unlock,
+                   lock_bookkeeping_hidden, invalid_keys, value_too_large;
+            opener: lock_contention, lock_cancel_leaves_no_waiter, lock_expires_after_holder_closed,
+                    lock_fencing_tokens_increase, ttl_expiry, keep_alive, close_ends_everything,
+                    watch_sees_other_clients
+        );
+    };
+    ($opener:expr) => {
+        $crate::conformance_tests!(optional: ::std::option::Option::Some($opener));
+    };
+    (@gen $opener:expr; store: $($s:ident),* ; opener: $($o:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $s() {
+                let opener: ::std::option::Option<$crate::Opener> = $opener;
+                let Some(opener) = opener else { return };
+                let store = opener.open().await;
+                $crate::$s(&*store).await;
+                let _ = store.close().await;
+            }
+        )*
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $o() {
+                let opener: ::std::option::Option<$crate::Opener> = $opener;
+                let Some(opener) = opener else { return };
+                $crate::$o(&opener).await;
+            }
+        )*
+    };
+}
+
+/// Runs every case in sequence against one backend.
+pub async fn run_all(opener: &Opener) {
+    let store = opener.open().await;
+    let s = &*store;
+    put_get_delete_exists(s).await;
+    binary_values(s).await;
+    list_directory(s).await;
+    list_whole_keyspace(s).await;
+    delete_tree(s).await;
+    atomic_put(s).await;
+    atomic_delete(s).await;
+    cas_race(s).await;
+    last_index_semantics(s).await;
+    watch_key(s).await;
+    watch_tree(s).await;
+    watch_drop_stops(s).await;
+    lock_basics(s).await;
+    lock_delete_on_unlock(s).await;
+    lock_bookkeeping_hidden(s).await;
+    invalid_keys(s).await;
+    value_too_large(s).await;
+    lock_contention(opener).await;
+    lock_cancel_leaves_no_waiter(opener).await;
+    lock_expires_after_holder_closed(opener).await;
+    lock_fencing_tokens_increase(opener).await;
+    ttl_expiry(opener).await;
+    keep_alive(opener).await;
+    close_ends_everything(opener).await;
+    watch_sees_other_clients(opener).await;
+    let _ = store.close().await;
+}
