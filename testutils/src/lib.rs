@@ -43,9 +43,11 @@ pub const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Environment variable that turns a missing server into a test failure.
 pub const REQUIRE_BACKENDS_VAR: &str = "KVSTORE_REQUIRE_BACKENDS";
 
+type OpenFn = Box<dyn Fn() -> BoxFuture<'static, Result<Arc<dyn Store>>> + Send + Sync>;
+
 /// Opens independent handles on the backend under test, and says how its TTLs behave.
 pub struct Opener {
-    open: Box<dyn Fn() -> BoxFuture<'static, Result<Arc<dyn Store>>> + Send + Sync>,
+    open: OpenFn,
     /// The TTL the suite uses for keys and locks.
     pub ttl: Duration,
     /// How long after its TTL a key or lock may still exist (the backend's documented slack).

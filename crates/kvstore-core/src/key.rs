@@ -116,7 +116,7 @@ fn normalize(raw: &str, allow_empty: bool) -> Result<&str> {
 fn is_allowed_char(c: char) -> bool {
     !(c.is_control()
         || ('\u{E000}'..='\u{F8FF}').contains(&c)
-        || c >= '\u{FFF0}' && c <= '\u{FFFF}')
+        || ('\u{FFF0}'..='\u{FFFF}').contains(&c))
 }
 
 #[cfg(test)]

@@ -1,1 +1,192 @@
-//! placeholder
+//! One async API over the key/value stores services use for metadata, discovery, locks and
+//! leader election.
+//!
+//! `kvstore` re-exports the contract of [`kvstore_core`] ([`Store`], [`Locker`], [`KvPair`],
+//! the options and [`Error`]) and opens any compiled-in backend from a URL:
+//!
+//! | scheme | backend | cargo feature |
+//! | --- | --- | --- |
+//! | `redb:///abs/path.redb`, `redb:rel/path.redb` | embedded redb file | `redb` (default) |
+//! | `memory://` | in-memory store | `redb` (default) |
+//!
+//! Every backend has the same semantics: keys are `/`-separated and normalized, `list` is
+//! recursive and sorted, `atomic_put`/`atomic_delete` compare `last_index`, watches start with
+//! the current state and never lose the latest one, locks carry fencing tokens. The
+//! conformance suite in `kvstore-testutils` checks all of it on every backend.
+//!
+//! # Examples
+//!
+//! ```
+//! use std::time::Duration;
+//! use futures::StreamExt;
+//! use kvstore::{LockOptions, Store, WriteOptions};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> kvstore::Result<()> {
+//! let store = kvstore::open("memory://").await?;
+//!
+//! // Plain reads and writes.
+//! let pair = store.put("services/web/1", b"10.0.0.1:80", None).await?;
+//! assert_eq!(store.list("services", None).await?.len(), 1);
+//!
+//! // Compare-and-swap on last_index.
+//! store.atomic_put("services/web/1", b"10.0.0.2:80", Some(&pair), None).await?;
+//!
+//! // Watch: the current state first, then every change.
+//! let mut watch = store.watch("services/web/1", None).await?;
+//! assert!(watch.next().await.unwrap()?.is_some());
+//!
+//! // A lock with a fencing token.
+//! let mut lock = store.new_lock("locks/job", Some(&LockOptions::default())).await?;
+//! let _lost = lock.lock().await?;
+//! assert!(lock.fencing_token().is_some());
+//! lock.unlock().await?;
+//!
+//! // A key that expires.
+//! store.put("tmp/session", b"x", Some(&WriteOptions::default().with_ttl(Duration::from_secs(30)))).await?;
+//! store.close().await?;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+pub use kvstore_core::*;
+#[cfg(feature = "redb")]
+pub use kvstore_redb as redb;
+use url::Url;
+
+/// The future a [`Registry`] opener returns.
+pub type OpenFuture = BoxFuture<'static, Result<Arc<dyn Store>>>;
+
+type OpenFn = Arc<dyn Fn(Url) -> OpenFuture + Send + Sync>;
+
+/// Maps URL schemes to the code that opens a store for them.
+///
+/// [`Registry::default`] knows every backend compiled in (see the crate docs); applications
+/// add their own schemes with [`register`](Registry::register).
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::Arc;
+/// use kvstore::{Registry, Store};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> kvstore::Result<()> {
+/// let mut registry = Registry::default();
+/// // A custom scheme that opens an in-memory store (stand-in for a third-party backend).
+/// registry.register("scratch", |_url| async {
+///     Ok(Arc::new(kvstore::redb::RedbStore::memory().await?) as Arc<dyn Store>)
+/// });
+/// let store = registry.open("scratch://anything").await?;
+/// assert_eq!(store.backend(), "memory");
+/// assert!(registry.schemes().contains(&"scratch"));
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Registry {
+    schemes: BTreeMap<String, OpenFn>,
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registry")
+            .field("schemes", &self.schemes())
+            .finish()
+    }
+}
+
+impl Default for Registry {
+    /// A registry with every backend compiled into this build.
+    fn default() -> Self {
+        let mut registry = Registry::empty();
+        #[cfg(feature = "redb")]
+        {
+            async fn open_redb(url: Url) -> Result<Arc<dyn Store>> {
+                let config = kvstore_redb::RedbConfig::from_url(&url)?;
+                Ok(Arc::new(kvstore_redb::RedbStore::open(config).await?))
+            }
+            registry.register(kvstore_redb::SCHEME, open_redb);
+            registry.register(kvstore_redb::MEMORY_SCHEME, open_redb);
+        }
+        registry
+    }
+}
+
+impl Registry {
+    /// A registry with no scheme at all.
+    pub fn empty() -> Self {
+        Registry {
+            schemes: BTreeMap::new(),
+        }
+    }
+
+    /// Adds (or replaces) the opener for `scheme` (case-insensitive, without `://`).
+    pub fn register<F, Fut>(&mut self, scheme: &str, open: F) -> &mut Self
+    where
+        F: Fn(Url) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Arc<dyn Store>>> + Send + 'static,
+    {
+        let open: OpenFn = Arc::new(move |url| open(url).boxed());
+        self.schemes.insert(scheme.to_ascii_lowercase(), open);
+        self
+    }
+
+    /// The schemes this registry can open, sorted.
+    pub fn schemes(&self) -> Vec<&str> {
+        self.schemes.keys().map(String::as_str).collect()
+    }
+
+    /// Opens a store from a URL such as `redb:///var/lib/app.redb` or `memory://`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] (backend `"kvstore"`) when `url` is not a URL;
+    /// [`Error::BackendNotSupported`], naming the enabled schemes, when no opener is
+    /// registered for its scheme (for example a backend whose cargo feature is off); and
+    /// whatever the backend's opener returns (`InvalidConfig`, `NotReachable`, …).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: dropping the future drops the half-opened store.
+    pub async fn open(&self, url: &str) -> Result<Arc<dyn Store>> {
+        let parsed = Url::parse(url)
+            .map_err(|e| Error::invalid_config("kvstore", format!("{url:?}: {e}")))?;
+        let Some(open) = self.schemes.get(parsed.scheme()) else {
+            return Err(Error::BackendNotSupported {
+                scheme: parsed.scheme().to_owned(),
+                enabled: self.schemes.keys().cloned().collect(),
+            });
+        };
+        open(parsed).await
+    }
+}
+
+/// Opens a store from a URL with the default [`Registry`]: every backend compiled in.
+///
+/// # Errors
+///
+/// As for [`Registry::open`].
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> kvstore::Result<()> {
+/// let store = kvstore::open("memory://").await?;
+/// assert_eq!(store.backend(), "memory");
+/// let err = kvstore::open("nosuch://h:1").await.unwrap_err();
+/// assert!(matches!(err, kvstore::Error::BackendNotSupported { .. }));
+/// # Ok(())
+/// # }
+/// ```
+pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
+    Registry::default().open(url).await
+}

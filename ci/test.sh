@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: unit, doc and conformance tests on every backend, against real
+# servers that this script installs (Debian packages, a cached Consul build) and starts on
+# 127.0.0.1. Extra arguments go to `cargo test`.
+#
+# Set KVSTORE_REQUIRE_BACKENDS=1 (CI does) to make a missing server a failure, never a skip.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=servers.sh
+source ci/servers.sh
+
+KV_SERVERS=(${KVSTORE_SERVERS:-redis etcd})
+kv_install
+kv_start "${KV_SERVERS[@]}"
+# Fault tests restart a server on the same port through this script.
+export KVSTORE_RESTART_SCRIPT="$PWD/ci/restart.sh"
+cargo test --workspace --all-features --locked "$@"

@@ -1,0 +1,82 @@
+//! `kvstore::open` and `Registry`: URL handling, errors, and the suite through an opened store.
+
+use std::sync::Arc;
+
+use kvstore::{Error, Registry, Store};
+
+#[tokio::test]
+async fn opens_redb_files_by_absolute_and_relative_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("open.redb");
+    let store = kvstore::open(&format!("redb://{}", path.display()))
+        .await
+        .unwrap();
+    assert_eq!(store.backend(), "redb");
+    store.put("k", b"v", None).await.unwrap();
+    store.close().await.unwrap();
+    drop(store);
+    assert!(path.exists(), "the file must be created at the given path");
+
+    // Same file through a relative URL from its directory's parent.
+    let rel = path
+        .strip_prefix(std::env::current_dir().unwrap())
+        .map(|p| p.to_path_buf());
+    if let Ok(rel) = rel {
+        let store = kvstore::open(&format!("redb:{}", rel.display()))
+            .await
+            .unwrap();
+        assert_eq!(&store.get("k", None).await.unwrap().value[..], b"v");
+    }
+}
+
+#[tokio::test]
+async fn unknown_scheme_names_the_enabled_ones() {
+    let err = kvstore::open("nosuch://127.0.0.1:1").await.unwrap_err();
+    match &err {
+        Error::BackendNotSupported { scheme, enabled } => {
+            assert_eq!(scheme, "nosuch");
+            assert!(enabled.contains(&"redb".to_owned()) && enabled.contains(&"memory".to_owned()));
+        }
+        other => panic!("expected BackendNotSupported, got {other:?}"),
+    }
+    assert!(err.to_string().contains("memory, redb"), "{err}");
+}
+
+#[tokio::test]
+async fn malformed_urls_and_options_are_invalid_config() {
+    for url in ["not a url", "redb:x.redb?nonsense=1", "redb:///"] {
+        assert!(
+            matches!(kvstore::open(url).await, Err(Error::InvalidConfig { .. })),
+            "{url} must be InvalidConfig"
+        );
+    }
+}
+
+#[tokio::test]
+async fn registry_adds_third_party_schemes() {
+    let mut registry = Registry::empty();
+    assert!(matches!(
+        registry.open("memory://").await,
+        Err(Error::BackendNotSupported { .. })
+    ));
+    registry.register("Custom", |url| async move {
+        assert_eq!(url.scheme(), "custom");
+        Ok(Arc::new(kvstore::redb::RedbStore::memory().await?) as Arc<dyn Store>)
+    });
+    assert_eq!(registry.schemes(), vec!["custom"]);
+    let store = registry.open("custom://x").await.unwrap();
+    store.put("a", b"b", None).await.unwrap();
+}
+
+#[tokio::test]
+async fn conformance_through_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("redb://{}", dir.path().join("suite.redb").display());
+    let store = kvstore::open(&url).await.unwrap();
+    // One handle only: cases needing independent clients run in kvstore-redb's own tests.
+    kvstore_testutils::put_get_delete_exists(&*store).await;
+    kvstore_testutils::list_directory(&*store).await;
+    kvstore_testutils::atomic_put(&*store).await;
+    kvstore_testutils::watch_tree(&*store).await;
+    kvstore_testutils::lock_basics(&*store).await;
+}
