@@ -8,6 +8,7 @@
 //! | --- | --- | --- |
 //! | `redb:///abs/path.redb`, `redb:rel/path.redb` | embedded redb file | `redb` (default) |
 //! | `memory://` | in-memory store | `redb` (default) |
+//! | `redis://[user:pass@]host:port[/db]`, `rediss://…` (TLS) | Redis | `redis` |
 //!
 //! Every backend has the same semantics: keys are `/`-separated and normalized, `list` is
 //! recursive and sorted, `atomic_put`/`atomic_delete` compare `last_index`, watches start with
@@ -59,6 +60,8 @@ use futures::future::BoxFuture;
 pub use kvstore_core::*;
 #[cfg(feature = "redb")]
 pub use kvstore_redb as redb;
+#[cfg(feature = "redis")]
+pub use kvstore_redis as redis;
 use url::Url;
 
 /// The future a [`Registry`] opener returns.
@@ -115,6 +118,13 @@ impl Default for Registry {
             }
             registry.register(kvstore_redb::SCHEME, open_redb);
             registry.register(kvstore_redb::MEMORY_SCHEME, open_redb);
+        }
+        #[cfg(feature = "redis")]
+        for scheme in kvstore_redis::SCHEMES {
+            registry.register(scheme, |url: Url| async move {
+                let config = kvstore_redis::RedisConfig::from_url(&url)?;
+                Ok(Arc::new(kvstore_redis::RedisStore::connect(config).await?) as Arc<dyn Store>)
+            });
         }
         registry
     }

@@ -80,3 +80,22 @@ async fn conformance_through_open() {
     kvstore_testutils::watch_tree(&*store).await;
     kvstore_testutils::lock_basics(&*store).await;
 }
+
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn opens_redis_by_url() {
+    let Some(url) = kvstore_testutils::backend_url("KVSTORE_REDIS_URL") else {
+        return;
+    };
+    let store = kvstore::open(&format!("{url}/0?prefix=open-test&timeout=2s"))
+        .await
+        .unwrap();
+    assert_eq!(store.backend(), "redis");
+    store.put("k", b"v", None).await.unwrap();
+    assert_eq!(&store.get("k", None).await.unwrap().value[..], b"v");
+    store.delete_tree("").await.unwrap();
+    let refused = kvstore::open("redis://127.0.0.1:1?timeout=300ms")
+        .await
+        .unwrap_err();
+    assert!(refused.is_transient(), "{refused:?}");
+}

@@ -1,0 +1,190 @@
+//! Typed configuration for the Redis store, and its URL form.
+
+use std::time::Duration;
+
+use kvstore_core::{Error, Result, normalize_dir};
+use url::Url;
+
+use crate::BACKEND;
+
+/// Default connect timeout: 5 seconds.
+pub const DEFAULT_CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default response timeout: 5 seconds. (The redis crate's own 500 ms default is too short for
+/// a loaded server and for scripts over large directories.)
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default largest value: 16 MiB.
+pub const DEFAULT_MAX_VALUE_SIZE: usize = 16 * 1024 * 1024;
+/// How long a watch keeps trying to re-subscribe after losing its connection before it ends
+/// with an error: 60 seconds.
+pub const DEFAULT_WATCH_RECONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Configuration of a [`RedisStore`](crate::RedisStore).
+///
+/// # URL form
+///
+/// `redis://[user:password@]host:port[/db]` or `rediss://…` for TLS, with options:
+///
+/// | query option | meaning | default |
+/// | --- | --- | --- |
+/// | `prefix` | directory under which all keys live (`prefix=app1` → `app1/<key>`) | none |
+/// | `timeout` | connect timeout | 5 s |
+/// | `response_timeout` | per-command response timeout | 5 s |
+/// | `max_value_size` | largest value in bytes | 16 MiB |
+///
+/// # Examples
+///
+/// ```
+/// use kvstore_redis::RedisConfig;
+///
+/// let url = url::Url::parse("redis://:secret@127.0.0.1:6379/2?prefix=app1&timeout=2s").unwrap();
+/// let config = RedisConfig::from_url(&url)?;
+/// assert_eq!(config.prefix, "app1");
+/// assert_eq!(config.connection_timeout, std::time::Duration::from_secs(2));
+/// # Ok::<(), kvstore_core::Error>(())
+/// ```
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct RedisConfig {
+    /// The server URL as the redis crate reads it (`redis://…` or `rediss://…`), with
+    /// credentials and database number but without kvstore's options.
+    pub server_url: String,
+    /// Directory (normalized, without slashes at the ends) that holds every key; `""`: the
+    /// root of the database.
+    pub prefix: String,
+    /// Connect timeout.
+    pub connection_timeout: Duration,
+    /// Per-command response timeout.
+    pub response_timeout: Duration,
+    /// Largest value accepted, in bytes.
+    pub max_value_size: usize,
+    /// How long a watch retries after losing its connection.
+    pub watch_reconnect_timeout: Duration,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut shown = Url::parse(&self.server_url).ok();
+        if let Some(u) = shown.as_mut()
+            && u.password().is_some()
+        {
+            let _ = u.set_password(Some("***"));
+        }
+        f.debug_struct("RedisConfig")
+            .field(
+                "server_url",
+                &shown.map_or_else(|| "<unparsable>".to_owned(), |u| u.to_string()),
+            )
+            .field("prefix", &self.prefix)
+            .field("connection_timeout", &self.connection_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .field("max_value_size", &self.max_value_size)
+            .finish()
+    }
+}
+
+impl RedisConfig {
+    /// A configuration for `server_url` (`redis://host:port`) with default settings.
+    pub fn new(server_url: impl Into<String>) -> Self {
+        RedisConfig {
+            server_url: server_url.into(),
+            prefix: String::new(),
+            connection_timeout: DEFAULT_CONNECTION_TIMEOUT,
+            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+            max_value_size: DEFAULT_MAX_VALUE_SIZE,
+            watch_reconnect_timeout: DEFAULT_WATCH_RECONNECT_TIMEOUT,
+        }
+    }
+
+    /// Sets the key prefix directory.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidKey` when `prefix` breaks the key grammar.
+    pub fn with_prefix(mut self, prefix: &str) -> Result<Self> {
+        self.prefix = normalize_dir(prefix)?.to_owned();
+        Ok(self)
+    }
+
+    /// Sets the connect timeout.
+    pub fn with_connection_timeout(mut self, timeout: Duration) -> Self {
+        self.connection_timeout = timeout;
+        self
+    }
+
+    /// Sets the response timeout.
+    pub fn with_response_timeout(mut self, timeout: Duration) -> Self {
+        self.response_timeout = timeout;
+        self
+    }
+
+    /// Parses a `redis://` or `rediss://` URL with kvstore's options (see above).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for another scheme, a missing host, an unknown option or an
+    /// unparsable value; `InvalidKey` for a bad `prefix`.
+    pub fn from_url(url: &Url) -> Result<Self> {
+        let invalid = |msg: String| Error::invalid_config(BACKEND, msg);
+        if !matches!(url.scheme(), "redis" | "rediss") {
+            return Err(invalid(format!(
+                "scheme {:?} is not redis or rediss",
+                url.scheme()
+            )));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(invalid("the URL has no host".to_owned()));
+        }
+        let mut server = url.clone();
+        server.set_query(None);
+        let mut config = RedisConfig::new(server.to_string());
+        for (name, value) in url.query_pairs() {
+            let duration = || {
+                humantime::parse_duration(&value)
+                    .map_err(|e| invalid(format!("{name}={value}: {e}")))
+            };
+            match name.as_ref() {
+                "prefix" => config = config.with_prefix(&value)?,
+                "timeout" => config.connection_timeout = duration()?,
+                "response_timeout" => config.response_timeout = duration()?,
+                "max_value_size" => {
+                    config.max_value_size = value
+                        .parse()
+                        .map_err(|e| invalid(format!("max_value_size={value}: {e}")))?;
+                }
+                _ => return Err(invalid(format!("unknown option {name:?}"))),
+            }
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_options_are_split_from_the_server_url() {
+        let url = Url::parse("redis://u:p@h:1/3?prefix=/a/b/&response_timeout=250ms").unwrap();
+        let c = RedisConfig::from_url(&url).unwrap();
+        assert_eq!(c.server_url, "redis://u:p@h:1/3");
+        assert_eq!(c.prefix, "a/b");
+        assert_eq!(c.response_timeout, Duration::from_millis(250));
+        assert!(
+            !format!("{c:?}").contains(":p@"),
+            "Debug must hide the password"
+        );
+    }
+
+    #[test]
+    fn bad_urls_are_invalid_config() {
+        for u in ["redis://h:1?x=1", "redis://h:1?timeout=never", "http://h:1"] {
+            assert!(
+                matches!(
+                    RedisConfig::from_url(&Url::parse(u).unwrap()),
+                    Err(Error::InvalidConfig { .. })
+                ),
+                "{u}"
+            );
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! kvstore backend on [Redis](https://redis.io) (5 or later; tested against Redis 7).
+//!
+//! # Data layout
+//!
+//! Every key lives under an optional prefix directory (`prefix=app1` → `app1/<key>`):
+//!
+//! | Redis key | type | holds |
+//! | --- | --- | --- |
+//! | `<prefix><key>` | hash | `v`: the value, byte for byte (`redis-cli HGET <key> v`); `i`: `last_index` |
+//! | `<prefix>\x01kvstore/rev` | string | the revision counter every write increments |
+//! | `<prefix>\x01kvstore/index` | sorted set | every key (score 0, sorted bytewise), for `list`/`delete_tree` |
+//! | `<prefix>\x01kvstore/lock/<key>` | string | `<owner>:<fencing token>` while a lock is held, with a PX TTL |
+//!
+//! `\x01` cannot occur in a valid key, so bookkeeping never collides with data and never shows
+//! in `list` or `watch_tree`.
+//!
+//! # Calls
+//!
+//! - Every mutating call is one Lua script (EVALSHA): one atomic server-side step, one round
+//!   trip. `get` is one `HMGET`, `exists` one `EXISTS`.
+//! - `last_index` is the revision counter value of the write: non-zero, store-wide monotonic.
+//! - TTLs are in milliseconds (`PEXPIRE`). Redis removes an expired key when it is next touched
+//!   or by its active expiry cycle (10 times a second by default), so a watcher sees the expiry
+//!   within about 100 ms of the deadline; reads never return an expired key.
+//! - `watch`/`watch_tree` use keyspace notifications, which must be enabled on the server
+//!   (`notify-keyspace-events KA`, or at least `Kghx$`); otherwise they fail with
+//!   `InvalidConfig` saying how to enable them. See [`watch`](crate#behavior-on-reconnects).
+//! - Locks: `SET PX` with an owner id and a token from the revision counter, renewed at a third
+//!   of the TTL; waiters are woken by the lock key's `del`/`expired` notifications.
+//!
+//! # Behavior on reconnects
+//!
+//! - Calls go through one multiplexed connection that reconnects by itself; a call made while
+//!   the server is down fails with `NotReachable` (or `Timeout`).
+//! - Each watch owns a pub/sub connection and re-subscribes with backoff after losing it, then
+//!   re-reads and emits the current state if it changed (up to
+//!   [`RedisConfig::watch_reconnect_timeout`], then it yields the error and ends).
+//! - A lock holder that cannot renew for a whole TTL considers the lock lost.
+//!
+//! Redis Cluster is not supported (scripts touch keys found through the index).
+//!
+//! # Examples
+//!
+//! ```no_run
+//! use kvstore_core::Store;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> kvstore_core::Result<()> {
+//! let url = url::Url::parse("redis://127.0.0.1:6379/0?prefix=app1").unwrap();
+//! let store = kvstore_redis::RedisStore::connect(kvstore_redis::RedisConfig::from_url(&url)?).await?;
+//! store.put("services/web", b"10.0.0.1:80", None).await?;
+//! # Ok(())
+//! # }
+//! ```
+
+mod config;
+mod error;
+mod lock;
+mod scripts;
+mod store;
+mod watch;
+
+pub use config::{
+    DEFAULT_CONNECTION_TIMEOUT, DEFAULT_MAX_VALUE_SIZE, DEFAULT_RESPONSE_TIMEOUT,
+    DEFAULT_WATCH_RECONNECT_TIMEOUT, RedisConfig,
+};
+pub use lock::RedisLocker;
+pub use store::RedisStore;
+
+/// URL schemes: `redis://` and `rediss://` (TLS).
+pub const SCHEMES: [&str; 2] = ["redis", "rediss"];
+/// `Store::backend()` of a Redis store.
+pub const BACKEND: &str = "redis";

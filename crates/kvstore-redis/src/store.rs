@@ -1,0 +1,574 @@
+//! The [`Store`] implementation over one multiplexed, auto-reconnecting connection.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use kvstore_core::{
+    Capabilities, Error, KvPair, LockOptions, Locker, ReadOptions, Result, Store, WatchStream,
+    WatchTreeStream, WriteOptions, check_value_size, normalize_dir, normalize_key,
+};
+use redis::Value;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
+
+use crate::BACKEND;
+use crate::config::RedisConfig;
+use crate::error::{from_redis, protocol};
+use crate::lock::RedisLocker;
+use crate::scripts;
+use crate::watch::{Subscription, watch_stream};
+
+#[derive(Debug, Clone, Copy)]
+struct KeepAlive {
+    index: u64,
+    ttl: Duration,
+}
+
+type KeepAliveSet = Arc<Mutex<HashMap<String, KeepAlive>>>;
+
+/// Connection state shared by the store, its watches and its locks.
+pub(crate) struct Inner {
+    pub(crate) client: redis::Client,
+    conn: ConnectionManager,
+    pub(crate) config: RedisConfig,
+    /// `""` or `"<prefix>/"`: prepended to every key.
+    prefix: String,
+    db: i64,
+    pub(crate) cancel: CancellationToken,
+    notifications_checked: OnceCell<()>,
+    keep_alive: KeepAliveSet,
+    keep_alive_task: Mutex<Option<AbortOnDropHandle<()>>>,
+}
+
+impl Inner {
+    pub(crate) fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    pub(crate) fn data_key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    fn internal_key(&self, name: &str) -> String {
+        // \x01 cannot occur in a valid key, so internal keys never collide with data keys.
+        format!("{}\u{1}kvstore/{name}", self.prefix)
+    }
+
+    pub(crate) fn rev_key(&self) -> String {
+        self.internal_key("rev")
+    }
+
+    pub(crate) fn index_key(&self) -> String {
+        self.internal_key("index")
+    }
+
+    pub(crate) fn lock_key(&self, key: &str) -> String {
+        self.internal_key(&format!("lock/{key}"))
+    }
+
+    /// The keyspace-notification channel of a Redis key.
+    /// Source: Redis docs, "Redis keyspace notifications" — `__keyspace@<db>__:<key>`.
+    pub(crate) fn keyspace_channel(&self, redis_key: &str) -> String {
+        format!("__keyspace@{}__:{redis_key}", self.db)
+    }
+
+    /// The keyspace-notification pattern for every key strictly below `dir` (all keys for `""`).
+    pub(crate) fn keyspace_tree_pattern(&self, dir: &str) -> String {
+        let base = if dir.is_empty() {
+            self.prefix.clone()
+        } else {
+            format!("{}{dir}/", self.prefix)
+        };
+        format!("__keyspace@{}__:{}*", self.db, escape_glob(&base))
+    }
+
+    pub(crate) fn check_open(&self) -> Result<()> {
+        if self.cancel.is_cancelled() {
+            return Err(Error::Closed { backend: BACKEND });
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn read_key(&self, key: &str) -> Result<Option<KvPair>> {
+        let (value, index): (Option<Vec<u8>>, Option<u64>) = redis::cmd("HMGET")
+            .arg(self.data_key(key))
+            .arg("v")
+            .arg("i")
+            .query_async(&mut self.conn())
+            .await
+            .map_err(from_redis)?;
+        Ok(match (value, index) {
+            (Some(value), Some(index)) => Some(KvPair::new(key, value, index)),
+            _ => None,
+        })
+    }
+
+    /// `None` when neither `dir` nor any descendant exists.
+    pub(crate) async fn read_tree(&self, dir: &str) -> Result<Option<Vec<KvPair>>> {
+        let reply: Vec<Value> = scripts::LIST
+            .key(self.index_key())
+            .arg(&self.prefix)
+            .arg(dir)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(from_redis)?;
+        let mut items = reply.into_iter();
+        let exists = matches!(items.next(), Some(Value::Int(1)));
+        let mut pairs = Vec::new();
+        while let (Some(key), Some(value), Some(index)) = (items.next(), items.next(), items.next())
+        {
+            let key: String = redis::from_redis_value(key).map_err(|_| protocol("list key"))?;
+            let value: Vec<u8> =
+                redis::from_redis_value(value).map_err(|_| protocol("list value"))?;
+            let index: u64 = redis::from_redis_value(index).map_err(|_| protocol("list index"))?;
+            pairs.push(KvPair::new(key, Bytes::from(value), index));
+        }
+        Ok(exists.then_some(pairs))
+    }
+
+    /// Fails with a message saying how to enable keyspace notifications when they are off.
+    /// Source: Redis docs, "Redis keyspace notifications" — configuration flags K, g, h, x, $, A.
+    pub(crate) async fn check_notifications(&self) -> Result<()> {
+        self.notifications_checked
+            .get_or_try_init(|| async {
+                let reply: redis::RedisResult<Vec<String>> =
+                    redis::cmd("CONFIG").arg("GET").arg("notify-keyspace-events").query_async(&mut self.conn()).await;
+                let flags = match reply {
+                    Ok(reply) => reply.get(1).cloned().unwrap_or_default(),
+                    Err(err) if err.is_io_error() || err.is_timeout() => return Err(from_redis(err)),
+                    Err(err) => {
+                        // CONFIG may be renamed or forbidden on managed servers: trust the operator.
+                        tracing::warn!(error = %err, "cannot read notify-keyspace-events; assuming keyspace notifications are on");
+                        return Ok(());
+                    }
+                };
+                let has = |c| flags.contains(c);
+                if has('K') && (has('A') || ['g', 'h', 'x', '$'].into_iter().all(has)) {
+                    Ok(())
+                } else {
+                    Err(Error::invalid_config(
+                        BACKEND,
+                        format!(
+                            "Redis keyspace notifications are off (notify-keyspace-events = {flags:?}); watches and \
+                             locks need them: run `CONFIG SET notify-keyspace-events KA` or set \
+                             `notify-keyspace-events KA` in redis.conf"
+                        ),
+                    ))
+                }
+            })
+            .await
+            .map(|_| ())
+    }
+
+    async fn write(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+        mode: &str,
+        expected: u64,
+    ) -> Result<KvPair> {
+        let (status, index): (i64, u64) = scripts::PUT
+            .key(self.data_key(key))
+            .key(self.rev_key())
+            .key(self.index_key())
+            .arg(value)
+            .arg(ttl.map_or(0, |t| t.as_millis().max(1) as u64))
+            .arg(mode)
+            .arg(expected)
+            .arg(key)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(from_redis)?;
+        match status {
+            scripts::OK => Ok(KvPair::new(key, value.to_vec(), index)),
+            scripts::EXISTS => Err(Error::KeyExists { key: key.into() }),
+            scripts::NOT_FOUND => Err(Error::not_found(key)),
+            scripts::MODIFIED => Err(Error::KeyModified { key: key.into() }),
+            _ => Err(protocol("put status")),
+        }
+    }
+
+    async fn remove(&self, key: &str, mode: &str, expected: u64) -> Result<()> {
+        let status: i64 = scripts::DELETE
+            .key(self.data_key(key))
+            .key(self.index_key())
+            .arg(mode)
+            .arg(expected)
+            .arg(key)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(from_redis)?;
+        match status {
+            scripts::OK => Ok(()),
+            scripts::NOT_FOUND => Err(Error::not_found(key)),
+            scripts::MODIFIED => Err(Error::KeyModified { key: key.into() }),
+            _ => Err(protocol("delete status")),
+        }
+    }
+}
+
+/// Renews this store's kept-alive keys at a third of their shortest TTL until the store closes.
+async fn keep_alive_loop(inner: Arc<Inner>) {
+    loop {
+        let (snapshot, period) = {
+            let keys = inner.keep_alive.lock().unwrap_or_else(|e| e.into_inner());
+            let period = keys
+                .values()
+                .map(|k| k.ttl / 3)
+                .min()
+                .unwrap_or(Duration::from_secs(1));
+            (
+                keys.iter()
+                    .map(|(k, v)| (k.clone(), *v))
+                    .collect::<Vec<_>>(),
+                period,
+            )
+        };
+        tokio::select! {
+            () = inner.cancel.cancelled() => return,
+            () = tokio::time::sleep(period.max(Duration::from_millis(10))) => {}
+        }
+        for (key, keep) in snapshot {
+            let renewed: redis::RedisResult<i64> = scripts::RENEW_KEY
+                .key(inner.data_key(&key))
+                .arg(keep.index)
+                .arg(keep.ttl.as_millis() as u64)
+                .invoke_async(&mut inner.conn())
+                .await;
+            match renewed {
+                Ok(1) => {}
+                Ok(_) => {
+                    inner
+                        .keep_alive
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&key);
+                }
+                Err(err) => {
+                    tracing::warn!(backend = BACKEND, key, error = %err, "keep-alive renewal failed")
+                }
+            }
+        }
+    }
+}
+
+/// A kvstore [`Store`] on a Redis server (5 or later; tested on 7).
+///
+/// See the crate docs for the data layout and the behaviour on reconnects.
+///
+/// # Examples
+///
+/// ```no_run
+/// use kvstore_core::Store;
+/// use kvstore_redis::{RedisConfig, RedisStore};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> kvstore_core::Result<()> {
+/// let store = RedisStore::connect(RedisConfig::new("redis://127.0.0.1:6379")).await?;
+/// store.put("app/config", b"v1", None).await?;
+/// # Ok(())
+/// # }
+/// ```
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("config", &self.inner.config)
+            .field("closed", &self.inner.cancel.is_cancelled())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for RedisStore {
+    fn drop(&mut self) {
+        // Ends keep-alives, renewals and watches so their tasks release the connection.
+        self.inner.cancel.cancel();
+    }
+}
+
+impl RedisStore {
+    /// Connects to the server and checks it answers.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for a URL the redis crate rejects; [`Error::NotReachable`] when
+    /// no server answers within `connection_timeout`; [`Error::Backend`] when the server
+    /// refuses (for example wrong credentials).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe.
+    pub async fn connect(config: RedisConfig) -> Result<Self> {
+        let client = redis::Client::open(config.server_url.as_str())
+            .map_err(|e| Error::invalid_config(BACKEND, e))?;
+        let db = client.get_connection_info().redis_settings().db();
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.connection_timeout))
+            .set_response_timeout(Some(config.response_timeout))
+            .set_number_of_retries(2);
+        let conn = tokio::time::timeout(
+            config.connection_timeout,
+            client.get_connection_manager_with_config(manager_config),
+        )
+        .await
+        .map_err(|_| {
+            Error::not_reachable(
+                BACKEND,
+                format!("no answer within {:?}", config.connection_timeout),
+            )
+        })?
+        .map_err(|e| match from_redis(e) {
+            Error::Backend { source, .. } => Error::not_reachable(BACKEND, source),
+            other => other,
+        })?;
+        let prefix = if config.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", config.prefix)
+        };
+        let inner = Arc::new(Inner {
+            client,
+            conn,
+            config,
+            prefix,
+            db,
+            cancel: CancellationToken::new(),
+            notifications_checked: OnceCell::new(),
+            keep_alive: Arc::default(),
+            keep_alive_task: Mutex::new(None),
+        });
+        let _: String = redis::cmd("PING")
+            .query_async(&mut inner.conn())
+            .await
+            .map_err(from_redis)?;
+        Ok(RedisStore { inner })
+    }
+
+    async fn write(
+        &self,
+        key: &str,
+        value: &[u8],
+        mode: &str,
+        expected: u64,
+        opts: Option<&WriteOptions>,
+    ) -> Result<KvPair> {
+        self.inner.check_open()?;
+        let key = normalize_key(key)?;
+        check_value_size(key, value, self.inner.config.max_value_size)?;
+        let ttl = opts.and_then(|o| o.ttl);
+        let pair = self.inner.write(key, value, ttl, mode, expected).await?;
+        let mut keys = self
+            .inner
+            .keep_alive
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match ttl.filter(|_| opts.is_some_and(|o| o.keep_alive)) {
+            Some(ttl) => {
+                keys.insert(
+                    key.to_owned(),
+                    KeepAlive {
+                        index: pair.last_index,
+                        ttl,
+                    },
+                );
+                let mut task = self
+                    .inner
+                    .keep_alive_task
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                if task.is_none() {
+                    *task = Some(AbortOnDropHandle::new(tokio::spawn(keep_alive_loop(
+                        self.inner.clone(),
+                    ))));
+                }
+            }
+            None => {
+                keys.remove(key);
+            }
+        }
+        Ok(pair)
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::all().with_max_value_size(self.inner.config.max_value_size)
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "put", key = %key))]
+    async fn put(&self, key: &str, value: &[u8], opts: Option<&WriteOptions>) -> Result<KvPair> {
+        self.write(key, value, "any", 0, opts).await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "get", key = %key))]
+    async fn get(&self, key: &str, _opts: Option<&ReadOptions>) -> Result<KvPair> {
+        self.inner.check_open()?;
+        let key = normalize_key(key)?;
+        self.inner
+            .read_key(key)
+            .await?
+            .ok_or_else(|| Error::not_found(key))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "delete", key = %key))]
+    async fn delete(&self, key: &str) -> Result<()> {
+        self.inner.check_open()?;
+        self.inner.remove(normalize_key(key)?, "any", 0).await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "exists", key = %key))]
+    async fn exists(&self, key: &str, _opts: Option<&ReadOptions>) -> Result<bool> {
+        self.inner.check_open()?;
+        let key = normalize_key(key)?;
+        let n: i64 = redis::cmd("EXISTS")
+            .arg(self.inner.data_key(key))
+            .query_async(&mut self.inner.conn())
+            .await
+            .map_err(from_redis)?;
+        Ok(n == 1)
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "list", key = %dir))]
+    async fn list(&self, dir: &str, _opts: Option<&ReadOptions>) -> Result<Vec<KvPair>> {
+        self.inner.check_open()?;
+        let dir = normalize_dir(dir)?;
+        self.inner
+            .read_tree(dir)
+            .await?
+            .ok_or_else(|| Error::not_found(dir))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "delete_tree", key = %dir))]
+    async fn delete_tree(&self, dir: &str) -> Result<()> {
+        self.inner.check_open()?;
+        let dir = normalize_dir(dir)?;
+        let status: i64 = scripts::DELETE_TREE
+            .key(self.inner.index_key())
+            .arg(&self.inner.prefix)
+            .arg(dir)
+            .invoke_async(&mut self.inner.conn())
+            .await
+            .map_err(from_redis)?;
+        match status {
+            scripts::OK => Ok(()),
+            scripts::NOT_FOUND => Err(Error::not_found(dir)),
+            _ => Err(protocol("delete_tree status")),
+        }
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "atomic_put", key = %key))]
+    async fn atomic_put(
+        &self,
+        key: &str,
+        value: &[u8],
+        previous: Option<&KvPair>,
+        opts: Option<&WriteOptions>,
+    ) -> Result<KvPair> {
+        match previous {
+            None => self.write(key, value, "absent", 0, opts).await,
+            Some(prev) => self.write(key, value, "index", prev.last_index, opts).await,
+        }
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "atomic_delete", key = %key))]
+    async fn atomic_delete(&self, key: &str, previous: &KvPair) -> Result<()> {
+        self.inner.check_open()?;
+        self.inner
+            .remove(normalize_key(key)?, "index", previous.last_index)
+            .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "watch", key = %key))]
+    async fn watch(&self, key: &str, _opts: Option<&ReadOptions>) -> Result<WatchStream> {
+        self.inner.check_open()?;
+        let key = normalize_key(key)?.to_owned();
+        self.inner.check_notifications().await?;
+        let sub = Subscription::Channel(self.inner.keyspace_channel(&self.inner.data_key(&key)));
+        watch_stream(self.inner.clone(), sub, move |inner| {
+            let key = key.clone();
+            async move { inner.read_key(&key).await }
+        })
+        .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "watch_tree", key = %dir))]
+    async fn watch_tree(&self, dir: &str, _opts: Option<&ReadOptions>) -> Result<WatchTreeStream> {
+        self.inner.check_open()?;
+        let dir = normalize_dir(dir)?.to_owned();
+        self.inner.check_notifications().await?;
+        let sub = Subscription::Pattern(self.inner.keyspace_tree_pattern(&dir));
+        watch_stream(self.inner.clone(), sub, move |inner| {
+            let dir = dir.clone();
+            async move { Ok(inner.read_tree(&dir).await?.unwrap_or_default()) }
+        })
+        .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "new_lock", key = %key))]
+    async fn new_lock(&self, key: &str, opts: Option<&LockOptions>) -> Result<Box<dyn Locker>> {
+        self.inner.check_open()?;
+        let key = normalize_key(key)?.to_owned();
+        let opts = opts.cloned().unwrap_or_default();
+        if opts.ttl < Duration::from_millis(1) {
+            return Err(Error::invalid_config(
+                BACKEND,
+                "lock TTL must be at least 1 ms",
+            ));
+        }
+        if let Some(value) = &opts.value {
+            check_value_size(&key, value, self.inner.config.max_value_size)?;
+        }
+        self.inner.check_notifications().await?;
+        Ok(Box::new(RedisLocker::new(self.inner.clone(), key, opts)))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "close"))]
+    async fn close(&self) -> Result<()> {
+        self.inner.cancel.cancel();
+        self.inner
+            .keep_alive_task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        Ok(())
+    }
+}
+
+/// Escapes Redis glob metacharacters (`*`, `?`, `[`, `]`, `\`) so a key matches only itself.
+/// Source: Redis docs, KEYS/PSUBSCRIBE glob-style patterns.
+pub(crate) fn escape_glob(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape_glob;
+
+    #[test]
+    fn glob_metacharacters_are_escaped() {
+        assert_eq!(escape_glob("a*b?c[d]e\\f/"), "a\\*b\\?c\\[d\\]e\\\\f/");
+        assert_eq!(escape_glob("plain/key"), "plain/key");
+    }
+}

@@ -1,0 +1,160 @@
+//! Fault tests against a real Redis: a server restart under a watch, keyspace notifications
+//! switched off, and an unreachable server. They change server state, so they run one at a time.
+
+use std::time::{Duration, Instant};
+
+use kvstore_core::{Error, Store};
+use kvstore_redis::{RedisConfig, RedisStore};
+use kvstore_testutils::{backend_url, next_within, ok, scratch_dir};
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn connect(url: &str) -> RedisStore {
+    ok(
+        RedisStore::connect(RedisConfig::from_url(&url::Url::parse(url).unwrap()).unwrap()).await,
+        "connect",
+    )
+}
+
+fn restart_script() -> String {
+    std::env::var("KVSTORE_RESTART_SCRIPT").expect("KVSTORE_RESTART_SCRIPT is set by ci/test.sh")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_survives_a_server_restart() {
+    let Some(url) = backend_url("KVSTORE_REDIS_URL") else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let store = connect(&url).await;
+    let key = format!("{}/k", scratch_dir("restart"));
+    ok(store.put(&key, b"before", None).await, "put");
+    let mut watch = ok(store.watch(&key, None).await, "watch");
+    assert_eq!(
+        &ok(next_within(&mut watch, "initial").await, "initial")
+            .unwrap()
+            .value[..],
+        b"before"
+    );
+
+    let status = tokio::process::Command::new("bash")
+        .arg(restart_script())
+        .arg("redis")
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success(), "restarting redis failed");
+
+    // The server restarted empty (no persistence): the watch must re-sync to "absent" or go
+    // straight to the new write, and then deliver a write made after the restart.
+    let writer = connect(&url).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match writer.put(&key, b"after", None).await {
+            Ok(_) => break,
+            Err(err) if err.is_transient() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(err) => panic!("put after restart: {err}"),
+        }
+    }
+    loop {
+        let item = ok(
+            next_within(&mut watch, "item after restart").await,
+            "watch item after restart",
+        );
+        match item {
+            Some(pair) if &pair.value[..] == b"after" => break,
+            None => continue,
+            Some(other) => panic!("unexpected state after restart: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_fails_clearly_when_keyspace_notifications_are_off() {
+    let Some(url) = backend_url("KVSTORE_REDIS_URL") else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let admin = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = admin.get_multiplexed_async_connection().await.unwrap();
+    let before: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("notify-keyspace-events")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("notify-keyspace-events")
+        .arg("")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let store = connect(&url).await;
+    let started = Instant::now();
+    let result = store.watch("any/key", None).await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("notify-keyspace-events")
+        .arg(&before[1])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    match result {
+        Err(err @ Error::InvalidConfig { .. }) => {
+            let text = kvstore_testutils::error_chain(&err);
+            assert!(
+                text.contains("notify-keyspace-events"),
+                "the error must say how to enable them: {text}"
+            );
+        }
+        Err(other) => panic!("expected InvalidConfig, got {other:?}"),
+        Ok(_) => panic!("watch must fail when keyspace notifications are off"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "it must not hang"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_server_is_not_reachable_within_the_timeout() {
+    // Port 1 on loopback: nothing listens there.
+    let config =
+        RedisConfig::new("redis://127.0.0.1:1").with_connection_timeout(Duration::from_millis(500));
+    let started = Instant::now();
+    match RedisStore::connect(config).await {
+        Err(err) => assert!(
+            err.is_transient(),
+            "expected NotReachable/Timeout, got {err:?}"
+        ),
+        Ok(_) => panic!("connect to a closed port must fail"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_are_raw_bytes_for_redis_cli() {
+    let Some(url) = backend_url("KVSTORE_REDIS_URL") else {
+        return;
+    };
+    let store = connect(&url).await;
+    let key = format!("{}/raw", scratch_dir("layout"));
+    let value = [0u8, 159, 146, 150, b'x'];
+    ok(store.put(&key, &value, None).await, "put");
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let raw: Vec<u8> = redis::cmd("HGET")
+        .arg(&key)
+        .arg("v")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(raw, value, "HGET <key> v returns the value byte for byte");
+    ok(store.delete(&key).await, "delete");
+}
