@@ -9,6 +9,7 @@
 //! | `redb:///abs/path.redb`, `redb:rel/path.redb` | embedded redb file | `redb` (default) |
 //! | `memory://` | in-memory store | `redb` (default) |
 //! | `redis://[user:pass@]host:port[/db]`, `rediss://…` (TLS) | Redis | `redis` |
+//! | `etcd://[user:pass@]h1:p1,h2:p2` | etcd v3 | `etcd` |
 //!
 //! Every backend has the same semantics: keys are `/`-separated and normalized, `list` is
 //! recursive and sorted, `atomic_put`/`atomic_delete` compare `last_index`, watches start with
@@ -58,6 +59,8 @@ use std::sync::Arc;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 pub use kvstore_core::*;
+#[cfg(feature = "etcd")]
+pub use kvstore_etcd as etcd;
 #[cfg(feature = "redb")]
 pub use kvstore_redb as redb;
 #[cfg(feature = "redis")]
@@ -67,7 +70,11 @@ use url::Url;
 /// The future a [`Registry`] opener returns.
 pub type OpenFuture = BoxFuture<'static, Result<Arc<dyn Store>>>;
 
-type OpenFn = Arc<dyn Fn(Url) -> OpenFuture + Send + Sync>;
+type OpenFn = Arc<dyn Fn(String) -> OpenFuture + Send + Sync>;
+
+fn parse_url(url: &str) -> Result<Url> {
+    Url::parse(url).map_err(|e| Error::invalid_config("kvstore", format!("{url:?}: {e}")))
+}
 
 /// Maps URL schemes to the code that opens a store for them.
 ///
@@ -84,7 +91,7 @@ type OpenFn = Arc<dyn Fn(Url) -> OpenFuture + Send + Sync>;
 /// # async fn main() -> kvstore::Result<()> {
 /// let mut registry = Registry::default();
 /// // A custom scheme that opens an in-memory store (stand-in for a third-party backend).
-/// registry.register("scratch", |_url| async {
+/// registry.register("scratch", |_url: String| async {
 ///     Ok(Arc::new(kvstore::redb::RedbStore::memory().await?) as Arc<dyn Store>)
 /// });
 /// let store = registry.open("scratch://anything").await?;
@@ -112,8 +119,8 @@ impl Default for Registry {
         let mut registry = Registry::empty();
         #[cfg(feature = "redb")]
         {
-            async fn open_redb(url: Url) -> Result<Arc<dyn Store>> {
-                let config = kvstore_redb::RedbConfig::from_url(&url)?;
+            async fn open_redb(url: String) -> Result<Arc<dyn Store>> {
+                let config = kvstore_redb::RedbConfig::from_url(&parse_url(&url)?)?;
                 Ok(Arc::new(kvstore_redb::RedbStore::open(config).await?))
             }
             registry.register(kvstore_redb::SCHEME, open_redb);
@@ -121,11 +128,16 @@ impl Default for Registry {
         }
         #[cfg(feature = "redis")]
         for scheme in kvstore_redis::SCHEMES {
-            registry.register(scheme, |url: Url| async move {
-                let config = kvstore_redis::RedisConfig::from_url(&url)?;
+            registry.register(scheme, |url: String| async move {
+                let config = kvstore_redis::RedisConfig::from_url(&parse_url(&url)?)?;
                 Ok(Arc::new(kvstore_redis::RedisStore::connect(config).await?) as Arc<dyn Store>)
             });
         }
+        #[cfg(feature = "etcd")]
+        registry.register(kvstore_etcd::SCHEME, |url: String| async move {
+            let config = kvstore_etcd::EtcdConfig::from_url(&url)?;
+            Ok(Arc::new(kvstore_etcd::EtcdStore::connect(config).await?) as Arc<dyn Store>)
+        });
         registry
     }
 }
@@ -138,10 +150,12 @@ impl Registry {
         }
     }
 
-    /// Adds (or replaces) the opener for `scheme` (case-insensitive, without `://`).
+    /// Adds (or replaces) the opener for `scheme` (case-insensitive, without `://`). The
+    /// opener receives the whole URL as text: multi-host URLs such as `etcd://h1:1,h2:2` are
+    /// not valid for a generic URL parser.
     pub fn register<F, Fut>(&mut self, scheme: &str, open: F) -> &mut Self
     where
-        F: Fn(Url) -> Fut + Send + Sync + 'static,
+        F: Fn(String) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Arc<dyn Store>>> + Send + 'static,
     {
         let open: OpenFn = Arc::new(move |url| open(url).boxed());
@@ -167,15 +181,29 @@ impl Registry {
     ///
     /// Cancel-safe: dropping the future drops the half-opened store.
     pub async fn open(&self, url: &str) -> Result<Arc<dyn Store>> {
-        let parsed = Url::parse(url)
-            .map_err(|e| Error::invalid_config("kvstore", format!("{url:?}: {e}")))?;
-        let Some(open) = self.schemes.get(parsed.scheme()) else {
+        let scheme = match url.split_once(':') {
+            Some((scheme, _))
+                if !scheme.is_empty()
+                    && scheme
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c)) =>
+            {
+                scheme.to_ascii_lowercase()
+            }
+            _ => {
+                return Err(Error::invalid_config(
+                    "kvstore",
+                    format!("{url:?} is not a URL (no scheme)"),
+                ));
+            }
+        };
+        let Some(open) = self.schemes.get(&scheme) else {
             return Err(Error::BackendNotSupported {
-                scheme: parsed.scheme().to_owned(),
+                scheme,
                 enabled: self.schemes.keys().cloned().collect(),
             });
         };
-        open(parsed).await
+        open(url.to_owned()).await
     }
 }
 

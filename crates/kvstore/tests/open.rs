@@ -59,8 +59,8 @@ async fn registry_adds_third_party_schemes() {
         registry.open("memory://").await,
         Err(Error::BackendNotSupported { .. })
     ));
-    registry.register("Custom", |url| async move {
-        assert_eq!(url.scheme(), "custom");
+    registry.register("Custom", |url: String| async move {
+        assert_eq!(url, "custom://x");
         Ok(Arc::new(kvstore::redb::RedbStore::memory().await?) as Arc<dyn Store>)
     });
     assert_eq!(registry.schemes(), vec!["custom"]);
@@ -98,4 +98,21 @@ async fn opens_redis_by_url() {
         .await
         .unwrap_err();
     assert!(refused.is_transient(), "{refused:?}");
+}
+
+#[cfg(feature = "etcd")]
+#[tokio::test]
+async fn opens_etcd_by_url_with_several_hosts() {
+    let Some(url) = kvstore_testutils::backend_url("KVSTORE_ETCD_URL") else {
+        return;
+    };
+    // The same member twice: the client balances over both, and the URL must parse.
+    let host = url.trim_start_matches("etcd://");
+    let store = kvstore::open(&format!("etcd://{host},{host}?prefix=open-test&timeout=2s"))
+        .await
+        .unwrap();
+    assert_eq!(store.backend(), "etcd");
+    store.put("k", b"v", None).await.unwrap();
+    assert_eq!(&store.get("k", None).await.unwrap().value[..], b"v");
+    store.delete_tree("").await.unwrap();
 }

@@ -1,0 +1,229 @@
+//! Typed configuration for the etcd store, and its URL form.
+
+use std::time::Duration;
+
+use kvstore_core::{Error, Result, normalize_dir};
+
+use crate::BACKEND;
+
+/// Default connect timeout: 5 seconds.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default per-request timeout: 10 seconds.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default largest value: 1 MiB (etcd's default request limit is 1.5 MiB,
+/// `--max-request-bytes`).
+pub const DEFAULT_MAX_VALUE_SIZE: usize = 1024 * 1024;
+/// How long a watch keeps trying to resume after losing its stream: 60 seconds.
+pub const DEFAULT_WATCH_RECONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Configuration of an [`EtcdStore`](crate::EtcdStore).
+///
+/// # URL form
+///
+/// `etcd://[user:password@]host1:port1,host2:port2[?options]`
+///
+/// | query option | meaning | default |
+/// | --- | --- | --- |
+/// | `prefix` | directory under which all keys live | none |
+/// | `timeout` | connect timeout | 5 s |
+/// | `request_timeout` | per-request timeout | 10 s |
+/// | `max_value_size` | largest value in bytes | 1 MiB |
+///
+/// # Examples
+///
+/// ```
+/// use kvstore_etcd::EtcdConfig;
+///
+/// let config = EtcdConfig::from_url("etcd://root:pw@10.0.0.1:2379,10.0.0.2:2379?prefix=app1")?;
+/// assert_eq!(config.endpoints, ["http://10.0.0.1:2379", "http://10.0.0.2:2379"]);
+/// assert_eq!(config.username.as_deref(), Some("root"));
+/// assert_eq!(config.prefix, "app1");
+/// # Ok::<(), kvstore_core::Error>(())
+/// ```
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct EtcdConfig {
+    /// Client URLs (`http://host:port`).
+    pub endpoints: Vec<String>,
+    /// Directory (normalized) that holds every key; `""`: the whole keyspace.
+    pub prefix: String,
+    /// User name for etcd authentication.
+    pub username: Option<String>,
+    /// Password for etcd authentication (hidden in `Debug`).
+    pub password: Option<String>,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Per-request timeout.
+    pub request_timeout: Duration,
+    /// Largest value accepted, in bytes.
+    pub max_value_size: usize,
+    /// How long a watch retries after losing its stream.
+    pub watch_reconnect_timeout: Duration,
+}
+
+impl std::fmt::Debug for EtcdConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdConfig")
+            .field("endpoints", &self.endpoints)
+            .field("prefix", &self.prefix)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EtcdConfig {
+    /// A configuration for these endpoints (`host:port` or `http://host:port`).
+    pub fn new<S: AsRef<str>>(endpoints: &[S]) -> Self {
+        EtcdConfig {
+            endpoints: endpoints
+                .iter()
+                .map(|e| {
+                    let e = e.as_ref();
+                    if e.contains("://") {
+                        e.to_owned()
+                    } else {
+                        format!("http://{e}")
+                    }
+                })
+                .collect(),
+            prefix: String::new(),
+            username: None,
+            password: None,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            max_value_size: DEFAULT_MAX_VALUE_SIZE,
+            watch_reconnect_timeout: DEFAULT_WATCH_RECONNECT_TIMEOUT,
+        }
+    }
+
+    /// Sets the key prefix directory.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidKey` when `prefix` breaks the key grammar.
+    pub fn with_prefix(mut self, prefix: &str) -> Result<Self> {
+        self.prefix = normalize_dir(prefix)?.to_owned();
+        Ok(self)
+    }
+
+    /// Sets user name and password.
+    pub fn with_credentials(
+        mut self,
+        username: impl Into<String>,
+        password: impl Into<String>,
+    ) -> Self {
+        self.username = Some(username.into());
+        self.password = Some(password.into());
+        self
+    }
+
+    /// Sets the connect timeout.
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Parses an `etcd://` URL (see above). Several hosts are separated by commas, which is
+    /// why this takes the URL as text rather than a parsed `Url`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for another scheme, no host, an unknown option or an unparsable
+    /// value; `InvalidKey` for a bad `prefix`.
+    pub fn from_url(url: &str) -> Result<Self> {
+        let invalid = |msg: String| Error::invalid_config(BACKEND, msg);
+        let rest = url
+            .strip_prefix("etcd://")
+            .ok_or_else(|| invalid(format!("{url:?} is not an etcd:// URL")))?;
+        let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+        let (userinfo, hosts) = match authority.rsplit_once('@') {
+            Some((user, hosts)) => (Some(user), hosts),
+            None => (None, authority),
+        };
+        let hosts: Vec<&str> = hosts.split(',').filter(|h| !h.is_empty()).collect();
+        if hosts.is_empty() {
+            return Err(invalid(format!("{url:?} names no host")));
+        }
+        // Parse path and query with the url crate, on a stand-in single host.
+        let parsed = url::Url::parse(&format!("etcd://placeholder{tail}"))
+            .map_err(|e| invalid(format!("{url:?}: {e}")))?;
+        if !matches!(parsed.path(), "" | "/") {
+            return Err(invalid(format!(
+                "{url:?}: etcd URLs have no path; use ?prefix="
+            )));
+        }
+        let mut config = EtcdConfig::new(&hosts);
+        if let Some(userinfo) = userinfo {
+            let decode =
+                |s: &str| percent_decode(s).map_err(|e| invalid(format!("credentials: {e}")));
+            let (user, pass) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+            config = config.with_credentials(decode(user)?, decode(pass)?);
+        }
+        for (name, value) in parsed.query_pairs() {
+            let duration = || {
+                humantime::parse_duration(&value)
+                    .map_err(|e| invalid(format!("{name}={value}: {e}")))
+            };
+            match name.as_ref() {
+                "prefix" => config = config.with_prefix(&value)?,
+                "timeout" => config.connect_timeout = duration()?,
+                "request_timeout" => config.request_timeout = duration()?,
+                "max_value_size" => {
+                    config.max_value_size = value
+                        .parse()
+                        .map_err(|e| invalid(format!("max_value_size={value}: {e}")))?;
+                }
+                _ => return Err(invalid(format!("unknown option {name:?}"))),
+            }
+        }
+        Ok(config)
+    }
+}
+
+fn percent_decode(s: &str) -> std::result::Result<String, std::str::Utf8Error> {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .map(|c| c.into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_hosts_credentials_and_options() {
+        let c = EtcdConfig::from_url("etcd://u%40x:p%3Aw@h1:1,h2:2?timeout=2s&prefix=/a/").unwrap();
+        assert_eq!(c.endpoints, ["http://h1:1", "http://h2:2"]);
+        assert_eq!(
+            (c.username.as_deref(), c.password.as_deref()),
+            (Some("u@x"), Some("p:w"))
+        );
+        assert_eq!(
+            (c.connect_timeout, c.prefix.as_str()),
+            (Duration::from_secs(2), "a")
+        );
+        assert!(
+            !format!("{c:?}").contains("p:w"),
+            "Debug hides the password"
+        );
+    }
+
+    #[test]
+    fn rejects_bad_urls() {
+        for u in [
+            "etcd://",
+            "redis://h:1",
+            "etcd://h:1?x=1",
+            "etcd://h:1/path",
+            "etcd://h:1?timeout=x",
+        ] {
+            assert!(
+                matches!(EtcdConfig::from_url(u), Err(Error::InvalidConfig { .. })),
+                "{u}"
+            );
+        }
+    }
+}

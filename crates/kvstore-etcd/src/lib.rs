@@ -1,0 +1,55 @@
+//! kvstore backend on [etcd](https://etcd.io) v3 (tested against etcd 3.4).
+//!
+//! # Mapping
+//!
+//! - A key is the etcd key `<prefix><key>` holding the raw value (`etcdctl get <key>` shows it
+//!   byte for byte); `last_index` is its `mod_revision`.
+//! - `atomic_put`/`atomic_delete` are one transaction comparing `mod_revision` (create-only:
+//!   `create_revision == 0`), with a read in the else branch to tell `KeyNotFound` from
+//!   `KeyModified` in the same round trip. `list` and `delete_tree` are one transaction over
+//!   the range `dir/`..`dir0` plus `dir` itself, so `a` never touches `ab`.
+//! - TTL: a lease of the TTL rounded up to whole seconds (one extra round trip to grant it);
+//!   etcd checks lease expiry about every 500 ms, so a key disappears within TTL + 1 s.
+//!   `keep_alive` keeps the lease alive until the store is closed.
+//! - Watches read at revision R and watch from R + 1, resume from the last seen revision after a
+//!   disconnect, and re-read if that revision was compacted; see [`watch`](crate#behavior-on-reconnects).
+//! - Locks use a lease plus revision-ordered waiter keys under `<prefix>\x01kvstore/lock/`, a
+//!   name no valid key can have, so they never show in `list` or `watch_tree`.
+//!
+//! # Behavior on reconnects
+//!
+//! Calls fail with `NotReachable` or `Timeout` while no member answers; the client reconnects
+//! by itself. Watches resume (see above) for up to `watch_reconnect_timeout`. A lock whose lease
+//! cannot be kept alive is lost (its `LockLost` fires) when the lease expires.
+//!
+//! # Examples
+//!
+//! ```no_run
+//! use kvstore_core::Store;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> kvstore_core::Result<()> {
+//! let config = kvstore_etcd::EtcdConfig::from_url("etcd://127.0.0.1:2379?prefix=app1")?;
+//! let store = kvstore_etcd::EtcdStore::connect(config).await?;
+//! store.put("services/web", b"10.0.0.1:80", None).await?;
+//! # Ok(())
+//! # }
+//! ```
+
+mod config;
+mod error;
+mod lock;
+mod store;
+mod watch;
+
+pub use config::{
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_VALUE_SIZE, DEFAULT_REQUEST_TIMEOUT,
+    DEFAULT_WATCH_RECONNECT_TIMEOUT, EtcdConfig,
+};
+pub use lock::EtcdLocker;
+pub use store::EtcdStore;
+
+/// URL scheme: `etcd://host1:port1,host2:port2`.
+pub const SCHEME: &str = "etcd";
+/// `Store::backend()` of an etcd store.
+pub const BACKEND: &str = "etcd";

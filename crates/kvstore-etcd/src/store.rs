@@ -1,0 +1,578 @@
+//! The [`Store`] implementation over etcd's KV, lease and watch APIs.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
+};
+use kvstore_core::{
+    Capabilities, Error, KvPair, LockOptions, Locker, ReadOptions, Result, Store, WatchStream,
+    WatchTreeStream, WriteOptions, check_value_size, normalize_dir, normalize_key,
+};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
+
+use crate::BACKEND;
+use crate::config::EtcdConfig;
+use crate::error::from_etcd;
+use crate::lock::EtcdLocker;
+use crate::watch::{watch_key, watch_tree};
+
+/// Connection state shared by the store, its watches and its locks.
+pub(crate) struct Inner {
+    client: Client,
+    pub(crate) config: EtcdConfig,
+    /// `""` or `"<prefix>/"`.
+    prefix: String,
+    pub(crate) cancel: CancellationToken,
+    /// Lease id → keep-alive task, for keys written with `keep_alive`.
+    keep_alives: Mutex<HashMap<i64, AbortOnDropHandle<()>>>,
+}
+
+/// Seconds for an etcd lease that lives at least `ttl`: leases have whole-second TTLs, so this
+/// rounds up (never expire a key early).
+pub(crate) fn lease_seconds(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_millis().div_ceil(1000).max(1)).unwrap_or(i64::MAX)
+}
+
+/// The first key after every key that starts with `prefix` (etcd's "range end" for a prefix).
+pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+impl Inner {
+    pub(crate) fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    pub(crate) fn data_key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    /// The key range holding every descendant of `dir`: `dir/` up to `dir0`; for `""` the
+    /// whole prefix.
+    pub(crate) fn tree_range(&self, dir: &str) -> (String, Vec<u8>) {
+        if dir.is_empty() && self.prefix.is_empty() {
+            // Source: etcd docs, RangeRequest — key "\0" with range_end "\0" means every key.
+            ("\0".to_owned(), vec![0])
+        } else if dir.is_empty() {
+            (self.prefix.clone(), prefix_end(self.prefix.as_bytes()))
+        } else {
+            (
+                format!("{}{dir}/", self.prefix),
+                format!("{}{dir}0", self.prefix).into_bytes(),
+            )
+        }
+    }
+
+    /// The user key of an etcd key, or `None` for bookkeeping and foreign keys.
+    pub(crate) fn user_key<'a>(&self, etcd_key: &'a [u8]) -> Option<&'a str> {
+        let key = std::str::from_utf8(etcd_key)
+            .ok()?
+            .strip_prefix(self.prefix.as_str())?;
+        // Bookkeeping keys start with \x01, which no valid key contains.
+        (!key.starts_with('\u{1}')).then_some(key)
+    }
+
+    pub(crate) fn lock_prefix(&self, key: &str) -> String {
+        format!("{}\u{1}kvstore/lock/{key}/", self.prefix)
+    }
+
+    pub(crate) fn check_open(&self) -> Result<()> {
+        if self.cancel.is_cancelled() {
+            return Err(Error::Closed { backend: BACKEND });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn pair(&self, kv: &etcd_client::KeyValue) -> Option<KvPair> {
+        let key = self.user_key(kv.key())?;
+        Some(KvPair::new(
+            key,
+            kv.value().to_vec(),
+            u64::try_from(kv.mod_revision()).ok()?,
+        ))
+    }
+
+    /// Reads one key; also returns the revision the read was served at.
+    pub(crate) async fn read_key(
+        &self,
+        key: &str,
+        consistent: bool,
+    ) -> Result<(Option<KvPair>, i64)> {
+        let opts = (!consistent).then(|| GetOptions::new().with_serializable());
+        let resp = self
+            .client()
+            .get(self.data_key(key), opts)
+            .await
+            .map_err(from_etcd)?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        Ok((resp.kvs().first().and_then(|kv| self.pair(kv)), revision))
+    }
+
+    /// Reads `dir` and its descendants in one transaction; `None` when neither exists. Also
+    /// returns the revision of the read.
+    pub(crate) async fn read_tree(
+        &self,
+        dir: &str,
+        consistent: bool,
+    ) -> Result<(Option<Vec<KvPair>>, i64)> {
+        let (start, end) = self.tree_range(dir);
+        let mut range = GetOptions::new().with_range(end);
+        if !consistent {
+            range = range.with_serializable();
+        }
+        let mut ops = vec![TxnOp::get(start, Some(range))];
+        if !dir.is_empty() {
+            ops.push(TxnOp::get(self.data_key(dir), None));
+        }
+        let resp = self
+            .client()
+            .txn(Txn::new().and_then(ops))
+            .await
+            .map_err(from_etcd)?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        let mut responses = resp.op_responses().into_iter();
+        let Some(TxnOpResponse::Get(range)) = responses.next() else {
+            return Err(Error::backend(BACKEND, "txn returned no range response"));
+        };
+        let pairs: Vec<KvPair> = range.kvs().iter().filter_map(|kv| self.pair(kv)).collect();
+        let dir_exists = match responses.next() {
+            Some(TxnOpResponse::Get(get)) => !get.kvs().is_empty(),
+            _ => false,
+        };
+        Ok((
+            (dir.is_empty() || dir_exists || !pairs.is_empty()).then_some(pairs),
+            revision,
+        ))
+    }
+
+    async fn grant(&self, ttl: Duration) -> Result<i64> {
+        Ok(self
+            .client()
+            .lease_grant(lease_seconds(ttl), None)
+            .await
+            .map_err(from_etcd)?
+            .id())
+    }
+}
+
+/// Keeps a lease alive at a third of its TTL until cancelled or the lease is gone.
+pub(crate) async fn keep_lease_alive(
+    inner: Arc<Inner>,
+    lease: i64,
+    ttl: Duration,
+    cancel: CancellationToken,
+) -> Result<()> {
+    let (mut keeper, mut responses) = inner
+        .client()
+        .lease_keep_alive(lease)
+        .await
+        .map_err(from_etcd)?;
+    let period = (ttl / 3).max(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            () = tokio::time::sleep(period) => {}
+        }
+        keeper.keep_alive().await.map_err(from_etcd)?;
+        match responses.message().await.map_err(from_etcd)? {
+            Some(resp) if resp.ttl() > 0 => {}
+            _ => return Err(Error::backend(BACKEND, format!("lease {lease:x} expired"))),
+        }
+    }
+}
+
+/// A kvstore [`Store`] on an etcd v3 cluster (tested against etcd 3.4).
+///
+/// See the crate docs for the key layout and the mapping of each call.
+///
+/// # Examples
+///
+/// ```no_run
+/// use kvstore_core::Store;
+/// use kvstore_etcd::{EtcdConfig, EtcdStore};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> kvstore_core::Result<()> {
+/// let store = EtcdStore::connect(EtcdConfig::new(&["127.0.0.1:2379"])).await?;
+/// store.put("app/config", b"v1", None).await?;
+/// # Ok(())
+/// # }
+/// ```
+pub struct EtcdStore {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for EtcdStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdStore")
+            .field("config", &self.inner.config)
+            .field("closed", &self.inner.cancel.is_cancelled())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for EtcdStore {
+    fn drop(&mut self) {
+        // Ends keep-alives, renewals and watches so their tasks release the client.
+        self.inner.cancel.cancel();
+    }
+}
+
+impl EtcdStore {
+    /// Connects and checks that a member answers (etcd-client's `connect` alone succeeds
+    /// without any server).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotReachable`] when no endpoint answers within `connect_timeout`;
+    /// [`Error::InvalidConfig`] for malformed endpoints; [`Error::Backend`] for refused
+    /// credentials.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe.
+    pub async fn connect(config: EtcdConfig) -> Result<Self> {
+        let mut opts = ConnectOptions::new()
+            .with_connect_timeout(config.connect_timeout)
+            .with_timeout(config.request_timeout);
+        if let (Some(user), Some(password)) = (&config.username, &config.password) {
+            opts = opts.with_user(user.clone(), password.clone());
+        }
+        let unreachable = |e: Error| match e {
+            Error::Timeout | Error::NotReachable { .. } => Error::not_reachable(BACKEND, e),
+            other => other,
+        };
+        let probe = async {
+            let mut client = Client::connect(&config.endpoints, Some(opts))
+                .await
+                .map_err(from_etcd)?;
+            client.status().await.map_err(from_etcd)?;
+            Ok::<_, Error>(client)
+        };
+        let client = tokio::time::timeout(config.connect_timeout, probe)
+            .await
+            .map_err(|_| {
+                Error::not_reachable(
+                    BACKEND,
+                    format!("no endpoint answered within {:?}", config.connect_timeout),
+                )
+            })?
+            .map_err(unreachable)?;
+        let prefix = if config.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", config.prefix)
+        };
+        Ok(EtcdStore {
+            inner: Arc::new(Inner {
+                client,
+                config,
+                prefix,
+                cancel: CancellationToken::new(),
+                keep_alives: Mutex::default(),
+            }),
+        })
+    }
+
+    /// Writes with an optional condition: `None` unconditional, `Some(0)` create-only,
+    /// `Some(rev)` compare mod_revision. One round trip, plus one to grant a lease for a TTL.
+    async fn write(
+        &self,
+        key: &str,
+        value: &[u8],
+        expect: Option<i64>,
+        opts: Option<&WriteOptions>,
+    ) -> Result<KvPair> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        let key = normalize_key(key)?;
+        check_value_size(key, value, inner.config.max_value_size)?;
+        let ttl = opts.and_then(|o| o.ttl);
+        let lease = match ttl {
+            Some(ttl) => Some(inner.grant(ttl).await?),
+            None => None,
+        };
+        let put_opts = lease.map(|id| PutOptions::new().with_lease(id));
+        let etcd_key = inner.data_key(key);
+        let revision = match expect {
+            None => {
+                let resp = inner
+                    .client()
+                    .put(etcd_key, value.to_vec(), put_opts)
+                    .await
+                    .map_err(from_etcd)?;
+                resp.header().map_or(0, |h| h.revision())
+            }
+            Some(expected) => {
+                // Source: etcd docs, "KV API guarantees" / Txn — compare mod_revision (create:
+                // create_revision == 0), else read the key to tell the failure apart.
+                let compare = if expected == 0 {
+                    Compare::create_revision(etcd_key.clone(), CompareOp::Equal, 0)
+                } else {
+                    Compare::mod_revision(etcd_key.clone(), CompareOp::Equal, expected)
+                };
+                let txn = Txn::new()
+                    .when([compare])
+                    .and_then([TxnOp::put(etcd_key.clone(), value.to_vec(), put_opts)])
+                    .or_else([TxnOp::get(etcd_key, None)]);
+                let resp = inner.client().txn(txn).await.map_err(from_etcd)?;
+                if !resp.succeeded() {
+                    if let Some(id) = lease {
+                        let _ = inner.client().lease_revoke(id).await;
+                    }
+                    let exists = resp
+                        .op_responses()
+                        .into_iter()
+                        .any(|r| matches!(r, TxnOpResponse::Get(g) if !g.kvs().is_empty()));
+                    return Err(match (expected, exists) {
+                        (0, _) => Error::KeyExists { key: key.into() },
+                        (_, false) => Error::not_found(key),
+                        (_, true) => Error::KeyModified { key: key.into() },
+                    });
+                }
+                resp.header().map_or(0, |h| h.revision())
+            }
+        };
+        if let (Some(id), Some(ttl)) = (lease, ttl.filter(|_| opts.is_some_and(|o| o.keep_alive))) {
+            let task = tokio::spawn({
+                let (inner, cancel) = (inner.clone(), inner.cancel.clone());
+                async move {
+                    if let Err(err) = keep_lease_alive(inner, id, ttl, cancel).await {
+                        tracing::warn!(backend = BACKEND, error = %err, "keep-alive stopped");
+                    }
+                }
+            });
+            inner
+                .keep_alives
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id, AbortOnDropHandle::new(task));
+        }
+        let index =
+            u64::try_from(revision).map_err(|_| Error::backend(BACKEND, "negative revision"))?;
+        Ok(KvPair::new(key, value.to_vec(), index))
+    }
+
+    async fn remove(&self, key: &str, expected: Option<i64>) -> Result<()> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        let key = normalize_key(key)?;
+        let etcd_key = inner.data_key(key);
+        let compare = match expected {
+            None => Compare::create_revision(etcd_key.clone(), CompareOp::Greater, 0),
+            Some(rev) => Compare::mod_revision(etcd_key.clone(), CompareOp::Equal, rev),
+        };
+        let txn = Txn::new()
+            .when([compare])
+            .and_then([TxnOp::delete(etcd_key.clone(), None)])
+            .or_else([TxnOp::get(etcd_key, None)]);
+        let resp = inner.client().txn(txn).await.map_err(from_etcd)?;
+        if resp.succeeded() {
+            return Ok(());
+        }
+        let exists = resp
+            .op_responses()
+            .into_iter()
+            .any(|r| matches!(r, TxnOpResponse::Get(g) if !g.kvs().is_empty()));
+        Err(if exists {
+            Error::KeyModified { key: key.into() }
+        } else {
+            Error::not_found(key)
+        })
+    }
+}
+
+fn consistent(opts: Option<&ReadOptions>) -> bool {
+    opts.is_none_or(|o| o.consistent)
+}
+
+#[async_trait]
+impl Store for EtcdStore {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::all().with_max_value_size(self.inner.config.max_value_size)
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "put", key = %key))]
+    async fn put(&self, key: &str, value: &[u8], opts: Option<&WriteOptions>) -> Result<KvPair> {
+        self.write(key, value, None, opts).await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "get", key = %key))]
+    async fn get(&self, key: &str, opts: Option<&ReadOptions>) -> Result<KvPair> {
+        self.inner.check_open()?;
+        let key = normalize_key(key)?;
+        self.inner
+            .read_key(key, consistent(opts))
+            .await?
+            .0
+            .ok_or_else(|| Error::not_found(key))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "delete", key = %key))]
+    async fn delete(&self, key: &str) -> Result<()> {
+        self.remove(key, None).await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "exists", key = %key))]
+    async fn exists(&self, key: &str, opts: Option<&ReadOptions>) -> Result<bool> {
+        self.inner.check_open()?;
+        let key = normalize_key(key)?;
+        let mut get = GetOptions::new().with_count_only();
+        if !consistent(opts) {
+            get = get.with_serializable();
+        }
+        let resp = self
+            .inner
+            .client()
+            .get(self.inner.data_key(key), Some(get))
+            .await
+            .map_err(from_etcd)?;
+        Ok(resp.count() > 0)
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "list", key = %dir))]
+    async fn list(&self, dir: &str, opts: Option<&ReadOptions>) -> Result<Vec<KvPair>> {
+        self.inner.check_open()?;
+        let dir = normalize_dir(dir)?;
+        self.inner
+            .read_tree(dir, consistent(opts))
+            .await?
+            .0
+            .ok_or_else(|| Error::not_found(dir))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "delete_tree", key = %dir))]
+    async fn delete_tree(&self, dir: &str) -> Result<()> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        let dir = normalize_dir(dir)?;
+        let (start, end) = inner.tree_range(dir);
+        let mut ops = vec![TxnOp::delete(
+            start,
+            Some(etcd_client::DeleteOptions::new().with_range(end)),
+        )];
+        if !dir.is_empty() {
+            ops.push(TxnOp::delete(inner.data_key(dir), None));
+        }
+        let resp = inner
+            .client()
+            .txn(Txn::new().and_then(ops))
+            .await
+            .map_err(from_etcd)?;
+        let deleted: i64 = resp
+            .op_responses()
+            .into_iter()
+            .map(|r| match r {
+                TxnOpResponse::Delete(d) => d.deleted(),
+                _ => 0,
+            })
+            .sum();
+        if deleted == 0 {
+            Err(Error::not_found(dir))
+        } else {
+            Ok(())
+        }
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "atomic_put", key = %key))]
+    async fn atomic_put(
+        &self,
+        key: &str,
+        value: &[u8],
+        previous: Option<&KvPair>,
+        opts: Option<&WriteOptions>,
+    ) -> Result<KvPair> {
+        let expected = match previous {
+            None => 0,
+            Some(prev) => i64::try_from(prev.last_index).unwrap_or(i64::MAX),
+        };
+        self.write(key, value, Some(expected), opts).await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "atomic_delete", key = %key))]
+    async fn atomic_delete(&self, key: &str, previous: &KvPair) -> Result<()> {
+        self.remove(
+            key,
+            Some(i64::try_from(previous.last_index).unwrap_or(i64::MAX)),
+        )
+        .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "watch", key = %key))]
+    async fn watch(&self, key: &str, opts: Option<&ReadOptions>) -> Result<WatchStream> {
+        self.inner.check_open()?;
+        let key = normalize_key(key)?.to_owned();
+        watch_key(self.inner.clone(), key, consistent(opts)).await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "watch_tree", key = %dir))]
+    async fn watch_tree(&self, dir: &str, opts: Option<&ReadOptions>) -> Result<WatchTreeStream> {
+        self.inner.check_open()?;
+        let dir = normalize_dir(dir)?.to_owned();
+        watch_tree(self.inner.clone(), dir, consistent(opts)).await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "new_lock", key = %key))]
+    async fn new_lock(&self, key: &str, opts: Option<&LockOptions>) -> Result<Box<dyn Locker>> {
+        self.inner.check_open()?;
+        let key = normalize_key(key)?.to_owned();
+        let opts = opts.cloned().unwrap_or_default();
+        if opts.ttl.is_zero() {
+            return Err(Error::invalid_config(
+                BACKEND,
+                "lock TTL must be greater than zero",
+            ));
+        }
+        if let Some(value) = &opts.value {
+            check_value_size(&key, value, self.inner.config.max_value_size)?;
+        }
+        Ok(Box::new(EtcdLocker::new(self.inner.clone(), key, opts)))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "close"))]
+    async fn close(&self) -> Result<()> {
+        self.inner.cancel.cancel();
+        self.inner
+            .keep_alives
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_seconds_round_up() {
+        assert_eq!(lease_seconds(Duration::from_millis(1)), 1);
+        assert_eq!(lease_seconds(Duration::from_millis(1000)), 1);
+        assert_eq!(lease_seconds(Duration::from_millis(1001)), 2);
+    }
+
+    #[test]
+    fn prefix_end_is_the_next_key() {
+        assert_eq!(prefix_end(b"a/"), b"a0");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b""), b"\0");
+    }
+}
