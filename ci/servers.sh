@@ -131,7 +131,8 @@ admin.enableServer=false
 extendedTypesEnabled=true
 EOF
         java -Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 \
-            -Dzookeeper.extendedTypesEnabled=true -Dzookeeper.log.dir="$dir" \
+            -Dzookeeper.extendedTypesEnabled=true -Dznode.container.checkIntervalMs=100 \
+            -Dzookeeper.log.dir="$dir" \
             -cp /usr/share/java/zookeeper.jar:/usr/share/java/slf4j-simple.jar:/etc/zookeeper/conf \
             org.apache.zookeeper.server.quorum.QuorumPeerMain "$dir/zoo.cfg" >"$dir/log" 2>&1 &
         echo $! >"$dir/pid"

@@ -180,6 +180,41 @@ where
     }
 }
 
+/// Runs `ci/restart.sh NAME ACTION` (through `KVSTORE_RESTART_SCRIPT`, exported by
+/// `ci/test.sh`) to `stop`, `start` or `restart` one server on its port; panics if it fails.
+pub async fn server_control(name: &str, action: &str) {
+    let script = std::env::var("KVSTORE_RESTART_SCRIPT")
+        .expect("KVSTORE_RESTART_SCRIPT is set by ci/test.sh");
+    let status = tokio::process::Command::new("bash")
+        .arg(script)
+        .arg(name)
+        .arg(action)
+        .status()
+        .await
+        .expect("running the restart script");
+    assert!(status.success(), "{action} of {name} failed");
+}
+
+/// Retries `op` every 100 ms while it fails with a transient error (`NotReachable`,
+/// `Timeout`) — a server coming back after a restart — for up to `deadline`; panics on any
+/// other error or when the deadline passes.
+pub async fn retry_transient<T, F, Fut>(deadline: Duration, what: &str, mut op: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let start = Instant::now();
+    loop {
+        match op().await {
+            Ok(value) => return value,
+            Err(err) if err.is_transient() && start.elapsed() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(err) => panic!("{what} failed: {}", error_chain(&err)),
+        }
+    }
+}
+
 /// The keys of a listing, in order.
 pub fn keys(pairs: &[KvPair]) -> Vec<&str> {
     pairs.iter().map(|p| p.key.as_str()).collect()

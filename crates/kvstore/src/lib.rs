@@ -10,6 +10,7 @@
 //! | `memory://` | in-memory store | `redb` (default) |
 //! | `redis://[user:pass@]host:port[/db]`, `rediss://…` (TLS) | Redis | `redis` |
 //! | `etcd://[user:pass@]h1:p1,h2:p2` | etcd v3 | `etcd` |
+//! | `zk://[user:pass@]h1:p1,h2:p2[/chroot]` | ZooKeeper 3.6+ | `zk` |
 //!
 //! Every backend has the same semantics: keys are `/`-separated and normalized, `list` is
 //! recursive and sorted, `atomic_put`/`atomic_delete` compare `last_index`, watches start with
@@ -65,6 +66,8 @@ pub use kvstore_etcd as etcd;
 pub use kvstore_redb as redb;
 #[cfg(feature = "redis")]
 pub use kvstore_redis as redis;
+#[cfg(feature = "zk")]
+pub use kvstore_zk as zk;
 use url::Url;
 
 /// The future a [`Registry`] opener returns.
@@ -137,6 +140,11 @@ impl Default for Registry {
         registry.register(kvstore_etcd::SCHEME, |url: String| async move {
             let config = kvstore_etcd::EtcdConfig::from_url(&url)?;
             Ok(Arc::new(kvstore_etcd::EtcdStore::connect(config).await?) as Arc<dyn Store>)
+        });
+        #[cfg(feature = "zk")]
+        registry.register(kvstore_zk::SCHEME, |url: String| async move {
+            let config = kvstore_zk::ZkConfig::from_url(&url)?;
+            Ok(Arc::new(kvstore_zk::ZkStore::connect(config).await?) as Arc<dyn Store>)
         });
         registry
     }

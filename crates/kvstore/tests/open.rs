@@ -116,3 +116,30 @@ async fn opens_etcd_by_url_with_several_hosts() {
     assert_eq!(&store.get("k", None).await.unwrap().value[..], b"v");
     store.delete_tree("").await.unwrap();
 }
+
+#[cfg(feature = "zk")]
+#[tokio::test]
+async fn opens_zookeeper_by_url_with_a_chroot() {
+    let Some(url) = kvstore_testutils::backend_url("KVSTORE_ZK_URL") else {
+        return;
+    };
+    let host = url.trim_start_matches("zk://");
+    let chroot = kvstore_testutils::scratch_dir("open_zk");
+    let store = kvstore::open(&format!("zk://{host},{host}/{chroot}?timeout=2s"))
+        .await
+        .unwrap();
+    assert_eq!(store.backend(), "zk");
+    store.put("k", b"v", None).await.unwrap();
+    // The key lives under the chroot.
+    let root = kvstore::open(&url).await.unwrap();
+    assert_eq!(
+        &root.get(&format!("{chroot}/k"), None).await.unwrap().value[..],
+        b"v"
+    );
+    assert_eq!(
+        kvstore_testutils::keys(&store.list("", None).await.unwrap()),
+        ["k"]
+    );
+    store.delete_tree("").await.unwrap();
+    kvstore_testutils::cleanup(&*root, &chroot).await;
+}

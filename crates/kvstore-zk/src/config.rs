@@ -1,0 +1,300 @@
+//! Typed configuration for the ZooKeeper store, and its URL form.
+
+use std::time::Duration;
+
+use kvstore_core::{Error, Result, normalize_dir};
+
+use crate::BACKEND;
+
+/// Default connect timeout: 5 seconds.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default per-request timeout: 10 seconds.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default session timeout asked of the server: 10 seconds (the server clamps it to its
+/// `minSessionTimeout`..`maxSessionTimeout`, by default 2..20 ticks).
+pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default largest value: 1,000,000 bytes. ZooKeeper refuses packets over `jute.maxbuffer`
+/// (1 MiB − 1 by default); this leaves room for the path, the request framing and the 16-byte
+/// escape of values that start with kvstore's marker.
+pub const DEFAULT_MAX_VALUE_SIZE: usize = 1_000_000;
+
+/// Which ACL kvstore puts on the znodes it creates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ZkAcl {
+    /// `world:anyone` with every permission (ZooKeeper's `OPEN_ACL_UNSAFE`).
+    Open,
+    /// Every permission for the authenticated creator only (`CREATOR_ALL_ACL`); needs
+    /// credentials.
+    Creator,
+    /// Every permission for the creator, read for everyone else.
+    CreatorWorldRead,
+}
+
+/// Configuration of a [`ZkStore`](crate::ZkStore).
+///
+/// # URL form
+///
+/// `zk://[user:password@]host1:port1,host2:port2[/chroot][?options]`
+///
+/// The chroot is the znode under which every key lives (`zk://h:2181/app` stores key `a/b` at
+/// `/app/a/b`); it is created on demand. With `user:password`, the session authenticates with
+/// the `digest` scheme and nodes are created with the `creator` ACL unless `acl` says otherwise.
+///
+/// | query option | meaning | default |
+/// | --- | --- | --- |
+/// | `prefix` | directory under the chroot that holds every key | none |
+/// | `timeout` | connect timeout | 5 s |
+/// | `session_timeout` | session timeout asked of the server | 10 s |
+/// | `request_timeout` | per-request timeout | 10 s |
+/// | `max_value_size` | largest value in bytes | 1,000,000 |
+/// | `acl` | ACL of created nodes: `open`, `creator`, `creator_read` | `open`, or `creator` with credentials |
+///
+/// # Examples
+///
+/// ```
+/// use kvstore_zk::{ZkAcl, ZkConfig};
+///
+/// let config = ZkConfig::from_url("zk://app:secret@10.0.0.1:2181,10.0.0.2:2181/services?session_timeout=6s")?;
+/// assert_eq!(config.hosts, ["10.0.0.1:2181", "10.0.0.2:2181"]);
+/// assert_eq!(config.root, "services");
+/// assert_eq!(config.acl, ZkAcl::Creator);
+/// # Ok::<(), kvstore_core::Error>(())
+/// ```
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct ZkConfig {
+    /// Servers, `host:port`.
+    pub hosts: Vec<String>,
+    /// Directory (normalized, without leading `/`) holding every key: chroot and prefix
+    /// joined; `""` is the znode root.
+    pub root: String,
+    /// `digest` credentials (`user`, `password`); the password is hidden in `Debug`.
+    pub digest: Option<(String, String)>,
+    /// ACL put on created znodes.
+    pub acl: ZkAcl,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Session timeout asked of the server.
+    pub session_timeout: Duration,
+    /// Per-request timeout.
+    pub request_timeout: Duration,
+    /// Largest value accepted, in bytes.
+    pub max_value_size: usize,
+}
+
+impl std::fmt::Debug for ZkConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZkConfig")
+            .field("hosts", &self.hosts)
+            .field("root", &self.root)
+            .field("user", &self.digest.as_ref().map(|(u, _)| u))
+            .field("acl", &self.acl)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("session_timeout", &self.session_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("max_value_size", &self.max_value_size)
+            .finish()
+    }
+}
+
+impl ZkConfig {
+    /// A configuration for these servers (`host:port`), keys at the znode root.
+    pub fn new<S: AsRef<str>>(hosts: &[S]) -> Self {
+        ZkConfig {
+            hosts: hosts.iter().map(|h| h.as_ref().to_owned()).collect(),
+            root: String::new(),
+            digest: None,
+            acl: ZkAcl::Open,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            session_timeout: DEFAULT_SESSION_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            max_value_size: DEFAULT_MAX_VALUE_SIZE,
+        }
+    }
+
+    /// Sets the directory that holds every key (a chroot).
+    ///
+    /// # Errors
+    ///
+    /// `InvalidKey` when `root` breaks the key grammar.
+    pub fn with_root(mut self, root: &str) -> Result<Self> {
+        self.root = normalize_dir(root)?.to_owned();
+        Ok(self)
+    }
+
+    /// Authenticates with the `digest` scheme and creates nodes with the `creator` ACL.
+    pub fn with_digest(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
+        self.digest = Some((user.into(), password.into()));
+        self.acl = ZkAcl::Creator;
+        self
+    }
+
+    /// Sets the ACL of created nodes.
+    pub fn with_acl(mut self, acl: ZkAcl) -> Self {
+        self.acl = acl;
+        self
+    }
+
+    /// Sets the connect timeout.
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Sets the session timeout asked of the server.
+    pub fn with_session_timeout(mut self, timeout: Duration) -> Self {
+        self.session_timeout = timeout;
+        self
+    }
+
+    /// `host1:port1,host2:port2`, the connect string of the ZooKeeper client.
+    pub(crate) fn connect_string(&self) -> String {
+        self.hosts.join(",")
+    }
+
+    /// Checks the settings that cannot be checked field by field.
+    pub(crate) fn validate(&self) -> Result<()> {
+        let invalid = |msg: &str| Err(Error::invalid_config(BACKEND, msg.to_owned()));
+        if self.hosts.is_empty() {
+            return invalid("no ZooKeeper server given");
+        }
+        if self.acl != ZkAcl::Open && self.digest.is_none() {
+            return invalid("the creator ACLs need digest credentials (zk://user:password@...)");
+        }
+        if self.session_timeout.is_zero() || self.connect_timeout.is_zero() {
+            return invalid("timeouts must be greater than zero");
+        }
+        Ok(())
+    }
+
+    /// Parses a `zk://` URL (see above). Several hosts are separated by commas, which is why
+    /// this takes the URL as text rather than a parsed `Url`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for another scheme, no host, an unknown option or an unparsable
+    /// value; `InvalidKey` for a bad chroot or `prefix`.
+    pub fn from_url(url: &str) -> Result<Self> {
+        let invalid = |msg: String| Error::invalid_config(BACKEND, msg);
+        let rest = url
+            .strip_prefix("zk://")
+            .ok_or_else(|| invalid(format!("{url:?} is not a zk:// URL")))?;
+        let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+        let (userinfo, hosts) = match authority.rsplit_once('@') {
+            Some((user, hosts)) => (Some(user), hosts),
+            None => (None, authority),
+        };
+        let hosts: Vec<&str> = hosts.split(',').filter(|h| !h.is_empty()).collect();
+        if hosts.is_empty() {
+            return Err(invalid(format!("{url:?} names no host")));
+        }
+        // Parse path and query with the url crate, on a stand-in single host.
+        let parsed = url::Url::parse(&format!("zk://placeholder{tail}"))
+            .map_err(|e| invalid(format!("{url:?}: {e}")))?;
+        let chroot = percent_decode(parsed.path()).map_err(|e| invalid(format!("chroot: {e}")))?;
+        let mut config = ZkConfig::new(&hosts).with_root(&chroot)?;
+        if let Some(userinfo) = userinfo {
+            let decode =
+                |s: &str| percent_decode(s).map_err(|e| invalid(format!("credentials: {e}")));
+            let (user, pass) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+            config = config.with_digest(decode(user)?, decode(pass)?);
+        }
+        let mut prefix = None;
+        for (name, value) in parsed.query_pairs() {
+            let duration = || {
+                humantime::parse_duration(&value)
+                    .map_err(|e| invalid(format!("{name}={value}: {e}")))
+            };
+            match name.as_ref() {
+                "prefix" => prefix = Some(normalize_dir(&value)?.to_owned()),
+                "timeout" => config.connect_timeout = duration()?,
+                "session_timeout" => config.session_timeout = duration()?,
+                "request_timeout" => config.request_timeout = duration()?,
+                "max_value_size" => {
+                    config.max_value_size = value
+                        .parse()
+                        .map_err(|e| invalid(format!("max_value_size={value}: {e}")))?;
+                }
+                "acl" => {
+                    config.acl = match value.as_ref() {
+                        "open" => ZkAcl::Open,
+                        "creator" => ZkAcl::Creator,
+                        "creator_read" => ZkAcl::CreatorWorldRead,
+                        other => {
+                            return Err(invalid(format!(
+                                "acl={other}: expected open, creator or creator_read"
+                            )));
+                        }
+                    }
+                }
+                _ => return Err(invalid(format!("unknown option {name:?}"))),
+            }
+        }
+        if let Some(prefix) = prefix.filter(|p| !p.is_empty()) {
+            config.root = if config.root.is_empty() {
+                prefix
+            } else {
+                format!("{}/{prefix}", config.root)
+            };
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+fn percent_decode(s: &str) -> std::result::Result<String, std::str::Utf8Error> {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .map(|c| c.into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_hosts_chroot_credentials_and_options() {
+        let c = ZkConfig::from_url(
+            "zk://u%40x:p%3Aw@h1:1,h2:2/app/?prefix=/svc/&timeout=2s&acl=creator_read",
+        )
+        .unwrap();
+        assert_eq!(c.hosts, ["h1:1", "h2:2"]);
+        assert_eq!(c.connect_string(), "h1:1,h2:2");
+        assert_eq!(c.root, "app/svc");
+        assert_eq!(
+            c.digest,
+            Some(("u@x".to_owned(), "p:w".to_owned())),
+            "credentials are percent-decoded"
+        );
+        assert_eq!(c.acl, ZkAcl::CreatorWorldRead);
+        assert_eq!(c.connect_timeout, Duration::from_secs(2));
+        assert!(
+            !format!("{c:?}").contains("p:w"),
+            "Debug hides the password"
+        );
+        let plain = ZkConfig::from_url("zk://h:1").unwrap();
+        assert_eq!((plain.root.as_str(), plain.acl), ("", ZkAcl::Open));
+    }
+
+    #[test]
+    fn rejects_bad_urls() {
+        for u in [
+            "zk://",
+            "etcd://h:1",
+            "zk://h:1?x=1",
+            "zk://h:1?timeout=x",
+            "zk://h:1?acl=creator",
+            "zk://h:1?acl=nobody",
+        ] {
+            assert!(
+                matches!(ZkConfig::from_url(u), Err(Error::InvalidConfig { .. })),
+                "{u}"
+            );
+        }
+        assert!(matches!(
+            ZkConfig::from_url("zk://h:1/a//b"),
+            Err(Error::InvalidKey { .. })
+        ));
+    }
+}

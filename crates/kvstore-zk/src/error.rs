@@ -1,0 +1,19 @@
+//! Mapping of ZooKeeper client errors onto kvstore errors.
+
+use kvstore_core::Error;
+use zookeeper_client as zk;
+
+use crate::BACKEND;
+
+/// Maps an error that the call site did not handle itself (`NoNode`, `NodeExists`,
+/// `BadVersion` and `NotEmpty` are handled where they mean something).
+pub(crate) fn from_zk(err: zk::Error) -> Error {
+    match err {
+        zk::Error::ConnectionLoss | zk::Error::NoHosts | zk::Error::SessionExpired => {
+            Error::not_reachable(BACKEND, err)
+        }
+        zk::Error::Timeout => Error::Timeout,
+        zk::Error::ClientClosed => Error::Closed { backend: BACKEND },
+        other => Error::backend(BACKEND, other),
+    }
+}

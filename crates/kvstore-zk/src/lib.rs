@@ -1,0 +1,89 @@
+//! kvstore backend on [ZooKeeper](https://zookeeper.apache.org) 3.6+ (tested against 3.8).
+//!
+//! # Mapping
+//!
+//! - A key `a/b` is the znode `<root>/a/b` (the root is the URL's chroot, `""` by default)
+//!   whose data is the value, byte for byte — `zkCli.sh get /a/b` shows it. `last_index` is the
+//!   znode's `mzxid`: non-zero, new on every write, never reused by a re-created key.
+//! - Parents that a key needs are created as **container** znodes (ZooKeeper 3.5.3+), which the
+//!   server deletes by itself once their last child is gone. A znode whose data is kvstore's
+//!   16-byte hidden marker (`\0\0kvstore\0hidden`) is not a key: parents, a deleted key that
+//!   still has children, pins and lock waiters carry it, and `get`, `list` and `watch_tree`
+//!   skip them. A value that itself starts with the marker is stored with a second copy of the
+//!   marker in front (the only value not stored as-is).
+//! - `put` of an existing plain key is one `setData`; a new key one `create`. `atomic_put`
+//!   and `atomic_delete` with a previous pair read the znode, compare its `mzxid` with
+//!   `last_index`, then write with the znode's `version` (ZooKeeper compares only versions,
+//!   which restart when a key is re-created, so comparing them alone would let an old pair
+//!   overwrite a re-created key); that is two round trips. `delete` likewise reads first,
+//!   to tell a key from a hidden parent. Reads with `consistent` (the default) pipeline a
+//!   `sync` before the read: one round-trip time, two requests.
+//! - `list(dir)` and `delete_tree(dir)` walk the tree level by level with one `multiRead` per
+//!   level (ZooKeeper 3.6+).
+//! - A value put on a key that already has children (a former parent) is kept by a hidden
+//!   persistent child `.kvstore-pin`, so it survives its children; a deleted key that has
+//!   children becomes hidden and stays as their parent. The top-level name `.kvstore-locks`
+//!   under the root holds lock waiters and is not part of the keyspace.
+//!
+//! # TTL
+//!
+//! A key with a `ttl` is a **TTL node** (ZooKeeper 3.5.3+): the server deletes it once it
+//! has not been written for the TTL and has no children. The server must run with
+//! `-Dzookeeper.extendedTypesEnabled=true` (else `put` with a TTL fails), and it checks for
+//! expired nodes every `znode.container.checkIntervalMs` (**60 s by default**); the key
+//! disappears between its TTL and its TTL plus that interval. kvstore's CI runs the server
+//! with `-Dznode.container.checkIntervalMs=100`. With `keep_alive`, the TTL node also gets an
+//! ephemeral child owned by the store's session, so it cannot expire while the store is open;
+//! after `close()` it expires like any TTL key (at its TTL after its last write), and after a
+//! crash once the session times out (the store's `session_timeout`). A TTL key that has
+//! (other) children does not expire until they are gone, and a TTL cannot be put on a key that
+//! has children (`CallNotSupported`).
+//!
+//! # Locks
+//!
+//! See [`ZkLocker`]: ephemeral sequential waiters under `<root>/.kvstore-locks/<key>/` on a
+//! session of the lock's own whose timeout is the lock's TTL; each waiter watches only its
+//! predecessor; the fencing token is the waiter's `czxid`.
+//!
+//! # Behavior on reconnects
+//!
+//! While disconnected, calls fail with `NotReachable`; the client reconnects within the
+//! session by itself, and watches re-read and emit the state if it changed. If the session
+//! expires, the next call opens a new one, re-creates the pins of `keep_alive` keys that still
+//! exist, and watches re-register. A held lock whose session expires, or whose connection is
+//! lost for its session timeout, fires its `LockLost`.
+//!
+//! # Examples
+//!
+//! ```no_run
+//! use kvstore_core::Store;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> kvstore_core::Result<()> {
+//! let config = kvstore_zk::ZkConfig::from_url("zk://127.0.0.1:2181/app1")?;
+//! let store = kvstore_zk::ZkStore::connect(config).await?;
+//! store.put("services/web", b"10.0.0.1:80", None).await?;
+//! # Ok(())
+//! # }
+//! ```
+
+mod config;
+mod error;
+mod lock;
+mod node;
+mod session;
+mod store;
+mod tree;
+mod watch;
+
+pub use config::{
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_VALUE_SIZE, DEFAULT_REQUEST_TIMEOUT,
+    DEFAULT_SESSION_TIMEOUT, ZkAcl, ZkConfig,
+};
+pub use lock::ZkLocker;
+pub use store::ZkStore;
+
+/// URL scheme: `zk://host1:port1,host2:port2/chroot`.
+pub const SCHEME: &str = "zk";
+/// `Store::backend()` of a ZooKeeper store.
+pub const BACKEND: &str = "zk";

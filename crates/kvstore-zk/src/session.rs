@@ -1,0 +1,86 @@
+//! ZooKeeper sessions: connecting, replacing an expired session, and the per-request timeout.
+
+use std::future::Future;
+use std::time::Duration;
+
+use kvstore_core::{Error, Result};
+use zookeeper_client::{self as zk, Acl, Acls, Client, CreateMode, CreateOptions, Permission};
+
+use crate::BACKEND;
+use crate::config::{ZkAcl, ZkConfig};
+use crate::error::from_zk;
+
+static CREATOR_ALL_WORLD_READ: [Acl; 2] = [
+    Acl::new_const(Permission::ALL, "auth", ""),
+    Acl::new_const(Permission::READ, "world", "anyone"),
+];
+
+/// The ACL list for `acl`.
+pub(crate) fn acls(acl: ZkAcl) -> Acls<'static> {
+    match acl {
+        ZkAcl::Open => Acls::anyone_all(),
+        ZkAcl::Creator => Acls::creator_all(),
+        ZkAcl::CreatorWorldRead => Acls::new(&CREATOR_ALL_WORLD_READ),
+    }
+}
+
+/// Create options for `mode` with the configured ACL.
+pub(crate) fn create_options(mode: CreateMode, acl: ZkAcl) -> CreateOptions<'static> {
+    mode.with_acls(acls(acl))
+}
+
+/// Opens a session with the given timeout, authenticated when credentials are configured.
+///
+/// # Errors
+///
+/// `NotReachable` when no server answers within the connect timeout.
+pub(crate) async fn connect(config: &ZkConfig, session_timeout: Duration) -> Result<Client> {
+    let mut connector = Client::connector()
+        .with_session_timeout(session_timeout)
+        .with_connection_timeout(config.connect_timeout);
+    if let Some((user, password)) = &config.digest {
+        // Source: ZooKeeper Programmer's Guide, "Builtin ACL Schemes" — digest uses
+        // `user:password` as the auth data.
+        connector = connector.with_auth("digest", format!("{user}:{password}").as_bytes());
+    }
+    let hosts = config.connect_string();
+    match tokio::time::timeout(config.connect_timeout, connector.connect(&hosts)).await {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(zk::Error::AuthFailed)) => Err(Error::invalid_config(
+            BACKEND,
+            "ZooKeeper refused the digest credentials",
+        )),
+        Ok(Err(err)) => Err(Error::not_reachable(BACKEND, err)),
+        Err(_) => Err(Error::not_reachable(
+            BACKEND,
+            format!(
+                "no ZooKeeper server at {hosts} answered within {:?}",
+                config.connect_timeout
+            ),
+        )),
+    }
+}
+
+/// Runs one request (or a pipelined group) under the per-request timeout; a timeout is
+/// `zk::Error::Timeout`, mapped to `Error::Timeout` by [`from_zk`].
+pub(crate) async fn timed<T>(
+    timeout: Duration,
+    request: impl Future<Output = std::result::Result<T, zk::Error>>,
+) -> std::result::Result<T, zk::Error> {
+    tokio::time::timeout(timeout, request)
+        .await
+        .unwrap_or(Err(zk::Error::Timeout))
+}
+
+/// Whether `client`'s session can still serve requests (it may be briefly disconnected).
+pub(crate) fn usable(client: &Client) -> Result<()> {
+    match client.state() {
+        zk::SessionState::Expired => Err(from_zk(zk::Error::SessionExpired)),
+        zk::SessionState::AuthFailed => Err(Error::invalid_config(
+            BACKEND,
+            "ZooKeeper refused the digest credentials",
+        )),
+        zk::SessionState::Closed => Err(Error::Closed { backend: BACKEND }),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,177 @@
+//! Reading and deleting a directory: a breadth-first walk with one multi-read per level.
+//!
+//! ZooKeeper has no "all descendants" read, so each level of the tree is one `multiRead`
+//! request (ZooKeeper 3.6+) with a `getData` and a `getChildren` per znode, chunked so a request
+//! stays well under `jute.maxbuffer`.
+
+use std::collections::HashSet;
+
+use futures::future::join_all;
+use kvstore_core::{KvPair, Result};
+use zookeeper_client::{self as zk, Client, MultiReadResult, Stat};
+
+use crate::error::from_zk;
+use crate::node::{MARKER, decode};
+use crate::session::timed;
+use crate::store::Inner;
+
+/// Znodes per multi-read request.
+const CHUNK: usize = 200;
+
+/// One znode of a walk.
+pub(crate) struct Node {
+    pub(crate) path: String,
+    pub(crate) data: Vec<u8>,
+    pub(crate) stat: Stat,
+    pub(crate) depth: usize,
+}
+
+/// The znode at `dir_path` (unless it is the store's root) and all its descendants; `None`
+/// for the top when it does not exist. Children that are not part of the keyspace
+/// ([`Inner::skipped_child`]) are not entered.
+async fn walk(
+    inner: &Inner,
+    client: &Client,
+    dir_path: &str,
+    top_is_root: bool,
+    consistent: bool,
+) -> Result<(Option<Node>, Vec<Node>)> {
+    let sync = consistent.then(|| client.sync("/"));
+    let mut first = client.new_multi_reader();
+    first.add_get_children(dir_path).map_err(from_zk)?;
+    if !top_is_root {
+        first.add_get_data(dir_path).map_err(from_zk)?;
+    }
+    let results = timed(inner.timeout(), async {
+        if let Some(sync) = sync {
+            sync.await?;
+        }
+        first.commit().await
+    })
+    .await
+    .map_err(from_zk)?;
+    let mut results = results.into_iter();
+    let children = match results.next() {
+        Some(MultiReadResult::Children { children }) => children,
+        Some(MultiReadResult::Error {
+            err: zk::Error::NoNode,
+        }) => return Ok((None, Vec::new())),
+        Some(MultiReadResult::Error { err }) => return Err(from_zk(err)),
+        _ => Vec::new(),
+    };
+    let top = match results.next() {
+        Some(MultiReadResult::Data { data, stat }) => Some(Node {
+            path: dir_path.to_owned(),
+            data,
+            stat,
+            depth: 0,
+        }),
+        _ => None,
+    };
+    let mut frontier: Vec<String> = child_paths(inner, dir_path, &children);
+    let mut nodes = Vec::new();
+    let mut depth = 1;
+    while !frontier.is_empty() {
+        let mut next = Vec::new();
+        for chunk in frontier.chunks(CHUNK) {
+            let mut reader = client.new_multi_reader();
+            for path in chunk {
+                reader.add_get_data(path).map_err(from_zk)?;
+                reader.add_get_children(path).map_err(from_zk)?;
+            }
+            let results = timed(inner.timeout(), reader.commit())
+                .await
+                .map_err(from_zk)?;
+            let mut results = results.into_iter();
+            for path in chunk {
+                let (data, children) = (results.next(), results.next());
+                match data {
+                    Some(MultiReadResult::Data { data, stat }) => nodes.push(Node {
+                        path: path.clone(),
+                        data,
+                        stat,
+                        depth,
+                    }),
+                    // Deleted since its parent was read.
+                    _ => continue,
+                }
+                if let Some(MultiReadResult::Children { children }) = children {
+                    next.extend(child_paths(inner, path, &children));
+                }
+            }
+        }
+        frontier = next;
+        depth += 1;
+    }
+    Ok((top, nodes))
+}
+
+fn child_paths(inner: &Inner, path: &str, children: &[String]) -> Vec<String> {
+    let base = if path == "/" { "" } else { path };
+    children
+        .iter()
+        .filter(|c| !inner.skipped_child(path, c))
+        .map(|c| format!("{base}/{c}"))
+        .collect()
+}
+
+/// The visible descendants of `dir`, sorted by key; `None` when `dir` is neither a key nor
+/// has any visible descendant (and is not the whole keyspace).
+pub(crate) async fn list(
+    inner: &Inner,
+    client: &Client,
+    dir: &str,
+    consistent: bool,
+) -> Result<Option<Vec<KvPair>>> {
+    let dir_path = inner.dir_path(dir);
+    let (top, nodes) = walk(inner, client, &dir_path, dir.is_empty(), consistent).await?;
+    let mut pairs: Vec<KvPair> = nodes
+        .iter()
+        .filter_map(|n| inner.pair(&n.path, &n.data, &n.stat))
+        .collect();
+    pairs.sort_by(|a, b| a.key.cmp(&b.key));
+    let top_visible = top.is_some_and(|t| decode(&t.data).is_some());
+    Ok((dir.is_empty() || top_visible || !pairs.is_empty()).then_some(pairs))
+}
+
+/// Deletes `dir` and every descendant, deepest first, each level's deletes pipelined.
+/// Returns the paths of the keys (visible znodes) that were deleted; empty when there were
+/// none. A znode that gained a child meanwhile is hidden instead of deleted.
+pub(crate) async fn delete_tree(
+    inner: &Inner,
+    client: &Client,
+    dir: &str,
+) -> Result<HashSet<String>> {
+    let dir_path = inner.dir_path(dir);
+    let (top, mut nodes) = walk(inner, client, &dir_path, dir.is_empty(), true).await?;
+    if let Some(top) = top {
+        nodes.push(top);
+    }
+    let deleted: HashSet<String> = nodes
+        .iter()
+        .filter(|n| decode(&n.data).is_some())
+        .map(|n| n.path.clone())
+        .collect();
+    nodes.sort_by_key(|n| std::cmp::Reverse(n.depth));
+    for level in nodes.chunk_by(|a, b| a.depth == b.depth) {
+        // Requests are sent in call order, so creating the futures pipelines them.
+        let deletes: Vec<_> = level.iter().map(|n| client.delete(&n.path, None)).collect();
+        let results = timed(inner.timeout(), async { Ok(join_all(deletes).await) })
+            .await
+            .map_err(from_zk)?;
+        for (node, result) in level.iter().zip(results) {
+            match result {
+                Ok(()) | Err(zk::Error::NoNode) => {}
+                Err(zk::Error::NotEmpty) if decode(&node.data).is_some() => {
+                    match timed(inner.timeout(), client.set_data(&node.path, MARKER, None)).await {
+                        Ok(_) | Err(zk::Error::NoNode) => {}
+                        Err(err) => return Err(from_zk(err)),
+                    }
+                }
+                Err(zk::Error::NotEmpty) => {}
+                Err(err) => return Err(from_zk(err)),
+            }
+        }
+    }
+    Ok(deleted)
+}

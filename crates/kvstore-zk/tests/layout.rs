@@ -1,0 +1,201 @@
+//! ZooKeeper-specific behavior of the znode layout, checked with the raw client beside the
+//! store: hidden parents that the server reaps, values that survive their children, bytes
+//! as-is, and digest authentication with creator ACLs.
+
+use std::time::Duration;
+
+use kvstore_core::{Error, Store};
+use kvstore_testutils::{backend_url, cleanup, eventually, keys, ok, scratch_dir};
+use kvstore_zk::{ZkConfig, ZkStore};
+use zookeeper_client::Client;
+
+async fn setup() -> Option<(ZkStore, Client)> {
+    let url = backend_url("KVSTORE_ZK_URL")?;
+    let config = ZkConfig::from_url(&url).expect("valid zk URL");
+    let raw = Client::connect(&config.hosts.join(","))
+        .await
+        .expect("raw client");
+    Some((ok(ZkStore::connect(config).await, "connect"), raw))
+}
+
+/// The interval after which the CI server has surely reaped empty containers (it checks
+/// every 100 ms).
+const REAPED: Duration = Duration::from_secs(5);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parents_are_hidden_and_reaped_after_their_last_child() {
+    let Some((store, raw)) = setup().await else {
+        return;
+    };
+    let dir = scratch_dir("zk_parents");
+    ok(store.put(&format!("{dir}/a/b/c"), b"v", None).await, "put");
+    // The parents exist as znodes but are no keys.
+    assert!(
+        raw.check_stat(&format!("/{dir}/a/b"))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(!ok(
+        store.exists(&format!("{dir}/a/b"), None).await,
+        "exists"
+    ));
+    assert_eq!(
+        keys(&ok(store.list(&dir, None).await, "list")),
+        [format!("{dir}/a/b/c")]
+    );
+    // They never block deletes, and go once their last child is gone.
+    ok(store.delete(&format!("{dir}/a/b/c")).await, "delete");
+    let reaped = eventually(REAPED, || async {
+        raw.check_stat(&format!("/{dir}/a"))
+            .await
+            .unwrap()
+            .is_none()
+    })
+    .await;
+    assert!(reaped, "empty parents must not pile up");
+    assert!(matches!(
+        store.list(&dir, None).await,
+        Err(Error::KeyNotFound { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_on_a_parent_survives_its_children() {
+    let Some((store, raw)) = setup().await else {
+        return;
+    };
+    let dir = scratch_dir("zk_parent_value");
+    // Children first: `p` is created as a hidden container, then given a value.
+    ok(
+        store.put(&format!("{dir}/p/child"), b"c", None).await,
+        "put child",
+    );
+    let parent = ok(
+        store.put(&format!("{dir}/p"), b"parent", None).await,
+        "put parent",
+    );
+    ok(
+        store.delete(&format!("{dir}/p/child")).await,
+        "delete child",
+    );
+    // Well past the server's reaping of empty containers, the value is still there.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let got = ok(store.get(&format!("{dir}/p"), None).await, "get parent");
+    assert_eq!(
+        (&got.value[..], got.last_index),
+        (&b"parent"[..], parent.last_index)
+    );
+    assert_eq!(
+        keys(&ok(store.list(&dir, None).await, "list")),
+        [format!("{dir}/p")]
+    );
+
+    // Value first, then a child; deleting the key keeps the child, and hides the key.
+    ok(
+        store.put(&format!("{dir}/p/child"), b"c", None).await,
+        "put child",
+    );
+    ok(store.delete(&format!("{dir}/p")).await, "delete parent");
+    assert!(matches!(
+        store.get(&format!("{dir}/p"), None).await,
+        Err(Error::KeyNotFound { .. })
+    ));
+    assert_eq!(
+        keys(&ok(store.list(&dir, None).await, "list")),
+        [format!("{dir}/p/child")],
+        "the child stays, the deleted parent is hidden"
+    );
+    assert_eq!(
+        keys(&ok(store.list(&format!("{dir}/p"), None).await, "list p")),
+        [format!("{dir}/p/child")]
+    );
+    // Re-creating it with atomic_put takes over the hidden parent.
+    ok(
+        store
+            .atomic_put(&format!("{dir}/p"), b"again", None, None)
+            .await,
+        "re-create parent",
+    );
+    assert_eq!(
+        &ok(store.get(&format!("{dir}/p"), None).await, "get").value[..],
+        b"again"
+    );
+    // Raw bytes as-is for the server's own tools.
+    let (data, _) = raw.get_data(&format!("/{dir}/p")).await.unwrap();
+    assert_eq!(data, b"again");
+    cleanup(&store, &dir).await;
+    let gone = eventually(REAPED, || async {
+        raw.check_stat(&format!("/{dir}")).await.unwrap().is_none()
+    })
+    .await;
+    assert!(gone, "delete_tree leaves nothing behind");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_that_starts_with_the_marker_round_trips() {
+    let Some((store, _raw)) = setup().await else {
+        return;
+    };
+    let dir = scratch_dir("zk_marker");
+    let value = b"\0\0kvstore\0hidden";
+    ok(store.put(&format!("{dir}/k"), value, None).await, "put");
+    assert_eq!(
+        &ok(store.get(&format!("{dir}/k"), None).await, "get").value[..],
+        value
+    );
+    assert_eq!(ok(store.list(&dir, None).await, "list").len(), 1);
+    cleanup(&store, &dir).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn digest_credentials_and_creator_acl_protect_the_nodes() {
+    let Some(url) = backend_url("KVSTORE_ZK_URL") else {
+        return;
+    };
+    let base = ZkConfig::from_url(&url).expect("valid zk URL");
+    // A top-level directory of its own: the creator ACL also covers the parents it creates,
+    // which must not be shared with other tests.
+    let dir = scratch_dir("zk_acl").replace('/', "-");
+    let owner_url = url.replacen("zk://", "zk://app:secret@", 1);
+    let owner = ok(
+        ZkStore::connect(ZkConfig::from_url(&owner_url).unwrap()).await,
+        "connect with digest credentials",
+    );
+    ok(
+        owner.put(&format!("{dir}/secret"), b"s3cret", None).await,
+        "put",
+    );
+    assert_eq!(
+        &ok(owner.get(&format!("{dir}/secret"), None).await, "get").value[..],
+        b"s3cret"
+    );
+
+    // Anyone else is refused by the server, and nothing is changed.
+    let stranger = ok(ZkStore::connect(base).await, "connect without credentials");
+    assert!(
+        matches!(
+            stranger.get(&format!("{dir}/secret"), None).await,
+            Err(Error::Backend { .. })
+        ),
+        "reading a creator-only node without credentials must fail"
+    );
+    assert!(
+        stranger
+            .put(&format!("{dir}/secret"), b"x", None)
+            .await
+            .is_err()
+    );
+    let other = ZkConfig::from_url(&url.replacen("zk://", "zk://app:wrong@", 1)).unwrap();
+    let other = ok(
+        ZkStore::connect(other).await,
+        "connect with other credentials",
+    );
+    assert!(other.get(&format!("{dir}/secret"), None).await.is_err());
+    assert_eq!(
+        &ok(owner.get(&format!("{dir}/secret"), None).await, "get").value[..],
+        b"s3cret"
+    );
+    // The parents are the owner's too; the owner can remove everything.
+    cleanup(&owner, &dir).await;
+}
