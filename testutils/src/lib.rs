@@ -215,6 +215,93 @@ where
     }
 }
 
+/// Environment variable that puts a re-run test binary in lock-holder mode (see
+/// [`killed_holder_frees_lock`]).
+pub const HOLDER_VAR: &str = "KVSTORE_TEST_HOLD_LOCK";
+
+/// Fault case: a holder process killed with SIGKILL (no `unlock`, no `close`) loses its lock
+/// within `bound`, and a waiting contender takes it with a greater fencing token.
+///
+/// Call it from a `#[tokio::test]` named `test_name`: the test binary re-runs itself with
+/// `--exact test_name` and [`HOLDER_VAR`] set, and in that child this function takes the lock
+/// (TTL `lock_ttl`), prints its fencing token and waits to be killed.
+pub async fn killed_holder_frees_lock(
+    opener: &Opener,
+    test_name: &str,
+    lock_ttl: Duration,
+    bound: Duration,
+) {
+    use tokio::io::AsyncBufReadExt;
+
+    if let Ok(key) = std::env::var(HOLDER_VAR) {
+        let store = opener.open().await;
+        let mut lock = ok(
+            store.new_lock(&key, Some(&lock_ttl_opts(lock_ttl))).await,
+            "new_lock",
+        );
+        ok(lock.lock().await, "lock");
+        println!("locked {}", lock.fencing_token().expect("token"));
+        std::future::pending::<()>().await;
+    }
+    let dir = scratch_dir("killed_holder");
+    let key = format!("{dir}/lock");
+    let mut child = tokio::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--exact", test_name, "--nocapture"])
+        .env(HOLDER_VAR, &key)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawning the holder");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let holder_token: u64 = tokio::time::timeout(EVENT_TIMEOUT, async {
+        while let Some(line) = lines.next_line().await.expect("holder output") {
+            if let Some(token) = line.strip_prefix("locked ") {
+                return token.parse().expect("token");
+            }
+        }
+        panic!("the holder exited without taking the lock");
+    })
+    .await
+    .expect("the holder must take the lock");
+
+    let store = opener.open().await;
+    let mut contender = ok(
+        store.new_lock(&key, Some(&lock_ttl_opts(lock_ttl))).await,
+        "new_lock",
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), contender.lock())
+            .await
+            .is_err(),
+        "the lock is held by the child"
+    );
+    // SIGKILL: the holder can neither release nor close; the server has to expire it.
+    child.start_kill().expect("kill");
+    child.wait().await.expect("wait");
+    let killed = Instant::now();
+    ok(
+        tokio::time::timeout(bound, contender.lock())
+            .await
+            .unwrap_or_else(|_| panic!("the lock must be free within {bound:?} of the kill")),
+        "lock",
+    );
+    assert!(
+        contender.fencing_token().expect("token") > holder_token,
+        "the new holder's token must be greater"
+    );
+    eprintln!(
+        "lock taken over {:?} after the holder was killed",
+        killed.elapsed()
+    );
+    ok(contender.unlock().await, "unlock");
+    cleanup(&*store, &dir).await;
+    let _ = store.close().await;
+}
+
+fn lock_ttl_opts(ttl: Duration) -> LockOptions {
+    LockOptions::default().with_ttl(ttl)
+}
+
 /// The keys of a listing, in order.
 pub fn keys(pairs: &[KvPair]) -> Vec<&str> {
     pairs.iter().map(|p| p.key.as_str()).collect()

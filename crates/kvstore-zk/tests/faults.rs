@@ -1,19 +1,15 @@
 //! Fault tests against a real ZooKeeper: a server restart under watches, a lock holder whose
 //! process is killed, an unreachable server.
 
-use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kvstore_core::{LockOptions, Store};
+use kvstore_core::Store;
 use kvstore_testutils::{
-    EVENT_TIMEOUT, backend_url, cleanup, keys, next_within, ok, retry_transient, scratch_dir,
-    server_control,
+    Opener, backend_url, cleanup, keys, killed_holder_frees_lock, next_within, ok, retry_transient,
+    scratch_dir, server_control,
 };
 use kvstore_zk::{ZkConfig, ZkStore};
-use tokio::io::{AsyncBufReadExt, BufReader};
-
-/// Set in the child process that holds a lock until it is killed.
-const HOLDER_VAR: &str = "KVSTORE_ZK_TEST_HOLD_LOCK";
 const LOCK_TTL: Duration = Duration::from_secs(2);
 
 /// The restart test stops the server that the others use: one at a time.
@@ -65,87 +61,24 @@ async fn watches_survive_a_server_restart() {
     cleanup(&store, &dir).await;
 }
 
-/// Run as a child process (see `a_killed_holder_frees_its_lock_within_its_ttl`): takes the
-/// lock named by `HOLDER_VAR`, prints `locked <token>`, then waits to be killed.
-async fn hold_lock_until_killed(url: &str, key: &str) {
-    let store = connect(url).await;
-    let mut lock = ok(
-        store
-            .new_lock(key, Some(&LockOptions::default().with_ttl(LOCK_TTL)))
-            .await,
-        "new_lock",
-    );
-    ok(lock.lock().await, "lock");
-    println!("locked {}", lock.fencing_token().expect("token"));
-    std::future::pending::<()>().await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_holder_frees_its_lock_within_its_ttl() {
     let Some(url) = backend_url("KVSTORE_ZK_URL") else {
         return;
     };
-    if let Ok(key) = std::env::var(HOLDER_VAR) {
-        return hold_lock_until_killed(&url, &key).await;
-    }
     let _serial = SERIAL.lock().await;
-    let dir = scratch_dir("zk_killed_holder");
-    let key = format!("{dir}/lock");
-    // This same test binary, running only this test, in holder mode.
-    let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "a_killed_holder_frees_its_lock_within_its_ttl",
-            "--nocapture",
-        ])
-        .env(HOLDER_VAR, &key)
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawning the holder");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let holder_token: u64 = tokio::time::timeout(EVENT_TIMEOUT, async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(token) = line.strip_prefix("locked ") {
-                return token.parse().unwrap();
-            }
-        }
-        panic!("the holder exited without taking the lock");
-    })
-    .await
-    .expect("the holder must take the lock");
-
-    let store = connect(&url).await;
-    let mut contender = ok(
-        store
-            .new_lock(&key, Some(&LockOptions::default().with_ttl(LOCK_TTL)))
-            .await,
-        "new_lock",
-    );
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), contender.lock())
-            .await
-            .is_err(),
-        "the lock is held by the child"
-    );
-    // SIGKILL: the holder cannot close its session; the server expires it.
-    child.start_kill().unwrap();
-    child.wait().await.unwrap();
-    let killed = Instant::now();
-    let bound = LOCK_TTL + Duration::from_secs(2);
-    ok(
-        tokio::time::timeout(bound, contender.lock())
-            .await
-            .unwrap_or_else(|_| panic!("the lock must be free within {bound:?} of the kill")),
-        "lock",
-    );
-    assert!(
-        killed.elapsed() >= LOCK_TTL / 2,
-        "taken over suspiciously early"
-    );
-    assert!(contender.fencing_token().expect("token") > holder_token);
-    ok(contender.unlock().await, "unlock");
-    cleanup(&store, &dir).await;
+    let opener = Opener::new(move || {
+        let url = url.clone();
+        async move { Ok(Arc::new(connect(&url).await) as Arc<dyn Store>) }
+    });
+    // The lock's own session has the lock's TTL as its timeout.
+    killed_holder_frees_lock(
+        &opener,
+        "a_killed_holder_frees_its_lock_within_its_ttl",
+        LOCK_TTL,
+        LOCK_TTL + Duration::from_secs(2),
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -11,6 +11,7 @@
 //! | `redis://[user:pass@]host:port[/db]`, `rediss://…` (TLS) | Redis | `redis` |
 //! | `etcd://[user:pass@]h1:p1,h2:p2` | etcd v3 | `etcd` |
 //! | `zk://[user:pass@]h1:p1,h2:p2[/chroot]` | ZooKeeper 3.6+ | `zk` |
+//! | `consul://host:port` | Consul (HTTP API) | `consul` |
 //!
 //! Every backend has the same semantics: keys are `/`-separated and normalized, `list` is
 //! recursive and sorted, `atomic_put`/`atomic_delete` compare `last_index`, watches start with
@@ -59,6 +60,8 @@ use std::sync::Arc;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
+#[cfg(feature = "consul")]
+pub use kvstore_consul as consul;
 pub use kvstore_core::*;
 #[cfg(feature = "etcd")]
 pub use kvstore_etcd as etcd;
@@ -145,6 +148,11 @@ impl Default for Registry {
         registry.register(kvstore_zk::SCHEME, |url: String| async move {
             let config = kvstore_zk::ZkConfig::from_url(&url)?;
             Ok(Arc::new(kvstore_zk::ZkStore::connect(config).await?) as Arc<dyn Store>)
+        });
+        #[cfg(feature = "consul")]
+        registry.register(kvstore_consul::SCHEME, |url: String| async move {
+            let config = kvstore_consul::ConsulConfig::from_url(&url)?;
+            Ok(Arc::new(kvstore_consul::ConsulStore::connect(config).await?) as Arc<dyn Store>)
         });
         registry
     }

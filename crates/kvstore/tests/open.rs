@@ -143,3 +143,31 @@ async fn opens_zookeeper_by_url_with_a_chroot() {
     store.delete_tree("").await.unwrap();
     kvstore_testutils::cleanup(&*root, &chroot).await;
 }
+
+#[cfg(feature = "consul")]
+#[tokio::test]
+async fn opens_consul_by_url_with_a_prefix() {
+    let Some(url) = kvstore_testutils::backend_url("KVSTORE_CONSUL_URL") else {
+        return;
+    };
+    let prefix = kvstore_testutils::scratch_dir("open_consul");
+    let store = kvstore::open(&format!("{url}?prefix={prefix}&timeout=2s"))
+        .await
+        .unwrap();
+    assert_eq!(store.backend(), "consul");
+    store.put("k", b"v", None).await.unwrap();
+    let root = kvstore::open(&url).await.unwrap();
+    assert_eq!(
+        &root.get(&format!("{prefix}/k"), None).await.unwrap().value[..],
+        b"v"
+    );
+    assert_eq!(
+        kvstore_testutils::keys(&store.list("", None).await.unwrap()),
+        ["k"]
+    );
+    store.delete_tree("").await.unwrap();
+    assert!(matches!(
+        root.get(&format!("{prefix}/k"), None).await,
+        Err(kvstore::Error::KeyNotFound { .. })
+    ));
+}

@@ -1,0 +1,378 @@
+//! The slice of Consul's HTTP API kvstore uses: KV reads (plain and blocking), `/v1/txn`,
+//! and sessions.
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use kvstore_core::{Error, Result};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use reqwest::{Method, RequestBuilder, StatusCode};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::BACKEND;
+use crate::config::ConsulConfig;
+
+/// Everything but RFC 3986 unreserved characters is escaped in a key segment.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// One KV entry as Consul returns it (source: Consul docs, "KV Store - HTTP API", read key).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct Entry {
+    pub(crate) key: String,
+    /// Base64 of the value; `null` for an empty value.
+    #[serde(default)]
+    pub(crate) value: Option<String>,
+    pub(crate) modify_index: u64,
+    #[serde(default)]
+    pub(crate) session: Option<String>,
+}
+
+impl Entry {
+    pub(crate) fn value(&self) -> Result<Vec<u8>> {
+        match &self.value {
+            None => Ok(Vec::new()),
+            Some(b64) => BASE64
+                .decode(b64)
+                .map_err(|e| Error::backend(BACKEND, format!("bad base64 from Consul: {e}"))),
+        }
+    }
+}
+
+/// The outcome of a transaction (source: Consul docs, "Transactions - HTTP API").
+pub(crate) enum Txn {
+    /// Committed; the KV results in order.
+    Done(Vec<Entry>),
+    /// Rolled back; the index of the first failed operation and why.
+    Failed { op: usize, what: String },
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct TxnResponse {
+    #[serde(default)]
+    results: Option<Vec<TxnResult>>,
+    #[serde(default)]
+    errors: Option<Vec<TxnError>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct TxnResult {
+    #[serde(rename = "KV")]
+    kv: Option<Entry>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct TxnError {
+    op_index: usize,
+    what: String,
+}
+
+/// A KV operation of a transaction.
+pub(crate) fn op(verb: &str, key: &str) -> Value {
+    json!({ "KV": { "Verb": verb, "Key": key } })
+}
+
+/// A KV operation with a value.
+pub(crate) fn op_value(verb: &str, key: &str, value: &[u8]) -> Value {
+    json!({ "KV": { "Verb": verb, "Key": key, "Value": BASE64.encode(value) } })
+}
+
+/// A KV operation checked against an index.
+pub(crate) fn op_index(verb: &str, key: &str, index: u64) -> Value {
+    json!({ "KV": { "Verb": verb, "Key": key, "Index": index } })
+}
+
+/// `lock` of `key` by `session` with a value.
+pub(crate) fn op_lock(key: &str, value: &[u8], session: &str) -> Value {
+    json!({ "KV": { "Verb": "lock", "Key": key, "Value": BASE64.encode(value), "Session": session } })
+}
+
+/// How a read is served (source: Consul docs, "Consistency Modes").
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Consistency {
+    /// `?consistent`: the leader confirms it is still the leader before answering.
+    Consistent,
+    /// `?stale`: any server answers.
+    Stale,
+}
+
+/// Typed access to one agent.
+#[derive(Debug)]
+pub(crate) struct Api {
+    http: reqwest::Client,
+    pub(crate) config: ConsulConfig,
+}
+
+fn map_send_error(err: reqwest::Error) -> Error {
+    if err.is_timeout() {
+        Error::Timeout
+    } else if err.is_connect() || err.is_request() {
+        Error::not_reachable(BACKEND, err)
+    } else {
+        Error::backend(BACKEND, err)
+    }
+}
+
+impl Api {
+    pub(crate) fn new(config: ConsulConfig) -> Result<Self> {
+        // Connection pooling is reqwest's default; proxies from the environment are not used
+        // (the agent is usually local).
+        let http = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .no_proxy()
+            .build()
+            .map_err(|e| Error::invalid_config(BACKEND, e))?;
+        Ok(Api { http, config })
+    }
+
+    /// `/v1/kv/<key>` with the key's segments percent-encoded.
+    fn kv_url(&self, key: &str) -> url::Url {
+        let encoded: Vec<String> = key
+            .split('/')
+            .map(|s| utf8_percent_encode(s, SEGMENT).to_string())
+            .collect();
+        let mut url = self.config.address.clone();
+        url.set_path(&format!("v1/kv/{}", encoded.join("/")));
+        url
+    }
+
+    fn request(&self, method: Method, mut url: url::Url) -> RequestBuilder {
+        {
+            let mut query = url.query_pairs_mut();
+            if let Some(dc) = &self.config.datacenter {
+                query.append_pair("dc", dc);
+            }
+            if let Some(ns) = &self.config.namespace {
+                query.append_pair("ns", ns);
+            }
+        }
+        if url.query() == Some("") {
+            url.set_query(None);
+        }
+        let mut request = self.http.request(method, url);
+        if let Some(token) = &self.config.token {
+            request = request.header("X-Consul-Token", token);
+        }
+        request
+    }
+
+    /// Sends a request; maps transport failures and the agent's error statuses.
+    async fn send(&self, request: RequestBuilder, timeout: Duration) -> Result<reqwest::Response> {
+        let response = request
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(map_send_error)?;
+        let status = response.status();
+        if status.is_success() || status == StatusCode::NOT_FOUND || status == StatusCode::CONFLICT
+        {
+            return Ok(response);
+        }
+        let body = response.text().await.unwrap_or_default();
+        let message = format!("HTTP {status}: {}", body.trim());
+        Err(match status {
+            // "No cluster leader", "rpc error": the cluster is (re)starting.
+            StatusCode::INTERNAL_SERVER_ERROR
+            | StatusCode::SERVICE_UNAVAILABLE
+            | StatusCode::BAD_GATEWAY => Error::not_reachable(BACKEND, message),
+            StatusCode::BAD_REQUEST => Error::invalid_config(BACKEND, message),
+            _ => Error::backend(BACKEND, message),
+        })
+    }
+
+    /// Reads `key` (with `recurse`, every key starting with it). With `block`, a blocking
+    /// query that returns when the index passes the given one or the wait ends (source:
+    /// Consul docs, "Blocking Queries"). Returns the entries (empty for 404) and
+    /// `X-Consul-Index`.
+    pub(crate) async fn get(
+        &self,
+        key: &str,
+        recurse: bool,
+        consistency: Consistency,
+        block: Option<(u64, Duration)>,
+    ) -> Result<(Vec<Entry>, u64)> {
+        let mut url = self.kv_url(key);
+        {
+            let mut query = url.query_pairs_mut();
+            if recurse {
+                query.append_key_only("recurse");
+            }
+            match consistency {
+                Consistency::Consistent if block.is_none() => {
+                    query.append_key_only("consistent");
+                }
+                Consistency::Consistent => {}
+                Consistency::Stale => {
+                    query.append_key_only("stale");
+                }
+            }
+            if let Some((index, wait)) = block {
+                query.append_pair("index", &index.to_string());
+                query.append_pair("wait", &format!("{}ms", wait.as_millis()));
+            }
+        }
+        // Consul adds up to wait/16 of jitter to a blocking query.
+        let timeout = self.config.request_timeout
+            + block.map_or(Duration::ZERO, |(_, wait)| wait + wait / 16);
+        let response = self.send(self.request(Method::GET, url), timeout).await?;
+        let index = response
+            .headers()
+            .get("X-Consul-Index")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if response.status() == StatusCode::NOT_FOUND {
+            return Ok((Vec::new(), index));
+        }
+        let entries = response
+            .json::<Vec<Entry>>()
+            .await
+            .map_err(|e| Error::backend(BACKEND, e))?;
+        Ok((entries, index))
+    }
+
+    /// Runs a transaction (at most 64 operations; source: Consul docs, "Transactions").
+    pub(crate) async fn txn(&self, ops: Vec<Value>) -> Result<Txn> {
+        let mut url = self.config.address.clone();
+        url.set_path("v1/txn");
+        let request = self.request(Method::PUT, url).json(&ops);
+        let response = self.send(request, self.config.request_timeout).await?;
+        let conflict = response.status() == StatusCode::CONFLICT;
+        let body: TxnResponse = response
+            .json()
+            .await
+            .map_err(|e| Error::backend(BACKEND, e))?;
+        if conflict || body.errors.as_ref().is_some_and(|e| !e.is_empty()) {
+            let first = body.errors.unwrap_or_default().into_iter().next();
+            return Ok(match first {
+                Some(err) => Txn::Failed {
+                    op: err.op_index,
+                    what: err.what,
+                },
+                None => Txn::Failed {
+                    op: 0,
+                    what: "transaction rolled back".into(),
+                },
+            });
+        }
+        Ok(Txn::Done(
+            body.results
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|r| r.kv)
+                .collect(),
+        ))
+    }
+
+    /// Creates a session with this TTL (whole seconds, rounded up), invalidation `behavior`
+    /// (`delete` or `release`) and no lock delay; returns its ID (source: Consul docs,
+    /// "Session - HTTP API").
+    pub(crate) async fn create_session(
+        &self,
+        ttl: Duration,
+        behavior: &str,
+        name: &str,
+    ) -> Result<String> {
+        #[derive(Deserialize)]
+        struct Created {
+            #[serde(rename = "ID")]
+            id: String,
+        }
+        let mut url = self.config.address.clone();
+        url.set_path("v1/session/create");
+        let body = json!({
+            "Name": name,
+            "TTL": format!("{}s", session_seconds(ttl)),
+            "Behavior": behavior,
+            "LockDelay": "0s",
+        });
+        let response = self
+            .send(
+                self.request(Method::PUT, url).json(&body),
+                self.config.request_timeout,
+            )
+            .await?;
+        let created: Created = response
+            .json()
+            .await
+            .map_err(|e| Error::backend(BACKEND, e))?;
+        Ok(created.id)
+    }
+
+    /// Renews a session; `false` when it no longer exists.
+    pub(crate) async fn renew_session(&self, id: &str) -> Result<bool> {
+        let mut url = self.config.address.clone();
+        url.set_path(&format!("v1/session/renew/{id}"));
+        let response = self
+            .send(self.request(Method::PUT, url), self.config.request_timeout)
+            .await?;
+        Ok(response.status() != StatusCode::NOT_FOUND)
+    }
+
+    /// Destroys a session: its locks are released (or their keys deleted, per its behavior).
+    pub(crate) async fn destroy_session(&self, id: &str) -> Result<()> {
+        let mut url = self.config.address.clone();
+        url.set_path(&format!("v1/session/destroy/{id}"));
+        self.send(self.request(Method::PUT, url), self.config.request_timeout)
+            .await
+            .map(drop)
+    }
+
+    /// `GET /v1/status/leader`: checks that the agent answers and has a leader.
+    pub(crate) async fn leader(&self) -> Result<String> {
+        let mut url = self.config.address.clone();
+        url.set_path("v1/status/leader");
+        let response = self
+            .send(self.request(Method::GET, url), self.config.connect_timeout)
+            .await?;
+        let leader: String = response
+            .json()
+            .await
+            .map_err(|e| Error::backend(BACKEND, e))?;
+        if leader.is_empty() {
+            return Err(Error::not_reachable(
+                BACKEND,
+                "the Consul cluster has no leader",
+            ));
+        }
+        Ok(leader)
+    }
+}
+
+/// Session TTLs are whole seconds: round up so nothing expires early.
+pub(crate) fn session_seconds(ttl: Duration) -> u64 {
+    ttl.as_millis()
+        .div_ceil(1000)
+        .max(1)
+        .try_into()
+        .unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_percent_encoded_per_segment() {
+        let api = Api::new(ConsulConfig::new("127.0.0.1:8500").unwrap()).unwrap();
+        assert_eq!(
+            api.kv_url("a b/ü?/\u{1}x").as_str(),
+            "http://127.0.0.1:8500/v1/kv/a%20b/%C3%BC%3F/%01x"
+        );
+    }
+
+    #[test]
+    fn session_ttls_round_up() {
+        assert_eq!(session_seconds(Duration::from_millis(1)), 1);
+        assert_eq!(session_seconds(Duration::from_millis(1001)), 2);
+    }
+}

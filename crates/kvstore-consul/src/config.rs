@@ -1,0 +1,229 @@
+//! Typed configuration for the Consul store, and its URL form.
+
+use std::time::Duration;
+
+use kvstore_core::{Error, Result, normalize_dir};
+
+use crate::BACKEND;
+
+/// Default connect timeout: 5 seconds.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default per-request timeout (blocking queries get their wait time on top): 10 seconds.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default largest value: 384,000 bytes. Writes go through `/v1/txn`, whose body Consul
+/// limits to `txn_max_req_len` (512 KiB by default) with the value base64-encoded (4/3 of
+/// its size); this leaves room for the key and the JSON around it.
+pub const DEFAULT_MAX_VALUE_SIZE: usize = 384_000;
+/// Default wait of one blocking query: 60 seconds (Consul caps it at 10 minutes).
+pub const DEFAULT_WATCH_WAIT: Duration = Duration::from_secs(60);
+/// How long a watch keeps retrying after errors: 60 seconds.
+pub const DEFAULT_WATCH_RECONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Configuration of a [`ConsulStore`](crate::ConsulStore).
+///
+/// # URL form
+///
+/// `consul://host:port[?options]` (HTTP) — with `tls=true` the agent is reached over HTTPS,
+/// verified against the system's roots.
+///
+/// | query option | meaning | default |
+/// | --- | --- | --- |
+/// | `prefix` | directory under which all keys live | none |
+/// | `token` | ACL token (`X-Consul-Token`) | none |
+/// | `dc` | datacenter | the agent's |
+/// | `ns` | namespace (Consul Enterprise) | none |
+/// | `tls` | `true` for HTTPS | `false` |
+/// | `timeout` | connect timeout | 5 s |
+/// | `request_timeout` | per-request timeout | 10 s |
+/// | `watch_wait` | wait of one blocking query | 60 s |
+/// | `max_value_size` | largest value in bytes | 384,000 |
+///
+/// # Examples
+///
+/// ```
+/// use kvstore_consul::ConsulConfig;
+///
+/// let config = ConsulConfig::from_url("consul://10.0.0.1:8500?prefix=app1&token=s3cr3t&dc=eu1")?;
+/// assert_eq!(config.address.as_str(), "http://10.0.0.1:8500/");
+/// assert_eq!(config.prefix, "app1");
+/// assert_eq!(config.datacenter.as_deref(), Some("eu1"));
+/// # Ok::<(), kvstore_core::Error>(())
+/// ```
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct ConsulConfig {
+    /// Base URL of the agent's HTTP API (`http://host:port/`).
+    pub address: url::Url,
+    /// Directory (normalized) that holds every key; `""`: the whole keyspace.
+    pub prefix: String,
+    /// ACL token sent as `X-Consul-Token` (hidden in `Debug`).
+    pub token: Option<String>,
+    /// Datacenter (`?dc=`); `None`: the agent's own.
+    pub datacenter: Option<String>,
+    /// Namespace (`?ns=`, Consul Enterprise); `None`: the default.
+    pub namespace: Option<String>,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Per-request timeout.
+    pub request_timeout: Duration,
+    /// Wait of one blocking query.
+    pub watch_wait: Duration,
+    /// How long a watch retries after errors before it ends with one.
+    pub watch_reconnect_timeout: Duration,
+    /// Largest value accepted, in bytes.
+    pub max_value_size: usize,
+}
+
+impl std::fmt::Debug for ConsulConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsulConfig")
+            .field("address", &self.address.as_str())
+            .field("prefix", &self.prefix)
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .field("datacenter", &self.datacenter)
+            .field("namespace", &self.namespace)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("watch_wait", &self.watch_wait)
+            .field("max_value_size", &self.max_value_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConsulConfig {
+    /// A configuration for the agent at `host:port` over HTTP.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] when `host:port` is not a valid address.
+    pub fn new(host_port: &str) -> Result<Self> {
+        let address = url::Url::parse(&format!("http://{host_port}/"))
+            .map_err(|e| Error::invalid_config(BACKEND, format!("{host_port:?}: {e}")))?;
+        Ok(ConsulConfig {
+            address,
+            prefix: String::new(),
+            token: None,
+            datacenter: None,
+            namespace: None,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            watch_wait: DEFAULT_WATCH_WAIT,
+            watch_reconnect_timeout: DEFAULT_WATCH_RECONNECT_TIMEOUT,
+            max_value_size: DEFAULT_MAX_VALUE_SIZE,
+        })
+    }
+
+    /// Sets the key prefix directory.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidKey` when `prefix` breaks the key grammar.
+    pub fn with_prefix(mut self, prefix: &str) -> Result<Self> {
+        self.prefix = normalize_dir(prefix)?.to_owned();
+        Ok(self)
+    }
+
+    /// Sets the ACL token.
+    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Sets the connect timeout.
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Parses a `consul://` URL (see above).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for another scheme, no host, a path, an unknown option or an
+    /// unparsable value; `InvalidKey` for a bad `prefix`.
+    pub fn from_url(url: &str) -> Result<Self> {
+        let invalid = |msg: String| Error::invalid_config(BACKEND, msg);
+        let parsed = url::Url::parse(url).map_err(|e| invalid(format!("{url:?}: {e}")))?;
+        if parsed.scheme() != crate::SCHEME {
+            return Err(invalid(format!("{url:?} is not a consul:// URL")));
+        }
+        let host = parsed
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| invalid(format!("{url:?} names no host")))?;
+        if !matches!(parsed.path(), "" | "/") {
+            return Err(invalid(format!(
+                "{url:?}: consul URLs have no path; use ?prefix="
+            )));
+        }
+        let port = parsed.port().unwrap_or(8500);
+        let mut config = ConsulConfig::new(&format!("{host}:{port}"))?;
+        for (name, value) in parsed.query_pairs() {
+            let duration = || {
+                humantime::parse_duration(&value)
+                    .map_err(|e| invalid(format!("{name}={value}: {e}")))
+            };
+            match name.as_ref() {
+                "prefix" => config = config.with_prefix(&value)?,
+                "token" => config.token = Some(value.into_owned()),
+                "dc" => config.datacenter = Some(value.into_owned()),
+                "ns" => config.namespace = Some(value.into_owned()),
+                "tls" => match value.as_ref() {
+                    "true" => {
+                        let _ = config.address.set_scheme("https");
+                    }
+                    "false" => {}
+                    other => return Err(invalid(format!("tls={other}: expected true or false"))),
+                },
+                "timeout" => config.connect_timeout = duration()?,
+                "request_timeout" => config.request_timeout = duration()?,
+                "watch_wait" => config.watch_wait = duration()?,
+                "max_value_size" => {
+                    config.max_value_size = value
+                        .parse()
+                        .map_err(|e| invalid(format!("max_value_size={value}: {e}")))?;
+                }
+                _ => return Err(invalid(format!("unknown option {name:?}"))),
+            }
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_options() {
+        let c = ConsulConfig::from_url(
+            "consul://127.0.0.1:8501?prefix=/a/&token=t0k&ns=team&tls=true&watch_wait=30s",
+        )
+        .unwrap();
+        assert_eq!(c.address.as_str(), "https://127.0.0.1:8501/");
+        assert_eq!(c.prefix, "a");
+        assert_eq!(c.token.as_deref(), Some("t0k"));
+        assert_eq!(c.namespace.as_deref(), Some("team"));
+        assert_eq!(c.watch_wait, Duration::from_secs(30));
+        assert!(!format!("{c:?}").contains("t0k"), "Debug hides the token");
+        let default_port = ConsulConfig::from_url("consul://agent").unwrap();
+        assert_eq!(default_port.address.as_str(), "http://agent:8500/");
+    }
+
+    #[test]
+    fn rejects_bad_urls() {
+        for u in [
+            "consul://",
+            "etcd://h:1",
+            "consul://h:1?x=1",
+            "consul://h:1/path",
+            "consul://h:1?timeout=x",
+            "consul://h:1?tls=maybe",
+        ] {
+            assert!(
+                matches!(ConsulConfig::from_url(u), Err(Error::InvalidConfig { .. })),
+                "{u}"
+            );
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! kvstore backend on [Consul](https://www.consul.io)'s HTTP API (tested against Consul 1.21).
+//!
+//! # Mapping
+//!
+//! - A key is the Consul key `<prefix><key>` holding the raw value (`consul kv get <key>`
+//!   shows it byte for byte); `last_index` is its `ModifyIndex`. Keys are percent-encoded
+//!   segment by segment in URLs.
+//! - Every single-key write is one request to `/v1/txn`, which returns the new
+//!   `ModifyIndex` (a plain `PUT /v1/kv` returns only `true`): `put` is `delete` + `set` (the
+//!   delete detaches the session of an earlier TTL write); create-only `atomic_put` starts with
+//!   `check-not-exists`; CAS starts with `get` + `check-index`, so the failing operation's index
+//!   tells `KeyNotFound` from `KeyModified` in the same round trip; `delete` is `get` +
+//!   `delete`, `atomic_delete` `get` + `delete-cas`. Reads are one `GET /v1/kv`, with
+//!   `?consistent` (default) or `?stale` from [`ReadOptions`](kvstore_core::ReadOptions).
+//! - `list(dir)` is one `GET /v1/kv/<dir>/?recurse` (plus a read of `dir` itself when it has
+//!   no descendants); `delete_tree` reads, then deletes in one transaction.
+//! - TTL: a session with that TTL (whole seconds, rounded up) and `Behavior=delete` holds the
+//!   key (the `lock` verb): when the session is invalidated, Consul deletes the key. Consul
+//!   invalidates a session between its TTL and twice its TTL after the last renewal, so a key
+//!   disappears between TTL and 2×TTL (plus a moment). `keep_alive` renews the session at a
+//!   third of its TTL until the store is closed. The agent needs `session_ttl_min` at or below
+//!   the shortest TTL used (default 10 s; kvstore's CI sets 1 s). A TTL write is two requests
+//!   (session, then transaction).
+//! - Watches are blocking queries; see [`watch`](crate#watches).
+//! - Locks: see [`ConsulLocker`].
+//!
+//! # Watches
+//!
+//! A watch reads the state, then repeats the read as a blocking query with
+//! `?index=<X-Consul-Index>` and emits the state when it changed. The query is part of the
+//! stream's future: dropping the stream drops the request at once. Errors are retried with
+//! backoff by re-reading from scratch, for up to `watch_reconnect_timeout`.
+//!
+//! # Examples
+//!
+//! ```no_run
+//! use kvstore_core::Store;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> kvstore_core::Result<()> {
+//! let config = kvstore_consul::ConsulConfig::from_url("consul://127.0.0.1:8500?prefix=app1")?;
+//! let store = kvstore_consul::ConsulStore::connect(config).await?;
+//! store.put("services/web", b"10.0.0.1:80", None).await?;
+//! # Ok(())
+//! # }
+//! ```
+
+mod api;
+mod config;
+mod lock;
+mod store;
+mod watch;
+
+pub use config::{
+    ConsulConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_VALUE_SIZE, DEFAULT_REQUEST_TIMEOUT,
+    DEFAULT_WATCH_RECONNECT_TIMEOUT, DEFAULT_WATCH_WAIT,
+};
+pub use lock::ConsulLocker;
+pub use store::ConsulStore;
+
+/// URL scheme: `consul://host:port`.
+pub const SCHEME: &str = "consul";
+/// `Store::backend()` of a Consul store.
+pub const BACKEND: &str = "consul";
