@@ -145,6 +145,10 @@ EOF
         serf_lan=$(cat "$dir/serf_lan") serf_wan=$(cat "$dir/serf_wan") server=$(cat "$dir/server")
         cat >"$dir/consul.hcl" <<EOF
 session_ttl_min = "1s"
+telemetry {
+  prometheus_retention_time = "1h"
+  disable_hostname = true
+}
 EOF
         "$KV_CONSUL_BIN" agent -dev -bind 127.0.0.1 -client 127.0.0.1 -http-port "$port" \
             -dns-port -1 -grpc-port -1 -grpc-tls-port -1 -serf-lan-port "$serf_lan" \

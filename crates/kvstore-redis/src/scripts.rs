@@ -37,7 +37,8 @@ if tonumber(ARGV[2]) > 0 then
 else
   redis.call('PERSIST', KEYS[1])
 end
-redis.call('ZADD', KEYS[3], 0, ARGV[5])
+-- An existing key is already in the index: only a new one needs ZADD.
+if not cur then redis.call('ZADD', KEYS[3], 0, ARGV[5]) end
 return {0, idx}
 ",
     )

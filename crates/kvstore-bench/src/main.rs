@@ -1,0 +1,417 @@
+//! `kvstore-bench`: kvstore against the raw client of each backend, side by side.
+//!
+//! For every reachable backend and every operation it runs the same workload through
+//! kvstore's `Store` and through the backend's own client, interleaved over several rounds on
+//! the same server, and reports throughput, latency percentiles, the kvstore/raw throughput
+//! ratio with its spread over the rounds, and the requests the server counted per call.
+//!
+//! Servers come from the `KVSTORE_*_URL` variables that `ci/servers.sh` exports; run it
+//! through `ci/bench.sh`, which starts them. Results go to a Markdown table (`--markdown`)
+//! and JSON (`--json`).
+
+mod counters;
+mod kv;
+mod measure;
+mod raw;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use counters::Counter;
+use indicatif::{ProgressBar, ProgressStyle};
+use kvstore::Store;
+use measure::{Batch, OpFn, median};
+use serde::Serialize;
+
+/// The operations measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Op {
+    /// `get` of an existing key.
+    Get,
+    /// `put` (overwrites after the first round).
+    Put,
+    /// `atomic_put` chained on the previous pair (a CAS that always succeeds).
+    AtomicPut,
+    /// `list` of a directory of 100 keys.
+    List,
+    /// Watch latency: from just before a write to the delivery of its event (concurrency 1).
+    Watch,
+    /// `lock()` + `unlock()` of an uncontended lock.
+    Lock,
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::Get => "get",
+            Op::Put => "put",
+            Op::AtomicPut => "atomic_put",
+            Op::List => "list (100 keys)",
+            Op::Watch => "watch latency",
+            Op::Lock => "lock + unlock",
+        }
+    }
+}
+
+/// kvstore against each backend's raw client, on the same servers, interleaved.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Rounds per measurement; kvstore and the raw client alternate within each round.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Operations per batch at concurrency 1.
+    #[arg(long, default_value_t = 300)]
+    ops: usize,
+    /// Operations per batch at concurrency 32.
+    #[arg(long, default_value_t = 2400)]
+    ops_concurrent: usize,
+    /// Backends to run (default: every one reachable).
+    #[arg(long, value_delimiter = ',')]
+    backends: Vec<String>,
+    /// Operations to run (default: all).
+    #[arg(long, value_delimiter = ',', value_enum)]
+    operations: Vec<Op>,
+    /// Write the results as a Markdown table here.
+    #[arg(long)]
+    markdown: Option<std::path::PathBuf>,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+/// How to reach one backend, both ways.
+enum Raw {
+    Redb(Arc<redb::Database>),
+    Redis(String),
+    Etcd(String),
+    Zk(String),
+    Consul(String),
+}
+
+struct Backend {
+    name: &'static str,
+    url: String,
+    raw: Raw,
+    counter: Option<Counter>,
+}
+
+#[derive(Debug, Serialize)]
+struct Side {
+    ops_per_sec: f64,
+    p50_us: f64,
+    p99_us: f64,
+    /// Requests the server counted per call (concurrency 1 only; `None` for embedded stores).
+    round_trips: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+struct Record {
+    backend: &'static str,
+    op: Op,
+    concurrency: usize,
+    kvstore: Side,
+    raw: Option<Side>,
+    /// kvstore throughput / raw throughput: median, min, max over the rounds.
+    ratio: Option<[f64; 3]>,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    rounds: usize,
+    ops: usize,
+    ops_concurrent: usize,
+    records: Vec<Record>,
+    skipped: Vec<Skipped>,
+}
+
+/// A backend that was not run, and why.
+type Skipped = (String, String);
+
+fn host_port(url: &str, scheme: &str) -> String {
+    url.trim_start_matches(scheme)
+        .trim_end_matches('/')
+        .to_owned()
+}
+
+fn backends(
+    wanted: &[String],
+    tmp: &std::path::Path,
+) -> anyhow::Result<(Vec<Backend>, Vec<Skipped>)> {
+    let mut found = Vec::new();
+    let mut skipped = Vec::new();
+    let want = |name: &str| wanted.is_empty() || wanted.iter().any(|w| w == name);
+    if want("redb") {
+        found.push(Backend {
+            name: "redb",
+            url: format!("redb://{}", tmp.join("kvstore.redb").display()),
+            raw: Raw::Redb(Arc::new(redb::Database::create(tmp.join("raw.redb"))?)),
+            counter: None,
+        });
+    }
+    if want("memory") {
+        found.push(Backend {
+            name: "memory",
+            url: "memory://".into(),
+            raw: Raw::Redb(Arc::new(
+                redb::Database::builder()
+                    .create_with_backend(redb::backends::InMemoryBackend::new())?,
+            )),
+            counter: None,
+        });
+    }
+    let mut network = |name: &'static str, var: &str, make: &dyn Fn(&str) -> (Raw, Counter)| {
+        if !want(name) {
+            return;
+        }
+        match std::env::var(var) {
+            Ok(url) if !url.is_empty() => {
+                let (raw, counter) = make(&url);
+                found.push(Backend {
+                    name,
+                    url,
+                    raw,
+                    counter: Some(counter),
+                });
+            }
+            _ => skipped.push((
+                name.to_owned(),
+                format!("{var} is not set (start the servers with ci/bench.sh)"),
+            )),
+        }
+    };
+    network("redis", "KVSTORE_REDIS_URL", &|url| {
+        (Raw::Redis(url.to_owned()), Counter::Redis(url.to_owned()))
+    });
+    network("etcd", "KVSTORE_ETCD_URL", &|url| {
+        let http = format!("http://{}", host_port(url, "etcd://"));
+        (Raw::Etcd(http.clone()), Counter::Etcd(http))
+    });
+    network("zk", "KVSTORE_ZK_URL", &|url| {
+        let hosts = host_port(url, "zk://");
+        (Raw::Zk(hosts.clone()), Counter::Zk(hosts))
+    });
+    network("consul", "KVSTORE_CONSUL_URL", &|url| {
+        let http = format!("http://{}", host_port(url, "consul://"));
+        (Raw::Consul(http.clone()), Counter::Consul(http))
+    });
+    Ok((found, skipped))
+}
+
+async fn prepare_raw(raw: &Raw, op: Op, workers: usize, dir: &str) -> anyhow::Result<Option<OpFn>> {
+    match raw {
+        Raw::Redb(db) => raw::redb(db.clone(), op, workers, dir).await,
+        Raw::Redis(url) => raw::redis(url, op, workers, dir).await,
+        Raw::Etcd(endpoint) => raw::etcd(endpoint, op, workers, dir).await,
+        Raw::Zk(hosts) => raw::zk(hosts, op, workers, dir).await,
+        Raw::Consul(base) => raw::consul(base, op, workers, dir).await,
+    }
+}
+
+fn side(batches: &[Batch], round_trips: Option<f64>) -> Side {
+    let pick = |f: fn(&Batch) -> f64| median(&batches.iter().map(f).collect::<Vec<_>>());
+    Side {
+        ops_per_sec: pick(|b| b.ops_per_sec),
+        p50_us: pick(|b| b.p50_us),
+        p99_us: pick(|b| b.p99_us),
+        round_trips,
+    }
+}
+
+/// Measures one operation at one concurrency on one backend.
+async fn measure(
+    args: &Args,
+    backend: &Backend,
+    store: &Arc<dyn Store>,
+    op: Op,
+    concurrency: usize,
+    progress: &ProgressBar,
+) -> anyhow::Result<Option<Record>> {
+    let dir = format!(
+        "kvstore-bench/{}-{op:?}-c{concurrency}-{:08x}",
+        backend.name,
+        rand::random::<u32>()
+    );
+    let Some(kv_op) = kv::prepare(store.clone(), op, concurrency, &dir).await? else {
+        return Ok(None);
+    };
+    let raw_op = prepare_raw(&backend.raw, op, concurrency, &dir).await?;
+    let ops = match (op, concurrency) {
+        (Op::Watch, _) => args.ops / 2,
+        (_, 1) => args.ops,
+        _ => args.ops_concurrent,
+    };
+    // Warm up both (connections, caches, JIT on the server side).
+    measure::run(&kv_op, 20, concurrency).await?;
+    if let Some(raw_op) = &raw_op {
+        measure::run(raw_op, 20, concurrency).await?;
+    }
+    let (mut kv_batches, mut raw_batches, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..args.rounds {
+        progress.set_message(format!(
+            "{} {} c={concurrency} round {}",
+            backend.name,
+            op.name(),
+            round + 1
+        ));
+        // Alternate who goes first, so drift in the machine's load hits both alike.
+        let kv_first = round % 2 == 0;
+        let mut kv_batch = None;
+        let mut raw_batch = None;
+        for turn in 0..2 {
+            if (turn == 0) == kv_first {
+                kv_batch = Some(measure::run(&kv_op, ops, concurrency).await?);
+            } else if let Some(raw_op) = &raw_op {
+                raw_batch = Some(measure::run(raw_op, ops, concurrency).await?);
+            }
+        }
+        let kv_batch = kv_batch.context("kvstore batch")?;
+        if let Some(raw_batch) = raw_batch {
+            ratios.push(kv_batch.ops_per_sec / raw_batch.ops_per_sec);
+            raw_batches.push(raw_batch);
+        }
+        kv_batches.push(kv_batch);
+        progress.inc(1);
+    }
+    let (mut kv_rt, mut raw_rt) = (None, None);
+    if let (Some(counter), 1) = (&backend.counter, concurrency) {
+        let n = 50;
+        kv_rt = Some(
+            counters::per_op(counter, n, || async {
+                measure::run(&kv_op, n, 1).await.map(drop)
+            })
+            .await?,
+        );
+        if let Some(raw_op) = &raw_op {
+            raw_rt = Some(
+                counters::per_op(counter, n, || async {
+                    measure::run(raw_op, n, 1).await.map(drop)
+                })
+                .await?,
+            );
+        }
+    }
+    let _ = store.delete_tree(&dir).await;
+    let ratio = (!ratios.is_empty()).then(|| {
+        let min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = ratios.iter().copied().fold(0.0, f64::max);
+        [median(&ratios), min, max]
+    });
+    Ok(Some(Record {
+        backend: backend.name,
+        op,
+        concurrency,
+        kvstore: side(&kv_batches, kv_rt),
+        raw: (!raw_batches.is_empty()).then(|| side(&raw_batches, raw_rt)),
+        ratio,
+    }))
+}
+
+fn markdown(report: &Report) -> String {
+    let mut out = String::new();
+    out.push_str("| backend | operation | conc. | kvstore ops/s | raw ops/s | kvstore/raw (min–max) | kvstore p50 / p99 µs | raw p50 / p99 µs | requests per call kvstore / raw |\n");
+    out.push_str("| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | --- |\n");
+    let rt = |v: Option<f64>| v.map_or("—".to_owned(), |v| format!("{v:.2}"));
+    for r in &report.records {
+        let raw = r.raw.as_ref();
+        out.push_str(&format!(
+            "| {} | {} | {} | {:.0} | {} | {} | {:.0} / {:.0} | {} | {} / {} |\n",
+            r.backend,
+            r.op.name(),
+            r.concurrency,
+            r.kvstore.ops_per_sec,
+            raw.map_or("—".into(), |s| format!("{:.0}", s.ops_per_sec)),
+            r.ratio.map_or("—".into(), |[m, lo, hi]| format!(
+                "{m:.2} ({lo:.2}–{hi:.2})"
+            )),
+            r.kvstore.p50_us,
+            r.kvstore.p99_us,
+            raw.map_or("—".into(), |s| format!(
+                "{:.0} / {:.0}",
+                s.p50_us, s.p99_us
+            )),
+            rt(r.kvstore.round_trips),
+            rt(raw.and_then(|s| s.round_trips)),
+        ));
+    }
+    for (name, why) in &report.skipped {
+        out.push_str(&format!("\nSkipped {name}: {why}\n"));
+    }
+    out
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let tmp = tempfile::tempdir()?;
+    let (backends, skipped) = backends(&args.backends, tmp.path())?;
+    let ops: Vec<Op> = if args.operations.is_empty() {
+        vec![
+            Op::Get,
+            Op::Put,
+            Op::AtomicPut,
+            Op::List,
+            Op::Watch,
+            Op::Lock,
+        ]
+    } else {
+        args.operations.clone()
+    };
+    let steps = backends.len()
+        * ops
+            .iter()
+            .map(|o| if *o == Op::Watch { 1 } else { 2 })
+            .sum::<usize>()
+        * args.rounds;
+    let progress = ProgressBar::new(steps as u64);
+    progress.set_style(ProgressStyle::with_template(
+        "{elapsed_precise} [{bar:40}] {pos}/{len} {msg}",
+    )?);
+    let mut report = Report {
+        rounds: args.rounds,
+        ops: args.ops,
+        ops_concurrent: args.ops_concurrent,
+        records: Vec::new(),
+        skipped,
+    };
+    for backend in &backends {
+        let store = match kvstore::open(&backend.url).await {
+            Ok(store) => store,
+            Err(err) => {
+                report.skipped.push((
+                    backend.name.to_owned(),
+                    format!("cannot open {}: {err}", backend.url),
+                ));
+                continue;
+            }
+        };
+        for &op in &ops {
+            let levels: &[usize] = if op == Op::Watch { &[1] } else { &[1, 32] };
+            for &concurrency in levels {
+                let record = measure(&args, backend, &store, op, concurrency, &progress)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "{} {} at concurrency {concurrency}",
+                            backend.name,
+                            op.name()
+                        )
+                    })?;
+                report.records.extend(record);
+            }
+        }
+        store.close().await?;
+    }
+    progress.finish_and_clear();
+    let table = markdown(&report);
+    println!("{table}");
+    if let Some(path) = &args.markdown {
+        std::fs::write(path, &table)?;
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+    }
+    Ok(())
+}
