@@ -62,12 +62,13 @@ struct Args {
     /// Rounds per measurement; kvstore and the raw client alternate within each round.
     #[arg(long, default_value_t = 5)]
     rounds: usize,
-    /// Operations per batch at concurrency 1.
-    #[arg(long, default_value_t = 300)]
-    ops: usize,
-    /// Operations per batch at concurrency 32.
-    #[arg(long, default_value_t = 2400)]
-    ops_concurrent: usize,
+    /// Length of one batch, in milliseconds; a round runs one batch of kvstore and one of the
+    /// raw client.
+    #[arg(long, default_value_t = 400)]
+    batch_ms: u64,
+    /// Calls over which the server's request counter is read (at concurrency 1).
+    #[arg(long, default_value_t = 50)]
+    counted_calls: usize,
     /// Backends to run (default: every one reachable).
     #[arg(long, value_delimiter = ',')]
     backends: Vec<String>,
@@ -121,8 +122,7 @@ struct Record {
 #[derive(Debug, Serialize)]
 struct Report {
     rounds: usize,
-    ops: usize,
-    ops_concurrent: usize,
+    batch_ms: u64,
     records: Vec<Record>,
     skipped: Vec<Skipped>,
 }
@@ -238,15 +238,12 @@ async fn measure(
         return Ok(None);
     };
     let raw_op = prepare_raw(&backend.raw, op, concurrency, &dir).await?;
-    let ops = match (op, concurrency) {
-        (Op::Watch, _) => args.ops / 2,
-        (_, 1) => args.ops,
-        _ => args.ops_concurrent,
-    };
+    let batch = std::time::Duration::from_millis(args.batch_ms);
     // Warm up both (connections, caches, JIT on the server side).
-    measure::run(&kv_op, 20, concurrency).await?;
+    let warmup = batch / 4;
+    measure::run(&kv_op, warmup, concurrency).await?;
     if let Some(raw_op) = &raw_op {
-        measure::run(raw_op, 20, concurrency).await?;
+        measure::run(raw_op, warmup, concurrency).await?;
     }
     let (mut kv_batches, mut raw_batches, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..args.rounds {
@@ -262,9 +259,9 @@ async fn measure(
         let mut raw_batch = None;
         for turn in 0..2 {
             if (turn == 0) == kv_first {
-                kv_batch = Some(measure::run(&kv_op, ops, concurrency).await?);
+                kv_batch = Some(measure::run(&kv_op, batch, concurrency).await?);
             } else if let Some(raw_op) = &raw_op {
-                raw_batch = Some(measure::run(raw_op, ops, concurrency).await?);
+                raw_batch = Some(measure::run(raw_op, batch, concurrency).await?);
             }
         }
         let kv_batch = kv_batch.context("kvstore batch")?;
@@ -277,20 +274,10 @@ async fn measure(
     }
     let (mut kv_rt, mut raw_rt) = (None, None);
     if let (Some(counter), 1) = (&backend.counter, concurrency) {
-        let n = 50;
-        kv_rt = Some(
-            counters::per_op(counter, n, || async {
-                measure::run(&kv_op, n, 1).await.map(drop)
-            })
-            .await?,
-        );
+        let n = args.counted_calls;
+        kv_rt = Some(counters::per_op(counter, n, || measure::run_count(&kv_op, n)).await?);
         if let Some(raw_op) = &raw_op {
-            raw_rt = Some(
-                counters::per_op(counter, n, || async {
-                    measure::run(raw_op, n, 1).await.map(drop)
-                })
-                .await?,
-            );
+            raw_rt = Some(counters::per_op(counter, n, || measure::run_count(raw_op, n)).await?);
         }
     }
     let _ = store.delete_tree(&dir).await;
@@ -371,8 +358,7 @@ async fn main() -> anyhow::Result<()> {
     )?);
     let mut report = Report {
         rounds: args.rounds,
-        ops: args.ops,
-        ops_concurrent: args.ops_concurrent,
+        batch_ms: args.batch_ms,
         records: Vec::new(),
         skipped,
     };

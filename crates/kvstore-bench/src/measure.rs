@@ -22,25 +22,32 @@ pub(crate) struct Batch {
     pub(crate) p99_us: f64,
 }
 
-/// Runs `ops` operations split over `concurrency` workers.
-pub(crate) async fn run(op: &OpFn, ops: usize, concurrency: usize) -> anyhow::Result<Batch> {
-    let per_worker = ops.div_ceil(concurrency);
+/// Runs the operation on `concurrency` workers for `duration` (each worker finishes the call
+/// it is in), so fast and slow backends get batches of equal length.
+pub(crate) async fn run(
+    op: &OpFn,
+    duration: Duration,
+    concurrency: usize,
+) -> anyhow::Result<Batch> {
     let started = Instant::now();
+    let deadline = started + duration;
     let workers: Vec<_> = (0..concurrency)
         .map(|worker| {
             let op = op.clone();
             tokio::spawn(async move {
-                let mut latencies = Vec::with_capacity(per_worker);
-                for i in 0..per_worker {
+                let mut latencies = Vec::new();
+                let mut i = 0;
+                while Instant::now() < deadline {
                     let t0 = Instant::now();
                     let own = op(worker, i).await?;
                     latencies.push(own.unwrap_or_else(|| t0.elapsed()));
+                    i += 1;
                 }
                 anyhow::Ok(latencies)
             })
         })
         .collect();
-    let mut latencies = Vec::with_capacity(per_worker * concurrency);
+    let mut latencies = Vec::new();
     for worker in workers {
         latencies.extend(worker.await??);
     }
@@ -51,6 +58,14 @@ pub(crate) async fn run(op: &OpFn, ops: usize, concurrency: usize) -> anyhow::Re
         p50_us: percentile(&latencies, 0.50),
         p99_us: percentile(&latencies, 0.99),
     })
+}
+
+/// Runs exactly `ops` calls of the operation, one at a time (for counting requests).
+pub(crate) async fn run_count(op: &OpFn, ops: usize) -> anyhow::Result<()> {
+    for i in 0..ops {
+        op(0, i).await?;
+    }
+    Ok(())
 }
 
 /// The `q` quantile of sorted latencies, in microseconds (nearest rank).

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use kvstore_core::{Error, Result, normalize_dir};
+use kvstore_core::{Error, Result, duration_option, normalize_dir, size_option};
 
 use crate::BACKEND;
 
@@ -159,10 +159,7 @@ impl ConsulConfig {
         let port = parsed.port().unwrap_or(8500);
         let mut config = ConsulConfig::new(&format!("{host}:{port}"))?;
         for (name, value) in parsed.query_pairs() {
-            let duration = || {
-                humantime::parse_duration(&value)
-                    .map_err(|e| invalid(format!("{name}={value}: {e}")))
-            };
+            let duration = || duration_option(BACKEND, &name, &value);
             match name.as_ref() {
                 "prefix" => config = config.with_prefix(&value)?,
                 "token" => config.token = Some(value.into_owned()),
@@ -178,11 +175,7 @@ impl ConsulConfig {
                 "timeout" => config.connect_timeout = duration()?,
                 "request_timeout" => config.request_timeout = duration()?,
                 "watch_wait" => config.watch_wait = duration()?,
-                "max_value_size" => {
-                    config.max_value_size = value
-                        .parse()
-                        .map_err(|e| invalid(format!("max_value_size={value}: {e}")))?;
-                }
+                "max_value_size" => config.max_value_size = size_option(BACKEND, &name, &value)?,
                 _ => return Err(invalid(format!("unknown option {name:?}"))),
             }
         }

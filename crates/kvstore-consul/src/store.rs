@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use kvstore_core::{
     Capabilities, Error, KvPair, LockOptions, Locker, ReadOptions, Result, Store, WatchStream,
-    WatchTreeStream, WriteOptions, check_value_size, normalize_dir, normalize_key,
+    WatchTreeStream, WriteOptions, check_value_size, lock_arguments, normalize_dir, normalize_key,
 };
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -465,17 +465,13 @@ impl Store for ConsulStore {
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "new_lock", key = %key))]
     async fn new_lock(&self, key: &str, opts: Option<&LockOptions>) -> Result<Box<dyn Locker>> {
         self.inner.check_open()?;
-        let key = normalize_key(key)?.to_owned();
-        let opts = opts.cloned().unwrap_or_default();
-        if opts.ttl.is_zero() {
-            return Err(Error::invalid_config(
-                BACKEND,
-                "lock TTL must be greater than zero",
-            ));
-        }
-        if let Some(value) = &opts.value {
-            check_value_size(&key, value, self.inner.api.config.max_value_size)?;
-        }
+        let (key, opts) = lock_arguments(
+            BACKEND,
+            key,
+            opts,
+            Duration::ZERO,
+            self.inner.api.config.max_value_size,
+        )?;
         Ok(Box::new(ConsulLocker::new(self.inner.clone(), key, opts)))
     }
 

@@ -17,12 +17,16 @@
 //! # Ok::<(), kvstore_core::Error>(())
 //! ```
 
+mod config;
 mod error;
 mod key;
 mod lock;
 mod store;
 mod types;
 
+pub use config::{
+    MultiHostUrl, duration_option, lock_arguments, parse_multi_host_url, size_option,
+};
 pub use error::{BoxError, Error, Result};
 pub use key::{MAX_KEY_LEN, is_descendant, normalize_dir, normalize_key};
 pub use lock::{LockLost, LockLostSignal, Locker};

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use kvstore_core::{Error, Result, normalize_dir};
+use kvstore_core::{
+    Error, Result, duration_option, normalize_dir, parse_multi_host_url, size_option,
+};
 
 use crate::BACKEND;
 
@@ -134,59 +136,35 @@ impl EtcdConfig {
     /// [`Error::InvalidConfig`] for another scheme, no host, an unknown option or an unparsable
     /// value; `InvalidKey` for a bad `prefix`.
     pub fn from_url(url: &str) -> Result<Self> {
-        let invalid = |msg: String| Error::invalid_config(BACKEND, msg);
-        let rest = url
-            .strip_prefix("etcd://")
-            .ok_or_else(|| invalid(format!("{url:?} is not an etcd:// URL")))?;
-        let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
-        let (userinfo, hosts) = match authority.rsplit_once('@') {
-            Some((user, hosts)) => (Some(user), hosts),
-            None => (None, authority),
-        };
-        let hosts: Vec<&str> = hosts.split(',').filter(|h| !h.is_empty()).collect();
-        if hosts.is_empty() {
-            return Err(invalid(format!("{url:?} names no host")));
+        let parsed = parse_multi_host_url(BACKEND, crate::SCHEME, url)?;
+        if !parsed.path.is_empty() {
+            return Err(Error::invalid_config(
+                BACKEND,
+                format!("{url:?}: etcd URLs have no path; use ?prefix="),
+            ));
         }
-        // Parse path and query with the url crate, on a stand-in single host.
-        let parsed = url::Url::parse(&format!("etcd://placeholder{tail}"))
-            .map_err(|e| invalid(format!("{url:?}: {e}")))?;
-        if !matches!(parsed.path(), "" | "/") {
-            return Err(invalid(format!(
-                "{url:?}: etcd URLs have no path; use ?prefix="
-            )));
+        let mut config = EtcdConfig::new(&parsed.hosts);
+        if let Some((user, password)) = parsed.credentials {
+            config = config.with_credentials(user, password);
         }
-        let mut config = EtcdConfig::new(&hosts);
-        if let Some(userinfo) = userinfo {
-            let decode =
-                |s: &str| percent_decode(s).map_err(|e| invalid(format!("credentials: {e}")));
-            let (user, pass) = userinfo.split_once(':').unwrap_or((userinfo, ""));
-            config = config.with_credentials(decode(user)?, decode(pass)?);
-        }
-        for (name, value) in parsed.query_pairs() {
-            let duration = || {
-                humantime::parse_duration(&value)
-                    .map_err(|e| invalid(format!("{name}={value}: {e}")))
-            };
-            match name.as_ref() {
-                "prefix" => config = config.with_prefix(&value)?,
-                "timeout" => config.connect_timeout = duration()?,
-                "request_timeout" => config.request_timeout = duration()?,
-                "max_value_size" => {
-                    config.max_value_size = value
-                        .parse()
-                        .map_err(|e| invalid(format!("max_value_size={value}: {e}")))?;
+        for (name, value) in &parsed.query {
+            match name.as_str() {
+                "prefix" => config = config.with_prefix(value)?,
+                "timeout" => config.connect_timeout = duration_option(BACKEND, name, value)?,
+                "request_timeout" => {
+                    config.request_timeout = duration_option(BACKEND, name, value)?;
                 }
-                _ => return Err(invalid(format!("unknown option {name:?}"))),
+                "max_value_size" => config.max_value_size = size_option(BACKEND, name, value)?,
+                _ => {
+                    return Err(Error::invalid_config(
+                        BACKEND,
+                        format!("unknown option {name:?}"),
+                    ));
+                }
             }
         }
         Ok(config)
     }
-}
-
-fn percent_decode(s: &str) -> std::result::Result<String, std::str::Utf8Error> {
-    percent_encoding::percent_decode_str(s)
-        .decode_utf8()
-        .map(|c| c.into_owned())
 }
 
 #[cfg(test)]

@@ -4,15 +4,19 @@ use std::time::{Duration, Instant};
 
 use kvstore_core::Store;
 use kvstore_etcd::{EtcdConfig, EtcdStore};
-use kvstore_testutils::{backend_url, next_within, ok, scratch_dir};
+use kvstore_testutils::{
+    backend_url, next_within, ok, retry_transient, scratch_dir, server_control,
+};
+
+/// The restart test stops the server that the others use: one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_survives_a_server_restart() {
     let Some(url) = backend_url("KVSTORE_ETCD_URL") else {
         return;
     };
-    let script = std::env::var("KVSTORE_RESTART_SCRIPT")
-        .expect("KVSTORE_RESTART_SCRIPT is set by ci/test.sh");
+    let _serial = SERIAL.lock().await;
     let store = ok(
         EtcdStore::connect(EtcdConfig::from_url(&url).unwrap()).await,
         "connect",
@@ -27,25 +31,13 @@ async fn watch_survives_a_server_restart() {
         b"before"
     );
 
-    let status = tokio::process::Command::new("bash")
-        .arg(script)
-        .arg("etcd")
-        .status()
-        .await
-        .unwrap();
-    assert!(status.success(), "restarting etcd failed");
+    server_control("etcd", "restart").await;
 
     // etcd keeps its data across the restart; the watch resumes from its last revision.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match store.put(&key, b"after", None).await {
-            Ok(_) => break,
-            Err(err) if err.is_transient() && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(100)).await
-            }
-            Err(err) => panic!("put after restart: {err}"),
-        }
-    }
+    retry_transient(Duration::from_secs(30), "put after restart", || {
+        store.put(&key, b"after", None)
+    })
+    .await;
     let item = ok(
         next_within(&mut watch, "item after restart").await,
         "watch item after restart",
@@ -70,4 +62,28 @@ async fn an_unreachable_endpoint_is_not_reachable_within_the_timeout() {
         Ok(_) => panic!("connect to a closed port must fail"),
     }
     assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_holder_frees_its_lock_within_its_ttl() {
+    let Some(url) = backend_url("KVSTORE_ETCD_URL") else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let opener = kvstore_testutils::Opener::new(move || {
+        let url = url.clone();
+        async move {
+            let store = EtcdStore::connect(EtcdConfig::from_url(&url)?).await?;
+            Ok(std::sync::Arc::new(store) as std::sync::Arc<dyn Store>)
+        }
+    });
+    // The lease expires a TTL after its last renewal; etcd checks leases about every 500 ms.
+    let ttl = Duration::from_secs(1);
+    kvstore_testutils::killed_holder_frees_lock(
+        &opener,
+        "a_killed_holder_frees_its_lock_within_its_ttl",
+        ttl,
+        ttl + Duration::from_secs(2),
+    )
+    .await;
 }

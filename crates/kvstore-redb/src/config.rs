@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use kvstore_core::{Error, Result};
+use kvstore_core::{Error, Result, duration_option, size_option};
 use url::Url;
 
 use crate::{MEMORY_SCHEME, SCHEME};
@@ -121,15 +121,8 @@ impl RedbConfig {
         };
         for (name, value) in url.query_pairs() {
             match name.as_ref() {
-                "timeout" => {
-                    config.open_timeout = humantime::parse_duration(&value)
-                        .map_err(|e| invalid(format!("timeout={value}: {e}")))?;
-                }
-                "max_value_size" => {
-                    config.max_value_size = value
-                        .parse()
-                        .map_err(|e| invalid(format!("max_value_size={value}: {e}")))?;
-                }
+                "timeout" => config.open_timeout = duration_option(SCHEME, &name, &value)?,
+                "max_value_size" => config.max_value_size = size_option(SCHEME, &name, &value)?,
                 _ => return Err(invalid(format!("unknown option {name:?}"))),
             }
         }

@@ -10,7 +10,8 @@ use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable};
 use kvstore_core::{
     Capabilities, Error, KvPair, LockOptions, Locker, ReadOptions, Result, Store, WatchStream,
-    WatchTreeStream, WriteOptions, check_value_size, is_descendant, normalize_dir, normalize_key,
+    WatchTreeStream, WriteOptions, check_value_size, is_descendant, lock_arguments, normalize_dir,
+    normalize_key,
 };
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{Notify, broadcast};
@@ -957,17 +958,13 @@ impl Store for RedbStore {
     #[tracing::instrument(level = "debug", skip_all, fields(backend = self.shared.backend, op = "new_lock", key = %key))]
     async fn new_lock(&self, key: &str, opts: Option<&LockOptions>) -> Result<Box<dyn Locker>> {
         self.check_open()?;
-        let key = normalize_key(key)?.to_owned();
-        let opts = opts.cloned().unwrap_or_default();
-        if opts.ttl.is_zero() {
-            return Err(Error::invalid_config(
-                self.shared.backend,
-                "lock TTL must be greater than zero",
-            ));
-        }
-        if let Some(value) = &opts.value {
-            check_value_size(&key, value, self.shared.max_value_size)?;
-        }
+        let (key, opts) = lock_arguments(
+            self.shared.backend,
+            key,
+            opts,
+            Duration::ZERO,
+            self.shared.max_value_size,
+        )?;
         Ok(Box::new(RedbLocker::new(
             self.shared.clone(),
             self.session.cancel.clone(),

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use kvstore_core::{Error, Result, normalize_dir};
+use kvstore_core::{Error, Result, duration_option, normalize_dir, size_option};
 use url::Url;
 
 use crate::BACKEND;
@@ -138,19 +138,12 @@ impl RedisConfig {
         server.set_query(None);
         let mut config = RedisConfig::new(server.to_string());
         for (name, value) in url.query_pairs() {
-            let duration = || {
-                humantime::parse_duration(&value)
-                    .map_err(|e| invalid(format!("{name}={value}: {e}")))
-            };
+            let duration = || duration_option(BACKEND, &name, &value);
             match name.as_ref() {
                 "prefix" => config = config.with_prefix(&value)?,
                 "timeout" => config.connection_timeout = duration()?,
                 "response_timeout" => config.response_timeout = duration()?,
-                "max_value_size" => {
-                    config.max_value_size = value
-                        .parse()
-                        .map_err(|e| invalid(format!("max_value_size={value}: {e}")))?;
-                }
+                "max_value_size" => config.max_value_size = size_option(BACKEND, &name, &value)?,
                 _ => return Err(invalid(format!("unknown option {name:?}"))),
             }
         }

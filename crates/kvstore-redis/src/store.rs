@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use kvstore_core::{
     Capabilities, Error, KvPair, LockOptions, Locker, ReadOptions, Result, Store, WatchStream,
-    WatchTreeStream, WriteOptions, check_value_size, normalize_dir, normalize_key,
+    WatchTreeStream, WriteOptions, check_value_size, lock_arguments, normalize_dir, normalize_key,
 };
 use redis::Value;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -522,17 +522,14 @@ impl Store for RedisStore {
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "new_lock", key = %key))]
     async fn new_lock(&self, key: &str, opts: Option<&LockOptions>) -> Result<Box<dyn Locker>> {
         self.inner.check_open()?;
-        let key = normalize_key(key)?.to_owned();
-        let opts = opts.cloned().unwrap_or_default();
-        if opts.ttl < Duration::from_millis(1) {
-            return Err(Error::invalid_config(
-                BACKEND,
-                "lock TTL must be at least 1 ms",
-            ));
-        }
-        if let Some(value) = &opts.value {
-            check_value_size(&key, value, self.inner.config.max_value_size)?;
-        }
+        // Redis expiry has millisecond resolution (`SET PX`).
+        let (key, opts) = lock_arguments(
+            BACKEND,
+            key,
+            opts,
+            Duration::from_millis(1),
+            self.inner.config.max_value_size,
+        )?;
         self.inner.check_notifications().await?;
         Ok(Box::new(RedisLocker::new(self.inner.clone(), key, opts)))
     }

@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use kvstore_core::{Error, Store};
 use kvstore_redis::{RedisConfig, RedisStore};
-use kvstore_testutils::{backend_url, next_within, ok, scratch_dir};
+use kvstore_testutils::{
+    backend_url, next_within, ok, retry_transient, scratch_dir, server_control,
+};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -14,10 +16,6 @@ async fn connect(url: &str) -> RedisStore {
         RedisStore::connect(RedisConfig::from_url(&url::Url::parse(url).unwrap()).unwrap()).await,
         "connect",
     )
-}
-
-fn restart_script() -> String {
-    std::env::var("KVSTORE_RESTART_SCRIPT").expect("KVSTORE_RESTART_SCRIPT is set by ci/test.sh")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -37,27 +35,15 @@ async fn watch_survives_a_server_restart() {
         b"before"
     );
 
-    let status = tokio::process::Command::new("bash")
-        .arg(restart_script())
-        .arg("redis")
-        .status()
-        .await
-        .unwrap();
-    assert!(status.success(), "restarting redis failed");
+    server_control("redis", "restart").await;
 
     // The server restarted empty (no persistence): the watch must re-sync to "absent" or go
     // straight to the new write, and then deliver a write made after the restart.
     let writer = connect(&url).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match writer.put(&key, b"after", None).await {
-            Ok(_) => break,
-            Err(err) if err.is_transient() && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(100)).await
-            }
-            Err(err) => panic!("put after restart: {err}"),
-        }
-    }
+    retry_transient(Duration::from_secs(30), "put after restart", || {
+        writer.put(&key, b"after", None)
+    })
+    .await;
     loop {
         let item = ok(
             next_within(&mut watch, "item after restart").await,
@@ -157,4 +143,29 @@ async fn values_are_raw_bytes_for_redis_cli() {
         .unwrap();
     assert_eq!(raw, value, "HGET <key> v returns the value byte for byte");
     ok(store.delete(&key).await, "delete");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_holder_frees_its_lock_within_its_ttl() {
+    let Some(url) = backend_url("KVSTORE_REDIS_URL") else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let opener = kvstore_testutils::Opener::new(move || {
+        let url = url.clone();
+        async move {
+            let config = RedisConfig::from_url(&url::Url::parse(&url).unwrap())?;
+            Ok(std::sync::Arc::new(RedisStore::connect(config).await?)
+                as std::sync::Arc<dyn kvstore_core::Store>)
+        }
+    });
+    // The lock key's PX expiry frees it; Redis expires keys within ~100 ms.
+    let ttl = Duration::from_secs(1);
+    kvstore_testutils::killed_holder_frees_lock(
+        &opener,
+        "a_killed_holder_frees_its_lock_within_its_ttl",
+        ttl,
+        ttl + Duration::from_secs(2),
+    )
+    .await;
 }

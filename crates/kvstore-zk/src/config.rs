@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use kvstore_core::{Error, Result, normalize_dir};
+use kvstore_core::{
+    Error, Result, duration_option, normalize_dir, parse_multi_host_url, size_option,
+};
 
 use crate::BACKEND;
 
@@ -177,47 +179,22 @@ impl ZkConfig {
     /// value; `InvalidKey` for a bad chroot or `prefix`.
     pub fn from_url(url: &str) -> Result<Self> {
         let invalid = |msg: String| Error::invalid_config(BACKEND, msg);
-        let rest = url
-            .strip_prefix("zk://")
-            .ok_or_else(|| invalid(format!("{url:?} is not a zk:// URL")))?;
-        let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
-        let (userinfo, hosts) = match authority.rsplit_once('@') {
-            Some((user, hosts)) => (Some(user), hosts),
-            None => (None, authority),
-        };
-        let hosts: Vec<&str> = hosts.split(',').filter(|h| !h.is_empty()).collect();
-        if hosts.is_empty() {
-            return Err(invalid(format!("{url:?} names no host")));
-        }
-        // Parse path and query with the url crate, on a stand-in single host.
-        let parsed = url::Url::parse(&format!("zk://placeholder{tail}"))
-            .map_err(|e| invalid(format!("{url:?}: {e}")))?;
-        let chroot = percent_decode(parsed.path()).map_err(|e| invalid(format!("chroot: {e}")))?;
-        let mut config = ZkConfig::new(&hosts).with_root(&chroot)?;
-        if let Some(userinfo) = userinfo {
-            let decode =
-                |s: &str| percent_decode(s).map_err(|e| invalid(format!("credentials: {e}")));
-            let (user, pass) = userinfo.split_once(':').unwrap_or((userinfo, ""));
-            config = config.with_digest(decode(user)?, decode(pass)?);
+        let parsed = parse_multi_host_url(BACKEND, crate::SCHEME, url)?;
+        let mut config = ZkConfig::new(&parsed.hosts).with_root(&parsed.path)?;
+        if let Some((user, password)) = parsed.credentials {
+            config = config.with_digest(user, password);
         }
         let mut prefix = None;
-        for (name, value) in parsed.query_pairs() {
-            let duration = || {
-                humantime::parse_duration(&value)
-                    .map_err(|e| invalid(format!("{name}={value}: {e}")))
-            };
-            match name.as_ref() {
-                "prefix" => prefix = Some(normalize_dir(&value)?.to_owned()),
+        for (name, value) in &parsed.query {
+            let duration = || duration_option(BACKEND, name, value);
+            match name.as_str() {
+                "prefix" => prefix = Some(normalize_dir(value)?.to_owned()),
                 "timeout" => config.connect_timeout = duration()?,
                 "session_timeout" => config.session_timeout = duration()?,
                 "request_timeout" => config.request_timeout = duration()?,
-                "max_value_size" => {
-                    config.max_value_size = value
-                        .parse()
-                        .map_err(|e| invalid(format!("max_value_size={value}: {e}")))?;
-                }
+                "max_value_size" => config.max_value_size = size_option(BACKEND, name, value)?,
                 "acl" => {
-                    config.acl = match value.as_ref() {
+                    config.acl = match value.as_str() {
                         "open" => ZkAcl::Open,
                         "creator" => ZkAcl::Creator,
                         "creator_read" => ZkAcl::CreatorWorldRead,
@@ -241,12 +218,6 @@ impl ZkConfig {
         config.validate()?;
         Ok(config)
     }
-}
-
-fn percent_decode(s: &str) -> std::result::Result<String, std::str::Utf8Error> {
-    percent_encoding::percent_decode_str(s)
-        .decode_utf8()
-        .map(|c| c.into_owned())
 }
 
 #[cfg(test)]

@@ -1,0 +1,217 @@
+//! Helpers every backend uses to read its URL form and to check `new_lock`'s arguments, so
+//! the rules are the same everywhere.
+
+use std::time::Duration;
+
+use crate::{Error, LockOptions, Result, check_value_size, normalize_key};
+
+/// The parts of a `scheme://[user:password@]host1:port1,host2:port2[/path][?query]` URL.
+///
+/// Several comma-separated hosts are not a valid URL authority, so such URLs cannot go through
+/// `url::Url` whole; [`parse_multi_host_url`] splits them and parses path and query with the
+/// `url` crate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MultiHostUrl {
+    /// `(user, password)`, percent-decoded; the password is `""` when absent.
+    pub credentials: Option<(String, String)>,
+    /// `host:port` of each server, in order.
+    pub hosts: Vec<String>,
+    /// The path, percent-decoded, without the leading `/` (`""` when absent).
+    pub path: String,
+    /// The query pairs, decoded, in order.
+    pub query: Vec<(String, String)>,
+}
+
+/// Splits a multi-host URL of `scheme` (see [`MultiHostUrl`]).
+///
+/// # Errors
+///
+/// [`Error::InvalidConfig`] (for `backend`) for another scheme, no host, or an unparsable
+/// path, query or percent-encoding.
+///
+/// # Examples
+///
+/// ```
+/// let url = kvstore_core::parse_multi_host_url("zk", "zk", "zk://u:p%40@h1:1,h2:2/app?x=1")?;
+/// assert_eq!(url.hosts, ["h1:1", "h2:2"]);
+/// assert_eq!(url.credentials, Some(("u".into(), "p@".into())));
+/// assert_eq!((url.path.as_str(), url.query[0].0.as_str()), ("app", "x"));
+/// # Ok::<(), kvstore_core::Error>(())
+/// ```
+pub fn parse_multi_host_url(
+    backend: &'static str,
+    scheme: &str,
+    url: &str,
+) -> Result<MultiHostUrl> {
+    let invalid = |msg: String| Error::invalid_config(backend, msg);
+    let rest = url
+        .strip_prefix(scheme)
+        .and_then(|r| r.strip_prefix("://"))
+        .ok_or_else(|| invalid(format!("{url:?} is not a {scheme}:// URL")))?;
+    let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+    let (userinfo, hosts) = match authority.rsplit_once('@') {
+        Some((user, hosts)) => (Some(user), hosts),
+        None => (None, authority),
+    };
+    let hosts: Vec<String> = hosts
+        .split(',')
+        .filter(|h| !h.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if hosts.is_empty() {
+        return Err(invalid(format!("{url:?} names no host")));
+    }
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8()
+            .map(|c| c.into_owned())
+            .map_err(|e| invalid(format!("{url:?}: {e}")))
+    };
+    let credentials = match userinfo {
+        Some(userinfo) => {
+            let (user, pass) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+            Some((decode(user)?, decode(pass)?))
+        }
+        None => None,
+    };
+    // Path and query are parsed by the url crate, on a stand-in single host.
+    let parsed = url::Url::parse(&format!("{scheme}://placeholder{tail}"))
+        .map_err(|e| invalid(format!("{url:?}: {e}")))?;
+    let path = decode(parsed.path().trim_start_matches('/'))?;
+    let query = parsed
+        .query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    Ok(MultiHostUrl {
+        credentials,
+        hosts,
+        path,
+        query,
+    })
+}
+
+/// Parses a duration option (`timeout=2s`, `500ms`, `1m`; humantime syntax).
+///
+/// # Errors
+///
+/// [`Error::InvalidConfig`] naming the option when `value` is not a duration.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// assert_eq!(kvstore_core::duration_option("etcd", "timeout", "2s")?, Duration::from_secs(2));
+/// assert!(kvstore_core::duration_option("etcd", "timeout", "soon").is_err());
+/// # Ok::<(), kvstore_core::Error>(())
+/// ```
+pub fn duration_option(backend: &'static str, name: &str, value: &str) -> Result<Duration> {
+    humantime::parse_duration(value)
+        .map_err(|e| Error::invalid_config(backend, format!("{name}={value}: {e}")))
+}
+
+/// Parses a size option in bytes (`max_value_size=1048576`).
+///
+/// # Errors
+///
+/// [`Error::InvalidConfig`] naming the option when `value` is not a whole number.
+pub fn size_option(backend: &'static str, name: &str, value: &str) -> Result<usize> {
+    value
+        .parse()
+        .map_err(|e| Error::invalid_config(backend, format!("{name}={value}: {e}")))
+}
+
+/// Checks the arguments of `Store::new_lock` the same way on every backend, before any I/O:
+/// normalizes `key`, fills in the default options, and checks that the TTL is at least
+/// `min_ttl` and the lock's value fits in `max_value_size`. Returns the normalized key and the
+/// options.
+///
+/// # Errors
+///
+/// `InvalidKey` for a bad key; [`Error::InvalidConfig`] for a TTL under `min_ttl` (or zero);
+/// `ValueTooLarge` for a value over the limit.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use kvstore_core::{LockOptions, lock_arguments};
+///
+/// let (key, opts) = lock_arguments("etcd", "/locks/job/", None, Duration::ZERO, 1024)?;
+/// assert_eq!((key.as_str(), opts.ttl), ("locks/job", Duration::from_secs(20)));
+/// let zero = LockOptions::default().with_ttl(Duration::ZERO);
+/// assert!(lock_arguments("etcd", "k", Some(&zero), Duration::ZERO, 1024).is_err());
+/// # Ok::<(), kvstore_core::Error>(())
+/// ```
+pub fn lock_arguments(
+    backend: &'static str,
+    key: &str,
+    opts: Option<&LockOptions>,
+    min_ttl: Duration,
+    max_value_size: usize,
+) -> Result<(String, LockOptions)> {
+    let key = normalize_key(key)?.to_owned();
+    let opts = opts.cloned().unwrap_or_default();
+    if opts.ttl.is_zero() {
+        return Err(Error::invalid_config(
+            backend,
+            "lock TTL must be greater than zero",
+        ));
+    }
+    if opts.ttl < min_ttl {
+        return Err(Error::invalid_config(
+            backend,
+            format!("lock TTL must be at least {min_ttl:?}"),
+        ));
+    }
+    if let Some(value) = &opts.value {
+        check_value_size(&key, value, max_value_size)?;
+    }
+    Ok((key, opts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multi_host_urls() {
+        let u = parse_multi_host_url("etcd", "etcd", "etcd://h1:1,h2:2?timeout=2s&prefix=%2Fa")
+            .unwrap();
+        assert_eq!(u.hosts, ["h1:1", "h2:2"]);
+        assert_eq!(u.credentials, None);
+        assert_eq!(u.path, "");
+        assert_eq!(
+            u.query,
+            [
+                ("timeout".into(), "2s".into()),
+                ("prefix".into(), "/a".into())
+            ]
+        );
+        for bad in ["etcd://", "zk://h:1", "etcd//h:1", "etcd://u:%ff@h:1"] {
+            assert!(
+                matches!(
+                    parse_multi_host_url("etcd", "etcd", bad),
+                    Err(Error::InvalidConfig { .. })
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn lock_arguments_check_ttl_and_value() {
+        let opts = LockOptions::default().with_ttl(Duration::from_micros(10));
+        assert!(lock_arguments("redis", "k", Some(&opts), Duration::from_millis(1), 8).is_err());
+        assert!(lock_arguments("etcd", "k", Some(&opts), Duration::ZERO, 8).is_ok());
+        let big = LockOptions::default().with_value("123456789");
+        assert!(matches!(
+            lock_arguments("etcd", "k", Some(&big), Duration::ZERO, 8),
+            Err(Error::ValueTooLarge { .. })
+        ));
+        assert!(matches!(
+            lock_arguments("etcd", "a//b", None, Duration::ZERO, 8),
+            Err(Error::InvalidKey { .. })
+        ));
+    }
+}
