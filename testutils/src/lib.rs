@@ -224,21 +224,18 @@ pub const HOLDER_VAR: &str = "KVSTORE_TEST_HOLD_LOCK";
 ///
 /// Call it from a `#[tokio::test]` named `test_name`: the test binary re-runs itself with
 /// `--exact test_name` and [`HOLDER_VAR`] set, and in that child this function takes the lock
-/// (TTL `lock_ttl`), prints its fencing token and waits to be killed.
+/// (TTL `ttl`), prints its fencing token and waits to be killed.
 pub async fn killed_holder_frees_lock(
     opener: &Opener,
     test_name: &str,
-    lock_ttl: Duration,
+    ttl: Duration,
     bound: Duration,
 ) {
     use tokio::io::AsyncBufReadExt;
 
     if let Ok(key) = std::env::var(HOLDER_VAR) {
         let store = opener.open().await;
-        let mut lock = ok(
-            store.new_lock(&key, Some(&lock_ttl_opts(lock_ttl))).await,
-            "new_lock",
-        );
+        let mut lock = ok(store.new_lock(&key, Some(&lock_ttl(ttl))).await, "new_lock");
         ok(lock.lock().await, "lock");
         println!("locked {}", lock.fencing_token().expect("token"));
         std::future::pending::<()>().await;
@@ -265,10 +262,7 @@ pub async fn killed_holder_frees_lock(
     .expect("the holder must take the lock");
 
     let store = opener.open().await;
-    let mut contender = ok(
-        store.new_lock(&key, Some(&lock_ttl_opts(lock_ttl))).await,
-        "new_lock",
-    );
+    let mut contender = ok(store.new_lock(&key, Some(&lock_ttl(ttl))).await, "new_lock");
     assert!(
         tokio::time::timeout(Duration::from_millis(300), contender.lock())
             .await
@@ -296,10 +290,6 @@ pub async fn killed_holder_frees_lock(
     ok(contender.unlock().await, "unlock");
     cleanup(&*store, &dir).await;
     let _ = store.close().await;
-}
-
-fn lock_ttl_opts(ttl: Duration) -> LockOptions {
-    LockOptions::default().with_ttl(ttl)
 }
 
 /// The keys of a listing, in order.

@@ -467,8 +467,8 @@ pub(crate) async fn zk(
         }
         Op::Put => {
             for w in 0..workers {
+                client.mkdir(&format!("{dir}/w{w}"), &persistent).await?;
                 for i in 0..10 {
-                    client.mkdir(&format!("{dir}/w{w}"), &persistent).await?;
                     create(client.clone(), format!("{dir}/w{w}/k{i}")).await?;
                 }
             }

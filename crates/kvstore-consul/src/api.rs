@@ -348,6 +348,18 @@ impl Api {
     }
 }
 
+/// The index for the next blocking query after one that returned `returned`, following
+/// `previous`: reset to 0 (a plain read) when the index went backwards, and never 0 after a
+/// successful read (source: Consul docs, "Blocking Queries" — "Reset the index if it goes
+/// backwards", "Sanity check index is greater than zero").
+pub(crate) fn next_index(previous: u64, returned: u64) -> u64 {
+    if returned < previous {
+        0
+    } else {
+        returned.max(1)
+    }
+}
+
 /// Session TTLs are whole seconds: round up so nothing expires early.
 pub(crate) fn session_seconds(ttl: Duration) -> u64 {
     ttl.as_millis()
@@ -368,6 +380,13 @@ mod tests {
             api.kv_url("a b/ü?/\u{1}x").as_str(),
             "http://127.0.0.1:8500/v1/kv/a%20b/%C3%BC%3F/%01x"
         );
+    }
+
+    #[test]
+    fn blocking_indexes_reset_when_they_go_backwards() {
+        assert_eq!(next_index(10, 12), 12);
+        assert_eq!(next_index(10, 3), 0);
+        assert_eq!(next_index(0, 0), 1);
     }
 
     #[test]

@@ -19,8 +19,8 @@ use kvstore_core::{Error, LockLost, LockLostSignal, LockOptions, Locker, Result}
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::BACKEND;
-use crate::api::{Consistency, Txn, op_lock};
-use crate::store::{Inner, renew_session};
+use crate::api::{Consistency, Txn, next_index, op_lock};
+use crate::store::{Condition, Inner, renew_session};
 
 struct Held {
     token: u64,
@@ -105,7 +105,7 @@ async fn monitor(
                     if let Some(started) = started.take() {
                         let _ = started.send(());
                     }
-                    index = if next < index { 0 } else { next.max(1) };
+                    index = next_index(index, next);
                 }
                 Err(err) => {
                     tracing::debug!(backend = BACKEND, error = %err, "lock watch failed; retrying");
@@ -176,7 +176,7 @@ impl ConsulLocker {
                     () = self.inner.cancel.cancelled() => return Err(Error::Closed { backend: BACKEND }),
                     read = read => read?,
                 };
-                index = if next < index { 0 } else { next.max(1) };
+                index = next_index(index, next);
                 if entries.iter().all(|e| e.session.is_none()) {
                     break;
                 }
@@ -216,7 +216,9 @@ impl Locker for ConsulLocker {
         let lock_key = self.inner.lock_key(&self.key);
         let token = self.acquire(&lock_key, &session).await?;
         if let Some(value) = &self.opts.value {
-            crate::store::set_value(&self.inner, &self.key, value).await?;
+            self.inner
+                .write(&self.key, value, Condition::None, None)
+                .await?;
         }
         drop(waiting_renewal);
         let (signal, lost) = LockLost::new();
@@ -253,7 +255,10 @@ impl Locker for ConsulLocker {
         let session = held.session.clone();
         drop(held);
         if self.opts.delete_on_unlock {
-            crate::store::delete_quietly(&self.inner, &self.key).await?;
+            match self.inner.remove(&self.key, None).await {
+                Ok(()) | Err(Error::KeyNotFound { .. }) => {}
+                Err(err) => return Err(err),
+            }
         }
         // Behavior=delete: destroying the session deletes the hidden key, which wakes the
         // next waiter.

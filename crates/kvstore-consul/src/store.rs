@@ -111,6 +111,17 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// The descendants of `dir`, and whether `dir` exists: it has descendants or is a key
+    /// itself (read only when it has no descendants, so usually one request).
+    async fn read_dir(&self, dir: &str, consistency: Consistency) -> Result<(Vec<KvPair>, bool)> {
+        let (pairs, _) = self.read_tree(dir, consistency, None).await?;
+        let exists = !pairs.is_empty()
+            || (!dir.is_empty() && self.read_key(dir, consistency, None).await?.0.is_some());
+        Ok((pairs, exists))
+    }
+}
+
 /// Renews a session at a third of its TTL until cancelled or the session is gone.
 pub(crate) async fn renew_session(
     inner: Arc<Inner>,
@@ -198,7 +209,7 @@ fn written(results: &[Entry], consul_key: &str) -> Result<u64> {
 
 /// What an atomic write compares.
 #[derive(Clone, Copy)]
-enum Condition {
+pub(crate) enum Condition {
     None,
     Absent,
     Index(u64),
@@ -235,17 +246,19 @@ impl ConsulStore {
             }),
         })
     }
+}
 
+impl Inner {
     /// One transaction per write (two requests with a TTL: the session, then the write).
-    async fn write(
-        &self,
+    /// Callers check that the store is open (a lock writes its value through here too).
+    pub(crate) async fn write(
+        self: &Arc<Self>,
         key: &str,
         value: &[u8],
         condition: Condition,
         opts: Option<&WriteOptions>,
     ) -> Result<KvPair> {
-        let inner = &self.inner;
-        inner.check_open()?;
+        let inner = self;
         let key = normalize_key(key)?;
         check_value_size(key, value, inner.api.config.max_value_size)?;
         let consul_key = inner.consul_key(key);
@@ -319,10 +332,9 @@ impl ConsulStore {
     }
 
     /// `delete` and `atomic_delete`: one transaction whose first operation fails for a
-    /// missing key.
-    async fn remove(&self, key: &str, expected: Option<u64>) -> Result<()> {
-        let inner = &self.inner;
-        inner.check_open()?;
+    /// missing key. Callers check that the store is open.
+    pub(crate) async fn remove(&self, key: &str, expected: Option<u64>) -> Result<()> {
+        let inner = self;
         let key = normalize_key(key)?;
         let consul_key = inner.consul_key(key);
         let ops = vec![
@@ -355,7 +367,8 @@ impl Store for ConsulStore {
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "put", key = %key))]
     async fn put(&self, key: &str, value: &[u8], opts: Option<&WriteOptions>) -> Result<KvPair> {
-        self.write(key, value, Condition::None, opts).await
+        self.inner.check_open()?;
+        self.inner.write(key, value, Condition::None, opts).await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "get", key = %key))]
@@ -371,7 +384,8 @@ impl Store for ConsulStore {
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "delete", key = %key))]
     async fn delete(&self, key: &str) -> Result<()> {
-        self.remove(key, None).await
+        self.inner.check_open()?;
+        self.inner.remove(key, None).await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "exists", key = %key))]
@@ -390,20 +404,12 @@ impl Store for ConsulStore {
     async fn list(&self, dir: &str, opts: Option<&ReadOptions>) -> Result<Vec<KvPair>> {
         self.inner.check_open()?;
         let dir = normalize_dir(dir)?;
-        let (pairs, _) = self.inner.read_tree(dir, consistency(opts), None).await?;
-        // A directory without descendants exists only as a key of its own.
-        if pairs.is_empty()
-            && !dir.is_empty()
-            && self
-                .inner
-                .read_key(dir, consistency(opts), None)
-                .await?
-                .0
-                .is_none()
-        {
-            return Err(Error::not_found(dir));
+        match self.inner.read_dir(dir, consistency(opts)).await? {
+            (pairs, true) => Ok(pairs),
+            // The whole keyspace always exists, even empty.
+            (pairs, false) if dir.is_empty() => Ok(pairs),
+            (_, false) => Err(Error::not_found(dir)),
         }
-        Ok(pairs)
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "delete_tree", key = %dir))]
@@ -411,14 +417,7 @@ impl Store for ConsulStore {
         let inner = &self.inner;
         inner.check_open()?;
         let dir = normalize_dir(dir)?;
-        let (pairs, _) = inner.read_tree(dir, Consistency::Consistent, None).await?;
-        let dir_exists = !dir.is_empty()
-            && inner
-                .read_key(dir, Consistency::Consistent, None)
-                .await?
-                .0
-                .is_some();
-        if pairs.is_empty() && !dir_exists {
+        if !inner.read_dir(dir, Consistency::Consistent).await?.1 {
             return Err(Error::not_found(dir));
         }
         let mut ops = vec![op("delete-tree", &inner.tree_prefix(dir))];
@@ -440,12 +439,14 @@ impl Store for ConsulStore {
         opts: Option<&WriteOptions>,
     ) -> Result<KvPair> {
         let condition = previous.map_or(Condition::Absent, |p| Condition::Index(p.last_index));
-        self.write(key, value, condition, opts).await
+        self.inner.check_open()?;
+        self.inner.write(key, value, condition, opts).await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "atomic_delete", key = %key))]
     async fn atomic_delete(&self, key: &str, previous: &KvPair) -> Result<()> {
-        self.remove(key, Some(previous.last_index)).await
+        self.inner.check_open()?;
+        self.inner.remove(key, Some(previous.last_index)).await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "watch", key = %key))]
@@ -486,33 +487,5 @@ impl Store for ConsulStore {
             .unwrap_or_else(|e| e.into_inner())
             .clear();
         Ok(())
-    }
-}
-
-/// Writes a lock's value (plain put semantics: any earlier TTL is cleared).
-pub(crate) async fn set_value(inner: &Inner, key: &str, value: &[u8]) -> Result<()> {
-    let consul_key = inner.consul_key(key);
-    match inner
-        .api
-        .txn(vec![
-            op("delete", &consul_key),
-            op_value("set", &consul_key, value),
-        ])
-        .await?
-    {
-        Txn::Done(_) => Ok(()),
-        Txn::Failed { what, .. } => Err(Error::backend(BACKEND, what)),
-    }
-}
-
-/// Deletes a key, whether or not it exists (`delete_on_unlock`).
-pub(crate) async fn delete_quietly(inner: &Inner, key: &str) -> Result<()> {
-    match inner
-        .api
-        .txn(vec![op("delete", &inner.consul_key(key))])
-        .await?
-    {
-        Txn::Done(_) => Ok(()),
-        Txn::Failed { what, .. } => Err(Error::backend(BACKEND, what)),
     }
 }

@@ -25,7 +25,7 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use kvstore_core::{Error, KvPair, Result, WatchStream, WatchTreeStream};
 
-use crate::api::Consistency;
+use crate::api::{Consistency, next_index};
 use crate::store::Inner;
 
 type Read<T> = Box<
@@ -55,15 +55,12 @@ where
         inner,
         read,
         index,
-        last: None,
+        last: Some(state.clone()),
         ended: false,
     };
-    futures::stream::once(futures::future::ready(Ok(state.clone())))
+    futures::stream::once(futures::future::ready(Ok(state)))
         .chain(futures::stream::unfold(
-            State {
-                last: Some(state),
-                ..st
-            },
+            st,
             |mut st| async move {
                 let mut backoff: Option<backon::ExponentialBackoff> = None;
                 let mut failing_since: Option<tokio::time::Instant> = None;
@@ -81,9 +78,7 @@ where
                         Ok((state, index)) => {
                             backoff = None;
                             failing_since = None;
-                            // Source: Consul docs, "Blocking Queries" — reset when the index
-                            // goes backwards, and never block on 0.
-                            st.index = if index < st.index { 0 } else { index.max(1) };
+                            st.index = next_index(st.index, index);
                             if st.last.as_ref() == Some(&state) {
                                 continue;
                             }

@@ -25,7 +25,7 @@ use crate::BACKEND;
 use crate::error::from_zk;
 use crate::node::MARKER;
 use crate::session::{connect, create_options, timed};
-use crate::store::{Inner, delete_lock_value, put_lock_value};
+use crate::store::{Condition, Inner, delete_lock_value};
 
 /// Prefix of waiter names; the server appends a 10-digit sequence number.
 const WAITER: &str = "lock-";
@@ -102,7 +102,7 @@ impl ZkLocker {
                     return Ok((path, token));
                 }
                 Err(zk::Error::NoNode) if !parents_created => {
-                    self.inner.ensure_parents(client, &prefix).await?;
+                    self.inner.create_parents(client, &prefix).await?;
                     parents_created = true;
                 }
                 Err(err) => return Err(from_zk(err)),
@@ -267,7 +267,9 @@ impl Locker for ZkLocker {
             }
         };
         if let Some(value) = &self.opts.value {
-            put_lock_value(&self.inner, &client, &self.key, value).await?;
+            self.inner
+                .write_on(&client, &self.key, value, Condition::None, None)
+                .await?;
         }
         let (signal, lost) = LockLost::new();
         let (release, requests) = oneshot::channel();

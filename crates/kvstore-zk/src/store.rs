@@ -1,6 +1,6 @@
 //! The [`Store`] implementation: keys as znodes, hidden parents, TTL nodes and pins.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::fmt;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -57,8 +57,8 @@ fn ttl_millis(ttl: Duration) -> Duration {
         .max(Duration::from_millis(1))
 }
 
-/// Keys written with `keep_alive`, re-pinned when the session is replaced.
-type KeepAlives = HashMap<String, Duration>;
+/// Znode paths of keys written with `keep_alive`, re-pinned when the session is replaced.
+type KeepAlives = HashSet<String>;
 
 /// Connection state shared by the store, its watches and its locks.
 pub(crate) struct Inner {
@@ -135,7 +135,7 @@ impl Inner {
             .keep_alives
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .keys()
+            .iter()
             .cloned()
             .collect();
         for path in keys {
@@ -184,7 +184,12 @@ impl Inner {
     /// Children of `path` that are not part of the keyspace: ZooKeeper's own `/zookeeper`
     /// at the znode root, and the lock tree at the store's root.
     pub(crate) fn skipped_child(&self, path: &str, child: &str) -> bool {
-        (path == "/" && child == "zookeeper") || (path == self.dir_path("") && child == LOCKS)
+        let store_root = if self.root.is_empty() {
+            "/"
+        } else {
+            &self.root
+        };
+        (path == "/" && child == "zookeeper") || (path == store_root && child == LOCKS)
     }
 
     /// The znode under which the waiters of the lock on `key` are created.
@@ -226,7 +231,7 @@ impl Inner {
     /// Creates the missing parents of `path` as hidden container znodes, which the server
     /// deletes once their last child is gone (source: ZooKeeper Programmer's Guide,
     /// "Container Nodes").
-    async fn create_parents(&self, client: &Client, path: &str) -> Result<()> {
+    pub(crate) async fn create_parents(&self, client: &Client, path: &str) -> Result<()> {
         let mut missing = Vec::new();
         let mut current = path;
         while let Some(cut) = current.rfind('/').filter(|&cut| cut > 0) {
@@ -453,7 +458,8 @@ impl Inner {
             .map(drop)
     }
 
-    /// Writes `value` at `key` under `condition`; the heart of `put` and `atomic_put`.
+    /// Writes `value` at `key` under `condition` on the store's session; the heart of `put`
+    /// and `atomic_put`.
     async fn write(
         &self,
         key: &str,
@@ -462,10 +468,23 @@ impl Inner {
         opts: Option<&WriteOptions>,
     ) -> Result<KvPair> {
         self.check_open()?;
+        let client = self.client().await?;
+        self.write_on(&client, key, value, condition, opts).await
+    }
+
+    /// [`write`](Self::write) on a given session (a lock writes its value on its own, so the
+    /// value is written only while that session lives).
+    pub(crate) async fn write_on(
+        &self,
+        client: &Client,
+        key: &str,
+        value: &[u8],
+        condition: Condition,
+        opts: Option<&WriteOptions>,
+    ) -> Result<KvPair> {
         let key = normalize_key(key)?;
         check_value_size(key, value, self.config.max_value_size)?;
         let mode = Mode::of(opts);
-        let client = self.client().await?;
         let path = self.path(key);
         let data = encode(value);
         let not_supported = |err: zk::Error| match err {
@@ -477,14 +496,14 @@ impl Inner {
         };
         for _ in 0..MAX_ATTEMPTS {
             let outcome = match condition {
-                Condition::None => self.put_once(&client, &path, &data, mode).await,
+                Condition::None => self.put_once(client, &path, &data, mode).await,
                 Condition::Absent => {
-                    match self.create_key(&client, &path, &data, mode).await {
+                    match self.create_key(client, &path, &data, mode).await {
                         Err(zk::Error::NodeExists) => {
                             // Only a hidden znode (a parent) may be taken over.
                             match timed(self.timeout(), client.get_data(&path)).await {
                                 Ok((old, stat)) if decode(&old).is_none() => {
-                                    self.settle(&client, &path, &data, mode, Some(stat.version))
+                                    self.settle(client, &path, &data, mode, Some(stat.version))
                                         .await
                                 }
                                 Ok(_) => return Err(Error::KeyExists { key: key.into() }),
@@ -513,7 +532,7 @@ impl Inner {
                         )
                         .await
                     } else {
-                        self.settle(&client, &path, &data, mode, Some(stat.version))
+                        self.settle(client, &path, &data, mode, Some(stat.version))
                             .await
                     };
                     match result {
@@ -530,7 +549,7 @@ impl Inner {
                     let mut keep_alives =
                         self.keep_alives.lock().unwrap_or_else(|e| e.into_inner());
                     match mode {
-                        Mode::KeepAlive(ttl) => keep_alives.insert(path, ttl),
+                        Mode::KeepAlive(_) => keep_alives.insert(path),
                         _ => keep_alives.remove(&path),
                     };
                     return Ok(KvPair::new(key, value.to_vec(), index(&stat)));
@@ -615,7 +634,7 @@ impl Inner {
 
 /// The condition of a write.
 #[derive(Debug, Clone, Copy)]
-enum Condition {
+pub(crate) enum Condition {
     None,
     Absent,
     Index(u64),
@@ -778,7 +797,7 @@ impl Store for ZkStore {
             .keep_alives
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|path, _| !deleted.contains(path));
+            .retain(|path| !deleted.contains(path));
         if deleted.is_empty() {
             return Err(Error::not_found(dir));
         }
@@ -838,45 +857,10 @@ impl Store for ZkStore {
     }
 }
 
-/// Writes a lock's value through the lock's own session (so it is written only while that
-/// session lives).
-pub(crate) async fn put_lock_value(
-    inner: &Inner,
-    client: &Client,
-    key: &str,
-    value: &[u8],
-) -> Result<()> {
-    let path = inner.path(key);
-    let data = encode(value);
-    for _ in 0..MAX_ATTEMPTS {
-        match inner.put_once(client, &path, &data, Mode::Persistent).await {
-            Ok(_) => return Ok(()),
-            Err(
-                zk::Error::NodeExists
-                | zk::Error::NoNode
-                | zk::Error::BadVersion
-                | zk::Error::NotEmpty,
-            ) => {}
-            Err(err) => return Err(from_zk(err)),
-        }
-    }
-    Err(Error::backend(
-        BACKEND,
-        format!("gave up writing the value of lock {key}"),
-    ))
-}
-
 /// Deletes a lock's value on unlock with `delete_on_unlock`.
 pub(crate) async fn delete_lock_value(inner: &Inner, key: &str) -> Result<()> {
     match inner.delete_key(key, None).await {
         Ok(()) | Err(Error::KeyNotFound { .. }) => Ok(()),
         Err(err) => Err(err),
-    }
-}
-
-impl Inner {
-    /// Creates missing parents for a lock waiter.
-    pub(crate) async fn ensure_parents(&self, client: &Client, path: &str) -> Result<()> {
-        self.create_parents(client, path).await
     }
 }

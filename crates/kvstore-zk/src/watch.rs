@@ -28,7 +28,7 @@ use crate::error::from_zk;
 use crate::session::timed;
 use crate::store::Inner;
 
-type Read<T> = Arc<dyn Fn(Arc<Inner>, Arc<Client>) -> BoxFuture<'static, Result<T>> + Send + Sync>;
+type Read<T> = Box<dyn Fn(Arc<Inner>, Arc<Client>) -> BoxFuture<'static, Result<T>> + Send + Sync>;
 
 struct State<T> {
     inner: Arc<Inner>,
@@ -62,9 +62,9 @@ fn classify(event: &zk::WatchedEvent, mode: AddWatchMode) -> Next {
 
 /// Registers the watch on the store's current session. The watch itself does not keep the
 /// session open: closing the store closes it.
-async fn register(state: &State<impl Send>) -> Result<PersistentWatcher> {
-    let client = state.inner.client().await?;
-    timed(state.inner.timeout(), client.watch(&state.path, state.mode))
+async fn register(inner: &Inner, path: &str, mode: AddWatchMode) -> Result<PersistentWatcher> {
+    let client = inner.client().await?;
+    timed(inner.timeout(), client.watch(path, mode))
         .await
         .map_err(from_zk)
 }
@@ -94,7 +94,7 @@ where
                 return None;
             }
             let Some(watcher) = st.watcher.as_mut() else {
-                match register(&st).await {
+                match register(&st.inner, &st.path, st.mode).await {
                     Ok(registered) => {
                         st.watcher = Some(registered);
                     }
@@ -180,20 +180,11 @@ pub(crate) async fn watch_key(
     consistent: bool,
 ) -> Result<WatchStream> {
     let path = inner.path(&key);
-    let read: Read<Option<KvPair>> = Arc::new(move |inner: Arc<Inner>, client: Arc<Client>| {
+    let read: Read<Option<KvPair>> = Box::new(move |inner: Arc<Inner>, client: Arc<Client>| {
         let key = key.clone();
         async move { inner.read_key(&client, &key, consistent).await }.boxed()
     });
-    let probe = State {
-        inner: inner.clone(),
-        path: path.clone(),
-        mode: AddWatchMode::Persistent,
-        read: read.clone(),
-        watcher: None,
-        last: None,
-        ended: false,
-    };
-    let first = register(&probe).await?;
+    let first = register(&inner, &path, AddWatchMode::Persistent).await?;
     Ok(stream(inner, path, AddWatchMode::Persistent, first, read))
 }
 
@@ -204,7 +195,7 @@ pub(crate) async fn watch_tree(
     consistent: bool,
 ) -> Result<WatchTreeStream> {
     let path = inner.dir_path(&dir);
-    let read: Read<Vec<KvPair>> = Arc::new(move |inner: Arc<Inner>, client: Arc<Client>| {
+    let read: Read<Vec<KvPair>> = Box::new(move |inner: Arc<Inner>, client: Arc<Client>| {
         let dir = dir.clone();
         async move {
             Ok(crate::tree::list(&inner, &client, &dir, consistent)
@@ -213,16 +204,7 @@ pub(crate) async fn watch_tree(
         }
         .boxed()
     });
-    let probe = State {
-        inner: inner.clone(),
-        path: path.clone(),
-        mode: AddWatchMode::PersistentRecursive,
-        read: read.clone(),
-        watcher: None,
-        last: None,
-        ended: false,
-    };
-    let first = register(&probe).await?;
+    let first = register(&inner, &path, AddWatchMode::PersistentRecursive).await?;
     Ok(stream(
         inner,
         path,
