@@ -3,7 +3,10 @@
 #
 #   kv_install                 Debian packages (and the Consul build) that are missing
 #   kv_start redis etcd ...    start each on a free 127.0.0.1 port, wait until ready, export
-#                              KVSTORE_<NAME>_URL; stopped by PID when the shell exits
+#                              KVSTORE_<NAME>_URL; stopped by PID when the shell exits.
+#                              redis-stock, zk-stock and consul-stock start the same servers
+#                              with their default settings (KVSTORE_<NAME>_STOCK_URL), for the
+#                              tests of what kvstore reports on a server it cannot fully use.
 #   kv_stop_one NAME / kv_start_one NAME   restart a single server on the same port (fault tests)
 #
 # Each server runs in its own directory under $KV_RUN_DIR with its log beside it; a server that
@@ -102,6 +105,13 @@ kv_start_one() {
         kv_wait redis 10 redis-cli -p "$port" ping
         export KVSTORE_REDIS_URL="redis://127.0.0.1:$port"
         ;;
+    redis-stock)
+        # Defaults: keyspace notifications off. Persistence off only to keep the run dir clean.
+        redis-server --bind 127.0.0.1 --port "$port" --save '' --dir "$dir" >"$dir/log" 2>&1 &
+        echo $! >"$dir/pid"
+        kv_wait redis-stock 10 redis-cli -p "$port" ping
+        export KVSTORE_REDIS_STOCK_URL="redis://127.0.0.1:$port"
+        ;;
     etcd)
         [ -f "$dir/peer_port" ] || kv_free_port >"$dir/peer_port"
         local peer
@@ -115,8 +125,11 @@ kv_start_one() {
         kv_wait etcd 20 curl -fsS "http://127.0.0.1:$port/health"
         export KVSTORE_ETCD_URL="etcd://127.0.0.1:$port"
         ;;
-    zk)
+    zk | zk-stock)
         mkdir -p "$dir/data"
+        # zk-stock: the server's defaults for TTL nodes (off) and container reaping (60 s).
+        local extended=(-Dzookeeper.extendedTypesEnabled=true -Dznode.container.checkIntervalMs=100)
+        [ "$name" = zk ] || extended=()
         cat >"$dir/zoo.cfg" <<EOF
 tickTime=200
 initLimit=10
@@ -128,23 +141,28 @@ clientPort=$port
 clientPortAddress=127.0.0.1
 admin.enableServer=false
 4lw.commands.whitelist=ruok,srvr,mntr,stat
-extendedTypesEnabled=true
 EOF
         java -Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 \
-            -Dzookeeper.extendedTypesEnabled=true -Dznode.container.checkIntervalMs=100 \
-            -Dzookeeper.log.dir="$dir" \
+            "${extended[@]}" -Dzookeeper.log.dir="$dir" \
             -cp /usr/share/java/zookeeper.jar:/usr/share/java/slf4j-simple.jar:/etc/zookeeper/conf \
             org.apache.zookeeper.server.quorum.QuorumPeerMain "$dir/zoo.cfg" >"$dir/log" 2>&1 &
         echo $! >"$dir/pid"
-        kv_wait zk 30 kv_zk_ready "$port"
-        export KVSTORE_ZK_URL="zk://127.0.0.1:$port"
+        kv_wait "$name" 30 kv_zk_ready "$port"
+        if [ "$name" = zk ]; then
+            export KVSTORE_ZK_URL="zk://127.0.0.1:$port"
+        else
+            export KVSTORE_ZK_STOCK_URL="zk://127.0.0.1:$port"
+        fi
         ;;
-    consul)
+    consul | consul-stock)
         local serf_lan serf_wan server
         for p in serf_lan serf_wan server; do [ -f "$dir/$p" ] || kv_free_port >"$dir/$p"; done
         serf_lan=$(cat "$dir/serf_lan") serf_wan=$(cat "$dir/serf_wan") server=$(cat "$dir/server")
+        # consul-stock keeps the agent's default session_ttl_min (10 s).
+        local ttl_min='session_ttl_min = "1s"'
+        [ "$name" = consul ] || ttl_min=''
         cat >"$dir/consul.hcl" <<EOF
-session_ttl_min = "1s"
+$ttl_min
 telemetry {
   prometheus_retention_time = "1h"
   disable_hostname = true
@@ -155,8 +173,12 @@ EOF
             -serf-wan-port "$serf_wan" -server-port "$server" -config-file "$dir/consul.hcl" \
             >"$dir/log" 2>&1 &
         echo $! >"$dir/pid"
-        kv_wait consul 60 kv_consul_ready "$port"
-        export KVSTORE_CONSUL_URL="consul://127.0.0.1:$port"
+        kv_wait "$name" 60 kv_consul_ready "$port"
+        if [ "$name" = consul ]; then
+            export KVSTORE_CONSUL_URL="consul://127.0.0.1:$port"
+        else
+            export KVSTORE_CONSUL_STOCK_URL="consul://127.0.0.1:$port"
+        fi
         ;;
     *)
         kv_log "unknown server $name"

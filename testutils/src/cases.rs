@@ -776,6 +776,10 @@ pub async fn invalid_keys(store: &dyn Store) {
         "a/../b",
         "a\nb",
         "a\u{0}b",
+        "a/\u{E000}",
+        // Outside the Basic Multilingual Plane: ZooKeeper cannot store it, so no backend may.
+        "svc/\u{1F600}",
+        "a/\u{10000}/b",
         long.as_str(),
     ];
     let pair = KvPair::new("a", "v", 1);

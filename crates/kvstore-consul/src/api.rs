@@ -1,6 +1,7 @@
 //! The slice of Consul's HTTP API kvstore uses: KV reads (plain and blocking), `/v1/txn`,
 //! and sessions.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use base64::Engine;
@@ -110,6 +111,8 @@ pub(crate) enum Consistency {
 pub(crate) struct Api {
     http: reqwest::Client,
     pub(crate) config: ConsulConfig,
+    /// The agent's `session_ttl_min` in ms once a refusal has told it (0: not known yet).
+    min_session_ttl_ms: AtomicU64,
 }
 
 fn map_send_error(err: reqwest::Error) -> Error {
@@ -131,7 +134,16 @@ impl Api {
             .no_proxy()
             .build()
             .map_err(|e| Error::invalid_config(BACKEND, e))?;
-        Ok(Api { http, config })
+        Ok(Api {
+            http,
+            config,
+            min_session_ttl_ms: AtomicU64::new(0),
+        })
+    }
+
+    /// The agent's `session_ttl_min`, once a refused session has told it.
+    pub(crate) fn min_session_ttl(&self) -> Duration {
+        Duration::from_millis(self.min_session_ttl_ms.load(Ordering::Relaxed))
     }
 
     /// `/v1/kv/<key>` with the key's segments percent-encoded.
@@ -178,6 +190,11 @@ impl Api {
             return Ok(response);
         }
         let body = response.text().await.unwrap_or_default();
+        if let Some(min) = refused_session_ttl_min(&body) {
+            let min_ms = u64::try_from(min.as_millis()).unwrap_or(u64::MAX);
+            self.min_session_ttl_ms.store(min_ms, Ordering::Relaxed);
+            return Err(ttl_below_minimum(min));
+        }
         let message = format!("HTTP {status}: {}", body.trim());
         Err(match status {
             // "No cluster leader", "rpc error": the cluster is (re)starting.
@@ -287,6 +304,10 @@ impl Api {
             #[serde(rename = "ID")]
             id: String,
         }
+        let min = self.min_session_ttl();
+        if ttl < min {
+            return Err(ttl_below_minimum(min));
+        }
         let mut url = self.config.address.clone();
         url.set_path("v1/session/create");
         let body = json!({
@@ -369,9 +390,77 @@ pub(crate) fn session_seconds(ttl: Duration) -> u64 {
         .unwrap_or(u64::MAX)
 }
 
+/// The minimum in the agent's refusal of a session TTL, which reads
+/// `Invalid Session TTL '<ns>', must be between [<min>=<max>]` (Go durations such as `10s`).
+/// Source: the body Consul 1.21.0 answers to `PUT /v1/session/create` with a short TTL (pinned by
+/// `tests/stock.rs`); the minimum is the agent's `session_ttl_min` (Consul docs, "Agent
+/// configuration file reference", 10 s by default).
+fn refused_session_ttl_min(body: &str) -> Option<Duration> {
+    let rest = &body[body.find("Invalid Session TTL")?..];
+    let bounds = &rest[rest.find('[')? + 1..];
+    let min = &bounds[..bounds.find('=')?];
+    parse_go_duration(min)
+}
+
+/// Parses the Go durations Consul prints (`10s`, `1m0s`, `1.5s`, `500ms`).
+fn parse_go_duration(text: &str) -> Option<Duration> {
+    let mut total = 0f64;
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let number_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        let (number, tail) = rest.split_at(number_len);
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let seconds = match unit {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            _ => return None,
+        };
+        total += number.parse::<f64>().ok()? * seconds;
+        rest = tail;
+    }
+    Some(Duration::from_secs_f64(total))
+}
+
+/// A TTL below the agent's `session_ttl_min`: a refusal that retrying cannot fix.
+fn ttl_below_minimum(min: Duration) -> Error {
+    Error::invalid_config(
+        BACKEND,
+        format!(
+            "this Consul agent refuses TTLs below its session_ttl_min of {min:?}: use a TTL of at \
+             least {min:?}, or lower `session_ttl_min` in the agent configuration"
+        ),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_minimum_from_a_refused_session_ttl() {
+        let body = "Invalid Session TTL '2000000000', must be between [10s=24h0m0s]";
+        assert_eq!(refused_session_ttl_min(body), Some(Duration::from_secs(10)));
+        assert_eq!(
+            refused_session_ttl_min("Invalid Session TTL '1', must be between [1m30s=24h0m0s]"),
+            Some(Duration::from_secs(90))
+        );
+        assert_eq!(parse_go_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_go_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(
+            refused_session_ttl_min("rpc error: No cluster leader"),
+            None
+        );
+    }
 
     #[test]
     fn keys_are_percent_encoded_per_segment() {

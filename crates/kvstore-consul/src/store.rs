@@ -362,7 +362,9 @@ impl Store for ConsulStore {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::all().with_max_value_size(self.inner.api.config.max_value_size)
+        Capabilities::all()
+            .with_max_value_size(self.inner.api.config.max_value_size)
+            .with_min_ttl(self.inner.api.min_session_ttl())
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "put", key = %key))]

@@ -20,8 +20,10 @@ pub const MAX_KEY_LEN: usize = 1024;
 /// - has an empty segment (`a//b`),
 /// - has a `.` or `..` segment,
 /// - contains a control character (U+0000–U+001F, U+007F–U+009F), or a private-use
-///   (U+E000–U+F8FF) or special (U+FFF0–U+FFFF) character, which ZooKeeper rejects and which
-///   kvstore therefore rejects on every backend,
+///   (U+E000–U+F8FF) or special (U+FFF0–U+FFFF) character, or any character outside the Basic
+///   Multilingual Plane (above U+FFFF, such as emoji). ZooKeeper refuses all of these in paths
+///   (Java strings are UTF-16, and `PathUtils.validatePath` rejects surrogates and these ranges),
+///   so kvstore rejects them on every backend and a key portable to one backend is portable to all,
 /// - is longer than [`MAX_KEY_LEN`] bytes once normalized.
 ///
 /// # Examples
@@ -99,6 +101,11 @@ fn normalize(raw: &str, allow_empty: bool) -> Result<&str> {
     if let Some(c) = key.chars().find(|&c| !is_allowed_char(c)) {
         return if c.is_control() {
             invalid("key contains a control character")
+        } else if u32::from(c) > 0xFFFF {
+            invalid(
+                "key contains a character outside the Basic Multilingual Plane (such as an emoji), \
+                 which ZooKeeper cannot store in a path",
+            )
         } else {
             invalid("key contains a private-use or special character")
         };
@@ -115,6 +122,7 @@ fn normalize(raw: &str, allow_empty: bool) -> Result<&str> {
 
 fn is_allowed_char(c: char) -> bool {
     !(c.is_control()
+        || u32::from(c) > 0xFFFF
         || ('\u{E000}'..='\u{F8FF}').contains(&c)
         || ('\u{FFF0}'..='\u{FFFF}').contains(&c))
 }
@@ -157,6 +165,12 @@ mod tests {
             reason("a\u{FFFE}"),
             "key contains a private-use or special character"
         );
+        for emoji in ["a/\u{1F600}", "\u{10000}", "x\u{10FFFF}"] {
+            assert!(
+                reason(emoji).contains("outside the Basic Multilingual Plane"),
+                "{emoji:?}"
+            );
+        }
         assert_eq!(
             reason(&"k".repeat(MAX_KEY_LEN + 1)),
             "key is longer than MAX_KEY_LEN (1024) bytes"
@@ -171,7 +185,15 @@ mod tests {
     fn accepts_unusual_but_valid_keys() {
         let max = "k".repeat(MAX_KEY_LEN);
         assert_eq!(normalize_key(&max).unwrap(), max);
-        for key in ["a.b", "...", "a*b?[c]", "ünïcödé/键", "a b", "-_~%"] {
+        for key in [
+            "a.b",
+            "...",
+            "a*b?[c]",
+            "ünïcödé/键",
+            "a b",
+            "-_~%",
+            "\u{FFEF}",
+        ] {
             assert_eq!(normalize_key(key).unwrap(), key);
         }
     }

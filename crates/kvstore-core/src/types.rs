@@ -195,6 +195,10 @@ pub struct Capabilities {
     pub lock: bool,
     /// Largest value accepted, in bytes; larger values fail with `ValueTooLarge`.
     pub max_value_size: usize,
+    /// Shortest TTL the server accepts for `WriteOptions::ttl` and `LockOptions::ttl`
+    /// (`Duration::ZERO`: no minimum known). A shorter TTL fails with `InvalidConfig` naming
+    /// this minimum. Consul reports its `session_ttl_min` here once the store has learnt it.
+    pub min_ttl: Duration,
 }
 
 impl Capabilities {
@@ -207,6 +211,7 @@ impl Capabilities {
             watch_tree: true,
             lock: true,
             max_value_size: 1024 * 1024,
+            min_ttl: Duration::ZERO,
         }
     }
 
@@ -219,6 +224,7 @@ impl Capabilities {
             watch_tree: false,
             lock: false,
             max_value_size: 1024 * 1024,
+            min_ttl: Duration::ZERO,
         }
     }
 
@@ -255,6 +261,12 @@ impl Capabilities {
     /// Sets `max_value_size` (bytes).
     pub const fn with_max_value_size(mut self, bytes: usize) -> Self {
         self.max_value_size = bytes;
+        self
+    }
+
+    /// Sets `min_ttl`.
+    pub const fn with_min_ttl(mut self, min_ttl: Duration) -> Self {
+        self.min_ttl = min_ttl;
         self
     }
 }

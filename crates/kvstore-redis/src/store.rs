@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,7 +14,6 @@ use kvstore_core::{
 };
 use redis::Value;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
@@ -32,6 +32,9 @@ struct KeepAlive {
 
 type KeepAliveSet = Arc<Mutex<HashMap<String, KeepAlive>>>;
 
+const NOTIFICATIONS_ON: u8 = 1;
+const NOTIFICATIONS_OFF: u8 = 2;
+
 /// Connection state shared by the store, its watches and its locks.
 pub(crate) struct Inner {
     pub(crate) client: redis::Client,
@@ -41,7 +44,10 @@ pub(crate) struct Inner {
     prefix: String,
     db: i64,
     pub(crate) cancel: CancellationToken,
-    notifications_checked: OnceCell<()>,
+    /// Whether keyspace notifications were on at the last check: `NOTIFICATIONS_*`. Checked at
+    /// connect so `capabilities()` tells the truth; rechecked by every watch and lock while off,
+    /// so turning them on later is noticed.
+    notifications: AtomicU8,
     keep_alive: KeepAliveSet,
     keep_alive_task: Mutex<Option<AbortOnDropHandle<()>>>,
 }
@@ -135,35 +141,47 @@ impl Inner {
     /// Fails with a message saying how to enable keyspace notifications when they are off.
     /// Source: Redis docs, "Redis keyspace notifications" — configuration flags K, g, h, x, $, A.
     pub(crate) async fn check_notifications(&self) -> Result<()> {
-        self.notifications_checked
-            .get_or_try_init(|| async {
-                let reply: redis::RedisResult<Vec<String>> =
-                    redis::cmd("CONFIG").arg("GET").arg("notify-keyspace-events").query_async(&mut self.conn()).await;
-                let flags = match reply {
-                    Ok(reply) => reply.get(1).cloned().unwrap_or_default(),
-                    Err(err) if err.is_io_error() || err.is_timeout() => return Err(from_redis(err)),
-                    Err(err) => {
-                        // CONFIG may be renamed or forbidden on managed servers: trust the operator.
-                        tracing::warn!(error = %err, "cannot read notify-keyspace-events; assuming keyspace notifications are on");
-                        return Ok(());
-                    }
-                };
-                let has = |c| flags.contains(c);
-                if has('K') && (has('A') || ['g', 'h', 'x', '$'].into_iter().all(has)) {
-                    Ok(())
-                } else {
-                    Err(Error::invalid_config(
-                        BACKEND,
-                        format!(
-                            "Redis keyspace notifications are off (notify-keyspace-events = {flags:?}); watches and \
-                             locks need them: run `CONFIG SET notify-keyspace-events KA` or set \
-                             `notify-keyspace-events KA` in redis.conf"
-                        ),
-                    ))
-                }
-            })
-            .await
-            .map(|_| ())
+        if self.notifications.load(Ordering::Acquire) == NOTIFICATIONS_ON {
+            return Ok(());
+        }
+        let reply: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("notify-keyspace-events")
+            .query_async(&mut self.conn())
+            .await;
+        let flags = match reply {
+            Ok(reply) => reply.get(1).cloned().unwrap_or_default(),
+            Err(err) if err.is_io_error() || err.is_timeout() => return Err(from_redis(err)),
+            Err(err) => {
+                // CONFIG may be renamed or forbidden on managed servers: trust the operator.
+                tracing::warn!(error = %err, "cannot read notify-keyspace-events; assuming keyspace notifications are on");
+                self.notifications
+                    .store(NOTIFICATIONS_ON, Ordering::Release);
+                return Ok(());
+            }
+        };
+        let has = |c| flags.contains(c);
+        if has('K') && (has('A') || ['g', 'h', 'x', '$'].into_iter().all(has)) {
+            self.notifications
+                .store(NOTIFICATIONS_ON, Ordering::Release);
+            Ok(())
+        } else {
+            self.notifications
+                .store(NOTIFICATIONS_OFF, Ordering::Release);
+            Err(Error::invalid_config(
+                BACKEND,
+                format!(
+                    "Redis keyspace notifications are off (notify-keyspace-events = {flags:?}); watches and \
+                     locks need them: run `CONFIG SET notify-keyspace-events KA` or set \
+                     `notify-keyspace-events KA` in redis.conf"
+                ),
+            ))
+        }
+    }
+
+    /// Whether watches and locks work: false once a check found keyspace notifications off.
+    pub(crate) fn notifications_on(&self) -> bool {
+        self.notifications.load(Ordering::Acquire) != NOTIFICATIONS_OFF
     }
 
     async fn write(
@@ -343,7 +361,7 @@ impl RedisStore {
             prefix,
             db,
             cancel: CancellationToken::new(),
-            notifications_checked: OnceCell::new(),
+            notifications: AtomicU8::new(0),
             keep_alive: Arc::default(),
             keep_alive_task: Mutex::new(None),
         });
@@ -351,6 +369,12 @@ impl RedisStore {
             .query_async(&mut inner.conn())
             .await
             .map_err(from_redis)?;
+        // Learn now whether watches and locks can work, so `capabilities()` says so; the
+        // error itself is returned by the first watch or lock.
+        match inner.check_notifications().await {
+            Ok(()) | Err(Error::InvalidConfig { .. }) => {}
+            Err(err) => return Err(err),
+        }
         Ok(RedisStore { inner })
     }
 
@@ -407,7 +431,13 @@ impl Store for RedisStore {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::all().with_max_value_size(self.inner.config.max_value_size)
+        // Watches and locks ride on keyspace notifications (see `check_notifications`).
+        let notifications = self.inner.notifications_on();
+        Capabilities::all()
+            .with_watch(notifications)
+            .with_watch_tree(notifications)
+            .with_lock(notifications)
+            .with_max_value_size(self.inner.config.max_value_size)
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "put", key = %key))]

@@ -14,6 +14,16 @@ pub(crate) fn from_zk(err: zk::Error) -> Error {
         }
         zk::Error::Timeout => Error::Timeout,
         zk::Error::ClientClosed => Error::Closed { backend: BACKEND },
+        // The server refuses a path it cannot store (a root or chroot with characters outside
+        // the key grammar, which keys themselves never reach) with BadArguments.
+        // Source: ZooKeeper Programmer's Guide, "ZNodes" (characters not allowed in paths).
+        zk::Error::BadArguments(reason) => Error::backend(
+            BACKEND,
+            format!(
+                "ZooKeeper refused the request's arguments ({reason}): the znode path is not one \
+                 ZooKeeper can store; check the root/chroot in the URL"
+            ),
+        ),
         other => Error::backend(BACKEND, other),
     }
 }

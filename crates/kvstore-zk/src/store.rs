@@ -70,6 +70,9 @@ pub(crate) struct Inner {
     reconnecting: tokio::sync::Mutex<()>,
     keep_alives: Mutex<KeepAlives>,
     pub(crate) cancel: CancellationToken,
+    /// Whether the server creates TTL nodes (`zookeeper.extendedTypesEnabled=true`), probed at
+    /// connect by [`probe_ttl_nodes`].
+    ttl_nodes: bool,
 }
 
 impl Inner {
@@ -485,6 +488,9 @@ impl Inner {
         let key = normalize_key(key)?;
         check_value_size(key, value, self.config.max_value_size)?;
         let mode = Mode::of(opts);
+        if mode != Mode::Persistent && !self.ttl_nodes {
+            return Err(ttl_nodes_disabled());
+        }
         let path = self.path(key);
         let data = encode(value);
         let not_supported = |err: zk::Error| match err {
@@ -707,6 +713,7 @@ impl ZkStore {
         } else {
             format!("/{}", config.root)
         };
+        let ttl_nodes = probe_ttl_nodes(&client, &root, &config).await?;
         Ok(ZkStore {
             inner: Arc::new(Inner {
                 config,
@@ -715,6 +722,7 @@ impl ZkStore {
                 reconnecting: tokio::sync::Mutex::new(()),
                 keep_alives: Mutex::default(),
                 cancel: CancellationToken::new(),
+                ttl_nodes,
             }),
         })
     }
@@ -730,6 +738,46 @@ impl ZkStore {
     }
 }
 
+/// Whether the server creates TTL nodes, learnt with one request that never writes: a TTL
+/// create below a parent that does not exist. The server refuses a TTL create with
+/// `Unimplemented` before it looks at the parent when extended types are off, and answers
+/// `NoNode` when they are on.
+/// Source: ZooKeeper Administrator's Guide, "zookeeper.extendedTypesEnabled" (TTL nodes are off
+/// by default); `PrepRequestProcessor.validateCreateRequest` checks the mode before the parent.
+async fn probe_ttl_nodes(client: &Client, root: &str, config: &ZkConfig) -> Result<bool> {
+    // The reserved lock directory never has a `.ttl-probe` child, so nothing is ever created.
+    let path = format!("{root}/{LOCKS}/.ttl-probe/probe");
+    let options =
+        create_options(CreateMode::Persistent, config.acl).with_ttl(Duration::from_secs(1));
+    match timed(config.request_timeout, client.create(&path, b"", &options)).await {
+        Err(zk::Error::Unimplemented) => {
+            tracing::warn!(
+                "ZooKeeper TTL nodes are disabled; writes with a TTL fail with CallNotSupported \
+                 (start the server with -Dzookeeper.extendedTypesEnabled=true)"
+            );
+            Ok(false)
+        }
+        Err(zk::Error::NoNode) => Ok(true),
+        Ok(_) => {
+            // Someone created the probe's parent: remove what was made; TTL nodes work.
+            let _ = client.delete(&path, None).await;
+            Ok(true)
+        }
+        // Not allowed to look (ACL) or another refusal: assume they are on, as before.
+        Err(zk::Error::NoAuth | zk::Error::InvalidAcl) => Ok(true),
+        Err(err) => Err(from_zk(err)),
+    }
+}
+
+/// The error of a TTL write on a server without TTL nodes.
+fn ttl_nodes_disabled() -> Error {
+    Error::CallNotSupported {
+        backend: BACKEND,
+        operation: "put with a TTL: this ZooKeeper server has TTL nodes disabled; start it with \
+                    -Dzookeeper.extendedTypesEnabled=true (ZooKeeper 3.5.3+)",
+    }
+}
+
 fn consistent(opts: Option<&ReadOptions>) -> bool {
     opts.is_none_or(|o| o.consistent)
 }
@@ -741,7 +789,10 @@ impl Store for ZkStore {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::all().with_max_value_size(self.inner.config.max_value_size)
+        Capabilities::all()
+            .with_ttl(self.inner.ttl_nodes)
+            .with_keep_alive(self.inner.ttl_nodes)
+            .with_max_value_size(self.inner.config.max_value_size)
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "put", key = %key))]

@@ -7,7 +7,7 @@
 //! | scheme | backend | cargo feature |
 //! | --- | --- | --- |
 //! | `redb:///abs/path.redb`, `redb:rel/path.redb` | embedded redb file | `redb` (default) |
-//! | `memory://` | in-memory store | `redb` (default) |
+//! | `memory://` | in-memory store | `memory` (default; independent of `redb`) |
 //! | `redis://[user:pass@]host:port[/db]`, `rediss://…` (TLS) | Redis | `redis` |
 //! | `etcd://[user:pass@]h1:p1,h2:p2` | etcd v3 | `etcd` |
 //! | `zk://[user:pass@]h1:p1,h2:p2[/chroot]` | ZooKeeper 3.6+ | `zk` |
@@ -53,39 +53,48 @@
 //! # }
 //! ```
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, RwLock};
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
 #[cfg(feature = "consul")]
+#[cfg_attr(docsrs, doc(cfg(feature = "consul")))]
 pub use kvstore_consul as consul;
 pub use kvstore_core::*;
 #[cfg(feature = "etcd")]
+#[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
 pub use kvstore_etcd as etcd;
-#[cfg(feature = "redb")]
+/// The embedded redb store and the in-memory store (features `redb` or `memory`).
+#[cfg(any(feature = "redb", feature = "memory"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "redb", feature = "memory"))))]
 pub use kvstore_redb as redb;
 #[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use kvstore_redis as redis;
 #[cfg(feature = "zk")]
+#[cfg_attr(docsrs, doc(cfg(feature = "zk")))]
 pub use kvstore_zk as zk;
-use url::Url;
 
 /// The future a [`Registry`] opener returns.
 pub type OpenFuture = BoxFuture<'static, Result<Arc<dyn Store>>>;
 
 type OpenFn = Arc<dyn Fn(String) -> OpenFuture + Send + Sync>;
 
-fn parse_url(url: &str) -> Result<Url> {
-    Url::parse(url).map_err(|e| Error::invalid_config("kvstore", format!("{url:?}: {e}")))
+#[cfg(any(feature = "redb", feature = "memory", feature = "redis"))]
+fn parse_url(url: &str) -> Result<url::Url> {
+    url::Url::parse(url).map_err(|e| Error::invalid_config("kvstore", format!("{url:?}: {e}")))
 }
 
 /// Maps URL schemes to the code that opens a store for them.
 ///
 /// [`Registry::default`] knows every backend compiled in (see the crate docs); applications
-/// add their own schemes with [`register`](Registry::register).
+/// add their own schemes with [`register`](Registry::register). To make [`open`] itself know a
+/// scheme, register it process-wide with the free function [`register`].
 ///
 /// # Examples
 ///
@@ -122,16 +131,18 @@ impl fmt::Debug for Registry {
 impl Default for Registry {
     /// A registry with every backend compiled into this build.
     fn default() -> Self {
+        // Not mutated in a build without any backend feature.
+        #[allow(unused_mut)]
         let mut registry = Registry::empty();
-        #[cfg(feature = "redb")]
-        {
-            async fn open_redb(url: String) -> Result<Arc<dyn Store>> {
-                let config = kvstore_redb::RedbConfig::from_url(&parse_url(&url)?)?;
-                Ok(Arc::new(kvstore_redb::RedbStore::open(config).await?))
-            }
-            registry.register(kvstore_redb::SCHEME, open_redb);
-            registry.register(kvstore_redb::MEMORY_SCHEME, open_redb);
+        #[cfg(any(feature = "redb", feature = "memory"))]
+        async fn open_redb(url: String) -> Result<Arc<dyn Store>> {
+            let config = kvstore_redb::RedbConfig::from_url(&parse_url(&url)?)?;
+            Ok(Arc::new(kvstore_redb::RedbStore::open(config).await?))
         }
+        #[cfg(feature = "redb")]
+        registry.register(kvstore_redb::SCHEME, open_redb);
+        #[cfg(feature = "memory")]
+        registry.register(kvstore_redb::MEMORY_SCHEME, open_redb);
         #[cfg(feature = "redis")]
         for scheme in kvstore_redis::SCHEMES {
             registry.register(scheme, |url: String| async move {
@@ -197,6 +208,13 @@ impl Registry {
     ///
     /// Cancel-safe: dropping the future drops the half-opened store.
     pub async fn open(&self, url: &str) -> Result<Arc<dyn Store>> {
+        let open = self.opener(url)?;
+        open(url.to_owned()).await
+    }
+
+    /// The opener for `url`'s scheme, looked up without awaiting (so the process-wide
+    /// registry's lock is never held across an `.await`).
+    fn opener(&self, url: &str) -> Result<OpenFn> {
         let scheme = match url.split_once(':') {
             Some((scheme, _))
                 if !scheme.is_empty()
@@ -213,21 +231,67 @@ impl Registry {
                 ));
             }
         };
-        let Some(open) = self.schemes.get(&scheme) else {
-            return Err(Error::BackendNotSupported {
+        match self.schemes.get(&scheme) {
+            Some(open) => Ok(Arc::clone(open)),
+            None => Err(Error::BackendNotSupported {
                 scheme,
                 enabled: self.schemes.keys().cloned().collect(),
-            });
-        };
-        open(url.to_owned()).await
+            }),
+        }
     }
 }
 
-/// Opens a store from a URL with the default [`Registry`]: every backend compiled in.
+/// The registry [`open`] consults: [`Registry::default`] plus every scheme added with
+/// [`register`].
+fn global() -> &'static RwLock<Registry> {
+    static GLOBAL: OnceLock<RwLock<Registry>> = OnceLock::new();
+    GLOBAL.get_or_init(|| RwLock::new(Registry::default()))
+}
+
+/// Adds (or replaces) a scheme for every later call of [`open`] in this process.
+///
+/// This is how a third-party backend makes `kvstore::open("myscheme://…")` work. The opener
+/// receives the whole URL as text. Registering a built-in scheme (such as `redis`) replaces it
+/// for this process.
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::Arc;
+/// use kvstore::Store;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> kvstore::Result<()> {
+/// kvstore::register("scratch", |_url: String| async {
+///     Ok(Arc::new(kvstore::redb::RedbStore::memory().await?) as Arc<dyn Store>)
+/// });
+/// let store = kvstore::open("scratch://anything").await?;
+/// assert_eq!(store.backend(), "memory");
+/// # Ok(())
+/// # }
+/// ```
+pub fn register<F, Fut>(scheme: &str, open: F)
+where
+    F: Fn(String) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Arc<dyn Store>>> + Send + 'static,
+{
+    // A poisoned lock only means a panic elsewhere while registering; the map is still whole.
+    global()
+        .write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .register(scheme, open);
+}
+
+/// Opens a store from a URL: every backend compiled in, plus the schemes added with
+/// [`register`].
 ///
 /// # Errors
 ///
 /// As for [`Registry::open`].
+///
+/// # Cancel safety
+///
+/// Cancel-safe: dropping the future drops the half-opened store.
 ///
 /// # Examples
 ///
@@ -242,5 +306,9 @@ impl Registry {
 /// # }
 /// ```
 pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
-    Registry::default().open(url).await
+    let open = global()
+        .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .opener(url)?;
+    open(url.to_owned()).await
 }

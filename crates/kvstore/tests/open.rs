@@ -171,3 +171,20 @@ async fn opens_consul_by_url_with_a_prefix() {
         Err(kvstore::Error::KeyNotFound { .. })
     ));
 }
+
+#[tokio::test]
+async fn open_consults_the_process_wide_registry() {
+    let err = kvstore::open("open-test-scheme://x").await.unwrap_err();
+    assert!(matches!(err, Error::BackendNotSupported { .. }), "{err:?}");
+    kvstore::register("open-test-scheme", |url: String| async move {
+        assert_eq!(url, "open-test-scheme://x");
+        Ok(Arc::new(kvstore::redb::RedbStore::memory().await?) as Arc<dyn Store>)
+    });
+    let store = kvstore::open("open-test-scheme://x").await.unwrap();
+    assert_eq!(store.backend(), "memory");
+    // Built-in schemes are still there.
+    assert_eq!(
+        kvstore::open("memory://").await.unwrap().backend(),
+        "memory"
+    );
+}
