@@ -80,6 +80,11 @@ pub use kvstore_redis as redis;
 #[cfg_attr(docsrs, doc(cfg(feature = "zk")))]
 pub use kvstore_zk as zk;
 
+/// The README's Rust blocks compile as doc tests, so its examples cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeExamples;
+
 /// The future a [`Registry`] opener returns.
 pub type OpenFuture = BoxFuture<'static, Result<Arc<dyn Store>>>;
 
