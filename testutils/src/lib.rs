@@ -118,6 +118,29 @@ pub fn backend_url(var: &str) -> Option<String> {
     }
 }
 
+/// The URL of a server that a fault test stops, restarts or pauses through
+/// [`server_control`]: like [`backend_url`], and `None` (after saying so) when
+/// `KVSTORE_RESTART_SCRIPT` is unset, as when the servers come from `compose/` rather than
+/// `ci/test.sh`. With `KVSTORE_REQUIRE_BACKENDS=1` either missing variable panics.
+pub fn controlled_backend_url(var: &str) -> Option<String> {
+    let url = backend_url(var)?;
+    match std::env::var(RESTART_SCRIPT_VAR) {
+        Ok(script) if !script.is_empty() => Some(url),
+        _ if std::env::var(REQUIRE_BACKENDS_VAR).is_ok_and(|v| v == "1") => {
+            panic!("{RESTART_SCRIPT_VAR} is not set and {REQUIRE_BACKENDS_VAR}=1: run ci/test.sh")
+        }
+        _ => {
+            eprintln!(
+                "skipping: {RESTART_SCRIPT_VAR} is not set (this test controls the server; run ci/test.sh)"
+            );
+            None
+        }
+    }
+}
+
+/// The environment variable naming the script that stops and starts servers (ci/restart.sh).
+const RESTART_SCRIPT_VAR: &str = "KVSTORE_RESTART_SCRIPT";
+
 /// A fresh random directory for one case: `kvstore-conformance/<case>-<16 hex digits>`.
 pub fn scratch_dir(case: &str) -> String {
     format!("kvstore-conformance/{case}-{:016x}", rand::random::<u64>())
@@ -183,8 +206,8 @@ where
 /// Runs `ci/restart.sh NAME ACTION` (through `KVSTORE_RESTART_SCRIPT`, exported by
 /// `ci/test.sh`) to `stop`, `start` or `restart` one server on its port; panics if it fails.
 pub async fn server_control(name: &str, action: &str) {
-    let script = std::env::var("KVSTORE_RESTART_SCRIPT")
-        .expect("KVSTORE_RESTART_SCRIPT is set by ci/test.sh");
+    let script =
+        std::env::var(RESTART_SCRIPT_VAR).expect("KVSTORE_RESTART_SCRIPT is set by ci/test.sh");
     let status = tokio::process::Command::new("bash")
         .arg(script)
         .arg(name)

@@ -8,8 +8,8 @@ use futures::StreamExt;
 use kvstore_consul::{ConsulConfig, ConsulStore};
 use kvstore_core::Store;
 use kvstore_testutils::{
-    Opener, backend_url, killed_holder_frees_lock, next_within, ok, retry_transient, scratch_dir,
-    server_control,
+    Opener, backend_url, controlled_backend_url, killed_holder_frees_lock, next_within, ok,
+    retry_transient, scratch_dir, server_control,
 };
 
 /// The restart test stops the agent that the others use: one at a time.
@@ -51,7 +51,7 @@ mod tokio_stream_like {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watches_survive_an_agent_restart() {
-    let Some(url) = backend_url("KVSTORE_CONSUL_URL") else {
+    let Some(url) = controlled_backend_url("KVSTORE_CONSUL_URL") else {
         return;
     };
     let _serial = SERIAL.lock().await;

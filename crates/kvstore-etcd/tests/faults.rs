@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 use kvstore_core::Store;
 use kvstore_etcd::{EtcdConfig, EtcdStore};
 use kvstore_testutils::{
-    backend_url, next_within, ok, retry_transient, scratch_dir, server_control,
+    backend_url, controlled_backend_url, next_within, ok, retry_transient, scratch_dir,
+    server_control,
 };
 
 /// The restart test stops the server that the others use: one at a time.
@@ -13,7 +14,7 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_survives_a_server_restart() {
-    let Some(url) = backend_url("KVSTORE_ETCD_URL") else {
+    let Some(url) = controlled_backend_url("KVSTORE_ETCD_URL") else {
         return;
     };
     let _serial = SERIAL.lock().await;

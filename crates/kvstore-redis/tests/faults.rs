@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use kvstore_core::{Error, Store};
 use kvstore_redis::{RedisConfig, RedisStore};
 use kvstore_testutils::{
-    backend_url, next_within, ok, retry_transient, scratch_dir, server_control,
+    backend_url, controlled_backend_url, next_within, ok, retry_transient, scratch_dir,
+    server_control,
 };
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -20,7 +21,7 @@ async fn connect(url: &str) -> RedisStore {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_survives_a_server_restart() {
-    let Some(url) = backend_url("KVSTORE_REDIS_URL") else {
+    let Some(url) = controlled_backend_url("KVSTORE_REDIS_URL") else {
         return;
     };
     let _serial = SERIAL.lock().await;

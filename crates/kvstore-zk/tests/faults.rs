@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use kvstore_core::Store;
 use kvstore_testutils::{
-    Opener, backend_url, cleanup, keys, killed_holder_frees_lock, next_within, ok, retry_transient,
-    scratch_dir, server_control,
+    Opener, backend_url, cleanup, controlled_backend_url, keys, killed_holder_frees_lock,
+    next_within, ok, retry_transient, scratch_dir, server_control,
 };
 use kvstore_zk::{ZkConfig, ZkStore};
 const LOCK_TTL: Duration = Duration::from_secs(2);
@@ -24,7 +24,7 @@ async fn connect(url: &str) -> ZkStore {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watches_survive_a_server_restart() {
-    let Some(url) = backend_url("KVSTORE_ZK_URL") else {
+    let Some(url) = controlled_backend_url("KVSTORE_ZK_URL") else {
         return;
     };
     let _serial = SERIAL.lock().await;
