@@ -34,8 +34,12 @@ use futures::{FutureExt, Stream, StreamExt};
 use kvstore_core::{Error, KvPair, LockOptions, Result, Store, WriteOptions};
 
 mod cases;
+mod foreign;
 
 pub use cases::*;
+pub use foreign::{
+    cas_on_foreign_key, foreign_sample, reads_foreign_sample, watches_see_foreign_write,
+};
 
 /// Upper bound for any single expected event (a watch item, a lock hand-off).
 pub const EVENT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -27,6 +27,7 @@ pub const DEFAULT_WATCH_RECONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 /// | query option | meaning | default |
 /// | --- | --- | --- |
 /// | `prefix` | directory under which all keys live | none |
+/// | `leading_slash` | `true`: etcd keys start with `/` (`/app/a` for key `app/a`), as `etcdctl put /app/a` and other tools that use path-style keys write them | `false` (`app/a`, as valkeyrie and Traefik write them) |
 /// | `timeout` | connect timeout | 5 s |
 /// | `request_timeout` | per-request timeout | 10 s |
 /// | `max_value_size` | largest value in bytes | 1 MiB |
@@ -59,6 +60,9 @@ pub struct EtcdConfig {
     pub request_timeout: Duration,
     /// Largest value accepted, in bytes.
     pub max_value_size: usize,
+    /// Whether etcd keys carry a leading `/`: key `app/a` is the etcd key `/app/a` (with a
+    /// prefix `p`, `/p/app/a`). For data written by tools that use path-style keys.
+    pub leading_slash: bool,
     /// How long a watch retries after losing its stream.
     pub watch_reconnect_timeout: Duration,
 }
@@ -68,6 +72,7 @@ impl std::fmt::Debug for EtcdConfig {
         f.debug_struct("EtcdConfig")
             .field("endpoints", &self.endpoints)
             .field("prefix", &self.prefix)
+            .field("leading_slash", &self.leading_slash)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "***"))
             .field("connect_timeout", &self.connect_timeout)
@@ -97,6 +102,7 @@ impl EtcdConfig {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             max_value_size: DEFAULT_MAX_VALUE_SIZE,
+            leading_slash: false,
             watch_reconnect_timeout: DEFAULT_WATCH_RECONNECT_TIMEOUT,
         }
     }
@@ -109,6 +115,12 @@ impl EtcdConfig {
     pub fn with_prefix(mut self, prefix: &str) -> Result<Self> {
         self.prefix = normalize_dir(prefix)?.to_owned();
         Ok(self)
+    }
+
+    /// Sets whether etcd keys carry a leading `/` (see [`leading_slash`](Self::leading_slash)).
+    pub fn with_leading_slash(mut self, leading_slash: bool) -> Self {
+        self.leading_slash = leading_slash;
+        self
     }
 
     /// Sets user name and password.
@@ -150,6 +162,14 @@ impl EtcdConfig {
         for (name, value) in &parsed.query {
             match name.as_str() {
                 "prefix" => config = config.with_prefix(value)?,
+                "leading_slash" => {
+                    config.leading_slash = value.parse().map_err(|_| {
+                        Error::invalid_config(
+                            BACKEND,
+                            format!("leading_slash={value}: expected true or false"),
+                        )
+                    })?;
+                }
                 "timeout" => config.connect_timeout = duration_option(BACKEND, name, value)?,
                 "request_timeout" => {
                     config.request_timeout = duration_option(BACKEND, name, value)?;

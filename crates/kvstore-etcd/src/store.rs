@@ -26,7 +26,7 @@ use crate::watch::{watch_key, watch_tree};
 pub(crate) struct Inner {
     client: Client,
     pub(crate) config: EtcdConfig,
-    /// `""` or `"<prefix>/"`.
+    /// `""` or `"<prefix>/"`, with a `/` in front when `leading_slash` is set.
     prefix: String,
     pub(crate) cancel: CancellationToken,
     /// Lease id → keep-alive task, for keys written with `keep_alive`.
@@ -271,10 +271,11 @@ impl EtcdStore {
                 )
             })?
             .map_err(unreachable)?;
+        let slash = if config.leading_slash { "/" } else { "" };
         let prefix = if config.prefix.is_empty() {
-            String::new()
+            slash.to_owned()
         } else {
-            format!("{}/", config.prefix)
+            format!("{slash}{}/", config.prefix)
         };
         Ok(EtcdStore {
             inner: Arc::new(Inner {
