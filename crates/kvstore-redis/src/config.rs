@@ -30,6 +30,7 @@ pub const DEFAULT_WATCH_RECONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 /// | `timeout` | connect timeout | 5 s |
 /// | `response_timeout` | per-command response timeout | 5 s |
 /// | `max_value_size` | largest value in bytes | 16 MiB |
+/// | `foreign_strings` | `true`: `list`, `watch_tree` and `delete_tree` also find plain strings written by other clients (`redis-cli SET`, valkeyrie, Traefik), with a `SCAN` of the database per call | `false` (single-key calls read such strings either way) |
 ///
 /// # Examples
 ///
@@ -59,6 +60,10 @@ pub struct RedisConfig {
     pub max_value_size: usize,
     /// How long a watch retries after losing its connection.
     pub watch_reconnect_timeout: Duration,
+    /// Whether `list`, `watch_tree` and `delete_tree` also find plain strings that other
+    /// clients wrote (one `SCAN … TYPE string` pass over the database per call, so O(keys in
+    /// the database)). `get`, `exists`, `delete`, `watch` and CAS read such strings either way.
+    pub foreign_strings: bool,
 }
 
 impl std::fmt::Debug for RedisConfig {
@@ -78,6 +83,7 @@ impl std::fmt::Debug for RedisConfig {
             .field("connection_timeout", &self.connection_timeout)
             .field("response_timeout", &self.response_timeout)
             .field("max_value_size", &self.max_value_size)
+            .field("foreign_strings", &self.foreign_strings)
             .finish()
     }
 }
@@ -92,7 +98,15 @@ impl RedisConfig {
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
             max_value_size: DEFAULT_MAX_VALUE_SIZE,
             watch_reconnect_timeout: DEFAULT_WATCH_RECONNECT_TIMEOUT,
+            foreign_strings: false,
         }
+    }
+
+    /// Sets whether directory calls also find plain strings written by other clients (see
+    /// [`foreign_strings`](Self::foreign_strings)).
+    pub fn with_foreign_strings(mut self, foreign_strings: bool) -> Self {
+        self.foreign_strings = foreign_strings;
+        self
     }
 
     /// Sets the key prefix directory.
@@ -144,6 +158,11 @@ impl RedisConfig {
                 "timeout" => config.connection_timeout = duration()?,
                 "response_timeout" => config.response_timeout = duration()?,
                 "max_value_size" => config.max_value_size = size_option(BACKEND, &name, &value)?,
+                "foreign_strings" => {
+                    config.foreign_strings = value.parse().map_err(|_| {
+                        invalid(format!("foreign_strings={value}: expected true or false"))
+                    })?;
+                }
                 _ => return Err(invalid(format!("unknown option {name:?}"))),
             }
         }

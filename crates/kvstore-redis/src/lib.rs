@@ -14,10 +14,29 @@
 //! `\x01` cannot occur in a valid key, so bookkeeping never collides with data and never shows
 //! in `list` or `watch_tree`.
 //!
+//! # Plain strings written by other clients
+//!
+//! valkeyrie, Traefik and `redis-cli SET` store a value as a plain string at the key's name.
+//! kvstore reads those too: the value is the string, and `last_index` is a fingerprint of it
+//! (1 + the first 52 bits of its SHA-1: non-zero, changes whenever the value changes, but not
+//! ordered like kvstore's own indexes, and unchanged by a `SET` of the same value).
+//!
+//! - `get`, `exists`, `delete`, `watch`, `atomic_put` and `atomic_delete` handle them always
+//!   (`get` costs one more round trip on such a key: `HMGET` answers `WRONGTYPE`, then a script
+//!   reads the string).
+//! - `list`, `watch_tree` and `delete_tree` find them only with
+//!   [`RedisConfig::foreign_strings`] (`?foreign_strings=true`), which adds one `SCAN … TYPE
+//!   string` pass over the database per call. A pair of kvstore's that another client
+//!   overwrote with `SET` is listed either way.
+//! - A kvstore write to such a key converts it to kvstore's layout (a hash), which clients that
+//!   expect a plain string cannot read with `GET`.
+//! - A key of another Redis type (list, set, …) fails with a `Backend` error naming the type.
+//!
 //! # Calls
 //!
 //! - Every mutating call is one Lua script (EVALSHA): one atomic server-side step, one round
-//!   trip. `get` is one `HMGET`, `exists` one `EXISTS`.
+//!   trip. `get` is one `HMGET` (two round trips on a plain string, see below), `exists` one
+//!   `EXISTS`.
 //! - `last_index` is the revision counter value of the write: non-zero, store-wide monotonic.
 //! - TTLs are in milliseconds (`PEXPIRE`). Redis removes an expired key when it is next touched
 //!   or by its active expiry cycle (10 times a second by default), so a watcher sees the expiry

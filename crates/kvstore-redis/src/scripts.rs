@@ -8,11 +8,39 @@
 //! Keys a script derives from the index (list, delete_tree) are not declared in KEYS, so Redis
 //! Cluster is not supported (see docs/compatibility.md).
 //!
+//! Plain strings written by other clients (`redis-cli SET`, valkeyrie, Traefik) at a key's name
+//! are read too: their value is the string, their `last_index` a fingerprint of it (see
+//! [`CURRENT`]). A kvstore write converts such a key to kvstore's layout.
+//!
 //! Status codes returned by scripts.
 
 use std::sync::LazyLock;
 
 use redis::Script;
+
+/// Lua shared by the scripts that read a pair's current state.
+///
+/// `fingerprint(v)`: the `last_index` of a plain string written by another client — 1 plus the
+/// first 52 bits of the SHA-1 of its value (exact in a Lua number), so it is non-zero and
+/// changes whenever the value does. `current(k)`: `(index as text or false, type)` of the pair
+/// at `k`; a type kvstore cannot read is an error reply naming it.
+/// Source: Redis docs, "Scripting with Lua" — `redis.sha1hex`, `redis.error_reply`; "TYPE".
+const CURRENT: &str = r"
+local function fingerprint(v)
+  return tonumber(string.sub(redis.sha1hex(v), 1, 13), 16) + 1
+end
+local function current(k)
+  local t = redis.call('TYPE', k).ok
+  if t == 'hash' then return redis.call('HGET', k, 'i'), t end
+  if t == 'string' then return string.format('%.0f', fingerprint(redis.call('GET', k))), t end
+  if t == 'none' then return false, t end
+  error('WRONGTYPE the key holds a Redis ' .. t .. ', which kvstore cannot read as a value')
+end
+";
+
+fn with_current(body: &str) -> Script {
+    Script::new(&format!("{CURRENT}{body}"))
+}
 
 pub(crate) const OK: i64 = 0;
 pub(crate) const EXISTS: i64 = 1;
@@ -22,23 +50,25 @@ pub(crate) const MODIFIED: i64 = 3;
 /// KEYS: data, rev, index. ARGV: value, ttl_ms (0 = none), mode (any|absent|index),
 /// expected index, member. Returns {status, new index}.
 pub(crate) static PUT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    with_current(
         r"
-local cur = redis.call('HGET', KEYS[1], 'i')
+local cur, t = current(KEYS[1])
 if ARGV[3] == 'absent' and cur then return {1, 0} end
 if ARGV[3] == 'index' then
   if not cur then return {2, 0} end
   if cur ~= ARGV[4] then return {3, 0} end
 end
 local idx = redis.call('INCR', KEYS[2])
+-- A plain string written by another client becomes a kvstore pair.
+if t == 'string' then redis.call('DEL', KEYS[1]) end
 redis.call('HSET', KEYS[1], 'v', ARGV[1], 'i', idx)
 if tonumber(ARGV[2]) > 0 then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
 else
   redis.call('PERSIST', KEYS[1])
 end
--- An existing key is already in the index: only a new one needs ZADD.
-if not cur then redis.call('ZADD', KEYS[3], 0, ARGV[5]) end
+-- An existing pair is already in the index: only a new one needs ZADD.
+if t ~= 'hash' then redis.call('ZADD', KEYS[3], 0, ARGV[5]) end
 return {0, idx}
 ",
     )
@@ -46,9 +76,9 @@ return {0, idx}
 
 /// KEYS: data, index. ARGV: mode (any|index), expected index, member. Returns a status.
 pub(crate) static DELETE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    with_current(
         r"
-local cur = redis.call('HGET', KEYS[1], 'i')
+local cur = current(KEYS[1])
 if not cur then
   redis.call('ZREM', KEYS[2], ARGV[3])
   return 2
@@ -61,10 +91,12 @@ return 0
     )
 });
 
-/// KEYS: index. ARGV: key prefix, dir ('' = all). Returns {dir exists (0/1), key, value, index,
-/// key, value, index, …}, sorted; index entries whose pair expired are dropped on the way.
+/// KEYS: index. ARGV: key prefix, dir ('' = all), then names of plain strings found by SCAN
+/// (only with `foreign_strings`). Returns {dir exists (0/1), key, value, index, key, value,
+/// index, …}: the index's members sorted, then the extra names that are plain strings; index
+/// entries whose pair expired are dropped on the way.
 pub(crate) static LIST: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    with_current(
         r"
 local members
 if ARGV[2] == '' then
@@ -73,15 +105,34 @@ else
   members = redis.call('ZRANGEBYLEX', KEYS[1], '[' .. ARGV[2] .. '/', '(' .. ARGV[2] .. '0')
 end
 local out = {0}
-for _, m in ipairs(members) do
-  local r = redis.call('HMGET', ARGV[1] .. m, 'v', 'i')
-  if r[2] then
+local seen = {}
+local function emit(m, t)
+  local k = ARGV[1] .. m
+  if t == 'hash' then
+    local r = redis.call('HMGET', k, 'v', 'i')
+    if not r[2] then return false end
     out[#out + 1] = m
     out[#out + 1] = r[1]
     out[#out + 1] = tonumber(r[2])
   else
+    local v = redis.call('GET', k)
+    out[#out + 1] = m
+    out[#out + 1] = v
+    out[#out + 1] = fingerprint(v)
+  end
+  seen[m] = true
+  return true
+end
+for _, m in ipairs(members) do
+  local t = redis.call('TYPE', ARGV[1] .. m).ok
+  -- A member overwritten by another client's SET is read as a plain string.
+  if not ((t == 'hash' or t == 'string') and emit(m, t)) then
     redis.call('ZREM', KEYS[1], m)
   end
+end
+for i = 3, #ARGV do
+  local m = ARGV[i]
+  if not seen[m] and redis.call('TYPE', ARGV[1] .. m).ok == 'string' then emit(m, 'string') end
 end
 if ARGV[2] == '' or #out > 1 or redis.call('EXISTS', ARGV[1] .. ARGV[2]) == 1 then out[1] = 1 end
 return out
@@ -89,7 +140,8 @@ return out
     )
 });
 
-/// KEYS: index. ARGV: key prefix, dir. Deletes dir and every descendant. Returns a status.
+/// KEYS: index. ARGV: key prefix, dir, then names of plain strings found by SCAN (only with
+/// `foreign_strings`). Deletes dir and every descendant. Returns a status.
 pub(crate) static DELETE_TREE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -100,6 +152,7 @@ else
   members = redis.call('ZRANGEBYLEX', KEYS[1], '[' .. ARGV[2] .. '/', '(' .. ARGV[2] .. '0')
   members[#members + 1] = ARGV[2]
 end
+for i = 3, #ARGV do members[#members + 1] = ARGV[i] end
 local deleted = 0
 for _, m in ipairs(members) do
   deleted = deleted + redis.call('DEL', ARGV[1] .. m)
@@ -116,7 +169,7 @@ return 0
 pub(crate) static RENEW_KEY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-if redis.call('HGET', KEYS[1], 'i') == ARGV[1] then
+if redis.call('TYPE', KEYS[1]).ok == 'hash' and redis.call('HGET', KEYS[1], 'i') == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return 1
 end
@@ -136,6 +189,7 @@ end
 local token = redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], ARGV[1] .. ':' .. token, 'PX', ARGV[2])
 if ARGV[3] == '1' then
+  if redis.call('TYPE', KEYS[3]).ok ~= 'hash' then redis.call('DEL', KEYS[3]) end
   redis.call('HSET', KEYS[3], 'v', ARGV[4], 'i', token)
   redis.call('PERSIST', KEYS[3])
   redis.call('ZADD', KEYS[4], 0, ARGV[5])
@@ -178,6 +232,19 @@ if ARGV[2] == '1' then
   redis.call('ZREM', KEYS[3], ARGV[3])
 end
 return 1
+",
+    )
+});
+
+/// KEYS: data. Reads a pair of any type kvstore can read (a plain string written by another
+/// client, too). Returns {value, index}, or nil when absent.
+pub(crate) static READ: LazyLock<Script> = LazyLock::new(|| {
+    with_current(
+        r"
+local cur, t = current(KEYS[1])
+if not cur then return nil end
+if t == 'hash' then return {redis.call('HGET', KEYS[1], 'v'), tonumber(cur)} end
+return {redis.call('GET', KEYS[1]), tonumber(cur)}
 ",
     )
 });

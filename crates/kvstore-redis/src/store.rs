@@ -102,25 +102,77 @@ impl Inner {
     }
 
     pub(crate) async fn read_key(&self, key: &str) -> Result<Option<KvPair>> {
-        let (value, index): (Option<Vec<u8>>, Option<u64>) = redis::cmd("HMGET")
+        let reply: redis::RedisResult<(Option<Vec<u8>>, Option<u64>)> = redis::cmd("HMGET")
             .arg(self.data_key(key))
             .arg("v")
             .arg("i")
             .query_async(&mut self.conn())
-            .await
-            .map_err(from_redis)?;
+            .await;
+        let (value, index) = match reply {
+            Ok(reply) => reply,
+            // Not a hash: a plain string another client wrote (or a type kvstore cannot read,
+            // which the script reports). One more round trip, for foreign keys only.
+            Err(err) if err.code() == Some("WRONGTYPE") => scripts::READ
+                .key(self.data_key(key))
+                .invoke_async(&mut self.conn())
+                .await
+                .map_err(from_redis)?,
+            Err(err) => return Err(from_redis(err)),
+        };
         Ok(match (value, index) {
             (Some(value), Some(index)) => Some(KvPair::new(key, value, index)),
             _ => None,
         })
     }
 
+    /// With `foreign_strings`, the user keys of plain strings below `dir` (every key for `""`)
+    /// that another client wrote, found with `SCAN … MATCH … TYPE string` (Redis 6.0+;
+    /// source: Redis docs, "SCAN"). Names outside the key grammar (kvstore's own lock keys,
+    /// other applications' keys) are skipped.
+    async fn foreign_strings(&self, dir: &str) -> Result<Vec<String>> {
+        if !self.config.foreign_strings {
+            return Ok(Vec::new());
+        }
+        let base = if dir.is_empty() {
+            self.prefix.clone()
+        } else {
+            format!("{}{dir}/", self.prefix)
+        };
+        let pattern = format!("{}*", escape_glob(&base));
+        let mut conn = self.conn();
+        let mut cursor = 0u64;
+        let mut found = Vec::new();
+        loop {
+            let (next, names): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("TYPE")
+                .arg("string")
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .map_err(from_redis)?;
+            found.extend(names.into_iter().filter_map(|name| {
+                let key = name.strip_prefix(self.prefix.as_str())?;
+                (normalize_key(key).ok() == Some(key)).then(|| key.to_owned())
+            }));
+            if next == 0 {
+                return Ok(found);
+            }
+            cursor = next;
+        }
+    }
+
     /// `None` when neither `dir` nor any descendant exists.
     pub(crate) async fn read_tree(&self, dir: &str) -> Result<Option<Vec<KvPair>>> {
+        let foreign = self.foreign_strings(dir).await?;
         let reply: Vec<Value> = scripts::LIST
             .key(self.index_key())
             .arg(&self.prefix)
             .arg(dir)
+            .arg(&foreign)
             .invoke_async(&mut self.conn())
             .await
             .map_err(from_redis)?;
@@ -134,6 +186,10 @@ impl Inner {
                 redis::from_redis_value(value).map_err(|_| protocol("list value"))?;
             let index: u64 = redis::from_redis_value(index).map_err(|_| protocol("list index"))?;
             pairs.push(KvPair::new(key, Bytes::from(value), index));
+        }
+        if !foreign.is_empty() {
+            // The script appends plain strings after the sorted index members.
+            pairs.sort_by(|a, b| a.key.cmp(&b.key));
         }
         Ok(exists.then_some(pairs))
     }
@@ -487,10 +543,12 @@ impl Store for RedisStore {
     async fn delete_tree(&self, dir: &str) -> Result<()> {
         self.inner.check_open()?;
         let dir = normalize_dir(dir)?;
+        let foreign = self.inner.foreign_strings(dir).await?;
         let status: i64 = scripts::DELETE_TREE
             .key(self.inner.index_key())
             .arg(&self.inner.prefix)
             .arg(dir)
+            .arg(&foreign)
             .invoke_async(&mut self.inner.conn())
             .await
             .map_err(from_redis)?;
