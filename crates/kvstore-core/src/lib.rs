@@ -17,6 +17,7 @@
 //! # Ok::<(), kvstore_core::Error>(())
 //! ```
 
+pub mod backend;
 mod config;
 mod error;
 mod key;

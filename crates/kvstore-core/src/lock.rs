@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use futures::FutureExt;
 use futures::channel::oneshot;
 use futures::future::Shared;
+use tokio::time::Instant;
 
 use crate::Result;
 
@@ -76,31 +77,54 @@ pub trait Locker: fmt::Debug + Send + Sync {
 /// ```
 #[derive(Clone)]
 pub struct LockLost {
-    lost: Arc<AtomicBool>,
+    state: Arc<LostState>,
     done: Shared<oneshot::Receiver<()>>,
+}
+
+/// What [`LockLost::is_lost`] reads: the fired flag, and the deadline of the loss rule (the
+/// hold is lost once it passes, even before the renewal task has run to fire the signal, for
+/// example right after the process was paused).
+#[derive(Debug)]
+struct LostState {
+    lost: AtomicBool,
+    deadline: Mutex<Option<Instant>>,
 }
 
 impl LockLost {
     /// Creates a `LockLost` and the [`LockLostSignal`] that fires it (for backend authors).
     pub fn new() -> (LockLostSignal, LockLost) {
         let (tx, rx) = oneshot::channel();
-        let lost = Arc::new(AtomicBool::new(false));
+        let state = Arc::new(LostState {
+            lost: AtomicBool::new(false),
+            deadline: Mutex::new(None),
+        });
         let signal = LockLostSignal(Arc::new(SignalInner {
-            lost: lost.clone(),
+            state: state.clone(),
             tx: Mutex::new(Some(tx)),
         }));
         (
             signal,
             LockLost {
-                lost,
+                state,
                 done: rx.shared(),
             },
         )
     }
 
     /// Whether the lock has been lost or released. Never goes back to `false`.
+    ///
+    /// True as soon as the loss rule's deadline has passed, even if the background task that
+    /// resolves this future has not run yet.
     pub fn is_lost(&self) -> bool {
-        self.lost.load(Ordering::Acquire)
+        if self.state.lost.load(Ordering::Acquire) {
+            return true;
+        }
+        let deadline = *self
+            .state
+            .deadline
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        deadline.is_some_and(|d| Instant::now() >= d)
     }
 }
 
@@ -128,7 +152,7 @@ pub struct LockLostSignal(Arc<SignalInner>);
 
 #[derive(Debug)]
 struct SignalInner {
-    lost: Arc<AtomicBool>,
+    state: Arc<LostState>,
     tx: Mutex<Option<oneshot::Sender<()>>>,
 }
 
@@ -137,11 +161,23 @@ impl LockLostSignal {
     pub fn fire(&self) {
         self.0.fire();
     }
+
+    /// Sets the moment after which [`LockLost::is_lost`] reports the hold as lost, whether or
+    /// not [`fire`](Self::fire) has been called by then. The lease engine moves it forward
+    /// after every successful renewal.
+    pub fn set_deadline(&self, deadline: Instant) {
+        *self
+            .0
+            .state
+            .deadline
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(deadline);
+    }
 }
 
 impl SignalInner {
     fn fire(&self) {
-        self.lost.store(true, Ordering::Release);
+        self.state.lost.store(true, Ordering::Release);
         if let Some(tx) = self.tx.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = tx.send(());
         }
