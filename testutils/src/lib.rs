@@ -34,9 +34,14 @@ use futures::{FutureExt, Stream, StreamExt};
 use kvstore_core::{Error, KvPair, LockOptions, Result, Store, WriteOptions};
 
 mod cases;
+mod faults;
 mod foreign;
 
 pub use cases::*;
+pub use faults::{
+    paused_holder_is_replaced, paused_server_loses_lock, restarted_server_keeps_registration,
+    rewrite_registration,
+};
 pub use foreign::{
     cas_on_foreign_key, foreign_sample, reads_foreign_sample, watches_see_foreign_write,
 };
@@ -208,7 +213,8 @@ where
 }
 
 /// Runs `ci/restart.sh NAME ACTION` (through `KVSTORE_RESTART_SCRIPT`, exported by
-/// `ci/test.sh`) to `stop`, `start` or `restart` one server on its port; panics if it fails.
+/// `ci/test.sh`) to `stop`, `start`, `restart`, `pause` (SIGSTOP) or `resume` (SIGCONT) one
+/// server on its port; panics if it fails.
 pub async fn server_control(name: &str, action: &str) {
     let script =
         std::env::var(RESTART_SCRIPT_VAR).expect("KVSTORE_RESTART_SCRIPT is set by ci/test.sh");

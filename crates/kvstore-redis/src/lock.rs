@@ -1,26 +1,64 @@
 //! Locks: a `<prefix>\x01kvstore/lock/<key>` string holding `<owner>:<token>` with a PX TTL,
-//! renewed at a third of the TTL; waiters wake on the lock key's keyspace notifications.
+//! held and renewed by the lease engine of `kvstore_core::backend`; waiters wake on the lock
+//! key's keyspace notifications.
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use kvstore_core::{Error, LockLost, LockLostSignal, LockOptions, Locker, Result};
-use tokio_util::task::AbortOnDropHandle;
+use kvstore_core::backend::{HeldLease, Lease, Release, Renewal};
+use kvstore_core::{Error, LockLost, LockOptions, Locker, Result};
+use tokio::time::Instant;
 
 use crate::BACKEND;
 use crate::error::{from_redis, protocol};
 use crate::scripts;
-use crate::store::Inner;
+use crate::store::{Inner, ttl_millis};
 use crate::watch::{Subscription, subscribe};
 
-struct Held {
-    token: u64,
-    lost: LockLost,
-    signal: LockLostSignal,
-    _renewal: AbortOnDropHandle<()>,
+/// The protocol steps of a held lock for the lease engine: renew with `PEXPIRE` while the lock
+/// key still names this holder; release by deleting it (and the value, on `unlock` with
+/// `delete_on_unlock`) in one script.
+struct LockLease {
+    inner: Arc<Inner>,
+    key: String,
+    holder: String,
+    ttl: Duration,
+    delete_on_unlock: bool,
+}
+
+impl fmt::Debug for LockLease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockLease")
+            .field("key", &self.key)
+            .field("holder", &self.holder)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl Lease for LockLease {
+    async fn renew(&self) -> Result<Renewal> {
+        let renewed: i64 = scripts::LOCK_RENEW
+            .key(self.inner.lock_key(&self.key))
+            .arg(&self.holder)
+            .arg(ttl_millis(self.ttl))
+            .invoke_async(&mut self.inner.conn())
+            .await
+            .map_err(from_redis)?;
+        Ok(if renewed == 1 {
+            Renewal::Renewed
+        } else {
+            Renewal::Gone
+        })
+    }
+
+    async fn release(&self, why: Release) -> Result<()> {
+        let delete_value = why == Release::Unlock && self.delete_on_unlock;
+        release(&self.inner, &self.key, &self.holder, delete_value).await
+    }
 }
 
 /// A lock on a key of a [`RedisStore`](crate::RedisStore).
@@ -32,7 +70,7 @@ pub struct RedisLocker {
     key: String,
     opts: LockOptions,
     owner: String,
-    held: Option<Held>,
+    held: Option<HeldLease>,
 }
 
 impl fmt::Debug for RedisLocker {
@@ -67,14 +105,12 @@ impl Drop for AbandonGuard {
             return;
         }
         let (inner, key, owner) = (self.inner.clone(), self.key.clone(), self.owner.clone());
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            // Drop cannot wait; this one bounded call runs on its own.
-            rt.spawn(async move {
-                if let Err(err) = release(&inner, &key, &format!("{owner}:"), false).await {
-                    tracing::warn!(backend = BACKEND, key, error = %err, "releasing an abandoned lock attempt failed; it expires with its TTL");
-                }
-            });
-        }
+        // Drop cannot wait; the release is a tracked task that `close()` waits for.
+        self.inner.tasks.spawn(async move {
+            if let Err(err) = release(&inner, &key, &format!("{owner}:"), false).await {
+                tracing::warn!(backend = BACKEND, key, error = %err, "releasing an abandoned lock attempt failed; it expires with its TTL");
+            }
+        });
     }
 }
 
@@ -90,52 +126,6 @@ async fn release(inner: &Inner, key: &str, holder: &str, delete_value: bool) -> 
         .await
         .map_err(from_redis)?;
     Ok(())
-}
-
-/// Renews at a third of the TTL. The hold is lost when the key no longer names this holder, or
-/// when no renewal has succeeded for a whole TTL (the server may have expired it). On close it
-/// releases. The signal fires when this task ends.
-async fn renew(
-    inner: Arc<Inner>,
-    key: String,
-    holder: String,
-    ttl: Duration,
-    signal: LockLostSignal,
-) {
-    let period = (ttl / 3).max(Duration::from_millis(10));
-    let mut last_ok = Instant::now();
-    loop {
-        tokio::select! {
-            () = inner.cancel.cancelled() => {
-                if let Err(err) = release(&inner, &key, &holder, false).await {
-                    tracing::warn!(backend = BACKEND, key, error = %err, "releasing lock on close failed; it expires with its TTL");
-                }
-                break;
-            }
-            () = tokio::time::sleep(period) => {}
-        }
-        let renewed: redis::RedisResult<i64> = scripts::LOCK_RENEW
-            .key(inner.lock_key(&key))
-            .arg(&holder)
-            .arg(ttl.as_millis() as u64)
-            .invoke_async(&mut inner.conn())
-            .await;
-        match renewed {
-            Ok(1) => last_ok = Instant::now(),
-            Ok(_) => {
-                tracing::debug!(backend = BACKEND, key, "lock lost: no longer the holder");
-                break;
-            }
-            Err(err) if last_ok.elapsed() >= ttl => {
-                tracing::warn!(backend = BACKEND, key, error = %err, "lock lost: no renewal within its TTL");
-                break;
-            }
-            Err(err) => {
-                tracing::debug!(backend = BACKEND, key, error = %err, "lock renewal failed; retrying")
-            }
-        }
-    }
-    signal.fire();
 }
 
 impl RedisLocker {
@@ -163,7 +153,7 @@ impl RedisLocker {
             .key(self.inner.data_key(&self.key))
             .key(self.inner.index_key())
             .arg(&self.owner)
-            .arg(self.opts.ttl.as_millis().max(1) as u64)
+            .arg(ttl_millis(self.opts.ttl))
             .arg(if self.opts.value.is_some() { "1" } else { "0" })
             .arg(self.opts.value.as_deref().unwrap_or_default())
             .arg(&self.key)
@@ -189,9 +179,9 @@ impl Locker for RedisLocker {
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "lock", key = %self.key))]
     async fn lock(&mut self) -> Result<LockLost> {
         if let Some(held) = &self.held
-            && !held.lost.is_lost()
+            && held.token().is_some()
         {
-            return Ok(held.lost.clone());
+            return Ok(held.lost());
         }
         self.held = None;
         self.inner.check_open()?;
@@ -201,23 +191,21 @@ impl Locker for RedisLocker {
         let mut events = subscribe(&self.inner, &sub).await?;
         loop {
             self.inner.check_open()?;
+            // The loss rule measures from the send of the acquire.
+            let sent = Instant::now();
             match self.attempt().await? {
                 Attempt::Acquired(token) => {
-                    let (signal, lost) = LockLost::new();
-                    let holder = format!("{}:{token}", self.owner);
-                    let renewal = tokio::spawn(renew(
-                        self.inner.clone(),
-                        self.key.clone(),
-                        holder,
-                        self.opts.ttl,
-                        signal.clone(),
-                    ));
-                    self.held = Some(Held {
-                        token,
-                        lost: lost.clone(),
-                        signal,
-                        _renewal: AbortOnDropHandle::new(renewal),
+                    let lease = Arc::new(LockLease {
+                        inner: self.inner.clone(),
+                        key: self.key.clone(),
+                        holder: format!("{}:{token}", self.owner),
+                        ttl: self.opts.ttl,
+                        delete_on_unlock: self.opts.delete_on_unlock,
                     });
+                    let held =
+                        HeldLease::start(lease, self.opts.ttl, sent, token, &self.inner.tasks);
+                    let lost = held.lost();
+                    self.held = Some(held);
                     return Ok(lost);
                 }
                 Attempt::Held(remaining) => {
@@ -238,19 +226,13 @@ impl Locker for RedisLocker {
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "unlock", key = %self.key))]
     async fn unlock(&mut self) -> Result<()> {
-        let Some(held) = self.held.take() else {
-            return Ok(());
-        };
-        held.signal.fire();
-        let holder = format!("{}:{}", self.owner, held.token);
-        drop(held);
-        release(&self.inner, &self.key, &holder, self.opts.delete_on_unlock).await
+        match self.held.take() {
+            Some(held) => held.release(Release::Unlock).await,
+            None => Ok(()),
+        }
     }
 
     fn fencing_token(&self) -> Option<u64> {
-        self.held
-            .as_ref()
-            .filter(|h| !h.lost.is_lost())
-            .map(|h| h.token)
+        self.held.as_ref().and_then(HeldLease::token)
     }
 }

@@ -47,8 +47,9 @@ pub(crate) const EXISTS: i64 = 1;
 pub(crate) const NOT_FOUND: i64 = 2;
 pub(crate) const MODIFIED: i64 = 3;
 
-/// KEYS: data, rev, index. ARGV: value, ttl_ms (0 = none), mode (any|absent|index),
-/// expected index, member. Returns {status, new index}.
+/// KEYS: data, rev, index. ARGV: value, ttl_ms (0 = none), mode (any|absent|index|same),
+/// expected index, member. Returns {status, new index}. Mode `same` writes only when the key is
+/// absent or holds this value (a registration written again), else MODIFIED.
 pub(crate) static PUT: LazyLock<Script> = LazyLock::new(|| {
     with_current(
         r"
@@ -57,6 +58,11 @@ if ARGV[3] == 'absent' and cur then return {1, 0} end
 if ARGV[3] == 'index' then
   if not cur then return {2, 0} end
   if cur ~= ARGV[4] then return {3, 0} end
+end
+if ARGV[3] == 'same' and cur then
+  local v
+  if t == 'hash' then v = redis.call('HGET', KEYS[1], 'v') else v = redis.call('GET', KEYS[1]) end
+  if v ~= ARGV[1] then return {3, 0} end
 end
 local idx = redis.call('INCR', KEYS[2])
 -- A plain string written by another client becomes a kvstore pair.

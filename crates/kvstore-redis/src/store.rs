@@ -1,21 +1,21 @@
 //! The [`Store`] implementation over one multiplexed, auto-reconnecting connection.
 
-use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use kvstore_core::backend::{Lease, Registrar, Registrations, Release, Renewal, Tasks};
 use kvstore_core::{
     Capabilities, Error, KvPair, LockOptions, Locker, ReadOptions, Result, Store, WatchStream,
     WatchTreeStream, WriteOptions, check_value_size, lock_arguments, normalize_dir, normalize_key,
 };
 use redis::Value;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::AbortOnDropHandle;
 
 use crate::BACKEND;
 use crate::config::RedisConfig;
@@ -24,13 +24,8 @@ use crate::lock::RedisLocker;
 use crate::scripts;
 use crate::watch::{Subscription, watch_stream};
 
-#[derive(Debug, Clone, Copy)]
-struct KeepAlive {
-    index: u64,
-    ttl: Duration,
-}
-
-type KeepAliveSet = Arc<Mutex<HashMap<String, KeepAlive>>>;
+/// How long `close` waits for lock releases to be sent.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 const NOTIFICATIONS_ON: u8 = 1;
 const NOTIFICATIONS_OFF: u8 = 2;
@@ -44,12 +39,14 @@ pub(crate) struct Inner {
     prefix: String,
     db: i64,
     pub(crate) cancel: CancellationToken,
+    /// Background work (lock renewals, registrations, releases); `close` waits for it.
+    pub(crate) tasks: Tasks,
+    /// The `keep_alive` keys of this store.
+    registrations: Registrations,
     /// Whether keyspace notifications were on at the last check: `NOTIFICATIONS_*`. Checked at
     /// connect so `capabilities()` tells the truth; rechecked by every watch and lock while off,
     /// so turning them on later is noticed.
     notifications: AtomicU8,
-    keep_alive: KeepAliveSet,
-    keep_alive_task: Mutex<Option<AbortOnDropHandle<()>>>,
 }
 
 impl Inner {
@@ -253,7 +250,7 @@ impl Inner {
             .key(self.rev_key())
             .key(self.index_key())
             .arg(value)
-            .arg(ttl.map_or(0, |t| t.as_millis().max(1) as u64))
+            .arg(ttl.map_or(0, ttl_millis))
             .arg(mode)
             .arg(expected)
             .arg(key)
@@ -267,6 +264,15 @@ impl Inner {
             scripts::MODIFIED => Err(Error::KeyModified { key: key.into() }),
             _ => Err(protocol("put status")),
         }
+    }
+
+    fn key_lease(self: &Arc<Self>, key: &str, index: u64, ttl: Duration) -> Arc<dyn Lease> {
+        Arc::new(KeyLease {
+            inner: Arc::clone(self),
+            key: key.to_owned(),
+            index,
+            ttl,
+        })
     }
 
     async fn remove(&self, key: &str, mode: &str, expected: u64) -> Result<()> {
@@ -288,49 +294,72 @@ impl Inner {
     }
 }
 
-/// Renews this store's kept-alive keys at a third of their shortest TTL until the store closes.
-async fn keep_alive_loop(inner: Arc<Inner>) {
-    loop {
-        let (snapshot, period) = {
-            let keys = inner.keep_alive.lock().unwrap_or_else(|e| e.into_inner());
-            let period = keys
-                .values()
-                .map(|k| k.ttl / 3)
-                .min()
-                .unwrap_or(Duration::from_secs(1));
-            (
-                keys.iter()
-                    .map(|(k, v)| (k.clone(), *v))
-                    .collect::<Vec<_>>(),
-                period,
-            )
-        };
-        tokio::select! {
-            () = inner.cancel.cancelled() => return,
-            () = tokio::time::sleep(period.max(Duration::from_millis(10))) => {}
-        }
-        for (key, keep) in snapshot {
-            let renewed: redis::RedisResult<i64> = scripts::RENEW_KEY
-                .key(inner.data_key(&key))
-                .arg(keep.index)
-                .arg(keep.ttl.as_millis() as u64)
-                .invoke_async(&mut inner.conn())
-                .await;
-            match renewed {
-                Ok(1) => {}
-                Ok(_) => {
-                    inner
-                        .keep_alive
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(&key);
-                }
-                Err(err) => {
-                    tracing::warn!(backend = BACKEND, key, error = %err, "keep-alive renewal failed")
-                }
-            }
+/// A `keep_alive` key's lease: its own `PEXPIRE`, renewed while the key still holds the write
+/// that registered it.
+struct KeyLease {
+    inner: Arc<Inner>,
+    key: String,
+    index: u64,
+    ttl: Duration,
+}
+
+impl fmt::Debug for KeyLease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyLease")
+            .field("key", &self.key)
+            .field("index", &self.index)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl Lease for KeyLease {
+    async fn renew(&self) -> Result<Renewal> {
+        let renewed: i64 = scripts::RENEW_KEY
+            .key(self.inner.data_key(&self.key))
+            .arg(self.index)
+            .arg(ttl_millis(self.ttl))
+            .invoke_async(&mut self.inner.conn())
+            .await
+            .map_err(from_redis)?;
+        Ok(if renewed == 1 {
+            Renewal::Renewed
+        } else {
+            Renewal::Gone
+        })
+    }
+
+    /// Nothing to give back: the key's expiry is the lease.
+    async fn release(&self, _why: Release) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Writes a lost registration again: the `PUT` script in mode `same`.
+struct KeyRegistrar(Arc<Inner>);
+
+#[async_trait]
+impl Registrar for KeyRegistrar {
+    async fn register_again(
+        &self,
+        key: &str,
+        value: &Bytes,
+        ttl: Duration,
+    ) -> Result<Option<(Arc<dyn Lease>, Instant)>> {
+        let sent = Instant::now();
+        match self.0.write(key, value, Some(ttl), "same", 0).await {
+            Ok(pair) => Ok(Some((self.0.key_lease(key, pair.last_index, ttl), sent))),
+            Err(Error::KeyModified { .. }) => Ok(None),
+            Err(err) => Err(err),
         }
     }
+}
+
+/// Milliseconds for a Redis TTL that lives at least `ttl`: rounded up, at least 1.
+pub(crate) fn ttl_millis(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_micros().div_ceil(1000))
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
 
 /// A kvstore [`Store`] on a Redis server (5 or later; tested on 7).
@@ -410,16 +439,17 @@ impl RedisStore {
         } else {
             format!("{}/", config.prefix)
         };
+        let tasks = Tasks::new();
         let inner = Arc::new(Inner {
             client,
             conn,
             config,
             prefix,
             db,
-            cancel: CancellationToken::new(),
+            cancel: tasks.cancel_token().clone(),
+            registrations: Registrations::new(&tasks),
+            tasks,
             notifications: AtomicU8::new(0),
-            keep_alive: Arc::default(),
-            keep_alive_task: Mutex::new(None),
         });
         let _: String = redis::cmd("PING")
             .query_async(&mut inner.conn())
@@ -446,35 +476,18 @@ impl RedisStore {
         let key = normalize_key(key)?;
         check_value_size(key, value, self.inner.config.max_value_size)?;
         let ttl = opts.and_then(|o| o.ttl);
+        let sent = Instant::now();
         let pair = self.inner.write(key, value, ttl, mode, expected).await?;
-        let mut keys = self
-            .inner
-            .keep_alive
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
         match ttl.filter(|_| opts.is_some_and(|o| o.keep_alive)) {
-            Some(ttl) => {
-                keys.insert(
-                    key.to_owned(),
-                    KeepAlive {
-                        index: pair.last_index,
-                        ttl,
-                    },
-                );
-                let mut task = self
-                    .inner
-                    .keep_alive_task
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
-                if task.is_none() {
-                    *task = Some(AbortOnDropHandle::new(tokio::spawn(keep_alive_loop(
-                        self.inner.clone(),
-                    ))));
-                }
-            }
-            None => {
-                keys.remove(key);
-            }
+            Some(ttl) => self.inner.registrations.insert(
+                key,
+                pair.value.clone(),
+                ttl,
+                self.inner.key_lease(key, pair.last_index, ttl),
+                sent,
+                Arc::new(KeyRegistrar(self.inner.clone())),
+            ),
+            None => self.inner.registrations.remove(key),
         }
         Ok(pair)
     }
@@ -514,7 +527,10 @@ impl Store for RedisStore {
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "delete", key = %key))]
     async fn delete(&self, key: &str) -> Result<()> {
         self.inner.check_open()?;
-        self.inner.remove(normalize_key(key)?, "any", 0).await
+        let key = normalize_key(key)?;
+        self.inner.remove(key, "any", 0).await?;
+        self.inner.registrations.remove(key);
+        Ok(())
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "exists", key = %key))]
@@ -553,7 +569,10 @@ impl Store for RedisStore {
             .await
             .map_err(from_redis)?;
         match status {
-            scripts::OK => Ok(()),
+            scripts::OK => {
+                self.inner.registrations.remove_tree(dir);
+                Ok(())
+            }
             scripts::NOT_FOUND => Err(Error::not_found(dir)),
             _ => Err(protocol("delete_tree status")),
         }
@@ -576,9 +595,10 @@ impl Store for RedisStore {
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "atomic_delete", key = %key))]
     async fn atomic_delete(&self, key: &str, previous: &KvPair) -> Result<()> {
         self.inner.check_open()?;
-        self.inner
-            .remove(normalize_key(key)?, "index", previous.last_index)
-            .await
+        let key = normalize_key(key)?;
+        self.inner.remove(key, "index", previous.last_index).await?;
+        self.inner.registrations.remove(key);
+        Ok(())
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "watch", key = %key))]
@@ -624,12 +644,9 @@ impl Store for RedisStore {
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "close"))]
     async fn close(&self) -> Result<()> {
-        self.inner.cancel.cancel();
-        self.inner
-            .keep_alive_task
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        // Stops registrations (their keys expire with their TTL), ends watches, and releases
+        // held locks; waits for the releases to be sent.
+        self.inner.tasks.close(CLOSE_TIMEOUT).await;
         Ok(())
     }
 }

@@ -272,8 +272,14 @@ async fn keep_renewing(
     signal: LockLostSignal,
     cancel: CancellationToken,
 ) {
-    if renew_until_lost(&*lease, ttl, sent, &signal, &cancel).await == Ended::Closed {
-        release_logged(&*lease, Release::Close).await;
+    match renew_until_lost(&*lease, ttl, sent, &signal, &cancel).await {
+        Ended::Closed => release_logged(&*lease, Release::Close).await,
+        Ended::Lost => {
+            // Tell the holder first, then give back whatever the server may still hold for
+            // it, so a successor need not wait for the server to expire it.
+            signal.fire();
+            release_logged(&*lease, Release::Drop).await;
+        }
     }
     signal.fire();
 }

@@ -1,0 +1,298 @@
+//! Fault cases of the liveness rule, against a real server that the test pauses (SIGSTOP: it
+//! keeps its sockets and answers nothing, like a partition), restarts, or whose client process
+//! it pauses. Every wait is bounded; servers are controlled through [`server_control`], so a
+//! backend's test runs these only under `ci/test.sh` (see [`controlled_backend_url`]).
+//!
+//! [`controlled_backend_url`]: crate::controlled_backend_url
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use kvstore_core::{KvPair, Store, WriteOptions};
+use tokio::io::AsyncBufReadExt;
+
+use crate::{
+    EVENT_TIMEOUT, HOLDER_VAR, Opener, cleanup, error_chain, lock_ttl, ok, retry_transient,
+    scratch_dir, server_control,
+};
+
+/// Server paused past the TTL while a lock is held: the holder's `LockLost` resolves within
+/// `ttl + slack` of the pause without the server saying so, and `fencing_token()` is `None`
+/// from then on. After the server resumes, a contender takes the lock with a greater token and
+/// the old holder never believes it holds again. Returns the time from pause to `LockLost`.
+pub async fn paused_server_loses_lock(
+    opener: &Opener,
+    server: &str,
+    ttl: Duration,
+    slack: Duration,
+) -> Duration {
+    let holder_store = opener.open().await;
+    let dir = scratch_dir("paused_server");
+    let key = format!("{dir}/lock");
+    let mut holder = ok(
+        holder_store.new_lock(&key, Some(&lock_ttl(ttl))).await,
+        "new_lock",
+    );
+    let lost = ok(
+        tokio::time::timeout(EVENT_TIMEOUT, holder.lock())
+            .await
+            .expect("lock within the event timeout"),
+        "lock",
+    );
+    let old_token = holder.fencing_token().expect("held");
+
+    server_control(server, "pause").await;
+    let paused = Instant::now();
+    let in_time = tokio::time::timeout(ttl + slack, lost.clone())
+        .await
+        .is_ok();
+    let to_lost = paused.elapsed();
+    let token_after = holder.fencing_token();
+    // Hold the server paused past the TTL whatever happened, so the server expires the hold.
+    tokio::time::sleep((ttl + slack).saturating_sub(paused.elapsed())).await;
+    server_control(server, "resume").await;
+    assert!(
+        in_time,
+        "LockLost must resolve within {:?} of the server pausing",
+        ttl + slack
+    );
+    assert_eq!(token_after, None, "no fencing token once lost");
+    eprintln!("{server}: LockLost {to_lost:?} after the server paused (TTL {ttl:?})");
+
+    let contender_store = opener.open().await;
+    let mut contender = ok(
+        contender_store.new_lock(&key, Some(&lock_ttl(ttl))).await,
+        "new_lock",
+    );
+    let bound = ttl * 3 + slack + EVENT_TIMEOUT;
+    let start = Instant::now();
+    loop {
+        let left = bound.saturating_sub(start.elapsed());
+        match tokio::time::timeout(left, contender.lock()).await {
+            Ok(Ok(_)) => break,
+            // The server is still coming back.
+            Ok(Err(err)) if err.is_transient() && start.elapsed() < bound => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Ok(Err(err)) => panic!("contender lock failed: {}", error_chain(&err)),
+            Err(_) => panic!("the contender must take the lock within {bound:?}"),
+        }
+    }
+    let new_token = contender.fencing_token().expect("contender holds");
+    assert!(new_token > old_token, "{new_token} must exceed {old_token}");
+    assert!(lost.is_lost());
+    assert_eq!(
+        holder.fencing_token(),
+        None,
+        "the old holder never holds again"
+    );
+    ok(contender.unlock().await, "unlock");
+    let _ = holder.unlock().await;
+    cleanup(&*contender_store, &dir).await;
+    let _ = holder_store.close().await;
+    let _ = contender_store.close().await;
+    to_lost
+}
+
+/// Server restarted (same port): a `keep_alive` key of TTL `ttl` is present again with its
+/// value within `ttl` of the server answering, and stays for two more TTLs; a watch opened
+/// before the restart delivers the latest state.
+pub async fn restarted_server_keeps_registration(opener: &Opener, server: &str, ttl: Duration) {
+    let store = opener.open().await;
+    let dir = scratch_dir("registration");
+    let key = format!("{dir}/svc");
+    let registration = WriteOptions::default().with_ttl(ttl).with_keep_alive(true);
+    ok(
+        store.put(&key, b"10.0.0.1:80", Some(&registration)).await,
+        "put",
+    );
+    let mut watch = ok(store.watch(&key, None).await, "watch");
+    let first = ok(
+        crate::next_within(&mut watch, "initial state").await,
+        "watch",
+    );
+    assert!(first.is_some());
+
+    server_control(server, "restart").await;
+    let answering = Instant::now();
+    // The server answers again (the restart script waits for readiness); the registration must
+    // come back within one TTL plus the time a client takes to reconnect.
+    let bound = ttl + EVENT_TIMEOUT;
+    let present = |pair: &Option<KvPair>| {
+        pair.as_ref()
+            .is_some_and(|p| &p.value[..] == b"10.0.0.1:80")
+    };
+    let back = tokio::time::timeout(bound, async {
+        loop {
+            match store.get(&key, None).await {
+                Ok(pair) if present(&Some(pair.clone())) => return,
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    })
+    .await;
+    assert!(
+        back.is_ok(),
+        "the keep_alive key must be written again within {bound:?} of the server answering"
+    );
+    eprintln!(
+        "{server}: registration present {:?} after the server answered again",
+        answering.elapsed()
+    );
+    // It stays: checked past two more TTLs.
+    let until = Instant::now() + ttl * 2;
+    while Instant::now() < until {
+        let pair = retry_transient(EVENT_TIMEOUT, "get", || store.get(&key, None)).await;
+        assert_eq!(&pair.value[..], b"10.0.0.1:80");
+        tokio::time::sleep(ttl / 4).await;
+    }
+    // The watch resumed: it reports the latest state after a change.
+    ok(
+        store.put(&key, b"10.0.0.2:80", Some(&registration)).await,
+        "put",
+    );
+    let seen = tokio::time::timeout(EVENT_TIMEOUT, async {
+        while let Some(item) = watch.next().await {
+            let item = item.unwrap_or_else(|e| panic!("watch ended: {}", error_chain(&e)));
+            if item
+                .as_ref()
+                .is_some_and(|p| &p.value[..] == b"10.0.0.2:80")
+            {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(
+        seen,
+        Ok(true),
+        "the watch must deliver the latest state after the restart"
+    );
+    cleanup(&*store, &dir).await;
+    ok(store.close().await, "close");
+}
+
+/// The holder's own process paused (SIGSTOP) past its TTL: a contender takes the lock with a
+/// greater token within `bound`, and once the holder resumes its `LockLost` has resolved within
+/// one renewal period (it reports how long after resuming). Call it from a `#[tokio::test]`
+/// named `test_name`: the test binary re-runs itself as the holder.
+pub async fn paused_holder_is_replaced(
+    opener: &Opener,
+    test_name: &str,
+    ttl: Duration,
+    bound: Duration,
+) {
+    if let Ok(key) = std::env::var(HOLDER_VAR) {
+        let store = opener.open().await;
+        let mut lock = ok(store.new_lock(&key, Some(&lock_ttl(ttl))).await, "new_lock");
+        let lost = ok(lock.lock().await, "lock");
+        println!("locked {}", lock.fencing_token().expect("token"));
+        // After the pause, the first thing the runtime does is look at its timers.
+        let mut ticks = tokio::time::interval(Duration::from_millis(10));
+        let mut last_tick = Instant::now();
+        let resumed_at = loop {
+            ticks.tick().await;
+            let now = Instant::now();
+            if now - last_tick > ttl / 2 {
+                break now; // the process was paused: it has just resumed
+            }
+            last_tick = now;
+        };
+        tokio::time::timeout(crate::EVENT_TIMEOUT, lost)
+            .await
+            .expect("LockLost after resuming");
+        println!(
+            "lost {} ms after resuming; token {:?}",
+            resumed_at.elapsed().as_millis(),
+            lock.fencing_token()
+        );
+        std::future::pending::<()>().await;
+    }
+    let dir = scratch_dir("paused_holder");
+    let key = format!("{dir}/lock");
+    let mut child = tokio::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--exact", test_name, "--nocapture"])
+        .env(HOLDER_VAR, &key)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawning the holder");
+    let pid = child.id().expect("holder pid").to_string();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let holder_token: u64 = tokio::time::timeout(EVENT_TIMEOUT, async {
+        while let Some(line) = lines.next_line().await.expect("holder output") {
+            if let Some(token) = line.strip_prefix("locked ") {
+                return token.parse().expect("token");
+            }
+        }
+        panic!("the holder exited without taking the lock");
+    })
+    .await
+    .expect("the holder must take the lock");
+
+    signal(&pid, "-STOP").await;
+    let paused = Instant::now();
+    let store = opener.open().await;
+    let mut contender = ok(store.new_lock(&key, Some(&lock_ttl(ttl))).await, "new_lock");
+    let taken = tokio::time::timeout(bound, contender.lock()).await;
+    let takeover = paused.elapsed();
+    // Keep the holder paused past its TTL either way, so it sees the pause when it resumes.
+    tokio::time::sleep((ttl + ttl / 5).saturating_sub(paused.elapsed())).await;
+    signal(&pid, "-CONT").await;
+    ok(
+        taken.unwrap_or_else(|_| panic!("the lock must be taken over within {bound:?}")),
+        "lock",
+    );
+    assert!(contender.fencing_token().expect("token") > holder_token);
+    eprintln!("lock taken over {takeover:?} after its holder's process was paused");
+
+    let report = tokio::time::timeout(EVENT_TIMEOUT, async {
+        while let Some(line) = lines.next_line().await.expect("holder output") {
+            if let Some(rest) = line.strip_prefix("lost ") {
+                return rest.to_owned();
+            }
+        }
+        panic!("the holder exited without reporting");
+    })
+    .await
+    .expect("the resumed holder must report its LockLost");
+    let (ms, token) = report
+        .split_once(" ms after resuming; token ")
+        .expect("report");
+    let ms: u128 = ms.parse().expect("ms");
+    let period = kvstore_core::backend::renewal_period(ttl).as_millis();
+    assert!(
+        ms <= period,
+        "LockLost {ms} ms after resuming, more than one renewal period ({period} ms)"
+    );
+    assert_eq!(token, "None", "the resumed holder must hold no token");
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+    ok(contender.unlock().await, "unlock");
+    cleanup(&*store, &dir).await;
+    let _ = store.close().await;
+}
+
+async fn signal(pid: &str, sig: &str) {
+    let status = tokio::process::Command::new("kill")
+        .args([sig, pid])
+        .status()
+        .await
+        .expect("running kill");
+    assert!(status.success(), "kill {sig} {pid}");
+}
+
+/// Rewrites one `keep_alive` key `n` times through `store` (then deletes it), so a backend's
+/// test can count the leases or sessions left on the server with its own client.
+pub async fn rewrite_registration(store: &dyn Store, key: &str, n: usize, ttl: Duration) {
+    let registration = WriteOptions::default().with_ttl(ttl).with_keep_alive(true);
+    for i in 0..n {
+        ok(
+            store
+                .put(key, format!("v{i}").as_bytes(), Some(&registration))
+                .await,
+            "put",
+        );
+    }
+}
