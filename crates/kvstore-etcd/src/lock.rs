@@ -5,35 +5,26 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{
     Compare, CompareOp, EventType, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
     WatchOptions,
 };
-use kvstore_core::{Error, LockLost, LockLostSignal, LockOptions, Locker, Result};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::AbortOnDropHandle;
+use kvstore_core::backend::{HeldLease, Release};
+use kvstore_core::{Error, LockLost, LockOptions, Locker, Result};
+use tokio::time::Instant;
 
 use crate::BACKEND;
 use crate::error::from_etcd;
-use crate::store::{Inner, keep_lease_alive, lease_seconds};
-
-struct Held {
-    token: u64,
-    lease: i64,
-    lost: LockLost,
-    signal: LockLostSignal,
-    _renewal: AbortOnDropHandle<()>,
-}
+use crate::store::{EtcdLease, Inner};
 
 /// A lock on a key of an [`EtcdStore`](crate::EtcdStore).
 pub struct EtcdLocker {
     inner: Arc<Inner>,
     key: String,
     opts: LockOptions,
-    held: Option<Held>,
+    held: Option<HeldLease>,
 }
 
 impl fmt::Debug for EtcdLocker {
@@ -43,45 +34,6 @@ impl fmt::Debug for EtcdLocker {
             .field("ttl", &self.opts.ttl)
             .field("fencing_token", &self.fencing_token())
             .finish_non_exhaustive()
-    }
-}
-
-/// Keeps the lease alive; on store close revokes it (releasing at once); fires the signal when
-/// the lease is gone for any reason.
-async fn renew(inner: Arc<Inner>, lease: i64, ttl: Duration, signal: LockLostSignal) {
-    let cancel: CancellationToken = inner.cancel.clone();
-    match keep_lease_alive(inner.clone(), lease, ttl, cancel).await {
-        Ok(()) => {
-            if let Err(err) = inner.client().lease_revoke(lease).await {
-                tracing::warn!(backend = BACKEND, error = %err, "revoking lock lease on close failed; it expires with its TTL");
-            }
-        }
-        Err(err) => tracing::debug!(backend = BACKEND, error = %err, "lock lease lost"),
-    }
-    signal.fire();
-}
-
-/// Revokes the lease of an abandoned `lock()` so it leaves no waiter key behind.
-struct WaitGuard {
-    inner: Arc<Inner>,
-    lease: i64,
-    armed: bool,
-}
-
-impl Drop for WaitGuard {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        let (inner, lease) = (self.inner.clone(), self.lease);
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            // Drop cannot wait; this one bounded call runs on its own.
-            rt.spawn(async move {
-                if let Err(err) = inner.client().lease_revoke(lease).await {
-                    tracing::warn!(backend = BACKEND, error = %err, "revoking an abandoned lock lease failed; it expires with its TTL");
-                }
-            });
-        }
     }
 }
 
@@ -144,32 +96,30 @@ impl Locker for EtcdLocker {
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "lock", key = %self.key))]
     async fn lock(&mut self) -> Result<LockLost> {
         if let Some(held) = &self.held
-            && !held.lost.is_lost()
+            && held.token().is_some()
         {
-            return Ok(held.lost.clone());
+            return Ok(held.lost());
         }
         self.held = None;
         self.inner.check_open()?;
         let ttl = self.opts.ttl;
-        let lease = self
-            .inner
-            .client()
-            .lease_grant(lease_seconds(ttl), None)
-            .await
-            .map_err(from_etcd)?
-            .id();
-        let mut guard = WaitGuard {
-            inner: self.inner.clone(),
-            lease,
-            armed: true,
-        };
-        let (signal, lost) = LockLost::new();
-        let renewal = AbortOnDropHandle::new(tokio::spawn(renew(
-            self.inner.clone(),
-            lease,
+        // The loss rule measures from the send of the grant. The lease is renewed by the
+        // engine from here on, while waiting too (a wait may be longer than the TTL); dropping
+        // this future drops the hold, which revokes the lease and so the waiter key.
+        let sent = Instant::now();
+        let lease = self.inner.grant(ttl).await?;
+        let delete_on_unlock = self
+            .opts
+            .delete_on_unlock
+            .then(|| self.inner.data_key(&self.key));
+        let mut held = HeldLease::start(
+            Arc::new(EtcdLease::new(self.inner.clone(), lease, delete_on_unlock)),
             ttl,
-            signal.clone(),
-        )));
+            sent,
+            0,
+            &self.inner.tasks,
+        );
+        let lost = held.lost();
 
         let prefix = self.inner.lock_prefix(&self.key);
         let waiter = format!("{prefix}{lease:016x}");
@@ -203,47 +153,23 @@ impl Locker for EtcdLocker {
                 });
             }
         }
-        guard.armed = false;
         let token =
             u64::try_from(my_rev).map_err(|_| Error::backend(BACKEND, "negative revision"))?;
-        self.held = Some(Held {
-            token,
-            lease,
-            lost: lost.clone(),
-            signal,
-            _renewal: renewal,
-        });
+        held.set_token(token);
+        self.held = Some(held);
         Ok(lost)
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "unlock", key = %self.key))]
     async fn unlock(&mut self) -> Result<()> {
-        let Some(held) = self.held.take() else {
-            return Ok(());
-        };
-        held.signal.fire();
-        let lease = held.lease;
-        drop(held);
-        if self.opts.delete_on_unlock {
-            self.inner
-                .client()
-                .delete(self.inner.data_key(&self.key), None)
-                .await
-                .map_err(from_etcd)?;
-        }
         // Revoking deletes the waiter key, which wakes the next waiter.
-        self.inner
-            .client()
-            .lease_revoke(lease)
-            .await
-            .map_err(from_etcd)?;
-        Ok(())
+        match self.held.take() {
+            Some(held) => held.release(Release::Unlock).await,
+            None => Ok(()),
+        }
     }
 
     fn fencing_token(&self) -> Option<u64> {
-        self.held
-            .as_ref()
-            .filter(|h| !h.lost.is_lost())
-            .map(|h| h.token)
+        self.held.as_ref().and_then(HeldLease::token)
     }
 }

@@ -1,20 +1,22 @@
 //! The [`Store`] implementation over etcd's KV, lease and watch APIs.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
 };
+use etcd_client::{LeaseKeepAliveStream, LeaseKeeper};
+use kvstore_core::backend::{Lease, Registrar, Registrations, Release, Renewal, Tasks};
 use kvstore_core::{
     Capabilities, Error, KvPair, LockOptions, Locker, ReadOptions, Result, Store, WatchStream,
     WatchTreeStream, WriteOptions, check_value_size, lock_arguments, normalize_dir, normalize_key,
 };
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::AbortOnDropHandle;
 
 use crate::BACKEND;
 use crate::config::EtcdConfig;
@@ -29,8 +31,144 @@ pub(crate) struct Inner {
     /// `""` or `"<prefix>/"`, with a `/` in front when `leading_slash` is set.
     prefix: String,
     pub(crate) cancel: CancellationToken,
-    /// Lease id → keep-alive task, for keys written with `keep_alive`.
-    keep_alives: Mutex<HashMap<i64, AbortOnDropHandle<()>>>,
+    /// Background work (lock and registration renewals, releases); `close` waits for it.
+    pub(crate) tasks: Tasks,
+    /// The `keep_alive` keys of this store.
+    registrations: Registrations,
+}
+
+/// How long `close` waits for lock releases (lease revokes) to be sent.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// An etcd lease for the lease engine: renewed with one `LeaseKeepAlive` request on a stream
+/// kept open between renewals (and reopened after an error); released by revoking it, which
+/// deletes every key attached to it (a lock's waiter key).
+/// Source: etcd docs, "Lease API" — LeaseKeepAlive answers TTL <= 0 for an expired lease.
+pub(crate) struct EtcdLease {
+    inner: Arc<Inner>,
+    pub(crate) id: i64,
+    stream: tokio::sync::Mutex<Option<(LeaseKeeper, LeaseKeepAliveStream)>>,
+    /// Deleted before the revoke on `unlock` (a lock with `delete_on_unlock`).
+    delete_on_unlock: Option<String>,
+}
+
+impl fmt::Debug for EtcdLease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EtcdLease({:x})", self.id)
+    }
+}
+
+impl EtcdLease {
+    pub(crate) fn new(inner: Arc<Inner>, id: i64, delete_on_unlock: Option<String>) -> Self {
+        EtcdLease {
+            inner,
+            id,
+            stream: tokio::sync::Mutex::new(None),
+            delete_on_unlock,
+        }
+    }
+}
+
+#[async_trait]
+impl Lease for EtcdLease {
+    async fn renew(&self) -> Result<Renewal> {
+        let mut stream = self.stream.lock().await;
+        if stream.is_none() {
+            *stream = Some(
+                self.inner
+                    .client()
+                    .lease_keep_alive(self.id)
+                    .await
+                    .map_err(from_etcd)?,
+            );
+        }
+        let (keeper, responses) = stream.as_mut().expect("opened above");
+        let answer = match keeper.keep_alive().await {
+            Ok(()) => responses.message().await,
+            Err(err) => Err(err),
+        };
+        match answer {
+            Ok(Some(resp)) if resp.ttl() > 0 => Ok(Renewal::Renewed),
+            Ok(Some(_)) => Ok(Renewal::Gone),
+            Ok(None) => {
+                *stream = None;
+                Err(Error::not_reachable(
+                    BACKEND,
+                    "the lease keep-alive stream ended",
+                ))
+            }
+            Err(err) => {
+                *stream = None;
+                Err(from_etcd(err))
+            }
+        }
+    }
+
+    async fn release(&self, why: Release) -> Result<()> {
+        // The value goes first, but a failed delete never keeps the lock held.
+        let deleted = match (&self.delete_on_unlock, why) {
+            (Some(key), Release::Unlock) => self
+                .inner
+                .client()
+                .delete(key.as_str(), None)
+                .await
+                .map(drop)
+                .map_err(from_etcd),
+            _ => Ok(()),
+        };
+        self.inner
+            .client()
+            .lease_revoke(self.id)
+            .await
+            .map_err(from_etcd)?;
+        deleted
+    }
+}
+
+/// Writes a lost registration again on a new lease, only where the key is absent or still holds
+/// the registered value: two transactions at most (value compare, then absence compare).
+struct EtcdRegistrar(Arc<Inner>);
+
+#[async_trait]
+impl Registrar for EtcdRegistrar {
+    async fn register_again(
+        &self,
+        key: &str,
+        value: &Bytes,
+        ttl: Duration,
+    ) -> Result<Option<(Arc<dyn Lease>, Instant)>> {
+        let inner = &self.0;
+        let sent = Instant::now();
+        let id = inner.grant(ttl).await?;
+        let etcd_key = inner.data_key(key);
+        let put = || {
+            TxnOp::put(
+                etcd_key.clone(),
+                value.to_vec(),
+                Some(PutOptions::new().with_lease(id)),
+            )
+        };
+        for compare in [
+            Compare::value(etcd_key.clone(), CompareOp::Equal, value.to_vec()),
+            Compare::create_revision(etcd_key.clone(), CompareOp::Equal, 0),
+        ] {
+            let txn = Txn::new().when([compare]).and_then([put()]);
+            if inner
+                .client()
+                .txn(txn)
+                .await
+                .map_err(from_etcd)?
+                .succeeded()
+            {
+                return Ok(Some((
+                    Arc::new(EtcdLease::new(inner.clone(), id, None)),
+                    sent,
+                )));
+            }
+        }
+        let _ = inner.client().lease_revoke(id).await;
+        Ok(None)
+    }
 }
 
 /// Seconds for an etcd lease that lives at least `ttl`: leases have whole-second TTLs, so this
@@ -158,39 +296,13 @@ impl Inner {
         ))
     }
 
-    async fn grant(&self, ttl: Duration) -> Result<i64> {
+    pub(crate) async fn grant(&self, ttl: Duration) -> Result<i64> {
         Ok(self
             .client()
             .lease_grant(lease_seconds(ttl), None)
             .await
             .map_err(from_etcd)?
             .id())
-    }
-}
-
-/// Keeps a lease alive at a third of its TTL until cancelled or the lease is gone.
-pub(crate) async fn keep_lease_alive(
-    inner: Arc<Inner>,
-    lease: i64,
-    ttl: Duration,
-    cancel: CancellationToken,
-) -> Result<()> {
-    let (mut keeper, mut responses) = inner
-        .client()
-        .lease_keep_alive(lease)
-        .await
-        .map_err(from_etcd)?;
-    let period = (ttl / 3).max(Duration::from_millis(100));
-    loop {
-        tokio::select! {
-            () = cancel.cancelled() => return Ok(()),
-            () = tokio::time::sleep(period) => {}
-        }
-        keeper.keep_alive().await.map_err(from_etcd)?;
-        match responses.message().await.map_err(from_etcd)? {
-            Some(resp) if resp.ttl() > 0 => {}
-            _ => return Err(Error::backend(BACKEND, format!("lease {lease:x} expired"))),
-        }
     }
 }
 
@@ -277,13 +389,15 @@ impl EtcdStore {
         } else {
             format!("{slash}{}/", config.prefix)
         };
+        let tasks = Tasks::new();
         Ok(EtcdStore {
             inner: Arc::new(Inner {
                 client,
                 config,
                 prefix,
-                cancel: CancellationToken::new(),
-                keep_alives: Mutex::default(),
+                cancel: tasks.cancel_token().clone(),
+                registrations: Registrations::new(&tasks),
+                tasks,
             }),
         })
     }
@@ -302,6 +416,7 @@ impl EtcdStore {
         let key = normalize_key(key)?;
         check_value_size(key, value, inner.config.max_value_size)?;
         let ttl = opts.and_then(|o| o.ttl);
+        let sent = Instant::now();
         let lease = match ttl {
             Some(ttl) => Some(inner.grant(ttl).await?),
             None => None,
@@ -347,20 +462,16 @@ impl EtcdStore {
                 resp.header().map_or(0, |h| h.revision())
             }
         };
-        if let (Some(id), Some(ttl)) = (lease, ttl.filter(|_| opts.is_some_and(|o| o.keep_alive))) {
-            let task = tokio::spawn({
-                let (inner, cancel) = (inner.clone(), inner.cancel.clone());
-                async move {
-                    if let Err(err) = keep_lease_alive(inner, id, ttl, cancel).await {
-                        tracing::warn!(backend = BACKEND, error = %err, "keep-alive stopped");
-                    }
-                }
-            });
-            inner
-                .keep_alives
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(id, AbortOnDropHandle::new(task));
+        match (lease, ttl.filter(|_| opts.is_some_and(|o| o.keep_alive))) {
+            (Some(id), Some(ttl)) => inner.registrations.insert(
+                key,
+                Bytes::copy_from_slice(value),
+                ttl,
+                Arc::new(EtcdLease::new(inner.clone(), id, None)),
+                sent,
+                Arc::new(EtcdRegistrar(inner.clone())),
+            ),
+            _ => inner.registrations.remove(key),
         }
         let index =
             u64::try_from(revision).map_err(|_| Error::backend(BACKEND, "negative revision"))?;
@@ -382,6 +493,7 @@ impl EtcdStore {
             .or_else([TxnOp::get(etcd_key, None)]);
         let resp = inner.client().txn(txn).await.map_err(from_etcd)?;
         if resp.succeeded() {
+            inner.registrations.remove(key);
             return Ok(());
         }
         let exists = resp
@@ -488,6 +600,7 @@ impl Store for EtcdStore {
         if deleted == 0 {
             Err(Error::not_found(dir))
         } else {
+            inner.registrations.remove_tree(dir);
             Ok(())
         }
     }
@@ -545,12 +658,9 @@ impl Store for EtcdStore {
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "close"))]
     async fn close(&self) -> Result<()> {
-        self.inner.cancel.cancel();
-        self.inner
-            .keep_alives
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        // Stops registrations (their keys expire with their leases), ends watches, and revokes
+        // held locks' leases; waits for the revokes to be sent.
+        self.inner.tasks.close(CLOSE_TIMEOUT).await;
         Ok(())
     }
 }

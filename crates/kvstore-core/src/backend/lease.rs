@@ -198,6 +198,12 @@ impl HeldLease {
         }
     }
 
+    /// Sets the fencing token, for backends that learn it after the lease is granted (an etcd
+    /// lock's waiter key revision): the lease is renewed while the lock is waited for.
+    pub fn set_token(&mut self, token: u64) {
+        self.token = token;
+    }
+
     /// The fencing token while held; `None` once lost or released.
     pub fn token(&self) -> Option<u64> {
         (!self.lost.is_lost()).then_some(self.token)
