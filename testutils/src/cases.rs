@@ -941,6 +941,60 @@ pub async fn lock_contention(opener: &Opener) {
     let _ = b.close().await;
 }
 
+/// Deleting a held lock's key (`delete`, then `delete_tree` of a directory above it) removes
+/// its value but never ends the hold: the holder keeps its token, a contender keeps waiting
+/// past the TTL, and gets the lock only after `unlock`.
+pub async fn lock_survives_key_deletion(opener: &Opener) {
+    let (a, b) = (opener.open().await, opener.open().await);
+    if !a.capabilities().lock {
+        return;
+    }
+    let dir = scratch_dir("lock_key_deleted");
+    let key = format!("{dir}/jobs/lock");
+    let opts = lock_ttl(opener.ttl).with_value("holder-1");
+    let mut holder = ok(a.new_lock(&key, Some(&opts)).await, "new_lock");
+    let lost = ok(
+        tokio::time::timeout(EVENT_TIMEOUT, holder.lock())
+            .await
+            .expect("lock"),
+        "lock",
+    );
+    let token = holder.fencing_token().expect("held");
+    ok(b.delete(&key).await, "delete the lock's key");
+    ok(b.put(&format!("{dir}/other"), b"x", None).await, "put");
+    ok(
+        b.delete_tree(&dir).await,
+        "delete_tree above the lock's key",
+    );
+    assert!(
+        !ok(b.exists(&key, None).await, "exists"),
+        "the value is gone"
+    );
+
+    let mut contender = ok(
+        b.new_lock(&key, Some(&lock_ttl(opener.ttl))).await,
+        "new_lock",
+    );
+    let waited = tokio::time::timeout(opener.ttl * 2, contender.lock()).await;
+    assert!(
+        waited.is_err(),
+        "deleting the key must not free the lock: the contender got it"
+    );
+    assert!(!lost.is_lost(), "deleting the key must not end the hold");
+    assert_eq!(holder.fencing_token(), Some(token));
+    ok(holder.unlock().await, "unlock");
+    ok(
+        tokio::time::timeout(EVENT_TIMEOUT, contender.lock())
+            .await
+            .expect("the contender gets the lock after unlock"),
+        "lock",
+    );
+    assert!(contender.fencing_token().expect("held") > token);
+    ok(contender.unlock().await, "unlock");
+    let _ = a.close().await;
+    let _ = b.close().await;
+}
+
 /// A contender bounded by a timeout returns on time and leaves no waiter behind.
 pub async fn lock_cancel_leaves_no_waiter(opener: &Opener) {
     let (a, b) = (opener.open().await, opener.open().await);

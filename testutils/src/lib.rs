@@ -353,7 +353,8 @@ macro_rules! conformance_tests {
                    delete_tree, atomic_put, atomic_delete, cas_race, last_index_semantics,
                    watch_key, watch_tree, watch_drop_stops, lock_basics, lock_delete_on_unlock,
                    lock_bookkeeping_hidden, invalid_keys, value_too_large;
-            opener: lock_contention, lock_cancel_leaves_no_waiter, lock_expires_after_holder_closed,
+            opener: lock_contention, lock_survives_key_deletion, lock_cancel_leaves_no_waiter,
+                    lock_expires_after_holder_closed,
                     lock_fencing_tokens_increase, ttl_expiry, keep_alive, close_ends_everything,
                     watch_sees_other_clients
         );
@@ -405,6 +406,7 @@ pub async fn run_all(opener: &Opener) {
     invalid_keys(s).await;
     value_too_large(s).await;
     lock_contention(opener).await;
+    lock_survives_key_deletion(opener).await;
     lock_cancel_leaves_no_waiter(opener).await;
     lock_expires_after_holder_closed(opener).await;
     lock_fencing_tokens_increase(opener).await;

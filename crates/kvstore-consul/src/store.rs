@@ -1,18 +1,20 @@
 //! The [`Store`] implementation over Consul's KV, transaction and session endpoints.
 
-use std::collections::HashMap;
+use std::collections::BTreeSet;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
+use kvstore_core::backend::{Lease, Registrar, Registrations, Release, Renewal, Tasks};
 use kvstore_core::{
     Capabilities, Error, KvPair, LockOptions, Locker, ReadOptions, Result, Store, WatchStream,
     WatchTreeStream, WriteOptions, check_value_size, lock_arguments, normalize_dir, normalize_key,
 };
 use serde_json::Value;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::AbortOnDropHandle;
 
 use crate::BACKEND;
 use crate::api::{Api, Consistency, Entry, Txn, op, op_index, op_lock, op_value};
@@ -26,8 +28,108 @@ pub(crate) struct Inner {
     /// `""` or `"<prefix>/"`.
     prefix: String,
     pub(crate) cancel: CancellationToken,
-    /// Session id → renewal task, for keys written with `keep_alive`.
-    keep_alives: Mutex<HashMap<String, AbortOnDropHandle<()>>>,
+    /// Background work (session renewals, releases); `close` waits for it.
+    pub(crate) tasks: Tasks,
+    /// The `keep_alive` keys of this store.
+    registrations: Registrations,
+}
+
+/// The reserved top-level name under the store's prefix that holds the keys lock holders
+/// acquire: outside every directory a user can delete, and hidden from `list`/`watch_tree`.
+pub(crate) const LOCKS: &str = ".kvstore-locks";
+
+/// How long `close` waits for lock releases (session destroys) to be sent.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Operations per `/v1/txn` request (Consul allows 64 before 1.14, 128 since).
+const TXN_OPS: usize = 64;
+
+/// A Consul session for the lease engine: renewed with `PUT /v1/session/renew` (404: gone);
+/// released by destroying it, which with `Behavior=delete` deletes the key it holds.
+/// Source: Consul docs, "Session - HTTP API" (renew, destroy) and "Sessions" (behaviors).
+pub(crate) struct SessionLease {
+    inner: Arc<Inner>,
+    pub(crate) id: String,
+    /// The user key deleted before the destroy on `unlock` (a lock with `delete_on_unlock`).
+    delete_on_unlock: Option<String>,
+}
+
+impl fmt::Debug for SessionLease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SessionLease({})", self.id)
+    }
+}
+
+impl SessionLease {
+    pub(crate) fn new(inner: Arc<Inner>, id: String, delete_on_unlock: Option<String>) -> Self {
+        SessionLease {
+            inner,
+            id,
+            delete_on_unlock,
+        }
+    }
+}
+
+#[async_trait]
+impl Lease for SessionLease {
+    async fn renew(&self) -> Result<Renewal> {
+        Ok(if self.inner.api.renew_session(&self.id).await? {
+            Renewal::Renewed
+        } else {
+            Renewal::Gone
+        })
+    }
+
+    async fn release(&self, why: Release) -> Result<()> {
+        // The value goes first, but a failed delete never keeps the lock held.
+        let deleted = match (&self.delete_on_unlock, why) {
+            (Some(key), Release::Unlock) => match self.inner.remove(key, None).await {
+                Ok(()) | Err(Error::KeyNotFound { .. }) => Ok(()),
+                Err(err) => Err(err),
+            },
+            _ => Ok(()),
+        };
+        self.inner.api.destroy_session(&self.id).await?;
+        deleted
+    }
+}
+
+/// Writes a lost registration again on a new session: a read, then one transaction that
+/// checks the key is still absent or unchanged since the read.
+struct SessionRegistrar(Arc<Inner>);
+
+#[async_trait]
+impl Registrar for SessionRegistrar {
+    async fn register_again(
+        &self,
+        key: &str,
+        value: &Bytes,
+        ttl: Duration,
+    ) -> Result<Option<(Arc<dyn Lease>, Instant)>> {
+        let inner = &self.0;
+        let condition = match inner.read_key(key, Consistency::Consistent, None).await?.0 {
+            None => Condition::Absent,
+            Some(pair) if pair.value == *value => Condition::Index(pair.last_index),
+            Some(_) => return Ok(None),
+        };
+        let sent = Instant::now();
+        let opts = WriteOptions::default().with_ttl(ttl);
+        match inner
+            .write_with_session(key, value, condition, Some(&opts))
+            .await
+        {
+            Ok((_, Some(session))) => Ok(Some((
+                Arc::new(SessionLease::new(inner.clone(), session, None)),
+                sent,
+            ))),
+            Ok((_, None)) => Err(Error::backend(BACKEND, "a TTL write made no session")),
+            // Written by someone else between the read and the transaction.
+            Err(
+                Error::KeyExists { .. } | Error::KeyModified { .. } | Error::KeyNotFound { .. },
+            ) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
 }
 
 impl Inner {
@@ -51,20 +153,25 @@ impl Inner {
         }
     }
 
-    /// Key of the hidden entry that a lock's holder acquires: the lock's key with a trailing
-    /// `/` (a Consul "folder" key). No normalized key ends with `/`, so `list` and
-    /// `watch_tree` never show it. (A control or private-use character would be the obvious
-    /// marker, but Consul's HTTP server refuses non-printable characters in URLs, and watching
-    /// the key needs a blocking `GET` on its URL.)
+    /// Key of the hidden entry that a lock's holder acquires: `<prefix>.kvstore-locks/<key>`,
+    /// outside the lock key's own directory so that deleting the key or a directory above it
+    /// (`delete_tree`) never ends the hold. (A control or private-use character would be the
+    /// obvious marker, but Consul's HTTP server refuses non-printable characters in URLs.)
     pub(crate) fn lock_key(&self, key: &str) -> String {
-        format!("{}{key}/", self.prefix)
+        format!("{}{LOCKS}/{key}", self.prefix)
     }
 
-    /// The pair of an entry, or `None` for bookkeeping, folders (`a/`) and foreign keys.
+    /// The pair of an entry, or `None` for lock bookkeeping, folders (`a/`) and foreign keys.
     pub(crate) fn pair(&self, entry: &Entry) -> Result<Option<KvPair>> {
         let Some(key) = entry.key.strip_prefix(self.prefix.as_str()) else {
             return Ok(None);
         };
+        if key
+            .strip_prefix(LOCKS)
+            .is_some_and(|rest| rest.starts_with('/'))
+        {
+            return Ok(None);
+        }
         match normalize_key(key) {
             Ok(normalized) if normalized == key => {
                 Ok(Some(KvPair::new(key, entry.value()?, entry.modify_index)))
@@ -119,36 +226,6 @@ impl Inner {
         let exists = !pairs.is_empty()
             || (!dir.is_empty() && self.read_key(dir, consistency, None).await?.0.is_some());
         Ok((pairs, exists))
-    }
-}
-
-/// Renews a session at a third of its TTL until cancelled or the session is gone.
-pub(crate) async fn renew_session(
-    inner: Arc<Inner>,
-    session: String,
-    ttl: Duration,
-    cancel: CancellationToken,
-) -> Result<()> {
-    let period = (ttl / 3).max(Duration::from_millis(100));
-    loop {
-        tokio::select! {
-            () = cancel.cancelled() => return Ok(()),
-            () = tokio::time::sleep(period) => {}
-        }
-        match inner.api.renew_session(&session).await {
-            Ok(true) => {}
-            Ok(false) => {
-                return Err(Error::backend(
-                    BACKEND,
-                    format!("session {session} is gone"),
-                ));
-            }
-            // One failed renewal is not fatal: Consul keeps a session for TTL..2×TTL.
-            Err(err) if err.is_transient() => {
-                tracing::debug!(backend = BACKEND, error = %err, "session renewal failed; retrying");
-            }
-            Err(err) => return Err(err),
-        }
     }
 }
 
@@ -237,12 +314,14 @@ impl ConsulStore {
             Error::Timeout => Error::not_reachable(BACKEND, "the agent did not answer in time"),
             other => other,
         })?;
+        let tasks = Tasks::new();
         Ok(ConsulStore {
             inner: Arc::new(Inner {
                 api,
                 prefix,
-                cancel: CancellationToken::new(),
-                keep_alives: Mutex::default(),
+                cancel: tasks.cancel_token().clone(),
+                registrations: Registrations::new(&tasks),
+                tasks,
             }),
         })
     }
@@ -258,12 +337,36 @@ impl Inner {
         condition: Condition,
         opts: Option<&WriteOptions>,
     ) -> Result<KvPair> {
+        let sent = Instant::now();
+        let (pair, session) = self.write_with_session(key, value, condition, opts).await?;
+        match (session, opts.filter(|o| o.keep_alive).and_then(|o| o.ttl)) {
+            (Some(session), Some(ttl)) => self.registrations.insert(
+                &pair.key,
+                pair.value.clone(),
+                ttl,
+                Arc::new(SessionLease::new(self.clone(), session, None)),
+                sent,
+                Arc::new(SessionRegistrar(self.clone())),
+            ),
+            _ => self.registrations.remove(&pair.key),
+        }
+        Ok(pair)
+    }
+
+    /// [`write`](Self::write) without touching the registrations; also returns the session
+    /// that holds the key (a write with a TTL).
+    async fn write_with_session(
+        self: &Arc<Self>,
+        key: &str,
+        value: &[u8],
+        condition: Condition,
+        opts: Option<&WriteOptions>,
+    ) -> Result<(KvPair, Option<String>)> {
         let inner = self;
         let key = normalize_key(key)?;
         check_value_size(key, value, inner.api.config.max_value_size)?;
         let consul_key = inner.consul_key(key);
         let ttl = opts.and_then(|o| o.ttl);
-        let keep_alive = opts.is_some_and(|o| o.keep_alive);
         let session = match ttl {
             // Source: Consul docs, "Sessions" — a session with Behavior=delete deletes the
             // keys it holds when it is invalidated (TTL passed without renewal).
@@ -312,23 +415,7 @@ impl Inner {
             }
         };
         let index = written(&results, &consul_key)?;
-        if let (Some(session), Some(ttl), true) = (session, ttl, keep_alive) {
-            let task = tokio::spawn({
-                let (inner, cancel, session) =
-                    (inner.clone(), inner.cancel.clone(), session.clone());
-                async move {
-                    if let Err(err) = renew_session(inner, session, ttl, cancel).await {
-                        tracing::warn!(backend = BACKEND, error = %err, "keep-alive stopped");
-                    }
-                }
-            });
-            inner
-                .keep_alives
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(session, AbortOnDropHandle::new(task));
-        }
-        Ok(KvPair::new(key, value.to_vec(), index))
+        Ok((KvPair::new(key, value.to_vec(), index), session))
     }
 
     /// `delete` and `atomic_delete`: one transaction whose first operation fails for a
@@ -345,7 +432,10 @@ impl Inner {
             },
         ];
         match inner.api.txn(ops).await? {
-            Txn::Done(_) => Ok(()),
+            Txn::Done(_) => {
+                inner.registrations.remove(key);
+                Ok(())
+            }
             Txn::Failed { op: 0, .. } => Err(Error::not_found(key)),
             Txn::Failed { op: 1, .. } if expected.is_some() => {
                 Err(Error::KeyModified { key: key.into() })
@@ -419,17 +509,39 @@ impl Store for ConsulStore {
         let inner = &self.inner;
         inner.check_open()?;
         let dir = normalize_dir(dir)?;
-        if !inner.read_dir(dir, Consistency::Consistent).await?.1 {
+        let (pairs, exists) = inner.read_dir(dir, Consistency::Consistent).await?;
+        if !exists {
             return Err(Error::not_found(dir));
         }
-        let mut ops = vec![op("delete-tree", &inner.tree_prefix(dir))];
-        if !dir.is_empty() {
-            ops.push(op("delete", &inner.consul_key(dir)));
+        let ops = if dir.is_empty() {
+            // Everything but the held locks, which live in a top-level directory of their own:
+            // each top-level name goes, as a key and as a tree.
+            let names: BTreeSet<&str> = pairs
+                .iter()
+                .map(|p| p.key.split('/').next().unwrap_or(&p.key))
+                .collect();
+            names
+                .into_iter()
+                .flat_map(|name| {
+                    [
+                        op("delete", &inner.consul_key(name)),
+                        op("delete-tree", &inner.tree_prefix(name)),
+                    ]
+                })
+                .collect()
+        } else {
+            vec![
+                op("delete-tree", &inner.tree_prefix(dir)),
+                op("delete", &inner.consul_key(dir)),
+            ]
+        };
+        for chunk in ops.chunks(TXN_OPS) {
+            if let Txn::Failed { what, .. } = inner.api.txn(chunk.to_vec()).await? {
+                return Err(Error::backend(BACKEND, what));
+            }
         }
-        match inner.api.txn(ops).await? {
-            Txn::Done(_) => Ok(()),
-            Txn::Failed { what, .. } => Err(Error::backend(BACKEND, what)),
-        }
+        inner.registrations.remove_tree(dir);
+        Ok(())
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "atomic_put", key = %key))]
@@ -480,14 +592,9 @@ impl Store for ConsulStore {
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "close"))]
     async fn close(&self) -> Result<()> {
-        // Stops keep-alives (their keys expire with their sessions), ends watches, and makes
-        // held locks release.
-        self.inner.cancel.cancel();
-        self.inner
-            .keep_alives
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        // Stops registrations (their keys expire with their sessions), ends watches, and
+        // destroys held locks' sessions; waits for the destroys to be sent.
+        self.inner.tasks.close(CLOSE_TIMEOUT).await;
         Ok(())
     }
 }

@@ -12,10 +12,11 @@
 //! A failed query (agent restarting, no leader) is retried with backoff, from index 0, which
 //! is a plain read that re-syncs the state; only when that keeps failing for
 //! `watch_reconnect_timeout` does the stream yield the error and end. An index that goes
-//! backwards (a restored snapshot) also restarts from 0, as the Consul docs advise. A query
-//! sent with an index the agent has not reached yet (an agent that lost its data while the
-//! stream was not being polled) blocks for its whole wait before that shows; `watch_wait`
-//! (60 s by default) bounds that.
+//! backwards (a restored snapshot) also restarts from 0, as the Consul docs advise. A stream
+//! polled again after more than [`STALE_AFTER`] without an answer first re-reads without
+//! blocking: an agent that lost its data (a `-dev` agent restarted) while the stream was not
+//! being polled has an index below the stream's, and a blocking query with that index would
+//! wait out its whole `watch_wait` before showing the new state.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,7 +41,12 @@ struct State<T> {
     index: u64,
     last: Option<T>,
     ended: bool,
+    /// When the last answer arrived.
+    answered: tokio::time::Instant,
 }
+
+/// How long after its last answer a watch re-reads without blocking before it blocks again.
+pub(crate) const STALE_AFTER: Duration = Duration::from_secs(1);
 
 fn stream<T>(
     inner: Arc<Inner>,
@@ -57,6 +63,7 @@ where
         index,
         last: Some(state.clone()),
         ended: false,
+        answered: tokio::time::Instant::now(),
     };
     futures::stream::once(futures::future::ready(Ok(state)))
         .chain(futures::stream::unfold(
@@ -69,7 +76,8 @@ where
                         return None;
                     }
                     let wait = st.inner.api.config.watch_wait;
-                    let block = (st.index > 0).then_some((st.index, wait));
+                    let fresh = st.answered.elapsed() <= STALE_AFTER;
+                    let block = (st.index > 0 && fresh).then_some((st.index, wait));
                     let result = tokio::select! {
                         () = st.inner.cancel.cancelled() => return None,
                         result = (st.read)(st.inner.clone(), block) => result,
@@ -78,6 +86,7 @@ where
                         Ok((state, index)) => {
                             backoff = None;
                             failing_since = None;
+                            st.answered = tokio::time::Instant::now();
                             st.index = next_index(st.index, index);
                             if st.last.as_ref() == Some(&state) {
                                 continue;

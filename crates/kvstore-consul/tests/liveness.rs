@@ -1,0 +1,111 @@
+//! The liveness rule against a real Consul agent (`KVSTORE_CONSUL_URL`, controlled by
+//! ci/test.sh): a paused agent, a restarted agent under a registration, a paused holder process,
+//! and the sessions left after rewriting a registration. They pause the agent the other tests
+//! use, so they run one at a time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kvstore_consul::{ConsulConfig, ConsulStore};
+use kvstore_core::Store;
+use kvstore_testutils::{Opener, backend_url, controlled_backend_url, eventually, ok, scratch_dir};
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn opener(url: String) -> Opener {
+    Opener::new(move || {
+        let url = url.clone();
+        async move {
+            let config = ConsulConfig::from_url(&url)?;
+            Ok(Arc::new(ConsulStore::connect(config).await?) as Arc<dyn Store>)
+        }
+    })
+}
+
+/// Session TTLs are whole seconds; ci/test.sh lowers `session_ttl_min` to 1 s.
+const TTL: Duration = Duration::from_secs(2);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_agent_ends_the_hold_within_its_ttl() {
+    let Some(url) = controlled_backend_url("KVSTORE_CONSUL_URL") else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    kvstore_testutils::paused_server_loses_lock(
+        &opener(url),
+        "consul",
+        TTL,
+        Duration::from_millis(500),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_comes_back_after_an_agent_restart() {
+    let Some(url) = controlled_backend_url("KVSTORE_CONSUL_URL") else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    // A -dev agent keeps nothing across a restart: every key and session is gone.
+    kvstore_testutils::restarted_server_keeps_registration(&opener(url), "consul", TTL).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_holder_is_replaced_and_knows_it_on_resuming() {
+    let Some(url) = backend_url("KVSTORE_CONSUL_URL") else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    // Consul invalidates a session between TTL and 2×TTL after its last renewal.
+    kvstore_testutils::paused_holder_is_replaced(
+        &opener(url),
+        "a_paused_holder_is_replaced_and_knows_it_on_resuming",
+        TTL,
+        TTL * 2 + Duration::from_secs(3),
+    )
+    .await;
+}
+
+async fn sessions(http: &reqwest::Client, base: &str) -> usize {
+    let list: Vec<serde_json::Value> = http
+        .get(format!("{base}/v1/session/list"))
+        .send()
+        .await
+        .expect("session list")
+        .json()
+        .await
+        .expect("session list JSON");
+    list.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewriting_a_registration_leaves_one_session() {
+    let Some(url) = backend_url("KVSTORE_CONSUL_URL") else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let config = ConsulConfig::from_url(&url).unwrap();
+    let base = config.address.as_str().trim_end_matches('/').to_owned();
+    let http = reqwest::Client::new();
+    let before = sessions(&http, &base).await;
+    let store = ok(ConsulStore::connect(config).await, "connect");
+    let key = format!("{}/svc", scratch_dir("rewrites"));
+    kvstore_testutils::rewrite_registration(&store, &key, 1000, Duration::from_secs(30)).await;
+    // Replaced sessions are destroyed in the background; wait (bounded) for them to go.
+    let settled = eventually(Duration::from_secs(20), || async {
+        sessions(&http, &base).await <= before + 1
+    })
+    .await;
+    assert!(
+        settled,
+        "1,000 rewrites must leave one session, not {}",
+        sessions(&http, &base).await - before
+    );
+    ok(store.delete(&key).await, "delete");
+    let gone = eventually(Duration::from_secs(10), || async {
+        sessions(&http, &base).await <= before
+    })
+    .await;
+    assert!(gone, "deleting the key must end its session");
+    ok(store.close().await, "close");
+}
