@@ -9,17 +9,22 @@
 //! strictly greater for every later waiter, hence for every later holder.
 //!
 //! Closing the lock's session deletes its waiter at once, which is how a dropped `lock()`
-//! future, a dropped `Locker` and a closed store release; a process that dies holding the lock
-//! loses it when its session expires, within the (negotiated) TTL.
+//! future releases; a process that dies holding the lock loses it when its session expires,
+//! within the (negotiated) TTL.
+//!
+//! Once held, the hold is kept by the lease engine of `kvstore_core::backend`: a renewal is a
+//! `exists` of the waiter on the lock's session (any request renews a ZooKeeper session; a
+//! missing waiter or an ended session is a lost hold), under the loss rule with the shorter of
+//! the lock's TTL and the session timeout the server granted.
 
 use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use futures::channel::oneshot;
-use kvstore_core::{Error, LockLost, LockLostSignal, LockOptions, Locker, Result};
-use tokio_util::task::AbortOnDropHandle;
-use zookeeper_client::{self as zk, Client, CreateMode, EventType, SessionState};
+use kvstore_core::backend::{HeldLease, Lease, Release, Renewal};
+use kvstore_core::{Error, LockLost, LockOptions, Locker, Result};
+use tokio::time::Instant;
+use zookeeper_client::{self as zk, Client, CreateMode, SessionState};
 
 use crate::BACKEND;
 use crate::error::from_zk;
@@ -30,13 +35,67 @@ use crate::store::{Condition, Inner, delete_lock_value};
 /// Prefix of waiter names; the server appends a 10-digit sequence number.
 const WAITER: &str = "lock-";
 
-type Release = oneshot::Sender<Result<()>>;
+/// A held lock's session and waiter, for the lease engine. The session closes when the last
+/// clone of this lease is dropped (after the release).
+struct WaiterLease {
+    inner: Arc<Inner>,
+    client: Client,
+    node: String,
+    key: String,
+    delete_on_unlock: bool,
+}
 
-struct Held {
-    token: u64,
-    lost: LockLost,
-    release: Option<oneshot::Sender<Release>>,
-    _monitor: AbortOnDropHandle<()>,
+impl fmt::Debug for WaiterLease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WaiterLease")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A failed renewal on a session that is not over (disconnected, reconnecting) is transient,
+/// whatever the client calls it (it reports a connection that stopped answering as a
+/// `Custom` error): the engine retries it until the loss deadline.
+pub(crate) fn renewal_error(client: &Client, err: zk::Error) -> Error {
+    match client.state() {
+        SessionState::Expired | SessionState::Closed | SessionState::AuthFailed => from_zk(err),
+        _ => match from_zk(err) {
+            Error::Backend { source, .. } => Error::not_reachable(BACKEND, source),
+            other => other,
+        },
+    }
+}
+
+#[async_trait]
+impl Lease for WaiterLease {
+    async fn renew(&self) -> Result<Renewal> {
+        if matches!(
+            self.client.state(),
+            SessionState::Expired | SessionState::Closed | SessionState::AuthFailed
+        ) {
+            return Ok(Renewal::Gone);
+        }
+        match self.client.check_stat(&self.node).await {
+            Ok(Some(_)) => Ok(Renewal::Renewed),
+            Ok(None) | Err(zk::Error::SessionExpired | zk::Error::ClientClosed) => {
+                Ok(Renewal::Gone)
+            }
+            Err(err) => Err(renewal_error(&self.client, err)),
+        }
+    }
+
+    async fn release(&self, why: Release) -> Result<()> {
+        // The value goes first, but a failed delete never keeps the lock held.
+        let deleted = if why == Release::Unlock && self.delete_on_unlock {
+            delete_lock_value(&self.inner, &self.key).await
+        } else {
+            Ok(())
+        };
+        match self.client.delete(&self.node, None).await {
+            Ok(()) | Err(zk::Error::NoNode | zk::Error::SessionExpired) => deleted,
+            Err(err) => Err(from_zk(err)),
+        }
+    }
 }
 
 /// A lock on a key of a [`ZkStore`](crate::ZkStore).
@@ -44,7 +103,7 @@ pub struct ZkLocker {
     inner: Arc<Inner>,
     key: String,
     opts: LockOptions,
-    held: Option<Held>,
+    held: Option<HeldLease>,
 }
 
 impl fmt::Debug for ZkLocker {
@@ -110,12 +169,14 @@ impl ZkLocker {
         }
     }
 
-    /// Waits until `me` is the first waiter in `dir`.
-    async fn wait_turn(&self, client: &Client, dir: &str, me: &str) -> Result<()> {
+    /// Waits until `me` is the first waiter in `dir`; returns when the read that found it
+    /// first was sent (the start of the loss rule's clock).
+    async fn wait_turn(&self, client: &Client, dir: &str, me: &str) -> Result<Instant> {
         let my_name = me.rsplit('/').next().unwrap_or(me);
         let my_seq = sequence(my_name).ok_or_else(|| self.cannot_lock("bad waiter name"))?;
         let mut states = client.state_watcher();
         loop {
+            let sent = Instant::now();
             let children = timed(self.inner.timeout(), client.list_children(dir))
                 .await
                 .map_err(from_zk)?;
@@ -128,7 +189,7 @@ impl ZkLocker {
                 return Err(self.cannot_lock("the waiter was deleted while waiting"));
             }
             let Some((_, pred)) = waiters.iter().rev().find(|(s, _)| *s < my_seq) else {
-                return Ok(());
+                return Ok(sent);
             };
             let pred = format!("{dir}/{pred}");
             let (stat, watcher) = timed(self.inner.timeout(), client.check_and_watch_stat(&pred))
@@ -155,106 +216,24 @@ impl ZkLocker {
     }
 }
 
-/// How a held lock's watch ends.
-enum End {
-    /// Release the lock (unlock, with a reply channel, or the store closed).
-    Release(Option<Release>),
-    /// The lock is lost.
-    Lost,
-}
-
-/// Watches a held lock: fires `signal` when the waiter is deleted, the session ends, or the
-/// connection stays lost for the session timeout; releases on request or when the store
-/// closes. The lock's session closes when this task ends (it owns the only client).
-async fn monitor(
-    inner: Arc<Inner>,
-    client: Client,
-    node: String,
-    signal: LockLostSignal,
-    mut release: oneshot::Receiver<Release>,
-) {
-    let mut states = client.state_watcher();
-    let session_timeout = client.session_timeout();
-    let mut disconnected_at: Option<tokio::time::Instant> = None;
-    let end = 'arm: loop {
-        let watch = match timed(inner.timeout(), client.check_and_watch_stat(&node)).await {
-            Ok((Some(_), watcher)) => Some(watcher),
-            Ok((None, _)) => break End::Lost,
-            // Disconnected: the state watcher says when the connection is back.
-            Err(_) => None,
-        };
-        let event = async {
-            match watch {
-                Some(watcher) => watcher.changed().await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::pin!(event);
-        loop {
-            let deadline = async {
-                match disconnected_at {
-                    Some(at) => tokio::time::sleep_until(at + session_timeout).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                () = inner.cancel.cancelled() => break 'arm End::Release(None),
-                reply = &mut release => break 'arm End::Release(reply.ok()),
-                event = &mut event => {
-                    if event.event_type == EventType::NodeDeleted {
-                        break 'arm End::Lost;
-                    }
-                    continue 'arm;
-                }
-                () = deadline => {
-                    tracing::warn!(backend = BACKEND, node = %node, "connection lost for the session timeout; the lock counts as lost");
-                    break 'arm End::Lost;
-                }
-                state = states.changed() => match state {
-                    SessionState::Disconnected => {
-                        disconnected_at.get_or_insert_with(tokio::time::Instant::now);
-                    }
-                    SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
-                        disconnected_at = None;
-                        continue 'arm;
-                    }
-                    _ => break 'arm End::Lost,
-                },
-            }
-        }
-    };
-    if let End::Release(reply) = end {
-        let result = match timed(inner.timeout(), client.delete(&node, None)).await {
-            Ok(()) | Err(zk::Error::NoNode) => Ok(()),
-            Err(err) => Err(from_zk(err)),
-        };
-        signal.fire();
-        if let Some(reply) = reply {
-            let _ = reply.send(result);
-        }
-    } else {
-        signal.fire();
-    }
-}
-
 #[async_trait]
 impl Locker for ZkLocker {
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "lock", key = %self.key))]
     async fn lock(&mut self) -> Result<LockLost> {
         if let Some(held) = &self.held
-            && !held.lost.is_lost()
+            && held.token().is_some()
         {
-            return Ok(held.lost.clone());
+            return Ok(held.lost());
         }
         self.held = None;
         self.inner.check_open()?;
         let dir = self.inner.lock_dir(&self.key);
-        let (client, node, token) = loop {
+        let (client, node, token, sent) = loop {
             // Dropping this future drops the session, and with it the waiter.
             let client = connect(&self.inner.config, self.opts.ttl).await?;
             let (node, token) = self.enqueue(&client, &dir).await?;
             match self.wait_turn(&client, &dir, &node).await {
-                Ok(()) => break (client, node, token),
+                Ok(sent) => break (client, node, token, sent),
                 // The session expired while waiting (the server was away for longer than
                 // the TTL): queue again on a new one.
                 Err(Error::CannotLock { .. })
@@ -271,42 +250,31 @@ impl Locker for ZkLocker {
                 .write_on(&client, &self.key, value, Condition::None, None)
                 .await?;
         }
-        let (signal, lost) = LockLost::new();
-        let (release, requests) = oneshot::channel();
-        let task = tokio::spawn(monitor(self.inner.clone(), client, node, signal, requests));
-        self.held = Some(Held {
-            token,
-            lost: lost.clone(),
-            release: Some(release),
-            _monitor: AbortOnDropHandle::new(task),
+        // The server may have granted a shorter session than asked for: the hold lasts only
+        // as long as the shorter of the two.
+        let ttl = self.opts.ttl.min(client.session_timeout());
+        let lease = Arc::new(WaiterLease {
+            inner: self.inner.clone(),
+            client,
+            node,
+            key: self.key.clone(),
+            delete_on_unlock: self.opts.delete_on_unlock,
         });
+        let held = HeldLease::start(lease, ttl, sent, token, &self.inner.tasks);
+        let lost = held.lost();
+        self.held = Some(held);
         Ok(lost)
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "unlock", key = %self.key))]
     async fn unlock(&mut self) -> Result<()> {
-        let Some(mut held) = self.held.take() else {
-            return Ok(());
-        };
-        if held.lost.is_lost() {
-            return Ok(());
+        match self.held.take() {
+            Some(held) => held.release(Release::Unlock).await,
+            None => Ok(()),
         }
-        if self.opts.delete_on_unlock {
-            delete_lock_value(&self.inner, &self.key).await?;
-        }
-        let (reply, result) = oneshot::channel();
-        if let Some(release) = held.release.take()
-            && release.send(reply).is_ok()
-        {
-            return result.await.unwrap_or(Ok(()));
-        }
-        Ok(())
     }
 
     fn fencing_token(&self) -> Option<u64> {
-        self.held
-            .as_ref()
-            .filter(|h| !h.lost.is_lost())
-            .map(|h| h.token)
+        self.held.as_ref().and_then(HeldLease::token)
     }
 }

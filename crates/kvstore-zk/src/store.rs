@@ -1,15 +1,17 @@
 //! The [`Store`] implementation: keys as znodes, hidden parents, TTL nodes and pins.
 
-use std::collections::HashSet;
 use std::fmt;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
+use kvstore_core::backend::{Lease, Registrar, Registrations, Release, Renewal, Tasks};
 use kvstore_core::{
     Capabilities, Error, KvPair, LockOptions, Locker, ReadOptions, Result, Store, WatchStream,
     WatchTreeStream, WriteOptions, check_value_size, lock_arguments, normalize_dir, normalize_key,
 };
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use zookeeper_client::{self as zk, Client, CreateMode, MultiWriteResult, Stat};
 
@@ -22,6 +24,9 @@ use crate::node::{
 };
 use crate::session::{connect, create_options, timed, usable};
 use crate::watch::{watch_key, watch_tree};
+
+/// How long `close` waits for lock releases to be sent.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How many times a write retries when a concurrent writer changes the znode between its
 /// steps (a parent reaped, a node created or deleted in between).
@@ -57,8 +62,79 @@ fn ttl_millis(ttl: Duration) -> Duration {
         .max(Duration::from_millis(1))
 }
 
-/// Znode paths of keys written with `keep_alive`, re-pinned when the session is replaced.
-type KeepAlives = HashSet<String>;
+/// A `keep_alive` key's lease: its ephemeral pin in the store's session, which keeps the TTL
+/// znode from expiring. It renews (any request renews a ZooKeeper session) while the pin
+/// exists; a pin gone with an expired session is a lost lease, and the registration set then
+/// writes the key again with a pin in the store's new session.
+struct PinLease {
+    inner: Arc<Inner>,
+    key: String,
+}
+
+impl fmt::Debug for PinLease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PinLease").field("key", &self.key).finish()
+    }
+}
+
+#[async_trait]
+impl Lease for PinLease {
+    async fn renew(&self) -> Result<Renewal> {
+        let client = self.inner.client().await?;
+        let pin = format!("{}/{PIN}", self.inner.path(&self.key));
+        match client.check_stat(&pin).await {
+            Ok(Some(_)) => Ok(Renewal::Renewed),
+            Ok(None) => Ok(Renewal::Gone),
+            Err(err) => Err(crate::lock::renewal_error(&client, err)),
+        }
+    }
+
+    /// Nothing to give back: the pin belongs to the store's session, and a write that replaced
+    /// the registration has already settled it.
+    async fn release(&self, _why: Release) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Writes a lost registration again: a read, then a write with a new pin that checks the key
+/// is still absent or unchanged since the read.
+struct PinRegistrar(Arc<Inner>);
+
+#[async_trait]
+impl Registrar for PinRegistrar {
+    async fn register_again(
+        &self,
+        key: &str,
+        value: &Bytes,
+        ttl: Duration,
+    ) -> Result<Option<(Arc<dyn kvstore_core::backend::Lease>, Instant)>> {
+        let inner = &self.0;
+        let client = inner.client().await?;
+        let condition = match inner.read_key(&client, key, true).await? {
+            None => Condition::Absent,
+            Some(pair) if pair.value == *value => Condition::Index(pair.last_index),
+            Some(_) => return Ok(None),
+        };
+        let sent = Instant::now();
+        let opts = WriteOptions::default().with_ttl(ttl).with_keep_alive(true);
+        match inner
+            .write_on(&client, key, value, condition, Some(&opts))
+            .await
+        {
+            Ok(_) => Ok(Some((
+                Arc::new(PinLease {
+                    inner: inner.clone(),
+                    key: key.to_owned(),
+                }) as Arc<dyn kvstore_core::backend::Lease>,
+                sent,
+            ))),
+            Err(
+                Error::KeyExists { .. } | Error::KeyModified { .. } | Error::KeyNotFound { .. },
+            ) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+}
 
 /// Connection state shared by the store, its watches and its locks.
 pub(crate) struct Inner {
@@ -68,8 +144,11 @@ pub(crate) struct Inner {
     /// The current session; `None` once closed.
     session: RwLock<Option<Arc<Client>>>,
     reconnecting: tokio::sync::Mutex<()>,
-    keep_alives: Mutex<KeepAlives>,
     pub(crate) cancel: CancellationToken,
+    /// The `keep_alive` keys of this store.
+    registrations: Registrations,
+    /// Background work (lock renewals, releases); `close` waits for it.
+    pub(crate) tasks: Tasks,
     /// Whether the server creates TTL nodes (`zookeeper.extendedTypesEnabled=true`), probed at
     /// connect by [`probe_ttl_nodes`].
     ttl_nodes: bool,
@@ -104,7 +183,6 @@ impl Inner {
             }
             *session = Some(fresh.clone());
         }
-        self.repin(&fresh).await;
         Ok(fresh)
     }
 
@@ -125,40 +203,6 @@ impl Inner {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        self.keep_alives
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
-    }
-
-    /// Re-creates the ephemeral pins of `keep_alive` keys on a new session. A key that is
-    /// gone by now stays gone.
-    async fn repin(&self, client: &Client) {
-        let keys: Vec<String> = self
-            .keep_alives
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .cloned()
-            .collect();
-        for path in keys {
-            let pin = format!("{path}/{PIN}");
-            let opts = create_options(CreateMode::Ephemeral, self.config.acl);
-            match timed(self.timeout(), client.create(&pin, MARKER, &opts)).await {
-                Ok(_) | Err(zk::Error::NodeExists) => {}
-                Err(err) => {
-                    tracing::warn!(backend = BACKEND, path = %path, error = %err, "could not re-pin a keep_alive key");
-                    self.forget_keep_alive(&path);
-                }
-            }
-        }
-    }
-
-    fn forget_keep_alive(&self, path: &str) {
-        self.keep_alives
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(path);
     }
 
     pub(crate) fn timeout(&self) -> Duration {
@@ -464,7 +508,7 @@ impl Inner {
     /// Writes `value` at `key` under `condition` on the store's session; the heart of `put`
     /// and `atomic_put`.
     async fn write(
-        &self,
+        self: &Arc<Self>,
         key: &str,
         value: &[u8],
         condition: Condition,
@@ -472,7 +516,22 @@ impl Inner {
     ) -> Result<KvPair> {
         self.check_open()?;
         let client = self.client().await?;
-        self.write_on(&client, key, value, condition, opts).await
+        let sent = Instant::now();
+        let pair = self.write_on(&client, key, value, condition, opts).await?;
+        if let Mode::KeepAlive(ttl) = Mode::of(opts) {
+            self.registrations.insert(
+                &pair.key,
+                pair.value.clone(),
+                ttl,
+                Arc::new(PinLease {
+                    inner: self.clone(),
+                    key: pair.key.clone(),
+                }),
+                sent,
+                Arc::new(PinRegistrar(self.clone())),
+            );
+        }
+        Ok(pair)
     }
 
     /// [`write`](Self::write) on a given session (a lock writes its value on its own, so the
@@ -552,12 +611,10 @@ impl Inner {
             };
             match outcome {
                 Ok(stat) => {
-                    let mut keep_alives =
-                        self.keep_alives.lock().unwrap_or_else(|e| e.into_inner());
-                    match mode {
-                        Mode::KeepAlive(_) => keep_alives.insert(path),
-                        _ => keep_alives.remove(&path),
-                    };
+                    // A write without keep_alive (a lock's value too) ends a registration.
+                    if !matches!(mode, Mode::KeepAlive(_)) {
+                        self.registrations.remove(key);
+                    }
                     return Ok(KvPair::new(key, value.to_vec(), index(&stat)));
                 }
                 // A concurrent writer changed the znode between two steps: start over.
@@ -620,7 +677,7 @@ impl Inner {
             }
             match self.remove_node(&client, &path, &stat).await {
                 Ok(()) => {
-                    self.forget_keep_alive(&path);
+                    self.registrations.remove(key);
                     return Ok(());
                 }
                 Err(zk::Error::BadVersion) if expected.is_some() => {
@@ -714,14 +771,16 @@ impl ZkStore {
             format!("/{}", config.root)
         };
         let ttl_nodes = probe_ttl_nodes(&client, &root, &config).await?;
+        let tasks = Tasks::new();
         Ok(ZkStore {
             inner: Arc::new(Inner {
                 config,
                 root,
                 session: RwLock::new(Some(Arc::new(client))),
                 reconnecting: tokio::sync::Mutex::new(()),
-                keep_alives: Mutex::default(),
-                cancel: CancellationToken::new(),
+                registrations: Registrations::new(&tasks),
+                cancel: tasks.cancel_token().clone(),
+                tasks,
                 ttl_nodes,
             }),
         })
@@ -844,11 +903,7 @@ impl Store for ZkStore {
         let dir = normalize_dir(dir)?;
         let client = self.inner.client().await?;
         let deleted = crate::tree::delete_tree(&self.inner, &client, dir).await?;
-        self.inner
-            .keep_alives
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|path| !deleted.contains(path));
+        self.inner.registrations.remove_tree(dir);
         if deleted.is_empty() {
             return Err(Error::not_found(dir));
         }
@@ -902,8 +957,10 @@ impl Store for ZkStore {
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "close"))]
     async fn close(&self) -> Result<()> {
         // Closing the session deletes this store's ephemeral pins at once; their TTL znodes
-        // are then reaped once their TTL has passed since their last write.
+        // are then reaped once their TTL has passed since their last write. Held locks delete
+        // their waiters; `close` waits for that.
         self.inner.shut();
+        self.inner.tasks.close(CLOSE_TIMEOUT).await;
         Ok(())
     }
 }

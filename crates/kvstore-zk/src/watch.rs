@@ -41,6 +41,7 @@ struct State<T> {
 }
 
 /// What to do after an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Next {
     Read,
     Wait,
@@ -123,8 +124,13 @@ where
                     event = watcher.changed() => event,
                 };
                 let mut next = classify(&event, st.mode);
-                // Coalesce what is already queued.
-                while let Some(event) = watcher.changed().now_or_never() {
+                // Coalesce what is already queued. After a terminal session event (`Register`)
+                // the watcher must not be asked again: zookeeper-client panics on that (its
+                // `PersistentWatcher::changed` docs, "Panics").
+                while next != Next::Register {
+                    let Some(event) = watcher.changed().now_or_never() else {
+                        break;
+                    };
                     next = match (next, classify(&event, st.mode)) {
                         (Next::Register, _) | (_, Next::Register) => Next::Register,
                         (Next::Read, _) | (_, Next::Read) => Next::Read,
