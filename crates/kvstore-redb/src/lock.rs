@@ -1,23 +1,61 @@
-//! In-process locks persisted in the `kvstore_locks` table, renewed in the background.
+//! In-process locks persisted in the `kvstore_locks` table, held and renewed by the lease
+//! engine of `kvstore_core::backend` (the lease is the lock's deadline in the file).
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use kvstore_core::{Error, LockLost, LockLostSignal, LockOptions, Locker, Result};
+use kvstore_core::backend::{HeldLease, Lease, Release, Renewal, Tasks};
+use kvstore_core::{Error, LockLost, LockOptions, Locker, Result};
 use tokio::sync::broadcast::error::RecvError;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::AbortOnDropHandle;
+use tokio::time::Instant;
 
 use crate::store::{Acquire, Change, Shared, now_ms};
 
-/// The hold of a lock: its token, the signal its holder sees, and the task renewing it.
-struct Held {
+/// A held lock for the lease engine: renewal pushes its deadline in the file forward while it
+/// is still this holder's; release removes it (and its value, on `unlock` with
+/// `delete_on_unlock`) in one transaction.
+struct LockLease {
+    shared: Arc<Shared>,
+    key: String,
+    owner: u64,
     token: u64,
-    lost: LockLost,
-    signal: LockLostSignal,
-    _renewal: AbortOnDropHandle<()>,
+    ttl: Duration,
+    delete_on_unlock: bool,
+}
+
+impl fmt::Debug for LockLease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockLease")
+            .field("key", &self.key)
+            .field("token", &self.token)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl Lease for LockLease {
+    async fn renew(&self) -> Result<Renewal> {
+        let (key, owner, token, ttl) = (self.key.clone(), self.owner, self.token, self.ttl);
+        let renewed = self
+            .shared
+            .blocking(move |s| s.renew_lock(&key, owner, token, ttl))
+            .await?;
+        Ok(if renewed {
+            Renewal::Renewed
+        } else {
+            Renewal::Gone
+        })
+    }
+
+    async fn release(&self, why: Release) -> Result<()> {
+        let delete = why == Release::Unlock && self.delete_on_unlock;
+        let (key, owner, token) = (self.key.clone(), self.owner, self.token);
+        self.shared
+            .blocking(move |s| s.release_lock(&key, owner, token, delete))
+            .await
+    }
 }
 
 /// A lock on a key of a [`RedbStore`](crate::RedbStore).
@@ -26,11 +64,11 @@ struct Held {
 /// holder's TTL deadline passes. The fencing token is the store revision at acquisition.
 pub struct RedbLocker {
     shared: Arc<Shared>,
-    cancel: CancellationToken,
+    tasks: Tasks,
     key: String,
     opts: LockOptions,
     owner: u64,
-    held: Option<Held>,
+    held: Option<HeldLease>,
 }
 
 impl fmt::Debug for RedbLocker {
@@ -44,15 +82,10 @@ impl fmt::Debug for RedbLocker {
 }
 
 impl RedbLocker {
-    pub(crate) fn new(
-        shared: Arc<Shared>,
-        cancel: CancellationToken,
-        key: String,
-        opts: LockOptions,
-    ) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>, tasks: Tasks, key: String, opts: LockOptions) -> Self {
         RedbLocker {
             shared,
-            cancel,
+            tasks,
             key,
             opts,
             owner: rand::random(),
@@ -137,84 +170,38 @@ impl Drop for AbandonGuard {
     }
 }
 
-/// Renews the hold at a third of the TTL; releases it when the handle is closed; fires the
-/// `LockLost` signal (by dropping it) when the hold ends for any reason.
-async fn renew(
-    shared: Arc<Shared>,
-    cancel: CancellationToken,
-    key: String,
-    owner: u64,
-    token: u64,
-    ttl: Duration,
-    signal: LockLostSignal,
-) {
-    let period = (ttl / 3).max(Duration::from_millis(10));
-    loop {
-        tokio::select! {
-            () = cancel.cancelled() => {
-                let k = key.clone();
-                if let Err(err) = shared.blocking(move |s| s.release_lock(&k, owner, token, false)).await {
-                    tracing::warn!(key, error = %err, "releasing lock on close failed; it expires with its TTL");
-                }
-                break;
-            }
-            () = tokio::time::sleep(period) => {}
-        }
-        let k = key.clone();
-        match shared
-            .blocking(move |s| s.renew_lock(&k, owner, token, ttl))
-            .await
-        {
-            Ok(true) => {}
-            Ok(false) => {
-                tracing::debug!(key, "lock lost: no longer the holder");
-                break;
-            }
-            Err(err) => {
-                tracing::warn!(key, error = %err, "lock renewal failed; lock lost");
-                break;
-            }
-        }
-    }
-    signal.fire();
-}
-
 #[async_trait]
 impl Locker for RedbLocker {
     #[tracing::instrument(level = "debug", skip_all, fields(backend = self.shared.backend, op = "lock", key = %self.key))]
     async fn lock(&mut self) -> Result<LockLost> {
         if let Some(held) = &self.held
-            && !held.lost.is_lost()
+            && held.token().is_some()
         {
-            return Ok(held.lost.clone());
+            return Ok(held.lost());
         }
         self.held = None;
         loop {
-            if self.cancel.is_cancelled() {
+            if self.tasks.is_closed() {
                 return Err(Error::Closed {
                     backend: self.shared.backend,
                 });
             }
             // Subscribe before trying, so a release between the attempt and the wait is seen.
             let mut changes = self.shared.subscribe();
+            let sent = Instant::now();
             match self.attempt().await? {
                 Acquire::Acquired(token) => {
-                    let (signal, lost) = LockLost::new();
-                    let renewal = tokio::spawn(renew(
-                        self.shared.clone(),
-                        self.cancel.clone(),
-                        self.key.clone(),
-                        self.owner,
+                    let lease = Arc::new(LockLease {
+                        shared: self.shared.clone(),
+                        key: self.key.clone(),
+                        owner: self.owner,
                         token,
-                        self.opts.ttl,
-                        signal.clone(),
-                    ));
-                    self.held = Some(Held {
-                        token,
-                        lost: lost.clone(),
-                        signal,
-                        _renewal: AbortOnDropHandle::new(renewal),
+                        ttl: self.opts.ttl,
+                        delete_on_unlock: self.opts.delete_on_unlock,
                     });
+                    let held = HeldLease::start(lease, self.opts.ttl, sent, token, &self.tasks);
+                    let lost = held.lost();
+                    self.held = Some(held);
                     return Ok(lost);
                 }
                 Acquire::Held(expires_at) => {
@@ -229,7 +216,7 @@ impl Locker for RedbLocker {
                         }
                     };
                     tokio::select! {
-                        () = self.cancel.cancelled() => return Err(Error::Closed { backend: self.shared.backend }),
+                        () = self.tasks.cancel_token().cancelled() => return Err(Error::Closed { backend: self.shared.backend }),
                         () = tokio::time::sleep(until) => {}
                         () = released => {}
                     }
@@ -240,26 +227,13 @@ impl Locker for RedbLocker {
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = self.shared.backend, op = "unlock", key = %self.key))]
     async fn unlock(&mut self) -> Result<()> {
-        let Some(held) = self.held.take() else {
-            return Ok(());
-        };
-        let (key, owner, token, delete) = (
-            self.key.clone(),
-            self.owner,
-            held.token,
-            self.opts.delete_on_unlock,
-        );
-        held.signal.fire();
-        drop(held);
-        self.shared
-            .blocking(move |s| s.release_lock(&key, owner, token, delete))
-            .await
+        match self.held.take() {
+            Some(held) => held.release(Release::Unlock).await,
+            None => Ok(()),
+        }
     }
 
     fn fencing_token(&self) -> Option<u64> {
-        self.held
-            .as_ref()
-            .filter(|h| !h.lost.is_lost())
-            .map(|h| h.token)
+        self.held.as_ref().and_then(HeldLease::token)
     }
 }

@@ -1,13 +1,14 @@
 //! The [`Store`] implementation: redb transactions on the blocking pool, in-process watches,
 //! TTL expiry and keep-alive.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable};
+use bytes::Bytes;
+use kvstore_core::backend::{Lease, Registrar, Registrations, Release, Renewal, Tasks};
 use kvstore_core::{
     Capabilities, Error, KvPair, LockOptions, Locker, ReadOptions, Result, Store, WatchStream,
     WatchTreeStream, WriteOptions, check_value_size, is_descendant, lock_arguments, normalize_dir,
@@ -15,6 +16,7 @@ use kvstore_core::{
 };
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{Notify, broadcast};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
@@ -96,7 +98,8 @@ pub(crate) enum Acquire {
 
 /// The database and everything shared by all handles on it.
 pub(crate) struct Shared {
-    db: Database,
+    /// `None` only while dropping: the close (an fsync for a file) runs on the blocking pool.
+    db: Option<Database>,
     pub(crate) backend: &'static str,
     max_value_size: usize,
     changes: broadcast::Sender<Change>,
@@ -144,6 +147,12 @@ fn descendant_range(dir: &str) -> (String, String) {
 }
 
 impl Shared {
+    fn db(&self) -> &Database {
+        self.db
+            .as_ref()
+            .expect("the database is open until `Shared` is dropped")
+    }
+
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<Change> {
         self.changes.subscribe()
     }
@@ -166,7 +175,7 @@ impl Shared {
     }
 
     fn create_tables(&self) -> Result<()> {
-        let txn = self.db.begin_write().map_err(from_redb)?;
+        let txn = self.db().begin_write().map_err(from_redb)?;
         txn.open_table(KV).map_err(from_redb)?;
         txn.open_table(EXPIRY).map_err(from_redb)?;
         txn.open_table(LOCKS).map_err(from_redb)?;
@@ -175,7 +184,7 @@ impl Shared {
     }
 
     pub(crate) fn read_key(&self, key: &str) -> Result<Option<KvPair>> {
-        let txn = self.db.begin_read().map_err(from_redb)?;
+        let txn = self.db().begin_read().map_err(from_redb)?;
         let kv = txn.open_table(KV).map_err(from_redb)?;
         let now = now_ms();
         Ok(kv.get(key).map_err(from_redb)?.and_then(|entry| {
@@ -186,7 +195,7 @@ impl Shared {
 
     /// `None` when neither `dir` nor any descendant exists.
     pub(crate) fn read_tree(&self, dir: &str) -> Result<Option<Vec<KvPair>>> {
-        let txn = self.db.begin_read().map_err(from_redb)?;
+        let txn = self.db().begin_read().map_err(from_redb)?;
         let kv = txn.open_table(KV).map_err(from_redb)?;
         let now = now_ms();
         let range = if dir.is_empty() {
@@ -218,7 +227,7 @@ impl Shared {
         ttl: Option<Duration>,
         expect: Expect,
     ) -> Result<KvPair> {
-        let txn = self.db.begin_write().map_err(from_redb)?;
+        let txn = self.db().begin_write().map_err(from_redb)?;
         let pair = {
             let mut kv = txn.open_table(KV).map_err(from_redb)?;
             let mut expiry = txn.open_table(EXPIRY).map_err(from_redb)?;
@@ -258,7 +267,7 @@ impl Shared {
     }
 
     fn remove(&self, key: &str, expect: Expect) -> Result<()> {
-        let txn = self.db.begin_write().map_err(from_redb)?;
+        let txn = self.db().begin_write().map_err(from_redb)?;
         {
             let mut kv = txn.open_table(KV).map_err(from_redb)?;
             let mut expiry = txn.open_table(EXPIRY).map_err(from_redb)?;
@@ -286,7 +295,7 @@ impl Shared {
     }
 
     fn remove_tree(&self, dir: &str) -> Result<()> {
-        let txn = self.db.begin_write().map_err(from_redb)?;
+        let txn = self.db().begin_write().map_err(from_redb)?;
         {
             let mut kv = txn.open_table(KV).map_err(from_redb)?;
             let mut expiry = txn.open_table(EXPIRY).map_err(from_redb)?;
@@ -332,7 +341,7 @@ impl Shared {
     /// Deletes every key whose TTL has run out; returns the next expiry time, if any.
     fn reap(&self) -> Result<Option<u64>> {
         let now = now_ms();
-        let txn = self.db.begin_write().map_err(from_redb)?;
+        let txn = self.db().begin_write().map_err(from_redb)?;
         let (expired, next) = {
             let mut kv = txn.open_table(KV).map_err(from_redb)?;
             let mut expiry = txn.open_table(EXPIRY).map_err(from_redb)?;
@@ -379,40 +388,32 @@ impl Shared {
         Ok(next)
     }
 
-    /// Pushes the expiry of each kept-alive key to now + its TTL. Returns the keys that are no
-    /// longer ours to renew (rewritten, deleted or already expired).
-    fn renew_keys(&self, keys: &[(String, KeepAlive)]) -> Result<Vec<String>> {
-        let txn = self.db.begin_write().map_err(from_redb)?;
-        let mut dropped = Vec::new();
+    /// Pushes the expiry of a kept-alive key to now + `ttl`; `false` when the key is no
+    /// longer the write that registered it (rewritten, deleted or expired).
+    fn renew_key(&self, key: &str, index: u64, ttl: Duration) -> Result<bool> {
+        let txn = self.db().begin_write().map_err(from_redb)?;
         {
             let mut kv = txn.open_table(KV).map_err(from_redb)?;
             let mut expiry = txn.open_table(EXPIRY).map_err(from_redb)?;
-            let now = now_ms();
-            for (key, keep) in keys {
-                let current = kv.get(key.as_str()).map_err(from_redb)?.map(|e| {
-                    let (index, expires_at, value) = e.value();
-                    (index, expires_at, value.to_vec())
-                });
-                match current {
-                    Some((index, expires_at, value))
-                        if index == keep.index && is_live(expires_at, now) =>
-                    {
-                        let renewed = deadline_ms(keep.ttl);
-                        expiry
-                            .remove((expires_at, key.as_str()))
-                            .map_err(from_redb)?;
-                        expiry
-                            .insert((renewed, key.as_str()), ())
-                            .map_err(from_redb)?;
-                        kv.insert(key.as_str(), (index, renewed, value.as_slice()))
-                            .map_err(from_redb)?;
-                    }
-                    _ => dropped.push(key.clone()),
+            let current = kv.get(key).map_err(from_redb)?.map(|e| {
+                let (index, expires_at, value) = e.value();
+                (index, expires_at, value.to_vec())
+            });
+            match current {
+                Some((have, expires_at, value))
+                    if have == index && is_live(expires_at, now_ms()) =>
+                {
+                    let renewed = deadline_ms(ttl);
+                    expiry.remove((expires_at, key)).map_err(from_redb)?;
+                    expiry.insert((renewed, key), ()).map_err(from_redb)?;
+                    kv.insert(key, (index, renewed, value.as_slice()))
+                        .map_err(from_redb)?;
                 }
+                _ => return Ok(false),
             }
         }
         txn.commit().map_err(from_redb)?;
-        Ok(dropped)
+        Ok(true)
     }
 
     /// Takes the lock on `key` for `owner` if it is free or its holder's TTL ran out; writes the
@@ -424,7 +425,7 @@ impl Shared {
         ttl: Duration,
         value: Option<&[u8]>,
     ) -> Result<Acquire> {
-        let txn = self.db.begin_write().map_err(from_redb)?;
+        let txn = self.db().begin_write().map_err(from_redb)?;
         let token = {
             let mut locks = txn.open_table(LOCKS).map_err(from_redb)?;
             if let Some(entry) = locks.get(key).map_err(from_redb)? {
@@ -463,7 +464,7 @@ impl Shared {
         token: u64,
         ttl: Duration,
     ) -> Result<bool> {
-        let txn = self.db.begin_write().map_err(from_redb)?;
+        let txn = self.db().begin_write().map_err(from_redb)?;
         {
             let mut locks = txn.open_table(LOCKS).map_err(from_redb)?;
             let held = locks.get(key).map_err(from_redb)?.is_some_and(|e| {
@@ -488,7 +489,7 @@ impl Shared {
         token: u64,
         delete_value: bool,
     ) -> Result<()> {
-        let txn = self.db.begin_write().map_err(from_redb)?;
+        let txn = self.db().begin_write().map_err(from_redb)?;
         let deleted_value = {
             let mut locks = txn.open_table(LOCKS).map_err(from_redb)?;
             let ours = locks
@@ -526,6 +527,14 @@ impl Drop for Shared {
         if let Ok(mut reaper) = self.reaper.lock() {
             reaper.take();
         }
+        // Closing a file database syncs it: never on an async worker. (A reopen right after
+        // waits for it through `open`'s retry.)
+        if let Some(db) = self.db.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => drop(runtime.spawn_blocking(move || drop(db))),
+                Err(_) => drop(db),
+            }
+        }
     }
 }
 
@@ -556,80 +565,114 @@ async fn reaper(shared: Weak<Shared>, wakeup: Arc<Notify>) {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-struct KeepAlive {
+/// A `keep_alive` key's lease: its own deadline in the file, pushed forward while the key
+/// still holds the write that registered it.
+struct KeyLease {
+    shared: Arc<Shared>,
+    key: String,
     index: u64,
     ttl: Duration,
 }
 
-type KeepAliveSet = Arc<Mutex<HashMap<String, KeepAlive>>>;
+impl fmt::Debug for KeyLease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyLease")
+            .field("key", &self.key)
+            .field("index", &self.index)
+            .finish_non_exhaustive()
+    }
+}
 
-/// Renews this handle's kept-alive keys at a third of their shortest TTL until cancelled.
-async fn keep_alive_loop(shared: Arc<Shared>, keys: KeepAliveSet, cancel: CancellationToken) {
-    loop {
-        let (snapshot, period) = {
-            let keys = keys.lock().unwrap_or_else(|e| e.into_inner());
-            let period = keys
-                .values()
-                .map(|k| k.ttl / 3)
-                .min()
-                .unwrap_or(Duration::from_secs(1));
-            (
-                keys.iter()
-                    .map(|(k, v)| (k.clone(), *v))
-                    .collect::<Vec<_>>(),
-                period,
-            )
+#[async_trait]
+impl Lease for KeyLease {
+    async fn renew(&self) -> Result<Renewal> {
+        let (key, index, ttl) = (self.key.clone(), self.index, self.ttl);
+        let renewed = self
+            .shared
+            .blocking(move |s| s.renew_key(&key, index, ttl))
+            .await?;
+        Ok(if renewed {
+            Renewal::Renewed
+        } else {
+            Renewal::Gone
+        })
+    }
+
+    /// Nothing to give back: the key's deadline is the lease.
+    async fn release(&self, _why: Release) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Writes a lost registration again (the process was paused past its TTL and the key
+/// expired): only where the key is absent or still holds the registered value.
+struct KeyRegistrar(Arc<Shared>);
+
+#[async_trait]
+impl Registrar for KeyRegistrar {
+    async fn register_again(
+        &self,
+        key: &str,
+        value: &Bytes,
+        ttl: Duration,
+    ) -> Result<Option<(Arc<dyn Lease>, Instant)>> {
+        let k = key.to_owned();
+        let expect = match self.0.blocking(move |s| s.read_key(&k)).await? {
+            None => Expect::Absent,
+            Some(pair) if pair.value == *value => Expect::Index(pair.last_index),
+            Some(_) => return Ok(None),
         };
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            () = tokio::time::sleep(period.max(Duration::from_millis(10))) => {}
-        }
-        if snapshot.is_empty() {
-            continue;
-        }
-        match shared.blocking(move |s| s.renew_keys(&snapshot)).await {
-            Ok(dropped) => {
-                let mut keys = keys.lock().unwrap_or_else(|e| e.into_inner());
-                for key in dropped {
-                    keys.remove(&key);
-                }
-            }
-            Err(err) => {
-                tracing::warn!(backend = shared.backend, error = %err, "keep-alive renewal failed")
-            }
+        let sent = Instant::now();
+        let (k, v) = (key.to_owned(), value.to_vec());
+        match self
+            .0
+            .blocking(move |s| s.write(&k, &v, Some(ttl), expect))
+            .await
+        {
+            Ok(pair) => Ok(Some((
+                Arc::new(KeyLease {
+                    shared: self.0.clone(),
+                    key: key.to_owned(),
+                    index: pair.last_index,
+                    ttl,
+                }),
+                sent,
+            ))),
+            Err(
+                Error::KeyExists { .. } | Error::KeyModified { .. } | Error::KeyNotFound { .. },
+            ) => Ok(None),
+            Err(err) => Err(err),
         }
     }
 }
 
-/// Per-handle state: its lifetime, keep-alives and the token that ends its watches and locks.
+/// How long `close` waits for lock releases.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Per-handle state: its background work (lock renewals, registrations) and the token that
+/// ends its watches and locks.
 struct Session {
-    cancel: CancellationToken,
-    keep_alive: KeepAliveSet,
-    keep_alive_task: Mutex<Option<AbortOnDropHandle<()>>>,
+    tasks: Tasks,
+    registrations: Registrations,
 }
 
 impl Session {
     fn new() -> Self {
+        let tasks = Tasks::new();
         Session {
-            cancel: CancellationToken::new(),
-            keep_alive: Arc::default(),
-            keep_alive_task: Mutex::new(None),
+            registrations: Registrations::new(&tasks),
+            tasks,
         }
     }
 
-    fn stop(&self) {
-        self.cancel.cancel();
-        self.keep_alive_task
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+    fn cancel(&self) -> &CancellationToken {
+        self.tasks.cancel_token()
     }
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
-        self.stop();
+        self.tasks.cancel_token().cancel();
     }
 }
 
@@ -674,7 +717,7 @@ impl fmt::Debug for RedbStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedbStore")
             .field("backend", &self.shared.backend)
-            .field("closed", &self.session.cancel.is_cancelled())
+            .field("closed", &self.session.tasks.is_closed())
             .finish_non_exhaustive()
     }
 }
@@ -731,7 +774,7 @@ impl RedbStore {
         let wakeup = Arc::new(Notify::new());
         let (changes, _) = broadcast::channel(CHANGE_FEED_CAPACITY);
         let shared = Arc::new(Shared {
-            db,
+            db: Some(db),
             backend,
             max_value_size: config.max_value_size,
             changes,
@@ -785,7 +828,7 @@ impl RedbStore {
     }
 
     fn check_open(&self) -> Result<()> {
-        if self.session.cancel.is_cancelled() {
+        if self.session.tasks.is_closed() {
             return Err(Error::Closed {
                 backend: self.shared.backend,
             });
@@ -804,43 +847,28 @@ impl RedbStore {
         let key = normalize_key(key)?.to_owned();
         check_value_size(&key, value, self.shared.max_value_size)?;
         let ttl = opts.and_then(|o| o.ttl);
-        let keep_alive = opts.is_some_and(|o| o.keep_alive) && ttl.is_some();
         let value = value.to_vec();
         let k = key.clone();
+        let sent = Instant::now();
         let pair = self
             .shared
             .blocking(move |s| s.write(&k, &value, ttl, expect))
             .await?;
-        let mut keys = self
-            .session
-            .keep_alive
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        match ttl.filter(|_| keep_alive) {
-            Some(ttl) => {
-                keys.insert(
-                    key,
-                    KeepAlive {
-                        index: pair.last_index,
-                        ttl,
-                    },
-                );
-                let mut task = self
-                    .session
-                    .keep_alive_task
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
-                if task.is_none() {
-                    *task = Some(AbortOnDropHandle::new(tokio::spawn(keep_alive_loop(
-                        self.shared.clone(),
-                        self.session.keep_alive.clone(),
-                        self.session.cancel.clone(),
-                    ))));
-                }
-            }
-            None => {
-                keys.remove(&key);
-            }
+        match ttl.filter(|_| opts.is_some_and(|o| o.keep_alive)) {
+            Some(ttl) => self.session.registrations.insert(
+                &key,
+                pair.value.clone(),
+                ttl,
+                Arc::new(KeyLease {
+                    shared: self.shared.clone(),
+                    key: key.clone(),
+                    index: pair.last_index,
+                    ttl,
+                }),
+                sent,
+                Arc::new(KeyRegistrar(self.shared.clone())),
+            ),
+            None => self.session.registrations.remove(&key),
         }
         Ok(pair)
     }
@@ -848,7 +876,10 @@ impl RedbStore {
     async fn remove(&self, key: &str, expect: Expect) -> Result<()> {
         self.check_open()?;
         let key = normalize_key(key)?.to_owned();
-        self.shared.blocking(move |s| s.remove(&key, expect)).await
+        let k = key.clone();
+        self.shared.blocking(move |s| s.remove(&k, expect)).await?;
+        self.session.registrations.remove(&key);
+        Ok(())
     }
 }
 
@@ -909,7 +940,10 @@ impl Store for RedbStore {
     async fn delete_tree(&self, dir: &str) -> Result<()> {
         self.check_open()?;
         let dir = normalize_dir(dir)?.to_owned();
-        self.shared.blocking(move |s| s.remove_tree(&dir)).await
+        let d = dir.clone();
+        self.shared.blocking(move |s| s.remove_tree(&d)).await?;
+        self.session.registrations.remove_tree(&dir);
+        Ok(())
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = self.shared.backend, op = "atomic_put", key = %key))]
@@ -936,7 +970,7 @@ impl Store for RedbStore {
         let k = key.clone();
         Ok(watch_stream(
             &self.shared,
-            self.session.cancel.clone(),
+            self.session.cancel().clone(),
             move |c| c.touches_key(&k),
             move |s| s.read_key(&key),
         ))
@@ -949,7 +983,7 @@ impl Store for RedbStore {
         let d = dir.clone();
         Ok(watch_stream(
             &self.shared,
-            self.session.cancel.clone(),
+            self.session.cancel().clone(),
             move |c| c.touches_tree(&d),
             move |s| Ok(s.read_tree(&dir)?.unwrap_or_default()),
         ))
@@ -967,7 +1001,7 @@ impl Store for RedbStore {
         )?;
         Ok(Box::new(RedbLocker::new(
             self.shared.clone(),
-            self.session.cancel.clone(),
+            self.session.tasks.clone(),
             key,
             opts,
         )))
@@ -975,7 +1009,9 @@ impl Store for RedbStore {
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = self.shared.backend, op = "close"))]
     async fn close(&self) -> Result<()> {
-        self.session.stop();
+        // Stops registrations (their keys expire with their TTL), ends watches, and releases
+        // held locks; waits for the releases.
+        self.session.tasks.close(CLOSE_TIMEOUT).await;
         Ok(())
     }
 }

@@ -71,15 +71,29 @@ async fn ttl_deadlines_persist_and_expire_after_reopen() {
 async fn a_lock_held_when_the_process_stopped_expires_with_its_ttl() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("lock.redb");
-    let store = reopen(&path).await;
     let opts = LockOptions::default().with_ttl(Duration::from_millis(800));
-    let mut held = store.new_lock("job", Some(&opts)).await.unwrap();
-    held.lock().await.unwrap();
-    let first = held.fencing_token().unwrap();
-    // Like a crash: no unlock and no close. Dropping the locker stops renewal without releasing,
-    // so the persisted lock row stays until its TTL runs out.
-    drop(held);
-    drop(store);
+    // Like a crash: the holder's runtime stops with the lock held, so neither renewal nor
+    // release (a dropped `Locker` releases) ever runs; the persisted lock row stays until its
+    // TTL runs out.
+    let first = {
+        let (path, opts) = (path.clone(), opts.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            let (store, held) = rt.block_on(async {
+                let store = reopen(&path).await;
+                let mut held = store.new_lock("job", Some(&opts)).await.unwrap();
+                held.lock().await.unwrap();
+                (store, held)
+            });
+            let first = held.fencing_token().unwrap();
+            drop(rt);
+            drop(held);
+            drop(store);
+            first
+        })
+        .join()
+        .unwrap()
+    };
 
     let store = reopen(&path).await;
     let mut next = store.new_lock("job", Some(&opts)).await.unwrap();
