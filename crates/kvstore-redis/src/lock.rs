@@ -16,7 +16,7 @@ use crate::BACKEND;
 use crate::error::{from_redis, protocol};
 use crate::scripts;
 use crate::store::{Inner, ttl_millis};
-use crate::watch::{Subscription, subscribe};
+use crate::watch::{Subscribed, Subscription, subscribe};
 
 /// The protocol steps of a held lock for the lease engine: renew with `PEXPIRE` while the lock
 /// key still names this holder; release by deleting it (and the value, on `unlock` with
@@ -174,6 +174,14 @@ impl RedisLocker {
     }
 }
 
+/// The next keyspace event of the lock key, or `None` when the subscription ended.
+async fn next_event(events: &mut Option<Subscribed>) -> Option<redis::Msg> {
+    match events {
+        Some(events) => events.messages.next().await,
+        None => std::future::pending().await,
+    }
+}
+
 #[async_trait]
 impl Locker for RedisLocker {
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "lock", key = %self.key))]
@@ -185,10 +193,12 @@ impl Locker for RedisLocker {
         }
         self.held = None;
         self.inner.check_open()?;
-        // Subscribe before the first attempt so a release in between is not missed.
+        // The subscription (a pub/sub connection) is opened only once the lock turns out to
+        // be held, and the attempt repeated right after it, so a release in between is not
+        // missed and an uncontended lock costs two requests: acquire and release.
         let sub =
             Subscription::Channel(self.inner.keyspace_channel(&self.inner.lock_key(&self.key)));
-        let mut events = subscribe(&self.inner, &sub).await?;
+        let mut events = None;
         loop {
             self.inner.check_open()?;
             // The loss rule measures from the send of the acquire.
@@ -208,14 +218,17 @@ impl Locker for RedisLocker {
                     self.held = Some(held);
                     return Ok(lost);
                 }
+                Attempt::Held(_) if events.is_none() => {
+                    events = Some(subscribe(&self.inner, &sub).await?);
+                }
                 Attempt::Held(remaining) => {
                     tokio::select! {
                         () = self.inner.cancel.cancelled() => return Err(Error::Closed { backend: BACKEND }),
                         // Expiry notifications can lag the deadline; retry at it regardless.
                         () = tokio::time::sleep(remaining + Duration::from_millis(1)) => {}
-                        event = events.messages.next() => {
+                        event = next_event(&mut events) => {
                             if event.is_none() {
-                                events = subscribe(&self.inner, &sub).await?;
+                                events = Some(subscribe(&self.inner, &sub).await?);
                             }
                         }
                     }
