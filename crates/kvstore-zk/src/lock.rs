@@ -1,16 +1,18 @@
 //! Locks: the ZooKeeper lock recipe on a session of the lock's own.
 //!
-//! Each `lock()` opens a session whose timeout is the lock's TTL (clamped by the server to its
-//! `minSessionTimeout`..`maxSessionTimeout`) and creates an ephemeral sequential waiter
-//! `<root>/.kvstore-locks/<key>/lock-<seq>` whose data is the hidden marker. The waiter with
+//! Locks of one TTL share a session of the store's whose timeout is that TTL (clamped by the
+//! server to its `minSessionTimeout`..`maxSessionTimeout`), opened on first use and kept until
+//! the store closes or it expires. Each `lock()` creates an ephemeral sequential waiter
+//! `<root>/.kvstore-locks/<key>/lock-<seq>` whose data is the hidden marker and a nonce of the
+//! attempt. The waiter with
 //! the lowest sequence holds the lock; every other waiter watches only the waiter just before
 //! its own (source: ZooKeeper docs, "ZooKeeper Recipes and Solutions" → "Locks", which avoids
 //! the herd effect). The fencing token is the waiter's creation zxid (`czxid`), which is
 //! strictly greater for every later waiter, hence for every later holder.
 //!
-//! Closing the lock's session deletes its waiter at once, which is how a dropped `lock()`
-//! future releases; a process that dies holding the lock loses it when its session expires,
-//! within the (negotiated) TTL.
+//! A dropped `lock()` future deletes its waiter (found by its nonce if the create's answer was
+//! never read: the session runs requests in order, so the listing sees the create); a process
+//! that dies holding the lock loses it when its session expires, within the (negotiated) TTL.
 //!
 //! Once held, the hold is kept by the lease engine of `kvstore_core::backend`: a renewal is a
 //! `exists` of the waiter on the lock's session (any request renews a ZooKeeper session; a
@@ -29,7 +31,7 @@ use zookeeper_client::{self as zk, Client, CreateMode, SessionState};
 use crate::BACKEND;
 use crate::error::from_zk;
 use crate::node::MARKER;
-use crate::session::{connect, create_options, timed};
+use crate::session::{create_options, timed};
 use crate::store::{Condition, Inner, delete_lock_value};
 
 /// Prefix of waiter names; the server appends a 10-digit sequence number.
@@ -39,7 +41,7 @@ const WAITER: &str = "lock-";
 /// clone of this lease is dropped (after the release).
 struct WaiterLease {
     inner: Arc<Inner>,
-    client: Client,
+    client: Arc<Client>,
     node: String,
     key: String,
     delete_on_unlock: bool,
@@ -138,13 +140,14 @@ impl ZkLocker {
         }
     }
 
-    /// Creates this contender's waiter; returns its path and creation zxid.
-    async fn enqueue(&self, client: &Client, dir: &str) -> Result<(String, u64)> {
+    /// Creates this contender's waiter with `data` (marker and nonce); returns its path and
+    /// creation zxid.
+    async fn enqueue(&self, client: &Client, dir: &str, data: &[u8]) -> Result<(String, u64)> {
         let prefix = format!("{dir}/{WAITER}");
         let opts = create_options(CreateMode::EphemeralSequential, self.inner.config.acl);
         let mut parents_created = false;
         loop {
-            match timed(self.inner.timeout(), client.create(&prefix, MARKER, &opts)).await {
+            match timed(self.inner.timeout(), client.create(&prefix, data, &opts)).await {
                 Ok((stat, seq)) => {
                     let path = format!("{prefix}{seq}");
                     let czxid = if stat.is_invalid() {
@@ -216,6 +219,73 @@ impl ZkLocker {
     }
 }
 
+/// Deletes the waiter of a `lock()` that did not finish (dropped, or failed while waiting).
+struct WaiterGuard {
+    inner: Arc<Inner>,
+    client: Arc<Client>,
+    dir: String,
+    data: Vec<u8>,
+    node: Option<String>,
+    armed: bool,
+}
+
+impl Drop for WaiterGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (inner, client, dir, data, node) = (
+            self.inner.clone(),
+            self.client.clone(),
+            std::mem::take(&mut self.dir),
+            std::mem::take(&mut self.data),
+            self.node.take(),
+        );
+        // Drop cannot wait: a tracked task (which `close` waits for) deletes the waiter.
+        self.inner.tasks.spawn(async move {
+            let deleted = timed(inner.timeout(), async {
+                let node = match node {
+                    Some(node) => Some(node),
+                    None => own_waiter(&client, &dir, &data).await?,
+                };
+                match node {
+                    Some(node) => match client.delete(&node, None).await {
+                        Ok(()) | Err(zk::Error::NoNode) => Ok(()),
+                        Err(err) => Err(err),
+                    },
+                    None => Ok(()),
+                }
+            })
+            .await;
+            if let Err(err) = deleted {
+                tracing::warn!(backend = BACKEND, dir, error = %err, "deleting an abandoned lock waiter failed; it goes with its session");
+            }
+        });
+    }
+}
+
+/// The waiter in `dir` whose data is `data` (this attempt's nonce), if any.
+async fn own_waiter(
+    client: &Client,
+    dir: &str,
+    data: &[u8],
+) -> std::result::Result<Option<String>, zk::Error> {
+    let children = match client.list_children(dir).await {
+        Ok(children) => children,
+        Err(zk::Error::NoNode) => return Ok(None),
+        Err(err) => return Err(err),
+    };
+    for child in children.iter().filter(|c| sequence(c).is_some()) {
+        let path = format!("{dir}/{child}");
+        match client.get_data(&path).await {
+            Ok((found, _)) if found == data => return Ok(Some(path)),
+            Ok(_) | Err(zk::Error::NoNode) => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(None)
+}
+
 #[async_trait]
 impl Locker for ZkLocker {
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "lock", key = %self.key))]
@@ -229,17 +299,32 @@ impl Locker for ZkLocker {
         self.inner.check_open()?;
         let dir = self.inner.lock_dir(&self.key);
         let (client, node, token, sent) = loop {
-            // Dropping this future drops the session, and with it the waiter.
-            let client = connect(&self.inner.config, self.opts.ttl).await?;
-            let (node, token) = self.enqueue(&client, &dir).await?;
+            let client = self.inner.lock_session(self.opts.ttl).await?;
+            let mut data = MARKER.to_vec();
+            data.extend_from_slice(&rand::random::<u64>().to_be_bytes());
+            // Dropping this future deletes the waiter, created or not yet answered.
+            let mut guard = WaiterGuard {
+                inner: self.inner.clone(),
+                client: client.clone(),
+                dir: dir.clone(),
+                data: data.clone(),
+                node: None,
+                armed: true,
+            };
+            let (node, token) = self.enqueue(&client, &dir, &data).await?;
+            guard.node = Some(node.clone());
             match self.wait_turn(&client, &dir, &node).await {
-                Ok(sent) => break (client, node, token, sent),
+                Ok(sent) => {
+                    guard.armed = false;
+                    break (client, node, token, sent);
+                }
                 // The session expired while waiting (the server was away for longer than
                 // the TTL): queue again on a new one.
                 Err(Error::CannotLock { .. })
                     if client.state() == SessionState::Expired
                         && !self.inner.cancel.is_cancelled() =>
                 {
+                    guard.armed = false;
                     tracing::debug!(backend = BACKEND, key = %self.key, "lock session expired while waiting; queueing again");
                 }
                 Err(err) => return Err(err),

@@ -149,6 +149,8 @@ pub(crate) struct Inner {
     registrations: Registrations,
     /// Background work (lock renewals, releases); `close` waits for it.
     pub(crate) tasks: Tasks,
+    /// Lock sessions by TTL, shared by every lock of that TTL (see `lock.rs`).
+    lock_sessions: tokio::sync::Mutex<std::collections::HashMap<Duration, Arc<Client>>>,
     /// Whether the server creates TTL nodes (`zookeeper.extendedTypesEnabled=true`), probed at
     /// connect by [`probe_ttl_nodes`].
     ttl_nodes: bool,
@@ -203,6 +205,27 @@ impl Inner {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .take();
+        // Lock sessions close once the releases still holding them are done.
+        if let Ok(mut sessions) = self.lock_sessions.try_lock() {
+            sessions.clear();
+        }
+    }
+
+    /// The session for locks of this TTL: opened on first use, replaced once it has ended.
+    pub(crate) async fn lock_session(&self, ttl: Duration) -> Result<Arc<Client>> {
+        let mut sessions = self.lock_sessions.lock().await;
+        if let Some(client) = sessions.get(&ttl)
+            && !matches!(
+                client.state(),
+                zk::SessionState::Expired | zk::SessionState::Closed | zk::SessionState::AuthFailed
+            )
+        {
+            return Ok(client.clone());
+        }
+        let client = Arc::new(connect(&self.config, ttl).await?);
+        self.check_open()?;
+        sessions.insert(ttl, client.clone());
+        Ok(client)
     }
 
     pub(crate) fn timeout(&self) -> Duration {
@@ -781,6 +804,7 @@ impl ZkStore {
                 registrations: Registrations::new(&tasks),
                 cancel: tasks.cancel_token().clone(),
                 tasks,
+                lock_sessions: tokio::sync::Mutex::default(),
                 ttl_nodes,
             }),
         })
