@@ -14,13 +14,13 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use kvstore_core::backend::{HeldLease, Release};
+use kvstore_core::backend::{HeldLease, Precondition, Release};
 use kvstore_core::{Error, LockLost, LockOptions, Locker, Result};
 use tokio::time::Instant;
 
 use crate::BACKEND;
 use crate::api::{Consistency, Txn, next_index, op_lock};
-use crate::store::{Condition, Inner, SessionLease};
+use crate::store::{Inner, SessionLease};
 
 /// A lock on a key of a [`ConsulStore`](crate::ConsulStore).
 pub struct ConsulLocker {
@@ -143,7 +143,7 @@ impl Locker for ConsulLocker {
         };
         if let Some(value) = &self.opts.value {
             self.inner
-                .write(&self.key, value, Condition::None, None)
+                .write(&self.key, value, Precondition::None, None)
                 .await?;
         }
         held.set_token(token);

@@ -7,10 +7,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use kvstore_core::backend::{Lease, Registrar, Registrations, Release, Renewal, Tasks};
+use kvstore_core::backend::{
+    Lease, Precondition, Registrar, Registrations, Release, Renewal, Tasks, check_value_size,
+    lock_arguments,
+};
 use kvstore_core::{
     Capabilities, Error, KvPair, LockOptions, Locker, ReadOptions, Result, Store, WatchStream,
-    WatchTreeStream, WriteOptions, check_value_size, lock_arguments, normalize_dir, normalize_key,
+    WatchTreeStream, WriteOptions, normalize_dir, normalize_key,
 };
 use serde_json::Value;
 use tokio::time::Instant;
@@ -108,8 +111,8 @@ impl Registrar for SessionRegistrar {
     ) -> Result<Option<(Arc<dyn Lease>, Instant)>> {
         let inner = &self.0;
         let condition = match inner.read_key(key, Consistency::Consistent, None).await?.0 {
-            None => Condition::Absent,
-            Some(pair) if pair.value == *value => Condition::Index(pair.last_index),
+            None => Precondition::Absent,
+            Some(pair) if pair.value == *value => Precondition::Index(pair.last_index),
             Some(_) => return Ok(None),
         };
         let sent = Instant::now();
@@ -284,14 +287,6 @@ fn written(results: &[Entry], consul_key: &str) -> Result<u64> {
         .ok_or_else(|| Error::backend(BACKEND, "the transaction returned no entry"))
 }
 
-/// What an atomic write compares.
-#[derive(Clone, Copy)]
-pub(crate) enum Condition {
-    None,
-    Absent,
-    Index(u64),
-}
-
 impl ConsulStore {
     /// Checks that the agent answers and its cluster has a leader.
     ///
@@ -303,6 +298,7 @@ impl ConsulStore {
     /// # Cancel safety
     ///
     /// Cancel-safe.
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "connect"))]
     pub async fn connect(config: ConsulConfig) -> Result<Self> {
         let prefix = if config.prefix.is_empty() {
             String::new()
@@ -334,7 +330,7 @@ impl Inner {
         self: &Arc<Self>,
         key: &str,
         value: &[u8],
-        condition: Condition,
+        condition: Precondition,
         opts: Option<&WriteOptions>,
     ) -> Result<KvPair> {
         let sent = Instant::now();
@@ -359,7 +355,7 @@ impl Inner {
         self: &Arc<Self>,
         key: &str,
         value: &[u8],
-        condition: Condition,
+        condition: Precondition,
         opts: Option<&WriteOptions>,
     ) -> Result<(KvPair, Option<String>)> {
         let inner = self;
@@ -380,9 +376,9 @@ impl Inner {
         };
         let mut ops: Vec<Value> = Vec::with_capacity(4);
         match condition {
-            Condition::None => {}
-            Condition::Absent => ops.push(op("check-not-exists", &consul_key)),
-            Condition::Index(index) => {
+            Precondition::None => {}
+            Precondition::Absent => ops.push(op("check-not-exists", &consul_key)),
+            Precondition::Index(index) => {
                 ops.push(op("get", &consul_key));
                 ops.push(op_index("check-index", &consul_key, index));
             }
@@ -402,11 +398,11 @@ impl Inner {
                     let _ = inner.api.destroy_session(session).await;
                 }
                 return Err(match (other?, condition) {
-                    (Txn::Failed { op: 0, .. }, Condition::Absent) => {
+                    (Txn::Failed { op: 0, .. }, Precondition::Absent) => {
                         Error::KeyExists { key: key.into() }
                     }
-                    (Txn::Failed { op: 0, .. }, Condition::Index(_)) => Error::not_found(key),
-                    (Txn::Failed { op: 1, .. }, Condition::Index(_)) => {
+                    (Txn::Failed { op: 0, .. }, Precondition::Index(_)) => Error::not_found(key),
+                    (Txn::Failed { op: 1, .. }, Precondition::Index(_)) => {
                         Error::KeyModified { key: key.into() }
                     }
                     (Txn::Failed { what, .. }, _) => Error::backend(BACKEND, what),
@@ -460,7 +456,7 @@ impl Store for ConsulStore {
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "put", key = %key))]
     async fn put(&self, key: &str, value: &[u8], opts: Option<&WriteOptions>) -> Result<KvPair> {
         self.inner.check_open()?;
-        self.inner.write(key, value, Condition::None, opts).await
+        self.inner.write(key, value, Precondition::None, opts).await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "get", key = %key))]
@@ -552,7 +548,8 @@ impl Store for ConsulStore {
         previous: Option<&KvPair>,
         opts: Option<&WriteOptions>,
     ) -> Result<KvPair> {
-        let condition = previous.map_or(Condition::Absent, |p| Condition::Index(p.last_index));
+        let condition =
+            previous.map_or(Precondition::Absent, |p| Precondition::Index(p.last_index));
         self.inner.check_open()?;
         self.inner.write(key, value, condition, opts).await
     }

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use crate::{Error, LockOptions, Result, check_value_size, normalize_key};
+use crate::backend::check_value_size;
+use crate::{Error, LockOptions, Result, normalize_key};
 
 /// The parts of a `scheme://[user:password@]host1:port1,host2:port2[/path][?query]` URL.
 ///
@@ -33,7 +34,7 @@ pub struct MultiHostUrl {
 /// # Examples
 ///
 /// ```
-/// let url = kvstore_core::parse_multi_host_url("zk", "zk", "zk://u:p%40@h1:1,h2:2/app?x=1")?;
+/// let url = kvstore_core::backend::parse_multi_host_url("zk", "zk", "zk://u:p%40@h1:1,h2:2/app?x=1")?;
 /// assert_eq!(url.hosts, ["h1:1", "h2:2"]);
 /// assert_eq!(url.credentials, Some(("u".into(), "p@".into())));
 /// assert_eq!((url.path.as_str(), url.query[0].0.as_str()), ("app", "x"));
@@ -101,8 +102,8 @@ pub fn parse_multi_host_url(
 ///
 /// ```
 /// use std::time::Duration;
-/// assert_eq!(kvstore_core::duration_option("etcd", "timeout", "2s")?, Duration::from_secs(2));
-/// assert!(kvstore_core::duration_option("etcd", "timeout", "soon").is_err());
+/// assert_eq!(kvstore_core::backend::duration_option("etcd", "timeout", "2s")?, Duration::from_secs(2));
+/// assert!(kvstore_core::backend::duration_option("etcd", "timeout", "soon").is_err());
 /// # Ok::<(), kvstore_core::Error>(())
 /// ```
 pub fn duration_option(backend: &'static str, name: &str, value: &str) -> Result<Duration> {
@@ -135,7 +136,8 @@ pub fn size_option(backend: &'static str, name: &str, value: &str) -> Result<usi
 ///
 /// ```
 /// use std::time::Duration;
-/// use kvstore_core::{LockOptions, lock_arguments};
+/// use kvstore_core::LockOptions;
+/// use kvstore_core::backend::lock_arguments;
 ///
 /// let (key, opts) = lock_arguments("etcd", "/locks/job/", None, Duration::ZERO, 1024)?;
 /// assert_eq!((key.as_str(), opts.ttl), ("locks/job", Duration::from_secs(20)));

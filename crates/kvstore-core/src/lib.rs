@@ -25,36 +25,8 @@ mod lock;
 mod store;
 mod types;
 
-pub use config::{
-    MultiHostUrl, duration_option, lock_arguments, parse_multi_host_url, size_option,
-};
 pub use error::{BoxError, Error, Result};
 pub use key::{MAX_KEY_LEN, is_descendant, normalize_dir, normalize_key};
 pub use lock::{LockLost, LockLostSignal, Locker};
 pub use store::{Store, WatchStream, WatchTreeStream};
 pub use types::{Capabilities, DEFAULT_LOCK_TTL, KvPair, LockOptions, ReadOptions, WriteOptions};
-
-/// Checks a value against a backend's limit.
-///
-/// # Errors
-///
-/// [`Error::ValueTooLarge`] when `value` is longer than `limit` bytes.
-///
-/// # Examples
-///
-/// ```
-/// use kvstore_core::{check_value_size, Error};
-///
-/// assert!(check_value_size("k", b"abc", 3).is_ok());
-/// assert!(matches!(check_value_size("k", b"abcd", 3), Err(Error::ValueTooLarge { size: 4, limit: 3, .. })));
-/// ```
-pub fn check_value_size(key: &str, value: &[u8], limit: usize) -> Result<()> {
-    if value.len() > limit {
-        return Err(Error::ValueTooLarge {
-            key: key.to_owned(),
-            size: value.len(),
-            limit,
-        });
-    }
-    Ok(())
-}

@@ -10,10 +10,13 @@ use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
 };
 use etcd_client::{LeaseKeepAliveStream, LeaseKeeper};
-use kvstore_core::backend::{Lease, Registrar, Registrations, Release, Renewal, Tasks};
+use kvstore_core::backend::{
+    Lease, Precondition, Registrar, Registrations, Release, Renewal, Tasks, check_value_size,
+    lock_arguments,
+};
 use kvstore_core::{
     Capabilities, Error, KvPair, LockOptions, Locker, ReadOptions, Result, Store, WatchStream,
-    WatchTreeStream, WriteOptions, check_value_size, lock_arguments, normalize_dir, normalize_key,
+    WatchTreeStream, WriteOptions, normalize_dir, normalize_key,
 };
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -175,6 +178,11 @@ impl Registrar for EtcdRegistrar {
 /// rounds up (never expire a key early).
 pub(crate) fn lease_seconds(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_millis().div_ceil(1000).max(1)).unwrap_or(i64::MAX)
+}
+
+/// An etcd revision for a `last_index` (etcd revisions are `i64`; larger ones cannot exist).
+fn revision(index: u64) -> i64 {
+    i64::try_from(index).unwrap_or(i64::MAX)
 }
 
 /// The first key after every key that starts with `prefix` (etcd's "range end" for a prefix).
@@ -356,6 +364,7 @@ impl EtcdStore {
     /// # Cancel safety
     ///
     /// Cancel-safe.
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "connect"))]
     pub async fn connect(config: EtcdConfig) -> Result<Self> {
         let mut opts = ConnectOptions::new()
             .with_connect_timeout(config.connect_timeout)
@@ -402,13 +411,12 @@ impl EtcdStore {
         })
     }
 
-    /// Writes with an optional condition: `None` unconditional, `Some(0)` create-only,
-    /// `Some(rev)` compare mod_revision. One round trip, plus one to grant a lease for a TTL.
+    /// Writes under a precondition. One round trip, plus one to grant a lease for a TTL.
     async fn write(
         &self,
         key: &str,
         value: &[u8],
-        expect: Option<i64>,
+        precondition: Precondition,
         opts: Option<&WriteOptions>,
     ) -> Result<KvPair> {
         let inner = &self.inner;
@@ -423,8 +431,8 @@ impl EtcdStore {
         };
         let put_opts = lease.map(|id| PutOptions::new().with_lease(id));
         let etcd_key = inner.data_key(key);
-        let revision = match expect {
-            None => {
+        let revision = match precondition {
+            Precondition::None => {
                 let resp = inner
                     .client()
                     .put(etcd_key, value.to_vec(), put_opts)
@@ -432,13 +440,14 @@ impl EtcdStore {
                     .map_err(from_etcd)?;
                 resp.header().map_or(0, |h| h.revision())
             }
-            Some(expected) => {
+            Precondition::Absent | Precondition::Index(_) => {
                 // Source: etcd docs, "KV API guarantees" / Txn — compare mod_revision (create:
                 // create_revision == 0), else read the key to tell the failure apart.
-                let compare = if expected == 0 {
-                    Compare::create_revision(etcd_key.clone(), CompareOp::Equal, 0)
-                } else {
-                    Compare::mod_revision(etcd_key.clone(), CompareOp::Equal, expected)
+                let compare = match precondition {
+                    Precondition::Index(index) => {
+                        Compare::mod_revision(etcd_key.clone(), CompareOp::Equal, revision(index))
+                    }
+                    _ => Compare::create_revision(etcd_key.clone(), CompareOp::Equal, 0),
                 };
                 let txn = Txn::new()
                     .when([compare])
@@ -453,8 +462,8 @@ impl EtcdStore {
                         .op_responses()
                         .into_iter()
                         .any(|r| matches!(r, TxnOpResponse::Get(g) if !g.kvs().is_empty()));
-                    return Err(match (expected, exists) {
-                        (0, _) => Error::KeyExists { key: key.into() },
+                    return Err(match (precondition, exists) {
+                        (Precondition::Absent, _) => Error::KeyExists { key: key.into() },
                         (_, false) => Error::not_found(key),
                         (_, true) => Error::KeyModified { key: key.into() },
                     });
@@ -478,14 +487,16 @@ impl EtcdStore {
         Ok(KvPair::new(key, value.to_vec(), index))
     }
 
-    async fn remove(&self, key: &str, expected: Option<i64>) -> Result<()> {
+    async fn remove(&self, key: &str, precondition: Precondition) -> Result<()> {
         let inner = &self.inner;
         inner.check_open()?;
         let key = normalize_key(key)?;
         let etcd_key = inner.data_key(key);
-        let compare = match expected {
-            None => Compare::create_revision(etcd_key.clone(), CompareOp::Greater, 0),
-            Some(rev) => Compare::mod_revision(etcd_key.clone(), CompareOp::Equal, rev),
+        let compare = match precondition {
+            Precondition::Index(index) => {
+                Compare::mod_revision(etcd_key.clone(), CompareOp::Equal, revision(index))
+            }
+            _ => Compare::create_revision(etcd_key.clone(), CompareOp::Greater, 0),
         };
         let txn = Txn::new()
             .when([compare])
@@ -524,7 +535,7 @@ impl Store for EtcdStore {
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "put", key = %key))]
     async fn put(&self, key: &str, value: &[u8], opts: Option<&WriteOptions>) -> Result<KvPair> {
-        self.write(key, value, None, opts).await
+        self.write(key, value, Precondition::None, opts).await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "get", key = %key))]
@@ -540,7 +551,7 @@ impl Store for EtcdStore {
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "delete", key = %key))]
     async fn delete(&self, key: &str) -> Result<()> {
-        self.remove(key, None).await
+        self.remove(key, Precondition::None).await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "exists", key = %key))]
@@ -613,20 +624,14 @@ impl Store for EtcdStore {
         previous: Option<&KvPair>,
         opts: Option<&WriteOptions>,
     ) -> Result<KvPair> {
-        let expected = match previous {
-            None => 0,
-            Some(prev) => i64::try_from(prev.last_index).unwrap_or(i64::MAX),
-        };
-        self.write(key, value, Some(expected), opts).await
+        self.write(key, value, Precondition::of(previous), opts)
+            .await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "atomic_delete", key = %key))]
     async fn atomic_delete(&self, key: &str, previous: &KvPair) -> Result<()> {
-        self.remove(
-            key,
-            Some(i64::try_from(previous.last_index).unwrap_or(i64::MAX)),
-        )
-        .await
+        self.remove(key, Precondition::Index(previous.last_index))
+            .await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "watch", key = %key))]

@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use kvstore_core::{Error, Result, duration_option, size_option};
+use kvstore_core::backend::{duration_option, size_option};
+use kvstore_core::{Error, Result};
 use url::Url;
 
 use crate::{MEMORY_SCHEME, SCHEME};

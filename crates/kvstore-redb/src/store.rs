@@ -8,11 +8,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
-use kvstore_core::backend::{Lease, Registrar, Registrations, Release, Renewal, Tasks};
+use kvstore_core::backend::{
+    Lease, Precondition, Registrar, Registrations, Release, Renewal, Tasks, check_value_size,
+    lock_arguments, ttl_millis,
+};
 use kvstore_core::{
     Capabilities, Error, KvPair, LockOptions, Locker, ReadOptions, Result, Store, WatchStream,
-    WatchTreeStream, WriteOptions, check_value_size, is_descendant, lock_arguments, normalize_dir,
-    normalize_key,
+    WatchTreeStream, WriteOptions, is_descendant, normalize_dir, normalize_key,
 };
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{Notify, broadcast};
@@ -76,17 +78,6 @@ impl Change {
     }
 }
 
-/// Expected state of a key for a conditional write.
-#[derive(Debug, Clone, Copy)]
-enum Expect {
-    /// Unconditional.
-    Any,
-    /// The key must be absent (create-only).
-    Absent,
-    /// The key must exist with this `last_index`.
-    Index(u64),
-}
-
 /// Outcome of one attempt to take a lock.
 #[derive(Debug)]
 pub(crate) enum Acquire {
@@ -121,8 +112,9 @@ pub(crate) fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// The deadline of a TTL from now, in ms since the epoch, rounded up (never early).
 fn deadline_ms(ttl: Duration) -> u64 {
-    now_ms().saturating_add(ttl.as_millis().max(1) as u64)
+    now_ms().saturating_add(ttl_millis(ttl))
 }
 
 fn is_live(expires_at: u64, now: u64) -> bool {
@@ -225,7 +217,7 @@ impl Shared {
         key: &str,
         value: &[u8],
         ttl: Option<Duration>,
-        expect: Expect,
+        expect: Precondition,
     ) -> Result<KvPair> {
         let txn = self.db().begin_write().map_err(from_redb)?;
         let pair = {
@@ -239,9 +231,11 @@ impl Shared {
                 .filter(|&(_, exp)| is_live(exp, now_ms()))
                 .map(|(i, _)| i);
             match (expect, live_index) {
-                (Expect::Absent, Some(_)) => return Err(Error::KeyExists { key: key.into() }),
-                (Expect::Index(_), None) => return Err(Error::not_found(key)),
-                (Expect::Index(want), Some(have)) if want != have => {
+                (Precondition::Absent, Some(_)) => {
+                    return Err(Error::KeyExists { key: key.into() });
+                }
+                (Precondition::Index(_), None) => return Err(Error::not_found(key)),
+                (Precondition::Index(want), Some(have)) if want != have => {
                     return Err(Error::KeyModified { key: key.into() });
                 }
                 _ => {}
@@ -266,7 +260,7 @@ impl Shared {
         Ok(pair)
     }
 
-    fn remove(&self, key: &str, expect: Expect) -> Result<()> {
+    fn remove(&self, key: &str, expect: Precondition) -> Result<()> {
         let txn = self.db().begin_write().map_err(from_redb)?;
         {
             let mut kv = txn.open_table(KV).map_err(from_redb)?;
@@ -279,7 +273,7 @@ impl Shared {
             else {
                 return Err(Error::not_found(key));
             };
-            if let Expect::Index(want) = expect
+            if let Precondition::Index(want) = expect
                 && want != index
             {
                 return Err(Error::KeyModified { key: key.into() });
@@ -618,8 +612,8 @@ impl Registrar for KeyRegistrar {
     ) -> Result<Option<(Arc<dyn Lease>, Instant)>> {
         let k = key.to_owned();
         let expect = match self.0.blocking(move |s| s.read_key(&k)).await? {
-            None => Expect::Absent,
-            Some(pair) if pair.value == *value => Expect::Index(pair.last_index),
+            None => Precondition::Absent,
+            Some(pair) if pair.value == *value => Precondition::Index(pair.last_index),
             Some(_) => return Ok(None),
         };
         let sent = Instant::now();
@@ -736,6 +730,7 @@ impl RedbStore {
     /// # Cancel safety
     ///
     /// Cancel-safe: dropping the future leaves the file closed.
+    #[tracing::instrument(level = "debug", skip_all, fields(op = "open"))]
     pub async fn open(config: RedbConfig) -> Result<Self> {
         let backend = match config.location {
             Location::File(_) => crate::BACKEND,
@@ -840,7 +835,7 @@ impl RedbStore {
         &self,
         key: &str,
         value: &[u8],
-        expect: Expect,
+        expect: Precondition,
         opts: Option<&WriteOptions>,
     ) -> Result<KvPair> {
         self.check_open()?;
@@ -873,7 +868,7 @@ impl RedbStore {
         Ok(pair)
     }
 
-    async fn remove(&self, key: &str, expect: Expect) -> Result<()> {
+    async fn remove(&self, key: &str, expect: Precondition) -> Result<()> {
         self.check_open()?;
         let key = normalize_key(key)?.to_owned();
         let k = key.clone();
@@ -895,7 +890,7 @@ impl Store for RedbStore {
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = self.shared.backend, op = "put", key = %key))]
     async fn put(&self, key: &str, value: &[u8], opts: Option<&WriteOptions>) -> Result<KvPair> {
-        self.write(key, value, Expect::Any, opts).await
+        self.write(key, value, Precondition::None, opts).await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = self.shared.backend, op = "get", key = %key))]
@@ -911,7 +906,7 @@ impl Store for RedbStore {
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = self.shared.backend, op = "delete", key = %key))]
     async fn delete(&self, key: &str) -> Result<()> {
-        self.remove(key, Expect::Any).await
+        self.remove(key, Precondition::None).await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = self.shared.backend, op = "exists", key = %key))]
@@ -954,13 +949,14 @@ impl Store for RedbStore {
         previous: Option<&KvPair>,
         opts: Option<&WriteOptions>,
     ) -> Result<KvPair> {
-        let expect = previous.map_or(Expect::Absent, |p| Expect::Index(p.last_index));
+        let expect = previous.map_or(Precondition::Absent, |p| Precondition::Index(p.last_index));
         self.write(key, value, expect, opts).await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = self.shared.backend, op = "atomic_delete", key = %key))]
     async fn atomic_delete(&self, key: &str, previous: &KvPair) -> Result<()> {
-        self.remove(key, Expect::Index(previous.last_index)).await
+        self.remove(key, Precondition::Index(previous.last_index))
+            .await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = self.shared.backend, op = "watch", key = %key))]

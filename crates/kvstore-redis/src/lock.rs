@@ -8,14 +8,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use kvstore_core::backend::{HeldLease, Lease, Release, Renewal};
+use kvstore_core::backend::{HeldLease, Lease, Release, Renewal, ttl_millis};
 use kvstore_core::{Error, LockLost, LockOptions, Locker, Result};
 use tokio::time::Instant;
 
 use crate::BACKEND;
 use crate::error::{from_redis, protocol};
 use crate::scripts;
-use crate::store::{Inner, ttl_millis};
+use crate::store::Inner;
 use crate::watch::{Subscribed, Subscription, subscribe};
 
 /// The protocol steps of a held lock for the lease engine: renew with `PEXPIRE` while the lock

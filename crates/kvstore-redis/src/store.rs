@@ -7,10 +7,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use kvstore_core::backend::{Lease, Registrar, Registrations, Release, Renewal, Tasks};
+use kvstore_core::backend::{
+    Lease, Precondition, Registrar, Registrations, Release, Renewal, Tasks, check_value_size,
+    lock_arguments, ttl_millis,
+};
 use kvstore_core::{
     Capabilities, Error, KvPair, LockOptions, Locker, ReadOptions, Result, Store, WatchStream,
-    WatchTreeStream, WriteOptions, check_value_size, lock_arguments, normalize_dir, normalize_key,
+    WatchTreeStream, WriteOptions, normalize_dir, normalize_key,
 };
 use redis::Value;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -275,7 +278,8 @@ impl Inner {
         })
     }
 
-    async fn remove(&self, key: &str, mode: &str, expected: u64) -> Result<()> {
+    async fn remove(&self, key: &str, precondition: Precondition) -> Result<()> {
+        let (mode, expected) = script_mode(precondition);
         let status: i64 = scripts::DELETE
             .key(self.data_key(key))
             .key(self.index_key())
@@ -291,6 +295,15 @@ impl Inner {
             scripts::MODIFIED => Err(Error::KeyModified { key: key.into() }),
             _ => Err(protocol("delete status")),
         }
+    }
+}
+
+/// The scripts' `mode` and expected-index arguments for a precondition.
+fn script_mode(precondition: Precondition) -> (&'static str, u64) {
+    match precondition {
+        Precondition::Absent => ("absent", 0),
+        Precondition::Index(index) => ("index", index),
+        Precondition::None => ("any", 0),
     }
 }
 
@@ -355,13 +368,6 @@ impl Registrar for KeyRegistrar {
     }
 }
 
-/// Milliseconds for a Redis TTL that lives at least `ttl`: rounded up, at least 1.
-pub(crate) fn ttl_millis(ttl: Duration) -> u64 {
-    u64::try_from(ttl.as_micros().div_ceil(1000))
-        .unwrap_or(u64::MAX)
-        .max(1)
-}
-
 /// A kvstore [`Store`] on a Redis server (5 or later; tested on 7).
 ///
 /// See the crate docs for the data layout and the behaviour on reconnects.
@@ -411,6 +417,7 @@ impl RedisStore {
     /// # Cancel safety
     ///
     /// Cancel-safe.
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "connect"))]
     pub async fn connect(config: RedisConfig) -> Result<Self> {
         let client = redis::Client::open(config.server_url.as_str())
             .map_err(|e| Error::invalid_config(BACKEND, e))?;
@@ -468,10 +475,10 @@ impl RedisStore {
         &self,
         key: &str,
         value: &[u8],
-        mode: &str,
-        expected: u64,
+        precondition: Precondition,
         opts: Option<&WriteOptions>,
     ) -> Result<KvPair> {
+        let (mode, expected) = script_mode(precondition);
         self.inner.check_open()?;
         let key = normalize_key(key)?;
         check_value_size(key, value, self.inner.config.max_value_size)?;
@@ -511,7 +518,7 @@ impl Store for RedisStore {
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "put", key = %key))]
     async fn put(&self, key: &str, value: &[u8], opts: Option<&WriteOptions>) -> Result<KvPair> {
-        self.write(key, value, "any", 0, opts).await
+        self.write(key, value, Precondition::None, opts).await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "get", key = %key))]
@@ -528,7 +535,7 @@ impl Store for RedisStore {
     async fn delete(&self, key: &str) -> Result<()> {
         self.inner.check_open()?;
         let key = normalize_key(key)?;
-        self.inner.remove(key, "any", 0).await?;
+        self.inner.remove(key, Precondition::None).await?;
         self.inner.registrations.remove(key);
         Ok(())
     }
@@ -586,17 +593,17 @@ impl Store for RedisStore {
         previous: Option<&KvPair>,
         opts: Option<&WriteOptions>,
     ) -> Result<KvPair> {
-        match previous {
-            None => self.write(key, value, "absent", 0, opts).await,
-            Some(prev) => self.write(key, value, "index", prev.last_index, opts).await,
-        }
+        self.write(key, value, Precondition::of(previous), opts)
+            .await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "atomic_delete", key = %key))]
     async fn atomic_delete(&self, key: &str, previous: &KvPair) -> Result<()> {
         self.inner.check_open()?;
         let key = normalize_key(key)?;
-        self.inner.remove(key, "index", previous.last_index).await?;
+        self.inner
+            .remove(key, Precondition::Index(previous.last_index))
+            .await?;
         self.inner.registrations.remove(key);
         Ok(())
     }

@@ -2,9 +2,8 @@
 
 use std::time::Duration;
 
-use kvstore_core::{
-    Error, Result, duration_option, normalize_dir, parse_multi_host_url, size_option,
-};
+use kvstore_core::backend::{duration_option, parse_multi_host_url, size_option};
+use kvstore_core::{Error, Result, normalize_dir};
 
 use crate::BACKEND;
 

@@ -23,7 +23,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use kvstore_core::backend::{HeldLease, Lease, Release, Renewal};
+use kvstore_core::backend::{HeldLease, Lease, Precondition, Release, Renewal};
 use kvstore_core::{Error, LockLost, LockOptions, Locker, Result};
 use tokio::time::Instant;
 use zookeeper_client::{self as zk, Client, CreateMode, SessionState};
@@ -32,7 +32,7 @@ use crate::BACKEND;
 use crate::error::from_zk;
 use crate::node::MARKER;
 use crate::session::{create_options, timed};
-use crate::store::{Condition, Inner, delete_lock_value};
+use crate::store::{Inner, delete_lock_value};
 
 /// Prefix of waiter names; the server appends a 10-digit sequence number.
 const WAITER: &str = "lock-";
@@ -332,7 +332,7 @@ impl Locker for ZkLocker {
         };
         if let Some(value) = &self.opts.value {
             self.inner
-                .write_on(&client, &self.key, value, Condition::None, None)
+                .write_on(&client, &self.key, value, Precondition::None, None)
                 .await?;
         }
         // The server may have granted a shorter session than asked for: the hold lasts only

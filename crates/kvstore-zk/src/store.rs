@@ -6,10 +6,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use kvstore_core::backend::{Lease, Registrar, Registrations, Release, Renewal, Tasks};
+use kvstore_core::backend::{
+    Lease, Precondition, Registrar, Registrations, Release, Renewal, Tasks, check_value_size,
+    lock_arguments,
+};
 use kvstore_core::{
     Capabilities, Error, KvPair, LockOptions, Locker, ReadOptions, Result, Store, WatchStream,
-    WatchTreeStream, WriteOptions, check_value_size, lock_arguments, normalize_dir, normalize_key,
+    WatchTreeStream, WriteOptions, normalize_dir, normalize_key,
 };
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -111,8 +114,8 @@ impl Registrar for PinRegistrar {
         let inner = &self.0;
         let client = inner.client().await?;
         let condition = match inner.read_key(&client, key, true).await? {
-            None => Condition::Absent,
-            Some(pair) if pair.value == *value => Condition::Index(pair.last_index),
+            None => Precondition::Absent,
+            Some(pair) if pair.value == *value => Precondition::Index(pair.last_index),
             Some(_) => return Ok(None),
         };
         let sent = Instant::now();
@@ -534,7 +537,7 @@ impl Inner {
         self: &Arc<Self>,
         key: &str,
         value: &[u8],
-        condition: Condition,
+        condition: Precondition,
         opts: Option<&WriteOptions>,
     ) -> Result<KvPair> {
         self.check_open()?;
@@ -564,7 +567,7 @@ impl Inner {
         client: &Client,
         key: &str,
         value: &[u8],
-        condition: Condition,
+        condition: Precondition,
         opts: Option<&WriteOptions>,
     ) -> Result<KvPair> {
         let key = normalize_key(key)?;
@@ -584,8 +587,8 @@ impl Inner {
         };
         for _ in 0..MAX_ATTEMPTS {
             let outcome = match condition {
-                Condition::None => self.put_once(client, &path, &data, mode).await,
-                Condition::Absent => {
+                Precondition::None => self.put_once(client, &path, &data, mode).await,
+                Precondition::Absent => {
                     match self.create_key(client, &path, &data, mode).await {
                         Err(zk::Error::NodeExists) => {
                             // Only a hidden znode (a parent) may be taken over.
@@ -601,7 +604,7 @@ impl Inner {
                         other => other,
                     }
                 }
-                Condition::Index(expected) => {
+                Precondition::Index(expected) => {
                     let (old, stat) = match timed(self.timeout(), client.get_data(&path)).await {
                         Ok(read) => read,
                         Err(zk::Error::NoNode) => return Err(Error::not_found(key)),
@@ -718,14 +721,6 @@ impl Inner {
     }
 }
 
-/// The condition of a write.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Condition {
-    None,
-    Absent,
-    Index(u64),
-}
-
 /// The stat of the create of `path` in a transaction's results.
 fn created_stat(results: &[MultiWriteResult], path: &str) -> std::result::Result<Stat, zk::Error> {
     results
@@ -785,6 +780,7 @@ impl ZkStore {
     /// # Cancel safety
     ///
     /// Cancel-safe: a session opened by a dropped call is closed.
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "connect"))]
     pub async fn connect(config: ZkConfig) -> Result<Self> {
         config.validate()?;
         let client = connect(&config, config.session_timeout).await?;
@@ -880,7 +876,7 @@ impl Store for ZkStore {
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "put", key = %key))]
     async fn put(&self, key: &str, value: &[u8], opts: Option<&WriteOptions>) -> Result<KvPair> {
-        self.inner.write(key, value, Condition::None, opts).await
+        self.inner.write(key, value, Precondition::None, opts).await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "get", key = %key))]
@@ -942,7 +938,8 @@ impl Store for ZkStore {
         previous: Option<&KvPair>,
         opts: Option<&WriteOptions>,
     ) -> Result<KvPair> {
-        let condition = previous.map_or(Condition::Absent, |p| Condition::Index(p.last_index));
+        let condition =
+            previous.map_or(Precondition::Absent, |p| Precondition::Index(p.last_index));
         self.inner.write(key, value, condition, opts).await
     }
 

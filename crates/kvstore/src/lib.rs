@@ -310,6 +310,7 @@ where
 /// # Ok(())
 /// # }
 /// ```
+#[tracing::instrument(level = "debug", skip_all, fields(op = "open", scheme = url.split(':').next().unwrap_or("")))]
 pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
     let open = global()
         .read()

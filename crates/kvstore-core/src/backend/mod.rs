@@ -1,4 +1,6 @@
-//! For backend authors: the lease engine, the registration set and the task set a store owns.
+//! For backend authors: the lease engine, the registration set and the task set a store owns,
+//! and the helpers every backend uses the same way (lock arguments, URL and option parsing,
+//! value limits).
 //!
 //! Locks, `keep_alive` keys and leadership all rest on a lease the client renews. The rules —
 //! when to renew, when a holder must stop believing it holds, what happens on close and drop,
@@ -25,3 +27,66 @@ pub use lease::{
     retry_period,
 };
 pub use registration::{Registrar, Registrations};
+
+pub use crate::config::{
+    MultiHostUrl, duration_option, lock_arguments, parse_multi_host_url, size_option,
+};
+pub use crate::lock::LockLostSignal;
+
+use crate::{Error, KvPair, Result};
+
+/// What a conditional write or delete compares, the same on every backend; each backend maps
+/// it onto its own compare (etcd `mod_revision`, Consul `check-index`, ZooKeeper `mzxid` then
+/// version, a Redis script argument, a redb transaction).
+// Not `#[non_exhaustive]`: backends match it exhaustively, so a new variant must be handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precondition {
+    /// Unconditional.
+    None,
+    /// The key must be absent (create-only): `KeyExists` otherwise.
+    Absent,
+    /// The key must exist with this `last_index`: `KeyNotFound` or `KeyModified` otherwise.
+    Index(u64),
+}
+
+impl Precondition {
+    /// The precondition of `Store::atomic_put`: create-only without a previous pair, else its
+    /// `last_index`.
+    pub fn of(previous: Option<&KvPair>) -> Self {
+        previous.map_or(Precondition::Absent, |p| Precondition::Index(p.last_index))
+    }
+}
+
+/// Milliseconds for a TTL that lives at least `ttl`: rounded up, at least 1 (never expire a
+/// key early; a sub-millisecond TTL is not 0, which some servers read as "no expiry").
+pub fn ttl_millis(ttl: std::time::Duration) -> u64 {
+    u64::try_from(ttl.as_micros().div_ceil(1000))
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+/// Checks a value against a backend's limit.
+///
+/// # Errors
+///
+/// [`Error::ValueTooLarge`] when `value` is longer than `limit` bytes.
+///
+/// # Examples
+///
+/// ```
+/// use kvstore_core::Error;
+/// use kvstore_core::backend::check_value_size;
+///
+/// assert!(check_value_size("k", b"abc", 3).is_ok());
+/// assert!(matches!(check_value_size("k", b"abcd", 3), Err(Error::ValueTooLarge { size: 4, limit: 3, .. })));
+/// ```
+pub fn check_value_size(key: &str, value: &[u8], limit: usize) -> Result<()> {
+    if value.len() > limit {
+        return Err(Error::ValueTooLarge {
+            key: key.to_owned(),
+            size: value.len(),
+            limit,
+        });
+    }
+    Ok(())
+}
