@@ -9,11 +9,10 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use kvstore_core::{KvPair, Store, WriteOptions};
-use tokio::io::AsyncBufReadExt;
 
 use crate::{
-    EVENT_TIMEOUT, HOLDER_VAR, Opener, cleanup, error_chain, lock_ttl, ok, retry_transient,
-    scratch_dir, server_control,
+    EVENT_TIMEOUT, HOLDER_VAR, HolderProcess, Opener, cleanup, error_chain, lock_ttl, ok,
+    retry_transient, scratch_dir, server_control,
 };
 
 /// Server paused past the TTL while a lock is held: the holder's `LockLost` resolves within
@@ -211,25 +210,12 @@ pub async fn paused_holder_is_replaced(
     }
     let dir = scratch_dir("paused_holder");
     let key = format!("{dir}/lock");
-    let mut child = tokio::process::Command::new(std::env::current_exe().expect("test binary"))
-        .args(["--exact", test_name, "--nocapture"])
-        .env(HOLDER_VAR, &key)
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawning the holder");
+    let HolderProcess {
+        mut child,
+        mut lines,
+        token: holder_token,
+    } = HolderProcess::spawn(test_name, &key).await;
     let pid = child.id().expect("holder pid").to_string();
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let holder_token: u64 = tokio::time::timeout(EVENT_TIMEOUT, async {
-        while let Some(line) = lines.next_line().await.expect("holder output") {
-            if let Some(token) = line.strip_prefix("locked ") {
-                return token.parse().expect("token");
-            }
-        }
-        panic!("the holder exited without taking the lock");
-    })
-    .await
-    .expect("the holder must take the lock");
 
     signal(&pid, "-STOP").await;
     let paused = Instant::now();
@@ -295,4 +281,59 @@ pub async fn rewrite_registration(store: &dyn Store, key: &str, n: usize, ttl: D
             "put",
         );
     }
+}
+
+/// Generates the liveness fault tests of a network backend — [`paused_server_loses_lock`],
+/// [`restarted_server_keeps_registration`] and [`paused_holder_is_replaced`] — as three
+/// `#[tokio::test]`s that run one at a time (they pause or restart the server the other tests
+/// use): `liveness_tests!(server: "redis", url: "KVSTORE_REDIS_URL", opener: |url| …, ttl: …,
+/// takeover: …)`. `opener` turns the server URL into an [`Opener`]; `takeover` bounds how long
+/// a paused holder's lock takes to be taken over (the TTL plus the backend's expiry slack).
+#[macro_export]
+macro_rules! liveness_tests {
+    (server: $server:expr, url: $var:expr, opener: $opener:expr, ttl: $ttl:expr, takeover: $takeover:expr $(,)?) => {
+        static LIVENESS_SERIAL: ::tokio::sync::Mutex<()> = ::tokio::sync::Mutex::const_new(());
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_paused_server_ends_the_hold_within_its_ttl() {
+            let Some(url) = $crate::controlled_backend_url($var) else {
+                return;
+            };
+            let _serial = LIVENESS_SERIAL.lock().await;
+            let opener: $crate::Opener = ($opener)(url);
+            $crate::paused_server_loses_lock(
+                &opener,
+                $server,
+                $ttl,
+                ::std::time::Duration::from_millis(500),
+            )
+            .await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_registration_comes_back_after_a_server_restart() {
+            let Some(url) = $crate::controlled_backend_url($var) else {
+                return;
+            };
+            let _serial = LIVENESS_SERIAL.lock().await;
+            let opener: $crate::Opener = ($opener)(url);
+            $crate::restarted_server_keeps_registration(&opener, $server, $ttl).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_paused_holder_is_replaced_and_knows_it_on_resuming() {
+            let Some(url) = $crate::backend_url($var) else {
+                return;
+            };
+            let _serial = LIVENESS_SERIAL.lock().await;
+            let opener: $crate::Opener = ($opener)(url);
+            $crate::paused_holder_is_replaced(
+                &opener,
+                "a_paused_holder_is_replaced_and_knows_it_on_resuming",
+                $ttl,
+                $takeover,
+            )
+            .await;
+        }
+    };
 }

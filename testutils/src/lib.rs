@@ -264,8 +264,6 @@ pub async fn killed_holder_frees_lock(
     ttl: Duration,
     bound: Duration,
 ) {
-    use tokio::io::AsyncBufReadExt;
-
     if let Ok(key) = std::env::var(HOLDER_VAR) {
         let store = opener.open().await;
         let mut lock = ok(store.new_lock(&key, Some(&lock_ttl(ttl))).await, "new_lock");
@@ -275,24 +273,11 @@ pub async fn killed_holder_frees_lock(
     }
     let dir = scratch_dir("killed_holder");
     let key = format!("{dir}/lock");
-    let mut child = tokio::process::Command::new(std::env::current_exe().expect("test binary"))
-        .args(["--exact", test_name, "--nocapture"])
-        .env(HOLDER_VAR, &key)
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawning the holder");
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let holder_token: u64 = tokio::time::timeout(EVENT_TIMEOUT, async {
-        while let Some(line) = lines.next_line().await.expect("holder output") {
-            if let Some(token) = line.strip_prefix("locked ") {
-                return token.parse().expect("token");
-            }
-        }
-        panic!("the holder exited without taking the lock");
-    })
-    .await
-    .expect("the holder must take the lock");
+    let HolderProcess {
+        mut child,
+        token: holder_token,
+        ..
+    } = HolderProcess::spawn(test_name, &key).await;
 
     let store = opener.open().await;
     let mut contender = ok(store.new_lock(&key, Some(&lock_ttl(ttl))).await, "new_lock");
@@ -323,6 +308,45 @@ pub async fn killed_holder_frees_lock(
     ok(contender.unlock().await, "unlock");
     cleanup(&*store, &dir).await;
     let _ = store.close().await;
+}
+
+/// A lock holder running in a child process: this test binary re-run with `--exact test_name`
+/// and [`HOLDER_VAR`] set to the lock's key, which prints `locked <token>` once it holds it.
+pub(crate) struct HolderProcess {
+    pub(crate) child: tokio::process::Child,
+    pub(crate) lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    pub(crate) token: u64,
+}
+
+impl HolderProcess {
+    /// Starts the holder and waits (bounded) until it holds the lock on `key`.
+    pub(crate) async fn spawn(test_name: &str, key: &str) -> HolderProcess {
+        use tokio::io::AsyncBufReadExt;
+
+        let mut child = tokio::process::Command::new(std::env::current_exe().expect("test binary"))
+            .args(["--exact", test_name, "--nocapture"])
+            .env(HOLDER_VAR, key)
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawning the holder");
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let token = tokio::time::timeout(EVENT_TIMEOUT, async {
+            while let Some(line) = lines.next_line().await.expect("holder output") {
+                if let Some(token) = line.strip_prefix("locked ") {
+                    return token.parse().expect("token");
+                }
+            }
+            panic!("the holder exited without taking the lock");
+        })
+        .await
+        .expect("the holder must take the lock");
+        HolderProcess {
+            child,
+            lines,
+            token,
+        }
+    }
 }
 
 /// The keys of a listing, in order.

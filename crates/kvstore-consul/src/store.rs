@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use kvstore_core::backend::{
     Lease, Precondition, Registrar, Registrations, Release, Renewal, Tasks, check_value_size,
-    lock_arguments,
+    lock_arguments, rewrite_precondition, unless_superseded,
 };
 use kvstore_core::{
     Capabilities, Error, KvPair, LockOptions, Locker, ReadOptions, Result, Store, WatchStream,
@@ -76,11 +76,7 @@ impl SessionLease {
 #[async_trait]
 impl Lease for SessionLease {
     async fn renew(&self) -> Result<Renewal> {
-        Ok(if self.inner.api.renew_session(&self.id).await? {
-            Renewal::Renewed
-        } else {
-            Renewal::Gone
-        })
+        Ok(Renewal::held(self.inner.api.renew_session(&self.id).await?))
     }
 
     async fn release(&self, why: Release) -> Result<()> {
@@ -110,27 +106,22 @@ impl Registrar for SessionRegistrar {
         ttl: Duration,
     ) -> Result<Option<(Arc<dyn Lease>, Instant)>> {
         let inner = &self.0;
-        let condition = match inner.read_key(key, Consistency::Consistent, None).await?.0 {
-            None => Precondition::Absent,
-            Some(pair) if pair.value == *value => Precondition::Index(pair.last_index),
-            Some(_) => return Ok(None),
+        let current = inner.read_key(key, Consistency::Consistent, None).await?.0;
+        let Some(condition) = rewrite_precondition(current.as_ref(), value) else {
+            return Ok(None);
         };
         let sent = Instant::now();
         let opts = WriteOptions::default().with_ttl(ttl);
-        match inner
+        let written = inner
             .write_with_session(key, value, condition, Some(&opts))
-            .await
-        {
-            Ok((_, Some(session))) => Ok(Some((
+            .await;
+        match unless_superseded(written)? {
+            Some((_, Some(session))) => Ok(Some((
                 Arc::new(SessionLease::new(inner.clone(), session, None)),
                 sent,
             ))),
-            Ok((_, None)) => Err(Error::backend(BACKEND, "a TTL write made no session")),
-            // Written by someone else between the read and the transaction.
-            Err(
-                Error::KeyExists { .. } | Error::KeyModified { .. } | Error::KeyNotFound { .. },
-            ) => Ok(None),
-            Err(err) => Err(err),
+            Some((_, None)) => Err(Error::backend(BACKEND, "a TTL write made no session")),
+            None => Ok(None),
         }
     }
 }

@@ -8,9 +8,7 @@ use std::time::Duration;
 
 use kvstore_consul::{ConsulConfig, ConsulStore};
 use kvstore_core::Store;
-use kvstore_testutils::{Opener, backend_url, controlled_backend_url, eventually, ok, scratch_dir};
-
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+use kvstore_testutils::{Opener, backend_url, eventually, ok, scratch_dir};
 
 fn opener(url: String) -> Opener {
     Opener::new(move || {
@@ -25,46 +23,14 @@ fn opener(url: String) -> Opener {
 /// Session TTLs are whole seconds; ci/test.sh lowers `session_ttl_min` to 1 s.
 const TTL: Duration = Duration::from_secs(2);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_paused_agent_ends_the_hold_within_its_ttl() {
-    let Some(url) = controlled_backend_url("KVSTORE_CONSUL_URL") else {
-        return;
-    };
-    let _serial = SERIAL.lock().await;
-    kvstore_testutils::paused_server_loses_lock(
-        &opener(url),
-        "consul",
-        TTL,
-        Duration::from_millis(500),
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_registration_comes_back_after_an_agent_restart() {
-    let Some(url) = controlled_backend_url("KVSTORE_CONSUL_URL") else {
-        return;
-    };
-    let _serial = SERIAL.lock().await;
-    // A -dev agent keeps nothing across a restart: every key and session is gone.
-    kvstore_testutils::restarted_server_keeps_registration(&opener(url), "consul", TTL).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_paused_holder_is_replaced_and_knows_it_on_resuming() {
-    let Some(url) = backend_url("KVSTORE_CONSUL_URL") else {
-        return;
-    };
-    let _serial = SERIAL.lock().await;
+kvstore_testutils::liveness_tests!(
+    server: "consul",
+    url: "KVSTORE_CONSUL_URL",
+    opener: opener,
+    ttl: TTL,
     // Consul invalidates a session between TTL and 2×TTL after its last renewal.
-    kvstore_testutils::paused_holder_is_replaced(
-        &opener(url),
-        "a_paused_holder_is_replaced_and_knows_it_on_resuming",
-        TTL,
-        TTL * 2 + Duration::from_secs(3),
-    )
-    .await;
-}
+    takeover: TTL * 2 + Duration::from_secs(3),
+);
 
 async fn sessions(http: &reqwest::Client, base: &str) -> usize {
     let list: Vec<serde_json::Value> = http
@@ -83,7 +49,7 @@ async fn rewriting_a_registration_leaves_one_session() {
     let Some(url) = backend_url("KVSTORE_CONSUL_URL") else {
         return;
     };
-    let _serial = SERIAL.lock().await;
+    let _serial = LIVENESS_SERIAL.lock().await;
     let config = ConsulConfig::from_url(&url).unwrap();
     let base = config.address.as_str().trim_end_matches('/').to_owned();
     let http = reqwest::Client::new();

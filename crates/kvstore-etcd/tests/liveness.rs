@@ -8,9 +8,7 @@ use std::time::Duration;
 
 use kvstore_core::Store;
 use kvstore_etcd::{EtcdConfig, EtcdStore};
-use kvstore_testutils::{Opener, backend_url, controlled_backend_url, ok, scratch_dir};
-
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+use kvstore_testutils::{Opener, backend_url, ok, scratch_dir};
 
 fn opener(url: String) -> Opener {
     Opener::new(move || {
@@ -25,52 +23,21 @@ fn opener(url: String) -> Opener {
 /// etcd leases have whole-second TTLs.
 const TTL: Duration = Duration::from_secs(2);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_paused_server_ends_the_hold_within_its_ttl() {
-    let Some(url) = controlled_backend_url("KVSTORE_ETCD_URL") else {
-        return;
-    };
-    let _serial = SERIAL.lock().await;
-    kvstore_testutils::paused_server_loses_lock(
-        &opener(url),
-        "etcd",
-        TTL,
-        Duration::from_millis(500),
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_registration_comes_back_after_a_server_restart() {
-    let Some(url) = controlled_backend_url("KVSTORE_ETCD_URL") else {
-        return;
-    };
-    let _serial = SERIAL.lock().await;
-    kvstore_testutils::restarted_server_keeps_registration(&opener(url), "etcd", TTL).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_paused_holder_is_replaced_and_knows_it_on_resuming() {
-    let Some(url) = backend_url("KVSTORE_ETCD_URL") else {
-        return;
-    };
-    let _serial = SERIAL.lock().await;
+kvstore_testutils::liveness_tests!(
+    server: "etcd",
+    url: "KVSTORE_ETCD_URL",
+    opener: opener,
+    ttl: TTL,
     // etcd expires the paused holder's lease within its TTL plus its ~1 s expiry check.
-    kvstore_testutils::paused_holder_is_replaced(
-        &opener(url),
-        "a_paused_holder_is_replaced_and_knows_it_on_resuming",
-        TTL,
-        TTL + Duration::from_secs(3),
-    )
-    .await;
-}
+    takeover: TTL + Duration::from_secs(3),
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rewriting_a_registration_leaves_one_lease() {
     let Some(url) = backend_url("KVSTORE_ETCD_URL") else {
         return;
     };
-    let _serial = SERIAL.lock().await;
+    let _serial = LIVENESS_SERIAL.lock().await;
     let config = EtcdConfig::from_url(&url).unwrap();
     let mut raw = etcd_client::Client::connect(&config.endpoints, None)
         .await

@@ -42,11 +42,7 @@ impl Lease for LockLease {
             .shared
             .blocking(move |s| s.renew_lock(&key, owner, token, ttl))
             .await?;
-        Ok(if renewed {
-            Renewal::Renewed
-        } else {
-            Renewal::Gone
-        })
+        Ok(Renewal::held(renewed))
     }
 
     async fn release(&self, why: Release) -> Result<()> {

@@ -10,7 +10,7 @@ use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
 use kvstore_core::backend::{
     Lease, Precondition, Registrar, Registrations, Release, Renewal, Tasks, check_value_size,
-    lock_arguments, ttl_millis,
+    lock_arguments, rewrite_precondition, ttl_millis, unless_superseded,
 };
 use kvstore_core::{
     Capabilities, Error, KvPair, LockOptions, Locker, ReadOptions, Result, Store, WatchStream,
@@ -585,11 +585,7 @@ impl Lease for KeyLease {
             .shared
             .blocking(move |s| s.renew_key(&key, index, ttl))
             .await?;
-        Ok(if renewed {
-            Renewal::Renewed
-        } else {
-            Renewal::Gone
-        })
+        Ok(Renewal::held(renewed))
     }
 
     /// Nothing to give back: the key's deadline is the lease.
@@ -611,32 +607,25 @@ impl Registrar for KeyRegistrar {
         ttl: Duration,
     ) -> Result<Option<(Arc<dyn Lease>, Instant)>> {
         let k = key.to_owned();
-        let expect = match self.0.blocking(move |s| s.read_key(&k)).await? {
-            None => Precondition::Absent,
-            Some(pair) if pair.value == *value => Precondition::Index(pair.last_index),
-            Some(_) => return Ok(None),
+        let current = self.0.blocking(move |s| s.read_key(&k)).await?;
+        let Some(expect) = rewrite_precondition(current.as_ref(), value) else {
+            return Ok(None);
         };
         let sent = Instant::now();
         let (k, v) = (key.to_owned(), value.to_vec());
-        match self
+        let written = self
             .0
             .blocking(move |s| s.write(&k, &v, Some(ttl), expect))
-            .await
-        {
-            Ok(pair) => Ok(Some((
-                Arc::new(KeyLease {
-                    shared: self.0.clone(),
-                    key: key.to_owned(),
-                    index: pair.last_index,
-                    ttl,
-                }),
-                sent,
-            ))),
-            Err(
-                Error::KeyExists { .. } | Error::KeyModified { .. } | Error::KeyNotFound { .. },
-            ) => Ok(None),
-            Err(err) => Err(err),
-        }
+            .await;
+        Ok(unless_superseded(written)?.map(|pair| {
+            let lease: Arc<dyn Lease> = Arc::new(KeyLease {
+                shared: self.0.clone(),
+                key: key.to_owned(),
+                index: pair.last_index,
+                ttl,
+            });
+            (lease, sent)
+        }))
     }
 }
 

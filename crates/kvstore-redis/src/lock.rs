@@ -48,11 +48,7 @@ impl Lease for LockLease {
             .invoke_async(&mut self.inner.conn())
             .await
             .map_err(from_redis)?;
-        Ok(if renewed == 1 {
-            Renewal::Renewed
-        } else {
-            Renewal::Gone
-        })
+        Ok(Renewal::held(renewed == 1))
     }
 
     async fn release(&self, why: Release) -> Result<()> {

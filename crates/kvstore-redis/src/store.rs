@@ -335,11 +335,7 @@ impl Lease for KeyLease {
             .invoke_async(&mut self.inner.conn())
             .await
             .map_err(from_redis)?;
-        Ok(if renewed == 1 {
-            Renewal::Renewed
-        } else {
-            Renewal::Gone
-        })
+        Ok(Renewal::held(renewed == 1))
     }
 
     /// Nothing to give back: the key's expiry is the lease.

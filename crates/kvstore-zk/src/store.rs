@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use kvstore_core::backend::{
     Lease, Precondition, Registrar, Registrations, Release, Renewal, Tasks, check_value_size,
-    lock_arguments,
+    lock_arguments, rewrite_precondition, unless_superseded,
 };
 use kvstore_core::{
     Capabilities, Error, KvPair, LockOptions, Locker, ReadOptions, Result, Store, WatchStream,
@@ -113,29 +113,22 @@ impl Registrar for PinRegistrar {
     ) -> Result<Option<(Arc<dyn kvstore_core::backend::Lease>, Instant)>> {
         let inner = &self.0;
         let client = inner.client().await?;
-        let condition = match inner.read_key(&client, key, true).await? {
-            None => Precondition::Absent,
-            Some(pair) if pair.value == *value => Precondition::Index(pair.last_index),
-            Some(_) => return Ok(None),
+        let current = inner.read_key(&client, key, true).await?;
+        let Some(condition) = rewrite_precondition(current.as_ref(), value) else {
+            return Ok(None);
         };
         let sent = Instant::now();
         let opts = WriteOptions::default().with_ttl(ttl).with_keep_alive(true);
-        match inner
+        let written = inner
             .write_on(&client, key, value, condition, Some(&opts))
-            .await
-        {
-            Ok(_) => Ok(Some((
-                Arc::new(PinLease {
-                    inner: inner.clone(),
-                    key: key.to_owned(),
-                }) as Arc<dyn kvstore_core::backend::Lease>,
-                sent,
-            ))),
-            Err(
-                Error::KeyExists { .. } | Error::KeyModified { .. } | Error::KeyNotFound { .. },
-            ) => Ok(None),
-            Err(err) => Err(err),
-        }
+            .await;
+        Ok(unless_superseded(written)?.map(|_| {
+            let lease: Arc<dyn kvstore_core::backend::Lease> = Arc::new(PinLease {
+                inner: inner.clone(),
+                key: key.to_owned(),
+            });
+            (lease, sent)
+        }))
     }
 }
 

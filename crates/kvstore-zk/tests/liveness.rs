@@ -6,10 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kvstore_core::Store;
-use kvstore_testutils::{Opener, backend_url, controlled_backend_url};
+use kvstore_testutils::Opener;
 use kvstore_zk::{ZkConfig, ZkStore};
-
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The store's own session (which pins `keep_alive` keys) has the registration TTL, so a
 /// restart longer than that expires it, as a long outage would.
@@ -25,42 +23,11 @@ fn opener(url: String) -> Opener {
 
 const TTL: Duration = Duration::from_secs(2);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_paused_server_ends_the_hold_within_its_ttl() {
-    let Some(url) = controlled_backend_url("KVSTORE_ZK_URL") else {
-        return;
-    };
-    let _serial = SERIAL.lock().await;
-    kvstore_testutils::paused_server_loses_lock(
-        &opener(url),
-        "zk",
-        TTL,
-        Duration::from_millis(500),
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_registration_comes_back_after_a_server_restart() {
-    let Some(url) = controlled_backend_url("KVSTORE_ZK_URL") else {
-        return;
-    };
-    let _serial = SERIAL.lock().await;
-    kvstore_testutils::restarted_server_keeps_registration(&opener(url), "zk", TTL).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_paused_holder_is_replaced_and_knows_it_on_resuming() {
-    let Some(url) = backend_url("KVSTORE_ZK_URL") else {
-        return;
-    };
-    let _serial = SERIAL.lock().await;
+kvstore_testutils::liveness_tests!(
+    server: "zk",
+    url: "KVSTORE_ZK_URL",
+    opener: opener,
+    ttl: TTL,
     // The server expires the paused holder's session within its timeout (the TTL).
-    kvstore_testutils::paused_holder_is_replaced(
-        &opener(url),
-        "a_paused_holder_is_replaced_and_knows_it_on_resuming",
-        TTL,
-        TTL + Duration::from_secs(3),
-    )
-    .await;
-}
+    takeover: TTL + Duration::from_secs(3),
+);

@@ -48,6 +48,17 @@ pub enum Renewal {
     Gone,
 }
 
+impl Renewal {
+    /// `Renewed` when the server confirmed the hold, else `Gone`.
+    pub fn held(held: bool) -> Renewal {
+        if held {
+            Renewal::Renewed
+        } else {
+            Renewal::Gone
+        }
+    }
+}
+
 /// Why a lease is given back: backends may release differently (only an `Unlock` deletes a
 /// lock's value with `delete_on_unlock`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,8 +11,9 @@ use bytes::Bytes;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::Precondition;
 use super::lease::{Ended, Lease, Release, Tasks, release_logged, renew_until_lost};
-use crate::{LockLost, Result, is_descendant};
+use crate::{Error, KvPair, LockLost, Result, is_descendant};
 
 /// The step a backend supplies to write a registration again after its lease was lost.
 #[async_trait]
@@ -31,6 +32,34 @@ pub trait Registrar: Send + Sync + 'static {
         value: &Bytes,
         ttl: Duration,
     ) -> Result<Option<(Arc<dyn Lease>, Instant)>>;
+}
+
+/// For [`Registrar::register_again`] over a read and a conditional write: the precondition of
+/// writing `value` again where the key's current pair is `current` — absent, or unchanged
+/// since the read — or `None` when another client wrote a different value (the registration
+/// then ends).
+pub fn rewrite_precondition(current: Option<&KvPair>, value: &[u8]) -> Option<Precondition> {
+    match current {
+        None => Some(Precondition::Absent),
+        Some(pair) if pair.value == value => Some(Precondition::Index(pair.last_index)),
+        Some(_) => None,
+    }
+}
+
+/// The conditional write of [`rewrite_precondition`]: losing the race to another writer
+/// (`KeyExists`, `KeyModified`, `KeyNotFound`) is `Ok(None)`, the end of the registration.
+///
+/// # Errors
+///
+/// Every other error of `result`.
+pub fn unless_superseded<T>(result: Result<T>) -> Result<Option<T>> {
+    match result {
+        Ok(written) => Ok(Some(written)),
+        Err(Error::KeyExists { .. } | Error::KeyModified { .. } | Error::KeyNotFound { .. }) => {
+            Ok(None)
+        }
+        Err(err) => Err(err),
+    }
 }
 
 struct Entry {
