@@ -17,12 +17,19 @@
 //! - TTL: a session with that TTL (whole seconds, rounded up) and `Behavior=delete` holds the
 //!   key (the `lock` verb): when the session is invalidated, Consul deletes the key. Consul
 //!   invalidates a session between its TTL and twice its TTL after the last renewal, so a key
-//!   disappears between TTL and 2×TTL (plus a moment). `keep_alive` renews the session at a
-//!   third of its TTL until the store is closed. The agent needs `session_ttl_min` at or below
+//!   disappears between TTL and 2×TTL (plus a moment). `keep_alive` renews the session until the
+//!   store is closed (see below). The agent needs `session_ttl_min` at or below
 //!   the shortest TTL used (default 10 s; kvstore's CI sets 1 s). A TTL write is two requests
 //!   (session, then transaction).
 //! - Watches are blocking queries; see [`watch`](crate#watches).
-//! - Locks: see [`ConsulLocker`].
+//! - Locks: see [`ConsulLocker`]. The key a holder acquires is `.kvstore-locks/<key>` under the
+//!   prefix, so deleting the lock's key or a directory above it never ends the hold.
+//!
+//! Lock holds and `keep_alive` registrations follow the loss rule of
+//! [`kvstore_core::backend`]: renewed every quarter TTL, lost at four fifths of the TTL after
+//! the send of the last successful renewal whether or not the server said so, and a lost
+//! registration is written again as soon as the server answers (unless another client wrote a
+//! different value meanwhile).
 //!
 //! # Watches
 //!

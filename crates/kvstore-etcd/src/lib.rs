@@ -11,6 +11,11 @@
 //! - TTL: a lease of the TTL rounded up to whole seconds (one extra round trip to grant it);
 //!   etcd checks lease expiry about every 500 ms, so a key disappears within TTL + 1 s.
 //!   `keep_alive` keeps the lease alive until the store is closed.
+//! - Lock holds and `keep_alive` registrations follow the loss rule of
+//!   [`kvstore_core::backend`]: renewed every quarter TTL, lost at four fifths of the TTL after
+//!   the send of the last successful renewal whether or not the server said so, and a lost
+//!   registration is written again as soon as the server answers (unless another client wrote a
+//!   different value meanwhile).
 //! - Watches read at revision R and watch from R + 1, resume from the last seen revision after a
 //!   disconnect, and re-read if that revision was compacted; see [`watch`](crate#behavior-on-reconnects).
 //! - Locks use a lease plus revision-ordered waiter keys under `<prefix>\x01kvstore/lock/`, a
@@ -20,7 +25,8 @@
 //!
 //! Calls fail with `NotReachable` or `Timeout` while no member answers; the client reconnects
 //! by itself. Watches resume (see above) for up to `watch_reconnect_timeout`. A lock whose lease
-//! cannot be kept alive is lost (its `LockLost` fires) when the lease expires.
+//! cannot be renewed within four fifths of its TTL is lost (its `LockLost` fires) without
+//! waiting for etcd to expire it.
 //!
 //! # Examples
 //!

@@ -673,7 +673,8 @@ impl Drop for Session {
 ///   different keys; fencing tokens come from the same counter.
 /// - TTL slack: a key is deleted, and watchers told, within a few milliseconds of its deadline
 ///   (a background task sleeps until the next one). Reads never return an expired key.
-/// - `keep_alive` renews at a third of the TTL while the writing handle is open.
+/// - `keep_alive` keys and held locks are renewed by the lease engine of
+///   `kvstore_core::backend` (every quarter TTL) while the writing handle is open.
 /// - `close()` on a handle releases the locks it holds at once.
 /// - Every write commits with redb's default durability (fsync before returning).
 ///

@@ -44,8 +44,15 @@
 //! - `watch`/`watch_tree` use keyspace notifications, which must be enabled on the server
 //!   (`notify-keyspace-events KA`, or at least `Kghx$`); otherwise they fail with
 //!   `InvalidConfig` saying how to enable them. See [`watch`](crate#behavior-on-reconnects).
-//! - Locks: `SET PX` with an owner id and a token from the revision counter, renewed at a third
-//!   of the TTL; waiters are woken by the lock key's `del`/`expired` notifications.
+//! - Locks: `SET PX` with an owner id and a token from the revision counter; a waiter subscribes
+//!   to the lock key's `del`/`expired` notifications only once it finds the lock held, so an
+//!   uncontended lock + unlock is two requests.
+//!
+//! Lock holds and `keep_alive` registrations follow the loss rule of
+//! [`kvstore_core::backend`]: renewed every quarter TTL, lost at four fifths of the TTL after
+//! the send of the last successful renewal whether or not the server said so, and a lost
+//! registration is written again as soon as the server answers (unless another client wrote a
+//! different value meanwhile).
 //!
 //! # Behavior on reconnects
 //!
@@ -54,7 +61,7 @@
 //! - Each watch owns a pub/sub connection and re-subscribes with backoff after losing it, then
 //!   re-reads and emits the current state if it changed (up to
 //!   [`RedisConfig::watch_reconnect_timeout`], then it yields the error and ends).
-//! - A lock holder that cannot renew for a whole TTL considers the lock lost.
+//! - A lock holder that cannot renew within four fifths of the TTL considers the lock lost.
 //!
 //! Redis Cluster is not supported (scripts touch keys found through the index).
 //!

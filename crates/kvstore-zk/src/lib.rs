@@ -42,16 +42,22 @@
 //! # Locks
 //!
 //! See [`ZkLocker`]: ephemeral sequential waiters under `<root>/.kvstore-locks/<key>/` on a
-//! session of the lock's own whose timeout is the lock's TTL; each waiter watches only its
-//! predecessor; the fencing token is the waiter's `czxid`.
+//! session whose timeout is the lock's TTL (shared by this store's locks of that TTL); each
+//! waiter watches only its predecessor; the fencing token is the waiter's `czxid`.
+//!
+//! Lock holds and `keep_alive` registrations follow the loss rule of
+//! [`kvstore_core::backend`]: renewed every quarter TTL, lost at four fifths of the TTL after
+//! the send of the last successful renewal whether or not the server said so, and a lost
+//! registration is written again as soon as the server answers (unless another client wrote a
+//! different value meanwhile).
 //!
 //! # Behavior on reconnects
 //!
 //! While disconnected, calls fail with `NotReachable`; the client reconnects within the
 //! session by itself, and watches re-read and emit the state if it changed. If the session
-//! expires, the next call opens a new one, re-creates the pins of `keep_alive` keys that still
-//! exist, and watches re-register. A held lock whose session expires, or whose connection is
-//! lost for its session timeout, fires its `LockLost`.
+//! expires, the next call opens a new one, `keep_alive` keys are written again with pins in it
+//! (their lease was lost), and watches re-register. A held lock whose session expires, or that
+//! cannot renew within four fifths of its TTL, fires its `LockLost`.
 //!
 //! # Examples
 //!
