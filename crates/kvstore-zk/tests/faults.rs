@@ -71,7 +71,7 @@ async fn a_killed_holder_frees_its_lock_within_its_ttl() {
         let url = url.clone();
         async move { Ok(Arc::new(connect(&url).await) as Arc<dyn Store>) }
     });
-    // The lock's own session has the lock's TTL as its timeout.
+    // The lock session has the lock's TTL as its timeout.
     killed_holder_frees_lock(
         &opener,
         "a_killed_holder_frees_its_lock_within_its_ttl",
