@@ -79,6 +79,7 @@
 //! # }
 //! ```
 
+mod client;
 mod config;
 mod error;
 mod lock;

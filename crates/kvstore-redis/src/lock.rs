@@ -13,9 +13,9 @@ use kvstore_core::{Error, LockLost, LockOptions, Locker, Result};
 use tokio::time::Instant;
 
 use crate::BACKEND;
+use crate::client::Inner;
 use crate::error::{from_redis, protocol};
 use crate::scripts;
-use crate::store::Inner;
 use crate::watch::{Subscribed, Subscription, subscribe};
 
 /// The protocol steps of a held lock for the lease engine: renew with `PEXPIRE` while the lock

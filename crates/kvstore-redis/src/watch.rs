@@ -18,8 +18,8 @@ use futures::{FutureExt, StreamExt};
 use kvstore_core::{Error, Result};
 use redis::aio::{PubSubSink, PubSubStream};
 
+use crate::client::Inner;
 use crate::error::from_redis;
-use crate::store::Inner;
 
 /// What a watch listens to.
 #[derive(Debug, Clone)]

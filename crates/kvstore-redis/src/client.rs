@@ -1,0 +1,390 @@
+//! The connection and the primitive reads, writes and lease steps every part of the Redis
+//! backend shares: the key layout, the scripts' calls, keyspace-notification checks, and the
+//! `keep_alive` lease and registrar for the lease engine.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use kvstore_core::backend::{
+    Lease, Precondition, Registrar, Registrations, Release, Renewal, Tasks, ttl_millis,
+};
+use kvstore_core::{Error, KvPair, Result, normalize_key};
+use redis::Value;
+use redis::aio::ConnectionManager;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::BACKEND;
+use crate::config::RedisConfig;
+use crate::error::{from_redis, protocol};
+use crate::scripts;
+
+/// How long `close` waits for lock releases to be sent.
+pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+const NOTIFICATIONS_ON: u8 = 1;
+const NOTIFICATIONS_OFF: u8 = 2;
+
+/// Connection state shared by the store, its watches and its locks.
+pub(crate) struct Inner {
+    pub(crate) client: redis::Client,
+    pub(crate) conn: ConnectionManager,
+    pub(crate) config: RedisConfig,
+    /// `""` or `"<prefix>/"`: prepended to every key.
+    pub(crate) prefix: String,
+    pub(crate) db: i64,
+    pub(crate) cancel: CancellationToken,
+    /// Background work (lock renewals, registrations, releases); `close` waits for it.
+    pub(crate) tasks: Tasks,
+    /// The `keep_alive` keys of this store.
+    pub(crate) registrations: Registrations,
+    /// Whether keyspace notifications were on at the last check: `NOTIFICATIONS_*`. Checked at
+    /// connect so `capabilities()` tells the truth; rechecked by every watch and lock while off,
+    /// so turning them on later is noticed.
+    pub(crate) notifications: AtomicU8,
+}
+
+impl Inner {
+    pub(crate) fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    pub(crate) fn data_key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    fn internal_key(&self, name: &str) -> String {
+        // \x01 cannot occur in a valid key, so internal keys never collide with data keys.
+        format!("{}\u{1}kvstore/{name}", self.prefix)
+    }
+
+    pub(crate) fn rev_key(&self) -> String {
+        self.internal_key("rev")
+    }
+
+    pub(crate) fn index_key(&self) -> String {
+        self.internal_key("index")
+    }
+
+    pub(crate) fn lock_key(&self, key: &str) -> String {
+        self.internal_key(&format!("lock/{key}"))
+    }
+
+    /// The keyspace-notification channel of a Redis key.
+    /// Source: Redis docs, "Redis keyspace notifications" — `__keyspace@<db>__:<key>`.
+    pub(crate) fn keyspace_channel(&self, redis_key: &str) -> String {
+        format!("__keyspace@{}__:{redis_key}", self.db)
+    }
+
+    /// The keyspace-notification pattern for every key strictly below `dir` (all keys for `""`).
+    pub(crate) fn keyspace_tree_pattern(&self, dir: &str) -> String {
+        let base = if dir.is_empty() {
+            self.prefix.clone()
+        } else {
+            format!("{}{dir}/", self.prefix)
+        };
+        format!("__keyspace@{}__:{}*", self.db, escape_glob(&base))
+    }
+
+    pub(crate) fn check_open(&self) -> Result<()> {
+        if self.cancel.is_cancelled() {
+            return Err(Error::Closed { backend: BACKEND });
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn read_key(&self, key: &str) -> Result<Option<KvPair>> {
+        let reply: redis::RedisResult<(Option<Vec<u8>>, Option<u64>)> = redis::cmd("HMGET")
+            .arg(self.data_key(key))
+            .arg("v")
+            .arg("i")
+            .query_async(&mut self.conn())
+            .await;
+        let (value, index) = match reply {
+            Ok(reply) => reply,
+            // Not a hash: a plain string another client wrote (or a type kvstore cannot read,
+            // which the script reports). One more round trip, for foreign keys only.
+            Err(err) if err.code() == Some("WRONGTYPE") => scripts::READ
+                .key(self.data_key(key))
+                .invoke_async(&mut self.conn())
+                .await
+                .map_err(from_redis)?,
+            Err(err) => return Err(from_redis(err)),
+        };
+        Ok(match (value, index) {
+            (Some(value), Some(index)) => Some(KvPair::new(key, value, index)),
+            _ => None,
+        })
+    }
+
+    /// With `foreign_strings`, the user keys of plain strings below `dir` (every key for `""`)
+    /// that another client wrote, found with `SCAN … MATCH … TYPE string` (Redis 6.0+;
+    /// source: Redis docs, "SCAN"). Names outside the key grammar (kvstore's own lock keys,
+    /// other applications' keys) are skipped.
+    pub(crate) async fn foreign_strings(&self, dir: &str) -> Result<Vec<String>> {
+        if !self.config.foreign_strings {
+            return Ok(Vec::new());
+        }
+        let base = if dir.is_empty() {
+            self.prefix.clone()
+        } else {
+            format!("{}{dir}/", self.prefix)
+        };
+        let pattern = format!("{}*", escape_glob(&base));
+        let mut conn = self.conn();
+        let mut cursor = 0u64;
+        let mut found = Vec::new();
+        loop {
+            let (next, names): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("TYPE")
+                .arg("string")
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .map_err(from_redis)?;
+            found.extend(names.into_iter().filter_map(|name| {
+                let key = name.strip_prefix(self.prefix.as_str())?;
+                (normalize_key(key).ok() == Some(key)).then(|| key.to_owned())
+            }));
+            if next == 0 {
+                return Ok(found);
+            }
+            cursor = next;
+        }
+    }
+
+    /// `None` when neither `dir` nor any descendant exists.
+    pub(crate) async fn read_tree(&self, dir: &str) -> Result<Option<Vec<KvPair>>> {
+        let foreign = self.foreign_strings(dir).await?;
+        let reply: Vec<Value> = scripts::LIST
+            .key(self.index_key())
+            .arg(&self.prefix)
+            .arg(dir)
+            .arg(&foreign)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(from_redis)?;
+        let mut items = reply.into_iter();
+        let exists = matches!(items.next(), Some(Value::Int(1)));
+        let mut pairs = Vec::new();
+        while let (Some(key), Some(value), Some(index)) = (items.next(), items.next(), items.next())
+        {
+            let key: String = redis::from_redis_value(key).map_err(|_| protocol("list key"))?;
+            let value: Vec<u8> =
+                redis::from_redis_value(value).map_err(|_| protocol("list value"))?;
+            let index: u64 = redis::from_redis_value(index).map_err(|_| protocol("list index"))?;
+            pairs.push(KvPair::new(key, Bytes::from(value), index));
+        }
+        if !foreign.is_empty() {
+            // The script appends plain strings after the sorted index members.
+            pairs.sort_by(|a, b| a.key.cmp(&b.key));
+        }
+        Ok(exists.then_some(pairs))
+    }
+
+    /// Fails with a message saying how to enable keyspace notifications when they are off.
+    /// Source: Redis docs, "Redis keyspace notifications" — configuration flags K, g, h, x, $, A.
+    pub(crate) async fn check_notifications(&self) -> Result<()> {
+        if self.notifications.load(Ordering::Acquire) == NOTIFICATIONS_ON {
+            return Ok(());
+        }
+        let reply: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("notify-keyspace-events")
+            .query_async(&mut self.conn())
+            .await;
+        let flags = match reply {
+            Ok(reply) => reply.get(1).cloned().unwrap_or_default(),
+            Err(err) if err.is_io_error() || err.is_timeout() => return Err(from_redis(err)),
+            Err(err) => {
+                // CONFIG may be renamed or forbidden on managed servers: trust the operator.
+                tracing::warn!(error = %err, "cannot read notify-keyspace-events; assuming keyspace notifications are on");
+                self.notifications
+                    .store(NOTIFICATIONS_ON, Ordering::Release);
+                return Ok(());
+            }
+        };
+        let has = |c| flags.contains(c);
+        if has('K') && (has('A') || ['g', 'h', 'x', '$'].into_iter().all(has)) {
+            self.notifications
+                .store(NOTIFICATIONS_ON, Ordering::Release);
+            Ok(())
+        } else {
+            self.notifications
+                .store(NOTIFICATIONS_OFF, Ordering::Release);
+            Err(Error::invalid_config(
+                BACKEND,
+                format!(
+                    "Redis keyspace notifications are off (notify-keyspace-events = {flags:?}); watches and \
+                     locks need them: run `CONFIG SET notify-keyspace-events KA` or set \
+                     `notify-keyspace-events KA` in redis.conf"
+                ),
+            ))
+        }
+    }
+
+    /// Whether watches and locks work: false once a check found keyspace notifications off.
+    pub(crate) fn notifications_on(&self) -> bool {
+        self.notifications.load(Ordering::Acquire) != NOTIFICATIONS_OFF
+    }
+
+    pub(crate) async fn write(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+        mode: &str,
+        expected: u64,
+    ) -> Result<KvPair> {
+        let (status, index): (i64, u64) = scripts::PUT
+            .key(self.data_key(key))
+            .key(self.rev_key())
+            .key(self.index_key())
+            .arg(value)
+            .arg(ttl.map_or(0, ttl_millis))
+            .arg(mode)
+            .arg(expected)
+            .arg(key)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(from_redis)?;
+        match status {
+            scripts::OK => Ok(KvPair::new(key, value.to_vec(), index)),
+            scripts::EXISTS => Err(Error::KeyExists { key: key.into() }),
+            scripts::NOT_FOUND => Err(Error::not_found(key)),
+            scripts::MODIFIED => Err(Error::KeyModified { key: key.into() }),
+            _ => Err(protocol("put status")),
+        }
+    }
+
+    pub(crate) fn key_lease(
+        self: &Arc<Self>,
+        key: &str,
+        index: u64,
+        ttl: Duration,
+    ) -> Arc<dyn Lease> {
+        Arc::new(KeyLease {
+            inner: Arc::clone(self),
+            key: key.to_owned(),
+            index,
+            ttl,
+        })
+    }
+
+    pub(crate) async fn remove(&self, key: &str, precondition: Precondition) -> Result<()> {
+        let (mode, expected) = script_mode(precondition);
+        let status: i64 = scripts::DELETE
+            .key(self.data_key(key))
+            .key(self.index_key())
+            .arg(mode)
+            .arg(expected)
+            .arg(key)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(from_redis)?;
+        match status {
+            scripts::OK => Ok(()),
+            scripts::NOT_FOUND => Err(Error::not_found(key)),
+            scripts::MODIFIED => Err(Error::KeyModified { key: key.into() }),
+            _ => Err(protocol("delete status")),
+        }
+    }
+}
+
+/// The scripts' `mode` and expected-index arguments for a precondition.
+pub(crate) fn script_mode(precondition: Precondition) -> (&'static str, u64) {
+    match precondition {
+        Precondition::Absent => ("absent", 0),
+        Precondition::Index(index) => ("index", index),
+        Precondition::None => ("any", 0),
+    }
+}
+
+/// A `keep_alive` key's lease: its own `PEXPIRE`, renewed while the key still holds the write
+/// that registered it.
+struct KeyLease {
+    inner: Arc<Inner>,
+    key: String,
+    index: u64,
+    ttl: Duration,
+}
+
+impl fmt::Debug for KeyLease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyLease")
+            .field("key", &self.key)
+            .field("index", &self.index)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl Lease for KeyLease {
+    async fn renew(&self) -> Result<Renewal> {
+        let renewed: i64 = scripts::RENEW_KEY
+            .key(self.inner.data_key(&self.key))
+            .arg(self.index)
+            .arg(ttl_millis(self.ttl))
+            .invoke_async(&mut self.inner.conn())
+            .await
+            .map_err(from_redis)?;
+        Ok(Renewal::held(renewed == 1))
+    }
+
+    /// Nothing to give back: the key's expiry is the lease.
+    async fn release(&self, _why: Release) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Writes a lost registration again: the `PUT` script in mode `same`.
+pub(crate) struct KeyRegistrar(pub(crate) Arc<Inner>);
+
+#[async_trait]
+impl Registrar for KeyRegistrar {
+    async fn register_again(
+        &self,
+        key: &str,
+        value: &Bytes,
+        ttl: Duration,
+    ) -> Result<Option<(Arc<dyn Lease>, Instant)>> {
+        let sent = Instant::now();
+        match self.0.write(key, value, Some(ttl), "same", 0).await {
+            Ok(pair) => Ok(Some((self.0.key_lease(key, pair.last_index, ttl), sent))),
+            Err(Error::KeyModified { .. }) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+}
+
+/// Escapes Redis glob metacharacters (`*`, `?`, `[`, `]`, `\`) so a key matches only itself.
+/// Source: Redis docs, KEYS/PSUBSCRIBE glob-style patterns.
+pub(crate) fn escape_glob(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape_glob;
+
+    #[test]
+    fn glob_metacharacters_are_escaped() {
+        assert_eq!(escape_glob("a*b?c[d]e\\f/"), "a\\*b\\?c\\[d\\]e\\\\f/");
+        assert_eq!(escape_glob("plain/key"), "plain/key");
+    }
+}
