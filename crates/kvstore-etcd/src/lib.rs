@@ -42,6 +42,7 @@
 //! # }
 //! ```
 
+mod client;
 mod config;
 mod error;
 mod lock;

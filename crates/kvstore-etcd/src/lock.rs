@@ -16,8 +16,8 @@ use kvstore_core::{Error, LockLost, LockOptions, Locker, Result};
 use tokio::time::Instant;
 
 use crate::BACKEND;
+use crate::client::{EtcdLease, Inner};
 use crate::error::from_etcd;
-use crate::store::{EtcdLease, Inner};
 
 /// A lock on a key of an [`EtcdStore`](crate::EtcdStore).
 pub struct EtcdLocker {

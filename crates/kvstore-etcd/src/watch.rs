@@ -22,8 +22,8 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use kvstore_core::{Error, KvPair, Result, WatchStream, WatchTreeStream};
 
+use crate::client::Inner;
 use crate::error::from_etcd;
-use crate::store::Inner;
 
 type Reload<S> = Box<dyn Fn(Arc<Inner>) -> BoxFuture<'static, Result<(S, i64)>> + Send + Sync>;
 

@@ -1,0 +1,326 @@
+//! The connection and the primitive reads, writes and lease steps every part of the etcd
+//! backend shares: the key layout, reads of keys and ranges, leases, and the `keep_alive`
+//! lease and registrar for the lease engine.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{LeaseKeepAliveStream, LeaseKeeper};
+use kvstore_core::backend::{Lease, Registrar, Registrations, Release, Renewal, Tasks};
+use kvstore_core::{Error, KvPair, Result};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::BACKEND;
+use crate::config::EtcdConfig;
+use crate::error::from_etcd;
+
+/// Connection state shared by the store, its watches and its locks.
+pub(crate) struct Inner {
+    pub(crate) client: Client,
+    pub(crate) config: EtcdConfig,
+    /// `""` or `"<prefix>/"`, with a `/` in front when `leading_slash` is set.
+    pub(crate) prefix: String,
+    pub(crate) cancel: CancellationToken,
+    /// Background work (lock and registration renewals, releases); `close` waits for it.
+    pub(crate) tasks: Tasks,
+    /// The `keep_alive` keys of this store.
+    pub(crate) registrations: Registrations,
+}
+
+/// How long `close` waits for lock releases (lease revokes) to be sent.
+pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// An etcd lease for the lease engine: renewed with one `LeaseKeepAlive` request on a stream
+/// kept open between renewals (and reopened after an error); released by revoking it, which
+/// deletes every key attached to it (a lock's waiter key).
+/// Source: etcd docs, "Lease API" — LeaseKeepAlive answers TTL <= 0 for an expired lease.
+pub(crate) struct EtcdLease {
+    inner: Arc<Inner>,
+    pub(crate) id: i64,
+    stream: tokio::sync::Mutex<Option<(LeaseKeeper, LeaseKeepAliveStream)>>,
+    /// Deleted before the revoke on `unlock` (a lock with `delete_on_unlock`).
+    delete_on_unlock: Option<String>,
+}
+
+impl fmt::Debug for EtcdLease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EtcdLease({:x})", self.id)
+    }
+}
+
+impl EtcdLease {
+    pub(crate) fn new(inner: Arc<Inner>, id: i64, delete_on_unlock: Option<String>) -> Self {
+        EtcdLease {
+            inner,
+            id,
+            stream: tokio::sync::Mutex::new(None),
+            delete_on_unlock,
+        }
+    }
+}
+
+#[async_trait]
+impl Lease for EtcdLease {
+    async fn renew(&self) -> Result<Renewal> {
+        let mut stream = self.stream.lock().await;
+        if stream.is_none() {
+            *stream = Some(
+                self.inner
+                    .client()
+                    .lease_keep_alive(self.id)
+                    .await
+                    .map_err(from_etcd)?,
+            );
+        }
+        let (keeper, responses) = stream.as_mut().expect("opened above");
+        let answer = match keeper.keep_alive().await {
+            Ok(()) => responses.message().await,
+            Err(err) => Err(err),
+        };
+        match answer {
+            Ok(Some(resp)) if resp.ttl() > 0 => Ok(Renewal::Renewed),
+            Ok(Some(_)) => Ok(Renewal::Gone),
+            Ok(None) => {
+                *stream = None;
+                Err(Error::not_reachable(
+                    BACKEND,
+                    "the lease keep-alive stream ended",
+                ))
+            }
+            Err(err) => {
+                *stream = None;
+                Err(from_etcd(err))
+            }
+        }
+    }
+
+    async fn release(&self, why: Release) -> Result<()> {
+        // The value goes first, but a failed delete never keeps the lock held.
+        let deleted = match (&self.delete_on_unlock, why) {
+            (Some(key), Release::Unlock) => self
+                .inner
+                .client()
+                .delete(key.as_str(), None)
+                .await
+                .map(drop)
+                .map_err(from_etcd),
+            _ => Ok(()),
+        };
+        self.inner
+            .client()
+            .lease_revoke(self.id)
+            .await
+            .map_err(from_etcd)?;
+        deleted
+    }
+}
+
+/// Writes a lost registration again on a new lease, only where the key is absent or still holds
+/// the registered value: two transactions at most (value compare, then absence compare).
+pub(crate) struct EtcdRegistrar(pub(crate) Arc<Inner>);
+
+#[async_trait]
+impl Registrar for EtcdRegistrar {
+    async fn register_again(
+        &self,
+        key: &str,
+        value: &Bytes,
+        ttl: Duration,
+    ) -> Result<Option<(Arc<dyn Lease>, Instant)>> {
+        let inner = &self.0;
+        let sent = Instant::now();
+        let id = inner.grant(ttl).await?;
+        let etcd_key = inner.data_key(key);
+        let put = || {
+            TxnOp::put(
+                etcd_key.clone(),
+                value.to_vec(),
+                Some(PutOptions::new().with_lease(id)),
+            )
+        };
+        for compare in [
+            Compare::value(etcd_key.clone(), CompareOp::Equal, value.to_vec()),
+            Compare::create_revision(etcd_key.clone(), CompareOp::Equal, 0),
+        ] {
+            let txn = Txn::new().when([compare]).and_then([put()]);
+            if inner
+                .client()
+                .txn(txn)
+                .await
+                .map_err(from_etcd)?
+                .succeeded()
+            {
+                return Ok(Some((
+                    Arc::new(EtcdLease::new(inner.clone(), id, None)),
+                    sent,
+                )));
+            }
+        }
+        let _ = inner.client().lease_revoke(id).await;
+        Ok(None)
+    }
+}
+
+/// Seconds for an etcd lease that lives at least `ttl`: leases have whole-second TTLs, so this
+/// rounds up (never expire a key early).
+pub(crate) fn lease_seconds(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_millis().div_ceil(1000).max(1)).unwrap_or(i64::MAX)
+}
+
+/// An etcd revision for a `last_index` (etcd revisions are `i64`; larger ones cannot exist).
+pub(crate) fn revision(index: u64) -> i64 {
+    i64::try_from(index).unwrap_or(i64::MAX)
+}
+
+/// The first key after every key that starts with `prefix` (etcd's "range end" for a prefix).
+pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+impl Inner {
+    pub(crate) fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    pub(crate) fn data_key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    /// The key range holding every descendant of `dir`: `dir/` up to `dir0`; for `""` the
+    /// whole prefix.
+    pub(crate) fn tree_range(&self, dir: &str) -> (String, Vec<u8>) {
+        if dir.is_empty() && self.prefix.is_empty() {
+            // Source: etcd docs, RangeRequest — key "\0" with range_end "\0" means every key.
+            ("\0".to_owned(), vec![0])
+        } else if dir.is_empty() {
+            (self.prefix.clone(), prefix_end(self.prefix.as_bytes()))
+        } else {
+            (
+                format!("{}{dir}/", self.prefix),
+                format!("{}{dir}0", self.prefix).into_bytes(),
+            )
+        }
+    }
+
+    /// The user key of an etcd key, or `None` for bookkeeping and foreign keys.
+    pub(crate) fn user_key<'a>(&self, etcd_key: &'a [u8]) -> Option<&'a str> {
+        let key = std::str::from_utf8(etcd_key)
+            .ok()?
+            .strip_prefix(self.prefix.as_str())?;
+        // Bookkeeping keys start with \x01, which no valid key contains.
+        (!key.starts_with('\u{1}')).then_some(key)
+    }
+
+    pub(crate) fn lock_prefix(&self, key: &str) -> String {
+        format!("{}\u{1}kvstore/lock/{key}/", self.prefix)
+    }
+
+    pub(crate) fn check_open(&self) -> Result<()> {
+        if self.cancel.is_cancelled() {
+            return Err(Error::Closed { backend: BACKEND });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn pair(&self, kv: &etcd_client::KeyValue) -> Option<KvPair> {
+        let key = self.user_key(kv.key())?;
+        Some(KvPair::new(
+            key,
+            kv.value().to_vec(),
+            u64::try_from(kv.mod_revision()).ok()?,
+        ))
+    }
+
+    /// Reads one key; also returns the revision the read was served at.
+    pub(crate) async fn read_key(
+        &self,
+        key: &str,
+        consistent: bool,
+    ) -> Result<(Option<KvPair>, i64)> {
+        let opts = (!consistent).then(|| GetOptions::new().with_serializable());
+        let resp = self
+            .client()
+            .get(self.data_key(key), opts)
+            .await
+            .map_err(from_etcd)?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        Ok((resp.kvs().first().and_then(|kv| self.pair(kv)), revision))
+    }
+
+    /// Reads `dir` and its descendants in one transaction; `None` when neither exists. Also
+    /// returns the revision of the read.
+    pub(crate) async fn read_tree(
+        &self,
+        dir: &str,
+        consistent: bool,
+    ) -> Result<(Option<Vec<KvPair>>, i64)> {
+        let (start, end) = self.tree_range(dir);
+        let mut range = GetOptions::new().with_range(end);
+        if !consistent {
+            range = range.with_serializable();
+        }
+        let mut ops = vec![TxnOp::get(start, Some(range))];
+        if !dir.is_empty() {
+            ops.push(TxnOp::get(self.data_key(dir), None));
+        }
+        let resp = self
+            .client()
+            .txn(Txn::new().and_then(ops))
+            .await
+            .map_err(from_etcd)?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        let mut responses = resp.op_responses().into_iter();
+        let Some(TxnOpResponse::Get(range)) = responses.next() else {
+            return Err(Error::backend(BACKEND, "txn returned no range response"));
+        };
+        let pairs: Vec<KvPair> = range.kvs().iter().filter_map(|kv| self.pair(kv)).collect();
+        let dir_exists = match responses.next() {
+            Some(TxnOpResponse::Get(get)) => !get.kvs().is_empty(),
+            _ => false,
+        };
+        Ok((
+            (dir.is_empty() || dir_exists || !pairs.is_empty()).then_some(pairs),
+            revision,
+        ))
+    }
+
+    pub(crate) async fn grant(&self, ttl: Duration) -> Result<i64> {
+        Ok(self
+            .client()
+            .lease_grant(lease_seconds(ttl), None)
+            .await
+            .map_err(from_etcd)?
+            .id())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_seconds_round_up() {
+        assert_eq!(lease_seconds(Duration::from_millis(1)), 1);
+        assert_eq!(lease_seconds(Duration::from_millis(1000)), 1);
+        assert_eq!(lease_seconds(Duration::from_millis(1001)), 2);
+    }
+
+    #[test]
+    fn prefix_end_is_the_next_key() {
+        assert_eq!(prefix_end(b"a/"), b"a0");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b""), b"\0");
+    }
+}
