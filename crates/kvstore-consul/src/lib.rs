@@ -53,6 +53,7 @@
 //! ```
 
 mod api;
+mod client;
 mod config;
 mod lock;
 mod store;

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use crate::BACKEND;
 use crate::api::{Consistency, Txn, next_index, op_lock};
-use crate::store::{Inner, SessionLease};
+use crate::client::{Inner, SessionLease};
 
 /// A lock on a key of a [`ConsulStore`](crate::ConsulStore).
 pub struct ConsulLocker {

@@ -27,7 +27,7 @@ use futures::{FutureExt, StreamExt};
 use kvstore_core::{Error, KvPair, Result, WatchStream, WatchTreeStream};
 
 use crate::api::{Consistency, next_index};
-use crate::store::Inner;
+use crate::client::Inner;
 
 type Read<T> = Box<
     dyn Fn(Arc<Inner>, Option<(u64, Duration)>) -> BoxFuture<'static, Result<(T, u64)>>

@@ -1,0 +1,351 @@
+//! The agent connection and the primitive reads, writes and lease steps every part of the
+//! Consul backend shares: the key layout, reads of keys and trees, the one-transaction writes,
+//! and the session lease and registrar for the lease engine.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use kvstore_core::backend::{
+    Lease, Precondition, Registrar, Registrations, Release, Renewal, Tasks, check_value_size,
+    rewrite_precondition, unless_superseded,
+};
+use kvstore_core::{Error, KvPair, Result, WriteOptions, normalize_key};
+use serde_json::Value;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::BACKEND;
+use crate::api::{Api, Consistency, Entry, Txn, op, op_index, op_lock, op_value};
+
+/// State shared by the store, its watches and its locks.
+pub(crate) struct Inner {
+    pub(crate) api: Api,
+    /// `""` or `"<prefix>/"`.
+    pub(crate) prefix: String,
+    pub(crate) cancel: CancellationToken,
+    /// Background work (session renewals, releases); `close` waits for it.
+    pub(crate) tasks: Tasks,
+    /// The `keep_alive` keys of this store.
+    pub(crate) registrations: Registrations,
+}
+
+/// The reserved top-level name under the store's prefix that holds the keys lock holders
+/// acquire: outside every directory a user can delete, and hidden from `list`/`watch_tree`.
+pub(crate) const LOCKS: &str = ".kvstore-locks";
+
+/// How long `close` waits for lock releases (session destroys) to be sent.
+pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Operations per `/v1/txn` request (Consul allows 64 before 1.14, 128 since).
+pub(crate) const TXN_OPS: usize = 64;
+
+/// A Consul session for the lease engine: renewed with `PUT /v1/session/renew` (404: gone);
+/// released by destroying it, which with `Behavior=delete` deletes the key it holds.
+/// Source: Consul docs, "Session - HTTP API" (renew, destroy) and "Sessions" (behaviors).
+pub(crate) struct SessionLease {
+    pub(crate) inner: Arc<Inner>,
+    pub(crate) id: String,
+    /// The user key deleted before the destroy on `unlock` (a lock with `delete_on_unlock`).
+    pub(crate) delete_on_unlock: Option<String>,
+}
+
+impl fmt::Debug for SessionLease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SessionLease({})", self.id)
+    }
+}
+
+impl SessionLease {
+    pub(crate) fn new(inner: Arc<Inner>, id: String, delete_on_unlock: Option<String>) -> Self {
+        SessionLease {
+            inner,
+            id,
+            delete_on_unlock,
+        }
+    }
+}
+
+#[async_trait]
+impl Lease for SessionLease {
+    async fn renew(&self) -> Result<Renewal> {
+        Ok(Renewal::held(self.inner.api.renew_session(&self.id).await?))
+    }
+
+    async fn release(&self, why: Release) -> Result<()> {
+        // The value goes first, but a failed delete never keeps the lock held.
+        let deleted = match (&self.delete_on_unlock, why) {
+            (Some(key), Release::Unlock) => match self.inner.remove(key, None).await {
+                Ok(()) | Err(Error::KeyNotFound { .. }) => Ok(()),
+                Err(err) => Err(err),
+            },
+            _ => Ok(()),
+        };
+        self.inner.api.destroy_session(&self.id).await?;
+        deleted
+    }
+}
+
+/// Writes a lost registration again on a new session: a read, then one transaction that
+/// checks the key is still absent or unchanged since the read.
+pub(crate) struct SessionRegistrar(pub(crate) Arc<Inner>);
+
+#[async_trait]
+impl Registrar for SessionRegistrar {
+    async fn register_again(
+        &self,
+        key: &str,
+        value: &Bytes,
+        ttl: Duration,
+    ) -> Result<Option<(Arc<dyn Lease>, Instant)>> {
+        let inner = &self.0;
+        let current = inner.read_key(key, Consistency::Consistent, None).await?.0;
+        let Some(condition) = rewrite_precondition(current.as_ref(), value) else {
+            return Ok(None);
+        };
+        let sent = Instant::now();
+        let opts = WriteOptions::default().with_ttl(ttl);
+        let written = inner
+            .write_with_session(key, value, condition, Some(&opts))
+            .await;
+        match unless_superseded(written)? {
+            Some((_, Some(session))) => Ok(Some((
+                Arc::new(SessionLease::new(inner.clone(), session, None)),
+                sent,
+            ))),
+            Some((_, None)) => Err(Error::backend(BACKEND, "a TTL write made no session")),
+            None => Ok(None),
+        }
+    }
+}
+
+impl Inner {
+    pub(crate) fn check_open(&self) -> Result<()> {
+        if self.cancel.is_cancelled() {
+            return Err(Error::Closed { backend: BACKEND });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn consul_key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    /// The Consul prefix holding every descendant of `dir`.
+    pub(crate) fn tree_prefix(&self, dir: &str) -> String {
+        if dir.is_empty() {
+            self.prefix.clone()
+        } else {
+            format!("{}{dir}/", self.prefix)
+        }
+    }
+
+    /// Key of the hidden entry that a lock's holder acquires: `<prefix>.kvstore-locks/<key>`,
+    /// outside the lock key's own directory so that deleting the key or a directory above it
+    /// (`delete_tree`) never ends the hold. (A control or private-use character would be the
+    /// obvious marker, but Consul's HTTP server refuses non-printable characters in URLs.)
+    pub(crate) fn lock_key(&self, key: &str) -> String {
+        format!("{}{LOCKS}/{key}", self.prefix)
+    }
+
+    /// The pair of an entry, or `None` for lock bookkeeping, folders (`a/`) and foreign keys.
+    pub(crate) fn pair(&self, entry: &Entry) -> Result<Option<KvPair>> {
+        let Some(key) = entry.key.strip_prefix(self.prefix.as_str()) else {
+            return Ok(None);
+        };
+        if key
+            .strip_prefix(LOCKS)
+            .is_some_and(|rest| rest.starts_with('/'))
+        {
+            return Ok(None);
+        }
+        match normalize_key(key) {
+            Ok(normalized) if normalized == key => {
+                Ok(Some(KvPair::new(key, entry.value()?, entry.modify_index)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    pub(crate) async fn read_key(
+        &self,
+        key: &str,
+        consistency: Consistency,
+        block: Option<(u64, Duration)>,
+    ) -> Result<(Option<KvPair>, u64)> {
+        let consul_key = self.consul_key(key);
+        let (entries, index) = self.api.get(&consul_key, false, consistency, block).await?;
+        let pair = match entries.iter().find(|e| e.key == consul_key) {
+            Some(entry) => self.pair(entry)?,
+            None => None,
+        };
+        Ok((pair, index))
+    }
+
+    /// The descendants of `dir`, sorted; with `block`, as a blocking query. Also returns the
+    /// `X-Consul-Index` of the read.
+    pub(crate) async fn read_tree(
+        &self,
+        dir: &str,
+        consistency: Consistency,
+        block: Option<(u64, Duration)>,
+    ) -> Result<(Vec<KvPair>, u64)> {
+        let (entries, index) = self
+            .api
+            .get(&self.tree_prefix(dir), true, consistency, block)
+            .await?;
+        let mut pairs = Vec::with_capacity(entries.len());
+        for entry in &entries {
+            if let Some(pair) = self.pair(entry)? {
+                pairs.push(pair);
+            }
+        }
+        pairs.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok((pairs, index))
+    }
+}
+
+impl Inner {
+    /// The descendants of `dir`, and whether `dir` exists: it has descendants or is a key
+    /// itself (read only when it has no descendants, so usually one request).
+    pub(crate) async fn read_dir(
+        &self,
+        dir: &str,
+        consistency: Consistency,
+    ) -> Result<(Vec<KvPair>, bool)> {
+        let (pairs, _) = self.read_tree(dir, consistency, None).await?;
+        let exists = !pairs.is_empty()
+            || (!dir.is_empty() && self.read_key(dir, consistency, None).await?.0.is_some());
+        Ok((pairs, exists))
+    }
+}
+
+impl Inner {
+    /// One transaction per write (two requests with a TTL: the session, then the write).
+    /// Callers check that the store is open (a lock writes its value through here too).
+    pub(crate) async fn write(
+        self: &Arc<Self>,
+        key: &str,
+        value: &[u8],
+        condition: Precondition,
+        opts: Option<&WriteOptions>,
+    ) -> Result<KvPair> {
+        let sent = Instant::now();
+        let (pair, session) = self.write_with_session(key, value, condition, opts).await?;
+        match (session, opts.filter(|o| o.keep_alive).and_then(|o| o.ttl)) {
+            (Some(session), Some(ttl)) => self.registrations.insert(
+                &pair.key,
+                pair.value.clone(),
+                ttl,
+                Arc::new(SessionLease::new(self.clone(), session, None)),
+                sent,
+                Arc::new(SessionRegistrar(self.clone())),
+            ),
+            _ => self.registrations.remove(&pair.key),
+        }
+        Ok(pair)
+    }
+
+    /// [`write`](Self::write) without touching the registrations; also returns the session
+    /// that holds the key (a write with a TTL).
+    pub(crate) async fn write_with_session(
+        self: &Arc<Self>,
+        key: &str,
+        value: &[u8],
+        condition: Precondition,
+        opts: Option<&WriteOptions>,
+    ) -> Result<(KvPair, Option<String>)> {
+        let inner = self;
+        let key = normalize_key(key)?;
+        check_value_size(key, value, inner.api.config.max_value_size)?;
+        let consul_key = inner.consul_key(key);
+        let ttl = opts.and_then(|o| o.ttl);
+        let session = match ttl {
+            // Source: Consul docs, "Sessions" — a session with Behavior=delete deletes the
+            // keys it holds when it is invalidated (TTL passed without renewal).
+            Some(ttl) => Some(
+                inner
+                    .api
+                    .create_session(ttl, "delete", "kvstore ttl")
+                    .await?,
+            ),
+            None => None,
+        };
+        let mut ops: Vec<Value> = Vec::with_capacity(4);
+        match condition {
+            Precondition::None => {}
+            Precondition::Absent => ops.push(op("check-not-exists", &consul_key)),
+            Precondition::Index(index) => {
+                ops.push(op("get", &consul_key));
+                ops.push(op_index("check-index", &consul_key, index));
+            }
+        }
+        // Deleting first detaches a TTL session of an earlier write: a plain put clears the
+        // TTL. The transaction is atomic, so readers never see the key missing.
+        ops.push(op("delete", &consul_key));
+        ops.push(match &session {
+            Some(session) => op_lock(&consul_key, value, session),
+            None => op_value("set", &consul_key, value),
+        });
+        let outcome = inner.api.txn(ops).await;
+        let results = match outcome {
+            Ok(Txn::Done(results)) => results,
+            other => {
+                if let Some(session) = &session {
+                    let _ = inner.api.destroy_session(session).await;
+                }
+                return Err(match (other?, condition) {
+                    (Txn::Failed { op: 0, .. }, Precondition::Absent) => {
+                        Error::KeyExists { key: key.into() }
+                    }
+                    (Txn::Failed { op: 0, .. }, Precondition::Index(_)) => Error::not_found(key),
+                    (Txn::Failed { op: 1, .. }, Precondition::Index(_)) => {
+                        Error::KeyModified { key: key.into() }
+                    }
+                    (Txn::Failed { what, .. }, _) => Error::backend(BACKEND, what),
+                    (Txn::Done(_), _) => unreachable!("handled above"),
+                });
+            }
+        };
+        let index = written(&results, &consul_key)?;
+        Ok((KvPair::new(key, value.to_vec(), index), session))
+    }
+
+    /// `delete` and `atomic_delete`: one transaction whose first operation fails for a
+    /// missing key. Callers check that the store is open.
+    pub(crate) async fn remove(&self, key: &str, expected: Option<u64>) -> Result<()> {
+        let inner = self;
+        let key = normalize_key(key)?;
+        let consul_key = inner.consul_key(key);
+        let ops = vec![
+            op("get", &consul_key),
+            match expected {
+                None => op("delete", &consul_key),
+                Some(index) => op_index("delete-cas", &consul_key, index),
+            },
+        ];
+        match inner.api.txn(ops).await? {
+            Txn::Done(_) => {
+                inner.registrations.remove(key);
+                Ok(())
+            }
+            Txn::Failed { op: 0, .. } => Err(Error::not_found(key)),
+            Txn::Failed { op: 1, .. } if expected.is_some() => {
+                Err(Error::KeyModified { key: key.into() })
+            }
+            Txn::Failed { what, .. } => Err(Error::backend(BACKEND, what)),
+        }
+    }
+}
+
+/// The entry written for `consul_key` in a committed transaction.
+pub(crate) fn written(results: &[Entry], consul_key: &str) -> Result<u64> {
+    results
+        .iter()
+        .filter(|e| e.key == consul_key)
+        .map(|e| e.modify_index)
+        .max()
+        .ok_or_else(|| Error::backend(BACKEND, "the transaction returned no entry"))
+}
