@@ -73,6 +73,7 @@
 //! # }
 //! ```
 
+mod client;
 mod config;
 mod error;
 mod lock;

@@ -29,10 +29,10 @@ use tokio::time::Instant;
 use zookeeper_client::{self as zk, Client, CreateMode, SessionState};
 
 use crate::BACKEND;
+use crate::client::{Inner, delete_lock_value};
 use crate::error::from_zk;
 use crate::node::MARKER;
-use crate::session::{create_options, timed};
-use crate::store::{Inner, delete_lock_value};
+use crate::session::{create_options, renewal_error, timed};
 
 /// Prefix of waiter names; the server appends a 10-digit sequence number.
 const WAITER: &str = "lock-";
@@ -52,19 +52,6 @@ impl fmt::Debug for WaiterLease {
         f.debug_struct("WaiterLease")
             .field("node", &self.node)
             .finish_non_exhaustive()
-    }
-}
-
-/// A failed renewal on a session that is not over (disconnected, reconnecting) is transient,
-/// whatever the client calls it (it reports a connection that stopped answering as a
-/// `Custom` error): the engine retries it until the loss deadline.
-pub(crate) fn renewal_error(client: &Client, err: zk::Error) -> Error {
-    match client.state() {
-        SessionState::Expired | SessionState::Closed | SessionState::AuthFailed => from_zk(err),
-        _ => match from_zk(err) {
-            Error::Backend { source, .. } => Error::not_reachable(BACKEND, source),
-            other => other,
-        },
     }
 }
 

@@ -84,3 +84,18 @@ pub(crate) fn usable(client: &Client) -> Result<()> {
         _ => Ok(()),
     }
 }
+
+/// A failed renewal on a session that is not over (disconnected, reconnecting) is transient,
+/// whatever the client calls it (it reports a connection that stopped answering as a
+/// `Custom` error): the engine retries it until the loss deadline.
+pub(crate) fn renewal_error(client: &Client, err: zk::Error) -> Error {
+    match client.state() {
+        zk::SessionState::Expired | zk::SessionState::Closed | zk::SessionState::AuthFailed => {
+            from_zk(err)
+        }
+        _ => match from_zk(err) {
+            Error::Backend { source, .. } => Error::not_reachable(BACKEND, source),
+            other => other,
+        },
+    }
+}

@@ -10,10 +10,10 @@ use futures::future::join_all;
 use kvstore_core::{KvPair, Result};
 use zookeeper_client::{self as zk, Client, MultiReadResult, Stat};
 
+use crate::client::Inner;
 use crate::error::from_zk;
 use crate::node::{MARKER, decode};
 use crate::session::timed;
-use crate::store::Inner;
 
 /// Znodes per multi-read request.
 const CHUNK: usize = 200;

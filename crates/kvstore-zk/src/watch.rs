@@ -24,9 +24,9 @@ use futures::{FutureExt, StreamExt};
 use kvstore_core::{Error, KvPair, Result, WatchStream, WatchTreeStream};
 use zookeeper_client::{self as zk, AddWatchMode, Client, EventType, PersistentWatcher};
 
+use crate::client::Inner;
 use crate::error::from_zk;
 use crate::session::timed;
-use crate::store::Inner;
 
 type Read<T> = Box<dyn Fn(Arc<Inner>, Arc<Client>) -> BoxFuture<'static, Result<T>> + Send + Sync>;
 
