@@ -32,6 +32,7 @@
 //! # }
 //! ```
 
+mod client;
 mod config;
 mod error;
 mod lock;

@@ -11,7 +11,7 @@ use kvstore_core::{Error, LockLost, LockOptions, Locker, Result};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 
-use crate::store::{Acquire, Change, Shared, now_ms};
+use crate::client::{Acquire, Change, Shared, now_ms};
 
 /// A held lock for the lease engine: renewal pushes its deadline in the file forward while it
 /// is still this holder's; release removes it (and its value, on `unlock` with

@@ -8,7 +8,7 @@ use kvstore_core::Result;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{Change, Shared};
+use crate::client::{Change, Shared};
 
 /// Builds a watch stream over `read`.
 ///
