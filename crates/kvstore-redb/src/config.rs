@@ -46,8 +46,7 @@ pub enum Location {
 /// ```
 /// use kvstore_redb::{Location, RedbConfig};
 ///
-/// let url = url::Url::parse("redb:data/app.redb?timeout=1s").unwrap();
-/// let config = RedbConfig::from_url(&url)?;
+/// let config = RedbConfig::from_url("redb:data/app.redb?timeout=1s")?;
 /// assert_eq!(config.location, Location::File("data/app.redb".into()));
 /// assert_eq!(config.open_timeout, std::time::Duration::from_secs(1));
 /// # Ok::<(), kvstore_core::Error>(())
@@ -100,8 +99,10 @@ impl RedbConfig {
     ///
     /// [`Error::InvalidConfig`] for another scheme, an empty path, a host in a `redb:` URL, an
     /// unknown query option or an unparsable value.
-    pub fn from_url(url: &Url) -> Result<Self> {
+    pub fn from_url(url: &str) -> Result<Self> {
         let invalid = |msg: String| Error::invalid_config(SCHEME, msg);
+        let url = Url::parse(url).map_err(|e| invalid(format!("{url:?}: {e}")))?;
+        let url = &url;
         let mut config = match url.scheme() {
             SCHEME => {
                 if url.host_str().is_some_and(|h| !h.is_empty()) {
@@ -136,7 +137,7 @@ mod tests {
     use super::*;
 
     fn parse(url: &str) -> Result<RedbConfig> {
-        RedbConfig::from_url(&Url::parse(url).unwrap())
+        RedbConfig::from_url(url)
     }
 
     #[test]

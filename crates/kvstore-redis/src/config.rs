@@ -9,10 +9,10 @@ use url::Url;
 use crate::BACKEND;
 
 /// Default connect timeout: 5 seconds.
-pub const DEFAULT_CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default response timeout: 5 seconds. (The redis crate's own 500 ms default is too short for
 /// a loaded server and for scripts over large directories.)
-pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default largest value: 16 MiB.
 pub const DEFAULT_MAX_VALUE_SIZE: usize = 16 * 1024 * 1024;
 /// How long a watch keeps trying to re-subscribe after losing its connection before it ends
@@ -29,7 +29,7 @@ pub const DEFAULT_WATCH_RECONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 /// | --- | --- | --- |
 /// | `prefix` | directory under which all keys live (`prefix=app1` → `app1/<key>`) | none |
 /// | `timeout` | connect timeout | 5 s |
-/// | `response_timeout` | per-command response timeout | 5 s |
+/// | `request_timeout` | per-command response timeout | 5 s |
 /// | `max_value_size` | largest value in bytes | 16 MiB |
 /// | `foreign_strings` | `true`: `list`, `watch_tree` and `delete_tree` also find plain strings written by other clients (`redis-cli SET`, valkeyrie, Traefik), with a `SCAN` of the database per call | `false` (single-key calls read such strings either way) |
 ///
@@ -38,10 +38,9 @@ pub const DEFAULT_WATCH_RECONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 /// ```
 /// use kvstore_redis::RedisConfig;
 ///
-/// let url = url::Url::parse("redis://:secret@127.0.0.1:6379/2?prefix=app1&timeout=2s").unwrap();
-/// let config = RedisConfig::from_url(&url)?;
+/// let config = RedisConfig::from_url("redis://:secret@127.0.0.1:6379/2?prefix=app1&timeout=2s")?;
 /// assert_eq!(config.prefix, "app1");
-/// assert_eq!(config.connection_timeout, std::time::Duration::from_secs(2));
+/// assert_eq!(config.connect_timeout, std::time::Duration::from_secs(2));
 /// # Ok::<(), kvstore_core::Error>(())
 /// ```
 #[derive(Clone)]
@@ -54,9 +53,9 @@ pub struct RedisConfig {
     /// root of the database.
     pub prefix: String,
     /// Connect timeout.
-    pub connection_timeout: Duration,
+    pub connect_timeout: Duration,
     /// Per-command response timeout.
-    pub response_timeout: Duration,
+    pub request_timeout: Duration,
     /// Largest value accepted, in bytes.
     pub max_value_size: usize,
     /// How long a watch retries after losing its connection.
@@ -81,8 +80,8 @@ impl std::fmt::Debug for RedisConfig {
                 &shown.map_or_else(|| "<unparsable>".to_owned(), |u| u.to_string()),
             )
             .field("prefix", &self.prefix)
-            .field("connection_timeout", &self.connection_timeout)
-            .field("response_timeout", &self.response_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
             .field("max_value_size", &self.max_value_size)
             .field("foreign_strings", &self.foreign_strings)
             .finish()
@@ -95,8 +94,8 @@ impl RedisConfig {
         RedisConfig {
             server_url: server_url.into(),
             prefix: String::new(),
-            connection_timeout: DEFAULT_CONNECTION_TIMEOUT,
-            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
             max_value_size: DEFAULT_MAX_VALUE_SIZE,
             watch_reconnect_timeout: DEFAULT_WATCH_RECONNECT_TIMEOUT,
             foreign_strings: false,
@@ -121,14 +120,14 @@ impl RedisConfig {
     }
 
     /// Sets the connect timeout.
-    pub fn with_connection_timeout(mut self, timeout: Duration) -> Self {
-        self.connection_timeout = timeout;
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
         self
     }
 
     /// Sets the response timeout.
-    pub fn with_response_timeout(mut self, timeout: Duration) -> Self {
-        self.response_timeout = timeout;
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
         self
     }
 
@@ -138,8 +137,11 @@ impl RedisConfig {
     ///
     /// [`Error::InvalidConfig`] for another scheme, a missing host, an unknown option or an
     /// unparsable value; `InvalidKey` for a bad `prefix`.
-    pub fn from_url(url: &Url) -> Result<Self> {
+    pub fn from_url(url: &str) -> Result<Self> {
         let invalid = |msg: String| Error::invalid_config(BACKEND, msg);
+        // The URL may hold a password: say what is wrong, never echo it.
+        let url = Url::parse(url).map_err(|e| invalid(format!("not a Redis URL: {e}")))?;
+        let url = &url;
         if !matches!(url.scheme(), "redis" | "rediss") {
             return Err(invalid(format!(
                 "scheme {:?} is not redis or rediss",
@@ -156,8 +158,8 @@ impl RedisConfig {
             let duration = || duration_option(BACKEND, &name, &value);
             match name.as_ref() {
                 "prefix" => config = config.with_prefix(&value)?,
-                "timeout" => config.connection_timeout = duration()?,
-                "response_timeout" => config.response_timeout = duration()?,
+                "timeout" => config.connect_timeout = duration()?,
+                "request_timeout" => config.request_timeout = duration()?,
                 "max_value_size" => config.max_value_size = size_option(BACKEND, &name, &value)?,
                 "foreign_strings" => {
                     config.foreign_strings = value.parse().map_err(|_| {
@@ -177,11 +179,11 @@ mod tests {
 
     #[test]
     fn url_options_are_split_from_the_server_url() {
-        let url = Url::parse("redis://u:p@h:1/3?prefix=/a/b/&response_timeout=250ms").unwrap();
-        let c = RedisConfig::from_url(&url).unwrap();
+        let c =
+            RedisConfig::from_url("redis://u:p@h:1/3?prefix=/a/b/&request_timeout=250ms").unwrap();
         assert_eq!(c.server_url, "redis://u:p@h:1/3");
         assert_eq!(c.prefix, "a/b");
-        assert_eq!(c.response_timeout, Duration::from_millis(250));
+        assert_eq!(c.request_timeout, Duration::from_millis(250));
         assert!(
             !format!("{c:?}").contains(":p@"),
             "Debug must hide the password"
@@ -192,10 +194,7 @@ mod tests {
     fn bad_urls_are_invalid_config() {
         for u in ["redis://h:1?x=1", "redis://h:1?timeout=never", "http://h:1"] {
             assert!(
-                matches!(
-                    RedisConfig::from_url(&Url::parse(u).unwrap()),
-                    Err(Error::InvalidConfig { .. })
-                ),
+                matches!(RedisConfig::from_url(u), Err(Error::InvalidConfig { .. })),
                 "{u}"
             );
         }

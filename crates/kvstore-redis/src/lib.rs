@@ -72,8 +72,8 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> kvstore_core::Result<()> {
-//! let url = url::Url::parse("redis://127.0.0.1:6379/0?prefix=app1").unwrap();
-//! let store = kvstore_redis::RedisStore::connect(kvstore_redis::RedisConfig::from_url(&url)?).await?;
+//! let config = kvstore_redis::RedisConfig::from_url("redis://127.0.0.1:6379/0?prefix=app1")?;
+//! let store = kvstore_redis::RedisStore::connect(config).await?;
 //! store.put("services/web", b"10.0.0.1:80", None).await?;
 //! # Ok(())
 //! # }
@@ -88,7 +88,7 @@ mod store;
 mod watch;
 
 pub use config::{
-    DEFAULT_CONNECTION_TIMEOUT, DEFAULT_MAX_VALUE_SIZE, DEFAULT_RESPONSE_TIMEOUT,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_VALUE_SIZE, DEFAULT_REQUEST_TIMEOUT,
     DEFAULT_WATCH_RECONNECT_TIMEOUT, RedisConfig,
 };
 pub use lock::RedisLocker;

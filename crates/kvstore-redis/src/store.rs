@@ -65,7 +65,7 @@ impl RedisStore {
     /// # Errors
     ///
     /// [`Error::InvalidConfig`] for a URL the redis crate rejects; [`Error::NotReachable`] when
-    /// no server answers within `connection_timeout`; [`Error::Backend`] when the server
+    /// no server answers within `connect_timeout`; [`Error::Backend`] when the server
     /// refuses (for example wrong credentials).
     ///
     /// # Cancel safety
@@ -77,18 +77,18 @@ impl RedisStore {
             .map_err(|e| Error::invalid_config(BACKEND, e))?;
         let db = client.get_connection_info().redis_settings().db();
         let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.connection_timeout))
-            .set_response_timeout(Some(config.response_timeout))
+            .set_connection_timeout(Some(config.connect_timeout))
+            .set_response_timeout(Some(config.request_timeout))
             .set_number_of_retries(2);
         let conn = tokio::time::timeout(
-            config.connection_timeout,
+            config.connect_timeout,
             client.get_connection_manager_with_config(manager_config),
         )
         .await
         .map_err(|_| {
             Error::not_reachable(
                 BACKEND,
-                format!("no answer within {:?}", config.connection_timeout),
+                format!("no answer within {:?}", config.connect_timeout),
             )
         })?
         .map_err(|e| match from_redis(e) {

@@ -51,7 +51,7 @@ pub(crate) async fn subscribe(inner: &Inner, sub: &Subscription) -> Result<Subsc
             messages,
         })
     };
-    tokio::time::timeout(inner.config.connection_timeout, open)
+    tokio::time::timeout(inner.config.connect_timeout, open)
         .await
         .map_err(|_| Error::not_reachable(crate::BACKEND, "subscribing timed out"))?
 }

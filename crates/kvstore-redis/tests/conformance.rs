@@ -8,9 +8,8 @@ use kvstore_redis::{RedisConfig, RedisStore};
 use kvstore_testutils::{Opener, backend_url};
 
 fn opener() -> Option<Opener> {
-    let url =
-        url::Url::parse(&backend_url("KVSTORE_REDIS_URL")?).expect("KVSTORE_REDIS_URL is a URL");
-    let config = RedisConfig::from_url(&url).expect("valid Redis URL");
+    let config =
+        RedisConfig::from_url(&backend_url("KVSTORE_REDIS_URL")?).expect("valid Redis URL");
     Some(
         Opener::new(move || {
             let config = config.clone();

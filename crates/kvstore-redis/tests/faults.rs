@@ -14,7 +14,7 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn connect(url: &str) -> RedisStore {
     ok(
-        RedisStore::connect(RedisConfig::from_url(&url::Url::parse(url).unwrap()).unwrap()).await,
+        RedisStore::connect(RedisConfig::from_url(url).unwrap()).await,
         "connect",
     )
 }
@@ -110,7 +110,7 @@ async fn watch_fails_clearly_when_keyspace_notifications_are_off() {
 async fn an_unreachable_server_is_not_reachable_within_the_timeout() {
     // Port 1 on loopback: nothing listens there.
     let config =
-        RedisConfig::new("redis://127.0.0.1:1").with_connection_timeout(Duration::from_millis(500));
+        RedisConfig::new("redis://127.0.0.1:1").with_connect_timeout(Duration::from_millis(500));
     let started = Instant::now();
     match RedisStore::connect(config).await {
         Err(err) => assert!(
@@ -155,7 +155,7 @@ async fn a_killed_holder_frees_its_lock_within_its_ttl() {
     let opener = kvstore_testutils::Opener::new(move || {
         let url = url.clone();
         async move {
-            let config = RedisConfig::from_url(&url::Url::parse(&url).unwrap())?;
+            let config = RedisConfig::from_url(&url)?;
             Ok(std::sync::Arc::new(RedisStore::connect(config).await?)
                 as std::sync::Arc<dyn kvstore_core::Store>)
         }

@@ -19,8 +19,7 @@ async fn setup(options: &str) -> Option<(RedisStore, redis::aio::MultiplexedConn
         .get_multiplexed_async_connection()
         .await
         .expect("raw connection");
-    let config =
-        RedisConfig::from_url(&url::Url::parse(&format!("{url}{options}")).unwrap()).unwrap();
+    let config = RedisConfig::from_url(&format!("{url}{options}")).unwrap();
     Some((ok(RedisStore::connect(config).await, "connect"), raw))
 }
 

@@ -13,7 +13,7 @@ fn opener(url: String) -> Opener {
     Opener::new(move || {
         let url = url.clone();
         async move {
-            let config = RedisConfig::from_url(&url::Url::parse(&url).unwrap())?;
+            let config = RedisConfig::from_url(&url)?;
             Ok(Arc::new(RedisStore::connect(config).await?) as Arc<dyn Store>)
         }
     })

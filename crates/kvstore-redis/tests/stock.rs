@@ -12,7 +12,7 @@ async fn a_stock_server_reports_watches_and_locks_as_unavailable() {
     let Some(url) = backend_url("KVSTORE_REDIS_STOCK_URL") else {
         return;
     };
-    let config = RedisConfig::from_url(&url::Url::parse(&url).unwrap()).unwrap();
+    let config = RedisConfig::from_url(&url).unwrap();
     let store = ok(RedisStore::connect(config).await, "connect");
     let caps = store.capabilities();
     assert!(

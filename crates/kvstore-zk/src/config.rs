@@ -58,7 +58,7 @@ pub enum ZkAcl {
 ///
 /// let config = ZkConfig::from_url("zk://app:secret@10.0.0.1:2181,10.0.0.2:2181/services?session_timeout=6s")?;
 /// assert_eq!(config.hosts, ["10.0.0.1:2181", "10.0.0.2:2181"]);
-/// assert_eq!(config.root, "services");
+/// assert_eq!(config.prefix, "services");
 /// assert_eq!(config.acl, ZkAcl::Creator);
 /// # Ok::<(), kvstore_core::Error>(())
 /// ```
@@ -68,8 +68,8 @@ pub struct ZkConfig {
     /// Servers, `host:port`.
     pub hosts: Vec<String>,
     /// Directory (normalized, without leading `/`) holding every key: chroot and prefix
-    /// joined; `""` is the znode root.
-    pub root: String,
+    /// joined; `""` is the znode root. (The same knob as every backend's `prefix`.)
+    pub prefix: String,
     /// `digest` credentials (`user`, `password`); the password is hidden in `Debug`.
     pub digest: Option<(String, String)>,
     /// ACL put on created znodes.
@@ -88,7 +88,7 @@ impl std::fmt::Debug for ZkConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ZkConfig")
             .field("hosts", &self.hosts)
-            .field("root", &self.root)
+            .field("prefix", &self.prefix)
             .field("user", &self.digest.as_ref().map(|(u, _)| u))
             .field("acl", &self.acl)
             .field("connect_timeout", &self.connect_timeout)
@@ -104,7 +104,7 @@ impl ZkConfig {
     pub fn new<S: AsRef<str>>(hosts: &[S]) -> Self {
         ZkConfig {
             hosts: hosts.iter().map(|h| h.as_ref().to_owned()).collect(),
-            root: String::new(),
+            prefix: String::new(),
             digest: None,
             acl: ZkAcl::Open,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
@@ -114,13 +114,14 @@ impl ZkConfig {
         }
     }
 
-    /// Sets the directory that holds every key (a chroot).
+    /// Sets the directory that holds every key (the chroot of a URL, joined with its
+    /// `prefix`).
     ///
     /// # Errors
     ///
-    /// `InvalidKey` when `root` breaks the key grammar.
-    pub fn with_root(mut self, root: &str) -> Result<Self> {
-        self.root = normalize_dir(root)?.to_owned();
+    /// `InvalidKey` when `prefix` breaks the key grammar.
+    pub fn with_prefix(mut self, prefix: &str) -> Result<Self> {
+        self.prefix = normalize_dir(prefix)?.to_owned();
         Ok(self)
     }
 
@@ -179,7 +180,7 @@ impl ZkConfig {
     pub fn from_url(url: &str) -> Result<Self> {
         let invalid = |msg: String| Error::invalid_config(BACKEND, msg);
         let parsed = parse_multi_host_url(BACKEND, crate::SCHEME, url)?;
-        let mut config = ZkConfig::new(&parsed.hosts).with_root(&parsed.path)?;
+        let mut config = ZkConfig::new(&parsed.hosts).with_prefix(&parsed.path)?;
         if let Some((user, password)) = parsed.credentials {
             config = config.with_digest(user, password);
         }
@@ -208,10 +209,10 @@ impl ZkConfig {
             }
         }
         if let Some(prefix) = prefix.filter(|p| !p.is_empty()) {
-            config.root = if config.root.is_empty() {
+            config.prefix = if config.prefix.is_empty() {
                 prefix
             } else {
-                format!("{}/{prefix}", config.root)
+                format!("{}/{prefix}", config.prefix)
             };
         }
         config.validate()?;
@@ -231,7 +232,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.hosts, ["h1:1", "h2:2"]);
         assert_eq!(c.connect_string(), "h1:1,h2:2");
-        assert_eq!(c.root, "app/svc");
+        assert_eq!(c.prefix, "app/svc");
         assert_eq!(
             c.digest,
             Some(("u@x".to_owned(), "p:w".to_owned())),
@@ -244,7 +245,7 @@ mod tests {
             "Debug hides the password"
         );
         let plain = ZkConfig::from_url("zk://h:1").unwrap();
-        assert_eq!((plain.root.as_str(), plain.acl), ("", ZkAcl::Open));
+        assert_eq!((plain.prefix.as_str(), plain.acl), ("", ZkAcl::Open));
     }
 
     #[test]

@@ -73,10 +73,10 @@ impl ZkStore {
     pub async fn connect(config: ZkConfig) -> Result<Self> {
         config.validate()?;
         let client = connect(&config, config.session_timeout).await?;
-        let root = if config.root.is_empty() {
+        let root = if config.prefix.is_empty() {
             String::new()
         } else {
-            format!("/{}", config.root)
+            format!("/{}", config.prefix)
         };
         let ttl_nodes = probe_ttl_nodes(&client, &root, &config).await?;
         let tasks = Tasks::new();

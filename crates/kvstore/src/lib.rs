@@ -90,11 +90,6 @@ pub type OpenFuture = BoxFuture<'static, Result<Arc<dyn Store>>>;
 
 type OpenFn = Arc<dyn Fn(String) -> OpenFuture + Send + Sync>;
 
-#[cfg(any(feature = "redb", feature = "memory", feature = "redis"))]
-fn parse_url(url: &str) -> Result<url::Url> {
-    url::Url::parse(url).map_err(|e| Error::invalid_config("kvstore", format!("{url:?}: {e}")))
-}
-
 /// Maps URL schemes to the code that opens a store for them.
 ///
 /// [`Registry::default`] knows every backend compiled in (see the crate docs); applications
@@ -141,7 +136,7 @@ impl Default for Registry {
         let mut registry = Registry::empty();
         #[cfg(any(feature = "redb", feature = "memory"))]
         async fn open_redb(url: String) -> Result<Arc<dyn Store>> {
-            let config = kvstore_redb::RedbConfig::from_url(&parse_url(&url)?)?;
+            let config = kvstore_redb::RedbConfig::from_url(&url)?;
             Ok(Arc::new(kvstore_redb::RedbStore::open(config).await?))
         }
         #[cfg(feature = "redb")]
@@ -151,7 +146,7 @@ impl Default for Registry {
         #[cfg(feature = "redis")]
         for scheme in kvstore_redis::SCHEMES {
             registry.register(scheme, |url: String| async move {
-                let config = kvstore_redis::RedisConfig::from_url(&parse_url(&url)?)?;
+                let config = kvstore_redis::RedisConfig::from_url(&url)?;
                 Ok(Arc::new(kvstore_redis::RedisStore::connect(config).await?) as Arc<dyn Store>)
             });
         }
