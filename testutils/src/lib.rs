@@ -364,6 +364,25 @@ pub fn lock_ttl(ttl: Duration) -> LockOptions {
     LockOptions::default().with_ttl(ttl)
 }
 
+/// The conformance cases, listed once: calls `$callback!` with `$($args)*` followed by
+/// `store: <cases over one &dyn Store>; opener: <cases over an Opener>`. Used by
+/// [`conformance_tests!`] and [`run_all`].
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __with_cases {
+    ($callback:path; $($args:tt)*) => {
+        $callback!($($args)*
+            store: put_get_delete_exists, binary_values, list_directory, list_whole_keyspace,
+                   delete_tree, atomic_put, atomic_delete, cas_race, last_index_semantics,
+                   watch_key, watch_tree, watch_drop_stops, lock_basics, lock_delete_on_unlock,
+                   lock_bookkeeping_hidden, invalid_keys, value_too_large;
+            opener: lock_contention, lock_survives_key_deletion, lock_cancel_leaves_no_waiter,
+                    lock_expires_after_holder_closed, lock_fencing_tokens_increase, ttl_expiry,
+                    keep_alive, close_ends_everything, watch_sees_other_clients
+        );
+    };
+}
+
 /// Generates one `#[tokio::test]` per conformance case for the [`Opener`] expression given.
 ///
 /// The expression is evaluated once per test; it may `return` early (for example when
@@ -372,16 +391,7 @@ pub fn lock_ttl(ttl: Duration) -> LockOptions {
 #[macro_export]
 macro_rules! conformance_tests {
     (optional: $opener:expr) => {
-        $crate::conformance_tests!(@gen $opener;
-            store: put_get_delete_exists, binary_values, list_directory, list_whole_keyspace,
-                   delete_tree, atomic_put, atomic_delete, cas_race, last_index_semantics,
-                   watch_key, watch_tree, watch_drop_stops, lock_basics, lock_delete_on_unlock,
-                   lock_bookkeeping_hidden, invalid_keys, value_too_large;
-            opener: lock_contention, lock_survives_key_deletion, lock_cancel_leaves_no_waiter,
-                    lock_expires_after_holder_closed,
-                    lock_fencing_tokens_increase, ttl_expiry, keep_alive, close_ends_everything,
-                    watch_sees_other_clients
-        );
+        $crate::__with_cases!($crate::conformance_tests; @gen $opener;);
     };
     ($opener:expr) => {
         $crate::conformance_tests!(optional: ::std::option::Option::Some($opener));
@@ -412,31 +422,12 @@ macro_rules! conformance_tests {
 pub async fn run_all(opener: &Opener) {
     let store = opener.open().await;
     let s = &*store;
-    put_get_delete_exists(s).await;
-    binary_values(s).await;
-    list_directory(s).await;
-    list_whole_keyspace(s).await;
-    delete_tree(s).await;
-    atomic_put(s).await;
-    atomic_delete(s).await;
-    cas_race(s).await;
-    last_index_semantics(s).await;
-    watch_key(s).await;
-    watch_tree(s).await;
-    watch_drop_stops(s).await;
-    lock_basics(s).await;
-    lock_delete_on_unlock(s).await;
-    lock_bookkeeping_hidden(s).await;
-    invalid_keys(s).await;
-    value_too_large(s).await;
-    lock_contention(opener).await;
-    lock_survives_key_deletion(opener).await;
-    lock_cancel_leaves_no_waiter(opener).await;
-    lock_expires_after_holder_closed(opener).await;
-    lock_fencing_tokens_increase(opener).await;
-    ttl_expiry(opener).await;
-    keep_alive(opener).await;
-    close_ends_everything(opener).await;
-    watch_sees_other_clients(opener).await;
+    macro_rules! run {
+        (store: $($store_case:ident),* ; opener: $($opener_case:ident),*) => {
+            $( $store_case(s).await; )*
+            $( $opener_case(opener).await; )*
+        };
+    }
+    __with_cases!(run;);
     let _ = store.close().await;
 }

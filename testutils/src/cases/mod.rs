@@ -1,0 +1,29 @@
+//! The conformance cases, one module per area. Each panics with the rule it found broken.
+
+macro_rules! assert_err {
+    ($result:expr, $pattern:pat, $what:expr) => {
+        match $result {
+            Err($pattern) => {}
+            other => panic!(
+                "{}: expected {}, got {:?}",
+                $what,
+                stringify!($pattern),
+                other.map(|_| ())
+            ),
+        }
+    };
+}
+
+mod cas;
+mod kv;
+mod lock;
+mod tree;
+mod ttl;
+mod watch;
+
+pub use cas::*;
+pub use kv::*;
+pub use lock::*;
+pub use tree::*;
+pub use ttl::*;
+pub use watch::{watch_drop_stops, watch_key, watch_sees_other_clients, watch_tree};
