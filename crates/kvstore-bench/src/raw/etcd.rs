@@ -1,0 +1,135 @@
+//! etcd.
+
+use super::channel;
+use crate::Op;
+use crate::kv::{VALUE, delivered};
+use crate::measure::OpFn;
+use futures::FutureExt;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::Mutex;
+
+/// Prepares `op` with `etcd-client`.
+pub(crate) async fn etcd(
+    endpoint: &str,
+    op: Op,
+    workers: usize,
+    dir: &str,
+) -> anyhow::Result<Option<OpFn>> {
+    use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
+    let client = Client::connect([endpoint], None).await?;
+    let dir = format!("raw/{dir}");
+    Ok(Some(match op {
+        Op::Get => {
+            let mut c = client.clone();
+            for i in 0..100 {
+                c.put(format!("{dir}/k{i}"), &VALUE[..], None).await?;
+            }
+            Arc::new(move |_, i| {
+                let (mut c, key) = (client.clone(), format!("{dir}/k{}", i % 100));
+                async move {
+                    anyhow::ensure!(!c.get(key, None).await?.kvs().is_empty(), "missing");
+                    Ok(None)
+                }
+                .boxed()
+            })
+        }
+        Op::Put => Arc::new(move |w, i| {
+            let (mut c, key) = (client.clone(), format!("{dir}/w{w}/k{}", i % 10));
+            async move {
+                c.put(key, &VALUE[..], None).await?;
+                Ok(None)
+            }
+            .boxed()
+        }),
+        Op::AtomicPut => {
+            let mut revisions = Vec::with_capacity(workers);
+            let mut c = client.clone();
+            for w in 0..workers {
+                let resp = c.put(format!("{dir}/c{w}"), &VALUE[..], None).await?;
+                revisions.push(Mutex::new(resp.header().map_or(0, |h| h.revision())));
+            }
+            let revisions = Arc::new(revisions);
+            Arc::new(move |w, _| {
+                let (mut c, key, revisions) =
+                    (client.clone(), format!("{dir}/c{w}"), revisions.clone());
+                async move {
+                    let mut rev = revisions[w].lock().await;
+                    let txn = Txn::new()
+                        .when([Compare::mod_revision(key.clone(), CompareOp::Equal, *rev)])
+                        .and_then([TxnOp::put(key, &VALUE[..], None)]);
+                    let resp = c.txn(txn).await?;
+                    anyhow::ensure!(resp.succeeded(), "compare failed");
+                    *rev = resp.header().map_or(0, |h| h.revision());
+                    Ok(None)
+                }
+                .boxed()
+            })
+        }
+        Op::List => {
+            let mut c = client.clone();
+            for i in 0..100 {
+                c.put(format!("{dir}/list/k{i:03}"), &VALUE[..], None)
+                    .await?;
+            }
+            let prefix = format!("{dir}/list/");
+            Arc::new(move |_, _| {
+                let (mut c, prefix) = (client.clone(), prefix.clone());
+                async move {
+                    let resp = c.get(prefix, Some(GetOptions::new().with_prefix())).await?;
+                    anyhow::ensure!(resp.kvs().len() == 100, "listed {}", resp.kvs().len());
+                    Ok(None)
+                }
+                .boxed()
+            })
+        }
+        Op::Watch => {
+            if workers != 1 {
+                return Ok(None);
+            }
+            let key = format!("{dir}/watched");
+            let mut c = client.clone();
+            let mut stream = c.watch(key.clone(), None).await?;
+            let (tx, rx) = channel();
+            tokio::spawn(async move {
+                while let Ok(Some(resp)) = stream.message().await {
+                    for event in resp.events() {
+                        if let Some(kv) = event.kv()
+                            && tx.send((kv.value().to_vec(), Instant::now())).is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            });
+            Arc::new(move |_, i| {
+                let (mut c, key, rx) = (client.clone(), key.clone(), rx.clone());
+                async move {
+                    let value = format!("v{i}").into_bytes();
+                    let mut rx = rx.lock().await;
+                    let t0 = Instant::now();
+                    c.put(key, value.clone(), None).await?;
+                    delivered(&mut rx, &value, t0).await
+                }
+                .boxed()
+            })
+        }
+        Op::Lock => Arc::new(move |w, _| {
+            let (mut c, name) = (client.clone(), format!("{dir}/l{w}"));
+            async move {
+                // Source: etcd's v3lock service — a lease is what frees a dead holder's lock.
+                let lease = c.lease_grant(20, None).await?.id();
+                let held = c
+                    .lock(
+                        name,
+                        Some(etcd_client::LockOptions::new().with_lease(lease)),
+                    )
+                    .await?;
+                c.unlock(held.key().to_vec()).await?;
+                c.lease_revoke(lease).await?;
+                Ok(None)
+            }
+            .boxed()
+        }),
+    }))
+}

@@ -1,0 +1,25 @@
+//! The same workloads done with each backend's own client, the way an application using that
+//! client alone would do them (the most direct equivalent of each call).
+
+mod consul;
+mod etcd;
+mod redb;
+mod redis;
+mod zk;
+
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::Mutex;
+
+pub(crate) use consul::consul;
+pub(crate) use etcd::etcd;
+pub(crate) use redb::redb;
+pub(crate) use redis::redis;
+pub(crate) use zk::zk;
+
+pub(super) type Rx = Arc<Mutex<tokio::sync::mpsc::UnboundedReceiver<(Vec<u8>, Instant)>>>;
+
+pub(super) fn channel() -> (tokio::sync::mpsc::UnboundedSender<(Vec<u8>, Instant)>, Rx) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    (tx, Arc::new(Mutex::new(rx)))
+}

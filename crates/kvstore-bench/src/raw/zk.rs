@@ -1,0 +1,160 @@
+//! ZooKeeper.
+
+use super::channel;
+use crate::Op;
+use crate::kv::{VALUE, delivered};
+use crate::measure::OpFn;
+use futures::FutureExt;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::Mutex;
+
+/// Prepares `op` with `zookeeper-client`.
+pub(crate) async fn zk(
+    hosts: &str,
+    op: Op,
+    workers: usize,
+    dir: &str,
+) -> anyhow::Result<Option<OpFn>> {
+    use zookeeper_client::{Acls, AddWatchMode, Client, CreateMode};
+    let client = Arc::new(Client::connect(hosts).await?);
+    let dir = format!("/raw/{dir}");
+    let persistent = CreateMode::Persistent.with_acls(Acls::anyone_all());
+    client.mkdir(&format!("{dir}/list"), &persistent).await?;
+    let create = |c: Arc<Client>, path: String| {
+        let persistent = persistent.clone();
+        async move {
+            match c.create(&path, &VALUE[..], &persistent).await {
+                Ok(_) | Err(zookeeper_client::Error::NodeExists) => anyhow::Ok(()),
+                Err(err) => Err(err.into()),
+            }
+        }
+    };
+    Ok(Some(match op {
+        Op::Get => {
+            for i in 0..100 {
+                create(client.clone(), format!("{dir}/k{i}")).await?;
+            }
+            Arc::new(move |_, i| {
+                let (c, path) = (client.clone(), format!("{dir}/k{}", i % 100));
+                async move {
+                    c.get_data(&path).await?;
+                    Ok(None)
+                }
+                .boxed()
+            })
+        }
+        Op::Put => {
+            for w in 0..workers {
+                client.mkdir(&format!("{dir}/w{w}"), &persistent).await?;
+                for i in 0..10 {
+                    create(client.clone(), format!("{dir}/w{w}/k{i}")).await?;
+                }
+            }
+            Arc::new(move |w, i| {
+                let (c, path) = (client.clone(), format!("{dir}/w{w}/k{}", i % 10));
+                async move {
+                    c.set_data(&path, &VALUE[..], None).await?;
+                    Ok(None)
+                }
+                .boxed()
+            })
+        }
+        Op::AtomicPut => {
+            let mut versions = Vec::with_capacity(workers);
+            for w in 0..workers {
+                create(client.clone(), format!("{dir}/c{w}")).await?;
+                let (_, stat) = client.get_data(&format!("{dir}/c{w}")).await?;
+                versions.push(Mutex::new(stat.version));
+            }
+            let versions = Arc::new(versions);
+            Arc::new(move |w, _| {
+                let (c, path, versions) = (client.clone(), format!("{dir}/c{w}"), versions.clone());
+                async move {
+                    let mut version = versions[w].lock().await;
+                    let stat = c.set_data(&path, &VALUE[..], Some(*version)).await?;
+                    *version = stat.version;
+                    Ok(None)
+                }
+                .boxed()
+            })
+        }
+        Op::List => {
+            for i in 0..100 {
+                create(client.clone(), format!("{dir}/list/k{i:03}")).await?;
+            }
+            let path = format!("{dir}/list");
+            Arc::new(move |_, _| {
+                let (c, path) = (client.clone(), path.clone());
+                async move {
+                    let children = c.list_children(&path).await?;
+                    let mut reader = c.new_multi_reader();
+                    for child in &children {
+                        reader.add_get_data(&format!("{path}/{child}"))?;
+                    }
+                    let results = reader.commit().await?;
+                    anyhow::ensure!(results.len() == 100, "listed {}", results.len());
+                    Ok(None)
+                }
+                .boxed()
+            })
+        }
+        Op::Watch => {
+            if workers != 1 {
+                return Ok(None);
+            }
+            let path = format!("{dir}/watched");
+            create(client.clone(), path.clone()).await?;
+            let mut watcher = client.watch(&path, AddWatchMode::Persistent).await?;
+            let (tx, rx) = channel();
+            let reader = client.clone();
+            let watched = path.clone();
+            tokio::spawn(async move {
+                loop {
+                    watcher.changed().await;
+                    // The event carries no data: read it, as a raw watcher must.
+                    let Ok((data, _)) = reader.get_data(&watched).await else {
+                        return;
+                    };
+                    if tx.send((data, Instant::now())).is_err() {
+                        return;
+                    }
+                }
+            });
+            Arc::new(move |_, i| {
+                let (c, path, rx) = (client.clone(), path.clone(), rx.clone());
+                async move {
+                    let value = format!("v{i}").into_bytes();
+                    let mut rx = rx.lock().await;
+                    let t0 = Instant::now();
+                    c.set_data(&path, &value, None).await?;
+                    delivered(&mut rx, &value, t0).await
+                }
+                .boxed()
+            })
+        }
+        Op::Lock => {
+            let ephemeral = CreateMode::EphemeralSequential.with_acls(Acls::anyone_all());
+            for w in 0..workers {
+                client.mkdir(&format!("{dir}/l{w}"), &persistent).await?;
+            }
+            Arc::new(move |w, _| {
+                let (c, prefix, ephemeral) = (
+                    client.clone(),
+                    format!("{dir}/l{w}/lock-"),
+                    ephemeral.clone(),
+                );
+                async move {
+                    // The uncontended lock recipe: create the waiter, see it is first, delete it.
+                    let (_, seq) = c.create(&prefix, b"", &ephemeral).await?;
+                    let parent = prefix.rsplit_once('/').map_or("/", |(p, _)| p).to_owned();
+                    let children = c.list_children(&parent).await?;
+                    anyhow::ensure!(children.len() == 1, "contended");
+                    c.delete(&format!("{prefix}{seq}"), None).await?;
+                    Ok(None)
+                }
+                .boxed()
+            })
+        }
+    }))
+}
