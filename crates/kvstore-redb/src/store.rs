@@ -23,7 +23,7 @@ use crate::client::{
 use crate::config::{Location, RedbConfig};
 use crate::error::{from_join, from_redb};
 use crate::lock::RedbLocker;
-use crate::watch::watch_stream;
+use crate::watch::watch_feed;
 
 /// A kvstore [`Store`] on a redb file or in memory.
 ///
@@ -320,12 +320,13 @@ impl Store for RedbStore {
         self.check_open()?;
         let key: Arc<str> = normalize_key(key)?.into();
         let k = key.clone();
-        Ok(watch_stream(
+        watch_feed(
             &self.shared,
             self.session.cancel().clone(),
             move |c| c.touches_key(&k),
             move |s| s.read_key(&key),
-        ))
+        )
+        .await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = self.shared.backend, op = "watch_tree", key = %dir))]
@@ -333,12 +334,13 @@ impl Store for RedbStore {
         self.check_open()?;
         let dir: Arc<str> = normalize_dir(dir)?.into();
         let d = dir.clone();
-        Ok(watch_stream(
+        watch_feed(
             &self.shared,
             self.session.cancel().clone(),
             move |c| c.touches_tree(&d),
             move |s| Ok(s.read_tree(&dir)?.unwrap_or_default()),
-        ))
+        )
+        .await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = self.shared.backend, op = "new_lock", key = %key))]

@@ -1,85 +1,97 @@
-//! In-process watches: re-read on every relevant committed change, emit when the state differs.
+//! In-process watches on the core watch driver: re-read on every relevant committed change.
 
 use std::sync::Arc;
 
-use futures::StreamExt;
+use async_trait::async_trait;
 use futures::stream::BoxStream;
-use kvstore_core::Result;
+use kvstore_core::backend::{WatchSource, watch_stream};
+use kvstore_core::{Error, Result};
+use tokio::sync::broadcast::Receiver;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{Change, Shared};
+
+/// A watch's wake-up source is the in-process change feed; its read is a transaction on the
+/// blocking pool.
+struct FeedSource<R, F> {
+    shared: Arc<Shared>,
+    changes: Receiver<Change>,
+    relevant: R,
+    read: Arc<F>,
+}
+
+#[async_trait]
+impl<T, R, F> WatchSource for FeedSource<R, F>
+where
+    T: PartialEq + Clone + Send + Sync + 'static,
+    R: Fn(&Change) -> bool + Send + Sync + 'static,
+    F: Fn(&Shared) -> Result<T> + Send + Sync + 'static,
+{
+    type Item = T;
+
+    async fn read(&mut self) -> Result<T> {
+        let read = self.read.clone();
+        self.shared.blocking(move |s| read(s)).await
+    }
+
+    /// A relevant change, or a lagging subscription (more than the feed's capacity behind),
+    /// which re-reads too, so nothing is lost.
+    async fn changed(&mut self) -> Result<()> {
+        loop {
+            match self.changes.recv().await {
+                Ok(change) if !(self.relevant)(&change) => {}
+                Ok(_) | Err(RecvError::Lagged(_)) => return Ok(()),
+                Err(RecvError::Closed) => {
+                    return Err(Error::Closed {
+                        backend: self.shared.backend,
+                    });
+                }
+            }
+        }
+    }
+
+    /// The feed is in-process: it is never lost while the database is open.
+    async fn reconnect(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
 
 /// Builds a watch stream over `read`.
 ///
 /// The stream subscribes to the change feed *before* its first read, so no commit can fall
 /// between the snapshot and the first wait. After that, every change that `relevant` accepts
 /// triggers a fresh read, and the result is emitted only if it differs from the last one
-/// emitted: a consumer slower than the writers sees states coalesced but always the latest. A
-/// lagging subscription (more than the feed's capacity behind) re-reads too, so nothing is
-/// lost. The stream ends when the handle is closed or dropped (`cancel`), and after yielding an
+/// emitted: a consumer slower than the writers sees states coalesced but always the latest.
+/// The stream ends when the handle is closed or dropped (`cancel`), and after yielding an
 /// `Err` from a failed read.
-pub(crate) fn watch_stream<T, R, F>(
+///
+/// # Errors
+///
+/// The first read's error.
+pub(crate) async fn watch_feed<T, R, F>(
     shared: &Arc<Shared>,
     cancel: CancellationToken,
     relevant: R,
     read: F,
-) -> BoxStream<'static, Result<T>>
+) -> Result<BoxStream<'static, Result<T>>>
 where
-    T: PartialEq + Clone + Send + 'static,
-    R: Fn(&Change) -> bool + Send + 'static,
+    T: PartialEq + Clone + Send + Sync + 'static,
+    R: Fn(&Change) -> bool + Send + Sync + 'static,
     F: Fn(&Shared) -> Result<T> + Send + Sync + 'static,
 {
-    struct State<T, R, F> {
-        shared: Arc<Shared>,
-        changes: tokio::sync::broadcast::Receiver<Change>,
-        cancel: CancellationToken,
-        relevant: R,
-        read: Arc<F>,
-        last: Option<T>,
-        ended: bool,
-    }
-
-    let state = State {
+    let mut source = FeedSource {
         changes: shared.subscribe(),
         shared: shared.clone(),
-        cancel,
         relevant,
         read: Arc::new(read),
-        last: None,
-        ended: false,
     };
-    futures::stream::unfold(state, |mut st| async move {
-        loop {
-            if st.ended {
-                return None;
-            }
-            if st.last.is_some() {
-                tokio::select! {
-                    biased;
-                    () = st.cancel.cancelled() => return None,
-                    change = st.changes.recv() => match change {
-                        Ok(change) if !(st.relevant)(&change) => continue,
-                        Ok(_) | Err(RecvError::Lagged(_)) => {}
-                        Err(RecvError::Closed) => return None,
-                    },
-                }
-            } else if st.cancel.is_cancelled() {
-                return None;
-            }
-            let read = st.read.clone();
-            match st.shared.blocking(move |s| read(s)).await {
-                Ok(state) if st.last.as_ref() == Some(&state) => continue,
-                Ok(state) => {
-                    st.last = Some(state.clone());
-                    return Some((Ok(state), st));
-                }
-                Err(err) => {
-                    st.ended = true;
-                    return Some((Err(err), st));
-                }
-            }
-        }
-    })
-    .boxed()
+    let first = source.read().await?;
+    // In-process: the feed is never lost, so there is nothing to reconnect to.
+    Ok(watch_stream(
+        source,
+        first,
+        cancel,
+        std::time::Duration::ZERO,
+    ))
 }

@@ -10,11 +10,11 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
+use async_trait::async_trait;
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
+use kvstore_core::backend::{WatchSource, watch_stream as drive};
 use kvstore_core::{Error, Result};
 use redis::aio::{PubSubSink, PubSubStream};
 
@@ -56,25 +56,61 @@ pub(crate) async fn subscribe(inner: &Inner, sub: &Subscription) -> Result<Subsc
         .map_err(|_| Error::not_reachable(crate::BACKEND, "subscribing timed out"))?
 }
 
-/// Reconnects with backoff until it succeeds, the store closes (`None`), or the reconnect
-/// timeout passes (the last error).
-async fn resubscribe(inner: &Inner, sub: &Subscription) -> Option<Result<Subscribed>> {
-    let backoff = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(50))
-        .with_max_delay(Duration::from_secs(2))
-        .with_total_delay(Some(inner.config.watch_reconnect_timeout))
-        .without_max_times();
-    let attempt = (|| subscribe(inner, sub))
-        .retry(backoff)
-        .when(Error::is_transient);
-    tokio::select! {
-        () = inner.cancel.cancelled() => None,
-        result = attempt => Some(result),
+/// A watch's wake-up source: its keyspace-notification subscription; its read: a read of the
+/// key or directory through the store's connection.
+struct NotificationSource<F> {
+    inner: Arc<Inner>,
+    sub: Subscription,
+    subscribed: Option<Subscribed>,
+    read: F,
+}
+
+#[async_trait]
+impl<T, F, Fut> WatchSource for NotificationSource<F>
+where
+    T: PartialEq + Clone + Send + 'static,
+    F: Fn(Arc<Inner>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<T>> + Send,
+{
+    type Item = T;
+
+    async fn read(&mut self) -> Result<T> {
+        (self.read)(self.inner.clone()).await
+    }
+
+    /// A notification, with the burst one write emits coalesced into one wake-up.
+    async fn changed(&mut self) -> Result<()> {
+        let Some(subscribed) = self.subscribed.as_mut() else {
+            return Err(Error::not_reachable(crate::BACKEND, "not subscribed"));
+        };
+        match subscribed.messages.next().await {
+            Some(_) => {
+                while let Some(Some(_)) = subscribed.messages.next().now_or_never() {}
+                Ok(())
+            }
+            None => {
+                self.subscribed = None;
+                Err(Error::not_reachable(
+                    crate::BACKEND,
+                    "the pub/sub connection was lost",
+                ))
+            }
+        }
+    }
+
+    async fn reconnect(&mut self) -> Result<()> {
+        self.subscribed = Some(subscribe(&self.inner, &self.sub).await?);
+        tracing::debug!(backend = crate::BACKEND, "watch re-subscribed; re-reading");
+        Ok(())
     }
 }
 
-/// Builds a watch stream: subscribe first, then read, so no change between the snapshot and
-/// the first wait is lost.
+/// Builds a watch stream on the core watch driver: subscribe first, then read, so no change
+/// between the snapshot and the first wait is lost.
+///
+/// # Errors
+///
+/// The subscription's or the first read's error.
 pub(crate) async fn watch_stream<T, F, Fut>(
     inner: Arc<Inner>,
     sub: Subscription,
@@ -85,81 +121,18 @@ where
     F: Fn(Arc<Inner>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<T>> + Send,
 {
-    struct State<T, F> {
-        inner: Arc<Inner>,
-        sub: Subscription,
-        subscribed: Option<Subscribed>,
-        read: F,
-        last: Option<T>,
-        must_read: bool,
-        ended: bool,
-    }
-
     let subscribed = subscribe(&inner, &sub).await?;
-    let state = State {
-        inner,
+    let mut source = NotificationSource {
+        inner: inner.clone(),
         sub,
         subscribed: Some(subscribed),
         read,
-        last: None,
-        must_read: true,
-        ended: false,
     };
-    Ok(futures::stream::unfold(state, |mut st| async move {
-        loop {
-            if st.ended || st.inner.cancel.is_cancelled() {
-                return None;
-            }
-            let Some(subscribed) = st.subscribed.as_mut() else {
-                match resubscribe(&st.inner, &st.sub).await? {
-                    Ok(s) => {
-                        tracing::debug!(
-                            backend = crate::BACKEND,
-                            "watch re-subscribed; re-reading"
-                        );
-                        st.subscribed = Some(s);
-                        st.must_read = true;
-                    }
-                    Err(err) => {
-                        st.ended = true;
-                        return Some((Err(err), st));
-                    }
-                }
-                continue;
-            };
-            if !st.must_read {
-                tokio::select! {
-                    biased;
-                    () = st.inner.cancel.cancelled() => return None,
-                    message = subscribed.messages.next() => match message {
-                        Some(_) => {
-                            // Coalesce a burst (one write emits several events) into one read.
-                            while let Some(Some(_)) = subscribed.messages.next().now_or_never() {}
-                        }
-                        None => {
-                            st.subscribed = None;
-                            continue;
-                        }
-                    },
-                }
-            }
-            st.must_read = false;
-            match (st.read)(st.inner.clone()).await {
-                Ok(state) if st.last.as_ref() == Some(&state) => {}
-                Ok(state) => {
-                    st.last = Some(state.clone());
-                    return Some((Ok(state), st));
-                }
-                Err(err) if err.is_transient() => {
-                    // The data connection is down too: reconnect the subscription, then re-read.
-                    st.subscribed = None;
-                }
-                Err(err) => {
-                    st.ended = true;
-                    return Some((Err(err), st));
-                }
-            }
-        }
-    })
-    .boxed())
+    let first = source.read().await?;
+    Ok(drive(
+        source,
+        first,
+        inner.cancel.clone(),
+        inner.config.watch_reconnect_timeout,
+    ))
 }

@@ -21,12 +21,14 @@
 
 mod lease;
 mod registration;
+mod watch;
 
 pub use lease::{
     HeldLease, Lease, RELEASE_TIMEOUT, Release, Renewal, Tasks, loss_margin, renewal_period,
     retry_period,
 };
 pub use registration::{Registrar, Registrations, rewrite_precondition, unless_superseded};
+pub use watch::{DEFAULT_WATCH_RECONNECT_TIMEOUT, WatchSource, watch_stream};
 
 pub use crate::config::{
     MultiHostUrl, duration_option, lock_arguments, parse_multi_host_url, size_option,
