@@ -9,8 +9,9 @@
 //!
 //! # Behavior on errors
 //!
-//! A failed query (agent restarting, no leader) is retried with backoff, from index 0, which
-//! is a plain read that re-syncs the state; only when that keeps failing for
+//! The loop is the core watch driver of `kvstore_core::backend`. A failed query (agent
+//! restarting, no leader) is retried with backoff, from index 0, which is a plain read that
+//! re-syncs the state; only when that keeps failing for
 //! `watch_reconnect_timeout` does the stream yield the error and end. An index that goes
 //! backwards (a restored snapshot) also restarts from 0, as the Consul docs advise. A stream
 //! polled again after more than [`STALE_AFTER`] without an answer first re-reads without
@@ -21,10 +22,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
+use async_trait::async_trait;
+use futures::FutureExt;
 use futures::future::BoxFuture;
-use futures::{FutureExt, StreamExt};
-use kvstore_core::{Error, KvPair, Result, WatchStream, WatchTreeStream};
+use kvstore_core::backend::{WatchSource, watch_stream};
+use kvstore_core::{KvPair, Result, WatchStream, WatchTreeStream};
 
 use crate::api::{Consistency, next_index};
 use crate::client::Inner;
@@ -35,99 +37,76 @@ type Read<T> = Box<
         + Sync,
 >;
 
-struct State<T> {
+/// How long after its last answer a watch re-reads without blocking before it blocks again.
+pub(crate) const STALE_AFTER: Duration = Duration::from_secs(1);
+
+/// A watch's wake-up source is its blocking query, which also returns the new state: the next
+/// `read` hands that state over instead of asking again.
+struct BlockingQuery<T> {
     inner: Arc<Inner>,
     read: Read<T>,
+    /// The `X-Consul-Index` to block on; 0 re-reads without blocking.
     index: u64,
-    last: Option<T>,
-    ended: bool,
+    /// What the last blocking query returned, not yet read.
+    answer: Option<T>,
     /// When the last answer arrived.
     answered: tokio::time::Instant,
 }
 
-/// How long after its last answer a watch re-reads without blocking before it blocks again.
-pub(crate) const STALE_AFTER: Duration = Duration::from_secs(1);
+impl<T> BlockingQuery<T> {
+    async fn query(&mut self, block: Option<(u64, Duration)>) -> Result<T> {
+        let (state, index) = (self.read)(self.inner.clone(), block).await?;
+        self.index = next_index(self.index, index);
+        self.answered = tokio::time::Instant::now();
+        Ok(state)
+    }
+}
 
-fn stream<T>(
+#[async_trait]
+impl<T: PartialEq + Clone + Send + Sync + 'static> WatchSource for BlockingQuery<T> {
+    type Item = T;
+
+    async fn read(&mut self) -> Result<T> {
+        match self.answer.take() {
+            Some(state) => Ok(state),
+            None => self.query(None).await,
+        }
+    }
+
+    async fn changed(&mut self) -> Result<()> {
+        let fresh = self.answered.elapsed() <= STALE_AFTER;
+        let block =
+            (self.index > 0 && fresh).then_some((self.index, self.inner.api.config.watch_wait));
+        self.answer = Some(self.query(block).await?);
+        Ok(())
+    }
+
+    /// Starts over from index 0: a plain read that re-syncs the state.
+    async fn reconnect(&mut self) -> Result<()> {
+        self.index = 0;
+        self.answer = None;
+        Ok(())
+    }
+}
+
+async fn stream<T: PartialEq + Clone + Send + Sync + 'static>(
     inner: Arc<Inner>,
-    first: (T, u64),
     read: Read<T>,
-) -> futures::stream::BoxStream<'static, Result<T>>
-where
-    T: PartialEq + Clone + Send + Sync + 'static,
-{
-    let (state, index) = first;
-    let st = State {
-        inner,
+) -> Result<futures::stream::BoxStream<'static, Result<T>>> {
+    let mut source = BlockingQuery {
+        inner: inner.clone(),
         read,
-        index,
-        last: Some(state.clone()),
-        ended: false,
+        index: 0,
+        answer: None,
         answered: tokio::time::Instant::now(),
     };
-    futures::stream::once(futures::future::ready(Ok(state)))
-        .chain(futures::stream::unfold(
-            st,
-            |mut st| async move {
-                let mut backoff: Option<backon::ExponentialBackoff> = None;
-                let mut failing_since: Option<tokio::time::Instant> = None;
-                loop {
-                    if st.ended {
-                        return None;
-                    }
-                    let wait = st.inner.api.config.watch_wait;
-                    let fresh = st.answered.elapsed() <= STALE_AFTER;
-                    let block = (st.index > 0 && fresh).then_some((st.index, wait));
-                    let result = tokio::select! {
-                        () = st.inner.cancel.cancelled() => return None,
-                        result = (st.read)(st.inner.clone(), block) => result,
-                    };
-                    match result {
-                        Ok((state, index)) => {
-                            backoff = None;
-                            failing_since = None;
-                            st.answered = tokio::time::Instant::now();
-                            st.index = next_index(st.index, index);
-                            if st.last.as_ref() == Some(&state) {
-                                continue;
-                            }
-                            st.last = Some(state.clone());
-                            return Some((Ok(state), st));
-                        }
-                        Err(Error::Closed { .. }) => return None,
-                        Err(err) if err.is_transient() => {
-                            let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
-                            if since.elapsed() >= st.inner.api.config.watch_reconnect_timeout {
-                                st.ended = true;
-                                return Some((Err(err), st));
-                            }
-                            let delay = backoff
-                                .get_or_insert_with(|| {
-                                    ExponentialBuilder::default()
-                                        .with_min_delay(Duration::from_millis(50))
-                                        .with_max_delay(Duration::from_secs(2))
-                                        .without_max_times()
-                                        .build()
-                                })
-                                .next()
-                                .unwrap_or(Duration::from_secs(2));
-                            tracing::debug!(backend = crate::BACKEND, error = %err, ?delay, "watch query failed; retrying");
-                            tokio::select! {
-                                () = st.inner.cancel.cancelled() => return None,
-                                () = tokio::time::sleep(delay) => {}
-                            }
-                            // Re-read from scratch.
-                            st.index = 0;
-                        }
-                        Err(err) => {
-                            st.ended = true;
-                            return Some((Err(err), st));
-                        }
-                    }
-                }
-            },
-        ))
-        .boxed()
+    let first = source.read().await?;
+    Ok(watch_stream(
+        source,
+        first,
+        inner.cancel.clone(),
+        inner.api.config.watch_reconnect_timeout,
+    ))
 }
 
 /// `Store::watch`.
@@ -140,8 +119,7 @@ pub(crate) async fn watch_key(
         let key = key.clone();
         async move { inner.read_key(&key, consistency, block).await }.boxed()
     });
-    let first = read(inner.clone(), None).await?;
-    Ok(stream(inner, first, read))
+    stream(inner, read).await
 }
 
 /// `Store::watch_tree`.
@@ -154,6 +132,5 @@ pub(crate) async fn watch_tree(
         let dir = dir.clone();
         async move { inner.read_tree(&dir, consistency, block).await }.boxed()
     });
-    let first = read(inner.clone(), None).await?;
-    Ok(stream(inner, first, read))
+    stream(inner, read).await
 }
