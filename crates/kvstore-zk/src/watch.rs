@@ -11,16 +11,19 @@
 //!
 //! # Behavior on reconnects
 //!
-//! While the client is disconnected, the session (and the watch) live on the server; on
+//! The loop is the core watch driver of `kvstore_core::backend`. While the client is disconnected, the session (and the watch) live on the server; on
 //! reconnecting the client re-registers the watch, and the stream re-reads and emits the state
 //! if it changed. If the session expired, the stream registers again on the store's new
 //! session and re-reads. The stream ends with an error only when no new session can be opened.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use async_trait::async_trait;
+use futures::FutureExt;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
-use futures::{FutureExt, StreamExt};
+use kvstore_core::backend::{WatchSource, watch_stream};
 use kvstore_core::{Error, KvPair, Result, WatchStream, WatchTreeStream};
 use zookeeper_client::{self as zk, AddWatchMode, Client, EventType, PersistentWatcher};
 
@@ -29,16 +32,6 @@ use crate::error::from_zk;
 use crate::session::timed;
 
 type Read<T> = Box<dyn Fn(Arc<Inner>, Arc<Client>) -> BoxFuture<'static, Result<T>> + Send + Sync>;
-
-struct State<T> {
-    inner: Arc<Inner>,
-    path: String,
-    mode: AddWatchMode,
-    read: Read<T>,
-    watcher: Option<PersistentWatcher>,
-    last: Option<T>,
-    ended: bool,
-}
 
 /// What to do after an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,113 +63,104 @@ async fn register(inner: &Inner, path: &str, mode: AddWatchMode) -> Result<Persi
         .map_err(from_zk)
 }
 
-fn stream<T>(
+/// A watch's wake-up source: its persistent watcher, registered again on the store's new
+/// session after the old one ended; its read: a read through the store's current session.
+struct WatcherSource<T> {
     inner: Arc<Inner>,
     path: String,
     mode: AddWatchMode,
-    first: PersistentWatcher,
     read: Read<T>,
-) -> BoxStream<'static, Result<T>>
-where
-    T: PartialEq + Clone + Send + Sync + 'static,
-{
-    let state = State {
-        inner,
+    watcher: Option<PersistentWatcher>,
+}
+
+impl<T> WatcherSource<T> {
+    /// The next event that calls for a read (`Next::Read`) or a new registration
+    /// (`Next::Register`); events already queued are coalesced into it. After a terminal
+    /// session event the watcher must not be asked again: zookeeper-client panics on that (its
+    /// `PersistentWatcher::changed` docs, "Panics").
+    async fn next_event(watcher: &mut PersistentWatcher, mode: AddWatchMode) -> Next {
+        loop {
+            let mut next = classify(&watcher.changed().await, mode);
+            while next != Next::Register {
+                let Some(event) = watcher.changed().now_or_never() else {
+                    break;
+                };
+                next = match (next, classify(&event, mode)) {
+                    (Next::Register, _) | (_, Next::Register) => Next::Register,
+                    (Next::Read, _) | (_, Next::Read) => Next::Read,
+                    _ => Next::Wait,
+                };
+            }
+            if next != Next::Wait {
+                return next;
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl<T: PartialEq + Clone + Send + Sync + 'static> WatchSource for WatcherSource<T> {
+    type Item = T;
+
+    async fn read(&mut self) -> Result<T> {
+        let client = self.inner.client().await?;
+        (self.read)(self.inner.clone(), client).await
+    }
+
+    async fn changed(&mut self) -> Result<()> {
+        let Some(watcher) = self.watcher.as_mut() else {
+            return Err(Error::not_reachable(crate::BACKEND, "no watch registered"));
+        };
+        match Self::next_event(watcher, self.mode).await {
+            Next::Register => {
+                self.watcher = None;
+                Err(Error::not_reachable(
+                    crate::BACKEND,
+                    "the watch's session ended",
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// While the session lives, waits for the client to reconnect (it re-registers the watch
+    /// itself); once it has ended, registers the watch on the store's new session.
+    async fn reconnect(&mut self) -> Result<()> {
+        if let Some(watcher) = self.watcher.as_mut() {
+            if Self::next_event(watcher, self.mode).await != Next::Register {
+                return Ok(());
+            }
+            self.watcher = None;
+        }
+        self.watcher = Some(register(&self.inner, &self.path, self.mode).await?);
+        Ok(())
+    }
+}
+
+/// Registers first, then reads, on the core watch driver. A ZooKeeper watch keeps trying to
+/// come back for as long as the store is open: the client bounds each reconnect by the session
+/// timeout, and the store opens a new session after an expiry.
+async fn stream<T: PartialEq + Clone + Send + Sync + 'static>(
+    inner: Arc<Inner>,
+    path: String,
+    mode: AddWatchMode,
+    read: Read<T>,
+) -> Result<BoxStream<'static, Result<T>>> {
+    let watcher = register(&inner, &path, mode).await?;
+    let mut source = WatcherSource {
+        inner: inner.clone(),
         path,
         mode,
         read,
-        watcher: Some(first),
-        last: None,
-        ended: false,
+        watcher: Some(watcher),
     };
-    futures::stream::unfold(state, |mut st| async move {
-        loop {
-            if st.ended || st.inner.cancel.is_cancelled() {
-                return None;
-            }
-            let Some(watcher) = st.watcher.as_mut() else {
-                match register(&st.inner, &st.path, st.mode).await {
-                    Ok(registered) => {
-                        st.watcher = Some(registered);
-                    }
-                    Err(err) if err.is_transient() => {
-                        // No session yet (the ensemble is down): try again shortly.
-                        tokio::select! {
-                            () = st.inner.cancel.cancelled() => return None,
-                            () = tokio::time::sleep(st.inner.config.connect_timeout / 4) => {}
-                        }
-                        continue;
-                    }
-                    Err(err) => {
-                        st.ended = true;
-                        return Some((Err(err), st));
-                    }
-                }
-                // Freshly registered: read below.
-                if let Some(item) = read_and_emit(&mut st).await {
-                    return Some((item, st));
-                }
-                continue;
-            };
-            if st.last.is_some() {
-                let event = tokio::select! {
-                    () = st.inner.cancel.cancelled() => return None,
-                    event = watcher.changed() => event,
-                };
-                let mut next = classify(&event, st.mode);
-                // Coalesce what is already queued. After a terminal session event (`Register`)
-                // the watcher must not be asked again: zookeeper-client panics on that (its
-                // `PersistentWatcher::changed` docs, "Panics").
-                while next != Next::Register {
-                    let Some(event) = watcher.changed().now_or_never() else {
-                        break;
-                    };
-                    next = match (next, classify(&event, st.mode)) {
-                        (Next::Register, _) | (_, Next::Register) => Next::Register,
-                        (Next::Read, _) | (_, Next::Read) => Next::Read,
-                        _ => Next::Wait,
-                    };
-                }
-                match next {
-                    Next::Wait => continue,
-                    Next::Register => {
-                        st.watcher = None;
-                        continue;
-                    }
-                    Next::Read => {}
-                }
-            }
-            if let Some(item) = read_and_emit(&mut st).await {
-                return Some((item, st));
-            }
-        }
-    })
-    .boxed()
-}
-
-/// Reads the state; `Some` with the item to emit, `None` when nothing changed or the read
-/// failed transiently (the next event — a reconnect — triggers another read).
-async fn read_and_emit<T: PartialEq + Clone + Send + Sync>(st: &mut State<T>) -> Option<Result<T>> {
-    let read = async {
-        let client = st.inner.client().await?;
-        (st.read)(st.inner.clone(), client).await
-    };
-    match read.await {
-        Ok(state) if st.last.as_ref() == Some(&state) => None,
-        Ok(state) => {
-            st.last = Some(state.clone());
-            Some(Ok(state))
-        }
-        Err(err) if err.is_transient() && st.last.is_some() => {
-            tracing::debug!(backend = crate::BACKEND, error = %err, "watch read failed; waiting for the reconnect");
-            None
-        }
-        Err(Error::Closed { .. }) => None,
-        Err(err) => {
-            st.ended = true;
-            Some(Err(err))
-        }
-    }
+    let first = source.read().await?;
+    Ok(watch_stream(
+        source,
+        first,
+        inner.cancel.clone(),
+        Duration::MAX,
+    ))
 }
 
 /// `Store::watch`.
@@ -190,8 +174,7 @@ pub(crate) async fn watch_key(
         let key = key.clone();
         async move { inner.read_key(&client, &key, consistent).await }.boxed()
     });
-    let first = register(&inner, &path, AddWatchMode::Persistent).await?;
-    Ok(stream(inner, path, AddWatchMode::Persistent, first, read))
+    stream(inner, path, AddWatchMode::Persistent, read).await
 }
 
 /// `Store::watch_tree`.
@@ -210,12 +193,5 @@ pub(crate) async fn watch_tree(
         }
         .boxed()
     });
-    let first = register(&inner, &path, AddWatchMode::PersistentRecursive).await?;
-    Ok(stream(
-        inner,
-        path,
-        AddWatchMode::PersistentRecursive,
-        first,
-        read,
-    ))
+    stream(inner, path, AddWatchMode::PersistentRecursive, read).await
 }
