@@ -6,20 +6,19 @@
 //!
 //! # Behavior on reconnects
 //!
-//! When the watch stream breaks, it is re-opened from the revision after the last one seen,
+//! The loop is the core watch driver of `kvstore_core::backend`. When the watch stream breaks, it is re-opened from the revision after the last one seen,
 //! with backoff, for up to `watch_reconnect_timeout`. If that revision was compacted away, the
 //! state is read afresh and emitted if it changed. Only when reconnecting fails for that long
 //! does the stream yield the error and end.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
-use etcd_client::{Event, EventType, WatchOptions, WatchResponse};
-use futures::StreamExt;
+use async_trait::async_trait;
+use etcd_client::{Event, EventType, WatchOptions};
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
+use kvstore_core::backend::{WatchSource, watch_stream};
 use kvstore_core::{Error, KvPair, Result, WatchStream, WatchTreeStream};
 
 use crate::client::Inner;
@@ -34,16 +33,6 @@ struct Spec<S, T> {
     apply: fn(&Inner, &mut S, &Event),
     view: fn(&S) -> T,
     reload: Reload<S>,
-}
-
-struct State<S, T> {
-    inner: Arc<Inner>,
-    spec: Spec<S, T>,
-    data: S,
-    next_rev: i64,
-    stream: Option<etcd_client::WatchStream>,
-    last: Option<T>,
-    ended: bool,
 }
 
 async fn open(
@@ -61,26 +50,6 @@ async fn open(
         .watch(start, Some(opts))
         .await
         .map_err(from_etcd)
-}
-
-async fn reopen(
-    inner: &Inner,
-    start: &str,
-    end: Option<&[u8]>,
-    from: i64,
-) -> Option<Result<etcd_client::WatchStream>> {
-    let backoff = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(50))
-        .with_max_delay(Duration::from_secs(2))
-        .with_total_delay(Some(inner.config.watch_reconnect_timeout))
-        .without_max_times();
-    let attempt = (|| open(inner, start, end, from))
-        .retry(backoff)
-        .when(Error::is_transient);
-    tokio::select! {
-        () = inner.cancel.cancelled() => None,
-        result = attempt => Some(result),
-    }
 }
 
 /// `watch(key)`.
@@ -158,8 +127,77 @@ pub(crate) async fn watch_tree(
     Ok(stream_seeded(inner, spec, data, rev, first))
 }
 
-/// The initial state as the first item, then the changes; the initial state is recorded as the
-/// last one emitted, so the tail emits only real changes.
+/// A watch's wake-up source is its etcd watch stream; each response's events are applied to
+/// the state the source keeps, so a read is a view of it and costs no request.
+struct RevisionSource<S, T> {
+    inner: Arc<Inner>,
+    spec: Spec<S, T>,
+    data: S,
+    next_rev: i64,
+    stream: Option<etcd_client::WatchStream>,
+}
+
+#[async_trait]
+impl<S, T> WatchSource for RevisionSource<S, T>
+where
+    S: Send + 'static,
+    T: PartialEq + Clone + Send + 'static,
+{
+    type Item = T;
+
+    async fn read(&mut self) -> Result<T> {
+        Ok((self.spec.view)(&self.data))
+    }
+
+    async fn changed(&mut self) -> Result<()> {
+        let Some(stream) = self.stream.as_mut() else {
+            return Err(Error::not_reachable(crate::BACKEND, "no watch stream"));
+        };
+        let Some(resp) = stream.message().await.ok().flatten() else {
+            tracing::debug!(
+                backend = crate::BACKEND,
+                next_rev = self.next_rev,
+                "watch stream broke; resuming"
+            );
+            self.stream = None;
+            return Err(Error::not_reachable(
+                crate::BACKEND,
+                "the watch stream broke",
+            ));
+        };
+        if resp.compact_revision() > 0 || resp.canceled() {
+            // Our start revision was compacted: re-read the state, then watch after it (the
+            // next wait finds no stream, and the driver reopens it from the new revision).
+            let (data, rev) = (self.spec.reload)(self.inner.clone()).await?;
+            self.data = data;
+            self.next_rev = rev + 1;
+            self.stream = None;
+            return Ok(());
+        }
+        for event in resp.events() {
+            (self.spec.apply)(&self.inner, &mut self.data, event);
+            if let Some(kv) = event.kv() {
+                self.next_rev = self.next_rev.max(kv.mod_revision() + 1);
+            }
+        }
+        Ok(())
+    }
+
+    /// Reopens the watch from the revision after the last one seen.
+    async fn reconnect(&mut self) -> Result<()> {
+        let stream = open(
+            &self.inner,
+            &self.spec.start,
+            self.spec.end.as_deref(),
+            self.next_rev,
+        )
+        .await?;
+        self.stream = Some(stream);
+        Ok(())
+    }
+}
+
+/// The initial state as the first item, then the changes, on the core watch driver.
 fn stream_seeded<S, T>(
     inner: Arc<Inner>,
     spec: Spec<S, T>,
@@ -172,91 +210,13 @@ where
     T: PartialEq + Clone + Send + 'static,
 {
     let initial = (spec.view)(&data);
-    let state = State {
+    let (cancel, timeout) = (inner.cancel.clone(), inner.config.watch_reconnect_timeout);
+    let source = RevisionSource {
         inner,
         spec,
         data,
         next_rev: rev + 1,
         stream: Some(first),
-        last: Some(initial.clone()),
-        ended: false,
     };
-    futures::stream::once(async move { Ok(initial) })
-        .chain(tail(state))
-        .boxed()
-}
-
-fn tail<S, T>(state: State<S, T>) -> impl futures::Stream<Item = Result<T>> + Send + 'static
-where
-    S: Send + 'static,
-    T: PartialEq + Clone + Send + 'static,
-{
-    futures::stream::unfold(state, |mut st| async move {
-        loop {
-            if st.ended || st.inner.cancel.is_cancelled() {
-                return None;
-            }
-            let Some(stream) = st.stream.as_mut() else {
-                match reopen(
-                    &st.inner,
-                    &st.spec.start,
-                    st.spec.end.as_deref(),
-                    st.next_rev,
-                )
-                .await?
-                {
-                    Ok(s) => st.stream = Some(s),
-                    Err(err) => {
-                        st.ended = true;
-                        return Some((Err(err), st));
-                    }
-                }
-                continue;
-            };
-            let message: Option<WatchResponse> = tokio::select! {
-                biased;
-                () = st.inner.cancel.cancelled() => return None,
-                message = stream.message() => message.ok().flatten(),
-            };
-            let Some(resp) = message else {
-                tracing::debug!(
-                    backend = crate::BACKEND,
-                    next_rev = st.next_rev,
-                    "watch stream broke; resuming"
-                );
-                st.stream = None;
-                continue;
-            };
-            if resp.compact_revision() > 0 || resp.canceled() {
-                // Our start revision was compacted: re-read the state, then watch after it.
-                match (st.spec.reload)(st.inner.clone()).await {
-                    Ok((data, rev)) => {
-                        st.data = data;
-                        st.next_rev = rev + 1;
-                        st.stream = None;
-                    }
-                    Err(err) if err.is_transient() => {
-                        st.stream = None;
-                        continue;
-                    }
-                    Err(err) => {
-                        st.ended = true;
-                        return Some((Err(err), st));
-                    }
-                }
-            } else {
-                for event in resp.events() {
-                    (st.spec.apply)(&st.inner, &mut st.data, event);
-                    if let Some(kv) = event.kv() {
-                        st.next_rev = st.next_rev.max(kv.mod_revision() + 1);
-                    }
-                }
-            }
-            let view = (st.spec.view)(&st.data);
-            if st.last.as_ref() != Some(&view) {
-                st.last = Some(view.clone());
-                return Some((Ok(view), st));
-            }
-        }
-    })
+    watch_stream(source, initial, cancel, timeout)
 }
