@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 
 use crate::BACKEND;
 use crate::config::ConsulConfig;
+use crate::error::{from_reqwest, from_status, refused_session_ttl_min, ttl_below_minimum};
 
 /// Everything but RFC 3986 unreserved characters is escaped in a key segment.
 const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
@@ -115,16 +116,6 @@ pub(crate) struct Api {
     min_session_ttl_ms: AtomicU64,
 }
 
-fn map_send_error(err: reqwest::Error) -> Error {
-    if err.is_timeout() {
-        Error::Timeout
-    } else if err.is_connect() || err.is_request() {
-        Error::not_reachable(BACKEND, err)
-    } else {
-        Error::backend(BACKEND, err)
-    }
-}
-
 impl Api {
     pub(crate) fn new(config: ConsulConfig) -> Result<Self> {
         // Connection pooling is reqwest's default; proxies from the environment are not used
@@ -183,7 +174,7 @@ impl Api {
             .timeout(timeout)
             .send()
             .await
-            .map_err(map_send_error)?;
+            .map_err(from_reqwest)?;
         let status = response.status();
         if status.is_success() || status == StatusCode::NOT_FOUND || status == StatusCode::CONFLICT
         {
@@ -193,17 +184,8 @@ impl Api {
         if let Some(min) = refused_session_ttl_min(&body) {
             let min_ms = u64::try_from(min.as_millis()).unwrap_or(u64::MAX);
             self.min_session_ttl_ms.store(min_ms, Ordering::Relaxed);
-            return Err(ttl_below_minimum(min));
         }
-        let message = format!("HTTP {status}: {}", body.trim());
-        Err(match status {
-            // "No cluster leader", "rpc error": the cluster is (re)starting.
-            StatusCode::INTERNAL_SERVER_ERROR
-            | StatusCode::SERVICE_UNAVAILABLE
-            | StatusCode::BAD_GATEWAY => Error::not_reachable(BACKEND, message),
-            StatusCode::BAD_REQUEST => Error::invalid_config(BACKEND, message),
-            _ => Error::backend(BACKEND, message),
-        })
+        Err(from_status(status, &body))
     }
 
     /// Reads `key` (with `recurse`, every key starting with it). With `block`, a blocking
@@ -390,77 +372,9 @@ pub(crate) fn session_seconds(ttl: Duration) -> u64 {
         .unwrap_or(u64::MAX)
 }
 
-/// The minimum in the agent's refusal of a session TTL, which reads
-/// `Invalid Session TTL '<ns>', must be between [<min>=<max>]` (Go durations such as `10s`).
-/// Source: the body Consul 1.21.0 answers to `PUT /v1/session/create` with a short TTL (pinned by
-/// `tests/stock.rs`); the minimum is the agent's `session_ttl_min` (Consul docs, "Agent
-/// configuration file reference", 10 s by default).
-fn refused_session_ttl_min(body: &str) -> Option<Duration> {
-    let rest = &body[body.find("Invalid Session TTL")?..];
-    let bounds = &rest[rest.find('[')? + 1..];
-    let min = &bounds[..bounds.find('=')?];
-    parse_go_duration(min)
-}
-
-/// Parses the Go durations Consul prints (`10s`, `1m0s`, `1.5s`, `500ms`).
-fn parse_go_duration(text: &str) -> Option<Duration> {
-    let mut total = 0f64;
-    let mut rest = text.trim();
-    if rest.is_empty() {
-        return None;
-    }
-    while !rest.is_empty() {
-        let number_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
-        let (number, tail) = rest.split_at(number_len);
-        let unit_len = tail
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(tail.len());
-        let (unit, tail) = tail.split_at(unit_len);
-        let seconds = match unit {
-            "h" => 3600.0,
-            "m" => 60.0,
-            "s" => 1.0,
-            "ms" => 1e-3,
-            "us" | "µs" => 1e-6,
-            "ns" => 1e-9,
-            _ => return None,
-        };
-        total += number.parse::<f64>().ok()? * seconds;
-        rest = tail;
-    }
-    Some(Duration::from_secs_f64(total))
-}
-
-/// A TTL below the agent's `session_ttl_min`: a refusal that retrying cannot fix.
-fn ttl_below_minimum(min: Duration) -> Error {
-    Error::invalid_config(
-        BACKEND,
-        format!(
-            "this Consul agent refuses TTLs below its session_ttl_min of {min:?}: use a TTL of at \
-             least {min:?}, or lower `session_ttl_min` in the agent configuration"
-        ),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reads_the_minimum_from_a_refused_session_ttl() {
-        let body = "Invalid Session TTL '2000000000', must be between [10s=24h0m0s]";
-        assert_eq!(refused_session_ttl_min(body), Some(Duration::from_secs(10)));
-        assert_eq!(
-            refused_session_ttl_min("Invalid Session TTL '1', must be between [1m30s=24h0m0s]"),
-            Some(Duration::from_secs(90))
-        );
-        assert_eq!(parse_go_duration("1.5s"), Some(Duration::from_millis(1500)));
-        assert_eq!(parse_go_duration("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(
-            refused_session_ttl_min("rpc error: No cluster leader"),
-            None
-        );
-    }
 
     #[test]
     fn keys_are_percent_encoded_per_segment() {

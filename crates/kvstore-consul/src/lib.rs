@@ -55,6 +55,7 @@
 mod api;
 mod client;
 mod config;
+mod error;
 mod lock;
 mod store;
 mod watch;

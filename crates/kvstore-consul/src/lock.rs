@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use crate::BACKEND;
 use crate::api::{Consistency, Txn, next_index, op_lock};
 use crate::client::{Inner, SessionLease};
+use crate::error::is_invalid_session;
 
 /// A lock on a key of a [`ConsulStore`](crate::ConsulStore).
 pub struct ConsulLocker {
@@ -69,7 +70,7 @@ impl ConsulLocker {
                         .map(|e| e.modify_index)
                         .ok_or_else(|| Error::backend(BACKEND, "lock returned no entry"));
                 }
-                Txn::Failed { what, .. } if what.contains("Invalid session") => {
+                Txn::Failed { what, .. } if is_invalid_session(&what) => {
                     return Err(Error::CannotLock {
                         key: self.key.clone(),
                         source: what.into(),

@@ -100,6 +100,7 @@ impl RedbLocker {
         let mut guard = AbandonGuard {
             pending: pending.clone(),
             shared: self.shared.clone(),
+            tasks: self.tasks.clone(),
             key: self.key.clone(),
             owner: self.owner,
             armed: true,
@@ -140,6 +141,7 @@ enum Pending {
 struct AbandonGuard {
     pending: Arc<Mutex<Pending>>,
     shared: Arc<Shared>,
+    tasks: Tasks,
     key: String,
     owner: u64,
     armed: bool,
@@ -155,11 +157,17 @@ impl Drop for AbandonGuard {
             Pending::Running => *state = Pending::Abandoned,
             Pending::Acquired(token) => {
                 // The transaction committed but nobody will take the result: give it back.
-                // `Drop` must not block, so the release runs on the blocking pool.
+                // `Drop` must not block: the release is a tracked task (`close` waits for
+                // it) whose transaction runs on the blocking pool.
                 let (shared, key, owner) = (self.shared.clone(), self.key.clone(), self.owner);
-                if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                    rt.spawn_blocking(move || shared.release_lock(&key, owner, token, false));
-                }
+                self.tasks.spawn(async move {
+                    let released = shared
+                        .blocking(move |s| s.release_lock(&key, owner, token, false))
+                        .await;
+                    if let Err(err) = released {
+                        tracing::warn!(error = %err, "releasing an abandoned lock failed; it expires with its TTL");
+                    }
+                });
             }
             Pending::Abandoned => {}
         }

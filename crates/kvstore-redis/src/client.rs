@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::BACKEND;
 use crate::config::RedisConfig;
-use crate::error::{from_redis, protocol};
+use crate::error::{from_redis, is_connection_failure, is_wrong_type, protocol};
 use crate::scripts;
 
 /// How long `close` waits for lock releases to be sent.
@@ -108,7 +108,7 @@ impl Inner {
             Ok(reply) => reply,
             // Not a hash: a plain string another client wrote (or a type kvstore cannot read,
             // which the script reports). One more round trip, for foreign keys only.
-            Err(err) if err.code() == Some("WRONGTYPE") => scripts::READ
+            Err(err) if is_wrong_type(&err) => scripts::READ
                 .key(self.data_key(key))
                 .invoke_async(&mut self.conn())
                 .await
@@ -203,7 +203,7 @@ impl Inner {
             .await;
         let flags = match reply {
             Ok(reply) => reply.get(1).cloned().unwrap_or_default(),
-            Err(err) if err.is_io_error() || err.is_timeout() => return Err(from_redis(err)),
+            Err(err) if is_connection_failure(&err) => return Err(from_redis(err)),
             Err(err) => {
                 // CONFIG may be renamed or forbidden on managed servers: trust the operator.
                 tracing::warn!(error = %err, "cannot read notify-keyspace-events; assuming keyspace notifications are on");

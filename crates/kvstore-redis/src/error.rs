@@ -24,3 +24,26 @@ pub(crate) fn protocol(what: &str) -> Error {
         format!("unexpected reply from a kvstore script: {what}"),
     )
 }
+
+/// Whether the connection failed (so the answer says nothing about the server's settings).
+pub(crate) fn is_connection_failure(err: &RedisError) -> bool {
+    err.is_timeout()
+        || err.is_io_error()
+        || err.is_connection_refusal()
+        || err.is_connection_dropped()
+}
+
+/// Whether the server refused a command for the key's type (`WRONGTYPE`): a plain string
+/// another client wrote where kvstore keeps a hash.
+pub(crate) fn is_wrong_type(err: &RedisError) -> bool {
+    err.code() == Some("WRONGTYPE")
+}
+
+/// A failure to connect: whatever stopped the connection manager from starting is reported as
+/// `NotReachable`, the server being away the likely cause.
+pub(crate) fn from_connect(err: RedisError) -> Error {
+    match from_redis(err) {
+        Error::Backend { source, .. } => Error::not_reachable(BACKEND, source),
+        other => other,
+    }
+}

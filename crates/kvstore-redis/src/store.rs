@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use crate::BACKEND;
 use crate::client::{CLOSE_TIMEOUT, Inner, KeyRegistrar, script_mode};
 use crate::config::RedisConfig;
-use crate::error::{from_redis, protocol};
+use crate::error::{from_connect, from_redis, protocol};
 use crate::lock::RedisLocker;
 use crate::scripts;
 use crate::watch::{Subscription, watch_stream};
@@ -91,10 +91,7 @@ impl RedisStore {
                 format!("no answer within {:?}", config.connect_timeout),
             )
         })?
-        .map_err(|e| match from_redis(e) {
-            Error::Backend { source, .. } => Error::not_reachable(BACKEND, source),
-            other => other,
-        })?;
+        .map_err(from_connect)?;
         let prefix = if config.prefix.is_empty() {
             String::new()
         } else {
