@@ -1,22 +1,16 @@
-//! The database every handle of a redb store shares, and its transactions: the tables, the
-//! key and tree reads, conditional writes, expiry, lock rows, the change feed, and the key
-//! lease and registrar for the lease engine. Transactions run on the blocking pool.
+//! The database every handle of a redb store shares: the tables, the change feed, and the
+//! transactions of the key and tree reads and conditional writes (expiry is in `expiry.rs`,
+//! lock rows in `lock.rs`, `keep_alive` leases in `keep_alive.rs`). Transactions run on the
+//! blocking pool.
 
 use std::fmt;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use async_trait::async_trait;
-use bytes::Bytes;
-use kvstore_core::backend::{
-    Lease, Precondition, Registrar, Registrations, Release, Renewal, Tasks, rewrite_precondition,
-    ttl_millis, unless_superseded,
-};
+use kvstore_core::backend::{Precondition, ttl_millis};
 use kvstore_core::{Error, KvPair, Result, is_descendant};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{Notify, broadcast};
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::error::{from_join, from_redb};
@@ -72,15 +66,6 @@ impl Change {
             Change::Lock(_) => false,
         }
     }
-}
-
-/// Outcome of one attempt to take a lock.
-#[derive(Debug)]
-pub(crate) enum Acquire {
-    /// Taken, with this fencing token.
-    Acquired(u64),
-    /// Held by someone else until this time (Unix milliseconds) unless renewed.
-    Held(u64),
 }
 
 /// The database and everything shared by all handles on it.
@@ -327,189 +312,6 @@ impl Shared {
         self.publish(Change::Tree(dir.into()));
         Ok(())
     }
-
-    /// Deletes every key whose TTL has run out; returns the next expiry time, if any.
-    pub(crate) fn reap(&self) -> Result<Option<u64>> {
-        let now = now_ms();
-        let txn = self.db().begin_write().map_err(from_redb)?;
-        let (expired, next) = {
-            let mut kv = txn.open_table(KV).map_err(from_redb)?;
-            let mut expiry = txn.open_table(EXPIRY).map_err(from_redb)?;
-            let mut expired = Vec::new();
-            let mut next = None;
-            for entry in expiry.iter().map_err(from_redb)? {
-                let (k, _) = entry.map_err(from_redb)?;
-                let (expires_at, key) = k.value();
-                if expires_at > now {
-                    next = Some(expires_at);
-                    break;
-                }
-                expired.push((expires_at, key.to_owned()));
-            }
-            for (expires_at, key) in &expired {
-                expiry
-                    .remove((*expires_at, key.as_str()))
-                    .map_err(from_redb)?;
-                // The index entry and the pair are written together, so the pair's own expiry
-                // always matches; checking keeps a stale index entry from deleting a newer pair.
-                let matches = kv
-                    .get(key.as_str())
-                    .map_err(from_redb)?
-                    .is_some_and(|e| e.value().1 == *expires_at);
-                if matches {
-                    kv.remove(key.as_str()).map_err(from_redb)?;
-                }
-            }
-            (expired, next)
-        };
-        if expired.is_empty() {
-            txn.abort().map_err(from_redb)?;
-        } else {
-            txn.commit().map_err(from_redb)?;
-            tracing::debug!(
-                backend = self.backend,
-                count = expired.len(),
-                "expired keys"
-            );
-            for (_, key) in expired {
-                self.publish(Change::Key(key.into()));
-            }
-        }
-        Ok(next)
-    }
-
-    /// Pushes the expiry of a kept-alive key to now + `ttl`; `false` when the key is no
-    /// longer the write that registered it (rewritten, deleted or expired).
-    pub(crate) fn renew_key(&self, key: &str, index: u64, ttl: Duration) -> Result<bool> {
-        let txn = self.db().begin_write().map_err(from_redb)?;
-        {
-            let mut kv = txn.open_table(KV).map_err(from_redb)?;
-            let mut expiry = txn.open_table(EXPIRY).map_err(from_redb)?;
-            let current = kv.get(key).map_err(from_redb)?.map(|e| {
-                let (index, expires_at, value) = e.value();
-                (index, expires_at, value.to_vec())
-            });
-            match current {
-                Some((have, expires_at, value))
-                    if have == index && is_live(expires_at, now_ms()) =>
-                {
-                    let renewed = deadline_ms(ttl);
-                    expiry.remove((expires_at, key)).map_err(from_redb)?;
-                    expiry.insert((renewed, key), ()).map_err(from_redb)?;
-                    kv.insert(key, (index, renewed, value.as_slice()))
-                        .map_err(from_redb)?;
-                }
-                _ => return Ok(false),
-            }
-        }
-        txn.commit().map_err(from_redb)?;
-        Ok(true)
-    }
-
-    /// Takes the lock on `key` for `owner` if it is free or its holder's TTL ran out; writes the
-    /// lock's value in the same transaction.
-    pub(crate) fn try_acquire(
-        &self,
-        key: &str,
-        owner: u64,
-        ttl: Duration,
-        value: Option<&[u8]>,
-    ) -> Result<Acquire> {
-        let txn = self.db().begin_write().map_err(from_redb)?;
-        let token = {
-            let mut locks = txn.open_table(LOCKS).map_err(from_redb)?;
-            if let Some(entry) = locks.get(key).map_err(from_redb)? {
-                let (_, expires_at, _) = entry.value();
-                if expires_at > now_ms() {
-                    return Ok(Acquire::Held(expires_at));
-                }
-            }
-            let token = next_revision(&txn)?;
-            locks
-                .insert(key, (token, deadline_ms(ttl), owner))
-                .map_err(from_redb)?;
-            if let Some(value) = value {
-                let mut kv = txn.open_table(KV).map_err(from_redb)?;
-                let mut expiry = txn.open_table(EXPIRY).map_err(from_redb)?;
-                let old_exp = kv.get(key).map_err(from_redb)?.map(|e| e.value().1);
-                if let Some(old_exp) = old_exp.filter(|&e| e != 0) {
-                    expiry.remove((old_exp, key)).map_err(from_redb)?;
-                }
-                kv.insert(key, (token, 0, value)).map_err(from_redb)?;
-            }
-            token
-        };
-        txn.commit().map_err(from_redb)?;
-        if value.is_some() {
-            self.publish(Change::Key(key.into()));
-        }
-        Ok(Acquire::Acquired(token))
-    }
-
-    /// Extends a held lock; `false` when it is no longer held by `owner` with `token`.
-    pub(crate) fn renew_lock(
-        &self,
-        key: &str,
-        owner: u64,
-        token: u64,
-        ttl: Duration,
-    ) -> Result<bool> {
-        let txn = self.db().begin_write().map_err(from_redb)?;
-        {
-            let mut locks = txn.open_table(LOCKS).map_err(from_redb)?;
-            let held = locks.get(key).map_err(from_redb)?.is_some_and(|e| {
-                e.value().0 == token && e.value().2 == owner && e.value().1 > now_ms()
-            });
-            if !held {
-                return Ok(false);
-            }
-            locks
-                .insert(key, (token, deadline_ms(ttl), owner))
-                .map_err(from_redb)?;
-        }
-        txn.commit().map_err(from_redb)?;
-        Ok(true)
-    }
-
-    /// Releases a lock held by `owner` with `token`, deleting the key too when asked.
-    pub(crate) fn release_lock(
-        &self,
-        key: &str,
-        owner: u64,
-        token: u64,
-        delete_value: bool,
-    ) -> Result<()> {
-        let txn = self.db().begin_write().map_err(from_redb)?;
-        let deleted_value = {
-            let mut locks = txn.open_table(LOCKS).map_err(from_redb)?;
-            let ours = locks
-                .get(key)
-                .map_err(from_redb)?
-                .is_some_and(|e| e.value().0 == token && e.value().2 == owner);
-            if !ours {
-                return Ok(());
-            }
-            locks.remove(key).map_err(from_redb)?;
-            let mut deleted = false;
-            if delete_value {
-                let mut kv = txn.open_table(KV).map_err(from_redb)?;
-                let mut expiry = txn.open_table(EXPIRY).map_err(from_redb)?;
-                if let Some(old_exp) = kv.remove(key).map_err(from_redb)?.map(|e| e.value().1) {
-                    deleted = true;
-                    if old_exp != 0 {
-                        expiry.remove((old_exp, key)).map_err(from_redb)?;
-                    }
-                }
-            }
-            deleted
-        };
-        txn.commit().map_err(from_redb)?;
-        if deleted_value {
-            self.publish(Change::Key(key.into()));
-        }
-        self.publish(Change::Lock(key.into()));
-        Ok(())
-    }
 }
 
 impl Drop for Shared {
@@ -525,132 +327,5 @@ impl Drop for Shared {
                 Err(_) => drop(db),
             }
         }
-    }
-}
-
-/// Deletes expired keys as their TTL runs out, for as long as any handle on the database lives.
-pub(crate) async fn reaper(shared: Weak<Shared>, wakeup: Arc<Notify>) {
-    loop {
-        let Some(strong) = shared.upgrade() else {
-            return;
-        };
-        let next = match strong.blocking(Shared::reap).await {
-            Ok(next) => next,
-            Err(err) => {
-                tracing::warn!(backend = strong.backend, error = %err, "expiring keys failed; retrying");
-                Some(now_ms() + 1000)
-            }
-        };
-        drop(strong);
-        let sleep = next.map(|at| Duration::from_millis(at.saturating_sub(now_ms())));
-        match sleep {
-            Some(d) => {
-                tokio::select! {
-                    () = tokio::time::sleep(d) => {}
-                    () = wakeup.notified() => {}
-                }
-            }
-            None => wakeup.notified().await,
-        }
-    }
-}
-
-/// A `keep_alive` key's lease: its own deadline in the file, pushed forward while the key
-/// still holds the write that registered it.
-pub(crate) struct KeyLease {
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) key: String,
-    pub(crate) index: u64,
-    pub(crate) ttl: Duration,
-}
-
-impl fmt::Debug for KeyLease {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KeyLease")
-            .field("key", &self.key)
-            .field("index", &self.index)
-            .finish_non_exhaustive()
-    }
-}
-
-#[async_trait]
-impl Lease for KeyLease {
-    async fn renew(&self) -> Result<Renewal> {
-        let (key, index, ttl) = (self.key.clone(), self.index, self.ttl);
-        let renewed = self
-            .shared
-            .blocking(move |s| s.renew_key(&key, index, ttl))
-            .await?;
-        Ok(Renewal::held(renewed))
-    }
-
-    /// Nothing to give back: the key's deadline is the lease.
-    async fn release(&self, _why: Release) -> Result<()> {
-        Ok(())
-    }
-}
-
-/// Writes a lost registration again (the process was paused past its TTL and the key
-/// expired): only where the key is absent or still holds the registered value.
-pub(crate) struct KeyRegistrar(pub(crate) Arc<Shared>);
-
-#[async_trait]
-impl Registrar for KeyRegistrar {
-    async fn register_again(
-        &self,
-        key: &str,
-        value: &Bytes,
-        ttl: Duration,
-    ) -> Result<Option<(Arc<dyn Lease>, Instant)>> {
-        let k = key.to_owned();
-        let current = self.0.blocking(move |s| s.read_key(&k)).await?;
-        let Some(expect) = rewrite_precondition(current.as_ref(), value) else {
-            return Ok(None);
-        };
-        let sent = Instant::now();
-        let (k, v) = (key.to_owned(), value.to_vec());
-        let written = self
-            .0
-            .blocking(move |s| s.write(&k, &v, Some(ttl), expect))
-            .await;
-        Ok(unless_superseded(written)?.map(|pair| {
-            let lease: Arc<dyn Lease> = Arc::new(KeyLease {
-                shared: self.0.clone(),
-                key: key.to_owned(),
-                index: pair.last_index,
-                ttl,
-            });
-            (lease, sent)
-        }))
-    }
-}
-
-/// How long `close` waits for lock releases.
-pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Per-handle state: its background work (lock renewals, registrations) and the token that
-/// ends its watches and locks.
-pub(crate) struct Session {
-    pub(crate) tasks: Tasks,
-    pub(crate) registrations: Registrations,
-}
-
-impl Session {
-    pub(crate) fn new() -> Self {
-        let tasks = Tasks::new();
-        Session {
-            registrations: Registrations::new(&tasks),
-            tasks,
-        }
-    }
-
-    pub(crate) fn cancel(&self) -> &CancellationToken {
-        self.tasks.cancel_token()
-    }
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        self.tasks.cancel_token().cancel();
     }
 }

@@ -35,6 +35,8 @@
 mod client;
 mod config;
 mod error;
+mod expiry;
+mod keep_alive;
 mod lock;
 mod store;
 mod watch;

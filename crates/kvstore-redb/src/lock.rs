@@ -11,7 +11,9 @@ use kvstore_core::{Error, LockLost, LockOptions, Locker, Result};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 
-use crate::client::{Acquire, Change, Shared, now_ms};
+use crate::client::{Change, EXPIRY, KV, LOCKS, Shared, deadline_ms, next_revision, now_ms};
+use crate::error::from_redb;
+use redb::ReadableTable;
 
 /// A held lock for the lease engine: renewal pushes its deadline in the file forward while it
 /// is still this holder's; release removes it (and its value, on `unlock` with
@@ -239,5 +241,121 @@ impl Locker for RedbLocker {
 
     fn fencing_token(&self) -> Option<u64> {
         self.held.as_ref().and_then(HeldLease::token)
+    }
+}
+
+/// Outcome of one attempt to take a lock.
+#[derive(Debug)]
+pub(crate) enum Acquire {
+    /// Taken, with this fencing token.
+    Acquired(u64),
+    /// Held by someone else until this time (Unix milliseconds) unless renewed.
+    Held(u64),
+}
+
+impl Shared {
+    /// Takes the lock on `key` for `owner` if it is free or its holder's TTL ran out; writes the
+    /// lock's value in the same transaction.
+    pub(crate) fn try_acquire(
+        &self,
+        key: &str,
+        owner: u64,
+        ttl: Duration,
+        value: Option<&[u8]>,
+    ) -> Result<Acquire> {
+        let txn = self.db().begin_write().map_err(from_redb)?;
+        let token = {
+            let mut locks = txn.open_table(LOCKS).map_err(from_redb)?;
+            if let Some(entry) = locks.get(key).map_err(from_redb)? {
+                let (_, expires_at, _) = entry.value();
+                if expires_at > now_ms() {
+                    return Ok(Acquire::Held(expires_at));
+                }
+            }
+            let token = next_revision(&txn)?;
+            locks
+                .insert(key, (token, deadline_ms(ttl), owner))
+                .map_err(from_redb)?;
+            if let Some(value) = value {
+                let mut kv = txn.open_table(KV).map_err(from_redb)?;
+                let mut expiry = txn.open_table(EXPIRY).map_err(from_redb)?;
+                let old_exp = kv.get(key).map_err(from_redb)?.map(|e| e.value().1);
+                if let Some(old_exp) = old_exp.filter(|&e| e != 0) {
+                    expiry.remove((old_exp, key)).map_err(from_redb)?;
+                }
+                kv.insert(key, (token, 0, value)).map_err(from_redb)?;
+            }
+            token
+        };
+        txn.commit().map_err(from_redb)?;
+        if value.is_some() {
+            self.publish(Change::Key(key.into()));
+        }
+        Ok(Acquire::Acquired(token))
+    }
+
+    /// Extends a held lock; `false` when it is no longer held by `owner` with `token`.
+    pub(crate) fn renew_lock(
+        &self,
+        key: &str,
+        owner: u64,
+        token: u64,
+        ttl: Duration,
+    ) -> Result<bool> {
+        let txn = self.db().begin_write().map_err(from_redb)?;
+        {
+            let mut locks = txn.open_table(LOCKS).map_err(from_redb)?;
+            let held = locks.get(key).map_err(from_redb)?.is_some_and(|e| {
+                e.value().0 == token && e.value().2 == owner && e.value().1 > now_ms()
+            });
+            if !held {
+                return Ok(false);
+            }
+            locks
+                .insert(key, (token, deadline_ms(ttl), owner))
+                .map_err(from_redb)?;
+        }
+        txn.commit().map_err(from_redb)?;
+        Ok(true)
+    }
+
+    /// Releases a lock held by `owner` with `token`, deleting the key too when asked.
+    pub(crate) fn release_lock(
+        &self,
+        key: &str,
+        owner: u64,
+        token: u64,
+        delete_value: bool,
+    ) -> Result<()> {
+        let txn = self.db().begin_write().map_err(from_redb)?;
+        let deleted_value = {
+            let mut locks = txn.open_table(LOCKS).map_err(from_redb)?;
+            let ours = locks
+                .get(key)
+                .map_err(from_redb)?
+                .is_some_and(|e| e.value().0 == token && e.value().2 == owner);
+            if !ours {
+                return Ok(());
+            }
+            locks.remove(key).map_err(from_redb)?;
+            let mut deleted = false;
+            if delete_value {
+                let mut kv = txn.open_table(KV).map_err(from_redb)?;
+                let mut expiry = txn.open_table(EXPIRY).map_err(from_redb)?;
+                if let Some(old_exp) = kv.remove(key).map_err(from_redb)?.map(|e| e.value().1) {
+                    deleted = true;
+                    if old_exp != 0 {
+                        expiry.remove((old_exp, key)).map_err(from_redb)?;
+                    }
+                }
+            }
+            deleted
+        };
+        txn.commit().map_err(from_redb)?;
+        if deleted_value {
+            self.publish(Change::Key(key.into()));
+        }
+        self.publish(Change::Lock(key.into()));
+        Ok(())
     }
 }

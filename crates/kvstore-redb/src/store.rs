@@ -17,11 +17,11 @@ use tokio::sync::{Notify, broadcast};
 use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::client::{
-    CHANGE_FEED_CAPACITY, CLOSE_TIMEOUT, KeyLease, KeyRegistrar, Session, Shared, reaper,
-};
+use crate::client::{CHANGE_FEED_CAPACITY, Shared};
 use crate::config::{Location, RedbConfig};
 use crate::error::{from_join, from_redb};
+use crate::expiry::reaper;
+use crate::keep_alive::{CLOSE_TIMEOUT, KeyLease, KeyRegistrar, Session};
 use crate::lock::RedbLocker;
 use crate::watch::watch_feed;
 
