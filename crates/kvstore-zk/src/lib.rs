@@ -76,12 +76,14 @@
 mod client;
 mod config;
 mod error;
+mod keep_alive;
 mod lock;
 mod node;
 mod session;
 mod store;
 mod tree;
 mod watch;
+mod write;
 
 pub use config::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_VALUE_SIZE, DEFAULT_REQUEST_TIMEOUT,

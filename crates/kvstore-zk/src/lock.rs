@@ -29,10 +29,11 @@ use tokio::time::Instant;
 use zookeeper_client::{self as zk, Client, CreateMode, SessionState};
 
 use crate::BACKEND;
-use crate::client::{Inner, delete_lock_value};
+use crate::client::Inner;
 use crate::error::from_zk;
 use crate::node::MARKER;
 use crate::session::{create_options, renewal_error, timed};
+use crate::write::delete_lock_value;
 
 /// Prefix of waiter names; the server appends a 10-digit sequence number.
 const WAITER: &str = "lock-";
