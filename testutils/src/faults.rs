@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use kvstore_core::{KvPair, Store, WriteOptions};
+use kvstore_core::{Store, WriteOptions};
 
 use crate::{
     EVENT_TIMEOUT, HOLDER_VAR, HolderProcess, Opener, cleanup, error_chain, lock_ttl, ok,
@@ -117,14 +117,10 @@ pub async fn restarted_server_keeps_registration(opener: &Opener, server: &str, 
     // The server answers again (the restart script waits for readiness); the registration must
     // come back within one TTL plus the time a client takes to reconnect.
     let bound = ttl + EVENT_TIMEOUT;
-    let present = |pair: &Option<KvPair>| {
-        pair.as_ref()
-            .is_some_and(|p| &p.value[..] == b"10.0.0.1:80")
-    };
     let back = tokio::time::timeout(bound, async {
         loop {
             match store.get(&key, None).await {
-                Ok(pair) if present(&Some(pair.clone())) => return,
+                Ok(pair) if &pair.value[..] == b"10.0.0.1:80" => return,
                 _ => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         }

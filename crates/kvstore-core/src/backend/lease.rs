@@ -249,8 +249,11 @@ impl HeldLease {
 
 impl Drop for HeldLease {
     fn drop(&mut self) {
-        if self.renewal.is_none() {
-            return; // released already
+        // Released already: by `release`, or by the renewal task, which gives the lease back
+        // itself whenever it ends (lost or store closed).
+        if self.renewal.as_ref().is_none_or(|r| r.is_finished()) {
+            self.signal.fire();
+            return;
         }
         self.stop();
         let lease = Arc::clone(&self.lease);
