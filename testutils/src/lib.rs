@@ -378,7 +378,9 @@ macro_rules! __with_cases {
                    lock_bookkeeping_hidden, invalid_keys, value_too_large;
             opener: lock_contention, lock_survives_key_deletion, lock_cancel_leaves_no_waiter,
                     lock_expires_after_holder_closed, lock_fencing_tokens_increase, ttl_expiry,
-                    keep_alive, close_ends_everything, watch_sees_other_clients
+                    keep_alive, close_ends_everything, watch_sees_other_clients,
+                    election_successions, election_cancel_leaves_no_candidate,
+                    election_follow_and_drop
         );
     };
 }

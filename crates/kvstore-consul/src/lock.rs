@@ -8,18 +8,20 @@
 //! renewal) the hidden key is deleted, which wakes the waiters' blocking queries. The session
 //! is held and renewed by the lease engine of `kvstore_core::backend`, from its creation on
 //! (a wait may be longer than the TTL). The fencing token is the `ModifyIndex` of the
-//! acquisition, which grows with every later write in the cluster.
+//! acquisition, which grows with every later write in the cluster. The lock's value is
+//! written in the acquire transaction; with `delete_on_unlock` it is acquired by the session
+//! as well, so it lives exactly as long as the hold.
 
 use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use kvstore_core::backend::{HeldLease, Precondition, Release};
+use kvstore_core::backend::{HeldLease, Release};
 use kvstore_core::{Error, LockLost, LockOptions, Locker, Result};
 use tokio::time::Instant;
 
 use crate::BACKEND;
-use crate::api::{Consistency, Txn, next_index, op_lock};
+use crate::api::{Consistency, Txn, next_index, op, op_lock, op_value};
 use crate::client::{Inner, SessionLease};
 use crate::error::is_invalid_session;
 
@@ -42,6 +44,25 @@ impl fmt::Debug for ConsulLocker {
 }
 
 impl ConsulLocker {
+    /// The acquire transaction: the hidden key's `lock`, and the value's write in the same
+    /// step. With `delete_on_unlock` the value key is acquired by the lock's session too, so
+    /// `Behavior=delete` deletes it with the session (any release, or invalidation of a lost
+    /// hold); otherwise it is a plain `set`. Deleting first detaches the session of an earlier
+    /// TTL write (see `Inner::write_with_session`).
+    fn acquire_ops(&self, lock_key: &str, session: &str) -> Vec<serde_json::Value> {
+        let mut ops = vec![op_lock(lock_key, b"", session)];
+        if let Some(value) = &self.opts.value {
+            let consul_key = self.inner.consul_key(&self.key);
+            ops.push(op("delete", &consul_key));
+            ops.push(if self.opts.delete_on_unlock {
+                op_lock(&consul_key, value, session)
+            } else {
+                op_value("set", &consul_key, value)
+            });
+        }
+        ops
+    }
+
     pub(crate) fn new(inner: Arc<Inner>, key: String, opts: LockOptions) -> Self {
         ConsulLocker {
             inner,
@@ -57,12 +78,7 @@ impl ConsulLocker {
         let mut index = 0;
         loop {
             self.inner.check_open()?;
-            match self
-                .inner
-                .api
-                .txn(vec![op_lock(lock_key, b"", session)])
-                .await?
-            {
+            match self.inner.api.txn(self.acquire_ops(lock_key, session)).await? {
                 Txn::Done(results) => {
                     return results
                         .iter()
@@ -142,10 +158,9 @@ impl Locker for ConsulLocker {
                 });
             }
         };
-        if let Some(value) = &self.opts.value {
-            self.inner
-                .write(&self.key, value, Precondition::None, None)
-                .await?;
+        if self.opts.value.is_some() {
+            // A write without keep_alive (a lock's value too) ends a registration.
+            self.inner.registrations.remove(&self.key);
         }
         held.set_token(token);
         self.held = Some(held);

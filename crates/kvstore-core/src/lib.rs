@@ -19,12 +19,16 @@
 
 pub mod backend;
 mod config;
+mod election;
 mod error;
 mod key;
 mod lock;
 mod store;
 mod types;
 
+pub use election::{
+    Candidate, DEFAULT_ELECTION_TTL, ElectionOptions, Leadership, follow,
+};
 pub use error::{BoxError, Error, Result};
 pub use key::{MAX_KEY_LEN, is_descendant, normalize_dir, normalize_key};
 pub use lock::{LockLost, LockLostSignal, Locker};

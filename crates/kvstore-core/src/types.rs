@@ -134,7 +134,11 @@ pub struct LockOptions {
     /// How long the lock survives its holder going silent. The holder renews it well inside
     /// this; default [`DEFAULT_LOCK_TTL`] (20 s).
     pub ttl: Duration,
-    /// Delete the key (and its value) on `unlock` instead of leaving the value in place.
+    /// Make the value live only as long as the hold: the key is deleted on `unlock`, when the
+    /// `Locker` is dropped or the store closed, and — by the server, within the TTL plus the
+    /// backend's slack — when the hold is lost (the holder died, paused or lost its server).
+    /// Leader election relies on this. `false` (the default): the value stays in place after
+    /// the hold ends. A write by anyone else to the key detaches it from the hold.
     pub delete_on_unlock: bool,
 }
 
@@ -161,7 +165,7 @@ impl LockOptions {
         self
     }
 
-    /// Sets whether `unlock` deletes the key.
+    /// Sets whether the value lives only as long as the hold (see [`delete_on_unlock`](Self::delete_on_unlock)).
     pub fn with_delete_on_unlock(mut self, delete_on_unlock: bool) -> Self {
         self.delete_on_unlock = delete_on_unlock;
         self

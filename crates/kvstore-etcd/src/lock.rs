@@ -2,6 +2,9 @@
 //! contender whose key has the lowest create revision holds the lock, and each waiter watches
 //! only the key just before its own (source: etcd docs, "concurrency" package / v3lock recipe).
 //! The fencing token is the holder's create revision, so every later holder's is greater.
+//! With `delete_on_unlock` the lock's value is put with the lock's lease, so it lives exactly
+//! as long as the hold (source: etcd docs, "Interacting with etcd" → leases: keys attached to
+//! a lease are deleted when it is revoked or expires).
 
 use std::fmt;
 use std::sync::Arc;
@@ -137,13 +140,19 @@ impl Locker for EtcdLocker {
         self.wait_turn(&prefix, my_rev, &lost).await?;
 
         if let Some(value) = &self.opts.value {
-            // Write the value only while our waiter key is still the one we created.
+            // Write the value only while our waiter key is still the one we created. With
+            // `delete_on_unlock` the value is attached to the lock's lease, so the server
+            // deletes it with the lease: on revoke (any release) and on expiry (a lost hold).
+            let bound = self
+                .opts
+                .delete_on_unlock
+                .then(|| PutOptions::new().with_lease(lease));
             let txn = Txn::new()
                 .when([Compare::create_revision(waiter, CompareOp::Equal, my_rev)])
                 .and_then([TxnOp::put(
                     self.inner.data_key(&self.key),
                     value.to_vec(),
-                    None,
+                    bound,
                 )]);
             let resp = self.inner.client().txn(txn).await.map_err(from_etcd)?;
             if !resp.succeeded() {
@@ -152,6 +161,8 @@ impl Locker for EtcdLocker {
                     source: "the lock's lease expired while acquiring".into(),
                 });
             }
+            // A write without keep_alive (a lock's value too) ends a registration.
+            self.inner.registrations.remove(&self.key);
         }
         let token =
             u64::try_from(my_rev).map_err(|_| Error::backend(BACKEND, "negative revision"))?;

@@ -25,28 +25,41 @@ impl Shared {
     /// longer the write that registered it (rewritten, deleted or expired).
     pub(crate) fn renew_key(&self, key: &str, index: u64, ttl: Duration) -> Result<bool> {
         let txn = self.db().begin_write().map_err(from_redb)?;
-        {
-            let mut kv = txn.open_table(KV).map_err(from_redb)?;
-            let mut expiry = txn.open_table(EXPIRY).map_err(from_redb)?;
-            let current = kv.get(key).map_err(from_redb)?.map(|e| {
-                let (index, expires_at, value) = e.value();
-                (index, expires_at, value.to_vec())
-            });
-            match current {
-                Some((have, expires_at, value))
-                    if have == index && is_live(expires_at, now_ms()) =>
-                {
-                    let renewed = deadline_ms(ttl);
-                    expiry.remove((expires_at, key)).map_err(from_redb)?;
-                    expiry.insert((renewed, key), ()).map_err(from_redb)?;
-                    kv.insert(key, (index, renewed, value.as_slice()))
-                        .map_err(from_redb)?;
-                }
-                _ => return Ok(false),
-            }
+        if !extend_expiry(&txn, key, index, ttl)? {
+            return Ok(false);
         }
         txn.commit().map_err(from_redb)?;
         Ok(true)
+    }
+}
+
+/// In `txn`, pushes the expiry of `key` to now + `ttl` if it still holds the write with
+/// `index` and has not expired; `false` otherwise. Shared by kept-alive keys and by lock values
+/// that live as long as their hold.
+pub(crate) fn extend_expiry(
+    txn: &redb::WriteTransaction,
+    key: &str,
+    index: u64,
+    ttl: Duration,
+) -> Result<bool> {
+    let mut kv = txn.open_table(KV).map_err(from_redb)?;
+    let mut expiry = txn.open_table(EXPIRY).map_err(from_redb)?;
+    let current = kv.get(key).map_err(from_redb)?.map(|e| {
+        let (index, expires_at, value) = e.value();
+        (index, expires_at, value.to_vec())
+    });
+    match current {
+        Some((have, expires_at, value)) if have == index && is_live(expires_at, now_ms()) => {
+            let renewed = deadline_ms(ttl);
+            if expires_at != 0 {
+                expiry.remove((expires_at, key)).map_err(from_redb)?;
+            }
+            expiry.insert((renewed, key), ()).map_err(from_redb)?;
+            kv.insert(key, (index, renewed, value.as_slice()))
+                .map_err(from_redb)?;
+            Ok(true)
+        }
+        _ => Ok(false),
     }
 }
 

@@ -13,11 +13,12 @@ use tokio::time::Instant;
 
 use crate::client::{Change, EXPIRY, KV, LOCKS, Shared, deadline_ms, next_revision, now_ms};
 use crate::error::from_redb;
+use crate::keep_alive::extend_expiry;
 use redb::ReadableTable;
 
 /// A held lock for the lease engine: renewal pushes its deadline in the file forward while it
-/// is still this holder's; release removes it (and its value, on `unlock` with
-/// `delete_on_unlock`) in one transaction.
+/// is still this holder's (and its value's, when the value lives as long as the hold);
+/// release removes it (and its value, with `delete_on_unlock`) in one transaction.
 struct LockLease {
     shared: Arc<Shared>,
     key: String,
@@ -25,6 +26,8 @@ struct LockLease {
     token: u64,
     ttl: Duration,
     delete_on_unlock: bool,
+    /// The value was written with the lock's deadline (`delete_on_unlock` with a value).
+    bound_value: bool,
 }
 
 impl fmt::Debug for LockLease {
@@ -40,15 +43,17 @@ impl fmt::Debug for LockLease {
 impl Lease for LockLease {
     async fn renew(&self) -> Result<Renewal> {
         let (key, owner, token, ttl) = (self.key.clone(), self.owner, self.token, self.ttl);
+        let bound_value = self.bound_value;
         let renewed = self
             .shared
-            .blocking(move |s| s.renew_lock(&key, owner, token, ttl))
+            .blocking(move |s| s.renew_lock(&key, owner, token, ttl, bound_value))
             .await?;
         Ok(Renewal::held(renewed))
     }
 
-    async fn release(&self, why: Release) -> Result<()> {
-        let delete = why == Release::Unlock && self.delete_on_unlock;
+    async fn release(&self, _why: Release) -> Result<()> {
+        // With `delete_on_unlock` the value ends with the hold, however it ends.
+        let delete = self.delete_on_unlock;
         let (key, owner, token) = (self.key.clone(), self.owner, self.token);
         self.shared
             .blocking(move |s| s.release_lock(&key, owner, token, delete))
@@ -105,23 +110,34 @@ impl RedbLocker {
             tasks: self.tasks.clone(),
             key: self.key.clone(),
             owner: self.owner,
+            delete_value: self.opts.delete_on_unlock,
             armed: true,
         };
-        let (key, owner, ttl, value) = (
+        let (key, owner, ttl, value, bound) = (
             self.key.clone(),
             self.owner,
             self.opts.ttl,
             self.opts.value.clone(),
+            self.opts.delete_on_unlock,
         );
         let result = self
             .shared
             .blocking(move |s| {
-                let outcome = s.try_acquire(&key, owner, ttl, value.as_deref())?;
+                // A caller that went away while this waited for the blocking pool or the
+                // write lock takes nothing: only one that leaves during the transaction itself
+                // leaves a hold for the mark below to release.
+                let wanted = || {
+                    !matches!(
+                        *pending.lock().unwrap_or_else(|e| e.into_inner()),
+                        Pending::Abandoned
+                    )
+                };
+                let outcome = s.try_acquire(&key, owner, ttl, value.as_deref(), bound, &wanted)?;
                 if let Acquire::Acquired(token) = outcome {
                     let mut state = pending.lock().unwrap_or_else(|e| e.into_inner());
                     if matches!(*state, Pending::Abandoned) {
                         drop(state);
-                        s.release_lock(&key, owner, token, false)?;
+                        s.release_lock(&key, owner, token, bound)?;
                     } else {
                         *state = Pending::Acquired(token);
                     }
@@ -146,6 +162,7 @@ struct AbandonGuard {
     tasks: Tasks,
     key: String,
     owner: u64,
+    delete_value: bool,
     armed: bool,
 }
 
@@ -162,9 +179,10 @@ impl Drop for AbandonGuard {
                 // `Drop` must not block: the release is a tracked task (`close` waits for
                 // it) whose transaction runs on the blocking pool.
                 let (shared, key, owner) = (self.shared.clone(), self.key.clone(), self.owner);
+                let delete_value = self.delete_value;
                 self.tasks.spawn(async move {
                     let released = shared
-                        .blocking(move |s| s.release_lock(&key, owner, token, false))
+                        .blocking(move |s| s.release_lock(&key, owner, token, delete_value))
                         .await;
                     if let Err(err) = released {
                         tracing::warn!(error = %err, "releasing an abandoned lock failed; it expires with its TTL");
@@ -204,6 +222,7 @@ impl Locker for RedbLocker {
                         token,
                         ttl: self.opts.ttl,
                         delete_on_unlock: self.opts.delete_on_unlock,
+                        bound_value: self.opts.delete_on_unlock && self.opts.value.is_some(),
                     });
                     let held = HeldLease::start(lease, self.opts.ttl, sent, token, &self.tasks);
                     let lost = held.lost();
@@ -255,15 +274,22 @@ pub(crate) enum Acquire {
 
 impl Shared {
     /// Takes the lock on `key` for `owner` if it is free or its holder's TTL ran out; writes the
-    /// lock's value in the same transaction.
+    /// lock's value in the same transaction — with the lock's deadline when `bound`, so the
+    /// reaper deletes it if the hold is lost. Takes nothing once `wanted` says the caller left.
     pub(crate) fn try_acquire(
         &self,
         key: &str,
         owner: u64,
         ttl: Duration,
         value: Option<&[u8]>,
+        bound: bool,
+        wanted: &dyn Fn() -> bool,
     ) -> Result<Acquire> {
         let txn = self.db().begin_write().map_err(from_redb)?;
+        if !wanted() {
+            // Nobody waits for the answer; "held" makes no one retry.
+            return Ok(Acquire::Held(0));
+        }
         let token = {
             let mut locks = txn.open_table(LOCKS).map_err(from_redb)?;
             if let Some(entry) = locks.get(key).map_err(from_redb)? {
@@ -273,8 +299,9 @@ impl Shared {
                 }
             }
             let token = next_revision(&txn)?;
+            let deadline = deadline_ms(ttl);
             locks
-                .insert(key, (token, deadline_ms(ttl), owner))
+                .insert(key, (token, deadline, owner))
                 .map_err(from_redb)?;
             if let Some(value) = value {
                 let mut kv = txn.open_table(KV).map_err(from_redb)?;
@@ -283,24 +310,34 @@ impl Shared {
                 if let Some(old_exp) = old_exp.filter(|&e| e != 0) {
                     expiry.remove((old_exp, key)).map_err(from_redb)?;
                 }
-                kv.insert(key, (token, 0, value)).map_err(from_redb)?;
+                let expires_at = if bound { deadline } else { 0 };
+                kv.insert(key, (token, expires_at, value))
+                    .map_err(from_redb)?;
+                if bound {
+                    expiry.insert((expires_at, key), ()).map_err(from_redb)?;
+                }
             }
             token
         };
         txn.commit().map_err(from_redb)?;
         if value.is_some() {
             self.publish(Change::Key(key.into()));
+            if bound {
+                self.expiry_wakeup.notify_one();
+            }
         }
         Ok(Acquire::Acquired(token))
     }
 
-    /// Extends a held lock; `false` when it is no longer held by `owner` with `token`.
+    /// Extends a held lock (and its value, when `bound_value` and the value is still the one
+    /// the lock wrote); `false` when it is no longer held by `owner` with `token`.
     pub(crate) fn renew_lock(
         &self,
         key: &str,
         owner: u64,
         token: u64,
         ttl: Duration,
+        bound_value: bool,
     ) -> Result<bool> {
         let txn = self.db().begin_write().map_err(from_redb)?;
         {
@@ -314,6 +351,9 @@ impl Shared {
             locks
                 .insert(key, (token, deadline_ms(ttl), owner))
                 .map_err(from_redb)?;
+        }
+        if bound_value {
+            extend_expiry(&txn, key, token, ttl)?;
         }
         txn.commit().map_err(from_redb)?;
         Ok(true)

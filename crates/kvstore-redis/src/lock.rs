@@ -1,6 +1,7 @@
 //! Locks: a `<prefix>\x01kvstore/lock/<key>` string holding `<owner>:<token>` with a PX TTL,
 //! held and renewed by the lease engine of `kvstore_core::backend`; waiters wake on the lock
-//! key's keyspace notifications.
+//! key's keyspace notifications. With `delete_on_unlock` the value gets the lock's PX too and
+//! each renewal extends both, so a lost hold's value expires with it.
 
 use std::fmt;
 use std::sync::Arc;
@@ -19,14 +20,17 @@ use crate::scripts;
 use crate::watch::{Subscribed, Subscription, subscribe};
 
 /// The protocol steps of a held lock for the lease engine: renew with `PEXPIRE` while the lock
-/// key still names this holder; release by deleting it (and the value, on `unlock` with
-/// `delete_on_unlock`) in one script.
+/// key still names this holder (and the value with it, when it lives as long as the hold);
+/// release by deleting it (and the value, with `delete_on_unlock`) in one script.
 struct LockLease {
     inner: Arc<Inner>,
     key: String,
     holder: String,
     ttl: Duration,
     delete_on_unlock: bool,
+    /// The token of the value this hold wrote with the lock's PX (`delete_on_unlock` with a
+    /// value), which renewals extend.
+    bound_value: Option<u64>,
 }
 
 impl fmt::Debug for LockLease {
@@ -43,17 +47,19 @@ impl Lease for LockLease {
     async fn renew(&self) -> Result<Renewal> {
         let renewed: i64 = scripts::LOCK_RENEW
             .key(self.inner.lock_key(&self.key))
+            .key(self.inner.data_key(&self.key))
             .arg(&self.holder)
             .arg(ttl_millis(self.ttl))
+            .arg(self.bound_value.map(|t| t.to_string()).unwrap_or_default())
             .invoke_async(&mut self.inner.conn())
             .await
             .map_err(from_redis)?;
         Ok(Renewal::held(renewed == 1))
     }
 
-    async fn release(&self, why: Release) -> Result<()> {
-        let delete_value = why == Release::Unlock && self.delete_on_unlock;
-        release(&self.inner, &self.key, &self.holder, delete_value).await
+    async fn release(&self, _why: Release) -> Result<()> {
+        // With `delete_on_unlock` the value ends with the hold, however it ends.
+        release(&self.inner, &self.key, &self.holder, self.delete_on_unlock).await
     }
 }
 
@@ -92,6 +98,7 @@ struct AbandonGuard {
     inner: Arc<Inner>,
     key: String,
     owner: String,
+    delete_value: bool,
     armed: bool,
 }
 
@@ -101,9 +108,10 @@ impl Drop for AbandonGuard {
             return;
         }
         let (inner, key, owner) = (self.inner.clone(), self.key.clone(), self.owner.clone());
+        let delete_value = self.delete_value;
         // Drop cannot wait; the release is a tracked task that `close()` waits for.
         self.inner.tasks.spawn(async move {
-            if let Err(err) = release(&inner, &key, &format!("{owner}:"), false).await {
+            if let Err(err) = release(&inner, &key, &format!("{owner}:"), delete_value).await {
                 tracing::warn!(backend = BACKEND, key, error = %err, "releasing an abandoned lock attempt failed; it expires with its TTL");
             }
         });
@@ -141,6 +149,7 @@ impl RedisLocker {
             inner: self.inner.clone(),
             key: self.key.clone(),
             owner: self.owner.clone(),
+            delete_value: self.opts.delete_on_unlock,
             armed: true,
         };
         let reply: redis::RedisResult<(i64, i64)> = scripts::LOCK_ACQUIRE
@@ -150,7 +159,11 @@ impl RedisLocker {
             .key(self.inner.index_key())
             .arg(&self.owner)
             .arg(ttl_millis(self.opts.ttl))
-            .arg(if self.opts.value.is_some() { "1" } else { "0" })
+            .arg(match (&self.opts.value, self.opts.delete_on_unlock) {
+                (None, _) => "0",
+                (Some(_), false) => "1",
+                (Some(_), true) => "2",
+            })
             .arg(self.opts.value.as_deref().unwrap_or_default())
             .arg(&self.key)
             .invoke_async(&mut self.inner.conn())
@@ -201,12 +214,18 @@ impl Locker for RedisLocker {
             let sent = Instant::now();
             match self.attempt().await? {
                 Attempt::Acquired(token) => {
+                    if self.opts.value.is_some() {
+                        // A write without keep_alive (a lock's value too) ends a registration.
+                        self.inner.registrations.remove(&self.key);
+                    }
                     let lease = Arc::new(LockLease {
                         inner: self.inner.clone(),
                         key: self.key.clone(),
                         holder: format!("{}:{token}", self.owner),
                         ttl: self.opts.ttl,
                         delete_on_unlock: self.opts.delete_on_unlock,
+                        bound_value: (self.opts.delete_on_unlock && self.opts.value.is_some())
+                            .then_some(token),
                     });
                     let held =
                         HeldLease::start(lease, self.opts.ttl, sent, token, &self.inner.tasks);

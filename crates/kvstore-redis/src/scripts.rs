@@ -184,7 +184,8 @@ return 0
     )
 });
 
-/// KEYS: lock, rev, data, index. ARGV: owner, ttl_ms, has value (0/1), value, member.
+/// KEYS: lock, rev, data, index. ARGV: owner, ttl_ms, value mode (0: none, 1: a value that
+/// stays, 2: a value that lives as long as the hold, with the lock's PX), value, member.
 /// Returns {1, token} when taken, {0, remaining ms} when held by someone else.
 pub(crate) static LOCK_ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -194,10 +195,14 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
 end
 local token = redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], ARGV[1] .. ':' .. token, 'PX', ARGV[2])
-if ARGV[3] == '1' then
+if ARGV[3] ~= '0' then
   if redis.call('TYPE', KEYS[3]).ok ~= 'hash' then redis.call('DEL', KEYS[3]) end
   redis.call('HSET', KEYS[3], 'v', ARGV[4], 'i', token)
-  redis.call('PERSIST', KEYS[3])
+  if ARGV[3] == '2' then
+    redis.call('PEXPIRE', KEYS[3], ARGV[2])
+  else
+    redis.call('PERSIST', KEYS[3])
+  end
   redis.call('ZADD', KEYS[4], 0, ARGV[5])
 end
 return {1, token}
@@ -205,12 +210,17 @@ return {1, token}
     )
 });
 
-/// KEYS: lock. ARGV: holder (`owner:token`), ttl_ms. Returns 1 when renewed, 0 when lost.
+/// KEYS: lock, data. ARGV: holder (`owner:token`), ttl_ms, token of a value that lives as
+/// long as the hold (or ''): that value is extended with the lock while it is still the one
+/// the lock wrote. Returns 1 when renewed, 0 when lost.
 pub(crate) static LOCK_RENEW: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  if ARGV[3] ~= '' and redis.call('TYPE', KEYS[2]).ok == 'hash' and redis.call('HGET', KEYS[2], 'i') == ARGV[3] then
+    redis.call('PEXPIRE', KEYS[2], ARGV[2])
+  end
   return 1
 end
 return 0

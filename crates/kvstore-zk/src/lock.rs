@@ -18,6 +18,10 @@
 //! `exists` of the waiter on the lock's session (any request renews a ZooKeeper session; a
 //! missing waiter or an ended session is a lost hold), under the loss rule with the shorter of
 //! the lock's TTL and the session timeout the server granted.
+//!
+//! The value is written on the lock's session too; with `delete_on_unlock` it is an ephemeral
+//! znode of that session, so the server deletes it when the session ends (source: ZooKeeper
+//! Programmer's Guide, "Ephemeral Nodes") and it lives exactly as long as the hold.
 
 use std::fmt;
 use std::sync::Arc;
@@ -33,7 +37,7 @@ use crate::client::Inner;
 use crate::error::from_zk;
 use crate::node::MARKER;
 use crate::session::{create_options, renewal_error, timed};
-use crate::write::delete_lock_value;
+use crate::write::{Mode, delete_lock_value};
 
 /// Prefix of waiter names; the server appends a 10-digit sequence number.
 const WAITER: &str = "lock-";
@@ -75,8 +79,9 @@ impl Lease for WaiterLease {
     }
 
     async fn release(&self, why: Release) -> Result<()> {
-        // The value goes first, but a failed delete never keeps the lock held.
-        let deleted = if why == Release::Unlock && self.delete_on_unlock {
+        // The value goes first, but a failed delete never keeps the lock held. On `close` the
+        // lock's session closes, which deletes an ephemeral value with it.
+        let deleted = if why != Release::Close && self.delete_on_unlock {
             delete_lock_value(&self.inner, &self.key).await
         } else {
             Ok(())
@@ -119,6 +124,29 @@ impl ZkLocker {
             opts,
             held: None,
         }
+    }
+
+    /// Writes the lock's value on the lock's session. With `delete_on_unlock` it is an
+    /// ephemeral znode of that session, so it lives exactly as long as the hold; a key that has
+    /// children cannot be ephemeral, and then gets a persistent value (deleted on release, but
+    /// left behind by a holder that dies).
+    async fn write_value(&self, client: &Client, value: &[u8]) -> Result<()> {
+        if self.opts.delete_on_unlock {
+            match self
+                .inner
+                .write_mode(client, &self.key, value, Precondition::None, Mode::Ephemeral)
+                .await
+            {
+                Err(Error::CallNotSupported { .. }) => {
+                    tracing::debug!(backend = BACKEND, key = %self.key, "the lock's key has children: its value is persistent");
+                }
+                other => return other.map(drop),
+            }
+        }
+        self.inner
+            .write_on(client, &self.key, value, Precondition::None, None)
+            .await
+            .map(drop)
     }
 
     fn cannot_lock(&self, why: impl Into<kvstore_core::BoxError>) -> Error {
@@ -319,9 +347,7 @@ impl Locker for ZkLocker {
             }
         };
         if let Some(value) = &self.opts.value {
-            self.inner
-                .write_on(&client, &self.key, value, Precondition::None, None)
-                .await?;
+            self.write_value(&client, value).await?;
         }
         // The server may have granted a shorter session than asked for: the hold lasts only
         // as long as the shorter of the two.

@@ -32,6 +32,9 @@ pub(crate) enum Mode {
     Ttl(Duration),
     /// A TTL node pinned by an ephemeral child of this store's session.
     KeepAlive(Duration),
+    /// An ephemeral znode of the session that writes it (a lock's value that lives as long as
+    /// the hold). It cannot have children.
+    Ephemeral,
 }
 
 impl Mode {
@@ -117,6 +120,7 @@ impl Inner {
     pub(crate) fn options(&self, mode: Mode) -> zk::CreateOptions<'static> {
         match mode {
             Mode::Persistent => create_options(CreateMode::Persistent, self.config.acl),
+            Mode::Ephemeral => create_options(CreateMode::Ephemeral, self.config.acl),
             Mode::Ttl(ttl) | Mode::KeepAlive(ttl) => {
                 create_options(CreateMode::Persistent, self.config.acl).with_ttl(ttl)
             }
@@ -177,7 +181,7 @@ impl Inner {
         mode: Mode,
         stat: Stat,
     ) -> std::result::Result<Stat, zk::Error> {
-        if mode != Mode::Persistent {
+        if matches!(mode, Mode::Ttl(_) | Mode::KeepAlive(_)) {
             self.mark(client, path, TTL_ACL_VERSION).await?;
         } else if !stat.is_invalid() && stat.mzxid > 0 {
             return Ok(stat);
@@ -291,10 +295,22 @@ impl Inner {
         condition: Precondition,
         opts: Option<&WriteOptions>,
     ) -> Result<KvPair> {
+        self.write_mode(client, key, value, condition, Mode::of(opts))
+            .await
+    }
+
+    /// [`write_on`](Self::write_on) in a given node mode.
+    pub(crate) async fn write_mode(
+        &self,
+        client: &Client,
+        key: &str,
+        value: &[u8],
+        condition: Precondition,
+        mode: Mode,
+    ) -> Result<KvPair> {
         let key = normalize_key(key)?;
         check_value_size(key, value, self.config.max_value_size)?;
-        let mode = Mode::of(opts);
-        if mode != Mode::Persistent && !self.ttl_nodes {
+        if matches!(mode, Mode::Ttl(_) | Mode::KeepAlive(_)) && !self.ttl_nodes {
             return Err(ttl_nodes_disabled());
         }
         let path = self.path(key);

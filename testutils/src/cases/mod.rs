@@ -15,6 +15,7 @@ macro_rules! assert_err {
 }
 
 mod cas;
+mod election;
 mod kv;
 mod lock;
 mod tree;
@@ -22,6 +23,7 @@ mod ttl;
 mod watch;
 
 pub use cas::*;
+pub use election::*;
 pub use kv::*;
 pub use lock::*;
 pub use tree::*;

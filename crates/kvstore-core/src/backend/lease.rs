@@ -59,8 +59,8 @@ impl Renewal {
     }
 }
 
-/// Why a lease is given back: backends may release differently (only an `Unlock` deletes a
-/// lock's value with `delete_on_unlock`).
+/// Why a lease is given back: backends may release differently (on `Close`, a session that
+/// closes anyway may take the lock's value with it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Release {
