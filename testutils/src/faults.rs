@@ -256,7 +256,8 @@ pub async fn paused_holder_is_replaced(
     let _ = store.close().await;
 }
 
-async fn signal(pid: &str, sig: &str) {
+/// Sends `sig` (`-STOP`, `-CONT`) to the process `pid`.
+pub(crate) async fn signal(pid: &str, sig: &str) {
     let status = tokio::process::Command::new("kill")
         .args([sig, pid])
         .status()
@@ -280,9 +281,12 @@ pub async fn rewrite_registration(store: &dyn Store, key: &str, n: usize, ttl: D
 }
 
 /// Generates the liveness fault tests of a network backend — [`paused_server_loses_lock`],
-/// [`restarted_server_keeps_registration`] and [`paused_holder_is_replaced`] — as three
-/// `#[tokio::test]`s that run one at a time (they pause or restart the server the other tests
-/// use): `liveness_tests!(server: "redis", url: "KVSTORE_REDIS_URL", opener: |url| …, ttl: …,
+/// [`restarted_server_keeps_registration`], [`paused_holder_is_replaced`] and the election
+/// cases [`paused_server_ends_leadership`](crate::paused_server_ends_leadership),
+/// [`restarted_server_elects_again`](crate::restarted_server_elects_again),
+/// [`killed_leader_is_replaced`](crate::killed_leader_is_replaced) and
+/// [`paused_leader_is_replaced`](crate::paused_leader_is_replaced) — as `#[tokio::test]`s that
+/// run one at a time (they pause or restart the server the other tests use): `liveness_tests!(server: "redis", url: "KVSTORE_REDIS_URL", opener: |url| …, ttl: …,
 /// takeover: …)`. `opener` turns the server URL into an [`Opener`]; `takeover` bounds how long
 /// a paused holder's lock takes to be taken over (the TTL plus the backend's expiry slack).
 #[macro_export]
@@ -314,6 +318,64 @@ macro_rules! liveness_tests {
             let _serial = LIVENESS_SERIAL.lock().await;
             let opener: $crate::Opener = ($opener)(url);
             $crate::restarted_server_keeps_registration(&opener, $server, $ttl).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_paused_server_ends_the_leadership_within_its_ttl() {
+            let Some(url) = $crate::controlled_backend_url($var) else {
+                return;
+            };
+            let _serial = LIVENESS_SERIAL.lock().await;
+            let opener: $crate::Opener = ($opener)(url);
+            $crate::paused_server_ends_leadership(
+                &opener,
+                $server,
+                $ttl,
+                ::std::time::Duration::from_millis(500),
+            )
+            .await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_leader_is_elected_again_after_a_server_restart() {
+            let Some(url) = $crate::controlled_backend_url($var) else {
+                return;
+            };
+            let _serial = LIVENESS_SERIAL.lock().await;
+            let opener: $crate::Opener = ($opener)(url);
+            $crate::restarted_server_elects_again(&opener, $server, $ttl).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_killed_leader_is_replaced_within_its_ttl() {
+            let Some(url) = $crate::backend_url($var) else {
+                return;
+            };
+            let _serial = LIVENESS_SERIAL.lock().await;
+            let opener: $crate::Opener = ($opener)(url);
+            $crate::killed_leader_is_replaced(
+                &opener,
+                "a_killed_leader_is_replaced_within_its_ttl",
+                $ttl,
+                $takeover,
+            )
+            .await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_paused_leader_is_replaced_and_knows_it_on_resuming() {
+            let Some(url) = $crate::backend_url($var) else {
+                return;
+            };
+            let _serial = LIVENESS_SERIAL.lock().await;
+            let opener: $crate::Opener = ($opener)(url);
+            $crate::paused_leader_is_replaced(
+                &opener,
+                "a_paused_leader_is_replaced_and_knows_it_on_resuming",
+                $ttl,
+                $takeover,
+            )
+            .await;
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

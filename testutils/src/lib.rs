@@ -34,10 +34,15 @@ use futures::{FutureExt, Stream, StreamExt};
 use kvstore_core::{Error, KvPair, LockOptions, Result, Store, WriteOptions};
 
 mod cases;
+mod election_faults;
 mod faults;
 mod foreign;
 
 pub use cases::*;
+pub use election_faults::{
+    LEADER_VAR, killed_leader_is_replaced, paused_leader_is_replaced,
+    paused_server_ends_leadership, restarted_server_elects_again,
+};
 pub use faults::{
     paused_holder_is_replaced, paused_server_loses_lock, restarted_server_keeps_registration,
     rewrite_registration,
@@ -321,11 +326,22 @@ pub(crate) struct HolderProcess {
 impl HolderProcess {
     /// Starts the holder and waits (bounded) until it holds the lock on `key`.
     pub(crate) async fn spawn(test_name: &str, key: &str) -> HolderProcess {
+        Self::spawn_as(test_name, HOLDER_VAR, key, "locked ").await
+    }
+
+    /// Starts this test binary as a child with `--exact test_name` and `var=key`, and waits
+    /// (bounded) until it prints `<ready><number>`.
+    pub(crate) async fn spawn_as(
+        test_name: &str,
+        var: &str,
+        key: &str,
+        ready: &str,
+    ) -> HolderProcess {
         use tokio::io::AsyncBufReadExt;
 
         let mut child = tokio::process::Command::new(std::env::current_exe().expect("test binary"))
             .args(["--exact", test_name, "--nocapture"])
-            .env(HOLDER_VAR, key)
+            .env(var, key)
             .stdout(std::process::Stdio::piped())
             .kill_on_drop(true)
             .spawn()
@@ -333,14 +349,14 @@ impl HolderProcess {
         let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
         let token = tokio::time::timeout(EVENT_TIMEOUT, async {
             while let Some(line) = lines.next_line().await.expect("holder output") {
-                if let Some(token) = line.strip_prefix("locked ") {
+                if let Some(token) = line.strip_prefix(ready) {
                     return token.parse().expect("token");
                 }
             }
-            panic!("the holder exited without taking the lock");
+            panic!("the child exited before printing {ready:?}");
         })
         .await
-        .expect("the holder must take the lock");
+        .unwrap_or_else(|_| panic!("the child must print {ready:?} in time"));
         HolderProcess {
             child,
             lines,

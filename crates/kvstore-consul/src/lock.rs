@@ -78,7 +78,12 @@ impl ConsulLocker {
         let mut index = 0;
         loop {
             self.inner.check_open()?;
-            match self.inner.api.txn(self.acquire_ops(lock_key, session)).await? {
+            match self
+                .inner
+                .api
+                .txn(self.acquire_ops(lock_key, session))
+                .await?
+            {
                 Txn::Done(results) => {
                     return results
                         .iter()

@@ -199,6 +199,7 @@ impl Candidate {
                     Some(term) if !lost.is_lost() => {
                         tracing::debug!(backend = self.store.backend(), key, term, "elected");
                         return Ok(Leadership {
+                            _store: self.store.clone(),
                             key,
                             value: self.value.clone(),
                             term,
@@ -253,6 +254,10 @@ pub struct Leadership {
     term: u64,
     lost: LockLost,
     locker: Box<dyn Locker>,
+    /// Keeps the store open for as long as the leadership lives, even if its `Candidate` and
+    /// every other handle are gone (dropping a store ends its locks). Declared last: it is
+    /// dropped after the locker, which releases first.
+    _store: Arc<dyn Store>,
 }
 
 impl fmt::Debug for Leadership {

@@ -26,9 +26,7 @@ mod lock;
 mod store;
 mod types;
 
-pub use election::{
-    Candidate, DEFAULT_ELECTION_TTL, ElectionOptions, Leadership, follow,
-};
+pub use election::{Candidate, DEFAULT_ELECTION_TTL, ElectionOptions, Leadership, follow};
 pub use error::{BoxError, Error, Result};
 pub use key::{MAX_KEY_LEN, is_descendant, normalize_dir, normalize_key};
 pub use lock::{LockLost, LockLostSignal, Locker};

@@ -134,7 +134,13 @@ impl ZkLocker {
         if self.opts.delete_on_unlock {
             match self
                 .inner
-                .write_mode(client, &self.key, value, Precondition::None, Mode::Ephemeral)
+                .write_mode(
+                    client,
+                    &self.key,
+                    value,
+                    Precondition::None,
+                    Mode::Ephemeral,
+                )
                 .await
             {
                 Err(Error::CallNotSupported { .. }) => {

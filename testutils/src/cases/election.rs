@@ -27,7 +27,9 @@ async fn can_elect(store: &Arc<dyn Store>, key: &str) -> bool {
         return true;
     }
     assert_err!(
-        Candidate::new(store.clone(), key, "v", None).campaign().await,
+        Candidate::new(store.clone(), key, "v", None)
+            .campaign()
+            .await,
         Error::CallNotSupported { .. },
         "campaign without the lock capability"
     );
@@ -182,7 +184,11 @@ pub async fn election_successions(opener: &Opener) {
     }
     assert!(last.is_leader());
     let current = ok(stores[1].get(&key, None).await, "get the leader's value");
-    assert_eq!(current.value, last.value().clone(), "the key holds the leader's value");
+    assert_eq!(
+        current.value,
+        last.value().clone(),
+        "the key holds the leader's value"
+    );
     if !watch {
         ok(last.resign().await, "resign");
         assert!(!ok(stores[1].exists(&key, None).await, "exists"));
@@ -281,10 +287,7 @@ pub async fn election_cancel_leaves_no_candidate(opener: &Opener) {
         .expect("an uncontested campaign wins at once"),
         "campaign",
     );
-    let mut follower = a
-        .capabilities()
-        .watch
-        .then(|| follow(b.clone(), &key));
+    let mut follower = a.capabilities().watch.then(|| follow(b.clone(), &key));
     if let Some(follower) = &mut follower {
         follow_until(follower, b"first", b"ghost").await;
     }
@@ -329,7 +332,8 @@ pub async fn election_cancel_leaves_no_candidate(opener: &Opener) {
 
 /// `follow` on a key with no candidate yields `None` first; a leader's value follows; dropping
 /// the `Leadership` resigns (the follower sees `None`); campaigning again gives a greater term;
-/// closing the store ends the leadership. A malformed key fails before any I/O.
+/// a leadership outlives its candidate and its store handle; closing the store ends the
+/// leadership. A malformed key fails before any I/O.
 pub async fn election_follow_and_drop(opener: &Opener) {
     let store = opener.open().await;
     let dir = scratch_dir("election_follow");
@@ -392,7 +396,10 @@ pub async fn election_follow_and_drop(opener: &Opener) {
             .expect("campaign again"),
         "campaign again",
     );
-    assert!(again.term() > first_term, "a later leader has a greater term");
+    assert!(
+        again.term() > first_term,
+        "a later leader has a greater term"
+    );
     if let Some(follower) = &mut follower {
         let second = next_leader(follower, "the second leadership")
             .await
@@ -400,6 +407,35 @@ pub async fn election_follow_and_drop(opener: &Opener) {
         assert_eq!(&second.value[..], b"solo");
         assert!(second.last_index > first.last_index);
     }
+    ok(again.resign().await, "resign");
+
+    // A leadership outlives its candidate and every other handle on its store: it keeps the
+    // store open and renewing, past the TTL.
+    let own = opener.open().await;
+    let kept = ok(
+        tokio::time::timeout(
+            EVENT_TIMEOUT,
+            Candidate::new(own, &key, "kept", Some(&election_ttl(opener))).campaign(),
+        )
+        .await
+        .expect("an uncontested campaign wins at once"),
+        "campaign",
+    );
+    tokio::time::sleep(opener.ttl + opener.ttl / 2).await;
+    assert!(kept.is_leader(), "still leading past the TTL");
+    assert_eq!(
+        &ok(store.get(&key, None).await, "get").value[..],
+        b"kept",
+        "the leader's value outlives its TTL while the leadership lives"
+    );
+    ok(kept.resign().await, "resign");
+
+    let again = ok(
+        tokio::time::timeout(EVENT_TIMEOUT, candidate.campaign())
+            .await
+            .expect("campaign again"),
+        "campaign again",
+    );
     let lost = again.lost();
     cleanup(&*store, &dir).await;
     ok(store.close().await, "close");

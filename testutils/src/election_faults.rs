@@ -1,0 +1,391 @@
+//! Fault cases of leader election: a leader process killed or paused (cross-process, through
+//! this test binary re-run as the leader), and a server paused or restarted under a leader.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use kvstore_core::{Candidate, ElectionOptions, Error, KvPair, WatchStream, follow};
+
+use crate::faults::signal;
+use crate::{
+    EVENT_TIMEOUT, HolderProcess, Opener, cleanup, error_chain, ok, scratch_dir, server_control,
+};
+
+/// Environment variable that puts a re-run test binary in leader mode: it campaigns on the key
+/// it names and prints `leading <term>`.
+pub const LEADER_VAR: &str = "KVSTORE_TEST_LEAD";
+
+fn opts(ttl: Duration) -> ElectionOptions {
+    ElectionOptions::default().with_ttl(ttl)
+}
+
+/// In the child: campaigns for `key` with the value `child` and prints `leading <term>`.
+async fn lead_in_child(opener: &Opener, key: &str, ttl: Duration) -> kvstore_core::Leadership {
+    let store = opener.open().await;
+    let leadership = ok(
+        Candidate::new(store, key, "child", Some(&opts(ttl)))
+            .campaign()
+            .await,
+        "campaign",
+    );
+    println!("leading {}", leadership.term());
+    leadership
+}
+
+/// The next state of `follower` within `bound`, panicking on an error or an end.
+async fn next_state(follower: &mut WatchStream, bound: Duration, what: &str) -> Option<KvPair> {
+    match tokio::time::timeout(bound, follower.next()).await {
+        Ok(Some(Ok(state))) => state,
+        Ok(Some(Err(err))) => panic!("{what}: follow ended: {}", error_chain(&err)),
+        Ok(None) => panic!("{what}: follow ended"),
+        Err(_) => panic!("{what}: no state within {bound:?}"),
+    }
+}
+
+/// Reads `follower` until it reports `want` as leader; `None` states are allowed in between,
+/// any other value is not.
+async fn follow_to(follower: &mut WatchStream, want: &[u8], bound: Duration) -> KvPair {
+    let until = Instant::now() + bound;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        match next_state(follower, left, "following the new leader").await {
+            Some(pair) if pair.value == want => return pair,
+            Some(pair) => panic!(
+                "the follower reported {:?} while waiting for {:?}",
+                String::from_utf8_lossy(&pair.value),
+                String::from_utf8_lossy(want)
+            ),
+            None => {}
+        }
+    }
+}
+
+/// A leader process killed with SIGKILL (no resign, no close) is replaced within `bound` (the
+/// TTL plus the backend's expiry slack) by a waiting candidate with a greater term, and a
+/// follower goes from the dead leader to the new one. Returns the failover time (kill → new
+/// leader). Call it from a `#[tokio::test]` named `test_name` (the binary re-runs itself as the
+/// leader).
+pub async fn killed_leader_is_replaced(
+    opener: &Opener,
+    test_name: &str,
+    ttl: Duration,
+    bound: Duration,
+) -> Duration {
+    if let Ok(key) = std::env::var(LEADER_VAR) {
+        let _leadership = lead_in_child(opener, &key, ttl).await;
+        std::future::pending::<()>().await;
+    }
+    let dir = scratch_dir("killed_leader");
+    let key = format!("{dir}/leader");
+    let HolderProcess {
+        mut child,
+        token: child_term,
+        ..
+    } = HolderProcess::spawn_as(test_name, LEADER_VAR, &key, "leading ").await;
+    let store = opener.open().await;
+    let mut follower = follow(store.clone(), &key);
+    let first = next_state(&mut follower, EVENT_TIMEOUT, "the first state").await;
+    assert_eq!(
+        first.map(|p| p.value),
+        Some("child".into()),
+        "the follower starts with the child leading"
+    );
+    let candidate = Candidate::new(store.clone(), &key, "parent", Some(&opts(ttl)));
+    let mut campaign = tokio::spawn(async move { candidate.campaign().await });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut campaign)
+            .await
+            .is_err(),
+        "the campaign waits while the child leads"
+    );
+    // SIGKILL: the leader can neither resign nor close; its lease has to run out.
+    child.start_kill().expect("kill");
+    child.wait().await.expect("wait");
+    let killed = Instant::now();
+    let leadership = ok(
+        tokio::time::timeout(bound, campaign)
+            .await
+            .unwrap_or_else(|_| panic!("a new leader must be elected within {bound:?} of the kill"))
+            .expect("campaign task"),
+        "campaign",
+    );
+    let failover = killed.elapsed();
+    assert!(
+        leadership.term() > child_term,
+        "the new term {} must exceed the dead leader's {child_term}",
+        leadership.term()
+    );
+    follow_to(&mut follower, b"parent", EVENT_TIMEOUT).await;
+    eprintln!(
+        "{}: new leader {failover:?} after the leader was killed (TTL {ttl:?})",
+        store.backend()
+    );
+    ok(leadership.resign().await, "resign");
+    cleanup(&*store, &dir).await;
+    let _ = store.close().await;
+    failover
+}
+
+/// A leader process paused (SIGSTOP) past its TTL: its value disappears (a follower reports
+/// `None`) and a candidate wins with a greater term, both within `bound`; once the old leader
+/// resumes (SIGCONT), its `lost()` has resolved within one renewal period and `is_leader()` is
+/// false. Call it from a `#[tokio::test]` named `test_name`.
+pub async fn paused_leader_is_replaced(
+    opener: &Opener,
+    test_name: &str,
+    ttl: Duration,
+    bound: Duration,
+) {
+    if let Ok(key) = std::env::var(LEADER_VAR) {
+        let leadership = lead_in_child(opener, &key, ttl).await;
+        let mut ticks = tokio::time::interval(Duration::from_millis(10));
+        let mut last_tick = Instant::now();
+        let resumed_at = loop {
+            ticks.tick().await;
+            let now = Instant::now();
+            if now - last_tick > ttl / 2 {
+                break now; // the process was paused: it has just resumed
+            }
+            last_tick = now;
+        };
+        tokio::time::timeout(EVENT_TIMEOUT, leadership.lost())
+            .await
+            .expect("lost() after resuming");
+        println!(
+            "lost {} ms after resuming; leader {}",
+            resumed_at.elapsed().as_millis(),
+            leadership.is_leader()
+        );
+        std::future::pending::<()>().await;
+    }
+    let dir = scratch_dir("paused_leader");
+    let key = format!("{dir}/leader");
+    let HolderProcess {
+        mut child,
+        mut lines,
+        token: child_term,
+    } = HolderProcess::spawn_as(test_name, LEADER_VAR, &key, "leading ").await;
+    let pid = child.id().expect("leader pid").to_string();
+    let store = opener.open().await;
+    let mut follower = follow(store.clone(), &key);
+    let first = next_state(&mut follower, EVENT_TIMEOUT, "the first state").await;
+    assert_eq!(first.map(|p| p.value), Some("child".into()));
+
+    signal(&pid, "-STOP").await;
+    let paused = Instant::now();
+    // No one else campaigns yet: the paused leader's value must go with its lease.
+    let vacant = tokio::time::timeout(bound, next_state(&mut follower, bound, "vacancy")).await;
+    let to_vacant = paused.elapsed();
+    let leadership = tokio::time::timeout(
+        bound,
+        Candidate::new(store.clone(), &key, "parent", Some(&opts(ttl))).campaign(),
+    )
+    .await;
+    let takeover = paused.elapsed();
+    // Keep the leader paused past its TTL either way, so it sees the pause when it resumes.
+    tokio::time::sleep((ttl + ttl / 5).saturating_sub(paused.elapsed())).await;
+    signal(&pid, "-CONT").await;
+    assert_eq!(
+        vacant.expect("the paused leader's value must go within the bound"),
+        None,
+        "the follower reports no leader once the paused leader's lease ran out"
+    );
+    let leadership = ok(
+        leadership.unwrap_or_else(|_| panic!("a new leader must be elected within {bound:?}")),
+        "campaign",
+    );
+    assert!(leadership.term() > child_term, "a greater term");
+    eprintln!(
+        "{}: no leader {to_vacant:?} and a new one {takeover:?} after the leader's process paused",
+        store.backend()
+    );
+    let report = tokio::time::timeout(EVENT_TIMEOUT, async {
+        while let Some(line) = lines.next_line().await.expect("leader output") {
+            if let Some(rest) = line.strip_prefix("lost ") {
+                return rest.to_owned();
+            }
+        }
+        panic!("the old leader exited without reporting");
+    })
+    .await
+    .expect("the resumed leader must report its lost()");
+    let (ms, leader) = report
+        .split_once(" ms after resuming; leader ")
+        .expect("report");
+    let ms: u128 = ms.parse().expect("ms");
+    let period = kvstore_core::backend::renewal_period(ttl).as_millis();
+    assert!(
+        ms <= period,
+        "lost() {ms} ms after resuming, more than one renewal period ({period} ms)"
+    );
+    assert_eq!(
+        leader, "false",
+        "the resumed leader must not believe it leads"
+    );
+    follow_to(&mut follower, b"parent", EVENT_TIMEOUT).await;
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+    ok(leadership.resign().await, "resign");
+    cleanup(&*store, &dir).await;
+    let _ = store.close().await;
+}
+
+/// Server paused past the TTL under a leader: its `lost()` resolves within `ttl + slack` of
+/// the pause without the server saying so, and `is_leader()` is false from then on. After the
+/// server resumes, campaigning again wins with a greater term. Returns the time from pause to
+/// `lost()`.
+pub async fn paused_server_ends_leadership(
+    opener: &Opener,
+    server: &str,
+    ttl: Duration,
+    slack: Duration,
+) -> Duration {
+    let store = opener.open().await;
+    let dir = scratch_dir("paused_server_leader");
+    let key = format!("{dir}/leader");
+    let candidate = Candidate::new(store.clone(), &key, "leader", Some(&opts(ttl)));
+    let leadership = ok(
+        tokio::time::timeout(EVENT_TIMEOUT, candidate.campaign())
+            .await
+            .expect("an uncontested campaign wins at once"),
+        "campaign",
+    );
+    let old_term = leadership.term();
+
+    server_control(server, "pause").await;
+    let paused = Instant::now();
+    let in_time = tokio::time::timeout(ttl + slack, leadership.lost())
+        .await
+        .is_ok();
+    let to_lost = paused.elapsed();
+    let leading_after = leadership.is_leader();
+    tokio::time::sleep((ttl + slack).saturating_sub(paused.elapsed())).await;
+    server_control(server, "resume").await;
+    assert!(
+        in_time,
+        "lost() must resolve within {:?} of the server pausing",
+        ttl + slack
+    );
+    assert!(!leading_after, "no leadership once lost");
+    eprintln!("{server}: leadership lost {to_lost:?} after the server paused (TTL {ttl:?})");
+
+    // Campaigning again retries while the server comes back.
+    let bound = ttl * 3 + slack + EVENT_TIMEOUT;
+    let again = ok(
+        tokio::time::timeout(bound, candidate.campaign())
+            .await
+            .unwrap_or_else(|_| panic!("campaigning again must win within {bound:?}")),
+        "campaign again",
+    );
+    assert!(again.term() > old_term, "a greater term after the loss");
+    assert!(
+        !leadership.is_leader(),
+        "the old leadership never comes back"
+    );
+    ok(again.resign().await, "resign");
+    cleanup(&*store, &dir).await;
+    let _ = store.close().await;
+    to_lost
+}
+
+/// Server restarted (same port) under a candidate that campaigns again whenever its leadership
+/// ends: within a bound after the server answers, a leader is elected again (or still leads,
+/// where the server kept its lease) — its value is stored under the key — and a follower opened
+/// before the restart reports exactly that stored leader.
+pub async fn restarted_server_elects_again(opener: &Opener, server: &str, ttl: Duration) {
+    let store = opener.open().await;
+    let dir = scratch_dir("restart_leader");
+    let key = format!("{dir}/leader");
+    let (terms_tx, mut terms) = tokio::sync::watch::channel(None::<u64>);
+    let candidate = Candidate::new(store.clone(), &key, "leader", Some(&opts(ttl)));
+    let campaigner = tokio::spawn(async move {
+        loop {
+            let leadership = match candidate.campaign().await {
+                Ok(leadership) => leadership,
+                Err(Error::Closed { .. }) => return,
+                Err(err) => panic!("campaign failed: {}", error_chain(&err)),
+            };
+            terms_tx.send_replace(Some(leadership.term()));
+            leadership.lost().await;
+            terms_tx.send_replace(None);
+        }
+    });
+    let mut follower = follow(store.clone(), &key);
+    let first_term = tokio::time::timeout(EVENT_TIMEOUT, terms.wait_for(Option::is_some))
+        .await
+        .expect("the candidate leads")
+        .expect("campaigner runs")
+        .expect("some");
+    follow_to(&mut follower, b"leader", EVENT_TIMEOUT).await;
+    // The follower's latest state, kept current by a task.
+    let (latest_tx, latest) = tokio::sync::watch::channel(None::<Option<KvPair>>);
+    let reader = tokio::spawn(async move {
+        while let Some(item) = follower.next().await {
+            match item {
+                Ok(state) => {
+                    latest_tx.send_replace(Some(state));
+                }
+                Err(err) => panic!("follow ended: {}", error_chain(&err)),
+            }
+        }
+    });
+
+    // A key that tells whether the server kept its data through the restart.
+    let sentinel = format!("{dir}/sentinel");
+    ok(
+        store.put(&sentinel, b"kept?", None).await,
+        "put the sentinel",
+    );
+
+    server_control(server, "restart").await;
+    let answering = Instant::now();
+    let bound = ttl * 3 + EVENT_TIMEOUT * 2;
+    let elected = tokio::time::timeout(bound, async {
+        loop {
+            // Absent (the server lost it) or unreachable: not yet.
+            let stored = store.get(&key, None).await.ok();
+            let leading = *terms.borrow();
+            let followed = latest.borrow().clone().flatten();
+            if let (Some(term), Some(stored)) = (leading, stored)
+                && stored.value == "leader"
+                && followed.as_ref() == Some(&stored)
+            {
+                return term;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let term = elected.unwrap_or_else(|_| {
+        panic!(
+            "within {bound:?} of the restart, a leader must be stored and followed (leading: {:?}, followed: {:?})",
+            *terms.borrow(),
+            latest.borrow()
+        )
+    });
+    let kept_data = matches!(store.exists(&sentinel, None).await, Ok(true));
+    // A server that lost its data (Redis without persistence, a Consul dev agent) restarted
+    // the counters terms come from: only a server that kept it can promise greater terms.
+    if kept_data {
+        assert!(
+            term >= first_term,
+            "terms never go back on a server that kept its data"
+        );
+    }
+    eprintln!(
+        "{server}: leader {} (term {term}, first {first_term}; data {}) {:?} after the server answered again",
+        if term == first_term {
+            "kept"
+        } else {
+            "re-elected"
+        },
+        if kept_data { "kept" } else { "lost" },
+        answering.elapsed()
+    );
+    assert!(!reader.is_finished(), "the follower survives the restart");
+    reader.abort();
+    campaigner.abort();
+    let _ = campaigner.await;
+    cleanup(&*store, &dir).await;
+    let _ = store.close().await;
+}
