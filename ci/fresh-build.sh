@@ -22,10 +22,12 @@ start=$SECONDS
 cargo run --example quickstart
 echo "quickstart: cold build and run took $((SECONDS - start)) s"
 test -s kvstore-quickstart.redb || { echo "the quickstart left no redb file" >&2; exit 1; }
-for example in service_discovery config_watcher locked_job; do
+for example in service_discovery config_watcher locked_job election; do
     echo "== example $example"
     cargo run --locked --example "$example"
 done
+echo "== example election on memory://"
+cargo run --locked -p kvstore --example election -- memory://
 
 echo "== crates a user depends on, without protoc"
 for pkg in kvstore-redb kvstore-redis kvstore-zk kvstore-consul; do

@@ -10,7 +10,7 @@
 //!   ([`Leadership::lost`] resolves, [`Leadership::is_leader`] turns `false`) before its lease
 //!   can run out on the server, so before any other candidate can win;
 //! - the lock's fencing token is the [`term`](Leadership::term), strictly greater for each
-//!   later leader;
+//!   later leader, and the `last_index` of the leader's value, so [`follow`] reports it;
 //! - with `delete_on_unlock`, the leader's value lives under the key only as long as the
 //!   hold: it is removed on [`resign`](Leadership::resign), on drop, on `close`, and by the
 //!   server when the leader's lease runs out (the leader died, paused or lost its server).
@@ -318,8 +318,9 @@ impl Leadership {
 /// Follows the leader of the election on `key`: yields the current leader's value first
 /// (`None`: no one leads), then an item on every change of leader or of its value.
 ///
-/// Each `Some(pair)` is the leader's value as stored under `key`; its `last_index` grows with
-/// every new leader (it is the key's `last_index`, not the [`term`](Leadership::term)). Like
+/// Each `Some(pair)` is the leader's value as stored under `key`, and its `last_index` is the
+/// leader's [`term`](Leadership::term) (the lock writes the value with its fencing token as
+/// `last_index`, on every backend), so a follower can fence with it too. Like
 /// any watch, a follower slower than the changes may see quick successions coalesced, but never
 /// goes back and always ends on the latest state. A connection loss is recovered inside the
 /// stream, and a watch that ended with a transient error is opened again (with backoff, 100 ms

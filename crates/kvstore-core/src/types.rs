@@ -128,7 +128,8 @@ pub const DEFAULT_LOCK_TTL: Duration = Duration::from_secs(20);
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct LockOptions {
-    /// Value stored under the lock's key while it is held (readable with `get`). `None`: no
+    /// Value stored under the lock's key while it is held (readable with `get`), written as
+    /// the lock is taken with a `last_index` equal to the hold's fencing token. `None`: no
     /// value is written.
     pub value: Option<bytes::Bytes>,
     /// How long the lock survives its holder going silent. The holder renews it well inside

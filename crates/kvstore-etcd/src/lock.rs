@@ -1,7 +1,10 @@
 //! Locks: a lease plus a waiter key `<prefix>\x01kvstore/lock/<key>/<lease>` per contender; the
 //! contender whose key has the lowest create revision holds the lock, and each waiter watches
 //! only the key just before its own (source: etcd docs, "concurrency" package / v3lock recipe).
-//! The fencing token is the holder's create revision, so every later holder's is greater.
+//! The fencing token is a revision read or written after the predecessor released — the
+//! revision of the value's write when there is a value (so it equals the value's
+//! `last_index`), else that of the read that found no older waiter — so every later holder's
+//! is greater.
 //! With `delete_on_unlock` the lock's value is put with the lock's lease, so it lives exactly
 //! as long as the hold (source: etcd docs, "Interacting with etcd" → leases: keys attached to
 //! a lease are deleted when it is revoked or expires).
@@ -50,8 +53,9 @@ impl EtcdLocker {
         }
     }
 
-    /// Waits until no waiter key older than `my_rev` remains.
-    async fn wait_turn(&self, prefix: &str, my_rev: i64, lost: &LockLost) -> Result<()> {
+    /// Waits until no waiter key older than `my_rev` remains; returns the revision of the read
+    /// that found none (at or after the predecessor's release).
+    async fn wait_turn(&self, prefix: &str, my_rev: i64, lost: &LockLost) -> Result<i64> {
         loop {
             let opts = GetOptions::new()
                 .with_prefix()
@@ -64,10 +68,11 @@ impl EtcdLocker {
                 .get(prefix, Some(opts))
                 .await
                 .map_err(from_etcd)?;
+            let revision = resp.header().map_or(0, |h| h.revision());
             let Some(pred) = resp.kvs().first() else {
-                return Ok(());
+                return Ok(revision);
             };
-            let from = resp.header().map_or(0, |h| h.revision()) + 1;
+            let from = revision + 1;
             let mut watch = self
                 .inner
                 .client()
@@ -137,7 +142,7 @@ impl Locker for EtcdLocker {
             .await
             .map_err(from_etcd)?;
         let my_rev = put.header().map_or(0, |h| h.revision());
-        self.wait_turn(&prefix, my_rev, &lost).await?;
+        let mut token = self.wait_turn(&prefix, my_rev, &lost).await?;
 
         if let Some(value) = &self.opts.value {
             // Write the value only while our waiter key is still the one we created. With
@@ -163,9 +168,11 @@ impl Locker for EtcdLocker {
             }
             // A write without keep_alive (a lock's value too) ends a registration.
             self.inner.registrations.remove(&self.key);
+            // The value's revision is its last_index, and the token.
+            token = resp.header().map_or(token, |h| h.revision());
         }
         let token =
-            u64::try_from(my_rev).map_err(|_| Error::backend(BACKEND, "negative revision"))?;
+            u64::try_from(token).map_err(|_| Error::backend(BACKEND, "negative revision"))?;
         held.set_token(token);
         self.held = Some(held);
         Ok(lost)

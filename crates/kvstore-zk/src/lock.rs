@@ -7,8 +7,11 @@
 //! attempt. The waiter with
 //! the lowest sequence holds the lock; every other waiter watches only the waiter just before
 //! its own (source: ZooKeeper docs, "ZooKeeper Recipes and Solutions" → "Locks", which avoids
-//! the herd effect). The fencing token is the waiter's creation zxid (`czxid`), which is
-//! strictly greater for every later waiter, hence for every later holder.
+//! the herd effect). The fencing token is a zxid from after the predecessor's release: the
+//! zxid of the value's write when there is a value (so it equals the value's `last_index`),
+//! else the lock directory's `pzxid` in the read that found this waiter first (the zxid of the
+//! directory's last child change, at or after the predecessor's deletion) — strictly greater
+//! for every later holder.
 //!
 //! A dropped `lock()` future deletes its waiter (found by its nonce if the create's answer was
 //! never read: the session runs requests in order, so the listing sees the create); a process
@@ -28,7 +31,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use kvstore_core::backend::{HeldLease, Lease, Precondition, Release, Renewal};
-use kvstore_core::{Error, LockLost, LockOptions, Locker, Result};
+use kvstore_core::{Error, KvPair, LockLost, LockOptions, Locker, Result};
 use tokio::time::Instant;
 use zookeeper_client::{self as zk, Client, CreateMode, SessionState};
 
@@ -130,7 +133,7 @@ impl ZkLocker {
     /// ephemeral znode of that session, so it lives exactly as long as the hold; a key that has
     /// children cannot be ephemeral, and then gets a persistent value (deleted on release, but
     /// left behind by a holder that dies).
-    async fn write_value(&self, client: &Client, value: &[u8]) -> Result<()> {
+    async fn write_value(&self, client: &Client, value: &[u8]) -> Result<KvPair> {
         if self.opts.delete_on_unlock {
             match self
                 .inner
@@ -146,13 +149,12 @@ impl ZkLocker {
                 Err(Error::CallNotSupported { .. }) => {
                     tracing::debug!(backend = BACKEND, key = %self.key, "the lock's key has children: its value is persistent");
                 }
-                other => return other.map(drop),
+                other => return other,
             }
         }
         self.inner
             .write_on(client, &self.key, value, Precondition::None, None)
             .await
-            .map(drop)
     }
 
     fn cannot_lock(&self, why: impl Into<kvstore_core::BoxError>) -> Error {
@@ -162,29 +164,14 @@ impl ZkLocker {
         }
     }
 
-    /// Creates this contender's waiter with `data` (marker and nonce); returns its path and
-    /// creation zxid.
-    async fn enqueue(&self, client: &Client, dir: &str, data: &[u8]) -> Result<(String, u64)> {
+    /// Creates this contender's waiter with `data` (marker and nonce); returns its path.
+    async fn enqueue(&self, client: &Client, dir: &str, data: &[u8]) -> Result<String> {
         let prefix = format!("{dir}/{WAITER}");
         let opts = create_options(CreateMode::EphemeralSequential, self.inner.config.acl);
         let mut parents_created = false;
         loop {
             match timed(self.inner.timeout(), client.create(&prefix, data, &opts)).await {
-                Ok((stat, seq)) => {
-                    let path = format!("{prefix}{seq}");
-                    let czxid = if stat.is_invalid() {
-                        timed(self.inner.timeout(), client.check_stat(&path))
-                            .await
-                            .map_err(from_zk)?
-                            .ok_or_else(|| self.cannot_lock("the waiter vanished"))?
-                            .czxid
-                    } else {
-                        stat.czxid
-                    };
-                    let token = u64::try_from(czxid)
-                        .map_err(|_| Error::backend(BACKEND, "negative zxid"))?;
-                    return Ok((path, token));
-                }
+                Ok((_, seq)) => return Ok(format!("{prefix}{seq}")),
                 Err(zk::Error::NoNode) if !parents_created => {
                     self.inner.create_parents(client, &prefix).await?;
                     parents_created = true;
@@ -195,14 +182,15 @@ impl ZkLocker {
     }
 
     /// Waits until `me` is the first waiter in `dir`; returns when the read that found it
-    /// first was sent (the start of the loss rule's clock).
-    async fn wait_turn(&self, client: &Client, dir: &str, me: &str) -> Result<Instant> {
+    /// first was sent (the start of the loss rule's clock) and the directory's `pzxid` in that
+    /// read (the zxid of its last child change: at or after the predecessor's deletion).
+    async fn wait_turn(&self, client: &Client, dir: &str, me: &str) -> Result<(Instant, u64)> {
         let my_name = me.rsplit('/').next().unwrap_or(me);
         let my_seq = sequence(my_name).ok_or_else(|| self.cannot_lock("bad waiter name"))?;
         let mut states = client.state_watcher();
         loop {
             let sent = Instant::now();
-            let children = timed(self.inner.timeout(), client.list_children(dir))
+            let (children, stat) = timed(self.inner.timeout(), client.get_children(dir))
                 .await
                 .map_err(from_zk)?;
             let mut waiters: Vec<(u64, &String)> = children
@@ -214,7 +202,9 @@ impl ZkLocker {
                 return Err(self.cannot_lock("the waiter was deleted while waiting"));
             }
             let Some((_, pred)) = waiters.iter().rev().find(|(s, _)| *s < my_seq) else {
-                return Ok(sent);
+                let pzxid = u64::try_from(stat.pzxid)
+                    .map_err(|_| Error::backend(BACKEND, "negative zxid"))?;
+                return Ok((sent, pzxid));
             };
             let pred = format!("{dir}/{pred}");
             let (stat, watcher) = timed(self.inner.timeout(), client.check_and_watch_stat(&pred))
@@ -333,10 +323,10 @@ impl Locker for ZkLocker {
                 node: None,
                 armed: true,
             };
-            let (node, token) = self.enqueue(&client, &dir, &data).await?;
+            let node = self.enqueue(&client, &dir, &data).await?;
             guard.node = Some(node.clone());
             match self.wait_turn(&client, &dir, &node).await {
-                Ok(sent) => {
+                Ok((sent, token)) => {
                     guard.armed = false;
                     break (client, node, token, sent);
                 }
@@ -352,8 +342,10 @@ impl Locker for ZkLocker {
                 Err(err) => return Err(err),
             }
         };
+        let mut token = token;
         if let Some(value) = &self.opts.value {
-            self.write_value(&client, value).await?;
+            // The value's zxid is its last_index, and the token.
+            token = self.write_value(&client, value).await?.last_index;
         }
         // The server may have granted a shorter session than asked for: the hold lasts only
         // as long as the shorter of the two.

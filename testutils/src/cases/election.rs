@@ -243,6 +243,15 @@ fn check_followed(states: &[Option<KvPair>], log: &[(u64, String)], last: &KvPai
             pair[1]
         );
     }
+    // Each state the follower saw is a leader's value with that leader's term as last_index.
+    for pair in &leaders {
+        let value = String::from_utf8_lossy(&pair.value);
+        assert!(
+            log.iter()
+                .any(|(term, v)| *term == pair.last_index && *v == value),
+            "the follower saw {pair:?}, which is no leader's value and term"
+        );
+    }
     // In term order: each value the follower saw matches a later entry of the log.
     let mut next = 0;
     for pair in &leaders {
@@ -377,6 +386,10 @@ pub async fn election_follow_and_drop(opener: &Opener) {
         None => ok(store.get(&key, None).await, "get"),
     };
     assert_eq!(&first.value[..], b"solo");
+    assert_eq!(
+        first.last_index, first_term,
+        "the leader's value has the term as last_index"
+    );
     let lost = leadership.lost();
     drop(leadership);
     tokio::time::timeout(EVENT_TIMEOUT, lost)

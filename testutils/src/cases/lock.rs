@@ -37,10 +37,11 @@ pub async fn lock_basics(store: &dyn Store) {
     );
     assert!(!lost.is_lost());
     let first = locker.fencing_token().expect("fencing token while held");
+    let held = ok(store.get(&key, None).await, "get lock value");
+    assert_eq!(&held.value[..], b"node-1", "lock value readable while held");
     assert_eq!(
-        &ok(store.get(&key, None).await, "get lock value").value[..],
-        b"node-1",
-        "lock value readable while held"
+        held.last_index, first,
+        "the lock's value is written with the fencing token as last_index"
     );
 
     ok(locker.unlock().await, "unlock");
