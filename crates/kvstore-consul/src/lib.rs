@@ -31,6 +31,14 @@
 //! registration is written again as soon as the server answers (unless another client wrote a
 //! different value meanwhile).
 //!
+//! # Leader election
+//!
+//! `kvstore_core::Candidate` runs on this store's lock: one session (no lock delay,
+//! `Behavior=delete`) acquires the hidden lock key and the value key in one transaction, so a
+//! clean resign hands over at once — no 15 s lock delay, as Consul's own `consul lock` has by
+//! default — and an invalidated session takes the leader's value with it. The term is the
+//! transaction's index.
+
 //! # Watches
 //!
 //! A watch reads the state, then repeats the read as a blocking query with

@@ -21,6 +21,14 @@
 //! - Locks use a lease plus revision-ordered waiter keys under `<prefix>\x01kvstore/lock/`, a
 //!   name no valid key can have, so they never show in `list` or `watch_tree`.
 //!
+//! # Leader election
+//!
+//! `kvstore_core::Candidate` runs on this store's lock (the value put with the lock's lease,
+//! so it lives exactly as long as the hold; the term is the value's revision). etcd's own
+//! `Election` service uses the same layout, but its `Campaign` does not return when the
+//! candidate's lease expires while it waits (etcd-io/etcd#19597); kvstore's campaign queues
+//! again on a new lease instead, and both report the same leader value to followers.
+
 //! # Behavior on reconnects
 //!
 //! Calls fail with `NotReachable` or `Timeout` while no member answers; the client reconnects

@@ -14,6 +14,12 @@
 //! | `kvstore_locks` | normalized key | (fencing token, deadline in Unix ms, owner id) |
 //! | `kvstore_meta` | `"revision"` | last revision handed out |
 //!
+//! # Leader election
+//!
+//! `kvstore_core::Candidate` runs on this store's lock: the leader's value is written with the
+//! lock's deadline, pushed forward by each renewal, so the reaper deletes it once the hold is
+//! lost; a resign or drop deletes it at once. The term is the value's revision.
+
 //! # Examples
 //!
 //! ```

@@ -47,6 +47,9 @@
 //! - Locks: `SET PX` with an owner id and a token from the revision counter; a waiter subscribes
 //!   to the lock key's `del`/`expired` notifications only once it finds the lock held, so an
 //!   uncontended lock + unlock is two requests.
+//! - Leader election (`kvstore_core::Candidate`) runs on the lock: the leader's value gets
+//!   the lock key's `PX` and each renewal extends both, so a dead leader's value expires with
+//!   its lock; the term is the value's `last_index` (the revision counter).
 //!
 //! Lock holds and `keep_alive` registrations follow the loss rule of
 //! [`kvstore_core::backend`]: renewed every quarter TTL, lost at four fifths of the TTL after

@@ -51,6 +51,13 @@
 //! registration is written again as soon as the server answers (unless another client wrote a
 //! different value meanwhile).
 //!
+//! # Leader election
+//!
+//! `kvstore_core::Candidate` runs on this store's lock: the waiter ordering of Curator's
+//! `LeaderLatch` (sequential nodes, each watching its predecessor), with the leader's value an
+//! ephemeral znode of the lock's session so it disappears with the session, and the term the
+//! value's zxid. A separate `latch-` layout would only duplicate it.
+
 //! # Behavior on reconnects
 //!
 //! While disconnected, calls fail with `NotReachable`; the client reconnects within the
