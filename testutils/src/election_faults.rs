@@ -289,14 +289,15 @@ pub async fn paused_server_ends_leadership(
 }
 
 /// Server restarted (same port) under a candidate that campaigns again whenever its leadership
-/// ends: within a bound after the server answers, a leader is elected again (or still leads,
-/// where the server kept its lease) — its value is stored under the key — and a follower opened
-/// before the restart reports exactly that stored leader.
+/// ends: from two TTLs after the server answers (so a leadership that was not renewed since
+/// cannot pass) and within a bound, a leader is elected again (or still leads, where the server
+/// kept its lease) — its value is stored under the key — and a follower opened before the
+/// restart reports exactly that stored leader.
 pub async fn restarted_server_elects_again(opener: &Opener, server: &str, ttl: Duration) {
     let store = opener.open().await;
     let dir = scratch_dir("restart_leader");
     let key = format!("{dir}/leader");
-    let (terms_tx, mut terms) = tokio::sync::watch::channel(None::<u64>);
+    let (terms_tx, mut terms) = tokio::sync::watch::channel(None::<(u64, Instant)>);
     let candidate = Candidate::new(store.clone(), &key, "leader", Some(&opts(ttl)));
     let campaigner = tokio::spawn(async move {
         loop {
@@ -305,7 +306,7 @@ pub async fn restarted_server_elects_again(opener: &Opener, server: &str, ttl: D
                 Err(Error::Closed { .. }) => return,
                 Err(err) => panic!("campaign failed: {}", error_chain(&err)),
             };
-            terms_tx.send_replace(Some(leadership.term()));
+            terms_tx.send_replace(Some((leadership.term(), Instant::now())));
             leadership.lost().await;
             terms_tx.send_replace(None);
         }
@@ -315,10 +316,11 @@ pub async fn restarted_server_elects_again(opener: &Opener, server: &str, ttl: D
         .await
         .expect("the candidate leads")
         .expect("campaigner runs")
-        .expect("some");
-    follow_to(&mut follower, b"leader", EVENT_TIMEOUT).await;
+        .expect("some")
+        .0;
+    let followed = follow_to(&mut follower, b"leader", EVENT_TIMEOUT).await;
     // The follower's latest state, kept current by a task.
-    let (latest_tx, latest) = tokio::sync::watch::channel(None::<Option<KvPair>>);
+    let (latest_tx, latest) = tokio::sync::watch::channel(Some(Some(followed)));
     let reader = tokio::spawn(async move {
         while let Some(item) = follower.next().await {
             match item {
@@ -341,22 +343,25 @@ pub async fn restarted_server_elects_again(opener: &Opener, server: &str, ttl: D
     let answering = Instant::now();
     let bound = ttl * 3 + EVENT_TIMEOUT * 2;
     let elected = tokio::time::timeout(bound, async {
+        // Checked from two TTLs after the restart on: a leadership that was not renewed since
+        // (or a lease the server expired meanwhile) cannot pass.
+        tokio::time::sleep((ttl * 2).saturating_sub(answering.elapsed())).await;
         loop {
             // Absent (the server lost it) or unreachable: not yet.
             let stored = store.get(&key, None).await.ok();
             let leading = *terms.borrow();
             let followed = latest.borrow().clone().flatten();
-            if let (Some(term), Some(stored)) = (leading, stored)
+            if let (Some((term, since)), Some(stored)) = (leading, stored)
                 && stored.value == "leader"
                 && followed.as_ref() == Some(&stored)
             {
-                return term;
+                return (term, since);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
     .await;
-    let term = elected.unwrap_or_else(|_| {
+    let (term, since) = elected.unwrap_or_else(|_| {
         panic!(
             "within {bound:?} of the restart, a leader must be stored and followed (leading: {:?}, followed: {:?})",
             *terms.borrow(),
@@ -372,16 +377,16 @@ pub async fn restarted_server_elects_again(opener: &Opener, server: &str, ttl: D
             "terms never go back on a server that kept its data"
         );
     }
-    eprintln!(
-        "{server}: leader {} (term {term}, first {first_term}; data {}) {:?} after the server answered again",
-        if term == first_term {
-            "kept"
-        } else {
-            "re-elected"
-        },
-        if kept_data { "kept" } else { "lost" },
-        answering.elapsed()
-    );
+    if term == first_term {
+        eprintln!(
+            "{server}: leader kept through the restart (term {term}; data kept: {kept_data})"
+        );
+    } else {
+        eprintln!(
+            "{server}: leader re-elected {:?} after the server answered again (term {term}, first {first_term}; data kept: {kept_data})",
+            since.saturating_duration_since(answering)
+        );
+    }
     assert!(!reader.is_finished(), "the follower survives the restart");
     reader.abort();
     campaigner.abort();

@@ -11,10 +11,11 @@
 //!
 //! # Behavior on reconnects
 //!
-//! The loop is the core watch driver of `kvstore_core::backend`. While the client is disconnected, the session (and the watch) live on the server; on
-//! reconnecting the client re-registers the watch, and the stream re-reads and emits the state
-//! if it changed. If the session expired, the stream registers again on the store's new
-//! session and re-reads. The stream ends with an error only when no new session can be opened.
+//! The loop is the core watch driver of `kvstore_core::backend`. A server drops a
+//! connection's watches when the connection ends, so once the client has reconnected (same
+//! session) or opened a new session, the stream registers its persistent watch again, re-reads
+//! and emits the state if it changed. The stream ends with an error only when no new session
+//! can be opened.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,7 +45,11 @@ enum Next {
 fn classify(event: &zk::WatchedEvent, mode: AddWatchMode) -> Next {
     match event.event_type {
         EventType::Session => match event.session_state {
-            zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => Next::Read,
+            // Reconnected: the server dropped this connection's watches, and zookeeper-client
+            // 0.11.2 re-sends only one-shot ones in `SetWatches` (its `resend_watches` never
+            // raises the index past the one-shot kinds), so a persistent watch is registered
+            // again here, then read.
+            zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => Next::Register,
             zk::SessionState::Disconnected => Next::Wait,
             _ => Next::Register,
         },
@@ -113,26 +118,28 @@ impl<T: PartialEq + Clone + Send + Sync + 'static> WatchSource for WatcherSource
         };
         match Self::next_event(watcher, self.mode).await {
             Next::Register => {
+                // Reconnected or session ended: the watcher is done (asking it again after a
+                // terminal event panics; after a reconnect the server no longer has it).
                 self.watcher = None;
                 Err(Error::not_reachable(
                     crate::BACKEND,
-                    "the watch's session ended",
+                    "the watch's connection or session ended",
                 ))
             }
             _ => Ok(()),
         }
     }
 
-    /// While the session lives, waits for the client to reconnect (it re-registers the watch
-    /// itself); once it has ended, registers the watch on the store's new session.
+    /// Waits for the client to reconnect or for the session to end, then registers the watch
+    /// again on the store's current session (the reconnected one or a new one).
     async fn reconnect(&mut self) -> Result<()> {
         if let Some(watcher) = self.watcher.as_mut() {
-            if Self::next_event(watcher, self.mode).await != Next::Register {
-                return Ok(());
-            }
-            self.watcher = None;
+            // Every session event but `Disconnected` is `Register`.
+            Self::next_event(watcher, self.mode).await;
         }
-        self.watcher = Some(register(&self.inner, &self.path, self.mode).await?);
+        // Registered before the old watcher is dropped, so the client keeps the path watched.
+        let watcher = register(&self.inner, &self.path, self.mode).await?;
+        self.watcher = Some(watcher);
         Ok(())
     }
 }

@@ -58,6 +58,19 @@ async fn watches_survive_a_server_restart() {
         "tree item",
     );
     assert_eq!(listing[0].value.as_ref(), b"after");
+    // That state may have come from the re-read after the reconnect; this one can only come
+    // from the watch registered on the server again.
+    ok(store.put(&key, b"again", None).await, "put again");
+    let item = ok(
+        next_within(&mut watch, "watch after the reconnect").await,
+        "watch item",
+    );
+    assert_eq!(item.map(|p| p.value.to_vec()), Some(b"again".to_vec()));
+    let listing = ok(
+        next_within(&mut tree, "tree after the reconnect").await,
+        "tree item",
+    );
+    assert_eq!(listing[0].value.as_ref(), b"again");
     cleanup(&store, &dir).await;
 }
 
