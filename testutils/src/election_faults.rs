@@ -230,17 +230,19 @@ pub async fn paused_leader_is_replaced(
     let _ = store.close().await;
 }
 
-/// Server paused past the TTL under a leader: its `lost()` resolves within `ttl + slack` of
-/// the pause without the server saying so, and `is_leader()` is false from then on. After the
-/// server resumes, campaigning again wins with a greater term. Returns the time from pause to
-/// `lost()`.
+/// Server paused past the TTL under a leader and a queued candidate: the leader's `lost()`
+/// resolves within `ttl + slack` of the pause without the server saying so, and `is_leader()`
+/// is false from then on. The queued candidate's own lease runs out during the pause too: after
+/// the server resumes it queues again and wins — holding what it returns (its value is stored,
+/// its term greater) — and the old leader campaigning again wins after it resigns. Returns the
+/// time from pause to `lost()`.
 pub async fn paused_server_ends_leadership(
     opener: &Opener,
     server: &str,
     ttl: Duration,
     slack: Duration,
 ) -> Duration {
-    let store = opener.open().await;
+    let (store, other) = (opener.open().await, opener.open().await);
     let dir = scratch_dir("paused_server_leader");
     let key = format!("{dir}/leader");
     let candidate = Candidate::new(store.clone(), &key, "leader", Some(&opts(ttl)));
@@ -251,6 +253,14 @@ pub async fn paused_server_ends_leadership(
         "campaign",
     );
     let old_term = leadership.term();
+    let queued = Candidate::new(other.clone(), &key, "queued", Some(&opts(ttl)));
+    let mut queued = tokio::spawn(async move { queued.campaign().await });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut queued)
+            .await
+            .is_err(),
+        "the second candidate waits"
+    );
 
     server_control(server, "pause").await;
     let paused = Instant::now();
@@ -269,22 +279,41 @@ pub async fn paused_server_ends_leadership(
     assert!(!leading_after, "no leadership once lost");
     eprintln!("{server}: leadership lost {to_lost:?} after the server paused (TTL {ttl:?})");
 
-    // Campaigning again retries while the server comes back.
+    // The queued candidate lost its lease while waiting: it queues again and wins.
     let bound = ttl * 3 + slack + EVENT_TIMEOUT;
-    let again = ok(
-        tokio::time::timeout(bound, candidate.campaign())
+    let next = ok(
+        tokio::time::timeout(bound, queued)
             .await
-            .unwrap_or_else(|_| panic!("campaigning again must win within {bound:?}")),
-        "campaign again",
+            .unwrap_or_else(|_| panic!("the queued candidate must win within {bound:?}"))
+            .expect("campaign task"),
+        "queued campaign",
     );
-    assert!(again.term() > old_term, "a greater term after the loss");
+    assert!(next.is_leader(), "a returned leadership is held");
+    assert!(next.term() > old_term, "a greater term after the loss");
+    let stored = ok(other.get(&key, None).await, "get the new leader's value");
+    assert_eq!(
+        &stored.value[..],
+        b"queued",
+        "the new leader's value is stored"
+    );
+    assert_eq!(stored.last_index, next.term());
     assert!(
         !leadership.is_leader(),
         "the old leadership never comes back"
     );
+    let next_term = next.term();
+    ok(next.resign().await, "resign");
+    let again = ok(
+        tokio::time::timeout(EVENT_TIMEOUT, candidate.campaign())
+            .await
+            .expect("campaigning again wins once the other resigned"),
+        "campaign again",
+    );
+    assert!(again.term() > next_term, "terms keep growing");
     ok(again.resign().await, "resign");
     cleanup(&*store, &dir).await;
     let _ = store.close().await;
+    let _ = other.close().await;
     to_lost
 }
 
