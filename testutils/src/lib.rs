@@ -391,12 +391,13 @@ macro_rules! __with_cases {
             store: put_get_delete_exists, binary_values, list_directory, list_whole_keyspace,
                    delete_tree, atomic_put, atomic_delete, cas_race, last_index_semantics,
                    watch_key, watch_tree, watch_drop_stops, lock_basics, lock_delete_on_unlock,
-                   lock_bookkeeping_hidden, invalid_keys, value_too_large;
+                   lock_bookkeeping_hidden, invalid_keys, value_too_large, txn_conditions,
+                   txn_watch_tree_atomic;
             opener: lock_contention, lock_survives_key_deletion, lock_cancel_leaves_no_waiter,
                     lock_expires_after_holder_closed, lock_fencing_tokens_increase, ttl_expiry,
                     keep_alive, close_ends_everything, watch_sees_other_clients,
                     election_successions, election_cancel_leaves_no_candidate,
-                    election_follow_and_drop
+                    election_follow_and_drop, txn_held, txn_race
         );
     };
 }

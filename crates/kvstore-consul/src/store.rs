@@ -108,6 +108,7 @@ impl Store for ConsulStore {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities::all()
+            .with_max_txn_ops(0)
             .with_max_value_size(self.inner.api.config.max_value_size)
             .with_min_ttl(self.inner.api.min_session_ttl())
     }

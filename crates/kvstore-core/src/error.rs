@@ -118,6 +118,22 @@ pub enum Error {
         source: BoxError,
     },
 
+    /// A transaction's `when_held` condition failed: the lock is no longer held with that
+    /// fencing token (lost, released, or taken by a later holder). Nothing was written.
+    #[error("lock {lock_key} is not held with that fencing token")]
+    LockNotHeld {
+        /// The normalized key of the lock.
+        lock_key: String,
+    },
+
+    /// A transaction is malformed (no operation, a key in two operations, more conditions and
+    /// operations than `Capabilities::max_txn_ops`); nothing was sent.
+    #[error("invalid transaction: {reason}")]
+    InvalidTxn {
+        /// What is wrong.
+        reason: String,
+    },
+
     /// The call did not complete within the configured timeout.
     #[error("operation timed out")]
     Timeout,

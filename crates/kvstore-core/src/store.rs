@@ -6,7 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 
-use crate::{Capabilities, KvPair, LockOptions, Locker, ReadOptions, Result, WriteOptions};
+use crate::{Capabilities, KvPair, LockOptions, Locker, ReadOptions, Result, Txn, WriteOptions};
 
 /// The stream returned by [`Store::watch`]: the key's current state first, then one item per
 /// change (`Some(pair)` for a write, `None` for a delete or expiry). An `Err` item ends it.
@@ -148,6 +148,30 @@ pub trait Store: Debug + Send + Sync {
     /// `InvalidKey`; `CallNotSupported`; `InvalidConfig` for an unusable TTL; connection errors.
     async fn new_lock(&self, key: &str, opts: Option<&LockOptions>) -> Result<Box<dyn Locker>>;
 
+    /// Runs `txn` as one atomic step: every condition holds and every operation is applied, or
+    /// nothing is. Returns one entry per operation, in order: `Some(pair)` (with its new
+    /// `last_index`) for a put, `None` for a delete.
+    ///
+    /// Watches see the writes like any others; backends that deliver a transaction as one
+    /// event (etcd, Consul, Redis, redb) never show a `watch_tree` a half-applied state.
+    ///
+    /// # Errors
+    ///
+    /// Before any I/O: `InvalidKey`; `InvalidTxn` for no operation, a key in two operations,
+    /// or more conditions plus operations than `Capabilities::max_txn_ops`; `ValueTooLarge`.
+    /// A failed condition gives its single-key twin's error, for the first failing condition
+    /// in order: `KeyModified` (`IndexIs` with another index), `KeyNotFound` (`IndexIs` or
+    /// `Exists` on an absent key), `KeyExists` (`Missing` on a present key), `LockNotHeld`
+    /// (`Held`); nothing is written. `CallNotSupported` on a store without transactions (the
+    /// default body, so third-party backends compile); connection errors.
+    async fn txn(&self, txn: &Txn) -> Result<Vec<Option<KvPair>>> {
+        let _ = txn;
+        Err(crate::Error::CallNotSupported {
+            backend: self.backend(),
+            operation: "txn",
+        })
+    }
+
     /// Closes the store: stops every keep-alive, lock renewal and watch started through it and
     /// releases its connections. Every later call fails with `Closed`. Idempotent.
     ///
@@ -206,6 +230,9 @@ macro_rules! forward_store {
             }
             async fn new_lock(&self, key: &str, opts: Option<&LockOptions>) -> Result<Box<dyn Locker>> {
                 (**self).new_lock(key, opts).await
+            }
+            async fn txn(&self, txn: &Txn) -> Result<Vec<Option<KvPair>>> {
+                (**self).txn(txn).await
             }
             async fn close(&self) -> Result<()> {
                 (**self).close().await

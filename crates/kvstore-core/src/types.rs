@@ -204,6 +204,9 @@ pub struct Capabilities {
     /// (`Duration::ZERO`: no minimum known). A shorter TTL fails with `InvalidConfig` naming
     /// this minimum. Consul reports its `session_ttl_min` here once the store has learnt it.
     pub min_ttl: Duration,
+    /// Most conditions plus operations in one `Store::txn` (0: no transactions). Every
+    /// built-in backend allows at least 64, the portable minimum.
+    pub max_txn_ops: usize,
 }
 
 impl Capabilities {
@@ -217,6 +220,7 @@ impl Capabilities {
             lock: true,
             max_value_size: 1024 * 1024,
             min_ttl: Duration::ZERO,
+            max_txn_ops: 64,
         }
     }
 
@@ -230,7 +234,14 @@ impl Capabilities {
             lock: false,
             max_value_size: 1024 * 1024,
             min_ttl: Duration::ZERO,
+            max_txn_ops: 0,
         }
+    }
+
+    /// Sets `max_txn_ops` (0: no transactions).
+    pub const fn with_max_txn_ops(mut self, ops: usize) -> Self {
+        self.max_txn_ops = ops;
+        self
     }
 
     /// Sets `ttl`.

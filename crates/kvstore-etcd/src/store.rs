@@ -239,7 +239,9 @@ impl Store for EtcdStore {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::all().with_max_value_size(self.inner.config.max_value_size)
+        Capabilities::all()
+            .with_max_txn_ops(0)
+            .with_max_value_size(self.inner.config.max_value_size)
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "put", key = %key))]

@@ -45,6 +45,7 @@ mod expiry;
 mod keep_alive;
 mod lock;
 mod store;
+mod txn;
 mod watch;
 
 pub use config::{DEFAULT_MAX_VALUE_SIZE, DEFAULT_OPEN_TIMEOUT, Location, RedbConfig};

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable};
-use kvstore_core::backend::{Precondition, check_value_size, lock_arguments};
+use kvstore_core::backend::{Precondition, check_txn, check_value_size, lock_arguments};
 use kvstore_core::{
-    Capabilities, Error, KvPair, LockOptions, Locker, ReadOptions, Result, Store, WatchStream,
+    Capabilities, Error, KvPair, LockOptions, Locker, ReadOptions, Result, Store, Txn, WatchStream,
     WatchTreeStream, WriteOptions, normalize_dir, normalize_key,
 };
 use redb::Database;
@@ -241,7 +241,22 @@ impl Store for RedbStore {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::all().with_max_value_size(self.shared.max_value_size)
+        Capabilities::all()
+            .with_max_value_size(self.shared.max_value_size)
+            .with_max_txn_ops(crate::txn::MAX_TXN_OPS)
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = self.shared.backend, op = "txn", ops = txn.ops.len()))]
+    async fn txn(&self, txn: &Txn) -> Result<Vec<Option<KvPair>>> {
+        self.check_open()?;
+        let txn = check_txn(txn, crate::txn::MAX_TXN_OPS, self.shared.max_value_size)?;
+        let keys: Vec<String> = txn.writes.iter().map(|op| op.key().to_owned()).collect();
+        let written = self.shared.blocking(move |s| s.txn(&txn)).await?;
+        // A write without keep_alive ends a registration.
+        for key in &keys {
+            self.session.registrations.remove(key);
+        }
+        Ok(written)
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = self.shared.backend, op = "put", key = %key))]

@@ -149,6 +149,7 @@ impl Store for ZkStore {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities::all()
+            .with_max_txn_ops(0)
             .with_ttl(self.inner.ttl_nodes)
             .with_keep_alive(self.inner.ttl_nodes)
             .with_max_value_size(self.inner.config.max_value_size)

@@ -20,6 +20,7 @@ mod kv;
 mod lock;
 mod tree;
 mod ttl;
+mod txn;
 mod watch;
 
 pub use cas::*;
@@ -28,4 +29,5 @@ pub use kv::*;
 pub use lock::*;
 pub use tree::*;
 pub use ttl::*;
+pub use txn::*;
 pub use watch::{watch_drop_stops, watch_key, watch_sees_other_clients, watch_tree};

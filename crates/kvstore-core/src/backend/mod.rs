@@ -21,6 +21,7 @@
 
 mod lease;
 mod registration;
+mod txn;
 mod watch;
 
 pub use lease::{
@@ -28,6 +29,7 @@ pub use lease::{
     retry_period,
 };
 pub use registration::{Registrar, Registrations, rewrite_precondition, unless_superseded};
+pub use txn::{Check, CheckedTxn, Found, Write, check_txn, condition_error, first_failure};
 pub use watch::{DEFAULT_WATCH_RECONNECT_TIMEOUT, WatchSource, watch_stream};
 
 pub use crate::config::{
