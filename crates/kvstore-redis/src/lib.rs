@@ -88,6 +88,7 @@ mod error;
 mod lock;
 mod scripts;
 mod store;
+mod txn;
 mod watch;
 
 pub use config::{

@@ -264,3 +264,61 @@ return {redis.call('GET', KEYS[1]), tonumber(cur)}
 ",
     )
 });
+
+/// `Store::txn` in one script. KEYS: rev, index, one key per check (the data key, or the lock
+/// key for `held`), one data key per write. ARGV: number of checks, number of writes, then per
+/// check its kind (`index`, `exists`, `missing`, `held`) and argument (expected index, or the
+/// fencing token), then per write its kind (`put`, `delete`), value and member. Every check
+/// runs, and every written key's type is checked, before the first write (Redis does not roll
+/// back a script). Returns {0, new index} when applied, else {failing check (1-based), status}
+/// with EXISTS, NOT_FOUND, MODIFIED or NOT_HELD.
+pub(crate) static TXN: LazyLock<Script> = LazyLock::new(|| {
+    with_current(
+        r"
+local nc, nw = tonumber(ARGV[1]), tonumber(ARGV[2])
+local a = 3
+for i = 1, nc do
+  local kind, arg, k = ARGV[a], ARGV[a + 1], KEYS[2 + i]
+  a = a + 2
+  if kind == 'held' then
+    -- The lock key holds '<owner>:<token>' while held (and expires with its PX).
+    local holder = redis.call('GET', k)
+    local suffix = ':' .. arg
+    if not holder or string.sub(holder, -#suffix) ~= suffix then return {i, 4} end
+  else
+    local cur = current(k)
+    if kind == 'missing' then
+      if cur then return {i, 1} end
+    else
+      if not cur then return {i, 2} end
+      if kind == 'index' and cur ~= arg then return {i, 3} end
+    end
+  end
+end
+local w = a
+for j = 1, nw do
+  if ARGV[w] == 'put' then current(KEYS[2 + nc + j]) end
+  w = w + 3
+end
+local idx = redis.call('INCR', KEYS[1])
+for j = 1, nw do
+  local kind, value, member, k = ARGV[a], ARGV[a + 1], ARGV[a + 2], KEYS[2 + nc + j]
+  a = a + 3
+  if kind == 'put' then
+    local t = redis.call('TYPE', k).ok
+    if t == 'string' then redis.call('DEL', k) end
+    redis.call('HSET', k, 'v', value, 'i', idx)
+    redis.call('PERSIST', k)
+    if t ~= 'hash' then redis.call('ZADD', KEYS[2], 0, member) end
+  else
+    redis.call('DEL', k)
+    redis.call('ZREM', KEYS[2], member)
+  end
+end
+return {0, idx}
+",
+    )
+});
+
+/// A `held` check that failed in [`TXN`].
+pub(crate) const NOT_HELD: i64 = 4;

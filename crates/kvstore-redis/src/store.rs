@@ -6,9 +6,11 @@ use std::sync::atomic::AtomicU8;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use kvstore_core::backend::{Precondition, Registrations, Tasks, check_value_size, lock_arguments};
+use kvstore_core::backend::{
+    Precondition, Registrations, Tasks, check_txn, check_value_size, lock_arguments,
+};
 use kvstore_core::{
-    Capabilities, Error, KvPair, LockOptions, Locker, ReadOptions, Result, Store, WatchStream,
+    Capabilities, Error, KvPair, LockOptions, Locker, ReadOptions, Result, Store, Txn, WatchStream,
     WatchTreeStream, WriteOptions, normalize_dir, normalize_key,
 };
 use redis::aio::ConnectionManagerConfig;
@@ -165,6 +167,23 @@ impl Store for RedisStore {
             .with_watch_tree(notifications)
             .with_lock(notifications)
             .with_max_value_size(self.inner.config.max_value_size)
+            .with_max_txn_ops(crate::txn::MAX_TXN_OPS)
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "txn", ops = txn.ops.len()))]
+    async fn txn(&self, txn: &Txn) -> Result<Vec<Option<KvPair>>> {
+        self.inner.check_open()?;
+        let txn = check_txn(
+            txn,
+            crate::txn::MAX_TXN_OPS,
+            self.inner.config.max_value_size,
+        )?;
+        let written = self.inner.txn(&txn).await?;
+        // A write without keep_alive ends a registration.
+        for write in &txn.writes {
+            self.inner.registrations.remove(write.key());
+        }
+        Ok(written)
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "put", key = %key))]
