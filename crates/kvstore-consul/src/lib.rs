@@ -66,6 +66,7 @@ mod config;
 mod error;
 mod lock;
 mod store;
+mod txn;
 mod watch;
 
 pub use config::{

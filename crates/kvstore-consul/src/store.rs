@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use kvstore_core::backend::{Precondition, Registrations, Tasks, lock_arguments};
+use kvstore_core::backend::{Precondition, Registrations, Tasks, check_txn, lock_arguments};
 use kvstore_core::{
-    Capabilities, Error, KvPair, LockOptions, Locker, ReadOptions, Result, Store, WatchStream,
-    WatchTreeStream, WriteOptions, normalize_dir, normalize_key,
+    Capabilities, Error, KvPair, LockOptions, Locker, ReadOptions, Result, Store, Txn as KvTxn,
+    WatchStream, WatchTreeStream, WriteOptions, normalize_dir, normalize_key,
 };
 
 use crate::BACKEND;
@@ -108,9 +108,25 @@ impl Store for ConsulStore {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities::all()
-            .with_max_txn_ops(0)
+            .with_max_txn_ops(crate::txn::MAX_TXN_OPS)
             .with_max_value_size(self.inner.api.config.max_value_size)
             .with_min_ttl(self.inner.api.min_session_ttl())
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "txn", ops = txn.ops.len()))]
+    async fn txn(&self, txn: &KvTxn) -> Result<Vec<Option<KvPair>>> {
+        self.inner.check_open()?;
+        let txn = check_txn(
+            txn,
+            crate::txn::MAX_TXN_OPS,
+            self.inner.api.config.max_value_size,
+        )?;
+        let written = self.inner.txn(&txn).await?;
+        // A write without keep_alive ends a registration.
+        for write in &txn.writes {
+            self.inner.registrations.remove(write.key());
+        }
+        Ok(written)
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "put", key = %key))]
