@@ -223,6 +223,12 @@ impl Inner {
         (!key.starts_with('\u{1}')).then_some(key)
     }
 
+    /// The hidden key a lock's holder writes with its lease when it takes the lock; its
+    /// `mod_revision` is the fencing token (what `Txn::when_held` compares).
+    pub(crate) fn holder_key(&self, key: &str) -> String {
+        format!("{}\u{1}kvstore/held/{key}", self.prefix)
+    }
+
     pub(crate) fn lock_prefix(&self, key: &str) -> String {
         format!("{}\u{1}kvstore/lock/{key}/", self.prefix)
     }

@@ -55,6 +55,7 @@ mod config;
 mod error;
 mod lock;
 mod store;
+mod txn;
 mod watch;
 
 pub use config::{

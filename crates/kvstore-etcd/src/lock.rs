@@ -1,10 +1,10 @@
 //! Locks: a lease plus a waiter key `<prefix>\x01kvstore/lock/<key>/<lease>` per contender; the
 //! contender whose key has the lowest create revision holds the lock, and each waiter watches
 //! only the key just before its own (source: etcd docs, "concurrency" package / v3lock recipe).
-//! The fencing token is a revision read or written after the predecessor released — the
-//! revision of the value's write when there is a value (so it equals the value's
-//! `last_index`), else that of the read that found no older waiter — so every later holder's
-//! is greater.
+//! The lock is taken by one transaction after the predecessor released: it writes the hidden
+//! holder key `<prefix>\x01kvstore/held/<key>` (and the value) with the lease, and its revision
+//! is the fencing token — the value's `last_index` and the holder key's `mod_revision`, which
+//! `Txn::when_held` compares — so every later holder's is greater.
 //! With `delete_on_unlock` the lock's value is put with the lock's lease, so it lives exactly
 //! as long as the hold (source: etcd docs, "Interacting with etcd" → leases: keys attached to
 //! a lease are deleted when it is revoked or expires).
@@ -142,35 +142,45 @@ impl Locker for EtcdLocker {
             .await
             .map_err(from_etcd)?;
         let my_rev = put.header().map_or(0, |h| h.revision());
-        let mut token = self.wait_turn(&prefix, my_rev, &lost).await?;
+        let turn = self.wait_turn(&prefix, my_rev, &lost).await?;
 
+        // Take the lock in one transaction, only while our waiter key is still the one we
+        // created: the holder key (its revision is the token that `Txn::when_held` compares)
+        // and the value, both with the lease. With `delete_on_unlock` the value is attached to
+        // the lease, so the server deletes it with the lease: on revoke (any release) and on
+        // expiry (a lost hold).
+        let mut ops = vec![TxnOp::put(
+            self.inner.holder_key(&self.key),
+            waiter.clone(),
+            Some(PutOptions::new().with_lease(lease)),
+        )];
         if let Some(value) = &self.opts.value {
-            // Write the value only while our waiter key is still the one we created. With
-            // `delete_on_unlock` the value is attached to the lock's lease, so the server
-            // deletes it with the lease: on revoke (any release) and on expiry (a lost hold).
             let bound = self
                 .opts
                 .delete_on_unlock
                 .then(|| PutOptions::new().with_lease(lease));
-            let txn = Txn::new()
-                .when([Compare::create_revision(waiter, CompareOp::Equal, my_rev)])
-                .and_then([TxnOp::put(
-                    self.inner.data_key(&self.key),
-                    value.to_vec(),
-                    bound,
-                )]);
-            let resp = self.inner.client().txn(txn).await.map_err(from_etcd)?;
-            if !resp.succeeded() {
-                return Err(Error::CannotLock {
-                    key: self.key.clone(),
-                    source: "the lock's lease expired while acquiring".into(),
-                });
-            }
+            ops.push(TxnOp::put(
+                self.inner.data_key(&self.key),
+                value.to_vec(),
+                bound,
+            ));
+        }
+        let txn = Txn::new()
+            .when([Compare::create_revision(waiter, CompareOp::Equal, my_rev)])
+            .and_then(ops);
+        let resp = self.inner.client().txn(txn).await.map_err(from_etcd)?;
+        if !resp.succeeded() {
+            return Err(Error::CannotLock {
+                key: self.key.clone(),
+                source: "the lock's lease expired while acquiring".into(),
+            });
+        }
+        if self.opts.value.is_some() {
             // A write without keep_alive (a lock's value too) ends a registration.
             self.inner.registrations.remove(&self.key);
-            // The value's revision is its last_index, and the token.
-            token = resp.header().map_or(token, |h| h.revision());
         }
+        // The transaction's revision: the holder key's and the value's, and the token.
+        let token = resp.header().map_or(turn, |h| h.revision());
         let token =
             u64::try_from(token).map_err(|_| Error::backend(BACKEND, "negative revision"))?;
         held.set_token(token);

@@ -9,7 +9,9 @@ use bytes::Bytes;
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
 };
-use kvstore_core::backend::{Precondition, Registrations, Tasks, check_value_size, lock_arguments};
+use kvstore_core::backend::{
+    Precondition, Registrations, Tasks, check_txn, check_value_size, lock_arguments,
+};
 use kvstore_core::{
     Capabilities, Error, KvPair, LockOptions, Locker, ReadOptions, Result, Store, WatchStream,
     WatchTreeStream, WriteOptions, normalize_dir, normalize_key,
@@ -240,8 +242,24 @@ impl Store for EtcdStore {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities::all()
-            .with_max_txn_ops(0)
             .with_max_value_size(self.inner.config.max_value_size)
+            .with_max_txn_ops(crate::txn::MAX_TXN_OPS)
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "txn", ops = txn.ops.len()))]
+    async fn txn(&self, txn: &kvstore_core::Txn) -> Result<Vec<Option<KvPair>>> {
+        self.inner.check_open()?;
+        let txn = check_txn(
+            txn,
+            crate::txn::MAX_TXN_OPS,
+            self.inner.config.max_value_size,
+        )?;
+        let written = self.inner.txn(&txn).await?;
+        // A write without keep_alive ends a registration.
+        for write in &txn.writes {
+            self.inner.registrations.remove(write.key());
+        }
+        Ok(written)
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "put", key = %key))]
