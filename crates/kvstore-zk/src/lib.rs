@@ -89,6 +89,7 @@ mod node;
 mod session;
 mod store;
 mod tree;
+mod txn;
 mod watch;
 mod write;
 

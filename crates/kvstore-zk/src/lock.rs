@@ -22,6 +22,9 @@
 //! missing waiter or an ended session is a lost hold), under the loss rule with the shorter of
 //! the lock's TTL and the session timeout the server granted.
 //!
+//! Once held, the waiter's data records the token (marker, nonce, token), which
+//! `Txn::when_held` reads.
+//!
 //! The value is written on the lock's session too; with `delete_on_unlock` it is an ephemeral
 //! znode of that session, so the server deletes it when the session ends (source: ZooKeeper
 //! Programmer's Guide, "Ephemeral Nodes") and it lives exactly as long as the hold.
@@ -114,8 +117,19 @@ impl fmt::Debug for ZkLocker {
     }
 }
 
+/// A holding waiter's data: the marker, the attempt's nonce, and the fencing token.
+pub(crate) fn waiter_data(data: &[u8], token: u64) -> Vec<u8> {
+    [data, &token.to_be_bytes()].concat()
+}
+
+/// The fencing token a holding waiter's data records, if any.
+pub(crate) fn waiter_token(data: &[u8]) -> Option<u64> {
+    let token = data.get(MARKER.len() + 8..)?;
+    Some(u64::from_be_bytes(token.try_into().ok()?))
+}
+
 /// The sequence number of a waiter name, for ordering.
-fn sequence(name: &str) -> Option<u64> {
+pub(crate) fn sequence(name: &str) -> Option<u64> {
     name.strip_prefix(WAITER)?.parse().ok()
 }
 
@@ -310,7 +324,7 @@ impl Locker for ZkLocker {
         self.held = None;
         self.inner.check_open()?;
         let dir = self.inner.lock_dir(&self.key);
-        let (client, node, token, sent) = loop {
+        let (client, node, data, token, sent) = loop {
             let client = self.inner.lock_session(self.opts.ttl).await?;
             let mut data = MARKER.to_vec();
             data.extend_from_slice(&rand::random::<u64>().to_be_bytes());
@@ -328,7 +342,7 @@ impl Locker for ZkLocker {
             match self.wait_turn(&client, &dir, &node).await {
                 Ok((sent, token)) => {
                     guard.armed = false;
-                    break (client, node, token, sent);
+                    break (client, node, data, token, sent);
                 }
                 // The session expired while waiting (the server was away for longer than
                 // the TTL): queue again on a new one.
@@ -347,6 +361,14 @@ impl Locker for ZkLocker {
             // The value's zxid is its last_index, and the token.
             token = self.write_value(&client, value).await?.last_index;
         }
+        // The waiter records its token, which is what `Txn::when_held` reads (and then checks
+        // the waiter's version in the same `multi` as the writes).
+        timed(
+            self.inner.timeout(),
+            client.set_data(&node, &waiter_data(&data, token), None),
+        )
+        .await
+        .map_err(from_zk)?;
         // The server may have granted a shorter session than asked for: the hold lasts only
         // as long as the shorter of the two.
         let ttl = self.opts.ttl.min(client.session_timeout());

@@ -149,10 +149,26 @@ impl Store for ZkStore {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities::all()
-            .with_max_txn_ops(0)
+            .with_max_txn_ops(crate::txn::MAX_TXN_OPS)
             .with_ttl(self.inner.ttl_nodes)
             .with_keep_alive(self.inner.ttl_nodes)
             .with_max_value_size(self.inner.config.max_value_size)
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "txn", ops = txn.ops.len()))]
+    async fn txn(&self, txn: &kvstore_core::Txn) -> Result<Vec<Option<KvPair>>> {
+        self.inner.check_open()?;
+        let txn = kvstore_core::backend::check_txn(
+            txn,
+            crate::txn::MAX_TXN_OPS,
+            self.inner.config.max_value_size,
+        )?;
+        let written = self.inner.txn(&txn).await?;
+        // A write without keep_alive ends a registration.
+        for write in &txn.writes {
+            self.inner.registrations.remove(write.key());
+        }
+        Ok(written)
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "put", key = %key))]
