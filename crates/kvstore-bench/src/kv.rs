@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
-use kvstore::{KvPair, Locker, Store};
+use kvstore::{KvPair, Locker, Store, Txn};
 use tokio::sync::Mutex;
 
 use crate::Op;
@@ -128,6 +128,20 @@ pub(crate) async fn prepare(
                     let mut lock = lock.lock().await;
                     lock.lock().await?;
                     lock.unlock().await?;
+                    Ok(None)
+                }
+                .boxed()
+            })
+        }
+        Op::Txn2 | Op::Txn8 => {
+            let (dir, n) = (dir.to_owned(), op.txn_puts());
+            Arc::new(move |w, i| {
+                let store = store.clone();
+                let txn = (0..n).fold(Txn::new(), |t, k| {
+                    t.put(&format!("{dir}/t{w}/{}/k{k}", i % 10), &VALUE[..])
+                });
+                async move {
+                    store.txn(&txn).await?;
                     Ok(None)
                 }
                 .boxed()

@@ -40,6 +40,21 @@ pub(crate) enum Op {
     Watch,
     /// `lock()` + `unlock()` of an uncontended lock.
     Lock,
+    /// A transaction of 2 unconditional puts (the raw client's own transaction).
+    Txn2,
+    /// A transaction of 8 unconditional puts.
+    Txn8,
+}
+
+impl Op {
+    /// The puts per transaction of `Txn2`/`Txn8`.
+    pub(crate) fn txn_puts(self) -> usize {
+        match self {
+            Op::Txn2 => 2,
+            Op::Txn8 => 8,
+            _ => 0,
+        }
+    }
 }
 
 impl Op {
@@ -51,6 +66,8 @@ impl Op {
             Op::List => "list (100 keys)",
             Op::Watch => "watch latency",
             Op::Lock => "lock + unlock",
+            Op::Txn2 => "txn (2 puts)",
+            Op::Txn8 => "txn (8 puts)",
         }
     }
 }
@@ -342,6 +359,8 @@ async fn main() -> anyhow::Result<()> {
             Op::List,
             Op::Watch,
             Op::Lock,
+            Op::Txn2,
+            Op::Txn8,
         ]
     } else {
         args.operations.clone()

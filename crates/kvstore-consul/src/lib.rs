@@ -31,6 +31,15 @@
 //! registration is written again as soon as the server answers (unless another client wrote a
 //! different value meanwhile).
 //!
+//! # Transactions
+//!
+//! `Store::txn` is one `PUT /v1/txn`: `IndexIs` is `get` then `check-index`, `Exists` is
+//! `get`, `Missing` is `check-not-exists`, `Held` is `check-index` of the lock's hidden key
+//! `.kvstore-locks/<key>` against the fencing token (the acquisition's index: renewals do not
+//! change it, and the key goes with the session); a put is `delete` then `set`, a delete
+//! `delete`. A rolled-back transaction (409) names the failing operation, hence the condition.
+//! Up to 64 conditions plus operations (at most 128 Consul operations, the limit since 1.14).
+
 //! # Leader election
 //!
 //! `kvstore_core::Candidate` runs on this store's lock: one session (no lock delay,

@@ -21,6 +21,16 @@
 //! - Locks use a lease plus revision-ordered waiter keys under `<prefix>\x01kvstore/lock/`, a
 //!   name no valid key can have, so they never show in `list` or `watch_tree`.
 //!
+//! # Transactions
+//!
+//! `Store::txn` is one etcd `Txn` (one request): `IndexIs` compares the key's `mod_revision`,
+//! `Exists`/`Missing` its `create_revision` against 0, `Held` the `mod_revision` of the lock's
+//! hidden holder key `<prefix>\x01kvstore/held/<key>` (written with the lock's lease by the
+//! transaction that takes the lock, so its revision is the fencing token and it goes with the
+//! lease). The failure branch reads the compared keys, so the first failing condition is named
+//! from the same revision. Up to 128 conditions plus operations (etcd's default
+//! `--max-txn-ops`); every write of a transaction gets the transaction's revision.
+
 //! # Leader election
 //!
 //! `kvstore_core::Candidate` runs on this store's lock (the value put with the lock's lease,

@@ -14,6 +14,13 @@
 //! | `kvstore_locks` | normalized key | (fencing token, deadline in Unix ms, owner id) |
 //! | `kvstore_meta` | `"revision"` | last revision handed out |
 //!
+//! # Transactions
+//!
+//! `Store::txn` is one redb write transaction: every condition is read in it (`Held`: the lock
+//! row names the token and its deadline has not passed), then every operation is applied under
+//! one new revision and committed durably; a failed condition aborts it. Up to 1024 conditions
+//! plus operations.
+
 //! # Leader election
 //!
 //! `kvstore_core::Candidate` runs on this store's lock: the leader's value is written with the

@@ -47,6 +47,10 @@
 //! - Locks: `SET PX` with an owner id and a token from the revision counter; a waiter subscribes
 //!   to the lock key's `del`/`expired` notifications only once it finds the lock held, so an
 //!   uncontended lock + unlock is two requests.
+//! - `Store::txn` is one Lua script (one round trip): every condition and the type of every
+//!   key it writes are checked before the first write (Redis does not roll back a script);
+//!   `Held` compares the lock key's `<owner>:<token>` with the token. Up to 1024 conditions
+//!   plus operations; every write gets one new revision.
 //! - Leader election (`kvstore_core::Candidate`) runs on the lock: the leader's value gets
 //!   the lock key's `PX` and each renewal extends both, so a dead leader's value expires with
 //!   its lock; the term is the value's `last_index` (the revision counter).

@@ -51,6 +51,18 @@
 //! registration is written again as soon as the server answers (unless another client wrote a
 //! different value meanwhile).
 //!
+//! # Transactions
+//!
+//! `Store::txn` reads every znode it compares or writes (`sync` and one `multiRead`,
+//! pipelined; a `Held` condition adds a read of the lock's first waiter), evaluates the
+//! conditions, then sends one `multi` that checks every znode read against the version it had —
+//! `multi` compares versions, not `mzxid`, so this closes the ABA window as single-key CAS does;
+//! on a conflict the transaction starts over from the reads. An absent key is kept absent by a
+//! `create` and `delete` inside the `multi`; `Held` is a version check of the lock's first
+//! waiter, whose data records its fencing token. Three requests per call (four with `Held`), up
+//! to 128 conditions plus operations, and the values' total bounded by `max_value_size` (one
+//! request must fit the server's `jute.maxbuffer`).
+
 //! # Leader election
 //!
 //! `kvstore_core::Candidate` runs on this store's lock: the waiter ordering of Curator's

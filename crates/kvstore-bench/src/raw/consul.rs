@@ -28,6 +28,7 @@ pub(crate) async fn consul(
     let http = reqwest::Client::builder().no_proxy().build()?;
     let base = base.trim_end_matches('/').to_owned();
     let dir = format!("raw/{dir}");
+    let txn_url = format!("{base}/v1/txn");
     let kv = move |key: &str| format!("{base}/v1/kv/{key}");
     let put = |http: reqwest::Client, url: String| async move {
         let ok: bool = http
@@ -234,6 +235,24 @@ pub(crate) async fn consul(
                         .send()
                         .await?
                         .error_for_status()?;
+                    Ok(None)
+                }
+                .boxed()
+            })
+        }
+        // One `/v1/txn` of `set` operations.
+        Op::Txn2 | Op::Txn8 => {
+            let n = op.txn_puts();
+            Arc::new(move |w, i| {
+                let value = base64::engine::general_purpose::STANDARD.encode(&VALUE[..]);
+                let ops: Vec<serde_json::Value> = (0..n)
+                    .map(|k| {
+                        serde_json::json!({ "KV": { "Verb": "set", "Key": format!("{dir}/t{w}/{}/k{k}", i % 10), "Value": value } })
+                    })
+                    .collect();
+                let request = http.put(txn_url.clone()).json(&ops);
+                async move {
+                    request.send().await?.error_for_status()?;
                     Ok(None)
                 }
                 .boxed()

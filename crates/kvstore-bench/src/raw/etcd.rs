@@ -131,5 +131,19 @@ pub(crate) async fn etcd(
             }
             .boxed()
         }),
+        Op::Txn2 | Op::Txn8 => {
+            let n = op.txn_puts();
+            Arc::new(move |w, i| {
+                let mut c = client.clone();
+                let puts: Vec<TxnOp> = (0..n)
+                    .map(|k| TxnOp::put(format!("{dir}/t{w}/{}/k{k}", i % 10), &VALUE[..], None))
+                    .collect();
+                async move {
+                    c.txn(Txn::new().and_then(puts)).await?;
+                    Ok(None)
+                }
+                .boxed()
+            })
+        }
     }))
 }

@@ -109,6 +109,34 @@ pub(crate) async fn redb(
                 .boxed()
             })
         }
+        // One write transaction.
+        Op::Txn2 | Op::Txn8 => {
+            let (dir, n) = (dir.to_owned(), op.txn_puts());
+            Arc::new(move |w, i| {
+                let (db, keys): (_, Vec<String>) = (
+                    db.clone(),
+                    (0..n)
+                        .map(|k| format!("{dir}/t{w}/{}/k{k}", i % 10))
+                        .collect(),
+                );
+                async move {
+                    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+                        let txn = db.begin_write()?;
+                        {
+                            let mut table = txn.open_table(TABLE)?;
+                            for key in &keys {
+                                table.insert(key.as_str(), &VALUE[..])?;
+                            }
+                        }
+                        txn.commit()?;
+                        Ok(())
+                    })
+                    .await??;
+                    Ok(None)
+                }
+                .boxed()
+            })
+        }
         // redb has no watches or locks of its own.
         Op::Watch | Op::Lock => return Ok(None),
     }))

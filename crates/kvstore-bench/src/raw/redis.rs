@@ -172,5 +172,23 @@ pub(crate) async fn redis(
                 .boxed()
             })
         }
+        // MULTI/EXEC of plain SETs: Redis's own transaction.
+        Op::Txn2 | Op::Txn8 => {
+            let n = op.txn_puts();
+            Arc::new(move |w, i| {
+                let mut c = conn.clone();
+                let mut pipe = redis::pipe();
+                pipe.atomic();
+                for k in 0..n {
+                    pipe.set(format!("{dir}/t{w}/{}/k{k}", i % 10), &VALUE[..])
+                        .ignore();
+                }
+                async move {
+                    let _: () = pipe.query_async(&mut c).await?;
+                    Ok(None)
+                }
+                .boxed()
+            })
+        }
     }))
 }

@@ -156,5 +156,31 @@ pub(crate) async fn zk(
                 .boxed()
             })
         }
+        // One `multi` of `setData` on existing znodes.
+        Op::Txn2 | Op::Txn8 => {
+            let n = op.txn_puts();
+            for w in 0..workers {
+                for i in 0..10 {
+                    client
+                        .mkdir(&format!("{dir}/t{w}/{i}"), &persistent)
+                        .await?;
+                    for k in 0..n {
+                        create(client.clone(), format!("{dir}/t{w}/{i}/k{k}")).await?;
+                    }
+                }
+            }
+            Arc::new(move |w, i| {
+                let (c, base) = (client.clone(), format!("{dir}/t{w}/{}", i % 10));
+                async move {
+                    let mut multi = c.new_multi_writer();
+                    for k in 0..n {
+                        multi.add_set_data(&format!("{base}/k{k}"), &VALUE[..], None)?;
+                    }
+                    multi.commit().await?;
+                    Ok(None)
+                }
+                .boxed()
+            })
+        }
     }))
 }
