@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use kvstore_core::{Candidate, ElectionOptions, Error, KvPair, WatchStream, follow};
 
-use crate::faults::signal;
+use crate::faults::{loss_report, report_loss_after_pause, signal};
 use crate::{
     EVENT_TIMEOUT, HolderProcess, Opener, cleanup, error_chain, ok, scratch_dir, server_control,
 };
@@ -138,24 +138,10 @@ pub async fn paused_leader_is_replaced(
 ) {
     if let Ok(key) = std::env::var(LEADER_VAR) {
         let leadership = lead_in_child(opener, &key, ttl).await;
-        let mut ticks = tokio::time::interval(Duration::from_millis(10));
-        let mut last_tick = Instant::now();
-        let resumed_at = loop {
-            ticks.tick().await;
-            let now = Instant::now();
-            if now - last_tick > ttl / 2 {
-                break now; // the process was paused: it has just resumed
-            }
-            last_tick = now;
-        };
-        tokio::time::timeout(EVENT_TIMEOUT, leadership.lost())
-            .await
-            .expect("lost() after resuming");
-        println!(
-            "lost {} ms after resuming; leader {}",
-            resumed_at.elapsed().as_millis(),
-            leadership.is_leader()
-        );
+        report_loss_after_pause(ttl, leadership.lost(), || {
+            format!("leader {}", leadership.is_leader())
+        })
+        .await;
         std::future::pending::<()>().await;
     }
     let dir = scratch_dir("paused_leader");
@@ -199,25 +185,7 @@ pub async fn paused_leader_is_replaced(
         "{}: no leader {to_vacant:?} and a new one {takeover:?} after the leader's process paused",
         store.backend()
     );
-    let report = tokio::time::timeout(EVENT_TIMEOUT, async {
-        while let Some(line) = lines.next_line().await.expect("leader output") {
-            if let Some(rest) = line.strip_prefix("lost ") {
-                return rest.to_owned();
-            }
-        }
-        panic!("the old leader exited without reporting");
-    })
-    .await
-    .expect("the resumed leader must report its lost()");
-    let (ms, leader) = report
-        .split_once(" ms after resuming; leader ")
-        .expect("report");
-    let ms: u128 = ms.parse().expect("ms");
-    let period = kvstore_core::backend::renewal_period(ttl).as_millis();
-    assert!(
-        ms <= period,
-        "lost() {ms} ms after resuming, more than one renewal period ({period} ms)"
-    );
+    let leader = loss_report(&mut lines, ttl, "leader").await;
     assert_eq!(
         leader, "false",
         "the resumed leader must not believe it leads"

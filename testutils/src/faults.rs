@@ -183,25 +183,7 @@ pub async fn paused_holder_is_replaced(
         let mut lock = ok(store.new_lock(&key, Some(&lock_ttl(ttl))).await, "new_lock");
         let lost = ok(lock.lock().await, "lock");
         println!("locked {}", lock.fencing_token().expect("token"));
-        // After the pause, the first thing the runtime does is look at its timers.
-        let mut ticks = tokio::time::interval(Duration::from_millis(10));
-        let mut last_tick = Instant::now();
-        let resumed_at = loop {
-            ticks.tick().await;
-            let now = Instant::now();
-            if now - last_tick > ttl / 2 {
-                break now; // the process was paused: it has just resumed
-            }
-            last_tick = now;
-        };
-        tokio::time::timeout(crate::EVENT_TIMEOUT, lost)
-            .await
-            .expect("LockLost after resuming");
-        println!(
-            "lost {} ms after resuming; token {:?}",
-            resumed_at.elapsed().as_millis(),
-            lock.fencing_token()
-        );
+        report_loss_after_pause(ttl, lost, || format!("token {:?}", lock.fencing_token())).await;
         std::future::pending::<()>().await;
     }
     let dir = scratch_dir("paused_holder");
@@ -229,31 +211,73 @@ pub async fn paused_holder_is_replaced(
     assert!(contender.fencing_token().expect("token") > holder_token);
     eprintln!("lock taken over {takeover:?} after its holder's process was paused");
 
-    let report = tokio::time::timeout(EVENT_TIMEOUT, async {
-        while let Some(line) = lines.next_line().await.expect("holder output") {
-            if let Some(rest) = line.strip_prefix("lost ") {
-                return rest.to_owned();
-            }
-        }
-        panic!("the holder exited without reporting");
-    })
-    .await
-    .expect("the resumed holder must report its LockLost");
-    let (ms, token) = report
-        .split_once(" ms after resuming; token ")
-        .expect("report");
-    let ms: u128 = ms.parse().expect("ms");
-    let period = kvstore_core::backend::renewal_period(ttl).as_millis();
-    assert!(
-        ms <= period,
-        "LockLost {ms} ms after resuming, more than one renewal period ({period} ms)"
-    );
+    let token = loss_report(&mut lines, ttl, "token").await;
     assert_eq!(token, "None", "the resumed holder must hold no token");
     let _ = child.start_kill();
     let _ = child.wait().await;
     ok(contender.unlock().await, "unlock");
     cleanup(&*store, &dir).await;
     let _ = store.close().await;
+}
+
+/// In a child that a fault case pauses: waits until the process has been paused (a timer tick
+/// late by more than half the TTL) and resumed, then until `lost` resolves, and prints
+/// `lost <ms> ms after resuming; <state>` with the state `describe` gives then.
+pub(crate) async fn report_loss_after_pause<F: std::future::Future<Output = ()>>(
+    ttl: Duration,
+    lost: F,
+    describe: impl FnOnce() -> String,
+) {
+    // After the pause, the first thing the runtime does is look at its timers.
+    let mut ticks = tokio::time::interval(Duration::from_millis(10));
+    let mut last_tick = Instant::now();
+    let resumed_at = loop {
+        ticks.tick().await;
+        let now = Instant::now();
+        if now - last_tick > ttl / 2 {
+            break now; // the process was paused: it has just resumed
+        }
+        last_tick = now;
+    };
+    tokio::time::timeout(EVENT_TIMEOUT, lost)
+        .await
+        .expect("the hold ends after resuming");
+    println!(
+        "lost {} ms after resuming; {}",
+        resumed_at.elapsed().as_millis(),
+        describe()
+    );
+}
+
+/// In the parent: reads the child's [`report_loss_after_pause`] line (bounded), checks the
+/// loss came within one renewal period of resuming, and returns the state after `<name> `.
+pub(crate) async fn loss_report(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    ttl: Duration,
+    name: &str,
+) -> String {
+    let report = tokio::time::timeout(EVENT_TIMEOUT, async {
+        while let Some(line) = lines.next_line().await.expect("child output") {
+            if let Some(rest) = line.strip_prefix("lost ") {
+                return rest.to_owned();
+            }
+        }
+        panic!("the child exited without reporting");
+    })
+    .await
+    .expect("the resumed child must report the end of its hold");
+    let (ms, state) = report.split_once(" ms after resuming; ").expect("report");
+    let ms: u128 = ms.parse().expect("ms");
+    let period = kvstore_core::backend::renewal_period(ttl).as_millis();
+    assert!(
+        ms <= period,
+        "the hold ended {ms} ms after resuming, more than one renewal period ({period} ms)"
+    );
+    state
+        .strip_prefix(name)
+        .and_then(|s| s.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("report without {name}: {report}"))
+        .to_owned()
 }
 
 /// Sends `sig` (`-STOP`, `-CONT`) to the process `pid`.

@@ -123,9 +123,7 @@ impl Store for ConsulStore {
         )?;
         let written = self.inner.txn(&txn).await?;
         // A write without keep_alive ends a registration.
-        for write in &txn.writes {
-            self.inner.registrations.remove(write.key());
-        }
+        self.inner.registrations.remove_written(&txn);
         Ok(written)
     }
 

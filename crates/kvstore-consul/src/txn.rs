@@ -69,16 +69,7 @@ impl Inner {
                 // Every write of one transaction gets its raft index, the largest index in
                 // the results (a `get` returns the older index of what it read).
                 let index = results.iter().map(|e| e.modify_index).max().unwrap_or(0);
-                Ok(txn
-                    .writes
-                    .iter()
-                    .map(|write| match write {
-                        Write::Put { key, value } => {
-                            Some(KvPair::new(key.as_str(), value.clone(), index))
-                        }
-                        Write::Delete { .. } => None,
-                    })
-                    .collect())
+                Ok(txn.written(index))
             }
             Txn::Failed { op, what } => Err(meaning
                 .get_mut(op)

@@ -98,13 +98,6 @@ impl Inner {
             .header()
             .and_then(|h| u64::try_from(h.revision()).ok())
             .ok_or_else(|| Error::backend(BACKEND, "the transaction returned no revision"))?;
-        Ok(txn
-            .writes
-            .iter()
-            .map(|write| match write {
-                Write::Put { key, value } => Some(KvPair::new(key.as_str(), value.clone(), index)),
-                Write::Delete { .. } => None,
-            })
-            .collect())
+        Ok(txn.written(index))
     }
 }

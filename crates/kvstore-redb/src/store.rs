@@ -250,12 +250,11 @@ impl Store for RedbStore {
     async fn txn(&self, txn: &Txn) -> Result<Vec<Option<KvPair>>> {
         self.check_open()?;
         let txn = check_txn(txn, crate::txn::MAX_TXN_OPS, self.shared.max_value_size)?;
-        let keys: Vec<String> = txn.writes.iter().map(|op| op.key().to_owned()).collect();
-        let written = self.shared.blocking(move |s| s.txn(&txn)).await?;
+        let txn = Arc::new(txn);
+        let run = txn.clone();
+        let written = self.shared.blocking(move |s| s.txn(&run)).await?;
         // A write without keep_alive ends a registration.
-        for key in &keys {
-            self.session.registrations.remove(key);
-        }
+        self.session.registrations.remove_written(&txn);
         Ok(written)
     }
 

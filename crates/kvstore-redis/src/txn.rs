@@ -71,13 +71,6 @@ impl Inner {
             });
         }
         let index = u64::try_from(n).map_err(|_| protocol("txn index"))?;
-        Ok(txn
-            .writes
-            .iter()
-            .map(|write| match write {
-                Write::Put { key, value } => Some(KvPair::new(key.as_str(), value.clone(), index)),
-                Write::Delete { .. } => None,
-            })
-            .collect())
+        Ok(txn.written(index))
     }
 }

@@ -346,16 +346,6 @@ impl Inner {
                 .ok_or_else(|| Error::backend(BACKEND, "a key written by the multi vanished"))?,
             (None, None) => 0,
         };
-        Ok(Attempt::Done(
-            txn.writes
-                .iter()
-                .map(|write| match write {
-                    Write::Put { key, value } => {
-                        Some(KvPair::new(key.as_str(), value.clone(), zxid))
-                    }
-                    Write::Delete { .. } => None,
-                })
-                .collect(),
-        ))
+        Ok(Attempt::Done(txn.written(zxid)))
     }
 }

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use bytes::Bytes;
 
 use crate::backend::check_value_size;
-use crate::{Condition, Error, Result, Txn, TxnOp, normalize_key};
+use crate::{Condition, Error, KvPair, Result, Txn, TxnOp, normalize_key};
 
 /// A condition of a checked transaction: [`Condition`] with a normalized key, as a closed enum
 /// that backends match exhaustively.
@@ -81,6 +81,20 @@ pub struct CheckedTxn {
     pub checks: Vec<Check>,
     /// The operations, in order.
     pub writes: Vec<Write>,
+}
+
+impl CheckedTxn {
+    /// What `Store::txn` returns once the transaction is applied with every put at `index`:
+    /// `Some(pair)` per put, `None` per delete, in order.
+    pub fn written(&self, index: u64) -> Vec<Option<KvPair>> {
+        self.writes
+            .iter()
+            .map(|write| match write {
+                Write::Put { key, value } => Some(KvPair::new(key.as_str(), value.clone(), index)),
+                Write::Delete { .. } => None,
+            })
+            .collect()
+    }
 }
 
 /// Checks `txn` before any I/O and returns it with every key normalized.
