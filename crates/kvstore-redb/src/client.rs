@@ -4,14 +4,13 @@
 //! blocking pool.
 
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kvstore_core::backend::{Precondition, ttl_millis};
 use kvstore_core::{Error, KvPair, Result, is_descendant};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{Notify, broadcast};
-use tokio_util::task::AbortOnDropHandle;
 
 use crate::error::{from_join, from_redb};
 
@@ -76,7 +75,6 @@ pub(crate) struct Shared {
     pub(crate) max_value_size: usize,
     pub(crate) changes: broadcast::Sender<Change>,
     pub(crate) expiry_wakeup: Arc<Notify>,
-    pub(crate) reaper: Mutex<Option<AbortOnDropHandle<()>>>,
 }
 
 impl fmt::Debug for Shared {
@@ -120,6 +118,27 @@ pub(crate) fn descendant_range(dir: &str) -> (String, String) {
 }
 
 impl Shared {
+    /// Starts the expiry reaper on a thread of its own (with a single-threaded runtime), so it
+    /// runs for as long as the database does, whichever runtimes its handles live in (two
+    /// `#[tokio::test]`s of one binary share a file's database, each with its own runtime). It
+    /// exits when the last handle is gone: `Drop` wakes it and it cannot upgrade its `Weak`.
+    pub(crate) fn start_reaper(self: &Arc<Self>) -> Result<()> {
+        let (shared, wakeup) = (Arc::downgrade(self), self.expiry_wakeup.clone());
+        std::thread::Builder::new()
+            .name("kvstore-redb-expiry".into())
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                {
+                    Ok(runtime) => runtime.block_on(crate::expiry::reaper(shared, wakeup)),
+                    Err(err) => tracing::error!(error = %err, "the expiry reaper cannot start"),
+                }
+            })
+            .map(drop)
+            .map_err(|e| Error::backend(self.backend, e))
+    }
+
     pub(crate) fn db(&self) -> &Database {
         self.db
             .as_ref()
@@ -316,9 +335,8 @@ impl Shared {
 
 impl Drop for Shared {
     fn drop(&mut self) {
-        if let Ok(mut reaper) = self.reaper.lock() {
-            reaper.take();
-        }
+        // The reaper wakes, finds no database and exits.
+        self.expiry_wakeup.notify_one();
         // Closing a file database syncs it: never on an async worker. (A reopen right after
         // waits for it through `open`'s retry.)
         if let Some(db) = self.db.take() {

@@ -1,8 +1,10 @@
 //! The [`Store`] implementation: redb transactions on the blocking pool, in-process watches,
 //! TTL expiry and keep-alive.
 
+use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -15,12 +17,10 @@ use kvstore_core::{
 use redb::Database;
 use tokio::sync::{Notify, broadcast};
 use tokio::time::Instant;
-use tokio_util::task::AbortOnDropHandle;
 
 use crate::client::{CHANGE_FEED_CAPACITY, Shared};
 use crate::config::{Location, RedbConfig};
 use crate::error::{from_join, from_redb};
-use crate::expiry::reaper;
 use crate::keep_alive::{CLOSE_TIMEOUT, KeyLease, KeyRegistrar, Session};
 use crate::lock::RedbLocker;
 use crate::watch::watch_feed;
@@ -72,15 +72,33 @@ impl fmt::Debug for RedbStore {
     }
 }
 
+/// The files this process has open, by absolute path: a second `open` of one returns a new
+/// handle on the same database.
+static OPEN_FILES: tokio::sync::Mutex<BTreeMap<PathBuf, std::sync::Weak<Shared>>> =
+    tokio::sync::Mutex::const_new(BTreeMap::new());
+
+/// The key of `path` in [`OPEN_FILES`]: absolute, with symlinks in its directory resolved.
+fn registry_path(path: &Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    match (absolute.parent(), absolute.file_name()) {
+        (Some(dir), Some(name)) => std::fs::canonicalize(dir)
+            .map(|dir| dir.join(name))
+            .unwrap_or(absolute),
+        _ => absolute,
+    }
+}
+
 impl RedbStore {
     /// Opens (creating if needed) the store described by `config`.
     ///
-    /// A file held by another process (or another `RedbStore` in this one) is retried with
-    /// backoff until `config.open_timeout` has passed.
+    /// A file this process already has open (through another `open`, for example by another
+    /// component or another test of the same binary) gives a new handle on the same database,
+    /// as [`new_handle`](Self::new_handle) does; the settings of the first open apply. A file
+    /// held by another process is retried with backoff until `config.open_timeout` has passed.
     ///
     /// # Errors
     ///
-    /// [`Error::NotReachable`] when the file stays held by someone else past the timeout;
+    /// [`Error::NotReachable`] when the file stays held by another process past the timeout;
     /// [`Error::Backend`] for I/O errors or a corrupt file.
     ///
     /// # Cancel safety
@@ -88,6 +106,26 @@ impl RedbStore {
     /// Cancel-safe: dropping the future leaves the file closed.
     #[tracing::instrument(level = "debug", skip_all, fields(op = "open"))]
     pub async fn open(config: RedbConfig) -> Result<Self> {
+        let Location::File(path) = &config.location else {
+            return Self::open_new(config).await;
+        };
+        // One database per file and process: a path this process already holds gets a new
+        // handle on it (redb itself refuses a second open of the file).
+        let path = registry_path(path);
+        let mut open = OPEN_FILES.lock().await;
+        open.retain(|_, shared| shared.strong_count() > 0);
+        if let Some(shared) = open.get(&path).and_then(std::sync::Weak::upgrade) {
+            return Ok(RedbStore {
+                shared,
+                session: Session::new(),
+            });
+        }
+        let store = Self::open_new(config).await?;
+        open.insert(path, Arc::downgrade(&store.shared));
+        Ok(store)
+    }
+
+    async fn open_new(config: RedbConfig) -> Result<Self> {
         let backend = match config.location {
             Location::File(_) => crate::BACKEND,
             Location::Memory => crate::MEMORY_BACKEND,
@@ -130,13 +168,9 @@ impl RedbStore {
             max_value_size: config.max_value_size,
             changes,
             expiry_wakeup: wakeup.clone(),
-            reaper: Mutex::new(None),
         });
         shared.blocking(Shared::create_tables).await?;
-        // Spawned only now: the reaper holds a `Weak` and exits when it cannot upgrade it.
-        let reaper_task = tokio::spawn(reaper(Arc::downgrade(&shared), wakeup));
-        *shared.reaper.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(AbortOnDropHandle::new(reaper_task));
+        shared.start_reaper()?;
         Ok(RedbStore {
             shared,
             session: Session::new(),

@@ -113,16 +113,48 @@ async fn a_lock_held_when_the_process_stopped_expires_with_its_ttl() {
     assert!(start.elapsed() < Duration::from_secs(2));
 }
 
+/// Environment variable that makes this test binary, re-run, hold a redb file open.
+const HOLD_FILE_VAR: &str = "KVSTORE_TEST_HOLD_REDB";
+
 #[tokio::test]
-async fn a_held_file_fails_with_not_reachable_within_the_timeout() {
+async fn a_file_held_by_another_process_fails_with_not_reachable_within_the_timeout() {
+    use tokio::io::AsyncBufReadExt;
+
+    if let Ok(path) = std::env::var(HOLD_FILE_VAR) {
+        let _owner = reopen(std::path::Path::new(&path)).await;
+        println!("holding");
+        std::future::pending::<()>().await;
+    }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("held.redb");
-    let _owner = reopen(&path).await;
+    let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_file_held_by_another_process_fails_with_not_reachable_within_the_timeout",
+            "--nocapture",
+        ])
+        .env(HOLD_FILE_VAR, &path)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line == "holding" {
+                return;
+            }
+        }
+        panic!("the child exited before holding the file");
+    })
+    .await
+    .expect("the child holds the file");
     let start = Instant::now();
     let result =
         RedbStore::open(RedbConfig::file(&path).with_open_timeout(Duration::from_millis(400)))
             .await;
     let took = start.elapsed();
+    let _ = child.start_kill();
     match result {
         Err(Error::NotReachable {
             backend: "redb", ..
@@ -137,4 +169,37 @@ async fn a_held_file_fails_with_not_reachable_within_the_timeout() {
         took < Duration::from_secs(3),
         "must give up near the timeout, took {took:?}"
     );
+}
+
+#[tokio::test]
+async fn a_second_open_in_one_process_shares_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shared.redb");
+    let first = reopen(&path).await;
+    // Another spelling of the same path.
+    let second = reopen(&dir.path().join(".").join("shared.redb")).await;
+    first.put("k", b"v1", None).await.unwrap();
+    assert_eq!(&second.get("k", None).await.unwrap().value[..], b"v1");
+    let mut watch = second.watch("k", None).await.unwrap();
+    use futures::StreamExt;
+    watch.next().await.unwrap().unwrap();
+    first.put("k", b"v2", None).await.unwrap();
+    let seen = tokio::time::timeout(Duration::from_secs(5), watch.next())
+        .await
+        .expect("the other handle's watch sees the write")
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(&seen.value[..], b"v2");
+    // Closing one handle leaves the other working.
+    first.close().await.unwrap();
+    assert!(second.exists("k", None).await.unwrap());
+    drop(watch);
+    second.close().await.unwrap();
+    drop((first, second));
+    // Every handle gone: the file is opened afresh, with its data.
+    let third = tokio::time::timeout(Duration::from_secs(10), reopen(&path))
+        .await
+        .expect("reopen after the last handle closed");
+    assert_eq!(&third.get("k", None).await.unwrap().value[..], b"v2");
 }

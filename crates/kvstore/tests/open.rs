@@ -194,3 +194,54 @@ async fn open_consults_the_process_wide_registry() {
         "memory"
     );
 }
+
+/// Components (or tests of one binary, each with its own runtime) that open the same redb URL
+/// at once all get the same database, and TTLs keep expiring after the runtime that opened it
+/// first has gone.
+#[test]
+fn parallel_opens_of_one_redb_url_share_the_database() {
+    use futures::StreamExt;
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("redb://{}", dir.path().join("shared.redb").display());
+    let threads: Vec<_> = (0..6)
+        .map(|i| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async move {
+                    let store = tokio::time::timeout(Duration::from_secs(10), kvstore::open(&url))
+                        .await
+                        .expect("open within the timeout")
+                        .unwrap_or_else(|e| panic!("open {i}: {e}"));
+                    let key = format!("parallel/{i}");
+                    let ttl = kvstore::WriteOptions::default().with_ttl(Duration::from_millis(300));
+                    store.put(&key, b"v", Some(&ttl)).await.unwrap();
+                    let mut watch = store.watch(&key, None).await.unwrap();
+                    assert!(watch.next().await.unwrap().unwrap().is_some());
+                    let expired = tokio::time::timeout(Duration::from_secs(5), watch.next())
+                        .await
+                        .expect("the TTL key expires and the watch says so")
+                        .unwrap()
+                        .unwrap();
+                    assert_eq!(expired, None);
+                    store.put(&format!("kept/{i}"), b"v", None).await.unwrap();
+                    store.close().await.unwrap();
+                });
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().expect("every opener succeeds");
+    }
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let store = kvstore::open(&url).await.unwrap();
+        assert_eq!(store.list("kept", None).await.unwrap().len(), 6);
+    });
+}
