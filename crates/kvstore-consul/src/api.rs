@@ -4,6 +4,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use backon::BackoffBuilder;
+use backon::ExponentialBuilder;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use kvstore_core::{Error, Result};
@@ -11,6 +13,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tokio::sync::Semaphore;
 
 use crate::BACKEND;
 use crate::config::ConsulConfig;
@@ -114,6 +117,24 @@ pub(crate) struct Api {
     pub(crate) config: ConsulConfig,
     /// The agent's `session_ttl_min` in ms once a refusal has told it (0: not known yet).
     min_session_ttl_ms: AtomicU64,
+    /// Requests in flight at once, blocking queries aside (`max_requests`).
+    request_budget: Semaphore,
+    /// Blocking queries in flight at once (`max_watch_queries`).
+    watch_budget: Semaphore,
+}
+
+/// A whole answer of the agent, read within the budget.
+struct Reply {
+    status: StatusCode,
+    /// `X-Consul-Index` (0 when absent).
+    index: u64,
+    body: bytes::Bytes,
+}
+
+impl Reply {
+    fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_slice(&self.body).map_err(|e| Error::backend(BACKEND, e))
+    }
 }
 
 impl Api {
@@ -127,6 +148,8 @@ impl Api {
             .map_err(|e| Error::invalid_config(BACKEND, e))?;
         Ok(Api {
             http,
+            request_budget: Semaphore::new(config.max_requests),
+            watch_budget: Semaphore::new(config.max_watch_queries),
             config,
             min_session_ttl_ms: AtomicU64::new(0),
         })
@@ -168,24 +191,83 @@ impl Api {
         request
     }
 
-    /// Sends a request; maps transport failures and the agent's error statuses.
-    async fn send(&self, request: RequestBuilder, timeout: Duration) -> Result<reqwest::Response> {
-        let response = request
-            .timeout(timeout)
-            .send()
-            .await
-            .map_err(from_reqwest)?;
-        let status = response.status();
-        if status.is_success() || status == StatusCode::NOT_FOUND || status == StatusCode::CONFLICT
-        {
-            return Ok(response);
+    /// Sends a request within the request budget (a blocking query within the watch budget),
+    /// reads the whole answer, and maps transport failures and the agent's error statuses.
+    /// A `429 Too Many Requests` (the agent's per-client limits) is retried with backoff
+    /// (10 ms doubling to 1 s) until `timeout` has passed, then reported as `Timeout`.
+    async fn send(
+        &self,
+        request: RequestBuilder,
+        timeout: Duration,
+        blocking: bool,
+    ) -> Result<Reply> {
+        let budget = if blocking {
+            &self.watch_budget
+        } else {
+            &self.request_budget
+        };
+        let started = tokio::time::Instant::now();
+        let mut delays = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(10))
+            .with_max_delay(Duration::from_secs(1))
+            .with_jitter()
+            .without_max_times()
+            .build();
+        loop {
+            let attempt = request
+                .try_clone()
+                .ok_or_else(|| Error::backend(BACKEND, "a request body that cannot be resent"))?;
+            let reply = {
+                // Queued here, never failed, when the budget is in use.
+                let _permit = budget
+                    .acquire()
+                    .await
+                    .map_err(|_| Error::Closed { backend: BACKEND })?;
+                let response = attempt
+                    .timeout(timeout.saturating_sub(started.elapsed()))
+                    .send()
+                    .await
+                    .map_err(from_reqwest)?;
+                let status = response.status();
+                let index = response
+                    .headers()
+                    .get("X-Consul-Index")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                let body = response.bytes().await.map_err(from_reqwest)?;
+                Reply {
+                    status,
+                    index,
+                    body,
+                }
+            };
+            let status = reply.status;
+            if status.is_success()
+                || status == StatusCode::NOT_FOUND
+                || status == StatusCode::CONFLICT
+            {
+                return Ok(reply);
+            }
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                let delay = delays.next().unwrap_or(Duration::from_secs(1));
+                if started.elapsed() + delay >= timeout {
+                    return Err(Error::Timeout);
+                }
+                tracing::debug!(
+                    backend = BACKEND,
+                    "the agent answered 429 Too Many Requests; retrying"
+                );
+                tokio::time::sleep(delay).await;
+                continue;
+            }
+            let body = String::from_utf8_lossy(&reply.body);
+            if let Some(min) = refused_session_ttl_min(&body) {
+                let min_ms = u64::try_from(min.as_millis()).unwrap_or(u64::MAX);
+                self.min_session_ttl_ms.store(min_ms, Ordering::Relaxed);
+            }
+            return Err(from_status(status, &body));
         }
-        let body = response.text().await.unwrap_or_default();
-        if let Some(min) = refused_session_ttl_min(&body) {
-            let min_ms = u64::try_from(min.as_millis()).unwrap_or(u64::MAX);
-            self.min_session_ttl_ms.store(min_ms, Ordering::Relaxed);
-        }
-        Err(from_status(status, &body))
     }
 
     /// Reads `key` (with `recurse`, every key starting with it). With `block`, a blocking
@@ -222,21 +304,13 @@ impl Api {
         // Consul adds up to wait/16 of jitter to a blocking query.
         let timeout = self.config.request_timeout
             + block.map_or(Duration::ZERO, |(_, wait)| wait + wait / 16);
-        let response = self.send(self.request(Method::GET, url), timeout).await?;
-        let index = response
-            .headers()
-            .get("X-Consul-Index")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        if response.status() == StatusCode::NOT_FOUND {
-            return Ok((Vec::new(), index));
+        let reply = self
+            .send(self.request(Method::GET, url), timeout, block.is_some())
+            .await?;
+        if reply.status == StatusCode::NOT_FOUND {
+            return Ok((Vec::new(), reply.index));
         }
-        let entries = response
-            .json::<Vec<Entry>>()
-            .await
-            .map_err(|e| Error::backend(BACKEND, e))?;
-        Ok((entries, index))
+        Ok((reply.json::<Vec<Entry>>()?, reply.index))
     }
 
     /// Runs a transaction (at most 64 operations; source: Consul docs, "Transactions").
@@ -244,12 +318,11 @@ impl Api {
         let mut url = self.config.address.clone();
         url.set_path("v1/txn");
         let request = self.request(Method::PUT, url).json(&ops);
-        let response = self.send(request, self.config.request_timeout).await?;
-        let conflict = response.status() == StatusCode::CONFLICT;
-        let body: TxnResponse = response
-            .json()
-            .await
-            .map_err(|e| Error::backend(BACKEND, e))?;
+        let reply = self
+            .send(request, self.config.request_timeout, false)
+            .await?;
+        let conflict = reply.status == StatusCode::CONFLICT;
+        let body: TxnResponse = reply.json()?;
         if conflict || body.errors.as_ref().is_some_and(|e| !e.is_empty()) {
             let first = body.errors.unwrap_or_default().into_iter().next();
             return Ok(match first {
@@ -298,16 +371,14 @@ impl Api {
             "Behavior": behavior,
             "LockDelay": "0s",
         });
-        let response = self
+        let created: Created = self
             .send(
                 self.request(Method::PUT, url).json(&body),
                 self.config.request_timeout,
+                false,
             )
-            .await?;
-        let created: Created = response
-            .json()
-            .await
-            .map_err(|e| Error::backend(BACKEND, e))?;
+            .await?
+            .json()?;
         Ok(created.id)
     }
 
@@ -315,32 +386,41 @@ impl Api {
     pub(crate) async fn renew_session(&self, id: &str) -> Result<bool> {
         let mut url = self.config.address.clone();
         url.set_path(&format!("v1/session/renew/{id}"));
-        let response = self
-            .send(self.request(Method::PUT, url), self.config.request_timeout)
+        let reply = self
+            .send(
+                self.request(Method::PUT, url),
+                self.config.request_timeout,
+                false,
+            )
             .await?;
-        Ok(response.status() != StatusCode::NOT_FOUND)
+        Ok(reply.status != StatusCode::NOT_FOUND)
     }
 
     /// Destroys a session: its locks are released (or their keys deleted, per its behavior).
     pub(crate) async fn destroy_session(&self, id: &str) -> Result<()> {
         let mut url = self.config.address.clone();
         url.set_path(&format!("v1/session/destroy/{id}"));
-        self.send(self.request(Method::PUT, url), self.config.request_timeout)
-            .await
-            .map(drop)
+        self.send(
+            self.request(Method::PUT, url),
+            self.config.request_timeout,
+            false,
+        )
+        .await
+        .map(drop)
     }
 
     /// `GET /v1/status/leader`: checks that the agent answers and has a leader.
     pub(crate) async fn leader(&self) -> Result<String> {
         let mut url = self.config.address.clone();
         url.set_path("v1/status/leader");
-        let response = self
-            .send(self.request(Method::GET, url), self.config.connect_timeout)
-            .await?;
-        let leader: String = response
-            .json()
-            .await
-            .map_err(|e| Error::backend(BACKEND, e))?;
+        let leader: String = self
+            .send(
+                self.request(Method::GET, url),
+                self.config.connect_timeout,
+                false,
+            )
+            .await?
+            .json()?;
         if leader.is_empty() {
             return Err(Error::not_reachable(
                 BACKEND,

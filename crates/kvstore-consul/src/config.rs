@@ -20,6 +20,23 @@ pub const DEFAULT_WATCH_WAIT: Duration = Duration::from_secs(60);
 /// How long a watch keeps retrying after errors: 60 seconds.
 pub const DEFAULT_WATCH_RECONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Requests in flight at once by default, blocking queries aside.
+pub const DEFAULT_MAX_REQUESTS: usize = 64;
+
+/// Blocking queries in flight at once by default.
+pub const DEFAULT_MAX_WATCH_QUERIES: usize = 64;
+
+/// A budget option: a whole number of at least 1.
+fn budget(name: &str, value: &str) -> Result<usize> {
+    match value.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(Error::invalid_config(
+            BACKEND,
+            format!("{name}={value:?}: expected a whole number of at least 1"),
+        )),
+    }
+}
+
 /// Configuration of a [`ConsulStore`](crate::ConsulStore).
 ///
 /// # URL form
@@ -38,6 +55,20 @@ pub const DEFAULT_WATCH_RECONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 /// | `request_timeout` | per-request timeout | 10 s |
 /// | `watch_wait` | wait of one blocking query | 60 s |
 /// | `max_value_size` | largest value in bytes | 384,000 |
+/// | `max_requests` | requests in flight at once, blocking queries aside; more are queued | 64 |
+/// | `max_watch_queries` | blocking queries in flight at once (watches, lock waits); more are queued | 64 |
+///
+/// # Connections
+///
+/// Every request holds one HTTP connection to the agent, and the agent refuses a client's
+/// connections past `limits.http_max_conns_per_client` (200 by default) — refused ones fail,
+/// and the agent answers `429 Too Many Requests` for a while after. A store keeps its requests
+/// under `max_requests + max_watch_queries` (128 by default, well under 200): calls beyond the
+/// budget wait for a slot instead of failing, and a `429` is retried with backoff (then
+/// reported as `Timeout`, never `NotReachable`). Watches of one key or one directory share one
+/// blocking query; when distinct watched keys would need more than half the watch budget, new
+/// key watches are served by a blocking query on their directory (more data per wake-up, far
+/// fewer connections).
 ///
 /// # Examples
 ///
@@ -73,6 +104,11 @@ pub struct ConsulConfig {
     pub watch_reconnect_timeout: Duration,
     /// Largest value accepted, in bytes.
     pub max_value_size: usize,
+    /// Requests in flight at once, blocking queries aside; more are queued. Default 64.
+    pub max_requests: usize,
+    /// Blocking queries in flight at once (shared watches, lock waits); more are queued.
+    /// Default 64.
+    pub max_watch_queries: usize,
 }
 
 impl std::fmt::Debug for ConsulConfig {
@@ -87,6 +123,8 @@ impl std::fmt::Debug for ConsulConfig {
             .field("request_timeout", &self.request_timeout)
             .field("watch_wait", &self.watch_wait)
             .field("max_value_size", &self.max_value_size)
+            .field("max_requests", &self.max_requests)
+            .field("max_watch_queries", &self.max_watch_queries)
             .finish_non_exhaustive()
     }
 }
@@ -111,6 +149,8 @@ impl ConsulConfig {
             watch_wait: DEFAULT_WATCH_WAIT,
             watch_reconnect_timeout: DEFAULT_WATCH_RECONNECT_TIMEOUT,
             max_value_size: DEFAULT_MAX_VALUE_SIZE,
+            max_requests: DEFAULT_MAX_REQUESTS,
+            max_watch_queries: DEFAULT_MAX_WATCH_QUERIES,
         })
     }
 
@@ -177,6 +217,8 @@ impl ConsulConfig {
                 "request_timeout" => config.request_timeout = duration()?,
                 "watch_wait" => config.watch_wait = duration()?,
                 "max_value_size" => config.max_value_size = size_option(BACKEND, &name, &value)?,
+                "max_requests" => config.max_requests = budget(&name, &value)?,
+                "max_watch_queries" => config.max_watch_queries = budget(&name, &value)?,
                 _ => return Err(invalid(format!("unknown option {name:?}"))),
             }
         }
