@@ -30,6 +30,8 @@ pub(crate) struct Inner {
     pub(crate) tasks: Tasks,
     /// The `keep_alive` keys of this store.
     pub(crate) registrations: Registrations,
+    /// The shared blocking queries of its watches.
+    pub(crate) hub: crate::hub::Hub,
 }
 
 /// The reserved top-level name under the store's prefix that holds the keys lock holders
@@ -196,14 +198,22 @@ impl Inner {
             .api
             .get(&self.tree_prefix(dir), true, consistency, block)
             .await?;
-        let mut pairs = Vec::with_capacity(entries.len());
-        for entry in &entries {
+        Ok((self.tree_pairs(entries.iter())?, index))
+    }
+
+    /// The pairs of a directory's entries, sorted (bookkeeping and foreign keys left out).
+    pub(crate) fn tree_pairs<'a>(
+        &self,
+        entries: impl Iterator<Item = &'a Entry>,
+    ) -> Result<Vec<KvPair>> {
+        let mut pairs = Vec::new();
+        for entry in entries {
             if let Some(pair) = self.pair(entry)? {
                 pairs.push(pair);
             }
         }
         pairs.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok((pairs, index))
+        Ok(pairs)
     }
 }
 

@@ -73,6 +73,7 @@ mod api;
 mod client;
 mod config;
 mod error;
+mod hub;
 mod lock;
 mod store;
 mod txn;

@@ -94,6 +94,7 @@ impl ConsulStore {
                 prefix,
                 cancel: tasks.cancel_token().clone(),
                 registrations: Registrations::new(&tasks),
+                hub: crate::hub::Hub::default(),
                 tasks,
             }),
         })

@@ -1,104 +1,109 @@
-//! Watches as blocking queries.
+//! Watches as shared blocking queries.
 //!
-//! A watch reads the state (and `X-Consul-Index`), then repeats the read as a blocking query
-//! with `?index=<last index>&wait=<watch_wait>`, which returns as soon as the index passes the
-//! given one (source: Consul docs, "Blocking Queries"). The state is emitted only if it
-//! differs from the last one emitted. The query runs inside the stream's own future, so
-//! dropping the stream drops the HTTP request at once — it never waits out the blocking
-//! window.
+//! A watch reads its state (and `X-Consul-Index`) once, then follows the answers of a shared
+//! poller (see [`crate::hub`]): a loop of blocking queries with `?index=<last index>&wait=
+//! <watch_wait>`, each returning as soon as the index passes the given one (source: Consul
+//! docs, "Blocking Queries"). Every answer is turned into the watch's state (its key, or its
+//! directory's pairs), which is emitted only if it differs from the last one emitted. Dropping
+//! the stream drops its hold on the poller; the last one gone aborts the query at once.
 //!
 //! # Behavior on errors
 //!
-//! The loop is the core watch driver of `kvstore_core::backend`. A failed query (agent
-//! restarting, no leader) is retried with backoff, from index 0, which is a plain read that
-//! re-syncs the state; only when that keeps failing for
-//! `watch_reconnect_timeout` does the stream yield the error and end. An index that goes
-//! backwards (a restored snapshot) also restarts from 0, as the Consul docs advise. A stream
-//! polled again after more than [`STALE_AFTER`] without an answer first re-reads without
-//! blocking: an agent that lost its data (a `-dev` agent restarted) while the stream was not
-//! being polled has an index below the stream's, and a blocking query with that index would
-//! wait out its whole `watch_wait` before showing the new state.
+//! The loop is the core watch driver of `kvstore_core::backend`. The poller retries a failed
+//! query (agent restarting, no leader) with backoff from index 0, a plain read that re-syncs
+//! the state, for as long as it has watchers; an index that goes backwards (a restored
+//! snapshot, a restarted `-dev` agent) also restarts from 0, as the Consul docs advise. The
+//! watchers see the state of the first answer after the agent is back.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use kvstore_core::backend::{WatchSource, watch_stream};
-use kvstore_core::{KvPair, Result, WatchStream, WatchTreeStream};
+use kvstore_core::{Error, KvPair, Result, WatchStream, WatchTreeStream};
+use tokio::sync::watch;
 
-use crate::api::{Consistency, next_index};
+use crate::BACKEND;
+use crate::api::{Consistency, Entry};
 use crate::client::Inner;
+use crate::hub::{Answer, Poller};
 
-type Read<T> = Box<
-    dyn Fn(Arc<Inner>, Option<(u64, Duration)>) -> BoxFuture<'static, Result<(T, u64)>>
-        + Send
-        + Sync,
->;
+type Read<T> = Box<dyn Fn(Arc<Inner>) -> BoxFuture<'static, Result<(T, u64)>> + Send + Sync>;
+type Extract<T> = Box<dyn Fn(&Inner, &[Entry]) -> Result<T> + Send + Sync>;
 
-/// How long after its last answer a watch re-reads without blocking before it blocks again.
-pub(crate) const STALE_AFTER: Duration = Duration::from_secs(1);
-
-/// A watch's wake-up source is its blocking query, which also returns the new state: the next
-/// `read` hands that state over instead of asking again.
-struct BlockingQuery<T> {
+/// A watch's wake-up source: the answers of the shared poller that serves it (see
+/// [`crate::hub`]). Its first state comes from a read of its own, so it reflects every write
+/// that completed before the watch was opened; an answer is used only once its index has
+/// reached that read's (unless the poller started over since: then indexes are not
+/// comparable), so the stream never goes back to an older state.
+struct SharedQuery<T> {
     inner: Arc<Inner>,
+    /// Held for as long as the watch lives; dropping the last holder ends the query.
+    _poller: Arc<Poller>,
+    answers: watch::Receiver<Answer>,
     read: Read<T>,
-    /// The `X-Consul-Index` to block on; 0 re-reads without blocking.
-    index: u64,
-    /// What the last blocking query returned, not yet read.
-    answer: Option<T>,
-    /// When the last answer arrived.
-    answered: tokio::time::Instant,
-}
-
-impl<T> BlockingQuery<T> {
-    async fn query(&mut self, block: Option<(u64, Duration)>) -> Result<T> {
-        let (state, index) = (self.read)(self.inner.clone(), block).await?;
-        self.index = next_index(self.index, index);
-        self.answered = tokio::time::Instant::now();
-        Ok(state)
-    }
+    extract: Extract<T>,
+    /// The index of the watch's own read, and the poller's epoch then: older answers of that
+    /// epoch are skipped.
+    floor: (u64, u64),
+    /// The state taken from the last answer, not yet read.
+    pending: Option<T>,
 }
 
 #[async_trait]
-impl<T: PartialEq + Clone + Send + Sync + 'static> WatchSource for BlockingQuery<T> {
+impl<T: PartialEq + Clone + Send + Sync + 'static> WatchSource for SharedQuery<T> {
     type Item = T;
 
     async fn read(&mut self) -> Result<T> {
-        match self.answer.take() {
-            Some(state) => Ok(state),
-            None => self.query(None).await,
+        if let Some(state) = self.pending.take() {
+            return Ok(state);
         }
+        let epoch = self.answers.borrow().as_ref().map_or(0, |answer| answer.2);
+        let (state, index) = (self.read)(self.inner.clone()).await?;
+        self.floor = (index, epoch);
+        Ok(state)
     }
 
     async fn changed(&mut self) -> Result<()> {
-        let fresh = self.answered.elapsed() <= STALE_AFTER;
-        let block =
-            (self.index > 0 && fresh).then_some((self.index, self.inner.api.config.watch_wait));
-        self.answer = Some(self.query(block).await?);
-        Ok(())
+        loop {
+            if self.answers.changed().await.is_err() {
+                return Err(Error::not_reachable(
+                    BACKEND,
+                    "the shared watch query ended",
+                ));
+            }
+            let answer = self.answers.borrow_and_update().clone();
+            if let Some((entries, index, epoch)) = answer
+                && (index >= self.floor.0 || epoch != self.floor.1)
+            {
+                self.pending = Some((self.extract)(&self.inner, &entries)?);
+                return Ok(());
+            }
+        }
     }
 
-    /// Starts over from index 0: a plain read that re-syncs the state.
+    /// The poller retries by itself; the next read is a read of the watch's own.
     async fn reconnect(&mut self) -> Result<()> {
-        self.index = 0;
-        self.answer = None;
+        self.pending = None;
         Ok(())
     }
 }
 
 async fn stream<T: PartialEq + Clone + Send + Sync + 'static>(
     inner: Arc<Inner>,
+    poller: Arc<Poller>,
     read: Read<T>,
+    extract: Extract<T>,
 ) -> Result<futures::stream::BoxStream<'static, Result<T>>> {
-    let mut source = BlockingQuery {
+    let mut source = SharedQuery {
         inner: inner.clone(),
+        answers: poller.subscribe(),
+        _poller: poller,
         read,
-        index: 0,
-        answer: None,
-        answered: tokio::time::Instant::now(),
+        extract,
+        floor: (0, 0),
+        pending: None,
     };
     let first = source.read().await?;
     Ok(watch_stream(
@@ -115,11 +120,20 @@ pub(crate) async fn watch_key(
     key: String,
     consistency: Consistency,
 ) -> Result<WatchStream> {
-    let read: Read<Option<KvPair>> = Box::new(move |inner, block| {
+    let consul_key = inner.consul_key(&key);
+    let poller = inner.hub.for_key(&inner, &consul_key);
+    let read: Read<Option<KvPair>> = Box::new(move |inner| {
         let key = key.clone();
-        async move { inner.read_key(&key, consistency, block).await }.boxed()
+        async move { inner.read_key(&key, consistency, None).await }.boxed()
     });
-    stream(inner, read).await
+    let extract: Extract<Option<KvPair>> =
+        Box::new(
+            move |inner, entries| match entries.iter().find(|e| e.key == consul_key) {
+                Some(entry) => inner.pair(entry),
+                None => Ok(None),
+            },
+        );
+    stream(inner, poller, read, extract).await
 }
 
 /// `Store::watch_tree`.
@@ -128,9 +142,18 @@ pub(crate) async fn watch_tree(
     dir: String,
     consistency: Consistency,
 ) -> Result<WatchTreeStream> {
-    let read: Read<Vec<KvPair>> = Box::new(move |inner, block| {
+    let prefix = inner.tree_prefix(&dir);
+    let poller = inner.hub.for_tree(&inner, &prefix);
+    let read: Read<Vec<KvPair>> = Box::new(move |inner| {
         let dir = dir.clone();
-        async move { inner.read_tree(&dir, consistency, block).await }.boxed()
+        async move { inner.read_tree(&dir, consistency, None).await }.boxed()
     });
-    stream(inner, read).await
+    let extract: Extract<Vec<KvPair>> = Box::new(move |inner, entries| {
+        inner.tree_pairs(
+            entries
+                .iter()
+                .filter(|e| e.key.starts_with(prefix.as_str())),
+        )
+    });
+    stream(inner, poller, read, extract).await
 }
