@@ -46,6 +46,8 @@ pub(crate) struct Inner {
     /// connect so `capabilities()` tells the truth; rechecked by every watch and lock while off,
     /// so turning them on later is noticed.
     pub(crate) notifications: AtomicU8,
+    /// The one pub/sub connection of this store's watches and lock waiters.
+    pub(crate) pubsub: crate::pubsub::PubSub,
 }
 
 impl Inner {

@@ -90,6 +90,7 @@ mod client;
 mod config;
 mod error;
 mod lock;
+mod pubsub;
 mod scripts;
 mod store;
 mod txn;

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::StreamExt;
 use kvstore_core::backend::{HeldLease, Lease, Release, Renewal, ttl_millis};
 use kvstore_core::{Error, LockLost, LockOptions, Locker, Result};
 use tokio::time::Instant;
@@ -16,8 +15,8 @@ use tokio::time::Instant;
 use crate::BACKEND;
 use crate::client::Inner;
 use crate::error::{from_redis, protocol};
+use crate::pubsub::{Subscribed, Subscription, subscribe};
 use crate::scripts;
-use crate::watch::{Subscribed, Subscription, subscribe};
 
 /// The protocol steps of a held lock for the lease engine: renew with `PEXPIRE` while the lock
 /// key still names this holder (and the value with it, when it lives as long as the hold);
@@ -184,9 +183,9 @@ impl RedisLocker {
 }
 
 /// The next keyspace event of the lock key, or `None` when the subscription ended.
-async fn next_event(events: &mut Option<Subscribed>) -> Option<redis::Msg> {
+async fn next_event(events: &mut Option<Subscribed>) -> Option<()> {
     match events {
-        Some(events) => events.messages.next().await,
+        Some(events) => events.next().await,
         None => std::future::pending().await,
     }
 }

@@ -21,8 +21,9 @@ use crate::client::{CLOSE_TIMEOUT, Inner, KeyRegistrar, script_mode};
 use crate::config::RedisConfig;
 use crate::error::{from_connect, from_redis, protocol};
 use crate::lock::RedisLocker;
+use crate::pubsub::Subscription;
 use crate::scripts;
-use crate::watch::{Subscription, watch_stream};
+use crate::watch::watch_stream;
 
 /// A kvstore [`Store`] on a Redis server (5 or later; tested on 7).
 ///
@@ -110,6 +111,7 @@ impl RedisStore {
             registrations: Registrations::new(&tasks),
             tasks,
             notifications: AtomicU8::new(0),
+            pubsub: crate::pubsub::PubSub::default(),
         });
         let _: String = redis::cmd("PING")
             .query_async(&mut inner.conn())
@@ -322,6 +324,7 @@ impl Store for RedisStore {
         // Stops registrations (their keys expire with their TTL), ends watches, and releases
         // held locks; waits for the releases to be sent.
         self.inner.tasks.close(CLOSE_TIMEOUT).await;
+        self.inner.pubsub.shut().await;
         Ok(())
     }
 }

@@ -3,58 +3,22 @@
 //!
 //! # Behavior on reconnects
 //!
-//! Each watch owns one pub/sub connection. When it drops (server restart, network), the watch
-//! reconnects with exponential backoff for up to `watch_reconnect_timeout`, re-subscribes,
-//! re-reads, and emits the current state if it changed while it was away — so no final state is
-//! ever missed. If reconnecting fails for that long, the stream yields the error and ends.
+//! Every watch of a store subscribes on the store's one shared pub/sub connection (see
+//! [`crate::pubsub`]). When it drops (server restart, network), each watch reconnects with
+//! exponential backoff for up to `watch_reconnect_timeout`, re-subscribes (on a new shared
+//! connection), re-reads, and emits the current state if it changed while it was away — so no
+//! final state is ever missed. If reconnecting fails for that long, the stream yields the error
+//! and ends.
 
 use std::future::Future;
 use std::sync::Arc;
 
+use crate::client::Inner;
+use crate::pubsub::{Subscribed, Subscription, subscribe};
 use async_trait::async_trait;
 use futures::stream::BoxStream;
-use futures::{FutureExt, StreamExt};
 use kvstore_core::backend::{WatchSource, watch_stream as drive};
 use kvstore_core::{Error, Result};
-use redis::aio::{PubSubSink, PubSubStream};
-
-use crate::client::Inner;
-use crate::error::from_redis;
-
-/// What a watch listens to.
-#[derive(Debug, Clone)]
-pub(crate) enum Subscription {
-    /// One keyspace channel (one key).
-    Channel(String),
-    /// A keyspace channel pattern (a directory).
-    Pattern(String),
-}
-
-/// An open subscription: the sink keeps the connection's command side alive.
-pub(crate) struct Subscribed {
-    _sink: PubSubSink,
-    pub(crate) messages: PubSubStream,
-}
-
-/// Opens a pub/sub connection and subscribes, within the connect timeout.
-pub(crate) async fn subscribe(inner: &Inner, sub: &Subscription) -> Result<Subscribed> {
-    let open = async {
-        let pubsub = inner.client.get_async_pubsub().await.map_err(from_redis)?;
-        let (mut sink, messages) = pubsub.split();
-        match sub {
-            Subscription::Channel(c) => sink.subscribe(c).await,
-            Subscription::Pattern(p) => sink.psubscribe(p).await,
-        }
-        .map_err(from_redis)?;
-        Ok(Subscribed {
-            _sink: sink,
-            messages,
-        })
-    };
-    tokio::time::timeout(inner.config.connect_timeout, open)
-        .await
-        .map_err(|_| Error::not_reachable(crate::BACKEND, "subscribing timed out"))?
-}
 
 /// A watch's wake-up source: its keyspace-notification subscription; its read: a read of the
 /// key or directory through the store's connection.
@@ -83,12 +47,9 @@ where
         let Some(subscribed) = self.subscribed.as_mut() else {
             return Err(Error::not_reachable(crate::BACKEND, "not subscribed"));
         };
-        match subscribed.messages.next().await {
-            Some(_) => {
-                while let Some(Some(_)) = subscribed.messages.next().now_or_never() {}
-                Ok(())
-            }
-            None => {
+        match subscribed.next().await {
+            Some(()) if subscribed.drain() => Ok(()),
+            _ => {
                 self.subscribed = None;
                 Err(Error::not_reachable(
                     crate::BACKEND,

@@ -170,3 +170,63 @@ async fn a_killed_holder_frees_its_lock_within_its_ttl() {
     )
     .await;
 }
+
+/// `CLIENT LIST` lines of pub/sub connections (`sub` or `psub` above 0).
+async fn pubsub_clients(conn: &mut redis::aio::MultiplexedConnection) -> usize {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(conn)
+        .await
+        .unwrap();
+    list.lines()
+        .filter(|line| {
+            line.split(' ').any(|f| {
+                f.strip_prefix("sub=")
+                    .or_else(|| f.strip_prefix("psub="))
+                    .is_some_and(|n| n != "0")
+            })
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_and_lock_waiters_share_one_pubsub_connection() {
+    let Some(url) = backend_url("KVSTORE_REDIS_URL") else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let mut admin = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let before = pubsub_clients(&mut admin).await;
+    let store = connect(&url).await;
+    let dir = scratch_dir("shared_pubsub");
+    let mut watches = Vec::new();
+    for i in 0..50 {
+        let mut watch = ok(store.watch(&format!("{dir}/k{i}"), None).await, "watch");
+        next_within(&mut watch, "initial").await.unwrap();
+        watches.push(watch);
+    }
+    let mut tree = ok(store.watch_tree(&dir, None).await, "watch_tree");
+    next_within(&mut tree, "initial").await.unwrap();
+    assert_eq!(
+        pubsub_clients(&mut admin).await,
+        before + 1,
+        "51 watches of one store use one pub/sub connection"
+    );
+    // Each still gets its own key's events.
+    ok(store.put(&format!("{dir}/k7"), b"v", None).await, "put");
+    let seen = ok(next_within(&mut watches[7], "k7's write").await, "watch");
+    assert_eq!(seen.map(|p| p.value.to_vec()), Some(b"v".to_vec()));
+    assert_eq!(ok(next_within(&mut tree, "tree").await, "tree").len(), 1);
+    drop((watches, tree));
+    ok(store.close().await, "close");
+    let closed = kvstore_testutils::eventually(Duration::from_secs(5), || {
+        let mut admin = admin.clone();
+        async move { pubsub_clients(&mut admin).await == before }
+    })
+    .await;
+    assert!(closed, "closing the store closes its pub/sub connection");
+}
