@@ -13,6 +13,7 @@ mod counters;
 mod kv;
 mod measure;
 mod raw;
+mod watchers;
 
 use std::sync::Arc;
 
@@ -98,6 +99,11 @@ struct Args {
     /// Write the results as JSON here.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// Instead of the operations: this many watchers on distinct keys under 10 directories of
+    /// one store per backend (time to open, delivery latency of one write per key, client RSS,
+    /// TCP connections to the server, server-side watches).
+    #[arg(long)]
+    watchers: Option<usize>,
 }
 
 /// How to reach one backend, both ways.
@@ -351,6 +357,30 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let tmp = tempfile::tempdir()?;
     let (backends, skipped) = backends(&args.backends, tmp.path())?;
+    if let Some(n) = args.watchers {
+        let mut records = Vec::new();
+        for backend in &backends {
+            let store = kvstore::open(&backend.url)
+                .await
+                .with_context(|| format!("opening {}", backend.url))?;
+            eprintln!("{}: {n} watchers", backend.name);
+            records.push(
+                watchers::run(backend.name, &backend.url, store.clone(), n)
+                    .await
+                    .with_context(|| format!("{} watchers", backend.name))?,
+            );
+            store.close().await?;
+        }
+        let table = watchers::markdown(&records);
+        println!("{table}");
+        if let Some(path) = &args.markdown {
+            std::fs::write(path, &table)?;
+        }
+        if let Some(path) = &args.json {
+            std::fs::write(path, serde_json::to_string_pretty(&records)?)?;
+        }
+        return Ok(());
+    }
     let ops: Vec<Op> = if args.operations.is_empty() {
         vec![
             Op::Get,

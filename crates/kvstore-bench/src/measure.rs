@@ -69,7 +69,7 @@ pub(crate) async fn run_count(op: &OpFn, ops: usize) -> anyhow::Result<()> {
 }
 
 /// The `q` quantile of sorted latencies, in microseconds (nearest rank).
-fn percentile(sorted: &[Duration], q: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[Duration], q: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
