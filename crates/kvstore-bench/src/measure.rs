@@ -61,9 +61,16 @@ pub(crate) async fn run(
 }
 
 /// Runs exactly `ops` calls of the operation, one at a time (for counting requests).
-pub(crate) async fn run_count(op: &OpFn, ops: usize) -> anyhow::Result<()> {
-    for i in 0..ops {
-        op(0, i).await?;
+pub(crate) async fn run_count(op: &OpFn, ops: usize, concurrency: usize) -> anyhow::Result<()> {
+    // Worker `w` runs calls w, w + concurrency, …, so each worker keeps to its own keys.
+    let workers = (0..concurrency).map(|w| async move {
+        for i in (w..ops).step_by(concurrency) {
+            op(w, i / concurrency).await?;
+        }
+        anyhow::Ok(())
+    });
+    for result in futures::future::join_all(workers).await {
+        result?;
     }
     Ok(())
 }

@@ -37,6 +37,8 @@ pub(crate) struct Inner {
     /// Whether the server creates TTL nodes (`zookeeper.extendedTypesEnabled=true`), probed at
     /// connect by [`probe_ttl_nodes`].
     pub(crate) ttl_nodes: bool,
+    /// The `sync`s consistent reads share.
+    pub(crate) syncs: crate::sync::SyncBatcher,
 }
 
 impl Inner {
@@ -165,13 +167,12 @@ impl Inner {
         consistent: bool,
     ) -> Result<Option<KvPair>> {
         let path = self.path(key);
-        let sync = consistent.then(|| client.sync("/"));
-        let get = client.get_data(&path);
         let result = timed(self.timeout(), async {
-            if let Some(sync) = sync {
-                sync.await?;
+            if consistent {
+                self.syncs.synced(client, || client.get_data(&path)).await
+            } else {
+                client.get_data(&path).await
             }
-            get.await
         })
         .await;
         match result {

@@ -100,6 +100,7 @@ mod lock;
 mod node;
 mod session;
 mod store;
+mod sync;
 mod tree;
 mod txn;
 mod watch;

@@ -90,6 +90,7 @@ impl ZkStore {
                 cancel: tasks.cancel_token().clone(),
                 tasks,
                 lock_sessions: tokio::sync::Mutex::default(),
+                syncs: crate::sync::SyncBatcher::default(),
                 ttl_nodes,
             }),
         })

@@ -36,17 +36,25 @@ async fn walk(
     top_is_root: bool,
     consistent: bool,
 ) -> Result<(Option<Node>, Vec<Node>)> {
-    let sync = consistent.then(|| client.sync("/"));
-    let mut first = client.new_multi_reader();
-    first.add_get_children(dir_path).map_err(from_zk)?;
-    if !top_is_root {
-        first.add_get_data(dir_path).map_err(from_zk)?;
-    }
-    let results = timed(inner.timeout(), async {
-        if let Some(sync) = sync {
-            sync.await?;
+    let read = || {
+        let mut first = client.new_multi_reader();
+        let added = first
+            .add_get_children(dir_path)
+            .and_then(|()| match top_is_root {
+                true => Ok(()),
+                false => first.add_get_data(dir_path),
+            });
+        async move {
+            added?;
+            first.commit().await
         }
-        first.commit().await
+    };
+    let results = timed(inner.timeout(), async {
+        if consistent {
+            inner.syncs.synced(client, read).await
+        } else {
+            read().await
+        }
     })
     .await
     .map_err(from_zk)?;
