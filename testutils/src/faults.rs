@@ -317,105 +317,56 @@ pub async fn rewrite_registration(store: &dyn Store, key: &str, n: usize, ttl: D
 macro_rules! liveness_tests {
     (server: $server:expr, url: $var:expr, opener: $opener:expr, ttl: $ttl:expr, takeover: $takeover:expr $(,)?) => {
         static LIVENESS_SERIAL: ::tokio::sync::Mutex<()> = ::tokio::sync::Mutex::const_new(());
+        const LIVENESS_SLACK: ::std::time::Duration = ::std::time::Duration::from_millis(500);
 
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn a_paused_server_ends_the_hold_within_its_ttl() {
-            let Some(url) = $crate::controlled_backend_url($var) else {
-                return;
-            };
-            let _serial = LIVENESS_SERIAL.lock().await;
-            let opener: $crate::Opener = ($opener)(url);
-            $crate::paused_server_loses_lock(
-                &opener,
-                $server,
-                $ttl,
-                ::std::time::Duration::from_millis(500),
-            )
-            .await;
-        }
-
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn a_registration_comes_back_after_a_server_restart() {
-            let Some(url) = $crate::controlled_backend_url($var) else {
-                return;
-            };
-            let _serial = LIVENESS_SERIAL.lock().await;
-            let opener: $crate::Opener = ($opener)(url);
+        $crate::liveness_tests!(@test a_paused_server_ends_the_hold_within_its_ttl,
+            controlled_backend_url, $var, $opener, |opener| {
+            $crate::paused_server_loses_lock(&opener, $server, $ttl, LIVENESS_SLACK).await;
+        });
+        $crate::liveness_tests!(@test a_registration_comes_back_after_a_server_restart,
+            controlled_backend_url, $var, $opener, |opener| {
             $crate::restarted_server_keeps_registration(&opener, $server, $ttl).await;
-        }
-
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn a_paused_server_ends_the_leadership_within_its_ttl() {
-            let Some(url) = $crate::controlled_backend_url($var) else {
-                return;
-            };
-            let _serial = LIVENESS_SERIAL.lock().await;
-            let opener: $crate::Opener = ($opener)(url);
-            $crate::paused_server_ends_leadership(
-                &opener,
-                $server,
-                $ttl,
-                ::std::time::Duration::from_millis(500),
-            )
-            .await;
-        }
-
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn a_leader_is_elected_again_after_a_server_restart() {
-            let Some(url) = $crate::controlled_backend_url($var) else {
-                return;
-            };
-            let _serial = LIVENESS_SERIAL.lock().await;
-            let opener: $crate::Opener = ($opener)(url);
+        });
+        $crate::liveness_tests!(@test a_paused_server_ends_the_leadership_within_its_ttl,
+            controlled_backend_url, $var, $opener, |opener| {
+            $crate::paused_server_ends_leadership(&opener, $server, $ttl, LIVENESS_SLACK).await;
+        });
+        $crate::liveness_tests!(@test a_leader_is_elected_again_after_a_server_restart,
+            controlled_backend_url, $var, $opener, |opener| {
             $crate::restarted_server_elects_again(&opener, $server, $ttl).await;
-        }
-
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn a_killed_leader_is_replaced_within_its_ttl() {
-            let Some(url) = $crate::backend_url($var) else {
-                return;
-            };
-            let _serial = LIVENESS_SERIAL.lock().await;
-            let opener: $crate::Opener = ($opener)(url);
+        });
+        $crate::liveness_tests!(@test a_killed_leader_is_replaced_within_its_ttl,
+            backend_url, $var, $opener, |opener| {
             $crate::killed_leader_is_replaced(
-                &opener,
-                "a_killed_leader_is_replaced_within_its_ttl",
-                $ttl,
-                $takeover,
+                &opener, "a_killed_leader_is_replaced_within_its_ttl", $ttl, $takeover,
             )
             .await;
-        }
-
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn a_paused_leader_is_replaced_and_knows_it_on_resuming() {
-            let Some(url) = $crate::backend_url($var) else {
-                return;
-            };
-            let _serial = LIVENESS_SERIAL.lock().await;
-            let opener: $crate::Opener = ($opener)(url);
+        });
+        $crate::liveness_tests!(@test a_paused_leader_is_replaced_and_knows_it_on_resuming,
+            backend_url, $var, $opener, |opener| {
             $crate::paused_leader_is_replaced(
-                &opener,
-                "a_paused_leader_is_replaced_and_knows_it_on_resuming",
-                $ttl,
-                $takeover,
+                &opener, "a_paused_leader_is_replaced_and_knows_it_on_resuming", $ttl, $takeover,
             )
             .await;
-        }
-
+        });
+        $crate::liveness_tests!(@test a_paused_holder_is_replaced_and_knows_it_on_resuming,
+            backend_url, $var, $opener, |opener| {
+            $crate::paused_holder_is_replaced(
+                &opener, "a_paused_holder_is_replaced_and_knows_it_on_resuming", $ttl, $takeover,
+            )
+            .await;
+        });
+    };
+    // One test: the server's URL from `$url_fn` (or skip), the serial lock, the opener.
+    (@test $name:ident, $url_fn:ident, $var:expr, $opener:expr, |$o:ident| $body:block) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn a_paused_holder_is_replaced_and_knows_it_on_resuming() {
-            let Some(url) = $crate::backend_url($var) else {
+        async fn $name() {
+            let Some(url) = $crate::$url_fn($var) else {
                 return;
             };
             let _serial = LIVENESS_SERIAL.lock().await;
-            let opener: $crate::Opener = ($opener)(url);
-            $crate::paused_holder_is_replaced(
-                &opener,
-                "a_paused_holder_is_replaced_and_knows_it_on_resuming",
-                $ttl,
-                $takeover,
-            )
-            .await;
+            let $o: $crate::Opener = ($opener)(url);
+            $body
         }
     };
 }

@@ -9,9 +9,7 @@ use bytes::Bytes;
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
 };
-use kvstore_core::backend::{
-    Precondition, Registrations, Tasks, check_txn, check_value_size, lock_arguments,
-};
+use kvstore_core::backend::{Precondition, Registrations, Tasks, check_value_size, lock_arguments};
 use kvstore_core::{
     Capabilities, Error, KvPair, LockOptions, Locker, ReadOptions, Result, Store, WatchStream,
     WatchTreeStream, WriteOptions, normalize_dir, normalize_key,
@@ -249,15 +247,15 @@ impl Store for EtcdStore {
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "txn", ops = txn.ops.len()))]
     async fn txn(&self, txn: &kvstore_core::Txn) -> Result<Vec<Option<KvPair>>> {
         self.inner.check_open()?;
-        let txn = check_txn(
+        let inner = self.inner.clone();
+        kvstore_core::backend::run_txn(
             txn,
             crate::txn::MAX_TXN_OPS,
             self.inner.config.max_value_size,
-        )?;
-        let written = self.inner.txn(&txn).await?;
-        // A write without keep_alive ends a registration.
-        self.inner.registrations.remove_written(&txn);
-        Ok(written)
+            &self.inner.registrations,
+            |txn| async move { inner.txn(&txn).await },
+        )
+        .await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "put", key = %key))]

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable};
-use kvstore_core::backend::{Precondition, check_txn, check_value_size, lock_arguments};
+use kvstore_core::backend::{Precondition, check_value_size, lock_arguments, run_txn};
 use kvstore_core::{
     Capabilities, Error, KvPair, LockOptions, Locker, ReadOptions, Result, Store, Txn, WatchStream,
     WatchTreeStream, WriteOptions, normalize_dir, normalize_key,
@@ -283,13 +283,15 @@ impl Store for RedbStore {
     #[tracing::instrument(level = "debug", skip_all, fields(backend = self.shared.backend, op = "txn", ops = txn.ops.len()))]
     async fn txn(&self, txn: &Txn) -> Result<Vec<Option<KvPair>>> {
         self.check_open()?;
-        let txn = check_txn(txn, crate::txn::MAX_TXN_OPS, self.shared.max_value_size)?;
-        let txn = Arc::new(txn);
-        let run = txn.clone();
-        let written = self.shared.blocking(move |s| s.txn(&run)).await?;
-        // A write without keep_alive ends a registration.
-        self.session.registrations.remove_written(&txn);
-        Ok(written)
+        let shared = self.shared.clone();
+        run_txn(
+            txn,
+            crate::txn::MAX_TXN_OPS,
+            self.shared.max_value_size,
+            &self.session.registrations,
+            |txn| async move { shared.blocking(move |s| s.txn(&txn)).await },
+        )
+        .await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = self.shared.backend, op = "put", key = %key))]

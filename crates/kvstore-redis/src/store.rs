@@ -6,9 +6,7 @@ use std::sync::atomic::AtomicU8;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use kvstore_core::backend::{
-    Precondition, Registrations, Tasks, check_txn, check_value_size, lock_arguments,
-};
+use kvstore_core::backend::{Precondition, Registrations, Tasks, check_value_size, lock_arguments};
 use kvstore_core::{
     Capabilities, Error, KvPair, LockOptions, Locker, ReadOptions, Result, Store, Txn, WatchStream,
     WatchTreeStream, WriteOptions, normalize_dir, normalize_key,
@@ -175,15 +173,15 @@ impl Store for RedisStore {
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "txn", ops = txn.ops.len()))]
     async fn txn(&self, txn: &Txn) -> Result<Vec<Option<KvPair>>> {
         self.inner.check_open()?;
-        let txn = check_txn(
+        let inner = self.inner.clone();
+        kvstore_core::backend::run_txn(
             txn,
             crate::txn::MAX_TXN_OPS,
             self.inner.config.max_value_size,
-        )?;
-        let written = self.inner.txn(&txn).await?;
-        // A write without keep_alive ends a registration.
-        self.inner.registrations.remove_written(&txn);
-        Ok(written)
+            &self.inner.registrations,
+            |txn| async move { inner.txn(&txn).await },
+        )
+        .await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "put", key = %key))]

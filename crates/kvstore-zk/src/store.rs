@@ -159,15 +159,15 @@ impl Store for ZkStore {
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "txn", ops = txn.ops.len()))]
     async fn txn(&self, txn: &kvstore_core::Txn) -> Result<Vec<Option<KvPair>>> {
         self.inner.check_open()?;
-        let txn = kvstore_core::backend::check_txn(
+        let inner = self.inner.clone();
+        kvstore_core::backend::run_txn(
             txn,
             crate::txn::MAX_TXN_OPS,
             self.inner.config.max_value_size,
-        )?;
-        let written = self.inner.txn(&txn).await?;
-        // A write without keep_alive ends a registration.
-        self.inner.registrations.remove_written(&txn);
-        Ok(written)
+            &self.inner.registrations,
+            |txn| async move { inner.txn(&txn).await },
+        )
+        .await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "put", key = %key))]

@@ -29,7 +29,9 @@ pub use lease::{
     retry_period,
 };
 pub use registration::{Registrar, Registrations, rewrite_precondition, unless_superseded};
-pub use txn::{Check, CheckedTxn, Found, Write, check_txn, condition_error, first_failure};
+pub use txn::{
+    Check, CheckedTxn, Found, Write, check_txn, condition_error, first_failure, run_txn,
+};
 pub use watch::{DEFAULT_WATCH_RECONNECT_TIMEOUT, WatchSource, watch_stream};
 
 pub use crate::config::{

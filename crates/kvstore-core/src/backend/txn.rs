@@ -156,6 +156,30 @@ pub fn check_txn(txn: &Txn, max_ops: usize, max_value_size: usize) -> Result<Che
     Ok(CheckedTxn { checks, writes })
 }
 
+/// The body of a backend's `Store::txn`: checks `txn` before any I/O ([`check_txn`]), runs it
+/// with `run`, then ends the `keep_alive` registrations of the keys it wrote (a write without
+/// `keep_alive` ends a registration).
+///
+/// # Errors
+///
+/// [`check_txn`]'s, then `run`'s.
+pub async fn run_txn<F, Fut>(
+    txn: &Txn,
+    max_ops: usize,
+    max_value_size: usize,
+    registrations: &crate::backend::Registrations,
+    run: F,
+) -> Result<Vec<Option<KvPair>>>
+where
+    F: FnOnce(std::sync::Arc<CheckedTxn>) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<Option<KvPair>>>>,
+{
+    let checked = std::sync::Arc::new(check_txn(txn, max_ops, max_value_size)?);
+    let written = run(checked.clone()).await?;
+    registrations.remove_written(&checked);
+    Ok(written)
+}
+
 /// What the server found for one condition: the key's `last_index` (`None`: absent), or
 /// whether the lock is held with the token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
