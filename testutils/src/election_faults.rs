@@ -4,8 +4,9 @@
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use kvstore_core::{Candidate, ElectionOptions, Error, KvPair, WatchStream, follow};
+use kvstore_core::{Candidate, ElectionOptions, Error, follow};
 
+use crate::cases::{follow_to, next_state};
 use crate::faults::{loss_report, report_loss_after_pause, signal};
 use crate::{
     EVENT_TIMEOUT, HolderProcess, Opener, cleanup, error_chain, ok, scratch_dir, server_control,
@@ -30,34 +31,6 @@ async fn lead_in_child(opener: &Opener, key: &str, ttl: Duration) -> kvstore_cor
     );
     println!("leading {}", leadership.term());
     leadership
-}
-
-/// The next state of `follower` within `bound`, panicking on an error or an end.
-async fn next_state(follower: &mut WatchStream, bound: Duration, what: &str) -> Option<KvPair> {
-    match tokio::time::timeout(bound, follower.next()).await {
-        Ok(Some(Ok(state))) => state,
-        Ok(Some(Err(err))) => panic!("{what}: follow ended: {}", error_chain(&err)),
-        Ok(None) => panic!("{what}: follow ended"),
-        Err(_) => panic!("{what}: no state within {bound:?}"),
-    }
-}
-
-/// Reads `follower` until it reports `want` as leader; `None` states are allowed in between,
-/// any other value is not.
-async fn follow_to(follower: &mut WatchStream, want: &[u8], bound: Duration) -> KvPair {
-    let until = Instant::now() + bound;
-    loop {
-        let left = until.saturating_duration_since(Instant::now());
-        match next_state(follower, left, "following the new leader").await {
-            Some(pair) if pair.value == want => return pair,
-            Some(pair) => panic!(
-                "the follower reported {:?} while waiting for {:?}",
-                String::from_utf8_lossy(&pair.value),
-                String::from_utf8_lossy(want)
-            ),
-            None => {}
-        }
-    }
 }
 
 /// A leader process killed with SIGKILL (no resign, no close) is replaced within `bound` (the

@@ -138,7 +138,7 @@ fn start(
 /// (source: Consul docs, "Blocking Queries"). A failed query (agent restarting, no leader) is
 /// retried with backoff (50 ms doubling to 2 s) from index 0, which re-syncs the state; an
 /// index that goes backwards (a restored snapshot, a restarted `-dev` agent) also restarts
-/// from 0. It ends when its watchers are gone or the store closes.
+/// from 0. It is aborted when its watchers are gone, and ends when the store closes.
 async fn poll(inner: Weak<Inner>, target: Target, tx: watch::Sender<Answer>) {
     let (path, recurse) = match &target {
         Target::Key(key) => (key.clone(), false),
@@ -154,8 +154,8 @@ async fn poll(inner: Weak<Inner>, target: Target, tx: watch::Sender<Answer>) {
         let query = strong
             .api
             .get(&path, recurse, Consistency::Consistent, block);
+        // The watchers' end aborts this task (`Poller` drops it); the store's close ends it.
         let answer = tokio::select! {
-            () = tx.closed() => return,
             () = strong.cancel.cancelled() => return,
             answer = query => answer,
         };
@@ -175,10 +175,7 @@ async fn poll(inner: Weak<Inner>, target: Target, tx: watch::Sender<Answer>) {
                 epoch += 1;
                 drop(strong);
                 let delay = delays.next().unwrap_or(std::time::Duration::from_secs(2));
-                tokio::select! {
-                    () = tx.closed() => return,
-                    () = tokio::time::sleep(delay) => {}
-                }
+                tokio::time::sleep(delay).await;
             }
         }
     }

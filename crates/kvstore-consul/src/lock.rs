@@ -140,7 +140,10 @@ impl Locker for ConsulLocker {
             .api
             .create_session(ttl, "delete", "kvstore lock")
             .await?;
-        let delete_on_unlock = self.opts.delete_on_unlock.then(|| self.key.clone());
+        // A value acquired by the session goes with it (`Behavior=delete`); only a key the lock
+        // wrote no value to needs a delete of its own on `unlock`.
+        let delete_on_unlock =
+            (self.opts.delete_on_unlock && self.opts.value.is_none()).then(|| self.key.clone());
         let mut held = HeldLease::start(
             Arc::new(SessionLease::new(
                 self.inner.clone(),

@@ -2,8 +2,8 @@
 //! every operation or none, checked against versions).
 //!
 //! kvstore's `last_index` is a znode's `mzxid`, but `multi` compares only `version`, so the
-//! transaction first reads every znode it compares or writes (a `sync` and one `multiRead`,
-//! pipelined; a `Held` condition adds a read of the lock's first waiter), evaluates the
+//! transaction first reads every znode it compares or writes (a `sync`, shared with concurrent
+//! reads, and one `multiRead`, pipelined; a `Held` condition adds a read of the lock's first waiter), evaluates the
 //! conditions on what it read, and then sends one `multi` in which every znode it read is
 //! checked against the version it had — the same ABA guard as single-key CAS: a znode written
 //! (or deleted and re-created) since the read has another version, so the `multi` fails and the
@@ -99,44 +99,48 @@ impl Inner {
         client: &Client,
         paths: &[String],
     ) -> Result<HashMap<String, Option<Node>>> {
-        let mut reader = client.new_multi_reader();
-        for path in paths {
-            reader.add_get_data(path).map_err(from_zk)?;
-            reader.add_get_children(path).map_err(from_zk)?;
-        }
-        let sync = client.sync("/");
-        let read = reader.commit();
-        let results = timed(self.timeout(), async {
-            sync.await?;
-            read.await
-        })
-        .await
-        .map_err(from_zk)?;
+        let read = || {
+            let mut reader = client.new_multi_reader();
+            let added = paths.iter().try_for_each(|path| {
+                reader.add_get_data(path)?;
+                reader.add_get_children(path)
+            });
+            async move {
+                added?;
+                reader.commit().await
+            }
+        };
+        // A consistent read: it joins the store's shared `sync`s (see `crate::sync`).
+        let results = timed(self.timeout(), self.syncs.synced(client, read))
+            .await
+            .map_err(from_zk)?;
+        let mut results = results.into_iter();
         let mut nodes = HashMap::with_capacity(paths.len());
-        for (path, pair) in paths.iter().zip(results.chunks(2)) {
-            let node = match pair {
-                [
-                    MultiReadResult::Data { data, stat },
-                    MultiReadResult::Children { children },
-                ] => Some(Node {
-                    data: data.clone(),
-                    stat: *stat,
-                    children: children.clone(),
+        for path in paths {
+            let node = match (results.next(), results.next()) {
+                (
+                    Some(MultiReadResult::Data { data, stat }),
+                    Some(MultiReadResult::Children { children }),
+                ) => Some(Node {
+                    data,
+                    stat,
+                    children,
                 }),
-                [
-                    MultiReadResult::Error {
+                (
+                    Some(MultiReadResult::Error {
                         err: zk::Error::NoNode,
-                    },
+                    }),
                     _,
-                ]
-                | [
+                )
+                | (
                     _,
-                    MultiReadResult::Error {
+                    Some(MultiReadResult::Error {
                         err: zk::Error::NoNode,
-                    },
-                ] => None,
-                [MultiReadResult::Error { err }, _] | [_, MultiReadResult::Error { err }] => {
-                    return Err(from_zk(err.clone()));
+                    }),
+                ) => None,
+                (Some(MultiReadResult::Error { err }), _)
+                | (_, Some(MultiReadResult::Error { err })) => {
+                    return Err(from_zk(err));
                 }
                 _ => return Err(Error::backend(BACKEND, "unexpected multiRead answer")),
             };

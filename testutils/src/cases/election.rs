@@ -9,7 +9,7 @@ use kvstore_core::{
     Candidate, ElectionOptions, Error, KvPair, Leadership, Result, Store, WatchStream, follow,
 };
 
-use crate::{EVENT_TIMEOUT, Opener, cleanup, error_chain, next_within, ok, scratch_dir};
+use crate::{EVENT_TIMEOUT, Opener, cleanup, error_chain, ok, scratch_dir};
 
 /// How many leaders [`election_successions`] goes through.
 const SUCCESSIONS: usize = 20;
@@ -36,21 +36,32 @@ async fn can_elect(store: &Arc<dyn Store>, key: &str) -> bool {
     false
 }
 
-/// The next state of a follower, panicking on an error or when none comes in time.
-async fn next_leader(follower: &mut WatchStream, what: &str) -> Option<KvPair> {
-    ok(next_within(follower, what).await, what)
+/// The next state of `follower` within `bound`, panicking on an error or an end.
+pub(crate) async fn next_state(
+    follower: &mut WatchStream,
+    bound: Duration,
+    what: &str,
+) -> Option<KvPair> {
+    match tokio::time::timeout(bound, follower.next()).await {
+        Ok(Some(Ok(state))) => state,
+        Ok(Some(Err(err))) => panic!("{what}: follow ended: {}", error_chain(&err)),
+        Ok(None) => panic!("{what}: follow ended"),
+        Err(_) => panic!("{what}: no state within {bound:?}"),
+    }
 }
 
-/// Reads the follower until it yields `want` (skipping other states, which must be `None` or
-/// a value that is not `unexpected`); returns the pair.
-async fn follow_until(follower: &mut WatchStream, want: &[u8], unexpected: &[u8]) -> KvPair {
+/// Reads `follower` until it reports `want` as leader; `None` states are allowed in between,
+/// any other value is not.
+pub(crate) async fn follow_to(follower: &mut WatchStream, want: &[u8], bound: Duration) -> KvPair {
+    let until = Instant::now() + bound;
     loop {
-        match next_leader(follower, "the follower's next leader").await {
+        let left = until.saturating_duration_since(Instant::now());
+        match next_state(follower, left, "following the new leader").await {
             Some(pair) if pair.value == want => return pair,
-            Some(pair) => assert_ne!(
-                &pair.value[..],
-                unexpected,
-                "the follower reported a candidate that never led"
+            Some(pair) => panic!(
+                "the follower reported {:?} while waiting for {:?}",
+                String::from_utf8_lossy(&pair.value),
+                String::from_utf8_lossy(want)
             ),
             None => {}
         }
@@ -73,7 +84,7 @@ pub async fn election_successions(opener: &Opener) {
     let mut follower = follow(stores[0].clone(), &key);
     if watch {
         assert_eq!(
-            next_leader(&mut follower, "the follower's first state").await,
+            next_state(&mut follower, EVENT_TIMEOUT, "the follower's first state").await,
             None,
             "follow on a key no one leads yields None first"
         );
@@ -197,9 +208,9 @@ pub async fn election_successions(opener: &Opener) {
     }
     // The follower reaches the last leader; once it resigns, the follower ends on `None`.
     let mut seen = Vec::new();
-    while next_state(&mut seen_rx, &mut seen).await.as_ref() != Some(&current) {}
+    while next_seen(&mut seen_rx, &mut seen).await.as_ref() != Some(&current) {}
     ok(last.resign().await, "resign the last leader");
-    while next_state(&mut seen_rx, &mut seen).await.is_some() {}
+    while next_seen(&mut seen_rx, &mut seen).await.is_some() {}
     check_followed(&seen, &log, &current);
     reader.abort();
     cleanup(&*stores[1], &dir).await;
@@ -209,7 +220,7 @@ pub async fn election_successions(opener: &Opener) {
 }
 
 /// The follower's next state from the reader task, kept in `seen`.
-async fn next_state(
+async fn next_seen(
     states: &mut tokio::sync::mpsc::UnboundedReceiver<Result<Option<KvPair>>>,
     seen: &mut Vec<Option<KvPair>>,
 ) -> Option<KvPair> {
@@ -298,7 +309,7 @@ pub async fn election_cancel_leaves_no_candidate(opener: &Opener) {
     );
     let mut follower = a.capabilities().watch.then(|| follow(b.clone(), &key));
     if let Some(follower) = &mut follower {
-        follow_until(follower, b"first", b"ghost").await;
+        follow_to(follower, b"first", EVENT_TIMEOUT).await;
     }
     let ghost = Candidate::new(b.clone(), &key, "ghost", Some(&opts));
     assert!(
@@ -326,7 +337,7 @@ pub async fn election_cancel_leaves_no_candidate(opener: &Opener) {
         "the next candidate waited {waited:?}: the cancelled campaign left a candidate behind"
     );
     if let Some(follower) = &mut follower {
-        follow_until(follower, b"third", b"ghost").await;
+        follow_to(follower, b"third", EVENT_TIMEOUT).await;
     }
     assert_eq!(
         &ok(b.get(&key, None).await, "get").value[..],
@@ -365,7 +376,7 @@ pub async fn election_follow_and_drop(opener: &Opener) {
     let mut follower = watch.then(|| follow(store.clone(), &key));
     if let Some(follower) = &mut follower {
         assert_eq!(
-            next_leader(follower, "the first state").await,
+            next_state(follower, EVENT_TIMEOUT, "the first state").await,
             None,
             "follow on a key with no candidate yields None first"
         );
@@ -380,7 +391,7 @@ pub async fn election_follow_and_drop(opener: &Opener) {
     assert!(leadership.is_leader());
     let first_term = leadership.term();
     let first = match &mut follower {
-        Some(follower) => next_leader(follower, "the leader")
+        Some(follower) => next_state(follower, EVENT_TIMEOUT, "the leader")
             .await
             .expect("the follower reports the leader"),
         None => ok(store.get(&key, None).await, "get"),
@@ -397,7 +408,7 @@ pub async fn election_follow_and_drop(opener: &Opener) {
         .expect("dropping a Leadership ends it");
     match &mut follower {
         Some(follower) => assert_eq!(
-            next_leader(follower, "after the drop").await,
+            next_state(follower, EVENT_TIMEOUT, "after the drop").await,
             None,
             "dropping the Leadership resigns: no one leads"
         ),
@@ -414,7 +425,7 @@ pub async fn election_follow_and_drop(opener: &Opener) {
         "a later leader has a greater term"
     );
     if let Some(follower) = &mut follower {
-        let second = next_leader(follower, "the second leadership")
+        let second = next_state(follower, EVENT_TIMEOUT, "the second leadership")
             .await
             .expect("the follower reports the leader again");
         assert_eq!(&second.value[..], b"solo");

@@ -26,6 +26,7 @@ mod watch;
 
 pub use cas::*;
 pub use election::*;
+pub(crate) use election::{follow_to, next_state};
 pub use kv::*;
 pub use lock::*;
 pub use scale::*;
