@@ -7,6 +7,9 @@
 #                              redis-stock, zk-stock and consul-stock start the same servers
 #                              with their default settings (KVSTORE_<NAME>_STOCK_URL), for the
 #                              tests of what kvstore reports on a server it cannot fully use.
+#                              redis-tls, etcd-tls, zk-tls and consul-tls demand TLS with a client
+#                              certificate and a password or token (KVSTORE_<NAME>_TLS_URL, with
+#                              certificates generated per run by kv_certs under $KV_RUN_DIR/certs).
 #   kv_stop_one NAME / kv_start_one NAME   restart a single server on the same port (fault tests)
 #
 # Each server runs in its own directory under $KV_RUN_DIR with its log beside it; a server that
@@ -27,7 +30,7 @@ kv_free_port() {
 }
 
 kv_install() {
-    local want=(redis-server etcd-server etcd-client zookeeper protobuf-compiler libprotobuf-dev python3 curl)
+    local want=(redis-server etcd-server etcd-client zookeeper protobuf-compiler libprotobuf-dev python3 curl openssl)
     local missing=()
     for pkg in "${want[@]}"; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
@@ -87,7 +90,49 @@ sys.exit(0 if b"Mode: standalone" in data else 1)
 EOF
 }
 
+# Certificates for the TLS servers, generated once per run dir (never committed): a CA, a
+# server certificate for localhost/127.0.0.1, a client certificate, and a second CA with its own
+# client certificate, which the servers must refuse. Exports KVSTORE_TLS_DIR.
+kv_certs() {
+    local d="$KV_RUN_DIR/certs"
+    export KVSTORE_TLS_DIR="$d"
+    [ -f "$d/done" ] && return 0
+    mkdir -p "$d"
+    (
+        cd "$d" || exit 1
+        local ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
+        for ca in ca other-ca; do
+            openssl req -x509 "${ec[@]}" -days 2 -subj "/CN=kvstore test $ca" \
+                -keyout "$ca-key.pem" -out "$ca.pem" 2>/dev/null || exit 1
+        done
+        # kv_cert NAME SIGNER EXTENSIONS
+        kv_cert() {
+            openssl req "${ec[@]}" -subj "/CN=$1" -keyout "$1-key.pem" -out "$1.csr" 2>/dev/null &&
+                printf '%s\n' "$3" >"$1.ext" &&
+                openssl x509 -req -in "$1.csr" -CA "$2.pem" -CAkey "$2-key.pem" -CAcreateserial \
+                    -days 2 -extfile "$1.ext" -out "$1.pem" 2>/dev/null
+        }
+        kv_cert server ca "subjectAltName=DNS:localhost,IP:127.0.0.1
+extendedKeyUsage=serverAuth" || exit 1
+        kv_cert client ca "extendedKeyUsage=clientAuth" || exit 1
+        kv_cert stranger other-ca "extendedKeyUsage=clientAuth" || exit 1
+        cat server.pem server-key.pem >server-bundle.pem
+        chmod 600 ./*-key.pem server-bundle.pem
+        touch done
+    )
+}
+
+# The password (Redis, etcd, ZooKeeper digest) or Consul management token of a TLS server,
+# generated once per run dir.
+kv_secret() {
+    local f="$KV_RUN_DIR/certs/$1.secret"
+    [ -f "$f" ] || python3 -c 'import uuid; print(uuid.uuid4())' >"$f"
+    cat "$f"
+}
+
 kv_consul_ready() { curl -fsS "http://127.0.0.1:$1/v1/status/leader" | grep -q ':'; }
+# kv_consul_tls_ready CURL_COMMAND... BASE_URL
+kv_consul_tls_ready() { "${@:1:$#-1}" "${*: -1}/v1/status/leader" | grep -q ':'; }
 
 # Starts one server; its port is chosen on the first start and kept on restarts.
 kv_start_one() {
@@ -179,6 +224,142 @@ EOF
         else
             export KVSTORE_CONSUL_STOCK_URL="consul://127.0.0.1:$port"
         fi
+        ;;
+    redis-tls)
+        kv_certs
+        local c="$KVSTORE_TLS_DIR" pw
+        pw=$(kv_secret redis)
+        # Users: "kv" may do everything; "reader" may only read (the permission test).
+        printf 'user default off\nuser kv on >%s ~* &* +@all\nuser reader on >%s ~* &* -@all +@read +@connection +@scripting\n' \
+            "$pw" "$pw" >"$dir/users.acl"
+        # TLS file paths must be absolute: --dir changes the working directory first.
+        redis-server --bind 127.0.0.1 --port 0 --tls-port "$port" --save '' --appendonly no \
+            --tls-cert-file "$c/server.pem" --tls-key-file "$c/server-key.pem" \
+            --tls-ca-cert-file "$c/ca.pem" --tls-auth-clients yes --aclfile "$dir/users.acl" \
+            --notify-keyspace-events KEA --dir "$dir" >"$dir/log" 2>&1 &
+        echo $! >"$dir/pid"
+        kv_wait redis-tls 10 redis-cli --tls --cacert "$c/ca.pem" --cert "$c/client.pem" \
+            --key "$c/client-key.pem" -p "$port" --user kv --pass "$pw" --no-auth-warning ping
+        export KVSTORE_REDIS_TLS_URL="rediss://kv:$pw@127.0.0.1:$port?tls_ca=$c/ca.pem&tls_cert=$c/client.pem&tls_key=$c/client-key.pem"
+        ;;
+    etcd-tls)
+        kv_certs
+        [ -f "$dir/peer_port" ] || kv_free_port >"$dir/peer_port"
+        local c="$KVSTORE_TLS_DIR" peer pw
+        peer=$(cat "$dir/peer_port") pw=$(kv_secret etcd)
+        # A short token TTL (seconds), so the suite runs across many token expiries.
+        etcd --name kvstore --data-dir "$dir/data" \
+            --listen-client-urls "https://127.0.0.1:$port" --advertise-client-urls "https://127.0.0.1:$port" \
+            --cert-file "$c/server.pem" --key-file "$c/server-key.pem" --trusted-ca-file "$c/ca.pem" \
+            --client-cert-auth --auth-token-ttl 2 \
+            --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
+            --initial-cluster "kvstore=http://127.0.0.1:$peer" \
+            --heartbeat-interval 10 --election-timeout 100 >"$dir/log" 2>&1 &
+        echo $! >"$dir/pid"
+        local ctl=(env ETCDCTL_API=3 etcdctl --endpoints "https://127.0.0.1:$port" --cacert "$c/ca.pem"
+            --cert "$c/client.pem" --key "$c/client-key.pem")
+        kv_wait etcd-tls 20 "${ctl[@]}" endpoint health
+        if [ ! -f "$dir/auth" ]; then
+            # root may do everything; reader may only read. The client certificate's CN
+            # ("client") is no user, so a request without a password is refused.
+            {
+                "${ctl[@]}" user add root --new-user-password="$pw" &&
+                    "${ctl[@]}" user grant-role root root &&
+                    "${ctl[@]}" user add reader --new-user-password="$pw" &&
+                    "${ctl[@]}" role add readonly &&
+                    "${ctl[@]}" role grant-permission readonly read "" --from-key &&
+                    "${ctl[@]}" user grant-role reader readonly &&
+                    "${ctl[@]}" auth enable
+            } >"$dir/auth.log" 2>&1 || {
+                cat "$dir/auth.log" >&2
+                return 1
+            }
+            touch "$dir/auth"
+        fi
+        export KVSTORE_ETCD_TLS_URL="etcd://root:$pw@127.0.0.1:$port?tls_ca=$c/ca.pem&tls_cert=$c/client.pem&tls_key=$c/client-key.pem"
+        ;;
+    zk-tls)
+        kv_certs
+        mkdir -p "$dir/data"
+        [ -f "$dir/plain_port" ] || kv_free_port >"$dir/plain_port"
+        local c="$KVSTORE_TLS_DIR" plain pw
+        plain=$(cat "$dir/plain_port") pw=$(kv_secret zk)
+        # The plain port serves only the readiness probe (four-letter words).
+        cat >"$dir/zoo.cfg" <<ZKEOF
+tickTime=200
+initLimit=10
+syncLimit=5
+minSessionTimeout=400
+maxSessionTimeout=60000
+dataDir=$dir/data
+clientPort=$plain
+clientPortAddress=127.0.0.1
+secureClientPort=$port
+secureClientPortAddress=127.0.0.1
+serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory
+ssl.keyStore.location=$c/server-bundle.pem
+ssl.trustStore.location=$c/ca.pem
+ssl.clientAuth=need
+admin.enableServer=false
+4lw.commands.whitelist=ruok,srvr,mntr,stat
+ZKEOF
+        # Debian's classpath lacks the Netty codec jars the TLS connection factory needs.
+        java -Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 \
+            -Dzookeeper.extendedTypesEnabled=true -Dznode.container.checkIntervalMs=100 \
+            -Dzookeeper.log.dir="$dir" \
+            -cp /usr/share/java/zookeeper.jar:/usr/share/java/slf4j-simple.jar:/usr/share/java/netty-codec.jar:/usr/share/java/netty-resolver.jar:/etc/zookeeper/conf \
+            org.apache.zookeeper.server.quorum.QuorumPeerMain "$dir/zoo.cfg" >"$dir/log" 2>&1 &
+        echo $! >"$dir/pid"
+        kv_wait zk-tls 30 kv_zk_ready "$plain"
+        export KVSTORE_ZK_TLS_URL="zk://kv:$pw@127.0.0.1:$port?tls_ca=$c/ca.pem&tls_cert=$c/client.pem&tls_key=$c/client-key.pem"
+        ;;
+    consul-tls)
+        kv_certs
+        local serf_lan serf_wan server c="$KVSTORE_TLS_DIR" token
+        for p in serf_lan serf_wan server; do [ -f "$dir/$p" ] || kv_free_port >"$dir/$p"; done
+        serf_lan=$(cat "$dir/serf_lan") serf_wan=$(cat "$dir/serf_wan") server=$(cat "$dir/server")
+        token=$(kv_secret consul)
+        cat >"$dir/consul.hcl" <<CONSULEOF
+session_ttl_min = "1s"
+ports {
+  http = -1
+  https = $port
+}
+tls {
+  defaults {
+    ca_file = "$c/ca.pem"
+    cert_file = "$c/server.pem"
+    key_file = "$c/server-key.pem"
+  }
+  https {
+    verify_incoming = true
+  }
+}
+acl {
+  enabled = true
+  default_policy = "deny"
+  tokens {
+    initial_management = "$token"
+  }
+}
+CONSULEOF
+        "$KV_CONSUL_BIN" agent -dev -bind 127.0.0.1 -client 127.0.0.1 \
+            -dns-port -1 -grpc-port -1 -grpc-tls-port -1 -serf-lan-port "$serf_lan" \
+            -serf-wan-port "$serf_wan" -server-port "$server" -config-file "$dir/consul.hcl" \
+            >"$dir/log" 2>&1 &
+        echo $! >"$dir/pid"
+        local curl=(curl -fsS --cacert "$c/ca.pem" --cert "$c/client.pem" --key "$c/client-key.pem"
+            -H "X-Consul-Token: $token")
+        kv_wait consul-tls 60 kv_consul_tls_ready "${curl[@]}" "https://127.0.0.1:$port"
+        # A token that may read every key and write none (the permission test). -dev keeps no
+        # state across restarts, so it is made on every start.
+        "${curl[@]}" -X PUT "https://127.0.0.1:$port/v1/acl/policy" \
+            -d '{"Name":"kv-read","Rules":"key_prefix \"\" { policy = \"read\" }\nsession_prefix \"\" { policy = \"write\" }"}' >/dev/null
+        export KVSTORE_CONSUL_TLS_READER_TOKEN KVSTORE_CONSUL_TLS_URL
+        KVSTORE_CONSUL_TLS_READER_TOKEN=$("${curl[@]}" -X PUT "https://127.0.0.1:$port/v1/acl/token" \
+            -d '{"Description":"kvstore reader","Policies":[{"Name":"kv-read"}]}' |
+            python3 -c 'import json,sys; print(json.load(sys.stdin)["SecretID"])')
+        KVSTORE_CONSUL_TLS_URL="consul://127.0.0.1:$port?token=$token&tls_ca=$c/ca.pem&tls_cert=$c/client.pem&tls_key=$c/client-key.pem"
         ;;
     *)
         kv_log "unknown server $name"

@@ -9,9 +9,14 @@ cd "$(dirname "$0")/.."
 # shellcheck source=servers.sh
 source ci/servers.sh
 
-KV_SERVERS=(${KVSTORE_SERVERS:-redis etcd zk consul redis-stock zk-stock consul-stock})
+KV_SERVERS=(${KVSTORE_SERVERS:-redis etcd zk consul redis-stock zk-stock consul-stock redis-tls etcd-tls zk-tls consul-tls})
 kv_install
 kv_start "${KV_SERVERS[@]}"
 # Fault tests restart a server on the same port through this script.
 export KVSTORE_RESTART_SCRIPT="$PWD/ci/restart.sh"
 cargo test --workspace --all-features --locked "$@"
+# Each network backend alone (its own feature set, no other crate's TLS provider in the
+# graph) connects over TLS and reports refusals as PermissionDenied.
+for backend in redis etcd zk consul; do
+    cargo test -p "kvstore-$backend" --locked --test tls -- refusals
+done

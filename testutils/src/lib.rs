@@ -37,6 +37,7 @@ mod cases;
 mod election_faults;
 mod faults;
 mod foreign;
+pub mod secure;
 
 pub use cases::*;
 pub use election_faults::{

@@ -45,11 +45,13 @@ pub fn parse_multi_host_url(
     scheme: &str,
     url: &str,
 ) -> Result<MultiHostUrl> {
+    // Every message names the URL with its secrets hidden (`redact_url`).
+    let shown = redact_url(url);
     let invalid = |msg: String| Error::invalid_config(backend, msg);
     let rest = url
         .strip_prefix(scheme)
         .and_then(|r| r.strip_prefix("://"))
-        .ok_or_else(|| invalid(format!("{url:?} is not a {scheme}:// URL")))?;
+        .ok_or_else(|| invalid(format!("{shown:?} is not a {scheme}:// URL")))?;
     let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
     let (userinfo, hosts) = match authority.rsplit_once('@') {
         Some((user, hosts)) => (Some(user), hosts),
@@ -61,13 +63,19 @@ pub fn parse_multi_host_url(
         .map(str::to_owned)
         .collect();
     if hosts.is_empty() {
-        return Err(invalid(format!("{url:?} names no host")));
+        return Err(invalid(format!("{shown:?} names no host")));
+    }
+    for host in &hosts {
+        // Each `host[:port]` must be a valid URL authority on its own (the url crate checks
+        // the host syntax and that the port is a number below 65536).
+        url::Url::parse(&format!("{scheme}://{host}"))
+            .map_err(|e| invalid(format!("{shown:?}: host {host:?}: {e}")))?;
     }
     let decode = |s: &str| {
         percent_encoding::percent_decode_str(s)
             .decode_utf8()
             .map(|c| c.into_owned())
-            .map_err(|e| invalid(format!("{url:?}: {e}")))
+            .map_err(|e| invalid(format!("{shown:?}: {e}")))
     };
     let credentials = match userinfo {
         Some(userinfo) => {
@@ -78,7 +86,7 @@ pub fn parse_multi_host_url(
     };
     // Path and query are parsed by the url crate, on a stand-in single host.
     let parsed = url::Url::parse(&format!("{scheme}://placeholder{tail}"))
-        .map_err(|e| invalid(format!("{url:?}: {e}")))?;
+        .map_err(|e| invalid(format!("{shown:?}: {e}")))?;
     let path = decode(parsed.path().trim_start_matches('/'))?;
     let query = parsed
         .query_pairs()
@@ -89,6 +97,73 @@ pub fn parse_multi_host_url(
         hosts,
         path,
         query,
+    })
+}
+
+/// Query options whose values are secrets; [`redact_url`] hides them.
+const SECRET_OPTIONS: [&str; 4] = ["password", "token", "secret", "auth"];
+
+/// `url` with its secrets replaced by `***`: the password of the user information, and the
+/// value of every query option whose name contains `password`, `token`, `secret` or `auth`.
+/// Works on text that is not a valid URL too, so error messages about a malformed URL can
+/// name it safely.
+///
+/// # Examples
+///
+/// ```
+/// use kvstore_core::backend::redact_url;
+///
+/// assert_eq!(redact_url("redis://u:pw@h:notaport/0"), "redis://u:***@h:notaport/0");
+/// assert_eq!(redact_url("consul://h:8500?token=abc&prefix=p"), "consul://h:8500?token=***&prefix=p");
+/// assert_eq!(redact_url("etcd://h1:1,h2:2"), "etcd://h1:1,h2:2");
+/// ```
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, url),
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, hosts)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{hosts}"),
+            None => format!("{userinfo}@{hosts}"),
+        },
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let pairs: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((name, _))
+                        if SECRET_OPTIONS
+                            .iter()
+                            .any(|s| name.to_ascii_lowercase().contains(s)) =>
+                    {
+                        format!("{name}=***")
+                    }
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", pairs.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    match scheme {
+        Some(scheme) => format!("{scheme}://{authority}{tail}"),
+        None => format!("{authority}{tail}"),
+    }
+}
+
+/// Parses a boolean option (`true` or `false`).
+///
+/// # Errors
+///
+/// [`Error::InvalidConfig`] naming the option for any other value.
+pub fn bool_option(backend: &'static str, name: &str, value: &str) -> Result<bool> {
+    value.parse().map_err(|_| {
+        Error::invalid_config(backend, format!("{name}={value}: expected true or false"))
     })
 }
 
@@ -190,7 +265,14 @@ mod tests {
                 ("prefix".into(), "/a".into())
             ]
         );
-        for bad in ["etcd://", "zk://h:1", "etcd//h:1", "etcd://u:%ff@h:1"] {
+        for bad in [
+            "etcd://",
+            "zk://h:1",
+            "etcd//h:1",
+            "etcd://u:%ff@h:1",
+            "etcd://u:pw@127.0.0.1:notaport",
+            "etcd://h:1,h:99999",
+        ] {
             assert!(
                 matches!(
                     parse_multi_host_url("etcd", "etcd", bad),
@@ -199,6 +281,28 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn url_errors_never_carry_the_password() {
+        for bad in [
+            "etcd://u:secret-pw@127.0.0.1:notaport",
+            "etcd://u:secret-pw@",
+            "etcd://u:secret-pw@h:1/%ff?token=secret-pw",
+        ] {
+            let err = parse_multi_host_url("etcd", "etcd", bad).unwrap_err();
+            let text = format!(
+                "{err} {:?} {}",
+                err,
+                std::error::Error::source(&err).unwrap()
+            );
+            assert!(!text.contains("secret-pw"), "{bad}: {text}");
+        }
+        assert_eq!(redact_url("no scheme u:p@h"), "no scheme u:***@h");
+        assert_eq!(
+            redact_url("zk://h?auth_password=x&a=b"),
+            "zk://h?auth_password=***&a=b"
+        );
     }
 
     #[test]

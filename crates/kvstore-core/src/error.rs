@@ -68,12 +68,26 @@ pub enum Error {
         enabled: Vec<String>,
     },
 
-    /// The server could not be reached (connect refused, DNS, TLS handshake, connection lost).
+    /// The server could not be reached (connect refused, DNS, connection lost, no answer).
     #[error("{backend} server not reachable")]
     NotReachable {
         /// The backend name.
         backend: &'static str,
         /// The cause.
+        #[source]
+        source: BoxError,
+    },
+
+    /// The server refused this client, or the client refused the server, in a way no retry
+    /// fixes: wrong user name or password, an unknown or revoked token, a token or user without
+    /// permission on the key, no client certificate where the server demands one, a client
+    /// certificate the server's CA did not sign, or a server certificate the client does not
+    /// trust. Nothing was written.
+    #[error("{backend} refused the credentials or certificate")]
+    PermissionDenied {
+        /// The backend name.
+        backend: &'static str,
+        /// The server's or the TLS layer's own words.
         #[source]
         source: BoxError,
     },
@@ -185,6 +199,14 @@ impl Error {
     /// Shorthand for [`Error::NotReachable`] from any error or message.
     pub fn not_reachable(backend: &'static str, source: impl Into<BoxError>) -> Self {
         Error::NotReachable {
+            backend,
+            source: source.into(),
+        }
+    }
+
+    /// Shorthand for [`Error::PermissionDenied`] from any error or message.
+    pub fn permission_denied(backend: &'static str, source: impl Into<BoxError>) -> Self {
+        Error::PermissionDenied {
             backend,
             source: source.into(),
         }

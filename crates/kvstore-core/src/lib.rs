@@ -24,6 +24,7 @@ mod error;
 mod key;
 mod lock;
 mod store;
+mod tls;
 mod txn;
 mod types;
 
@@ -32,5 +33,6 @@ pub use error::{BoxError, Error, Result};
 pub use key::{MAX_KEY_LEN, is_descendant, normalize_dir, normalize_key};
 pub use lock::{LockLost, LockLostSignal, Locker};
 pub use store::{Store, WatchStream, WatchTreeStream};
+pub use tls::{TlsConfig, TlsFiles};
 pub use txn::{Condition, Txn, TxnOp};
 pub use types::{Capabilities, DEFAULT_LOCK_TTL, KvPair, LockOptions, ReadOptions, WriteOptions};

@@ -29,6 +29,33 @@ pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 const NOTIFICATIONS_ON: u8 = 1;
 const NOTIFICATIONS_OFF: u8 = 2;
 
+/// The redis client for `config`: over TLS (`rediss://`) with the configured CA and client
+/// certificate, through the one rustls provider kvstore installs.
+pub(crate) fn open_client(config: &RedisConfig) -> Result<redis::Client> {
+    let url = config.server_url.as_str();
+    let invalid = |e: redis::RedisError| Error::invalid_config(BACKEND, e);
+    let Some(tls) = &config.tls else {
+        return redis::Client::open(url).map_err(invalid);
+    };
+    // The redis crate builds its rustls config with the process default provider and compiles
+    // in none of its own.
+    kvstore_core::backend::tls::install_crypto_provider();
+    let files = tls.load(BACKEND)?;
+    if files.ca.is_none() && files.identity.is_none() {
+        return redis::Client::open(url).map_err(invalid);
+    }
+    let certs = redis::TlsCertificates {
+        client_tls: files
+            .identity
+            .map(|(client_cert, client_key)| redis::ClientTlsConfig {
+                client_cert,
+                client_key,
+            }),
+        root_cert: files.ca,
+    };
+    redis::Client::build_with_tls(url, certs).map_err(invalid)
+}
+
 /// Connection state shared by the store, its watches and its locks.
 pub(crate) struct Inner {
     pub(crate) client: redis::Client,

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use kvstore_core::backend::{duration_option, size_option};
-use kvstore_core::{Error, Result, normalize_dir};
+use kvstore_core::backend::{bool_option, duration_option, size_option};
+use kvstore_core::{Error, Result, TlsConfig, normalize_dir};
 use url::Url;
 
 use crate::BACKEND;
@@ -27,6 +27,7 @@ pub const DEFAULT_WATCH_RECONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 ///
 /// | query option | meaning | default |
 /// | --- | --- | --- |
+/// | `tls_ca`, `tls_cert`, `tls_key` | TLS with a private CA and a client certificate ([`TlsConfig`]; turns `redis://` into `rediss://`) | the platform's roots, no client certificate |
 /// | `prefix` | directory under which all keys live (`prefix=app1` → `app1/<key>`) | none |
 /// | `timeout` | connect timeout | 5 s |
 /// | `request_timeout` | per-command response timeout | 5 s |
@@ -64,6 +65,10 @@ pub struct RedisConfig {
     /// clients wrote (one `SCAN … TYPE string` pass over the database per call, so O(keys in
     /// the database)). `get`, `exists`, `delete`, `watch` and CAS read such strings either way.
     pub foreign_strings: bool,
+    /// TLS settings; `Some` exactly when `server_url` is `rediss://`. The server's certificate
+    /// is verified against the URL's host (the redis client has no way to name another, so
+    /// `tls_server_name` is refused).
+    pub tls: Option<TlsConfig>,
 }
 
 impl std::fmt::Debug for RedisConfig {
@@ -84,6 +89,7 @@ impl std::fmt::Debug for RedisConfig {
             .field("request_timeout", &self.request_timeout)
             .field("max_value_size", &self.max_value_size)
             .field("foreign_strings", &self.foreign_strings)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -91,8 +97,10 @@ impl std::fmt::Debug for RedisConfig {
 impl RedisConfig {
     /// A configuration for `server_url` (`redis://host:port`) with default settings.
     pub fn new(server_url: impl Into<String>) -> Self {
+        let server_url: String = server_url.into();
         RedisConfig {
-            server_url: server_url.into(),
+            tls: server_url.starts_with("rediss:").then(TlsConfig::default),
+            server_url,
             prefix: String::new(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
@@ -117,6 +125,16 @@ impl RedisConfig {
     pub fn with_prefix(mut self, prefix: &str) -> Result<Self> {
         self.prefix = normalize_dir(prefix)?.to_owned();
         Ok(self)
+    }
+
+    /// Sets the TLS settings (a private CA, a client certificate) and switches the server URL
+    /// to `rediss://`.
+    pub fn with_tls(mut self, tls: TlsConfig) -> Self {
+        if let Some(rest) = self.server_url.strip_prefix("redis:") {
+            self.server_url = format!("rediss:{rest}");
+        }
+        self.tls = Some(tls);
+        self
     }
 
     /// Sets the connect timeout.
@@ -154,20 +172,36 @@ impl RedisConfig {
         let mut server = url.clone();
         server.set_query(None);
         let mut config = RedisConfig::new(server.to_string());
+        let mut tls = config.tls.take();
         for (name, value) in url.query_pairs() {
             let duration = || duration_option(BACKEND, &name, &value);
+            if name == "tls_server_name" {
+                return Err(invalid(
+                    "tls_server_name is not supported: the redis client verifies the URL's host"
+                        .to_owned(),
+                ));
+            }
+            if name == "tls" {
+                return Err(invalid(
+                    "use the rediss:// scheme for TLS instead of tls=".to_owned(),
+                ));
+            }
+            if TlsConfig::url_option(&mut tls, BACKEND, &name, &value)? {
+                continue;
+            }
             match name.as_ref() {
                 "prefix" => config = config.with_prefix(&value)?,
                 "timeout" => config.connect_timeout = duration()?,
                 "request_timeout" => config.request_timeout = duration()?,
                 "max_value_size" => config.max_value_size = size_option(BACKEND, &name, &value)?,
                 "foreign_strings" => {
-                    config.foreign_strings = value.parse().map_err(|_| {
-                        invalid(format!("foreign_strings={value}: expected true or false"))
-                    })?;
+                    config.foreign_strings = bool_option(BACKEND, &name, &value)?;
                 }
                 _ => return Err(invalid(format!("unknown option {name:?}"))),
             }
+        }
+        if let Some(tls) = tls {
+            config = config.with_tls(tls);
         }
         Ok(config)
     }
@@ -191,8 +225,25 @@ mod tests {
     }
 
     #[test]
+    fn tls_options_switch_to_rediss() {
+        let c = RedisConfig::from_url("redis://h:1?tls_ca=/ca.pem").unwrap();
+        assert_eq!(c.server_url, "rediss://h:1");
+        let tls = c.tls.unwrap();
+        assert_eq!(tls.ca.as_deref(), Some(std::path::Path::new("/ca.pem")));
+        assert!(RedisConfig::from_url("rediss://h:1").unwrap().tls.is_some());
+        assert!(RedisConfig::from_url("redis://h:1").unwrap().tls.is_none());
+    }
+
+    #[test]
     fn bad_urls_are_invalid_config() {
-        for u in ["redis://h:1?x=1", "redis://h:1?timeout=never", "http://h:1"] {
+        for u in [
+            "redis://h:1?x=1",
+            "redis://h:1?timeout=never",
+            "http://h:1",
+            "redis://user:PW@127.0.0.1:notaport/0",
+            "rediss://h:1?tls_server_name=x",
+            "redis://h:1?tls=true",
+        ] {
             assert!(
                 matches!(RedisConfig::from_url(u), Err(Error::InvalidConfig { .. })),
                 "{u}"

@@ -5,16 +5,33 @@ use redis::RedisError;
 
 use crate::BACKEND;
 
-/// Connection-level failures are `NotReachable` (transient), a timeout is `Timeout`, anything
-/// else the server or client reports is `Backend`.
+/// A refused password or user, a command the user may not run (`NOPERM`), and a TLS refusal
+/// are `PermissionDenied`; connection-level failures are `NotReachable` (transient), a timeout
+/// is `Timeout`, anything else the server or client reports is `Backend`.
 pub(crate) fn from_redis(err: RedisError) -> Error {
-    if err.is_timeout() {
+    if is_refusal(&err) {
+        Error::permission_denied(BACKEND, err)
+    } else if err.is_timeout() {
         Error::Timeout
     } else if err.is_io_error() || err.is_connection_refusal() || err.is_connection_dropped() {
         Error::not_reachable(BACKEND, err)
     } else {
         Error::backend(BACKEND, err)
     }
+}
+
+/// Whether the server refused this client's credentials or permissions, or TLS refused the
+/// connection: no retry fixes it. Source: Redis docs, "ACL" (`WRONGPASS` from `AUTH`,
+/// `NOPERM` for a command or key outside the user's rules, `NOAUTH` when none was given); a
+/// command a script may not run fails the script with "The user executing the script can't
+/// run this command or subcommand" (Redis `script.c`, `scriptVerifyACL`).
+fn is_refusal(err: &RedisError) -> bool {
+    err.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(err.code(), Some("NOPERM" | "WRONGPASS" | "NOAUTH"))
+        || err
+            .detail()
+            .is_some_and(|d| d.contains("can't run this command"))
+        || kvstore_core::backend::tls::tls_error(err).is_some()
 }
 
 /// A script returned something this crate did not send it to return.
@@ -43,6 +60,7 @@ pub(crate) fn is_wrong_type(err: &RedisError) -> bool {
 /// `NotReachable`, the server being away the likely cause.
 pub(crate) fn from_connect(err: RedisError) -> Error {
     match from_redis(err) {
+        denied @ Error::PermissionDenied { .. } => denied,
         Error::Backend { source, .. } => Error::not_reachable(BACKEND, source),
         other => other,
     }

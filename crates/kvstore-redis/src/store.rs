@@ -65,17 +65,17 @@ impl RedisStore {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidConfig`] for a URL the redis crate rejects; [`Error::NotReachable`] when
-    /// no server answers within `connect_timeout`; [`Error::Backend`] when the server
-    /// refuses (for example wrong credentials).
+    /// [`Error::InvalidConfig`] for a URL the redis crate rejects or a TLS file that cannot be
+    /// read or parsed; [`Error::NotReachable`] when no server answers within `connect_timeout`;
+    /// [`Error::PermissionDenied`] when the server refuses the user or password, or TLS fails
+    /// (a server certificate the CA did not sign, a client certificate the server refuses).
     ///
     /// # Cancel safety
     ///
     /// Cancel-safe.
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "connect"))]
     pub async fn connect(config: RedisConfig) -> Result<Self> {
-        let client = redis::Client::open(config.server_url.as_str())
-            .map_err(|e| Error::invalid_config(BACKEND, e))?;
+        let client = crate::client::open_client(&config)?;
         let db = client.get_connection_info().redis_settings().db();
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))

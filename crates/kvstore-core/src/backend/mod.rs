@@ -21,6 +21,9 @@
 
 mod lease;
 mod registration;
+#[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+pub mod tls;
 mod txn;
 mod watch;
 
@@ -35,7 +38,8 @@ pub use txn::{
 pub use watch::{DEFAULT_WATCH_RECONNECT_TIMEOUT, WatchSource, watch_stream};
 
 pub use crate::config::{
-    MultiHostUrl, duration_option, lock_arguments, parse_multi_host_url, size_option,
+    MultiHostUrl, bool_option, duration_option, lock_arguments, parse_multi_host_url, redact_url,
+    size_option,
 };
 pub use crate::lock::LockLostSignal;
 

@@ -1,0 +1,192 @@
+//! Cases for a server that demands TLS with a client certificate and credentials: every way of
+//! being refused fails fast with `PermissionDenied` and writes nothing.
+//!
+//! The cases rewrite the store's URL (a single-host URL with `tls_ca`, `tls_cert` and `tls_key`
+//! options, as `ci/servers.sh` exports them) and open it through the backend's own opener, so
+//! they run the same on every network backend.
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+
+use kvstore_core::{Error, Result, Store};
+
+use crate::{EVENT_TIMEOUT, cleanup, error_chain, ok, scratch_dir};
+
+/// How a URL names its credential, for the wrong-credential case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential {
+    /// The password of the URL's user information (Redis, etcd, ZooKeeper digest).
+    Password,
+    /// A query option holding a token (Consul's `token`).
+    Query(&'static str),
+}
+
+/// `url` with the query option `name` set to `value`, or removed when `value` is `None`.
+///
+/// # Panics
+///
+/// When `url` is not a single-host URL.
+pub fn with_query(url: &str, name: &str, value: Option<&str>) -> String {
+    let mut parsed = url::Url::parse(url).expect("a single-host URL");
+    let pairs: Vec<(String, String)> = parsed
+        .query_pairs()
+        .filter(|(k, _)| k != name)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    {
+        let mut query = parsed.query_pairs_mut();
+        query.clear();
+        for (k, v) in &pairs {
+            query.append_pair(k, v);
+        }
+        if let Some(value) = value {
+            query.append_pair(name, value);
+        }
+    }
+    parsed.to_string()
+}
+
+/// `url` with its credential replaced by `secret`.
+pub fn with_credential(url: &str, credential: Credential, secret: &str) -> String {
+    match credential {
+        Credential::Password => {
+            let mut parsed = url::Url::parse(url).expect("a single-host URL");
+            parsed
+                .set_password(Some(secret))
+                .expect("a URL with a host");
+            parsed.to_string()
+        }
+        Credential::Query(name) => with_query(url, name, Some(secret)),
+    }
+}
+
+/// `url` with another user name (the password is kept).
+pub fn with_user(url: &str, user: &str) -> String {
+    let mut parsed = url::Url::parse(url).expect("a single-host URL");
+    parsed.set_username(user).expect("a URL with a host");
+    parsed.to_string()
+}
+
+/// Asserts that opening `url` — or, when the backend only learns of the refusal on the first
+/// call, a write of `key` on the opened store — fails with `PermissionDenied` within
+/// [`EVENT_TIMEOUT`], never with a transient error.
+pub async fn assert_refused<F, Fut>(open: &F, url: &str, key: &str, what: &str)
+where
+    F: Fn(String) -> Fut,
+    Fut: Future<Output = Result<Arc<dyn Store>>>,
+{
+    let attempt = async {
+        let store = open(url.to_owned()).await?;
+        let result = store.put(key, b"must not be written", None).await;
+        let _ = store.close().await;
+        result.map(|_| ())
+    };
+    match tokio::time::timeout(EVENT_TIMEOUT, attempt).await {
+        Err(_) => panic!("{what}: no answer within {EVENT_TIMEOUT:?}; a refusal must be fast"),
+        Ok(Ok(())) => panic!("{what}: the server accepted the write"),
+        Ok(Err(err @ Error::PermissionDenied { .. })) => {
+            assert!(!err.is_transient(), "{what}: PermissionDenied is permanent");
+        }
+        Ok(Err(err)) => panic!(
+            "{what}: expected PermissionDenied, got {err:?} ({})",
+            error_chain(&err)
+        ),
+    }
+}
+
+/// Every refusal a TLS+auth server gives, each `PermissionDenied` and each writing nothing:
+/// a wrong credential, no client certificate, a client certificate from a CA the server does
+/// not trust, and a server certificate the client does not trust. `url` opens an authorized
+/// store; `tls_dir` holds `other-ca.pem`, `stranger.pem` and `stranger-key.pem`
+/// (`ci/servers.sh` makes them).
+pub async fn refused_credentials_and_certificates<F, Fut>(
+    open: F,
+    url: &str,
+    credential: Credential,
+    tls_dir: &Path,
+) where
+    F: Fn(String) -> Fut,
+    Fut: Future<Output = Result<Arc<dyn Store>>>,
+{
+    let store = ok(open(url.to_owned()).await, "open the authorized store");
+    let dir = scratch_dir("refused");
+    let key = format!("{dir}/k");
+    let written = ok(store.put(&key, b"original", None).await, "put");
+    let path = |file: &str| tls_dir.join(file).display().to_string();
+
+    let wrong = with_credential(url, credential, "wrong-secret");
+    assert_refused(&open, &wrong, &key, "wrong credential").await;
+    let no_cert = with_query(&with_query(url, "tls_cert", None), "tls_key", None);
+    assert_refused(&open, &no_cert, &key, "no client certificate").await;
+    let stranger = with_query(
+        &with_query(url, "tls_cert", Some(&path("stranger.pem"))),
+        "tls_key",
+        Some(&path("stranger-key.pem")),
+    );
+    assert_refused(
+        &open,
+        &stranger,
+        &key,
+        "client certificate of an unknown CA",
+    )
+    .await;
+    let untrusted = with_query(url, "tls_ca", Some(&path("other-ca.pem")));
+    assert_refused(
+        &open,
+        &untrusted,
+        &key,
+        "server certificate of an unknown CA",
+    )
+    .await;
+
+    assert_eq!(
+        ok(store.get(&key, None).await, "get after the refusals"),
+        written,
+        "a refused client must write nothing"
+    );
+    cleanup(&*store, &dir).await;
+    ok(store.close().await, "close");
+}
+
+/// A user or token that may read but not write: reads work; `put`, `delete`, `atomic_put` and
+/// `delete_tree` fail with `PermissionDenied` and change nothing. `writer` is an authorized
+/// store on the same server.
+pub async fn read_only_credential_cannot_write(writer: &dyn Store, reader: &dyn Store) {
+    let dir = scratch_dir("read-only");
+    let key = format!("{dir}/k");
+    let written = ok(writer.put(&key, b"original", None).await, "put");
+    assert_eq!(
+        ok(
+            reader.get(&key, None).await,
+            "read with the read-only credential"
+        ),
+        written
+    );
+    let attempts: [(&str, Result<()>); 4] = [
+        ("put", reader.put(&key, b"x", None).await.map(|_| ())),
+        ("delete", reader.delete(&key).await),
+        (
+            "atomic_put",
+            reader
+                .atomic_put(&key, b"x", Some(&written), None)
+                .await
+                .map(|_| ()),
+        ),
+        ("delete_tree", reader.delete_tree(&dir).await),
+    ];
+    for (what, result) in attempts {
+        match result {
+            Err(err @ Error::PermissionDenied { .. }) => assert!(!err.is_transient()),
+            other => {
+                panic!("{what} with a read-only credential must be PermissionDenied, got {other:?}")
+            }
+        }
+    }
+    assert_eq!(
+        ok(writer.get(&key, None).await, "get after the refused writes"),
+        written,
+        "refused writes must change nothing"
+    );
+    cleanup(writer, &dir).await;
+}
