@@ -19,6 +19,47 @@ use crate::BACKEND;
 use crate::config::EtcdConfig;
 use crate::error::from_etcd;
 
+/// etcd-client's TLS options for `tls`: the CA file's roots (else the platform's), the client
+/// certificate, and the name to verify.
+pub(crate) fn tls_options(tls: &kvstore_core::TlsConfig) -> Result<etcd_client::TlsOptions> {
+    kvstore_core::backend::tls::install_crypto_provider();
+    let files = tls.load(BACKEND)?;
+    let mut opts = etcd_client::TlsOptions::new();
+    opts = match files.ca {
+        Some(ca) => opts.ca_certificate(etcd_client::Certificate::from_pem(ca)),
+        None => opts.with_native_roots(),
+    };
+    if let Some((cert, key)) = files.identity {
+        opts = opts.identity(etcd_client::Identity::from_pem(cert, key));
+    }
+    if let Some(name) = files.server_name {
+        opts = opts.domain_name(name);
+    }
+    Ok(opts)
+}
+
+/// `err` (a failed connect over TLS) as `PermissionDenied` when a TLS handshake with the first
+/// endpoint shows that TLS refused the connection: tonic reports a server's "certificate
+/// required" alert only as a closed connection.
+pub(crate) async fn diagnose_tls(config: &EtcdConfig, err: Error) -> Error {
+    let (Some(tls), Some(endpoint)) = (&config.tls, config.endpoints.first()) else {
+        return err;
+    };
+    let Ok(files) = tls.load(BACKEND) else {
+        return err;
+    };
+    let addr = endpoint
+        .split_once("://")
+        .map_or(endpoint.as_str(), |(_, rest)| rest)
+        .trim_end_matches('/');
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    let timeout = config.connect_timeout.min(Duration::from_secs(2));
+    match kvstore_core::backend::tls::diagnose_handshake(addr, host, &files, timeout).await {
+        Some(refusal) => Error::permission_denied(BACKEND, refusal),
+        None => err,
+    }
+}
+
 /// Connection state shared by the store, its watches and its locks.
 pub(crate) struct Inner {
     pub(crate) client: Client,

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use kvstore_core::backend::{duration_option, parse_multi_host_url, size_option};
-use kvstore_core::{Error, Result, normalize_dir};
+use kvstore_core::backend::{bool_option, duration_option, parse_multi_host_url, size_option};
+use kvstore_core::{Error, Result, TlsConfig, normalize_dir};
 
 use crate::BACKEND;
 
@@ -30,6 +30,10 @@ pub const DEFAULT_WATCH_RECONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 /// | `timeout` | connect timeout | 5 s |
 /// | `request_timeout` | per-request timeout | 10 s |
 /// | `max_value_size` | largest value in bytes | 1 MiB |
+/// | `tls`, `tls_ca`, `tls_cert`, `tls_key`, `tls_server_name` | TLS (`https://` endpoints) with a private CA, a client certificate and another name to verify ([`TlsConfig`]) | plain HTTP/2 |
+///
+/// With a user name and password the store authenticates and refreshes its token whenever the
+/// server says it expired (etcd `--auth-token-ttl`), so a long-lived store outlives any token.
 ///
 /// # Examples
 ///
@@ -64,6 +68,8 @@ pub struct EtcdConfig {
     pub leading_slash: bool,
     /// How long a watch retries after losing its stream.
     pub watch_reconnect_timeout: Duration,
+    /// TLS settings; `Some` makes every endpoint `https://`.
+    pub tls: Option<TlsConfig>,
 }
 
 impl std::fmt::Debug for EtcdConfig {
@@ -76,6 +82,7 @@ impl std::fmt::Debug for EtcdConfig {
             .field("password", &self.password.as_ref().map(|_| "***"))
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
@@ -103,7 +110,19 @@ impl EtcdConfig {
             max_value_size: DEFAULT_MAX_VALUE_SIZE,
             leading_slash: false,
             watch_reconnect_timeout: DEFAULT_WATCH_RECONNECT_TIMEOUT,
+            tls: None,
         }
+    }
+
+    /// Sets the TLS settings and makes every `http://` endpoint `https://`.
+    pub fn with_tls(mut self, tls: TlsConfig) -> Self {
+        for endpoint in &mut self.endpoints {
+            if let Some(rest) = endpoint.strip_prefix("http://") {
+                *endpoint = format!("https://{rest}");
+            }
+        }
+        self.tls = Some(tls);
+        self
     }
 
     /// Sets the key prefix directory.
@@ -151,24 +170,24 @@ impl EtcdConfig {
         if !parsed.path.is_empty() {
             return Err(Error::invalid_config(
                 BACKEND,
-                format!("{url:?}: etcd URLs have no path; use ?prefix="),
+                format!(
+                    "{:?}: etcd URLs have no path; use ?prefix=",
+                    kvstore_core::backend::redact_url(url)
+                ),
             ));
         }
         let mut config = EtcdConfig::new(&parsed.hosts);
         if let Some((user, password)) = parsed.credentials {
             config = config.with_credentials(user, password);
         }
+        let mut tls = None;
         for (name, value) in &parsed.query {
+            if TlsConfig::url_option(&mut tls, BACKEND, name, value)? {
+                continue;
+            }
             match name.as_str() {
                 "prefix" => config = config.with_prefix(value)?,
-                "leading_slash" => {
-                    config.leading_slash = value.parse().map_err(|_| {
-                        Error::invalid_config(
-                            BACKEND,
-                            format!("leading_slash={value}: expected true or false"),
-                        )
-                    })?;
-                }
+                "leading_slash" => config.leading_slash = bool_option(BACKEND, name, value)?,
                 "timeout" => config.connect_timeout = duration_option(BACKEND, name, value)?,
                 "request_timeout" => {
                     config.request_timeout = duration_option(BACKEND, name, value)?;
@@ -181,6 +200,9 @@ impl EtcdConfig {
                     ));
                 }
             }
+        }
+        if let Some(tls) = tls {
+            config = config.with_tls(tls);
         }
         Ok(config)
     }
@@ -209,6 +231,14 @@ mod tests {
     }
 
     #[test]
+    fn tls_options_make_endpoints_https() {
+        let c = EtcdConfig::from_url("etcd://h1:1,h2:2?tls_ca=/ca.pem&tls_server_name=etcd")
+            .unwrap();
+        assert_eq!(c.endpoints, ["https://h1:1", "https://h2:2"]);
+        assert_eq!(c.tls.unwrap().server_name.as_deref(), Some("etcd"));
+    }
+
+    #[test]
     fn rejects_bad_urls() {
         for u in [
             "etcd://",
@@ -216,6 +246,8 @@ mod tests {
             "etcd://h:1?x=1",
             "etcd://h:1/path",
             "etcd://h:1?timeout=x",
+            "etcd://u:PW@127.0.0.1:notaport",
+            "etcd://h:1?tls=maybe",
         ] {
             assert!(
                 matches!(EtcdConfig::from_url(u), Err(Error::InvalidConfig { .. })),

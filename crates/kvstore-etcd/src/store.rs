@@ -67,8 +67,10 @@ impl EtcdStore {
     /// # Errors
     ///
     /// [`Error::NotReachable`] when no endpoint answers within `connect_timeout`;
-    /// [`Error::InvalidConfig`] for malformed endpoints; [`Error::Backend`] for refused
-    /// credentials.
+    /// [`Error::InvalidConfig`] for malformed endpoints or a TLS file that cannot be read;
+    /// [`Error::PermissionDenied`] for a refused user name or password, a client certificate
+    /// the server refuses (or none where it demands one), or a server certificate the CA did
+    /// not sign.
     ///
     /// # Cancel safety
     ///
@@ -79,7 +81,14 @@ impl EtcdStore {
             .with_connect_timeout(config.connect_timeout)
             .with_timeout(config.request_timeout);
         if let (Some(user), Some(password)) = (&config.username, &config.password) {
-            opts = opts.with_user(user.clone(), password.clone());
+            // The server expires tokens (`--auth-token-ttl`, 300 s by default); etcd-client
+            // then authenticates again and retries the call.
+            opts = opts
+                .with_user(user.clone(), password.clone())
+                .with_auto_token_refresh(true);
+        }
+        if let Some(tls) = &config.tls {
+            opts = opts.with_tls(crate::client::tls_options(tls)?);
         }
         let unreachable = |e: Error| match e {
             Error::Timeout | Error::NotReachable { .. } => Error::not_reachable(BACKEND, e),
@@ -100,7 +109,16 @@ impl EtcdStore {
                     format!("no endpoint answered within {:?}", config.connect_timeout),
                 )
             })?
-            .map_err(unreachable)?;
+            .map_err(unreachable);
+        let client = match client {
+            Ok(client) => client,
+            Err(err @ (Error::NotReachable { .. } | Error::Backend { .. }))
+                if config.tls.is_some() =>
+            {
+                return Err(crate::client::diagnose_tls(&config, err).await);
+            }
+            Err(err) => return Err(err),
+        };
         let slash = if config.leading_slash { "/" } else { "" };
         let prefix = if config.prefix.is_empty() {
             slash.to_owned()

@@ -43,6 +43,67 @@ pub fn tls_error<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a rustls::Er
     None
 }
 
+/// Why a TLS connection to `addr` (`host:port`) with these settings fails, when TLS is the
+/// reason: the client refuses the server's certificate, or the server refuses the client's
+/// (or its absence) with an alert. `None` when the handshake and the server's first answer
+/// show no TLS refusal, or when `files` names no CA (the diagnosis then has no roots to
+/// verify against), or when nothing answers within `timeout`.
+///
+/// For client libraries that report a refused client certificate only as a closed connection
+/// (tonic's, zookeeper-client's): a backend whose connect failed calls this to tell a
+/// permanent refusal from a server that is away. In TLS 1.3 a server verifies the client's
+/// certificate after the client's handshake has finished, so the alert arrives on the first
+/// read (RFC 8446 §4.4.2.4); the read is bounded by `timeout`.
+pub async fn diagnose_handshake(
+    addr: &str,
+    default_server_name: &str,
+    files: &crate::TlsFiles,
+    timeout: std::time::Duration,
+) -> Option<rustls::Error> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio::io::AsyncReadExt;
+
+    install_crypto_provider();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(files.ca.as_deref()?) {
+        roots.add(cert.ok()?).ok()?;
+    }
+    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    let config = match &files.identity {
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_slice_iter(cert)
+                .collect::<Result<Vec<_>, _>>()
+                .ok()?;
+            let key = PrivateKeyDer::from_pem_slice(key).ok()?;
+            builder.with_client_auth_cert(chain, key).ok()?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let name = files
+        .server_name
+        .as_deref()
+        .unwrap_or(default_server_name)
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let name = ServerName::try_from(name).ok()?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let attempt = async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let mut stream = match connector.connect(name, tcp).await {
+            Ok(stream) => stream,
+            Err(err) => return tls_error(&err).cloned(),
+        };
+        let mut byte = [0u8; 1];
+        match stream.read(&mut byte).await {
+            Err(err) => tls_error(&err).cloned(),
+            Ok(_) => None,
+        }
+    };
+    tokio::time::timeout(timeout, attempt).await.ok().flatten()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

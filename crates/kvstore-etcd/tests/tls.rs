@@ -1,0 +1,56 @@
+//! Against an etcd that demands TLS with a client certificate and a user (auth enabled, a 2 s token TTL)
+//! (`KVSTORE_ETCD_TLS_URL`; ci/servers.sh starts `etcd-tls`): the whole conformance suite,
+//! and every refusal as `PermissionDenied`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kvstore_core::{Result, Store};
+use kvstore_etcd::{EtcdConfig, EtcdStore};
+use kvstore_testutils::secure::{self, Credential};
+use kvstore_testutils::{Opener, backend_url, ok};
+
+async fn open(url: String) -> Result<Arc<dyn Store>> {
+    Ok(Arc::new(EtcdStore::connect(EtcdConfig::from_url(&url)?).await?) as Arc<dyn Store>)
+}
+
+fn opener() -> Option<Opener> {
+    let url = backend_url("KVSTORE_ETCD_TLS_URL")?;
+    Some(
+        Opener::new(move || open(url.clone()))
+            .with_ttl(Duration::from_secs(1))
+            .with_ttl_slack(Duration::from_secs(2)),
+    )
+}
+
+fn tls_dir() -> Option<PathBuf> {
+    backend_url("KVSTORE_TLS_DIR").map(PathBuf::from)
+}
+
+kvstore_testutils::conformance_tests!(optional: opener());
+
+#[tokio::test]
+async fn refusals_are_permission_denied() {
+    let (Some(url), Some(dir)) = (backend_url("KVSTORE_ETCD_TLS_URL"), tls_dir()) else {
+        return;
+    };
+    secure::refused_credentials_and_certificates(open, &url, Credential::Password, &dir).await;
+    // A user the server does not know is refused like a wrong password.
+    let unknown = secure::with_user(&url, "nobody");
+    secure::assert_refused(&open, &unknown, "kvstore-conformance/x", "unknown user").await;
+}
+
+#[tokio::test]
+async fn read_only_user_cannot_write() {
+    let Some(url) = backend_url("KVSTORE_ETCD_TLS_URL") else {
+        return;
+    };
+    let writer = ok(open(url.clone()).await, "open as root");
+    let reader = ok(
+        open(secure::with_user(&url, "reader")).await,
+        "open as reader",
+    );
+    secure::read_only_credential_cannot_write(&*writer, &*reader).await;
+    let _ = (writer.close().await, reader.close().await);
+}
