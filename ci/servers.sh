@@ -91,7 +91,8 @@ EOF
 }
 
 # Certificates for the TLS servers, generated once per run dir (never committed): a CA, a
-# server certificate for localhost/127.0.0.1, a client certificate, and a second CA with its own
+# server certificate for localhost/127.0.0.1, two client certificates ("client", and "reader"
+# for the ZooKeeper identity tests), and a second CA with its own
 # client certificate, which the servers must refuse. Exports KVSTORE_TLS_DIR.
 kv_certs() {
     local d="$KV_RUN_DIR/certs"
@@ -115,6 +116,7 @@ kv_certs() {
         kv_cert server ca "subjectAltName=DNS:localhost,IP:127.0.0.1
 extendedKeyUsage=serverAuth" || exit 1
         kv_cert client ca "extendedKeyUsage=clientAuth" || exit 1
+        kv_cert reader ca "extendedKeyUsage=clientAuth" || exit 1
         kv_cert stranger other-ca "extendedKeyUsage=clientAuth" || exit 1
         cat server.pem server-key.pem >server-bundle.pem
         chmod 600 ./*-key.pem server-bundle.pem

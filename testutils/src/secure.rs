@@ -61,6 +61,17 @@ pub fn with_credential(url: &str, credential: Credential, secret: &str) -> Strin
     }
 }
 
+/// `url` presenting the client certificate `name` (`<name>.pem` and `<name>-key.pem` in
+/// `tls_dir`) instead of its own.
+pub fn with_client_certificate(url: &str, tls_dir: &Path, name: &str) -> String {
+    let path = |file: String| tls_dir.join(file).display().to_string();
+    with_query(
+        &with_query(url, "tls_cert", Some(&path(format!("{name}.pem")))),
+        "tls_key",
+        Some(&path(format!("{name}-key.pem"))),
+    )
+}
+
 /// `url` with another user name (the password is kept).
 pub fn with_user(url: &str, user: &str) -> String {
     let mut parsed = url::Url::parse(url).expect("a single-host URL");
@@ -96,14 +107,14 @@ where
 }
 
 /// Every refusal a TLS+auth server gives, each `PermissionDenied` and each writing nothing:
-/// a wrong credential, no client certificate, a client certificate from a CA the server does
-/// not trust, and a server certificate the client does not trust. `url` opens an authorized
-/// store; `tls_dir` holds `other-ca.pem`, `stranger.pem` and `stranger-key.pem`
-/// (`ci/servers.sh` makes them).
+/// a wrong credential (`wrong_credential`: usually `url` through [`with_credential`]), no
+/// client certificate, a client certificate from a CA the server does not trust, and a server
+/// certificate the client does not trust. `url` opens an authorized store; `tls_dir` holds
+/// `other-ca.pem`, `stranger.pem` and `stranger-key.pem` (`ci/servers.sh` makes them).
 pub async fn refused_credentials_and_certificates<F, Fut>(
     open: F,
     url: &str,
-    credential: Credential,
+    wrong_credential: &str,
     tls_dir: &Path,
 ) where
     F: Fn(String) -> Fut,
@@ -115,15 +126,10 @@ pub async fn refused_credentials_and_certificates<F, Fut>(
     let written = ok(store.put(&key, b"original", None).await, "put");
     let path = |file: &str| tls_dir.join(file).display().to_string();
 
-    let wrong = with_credential(url, credential, "wrong-secret");
-    assert_refused(&open, &wrong, &key, "wrong credential").await;
+    assert_refused(&open, wrong_credential, &key, "wrong credential").await;
     let no_cert = with_query(&with_query(url, "tls_cert", None), "tls_key", None);
     assert_refused(&open, &no_cert, &key, "no client certificate").await;
-    let stranger = with_query(
-        &with_query(url, "tls_cert", Some(&path("stranger.pem"))),
-        "tls_key",
-        Some(&path("stranger-key.pem")),
-    );
+    let stranger = with_client_certificate(url, tls_dir, "stranger");
     assert_refused(
         &open,
         &stranger,

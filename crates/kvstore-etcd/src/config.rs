@@ -232,8 +232,8 @@ mod tests {
 
     #[test]
     fn tls_options_make_endpoints_https() {
-        let c = EtcdConfig::from_url("etcd://h1:1,h2:2?tls_ca=/ca.pem&tls_server_name=etcd")
-            .unwrap();
+        let c =
+            EtcdConfig::from_url("etcd://h1:1,h2:2?tls_ca=/ca.pem&tls_server_name=etcd").unwrap();
         assert_eq!(c.endpoints, ["https://h1:1", "https://h2:2"]);
         assert_eq!(c.tls.unwrap().server_name.as_deref(), Some("etcd"));
     }

@@ -35,7 +35,8 @@ async fn refusals_are_permission_denied() {
     let (Some(url), Some(dir)) = (backend_url("KVSTORE_REDIS_TLS_URL"), tls_dir()) else {
         return;
     };
-    secure::refused_credentials_and_certificates(open, &url, Credential::Password, &dir).await;
+    let wrong = secure::with_credential(&url, Credential::Password, "wrong-secret");
+    secure::refused_credentials_and_certificates(open, &url, &wrong, &dir).await;
     // A user the server does not know is refused like a wrong password.
     let unknown = secure::with_user(&url, "nobody");
     secure::assert_refused(&open, &unknown, "kvstore-conformance/x", "unknown user").await;

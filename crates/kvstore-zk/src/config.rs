@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use kvstore_core::backend::{duration_option, parse_multi_host_url, size_option};
-use kvstore_core::{Error, Result, normalize_dir};
+use kvstore_core::{Error, Result, TlsConfig, normalize_dir};
 
 use crate::BACKEND;
 
@@ -50,6 +50,7 @@ pub enum ZkAcl {
 /// | `request_timeout` | per-request timeout | 10 s |
 /// | `max_value_size` | largest value in bytes | 1,000,000 |
 /// | `acl` | ACL of created nodes: `open`, `creator`, `creator_read` | `open`, or `creator` with credentials |
+/// | `tls_ca`, `tls_cert`, `tls_key` | TLS to the servers' `secureClientPort` with this CA and client certificate ([`TlsConfig`]; `tls_ca` is required) | plain TCP |
 ///
 /// # Examples
 ///
@@ -82,6 +83,11 @@ pub struct ZkConfig {
     pub request_timeout: Duration,
     /// Largest value accepted, in bytes.
     pub max_value_size: usize,
+    /// TLS settings (ZooKeeper's `secureClientPort`). ZooKeeper TLS needs a CA file
+    /// (`tls_ca`); the server's certificate is verified against the host of each server in
+    /// the connect string (zookeeper-client cannot name another, so `tls_server_name` is
+    /// refused).
+    pub tls: Option<TlsConfig>,
 }
 
 impl std::fmt::Debug for ZkConfig {
@@ -95,6 +101,7 @@ impl std::fmt::Debug for ZkConfig {
             .field("session_timeout", &self.session_timeout)
             .field("request_timeout", &self.request_timeout)
             .field("max_value_size", &self.max_value_size)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -111,6 +118,7 @@ impl ZkConfig {
             session_timeout: DEFAULT_SESSION_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             max_value_size: DEFAULT_MAX_VALUE_SIZE,
+            tls: None,
         }
     }
 
@@ -135,6 +143,12 @@ impl ZkConfig {
     /// Sets the ACL of created nodes.
     pub fn with_acl(mut self, acl: ZkAcl) -> Self {
         self.acl = acl;
+        self
+    }
+
+    /// Sets the TLS settings (a CA file is required, see [`tls`](Self::tls)).
+    pub fn with_tls(mut self, tls: TlsConfig) -> Self {
+        self.tls = Some(tls);
         self
     }
 
@@ -167,6 +181,18 @@ impl ZkConfig {
         if self.session_timeout.is_zero() || self.connect_timeout.is_zero() {
             return invalid("timeouts must be greater than zero");
         }
+        if let Some(tls) = &self.tls {
+            if tls.ca.is_none() {
+                return invalid(
+                    "ZooKeeper TLS needs the CA file that signed the server's certificate (tls_ca)",
+                );
+            }
+            if tls.server_name.is_some() {
+                return invalid(
+                    "tls_server_name is not supported: zookeeper-client verifies each server's host",
+                );
+            }
+        }
         Ok(())
     }
 
@@ -187,6 +213,9 @@ impl ZkConfig {
         let mut prefix = None;
         for (name, value) in &parsed.query {
             let duration = || duration_option(BACKEND, name, value);
+            if TlsConfig::url_option(&mut config.tls, BACKEND, name, value)? {
+                continue;
+            }
             match name.as_str() {
                 "prefix" => prefix = Some(normalize_dir(value)?.to_owned()),
                 "timeout" => config.connect_timeout = duration()?,
@@ -257,6 +286,9 @@ mod tests {
             "zk://h:1?timeout=x",
             "zk://h:1?acl=creator",
             "zk://h:1?acl=nobody",
+            "zk://u:PW@127.0.0.1:notaport",
+            "zk://h:1?tls=true",
+            "zk://h:1?tls_ca=/ca.pem&tls_server_name=zk",
         ] {
             assert!(
                 matches!(ZkConfig::from_url(u), Err(Error::InvalidConfig { .. })),

@@ -14,6 +14,10 @@ pub(crate) fn from_zk(err: zk::Error) -> Error {
         }
         zk::Error::Timeout => Error::Timeout,
         zk::Error::ClientClosed => Error::Closed { backend: BACKEND },
+        // The node's ACL does not grant this session's identity (digest user) the operation,
+        // or the server refused the credentials. Source: ZooKeeper Programmer's Guide,
+        // "ZooKeeper access control using ACLs".
+        zk::Error::NoAuth | zk::Error::AuthFailed => Error::permission_denied(BACKEND, err),
         // The server refuses a path it cannot store (a root or chroot with characters outside
         // the key grammar, which keys themselves never reach) with BadArguments.
         // Source: ZooKeeper Programmer's Guide, "ZNodes" (characters not allowed in paths).

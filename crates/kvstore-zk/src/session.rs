@@ -33,7 +33,8 @@ pub(crate) fn create_options(mode: CreateMode, acl: ZkAcl) -> CreateOptions<'sta
 ///
 /// # Errors
 ///
-/// `NotReachable` when no server answers within the connect timeout.
+/// `NotReachable` when no server answers within the connect timeout; `PermissionDenied` for
+/// refused credentials or a TLS refusal; `InvalidConfig` for unreadable TLS files.
 pub(crate) async fn connect(config: &ZkConfig, session_timeout: Duration) -> Result<Client> {
     let mut connector = Client::connector()
         .with_session_timeout(session_timeout)
@@ -43,10 +44,33 @@ pub(crate) async fn connect(config: &ZkConfig, session_timeout: Duration) -> Res
         // `user:password` as the auth data.
         connector = connector.with_auth("digest", format!("{user}:{password}").as_bytes());
     }
+    if let Some(tls) = &config.tls {
+        connector = connector.with_tls(tls_options(tls)?);
+    }
     let hosts = config.connect_string();
-    match tokio::time::timeout(config.connect_timeout, connector.connect(&hosts)).await {
+    let connecting = async {
+        if config.tls.is_some() {
+            connector.secure_connect(&hosts).await
+        } else {
+            connector.connect(&hosts).await
+        }
+    };
+    // zookeeper-client retries a refused TLS connection until the connect timeout; a
+    // diagnostic handshake started shortly after tells a refusal from a slow server early.
+    let refused = async {
+        tokio::time::sleep(TLS_DIAGNOSIS_DELAY).await;
+        match tls_refusal(config).await {
+            Some(refusal) => refusal,
+            None => std::future::pending().await,
+        }
+    };
+    let outcome = tokio::select! {
+        outcome = tokio::time::timeout(config.connect_timeout, connecting) => outcome,
+        refusal = refused, if config.tls.is_some() => return Err(refusal),
+    };
+    match outcome {
         Ok(Ok(client)) => Ok(client),
-        Ok(Err(zk::Error::AuthFailed)) => Err(Error::invalid_config(
+        Ok(Err(zk::Error::AuthFailed)) => Err(Error::permission_denied(
             BACKEND,
             "ZooKeeper refused the digest credentials",
         )),
@@ -59,6 +83,45 @@ pub(crate) async fn connect(config: &ZkConfig, session_timeout: Duration) -> Res
             ),
         )),
     }
+}
+
+/// How long a TLS connect runs before a diagnostic handshake checks for a TLS refusal.
+const TLS_DIAGNOSIS_DELAY: Duration = Duration::from_millis(300);
+
+/// zookeeper-client's TLS options for `tls`: the CA and the client certificate.
+fn tls_options(tls: &kvstore_core::TlsConfig) -> Result<zk::TlsOptions> {
+    kvstore_core::backend::tls::install_crypto_provider();
+    let files = tls.load(BACKEND)?;
+    let text = |bytes: Vec<u8>, what: &str| {
+        String::from_utf8(bytes)
+            .map_err(|_| Error::invalid_config(BACKEND, format!("the TLS {what} is not PEM text")))
+    };
+    let invalid = |e: zk::Error| Error::invalid_config(BACKEND, e);
+    let mut opts = zk::TlsOptions::new();
+    if let Some(ca) = files.ca {
+        opts = opts.with_pem_ca(&text(ca, "CA file")?).map_err(invalid)?;
+    }
+    if let Some((cert, key)) = files.identity {
+        opts = opts
+            .with_pem_identity(&text(cert, "certificate")?, &text(key, "key")?)
+            .map_err(invalid)?;
+    }
+    Ok(opts)
+}
+
+/// `PermissionDenied` when TLS is configured and a handshake with the first server shows TLS
+/// refuses the connection: zookeeper-client reports a refused certificate only as a lost
+/// connection, retried until the connect timeout.
+async fn tls_refusal(config: &ZkConfig) -> Option<Error> {
+    let (tls, addr) = (config.tls.as_ref()?, config.hosts.first()?);
+    let files = tls.load(BACKEND).ok()?;
+    let host = addr
+        .rsplit_once(':')
+        .map_or(addr.as_str(), |(host, _)| host);
+    let timeout = config.connect_timeout.min(Duration::from_secs(2));
+    let refusal =
+        kvstore_core::backend::tls::diagnose_handshake(addr, host, &files, timeout).await?;
+    Some(Error::permission_denied(BACKEND, refusal))
 }
 
 /// Runs one request (or a pipelined group) under the per-request timeout; a timeout is
@@ -76,7 +139,7 @@ pub(crate) async fn timed<T>(
 pub(crate) fn usable(client: &Client) -> Result<()> {
     match client.state() {
         zk::SessionState::Expired => Err(from_zk(zk::Error::SessionExpired)),
-        zk::SessionState::AuthFailed => Err(Error::invalid_config(
+        zk::SessionState::AuthFailed => Err(Error::permission_denied(
             BACKEND,
             "ZooKeeper refused the digest credentials",
         )),

@@ -1,0 +1,66 @@
+//! Against a ZooKeeper that demands TLS with a client certificate (`secureClientPort`,
+//! `ssl.clientAuth=need`; `KVSTORE_ZK_TLS_URL`, ci/servers.sh starts `zk-tls`), with digest
+//! credentials and creator ACLs: the whole conformance suite, and every refusal as
+//! `PermissionDenied`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use kvstore_core::{Result, Store};
+use kvstore_testutils::secure::{self, Credential};
+use kvstore_testutils::{Opener, backend_url, ok};
+use kvstore_zk::{ZkConfig, ZkStore};
+
+async fn open(url: String) -> Result<Arc<dyn Store>> {
+    Ok(Arc::new(ZkStore::connect(ZkConfig::from_url(&url)?).await?) as Arc<dyn Store>)
+}
+
+fn opener() -> Option<Opener> {
+    let url = backend_url("KVSTORE_ZK_TLS_URL")?;
+    Some(Opener::new(move || open(url.clone())))
+}
+
+fn tls_dir() -> Option<PathBuf> {
+    backend_url("KVSTORE_TLS_DIR").map(PathBuf::from)
+}
+
+kvstore_testutils::conformance_tests!(optional: opener());
+
+/// A wrong digest password is another identity to ZooKeeper: it connects, and the creator
+/// ACLs of the real user's znodes refuse its writes. The creator ACL (`auth`) grants every
+/// identity of the creating session, its client certificate's too, so the wrong password is
+/// tried with another valid certificate ("reader").
+#[tokio::test]
+async fn refusals_are_permission_denied() {
+    let (Some(url), Some(dir)) = (backend_url("KVSTORE_ZK_TLS_URL"), tls_dir()) else {
+        return;
+    };
+    let wrong = secure::with_credential(
+        &secure::with_client_certificate(&url, &dir, "reader"),
+        Credential::Password,
+        "wrong-secret",
+    );
+    secure::refused_credentials_and_certificates(open, &url, &wrong, &dir).await;
+}
+
+/// Znodes created with `acl=creator_read` are readable by anyone and writable only by their
+/// creator.
+#[tokio::test]
+async fn read_only_user_cannot_write() {
+    let (Some(url), Some(dir)) = (backend_url("KVSTORE_ZK_TLS_URL"), tls_dir()) else {
+        return;
+    };
+    let writer_url = secure::with_query(&url, "acl", Some("creator_read"));
+    let writer = ok(open(writer_url).await, "open as kv");
+    let reader = ok(
+        open(secure::with_client_certificate(
+            &secure::with_user(&url, "reader"),
+            &dir,
+            "reader",
+        ))
+        .await,
+        "open as reader",
+    );
+    secure::read_only_credential_cannot_write(&*writer, &*reader).await;
+    let _ = (writer.close().await, reader.close().await);
+}
