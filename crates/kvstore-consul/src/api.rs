@@ -110,6 +110,43 @@ pub(crate) enum Consistency {
     Stale,
 }
 
+/// Adds `tls` to the HTTP client: only the CA file's roots (else the platform's), the client
+/// identity, and, for another server name, `address` rewritten to that name and resolved to
+/// the original address.
+fn tls_client(
+    mut builder: reqwest::ClientBuilder,
+    tls: &kvstore_core::TlsConfig,
+    address: &mut url::Url,
+) -> Result<reqwest::ClientBuilder> {
+    let invalid = |e: reqwest::Error| Error::invalid_config(BACKEND, e);
+    kvstore_core::backend::tls::install_crypto_provider();
+    let files = tls.load(BACKEND)?;
+    if let Some(ca) = &files.ca {
+        builder =
+            builder.tls_certs_only(reqwest::Certificate::from_pem_bundle(ca).map_err(invalid)?);
+    }
+    if let Some((cert, key)) = &files.identity {
+        // reqwest reads the certificate chain and the key from one PEM buffer.
+        let pem = [cert.as_slice(), b"\n", key.as_slice()].concat();
+        builder = builder.identity(reqwest::Identity::from_pem(&pem).map_err(invalid)?);
+    }
+    if let Some(name) = &files.server_name {
+        let host_port = format!(
+            "{}:{}",
+            address.host_str().unwrap_or_default(),
+            address.port_or_known_default().unwrap_or(8500)
+        );
+        let addrs: Vec<std::net::SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(&host_port)
+            .map_err(|e| Error::invalid_config(BACKEND, format!("{host_port}: {e}")))?
+            .collect();
+        builder = builder.resolve_to_addrs(name, &addrs);
+        address
+            .set_host(Some(name))
+            .map_err(|e| Error::invalid_config(BACKEND, format!("tls_server_name={name}: {e}")))?;
+    }
+    Ok(builder)
+}
+
 /// Typed access to one agent.
 #[derive(Debug)]
 pub(crate) struct Api {
@@ -138,12 +175,16 @@ impl Reply {
 }
 
 impl Api {
-    pub(crate) fn new(config: ConsulConfig) -> Result<Self> {
+    pub(crate) fn new(mut config: ConsulConfig) -> Result<Self> {
         // Connection pooling is reqwest's default; proxies from the environment are not used
         // (the agent is usually local).
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
-            .no_proxy()
+            .no_proxy();
+        if let Some(tls) = &config.tls {
+            builder = tls_client(builder, tls, &mut config.address)?;
+        }
+        let http = builder
             .build()
             .map_err(|e| Error::invalid_config(BACKEND, e))?;
         Ok(Api {

@@ -314,7 +314,7 @@ impl Inner {
                     (Txn::Failed { op: 1, .. }, Precondition::Index(_)) => {
                         Error::KeyModified { key: key.into() }
                     }
-                    (Txn::Failed { what, .. }, _) => Error::backend(BACKEND, what),
+                    (Txn::Failed { what, .. }, _) => crate::error::from_txn_failure(what),
                     (Txn::Done(_), _) => unreachable!("handled above"),
                 });
             }
@@ -345,7 +345,7 @@ impl Inner {
             Txn::Failed { op: 1, .. } if expected.is_some() => {
                 Err(Error::KeyModified { key: key.into() })
             }
-            Txn::Failed { what, .. } => Err(Error::backend(BACKEND, what)),
+            Txn::Failed { what, .. } => Err(crate::error::from_txn_failure(what)),
         }
     }
 }

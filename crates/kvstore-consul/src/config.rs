@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use kvstore_core::backend::{duration_option, size_option};
-use kvstore_core::{Error, Result, normalize_dir};
+use kvstore_core::{Error, Result, TlsConfig, normalize_dir};
 
 use crate::BACKEND;
 
@@ -50,7 +50,7 @@ fn budget(name: &str, value: &str) -> Result<usize> {
 /// | `token` | ACL token (`X-Consul-Token`) | none |
 /// | `dc` | datacenter | the agent's |
 /// | `ns` | namespace (Consul Enterprise) | none |
-/// | `tls` | `true` for HTTPS | `false` |
+/// | `tls`, `tls_ca`, `tls_cert`, `tls_key`, `tls_server_name` | HTTPS, with a private CA, a client certificate and another name to verify ([`TlsConfig`]) | HTTP |
 /// | `timeout` | connect timeout | 5 s |
 /// | `request_timeout` | per-request timeout | 10 s |
 /// | `watch_wait` | wait of one blocking query | 60 s |
@@ -109,6 +109,8 @@ pub struct ConsulConfig {
     /// Blocking queries in flight at once (shared watches, lock waits); more are queued.
     /// Default 64.
     pub max_watch_queries: usize,
+    /// TLS settings; `Some` exactly when `address` is `https://`.
+    pub tls: Option<TlsConfig>,
 }
 
 impl std::fmt::Debug for ConsulConfig {
@@ -125,6 +127,7 @@ impl std::fmt::Debug for ConsulConfig {
             .field("max_value_size", &self.max_value_size)
             .field("max_requests", &self.max_requests)
             .field("max_watch_queries", &self.max_watch_queries)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
@@ -151,7 +154,16 @@ impl ConsulConfig {
             max_value_size: DEFAULT_MAX_VALUE_SIZE,
             max_requests: DEFAULT_MAX_REQUESTS,
             max_watch_queries: DEFAULT_MAX_WATCH_QUERIES,
+            tls: None,
         })
+    }
+
+    /// Sets the TLS settings and reaches the agent over HTTPS.
+    pub fn with_tls(mut self, tls: TlsConfig) -> Self {
+        // Only http → https, which `Url::set_scheme` always allows.
+        let _ = self.address.set_scheme("https");
+        self.tls = Some(tls);
+        self
     }
 
     /// Sets the key prefix directory.
@@ -184,35 +196,34 @@ impl ConsulConfig {
     /// unparsable value; `InvalidKey` for a bad `prefix`.
     pub fn from_url(url: &str) -> Result<Self> {
         let invalid = |msg: String| Error::invalid_config(BACKEND, msg);
-        let parsed = url::Url::parse(url).map_err(|e| invalid(format!("{url:?}: {e}")))?;
+        // Every message names the URL with its token hidden.
+        let shown = kvstore_core::backend::redact_url(url);
+        let parsed = url::Url::parse(url).map_err(|e| invalid(format!("{shown:?}: {e}")))?;
         if parsed.scheme() != crate::SCHEME {
-            return Err(invalid(format!("{url:?} is not a consul:// URL")));
+            return Err(invalid(format!("{shown:?} is not a consul:// URL")));
         }
         let host = parsed
             .host_str()
             .filter(|h| !h.is_empty())
-            .ok_or_else(|| invalid(format!("{url:?} names no host")))?;
+            .ok_or_else(|| invalid(format!("{shown:?} names no host")))?;
         if !matches!(parsed.path(), "" | "/") {
             return Err(invalid(format!(
-                "{url:?}: consul URLs have no path; use ?prefix="
+                "{shown:?}: consul URLs have no path; use ?prefix="
             )));
         }
         let port = parsed.port().unwrap_or(8500);
         let mut config = ConsulConfig::new(&format!("{host}:{port}"))?;
+        let mut tls = None;
         for (name, value) in parsed.query_pairs() {
             let duration = || duration_option(BACKEND, &name, &value);
+            if TlsConfig::url_option(&mut tls, BACKEND, &name, &value)? {
+                continue;
+            }
             match name.as_ref() {
                 "prefix" => config = config.with_prefix(&value)?,
                 "token" => config.token = Some(value.into_owned()),
                 "dc" => config.datacenter = Some(value.into_owned()),
                 "ns" => config.namespace = Some(value.into_owned()),
-                "tls" => match value.as_ref() {
-                    "true" => {
-                        let _ = config.address.set_scheme("https");
-                    }
-                    "false" => {}
-                    other => return Err(invalid(format!("tls={other}: expected true or false"))),
-                },
                 "timeout" => config.connect_timeout = duration()?,
                 "request_timeout" => config.request_timeout = duration()?,
                 "watch_wait" => config.watch_wait = duration()?,
@@ -221,6 +232,9 @@ impl ConsulConfig {
                 "max_watch_queries" => config.max_watch_queries = budget(&name, &value)?,
                 _ => return Err(invalid(format!("unknown option {name:?}"))),
             }
+        }
+        if let Some(tls) = tls {
+            config = config.with_tls(tls);
         }
         Ok(config)
     }

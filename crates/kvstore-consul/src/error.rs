@@ -8,10 +8,13 @@ use reqwest::StatusCode;
 
 use crate::BACKEND;
 
-/// A request that got no answer: a timeout is `Timeout`, a refused or broken connection is
-/// `NotReachable` (transient), anything else the client reports is `Backend`.
+/// A request that got no answer: a TLS refusal is `PermissionDenied`, a timeout is `Timeout`,
+/// a refused or broken connection is `NotReachable` (transient), anything else the client
+/// reports is `Backend`.
 pub(crate) fn from_reqwest(err: reqwest::Error) -> Error {
-    if err.is_timeout() {
+    if kvstore_core::backend::tls::tls_error(&err).is_some() {
+        Error::permission_denied(BACKEND, err)
+    } else if err.is_timeout() {
         Error::Timeout
     } else if err.is_connect() || err.is_request() {
         Error::not_reachable(BACKEND, err)
@@ -22,7 +25,9 @@ pub(crate) fn from_reqwest(err: reqwest::Error) -> Error {
 
 /// An error status with its body. A refused session TTL is a permanent `InvalidConfig` (see
 /// [`refused_session_ttl_min`]); 500/502/503 ("No cluster leader", "rpc error": the cluster is
-/// (re)starting) are transient; 400 is `InvalidConfig`; the rest is `Backend`.
+/// (re)starting) are transient; 400 is `InvalidConfig`; 401 and 403 (an unknown or revoked
+/// token, "ACL not found", or a token whose policy does not grant the call, "Permission
+/// denied"; Consul docs, "ACL system") are `PermissionDenied`; the rest is `Backend`.
 pub(crate) fn from_status(status: StatusCode, body: &str) -> Error {
     if let Some(min) = refused_session_ttl_min(body) {
         return ttl_below_minimum(min);
@@ -33,7 +38,22 @@ pub(crate) fn from_status(status: StatusCode, body: &str) -> Error {
         | StatusCode::SERVICE_UNAVAILABLE
         | StatusCode::BAD_GATEWAY => Error::not_reachable(BACKEND, message),
         StatusCode::BAD_REQUEST => Error::invalid_config(BACKEND, message),
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+            Error::permission_denied(BACKEND, message)
+        }
         _ => Error::backend(BACKEND, message),
+    }
+}
+
+/// A failed transaction operation that no condition explains: `PermissionDenied` when the
+/// token's policy does not grant it ("Permission denied: token … lacks permission
+/// 'key:write'", or "ACL not found" for an unknown token; Consul docs, "ACL system"), else
+/// `Backend`.
+pub(crate) fn from_txn_failure(what: String) -> Error {
+    if what.starts_with("Permission denied") || what.contains("ACL not found") {
+        Error::permission_denied(BACKEND, what)
+    } else {
+        Error::backend(BACKEND, what)
     }
 }
 

@@ -208,7 +208,7 @@ impl Store for ConsulStore {
         };
         for chunk in ops.chunks(TXN_OPS) {
             if let Txn::Failed { what, .. } = inner.api.txn(chunk.to_vec()).await? {
-                return Err(Error::backend(BACKEND, what));
+                return Err(crate::error::from_txn_failure(what));
             }
         }
         inner.registrations.remove_tree(dir);

@@ -13,7 +13,6 @@ use kvstore_core::backend::{Check, CheckedTxn, Write};
 use kvstore_core::{Error, KvPair, Result};
 use serde_json::Value;
 
-use crate::BACKEND;
 use crate::api::{Txn, op, op_index, op_value};
 use crate::client::Inner;
 
@@ -74,7 +73,7 @@ impl Inner {
             Txn::Failed { op, what } => Err(meaning
                 .get_mut(op)
                 .and_then(Option::take)
-                .unwrap_or_else(|| Error::backend(BACKEND, what))),
+                .unwrap_or_else(|| crate::error::from_txn_failure(what))),
         }
     }
 }

@@ -55,3 +55,31 @@ async fn read_only_user_cannot_write() {
     secure::read_only_credential_cannot_write(&*writer, &*reader).await;
     let _ = (writer.close().await, reader.close().await);
 }
+
+/// The token TTL `ci/servers.sh` gives `etcd-tls` (`--auth-token-ttl 2`, seconds).
+const TOKEN_TTL: Duration = Duration::from_secs(2);
+
+/// A store idle past its token's TTL (the server drops an unused simple token after it) keeps
+/// working: the client authenticates again and retries. No event marks the expiry on the
+/// server, so the test waits it out.
+#[tokio::test]
+async fn store_outlives_its_token() {
+    let Some(url) = backend_url("KVSTORE_ETCD_TLS_URL") else {
+        return;
+    };
+    let store = ok(open(url).await, "open");
+    let dir = kvstore_testutils::scratch_dir("token-ttl");
+    let key = format!("{dir}/k");
+    ok(store.put(&key, b"1", None).await, "put with a fresh token");
+    for round in 0..2 {
+        tokio::time::sleep(TOKEN_TTL * 2 + Duration::from_millis(500)).await;
+        let pair = ok(store.get(&key, None).await, "get after the token expired");
+        ok(
+            store.atomic_put(&key, b"2", Some(&pair), None).await,
+            &format!("atomic_put after the token expired (round {round})"),
+        );
+        ok(store.put(&key, b"1", None).await, "put");
+    }
+    kvstore_testutils::cleanup(&*store, &dir).await;
+    let _ = store.close().await;
+}
