@@ -13,6 +13,42 @@
 //! | `zk://[user:pass@]h1:p1,h2:p2[/chroot]` | ZooKeeper 3.6+ | `zk` |
 //! | `consul://host:port` | Consul (HTTP API) | `consul` |
 //!
+//! # TLS and authentication
+//!
+//! Every network backend takes the same TLS options in its URL (or a [`TlsConfig`] in its typed
+//! config); every file is PEM and read at connect, and the server's certificate is always
+//! verified:
+//!
+//! | option | meaning | Redis | etcd | ZooKeeper | Consul |
+//! | --- | --- | --- | --- | --- | --- |
+//! | `tls=true` | TLS with the platform's trusted roots | use `rediss://` | ✓ | needs `tls_ca` | ✓ |
+//! | `tls_ca=PATH` | trust only these CA certificates | ✓ | ✓ | ✓ (required) | ✓ |
+//! | `tls_cert=PATH`, `tls_key=PATH` | mutual TLS: present this client certificate and key | ✓ | ✓ | ✓ | ✓ |
+//! | `tls_server_name=NAME` | verify the certificate against `NAME`, not the URL's host | refused | ✓ | refused | ✓ |
+//!
+//! | credentials | Redis | etcd | ZooKeeper | Consul |
+//! | --- | --- | --- | --- | --- |
+//! | in the URL | `redis://user:pass@…` (ACL user; `:pass@` for `requirepass`) | `etcd://user:pass@…` (token refreshed when it expires) | `zk://user:pass@…` (`digest`; nodes get the creator ACL, see `acl=`) | `consul://…?token=…` (`X-Consul-Token`) |
+//!
+//! A refusal no retry can fix — a wrong password or token, a user or token without permission
+//! on the key, no client certificate where the server demands one, a client certificate the
+//! server's CA did not sign, a server certificate the client does not trust — fails fast with
+//! [`Error::PermissionDenied`] (never a transient `NotReachable`) and writes nothing. A held
+//! lock whose credentials are revoked reports the loss through `LockLost`. No password,
+//! token or key material appears in any `Debug` output, error message or log line.
+//!
+//! All TLS goes through rustls with the aws-lc-rs provider; the backends install it as the
+//! process default when the application has not installed one.
+//!
+//! ```
+//! let config = kvstore_core::TlsConfig::default()
+//!     .with_ca("/etc/kv/ca.pem")
+//!     .with_client_identity("/etc/kv/client.pem", "/etc/kv/client-key.pem");
+//! let url = "etcd://app:secret@10.0.0.1:2379?tls_ca=/etc/kv/ca.pem\
+//!            &tls_cert=/etc/kv/client.pem&tls_key=/etc/kv/client-key.pem";
+//! # let _ = (config, url);
+//! ```
+//!
 //! Every backend has the same semantics: keys are `/`-separated and normalized, `list` is
 //! recursive and sorted, `atomic_put`/`atomic_delete` compare `last_index`, watches start with
 //! the current state and never lose the latest one, locks carry fencing tokens. The
