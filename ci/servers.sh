@@ -286,6 +286,14 @@ EOF
         [ -f "$dir/plain_port" ] || kv_free_port >"$dir/plain_port"
         local c="$KVSTORE_TLS_DIR" plain pw
         plain=$(cat "$dir/plain_port") pw=$(kv_secret zk)
+        # SASL DIGEST-MD5 users (auth=sasl); the digest scheme needs no server configuration.
+        cat >"$dir/jaas.conf" <<JAASEOF
+Server {
+    org.apache.zookeeper.server.auth.DigestLoginModule required
+    user_kv="$pw"
+    user_reader="$pw";
+};
+JAASEOF
         # The plain port serves only the readiness probe (four-letter words).
         cat >"$dir/zoo.cfg" <<ZKEOF
 tickTime=200
@@ -302,13 +310,14 @@ serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory
 ssl.keyStore.location=$c/server-bundle.pem
 ssl.trustStore.location=$c/ca.pem
 ssl.clientAuth=need
+authProvider.1=org.apache.zookeeper.server.auth.SASLAuthenticationProvider
 admin.enableServer=false
 4lw.commands.whitelist=ruok,srvr,mntr,stat
 ZKEOF
         # Debian's classpath lacks the Netty codec jars the TLS connection factory needs.
         java -Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 \
             -Dzookeeper.extendedTypesEnabled=true -Dznode.container.checkIntervalMs=100 \
-            -Dzookeeper.log.dir="$dir" \
+            -Dzookeeper.log.dir="$dir" -Djava.security.auth.login.config="$dir/jaas.conf" \
             -cp /usr/share/java/zookeeper.jar:/usr/share/java/slf4j-simple.jar:/usr/share/java/netty-codec.jar:/usr/share/java/netty-resolver.jar:/etc/zookeeper/conf \
             org.apache.zookeeper.server.quorum.QuorumPeerMain "$dir/zoo.cfg" >"$dir/log" 2>&1 &
         echo $! >"$dir/pid"

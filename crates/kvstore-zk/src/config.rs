@@ -32,6 +32,20 @@ pub enum ZkAcl {
     CreatorWorldRead,
 }
 
+/// How the session proves the credentials of [`ZkConfig::digest`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ZkAuth {
+    /// The `digest` scheme (`addauth digest user:password`); needs no server configuration.
+    /// The session's identity is `digest:user:<hash>`.
+    #[default]
+    Digest,
+    /// SASL with DIGEST-MD5, checked by the server's `SASLAuthenticationProvider` against its
+    /// JAAS `Server` section; a wrong password fails the connect. The session's identity is
+    /// `sasl:user`.
+    SaslDigestMd5,
+}
+
 /// Configuration of a [`ZkStore`](crate::ZkStore).
 ///
 /// # URL form
@@ -50,6 +64,7 @@ pub enum ZkAcl {
 /// | `request_timeout` | per-request timeout | 10 s |
 /// | `max_value_size` | largest value in bytes | 1,000,000 |
 /// | `acl` | ACL of created nodes: `open`, `creator`, `creator_read` | `open`, or `creator` with credentials |
+/// | `auth` | how the credentials authenticate: `digest` or `sasl` (SASL DIGEST-MD5, see [`ZkAuth`]) | `digest` |
 /// | `tls_ca`, `tls_cert`, `tls_key` | TLS to the servers' `secureClientPort` with this CA and client certificate ([`TlsConfig`]; `tls_ca` is required) | plain TCP |
 ///
 /// # Examples
@@ -75,6 +90,8 @@ pub struct ZkConfig {
     pub digest: Option<(String, String)>,
     /// ACL put on created znodes.
     pub acl: ZkAcl,
+    /// How the credentials authenticate.
+    pub auth: ZkAuth,
     /// Connect timeout.
     pub connect_timeout: Duration,
     /// Session timeout asked of the server.
@@ -97,6 +114,7 @@ impl std::fmt::Debug for ZkConfig {
             .field("prefix", &self.prefix)
             .field("user", &self.digest.as_ref().map(|(u, _)| u))
             .field("acl", &self.acl)
+            .field("auth", &self.auth)
             .field("connect_timeout", &self.connect_timeout)
             .field("session_timeout", &self.session_timeout)
             .field("request_timeout", &self.request_timeout)
@@ -114,6 +132,7 @@ impl ZkConfig {
             prefix: String::new(),
             digest: None,
             acl: ZkAcl::Open,
+            auth: ZkAuth::Digest,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             session_timeout: DEFAULT_SESSION_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
@@ -175,6 +194,9 @@ impl ZkConfig {
         if self.hosts.is_empty() {
             return invalid("no ZooKeeper server given");
         }
+        if self.auth == ZkAuth::SaslDigestMd5 && self.digest.is_none() {
+            return invalid("auth=sasl needs credentials (zk://user:password@...)");
+        }
         if self.acl != ZkAcl::Open && self.digest.is_none() {
             return invalid("the creator ACLs need digest credentials (zk://user:password@...)");
         }
@@ -222,6 +244,15 @@ impl ZkConfig {
                 "session_timeout" => config.session_timeout = duration()?,
                 "request_timeout" => config.request_timeout = duration()?,
                 "max_value_size" => config.max_value_size = size_option(BACKEND, name, value)?,
+                "auth" => {
+                    config.auth = match value.as_str() {
+                        "digest" => ZkAuth::Digest,
+                        "sasl" => ZkAuth::SaslDigestMd5,
+                        other => {
+                            return Err(invalid(format!("auth={other}: expected digest or sasl")));
+                        }
+                    }
+                }
                 "acl" => {
                     config.acl = match value.as_str() {
                         "open" => ZkAcl::Open,
@@ -286,6 +317,8 @@ mod tests {
             "zk://h:1?timeout=x",
             "zk://h:1?acl=creator",
             "zk://h:1?acl=nobody",
+            "zk://h:1?auth=sasl",
+            "zk://u:p@h:1?auth=kerberos",
             "zk://u:PW@127.0.0.1:notaport",
             "zk://h:1?tls=true",
             "zk://h:1?tls_ca=/ca.pem&tls_server_name=zk",

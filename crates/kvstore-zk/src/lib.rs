@@ -108,7 +108,7 @@ mod write;
 
 pub use config::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_VALUE_SIZE, DEFAULT_REQUEST_TIMEOUT,
-    DEFAULT_SESSION_TIMEOUT, ZkAcl, ZkConfig,
+    DEFAULT_SESSION_TIMEOUT, ZkAcl, ZkAuth, ZkConfig,
 };
 pub use lock::ZkLocker;
 pub use store::ZkStore;

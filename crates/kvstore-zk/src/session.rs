@@ -7,7 +7,7 @@ use kvstore_core::{Error, Result};
 use zookeeper_client::{self as zk, Acl, Acls, Client, CreateMode, CreateOptions, Permission};
 
 use crate::BACKEND;
-use crate::config::{ZkAcl, ZkConfig};
+use crate::config::{ZkAcl, ZkAuth, ZkConfig};
 use crate::error::from_zk;
 
 static CREATOR_ALL_WORLD_READ: [Acl; 2] = [
@@ -39,10 +39,19 @@ pub(crate) async fn connect(config: &ZkConfig, session_timeout: Duration) -> Res
     let mut connector = Client::connector()
         .with_session_timeout(session_timeout)
         .with_connection_timeout(config.connect_timeout);
-    if let Some((user, password)) = &config.digest {
-        // Source: ZooKeeper Programmer's Guide, "Builtin ACL Schemes" — digest uses
-        // `user:password` as the auth data.
-        connector = connector.with_auth("digest", format!("{user}:{password}").as_bytes());
+    match (&config.digest, config.auth) {
+        (Some((user, password)), ZkAuth::Digest) => {
+            // Source: ZooKeeper Programmer's Guide, "Builtin ACL Schemes" — digest uses
+            // `user:password` as the auth data.
+            connector = connector.with_auth("digest", format!("{user}:{password}").as_bytes());
+        }
+        (Some((user, password)), ZkAuth::SaslDigestMd5) => {
+            // Source: ZooKeeper Programmer's Guide, "ZooKeeper and SASL" (DIGEST-MD5 against
+            // the server's JAAS `Server` section).
+            connector =
+                connector.with_sasl(zk::SaslOptions::digest_md5(user.clone(), password.clone()));
+        }
+        (None, _) => {}
     }
     if let Some(tls) = &config.tls {
         connector = connector.with_tls(tls_options(tls)?);
@@ -72,7 +81,7 @@ pub(crate) async fn connect(config: &ZkConfig, session_timeout: Duration) -> Res
         Ok(Ok(client)) => Ok(client),
         Ok(Err(zk::Error::AuthFailed)) => Err(Error::permission_denied(
             BACKEND,
-            "ZooKeeper refused the digest credentials",
+            "ZooKeeper refused the credentials",
         )),
         Ok(Err(err)) => Err(Error::not_reachable(BACKEND, err)),
         Err(_) => Err(Error::not_reachable(
