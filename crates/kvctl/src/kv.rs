@@ -1,0 +1,119 @@
+//! The single-call subcommands: get, put, rm, ls, cas.
+
+use std::ffi::OsString;
+use std::io::Write;
+
+use kvstore::{KvPair, WriteOptions};
+use tokio::io::AsyncReadExt;
+
+use crate::cli::{CasArgs, Context, GetArgs, LsArgs, Output, PutArgs, RmArgs};
+use crate::exit::Failure;
+use crate::output::{pair_json, text};
+
+/// The bytes of a VALUE argument: stdin for `-`, else the argument's own bytes.
+pub(crate) async fn value_bytes(value: OsString) -> Result<Vec<u8>, Failure> {
+    if value == "-" {
+        let mut bytes = Vec::new();
+        tokio::io::stdin()
+            .read_to_end(&mut bytes)
+            .await
+            .map_err(|e| Failure::Io("reading the value from stdin".into(), e))?;
+        Ok(bytes)
+    } else {
+        Ok(value.into_encoded_bytes())
+    }
+}
+
+fn write_options(ttl: Option<std::time::Duration>) -> Option<WriteOptions> {
+    ttl.map(|ttl| WriteOptions::default().with_ttl(ttl))
+}
+
+/// Writes `bytes` and a newline to stdout.
+fn print_raw(bytes: &[u8]) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(bytes)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush())
+        .map_err(|e| Failure::Io("writing to stdout".into(), e))
+}
+
+/// Prints a written pair's `last_index` (text) or the pair (JSON).
+fn print_written(ctx: &Context, pair: &KvPair) {
+    match ctx.output {
+        Output::Text => println!("last_index {}", pair.last_index),
+        Output::Json => println!("{}", pair_json(pair)),
+    }
+}
+
+pub(crate) async fn get(ctx: &Context, args: GetArgs) -> Result<(), Failure> {
+    let store = ctx.open().await?;
+    let pair = ctx.bounded(store.get(&args.key, None)).await;
+    let _ = store.close().await;
+    let pair = pair?;
+    match ctx.output {
+        Output::Text => print_raw(&pair.value),
+        Output::Json => {
+            println!("{}", pair_json(&pair));
+            Ok(())
+        }
+    }
+}
+
+pub(crate) async fn put(ctx: &Context, args: PutArgs) -> Result<(), Failure> {
+    let value = value_bytes(args.value).await?;
+    let store = ctx.open().await?;
+    let written = ctx
+        .bounded(store.put(&args.key, &value, write_options(args.ttl).as_ref()))
+        .await;
+    let _ = store.close().await;
+    print_written(ctx, &written?);
+    Ok(())
+}
+
+pub(crate) async fn rm(ctx: &Context, args: RmArgs) -> Result<(), Failure> {
+    let store = ctx.open().await?;
+    let result = if args.recursive {
+        ctx.bounded(store.delete_tree(&args.key)).await
+    } else {
+        ctx.bounded(store.delete(&args.key)).await
+    };
+    let _ = store.close().await;
+    result
+}
+
+pub(crate) async fn ls(ctx: &Context, args: LsArgs) -> Result<(), Failure> {
+    let store = ctx.open().await?;
+    let dir = args.dir.unwrap_or_default();
+    let pairs = ctx.bounded(store.list(&dir, None)).await;
+    let _ = store.close().await;
+    for pair in pairs? {
+        match (ctx.output, args.keys_only) {
+            (Output::Text, true) => println!("{}", pair.key),
+            (Output::Text, false) => println!("{}\t{}", pair.key, text(&pair.value)),
+            (Output::Json, true) => println!("{}", serde_json::json!({ "key": pair.key })),
+            (Output::Json, false) => println!("{}", pair_json(&pair)),
+        }
+    }
+    Ok(())
+}
+
+pub(crate) async fn cas(ctx: &Context, args: CasArgs) -> Result<(), Failure> {
+    let value = value_bytes(args.value).await?;
+    // Only `last_index` of the previous pair is compared (the contract of `atomic_put`).
+    let previous = args
+        .index
+        .filter(|_| !args.create)
+        .map(|index| KvPair::new(args.key.clone(), Vec::new(), index));
+    let store = ctx.open().await?;
+    let written = ctx
+        .bounded(store.atomic_put(
+            &args.key,
+            &value,
+            previous.as_ref(),
+            write_options(args.ttl).as_ref(),
+        ))
+        .await;
+    let _ = store.close().await;
+    print_written(ctx, &written?);
+    Ok(())
+}

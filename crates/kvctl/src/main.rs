@@ -1,0 +1,47 @@
+//! `kvctl`: one command-line tool over every kvstore backend.
+//!
+//! Reads, writes, CAS, watches, locks and elections on any URL `kvstore::open` accepts, with
+//! the same output and exit codes on every store. `kvctl --help` lists the subcommands with an
+//! example each and the exit codes.
+
+mod cli;
+mod exit;
+mod kv;
+mod output;
+mod supervise;
+mod transfer;
+mod watch;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+use crate::exit::Failure;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(failure) => failure.report(),
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, Failure> {
+    let ctx = cli::Context::new(&cli);
+    match cli.command {
+        Command::Get(args) => kv::get(&ctx, args).await,
+        Command::Put(args) => kv::put(&ctx, args).await,
+        Command::Rm(args) => kv::rm(&ctx, args).await,
+        Command::Ls(args) => kv::ls(&ctx, args).await,
+        Command::Cas(args) => kv::cas(&ctx, args).await,
+        Command::Watch(args) => watch::watch(&ctx, args).await,
+        Command::Lock(args) => supervise::lock(&ctx, args).await,
+        Command::Elect(args) => supervise::elect(&ctx, args).await,
+        Command::Export(args) => transfer::export(&ctx, args).await,
+        Command::Import(args) => transfer::import(&ctx, args).await,
+        Command::Copy(args) => transfer::copy(&ctx, args).await,
+    }
+    .map(|()| ExitCode::SUCCESS)
+}

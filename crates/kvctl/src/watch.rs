@@ -1,0 +1,111 @@
+//! `kvctl watch`: one line (or JSON object) per change, optionally running a command per
+//! change, until interrupted.
+
+use std::process::Stdio;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use futures::StreamExt;
+use kvstore::KvPair;
+use tokio::io::AsyncWriteExt;
+
+use crate::cli::{Context, Output, WatchArgs};
+use crate::exit::Failure;
+use crate::output::{Change, diff};
+
+pub(crate) async fn watch(ctx: &Context, args: WatchArgs) -> Result<(), Failure> {
+    let store = ctx.open().await?;
+    let result = tokio::select! {
+        result = follow_changes(ctx, &*store, &args) => result,
+        _ = tokio::signal::ctrl_c() => Ok(()),
+    };
+    let _ = store.close().await;
+    result
+}
+
+async fn follow_changes(
+    ctx: &Context,
+    store: &dyn kvstore::Store,
+    args: &WatchArgs,
+) -> Result<(), Failure> {
+    if args.recursive {
+        let mut stream = ctx.bounded(store.watch_tree(&args.key, None)).await?;
+        let mut last: Vec<KvPair> = Vec::new();
+        while let Some(snapshot) = stream.next().await {
+            let snapshot = snapshot.map_err(Failure::Store)?;
+            for change in diff(&last, &snapshot) {
+                emit(ctx, args, &change).await?;
+            }
+            last = snapshot;
+        }
+    } else {
+        let mut stream = ctx.bounded(store.watch(&args.key, None)).await?;
+        let mut first = true;
+        while let Some(item) = stream.next().await {
+            let change = match item.map_err(Failure::Store)? {
+                Some(pair) => Change::Put(pair),
+                // A missing key is reported once at the start, and after every delete.
+                None if first => {
+                    first = false;
+                    continue;
+                }
+                None => Change::Delete(args.key.clone()),
+            };
+            first = false;
+            emit(ctx, args, &change).await?;
+        }
+    }
+    // The store ended the watch (closed, or the server away past its reconnect timeout).
+    Err(Failure::Store(kvstore::Error::not_reachable(
+        "kvctl",
+        "the watch ended",
+    )))
+}
+
+/// Prints one change, then runs `--exec` for it (waiting for the command to finish).
+async fn emit(ctx: &Context, args: &WatchArgs, change: &Change) -> Result<(), Failure> {
+    match ctx.output {
+        Output::Text => println!("{}", change.line()),
+        Output::Json => println!("{}", change.json()),
+    }
+    let Some(command) = &args.exec else {
+        return Ok(());
+    };
+    let mut cmd = tokio::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg(command)
+        .stdin(Stdio::piped())
+        .env("KVSTORE_KEY", change.key())
+        .env("KVSTORE_EVENT", change.event());
+    if let Change::Put(pair) = change {
+        cmd.env("KVSTORE_LAST_INDEX", pair.last_index.to_string())
+            .env("KVSTORE_VALUE_BASE64", BASE64.encode(&pair.value));
+        // An environment variable cannot hold a NUL byte; such values come in base64 only.
+        if !pair.value.contains(&0) {
+            cmd.env(
+                "KVSTORE_VALUE",
+                std::os::unix::ffi::OsStrExt::from_bytes(&pair.value[..]) as &std::ffi::OsStr,
+            );
+        }
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| Failure::Io(format!("starting {command:?}"), e))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        // A command that does not read its stdin closes it early; that is not an error.
+        let _ = stdin
+            .write_all(format!("{}\n", change.json()).as_bytes())
+            .await;
+    }
+    let status = child
+        .wait()
+        .await
+        .map_err(|e| Failure::Io(format!("waiting for {command:?}"), e))?;
+    if !status.success() {
+        eprintln!(
+            "kvctl: {command:?} exited with {status} for {}",
+            change.key()
+        );
+    }
+    Ok(())
+}

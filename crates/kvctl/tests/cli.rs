@@ -1,0 +1,462 @@
+//! kvctl run as a binary against every backend: each subcommand, its output and exit codes.
+
+mod common;
+
+use common::{BACKENDS, Running, backend, cleanup, fails_with, ok, run, run_with_stdin, scratch};
+use serde_json::Value;
+
+/// Every byte value, for the binary round trips.
+fn binary_value() -> Vec<u8> {
+    (0..=255u8).collect()
+}
+
+fn json(line: &str) -> Value {
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?} is not JSON: {e}"))
+}
+
+/// get, put (argument and stdin), ls, cas, rm on one backend.
+fn reads_and_writes(name: &'static str) {
+    let Some(b) = backend(name) else { return };
+    let url = &b.url;
+    let dir = scratch("kv");
+    let key = format!("{dir}/a");
+    assert_eq!(
+        ok(url, &["put", &key, "hello"])
+            .trim_start_matches("last_index ")
+            .trim()
+            .parse::<u64>()
+            .map(|i| i > 0),
+        Ok(true)
+    );
+    assert_eq!(ok(url, &["get", &key]), "hello\n");
+    let pair = json(&ok(url, &["get", &key, "-o", "json"]));
+    assert_eq!(
+        (pair["key"].as_str(), pair["value"].as_str()),
+        (Some(key.as_str()), Some("hello"))
+    );
+    let index = pair["last_index"].as_u64().expect("last_index");
+
+    // Binary values through stdin, read back exactly through JSON.
+    let bin = format!("{dir}/bin");
+    let (code, _, err) = run_with_stdin(url, &["put", &bin, "-"], &binary_value());
+    assert_eq!(code, 0, "{err}");
+    let got = json(&ok(url, &["get", &bin, "-o", "json"]));
+    let decoded = base64_decode(got["value_base64"].as_str().unwrap());
+    assert_eq!(decoded, binary_value());
+    assert_eq!(got["value"], Value::Null, "not UTF-8");
+
+    // ls: recursive, sorted; --keys-only; JSON lines.
+    ok(url, &["put", &format!("{dir}/sub/c"), "deep"]);
+    let listed = ok(url, &["ls", &dir, "--keys-only"]);
+    assert_eq!(
+        listed.lines().collect::<Vec<_>>(),
+        [key.clone(), bin.clone(), format!("{dir}/sub/c")]
+    );
+    let text = ok(url, &["ls", &dir]);
+    assert!(text.contains(&format!("{key}\thello")), "{text}");
+    assert_eq!(
+        ok(url, &["ls", &dir, "-o", "json"])
+            .lines()
+            .map(json)
+            .count(),
+        3
+    );
+
+    // cas: the right index writes; a stale one and --create on an existing key refuse (1).
+    let written = ok(url, &["cas", &key, "v2", "--index", &index.to_string()]);
+    assert!(written.starts_with("last_index "), "{written}");
+    fails_with(url, &["cas", &key, "v3", "--index", &index.to_string()], 1);
+    fails_with(url, &["cas", &key, "v3", "--create"], 1);
+    let created = format!("{dir}/created");
+    ok(url, &["cas", &created, "new", "--create"]);
+    assert_eq!(ok(url, &["get", &key]), "v2\n");
+
+    // rm, rm -r; a missing key is exit 1 with one line on stderr.
+    ok(url, &["rm", &key]);
+    let err = fails_with(url, &["get", &key], 1);
+    assert!(err.contains("not found"), "{err}");
+    fails_with(url, &["rm", &key], 1);
+    ok(url, &["rm", "-r", &dir]);
+    fails_with(url, &["ls", &dir], 1);
+}
+
+/// watch (a key, a directory, --exec) and elect --follow, seen by a second kvctl process.
+fn watches(name: &'static str) {
+    let Some(b) = backend(name) else { return };
+    let url = &b.url;
+    let dir = scratch("watch");
+    let key = format!("{dir}/k");
+    ok(url, &["put", &key, "v1"]);
+    if !b.shared {
+        // One process holds a redb file: the watch's first lines are all a test can see.
+        let watch = Running::start(url, &["watch", &key]);
+        assert!(
+            watch
+                .next_line("initial state")
+                .starts_with(&format!("put {key} "))
+        );
+        assert_eq!(watch.interrupt(), Some(0), "Ctrl-C ends a watch with 0");
+        return;
+    }
+    let exec_log = tempfile::NamedTempFile::new().unwrap();
+    let exec = format!(
+        "echo \"$KVSTORE_EVENT $KVSTORE_KEY $KVSTORE_VALUE\" >> {}",
+        exec_log.path().display()
+    );
+    let key_watch = Running::start(url, &["watch", &key, "-o", "json"]);
+    let tree_watch = Running::start(url, &["watch", "-r", &dir, "--exec", &exec]);
+    let first = json(&key_watch.next_line("the key's current value"));
+    assert_eq!(
+        (first["event"].as_str(), first["value"].as_str()),
+        (Some("put"), Some("v1"))
+    );
+    assert!(
+        tree_watch
+            .next_line("the tree's current state")
+            .starts_with(&format!("put {key} "))
+    );
+
+    ok(url, &["put", &key, "v2"]);
+    let second = json(&key_watch.next_line("the write"));
+    assert_eq!(second["value"].as_str(), Some("v2"));
+    assert!(second["last_index"].as_u64() > first["last_index"].as_u64());
+    let line = tree_watch.next_line("the write in the tree");
+    assert!(
+        line.starts_with(&format!("put {key} ")) && line.ends_with(" v2"),
+        "{line}"
+    );
+    ok(url, &["rm", &key]);
+    assert_eq!(
+        json(&key_watch.next_line("the delete"))["event"].as_str(),
+        Some("delete")
+    );
+    assert_eq!(
+        tree_watch.next_line("the delete in the tree"),
+        format!("delete {key}")
+    );
+    assert_eq!(key_watch.interrupt(), Some(0));
+    assert_eq!(tree_watch.interrupt(), Some(0));
+    let log = std::fs::read_to_string(exec_log.path()).unwrap();
+    assert_eq!(
+        log.lines().collect::<Vec<_>>(),
+        [
+            format!("put {key} v1"),
+            format!("put {key} v2"),
+            format!("delete {key} ")
+        ],
+        "--exec runs once per change with the change in its environment"
+    );
+
+    // elect --follow sees a leader with its term, then none after it resigns.
+    let election = format!("{dir}/leader");
+    let follower = Running::start(url, &["elect", "--follow", &election]);
+    assert_eq!(follower.next_line("no leader yet"), "none");
+    let marker = tempfile::NamedTempFile::new().unwrap();
+    let (code, _, err) = run(
+        url,
+        &[
+            "elect",
+            &election,
+            "node-1",
+            "--ttl",
+            "5s",
+            "--",
+            "sh",
+            "-c",
+            &format!("echo $KVSTORE_TERM > {}", marker.path().display()),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let term = std::fs::read_to_string(marker.path()).unwrap();
+    assert_eq!(
+        follower.next_line("the leader"),
+        format!("{} node-1", term.trim())
+    );
+    assert_eq!(follower.next_line("the resignation"), "none");
+    assert_eq!(follower.interrupt(), Some(0));
+    cleanup(url, &dir);
+}
+
+/// lock and elect run their command with the token in its environment and exit with its code.
+fn lock_and_elect_run_commands(name: &'static str) {
+    let Some(b) = backend(name) else { return };
+    let url = &b.url;
+    let dir = scratch("run");
+    let script = "echo $KVSTORE_FENCING_TOKEN; exit 7";
+    let (code, out, err) = run(
+        url,
+        &["lock", &format!("{dir}/lock"), "--", "sh", "-c", script],
+    );
+    assert_eq!(code, 7, "the command's exit code: {err}");
+    let first: u64 = out.trim().parse().expect("a fencing token");
+    let (code, out, _) = run(
+        url,
+        &["lock", &format!("{dir}/lock"), "--", "sh", "-c", script],
+    );
+    assert_eq!(code, 7);
+    assert!(out.trim().parse::<u64>().unwrap() > first, "tokens grow");
+    let (code, out, err) = run(
+        url,
+        &[
+            "elect",
+            &format!("{dir}/leader"),
+            "me",
+            "--",
+            "sh",
+            "-c",
+            "echo $KVSTORE_TERM",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.trim().parse::<u64>().is_ok(), "{out}");
+    // A command killed by a signal: 128 + the signal, as a shell reports it.
+    let (code, _, _) = run(
+        url,
+        &[
+            "lock",
+            &format!("{dir}/lock"),
+            "--",
+            "sh",
+            "-c",
+            "kill -TERM $$",
+        ],
+    );
+    assert_eq!(code, 128 + 15);
+    fails_with(url, &["lock", &format!("{dir}/lock")], 2);
+}
+
+/// export → import under a prefix → the same tree, in `consul kv export` format.
+fn export_import(name: &'static str) {
+    let Some(b) = backend(name) else { return };
+    let url = &b.url;
+    let dir = scratch("export");
+    ok(url, &["put", &format!("{dir}/a"), "1"]);
+    run_with_stdin(url, &["put", &format!("{dir}/b/c"), "-"], &binary_value());
+    let exported = ok(url, &["export", &dir]);
+    let entries = json(&exported);
+    assert_eq!(entries.as_array().map(Vec::len), Some(2));
+    assert_eq!(entries[0]["flags"], 0);
+    let (code, _, err) = run_with_stdin(
+        url,
+        &["import", "--prefix", &format!("{dir}/copy")],
+        exported.as_bytes(),
+    );
+    assert_eq!(code, 0, "{err}");
+    let copied = ok(url, &["export", &format!("{dir}/copy/{dir}")]);
+    let copied = json(&copied);
+    for (a, b) in entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(copied.as_array().unwrap())
+    {
+        assert_eq!(a["value"], b["value"]);
+        assert_eq!(
+            format!("{dir}/copy/{}", a["key"].as_str().unwrap()),
+            b["key"].as_str().unwrap()
+        );
+    }
+    // Bad input writes nothing.
+    let (code, _, _) = run_with_stdin(
+        url,
+        &["import", "--prefix", &format!("{dir}/bad")],
+        b"[{\"key\":\"x\",\"value\":\"%%%\"}]",
+    );
+    assert_eq!(code, 2);
+    fails_with(url, &["ls", &format!("{dir}/bad")], 1);
+    ok(url, &["rm", "-r", &dir]);
+}
+
+/// Bad input: the documented exit code and one line on stderr.
+fn bad_input(name: &'static str) {
+    let Some(b) = backend(name) else { return };
+    fails_with(&b.url, &["get", "a//b"], 2);
+    fails_with(&b.url, &["--no-such-option"], 2);
+    fails_with(&b.url, &["put", "k"], 2);
+}
+
+macro_rules! per_backend {
+    ($($case:ident),*) => {
+        $(
+            mod $case {
+                #[test]
+                fn redb() { super::$case("redb") }
+                #[test]
+                fn redis() { super::$case("redis") }
+                #[test]
+                fn etcd() { super::$case("etcd") }
+                #[test]
+                fn zk() { super::$case("zk") }
+                #[test]
+                fn consul() { super::$case("consul") }
+            }
+        )*
+    };
+}
+
+per_backend!(
+    reads_and_writes,
+    watches,
+    lock_and_elect_run_commands,
+    export_import,
+    bad_input
+);
+
+#[test]
+fn bad_urls_and_unreachable_servers() {
+    fails_with("redis://user:pw@127.0.0.1:notaport/0", &["get", "k"], 2);
+    fails_with("nosuch://x", &["get", "k"], 2);
+    let err = fails_with("etcd://127.0.0.1:1?timeout=500ms", &["get", "k"], 3);
+    assert!(err.contains("not reachable"), "{err}");
+    fails_with("redis://127.0.0.1:1", &["--timeout", "2s", "get", "k"], 3);
+}
+
+#[test]
+fn help_lists_every_subcommand_with_an_example() {
+    let help = ok("memory://", &["--help"]);
+    for sub in [
+        "get", "put", "rm", "ls", "cas", "watch", "lock", "elect", "export", "import", "copy",
+    ] {
+        let line = help
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{sub} ")))
+            .unwrap_or_else(|| panic!("--help lists {sub}: {help}"));
+        assert!(
+            line.contains(&format!("kvctl {sub}")),
+            "an example for {sub}: {line}"
+        );
+    }
+    assert!(help.contains("Exit codes"), "{help}");
+}
+
+/// `copy` from every backend to every other one, byte for byte; a second run copies nothing.
+#[test]
+fn copy_between_every_pair_of_backends() {
+    let backends: Vec<_> = BACKENDS.iter().filter_map(|name| backend(name)).collect();
+    for src in &backends {
+        let dir = scratch("copy");
+        ok(&src.url, &["put", &format!("{dir}/a"), "text"]);
+        run_with_stdin(
+            &src.url,
+            &["put", &format!("{dir}/b/bin"), "-"],
+            &binary_value(),
+        );
+        let want = ok(&src.url, &["export", &dir]);
+        for dst in backends.iter().filter(|d| d.name != src.name) {
+            let (code, _, err) = run(&src.url, &["copy", &src.url, &dst.url, &dir]);
+            assert_eq!(code, 0, "copy {} -> {}: {err}", src.name, dst.name);
+            assert!(err.contains("copied 2 keys"), "{err}");
+            assert_eq!(
+                ok(&dst.url, &["export", &dir]),
+                want,
+                "{} -> {}",
+                src.name,
+                dst.name
+            );
+            let (_, _, again) = run(&src.url, &["copy", &src.url, &dst.url, &dir]);
+            assert!(
+                again.contains("copied 0 keys, 2 already equal"),
+                "resumable: {again}"
+            );
+            ok(&dst.url, &["rm", "-r", &dir]);
+        }
+        ok(&src.url, &["rm", "-r", &dir]);
+    }
+}
+
+/// Two `kvctl lock` on one key never run their commands at the same time, and the second
+/// holder's token is the greater.
+#[test]
+fn concurrent_locks_never_overlap() {
+    for name in ["redis", "etcd", "zk", "consul"] {
+        let Some(b) = backend(name) else { continue };
+        let dir = scratch("overlap");
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let script = format!(
+            "echo start $KVSTORE_FENCING_TOKEN >> {log}; sleep 0.5; echo end $KVSTORE_FENCING_TOKEN >> {log}",
+            log = log.path().display()
+        );
+        let lock_key = format!("{dir}/lock");
+        let args = [
+            "lock",
+            lock_key.as_str(),
+            "--ttl",
+            "5s",
+            "--",
+            "sh",
+            "-c",
+            script.as_str(),
+        ];
+        let mut first = Running::start(&b.url, &args);
+        let mut second = Running::start(&b.url, &args);
+        for (i, child) in [&mut first.child, &mut second.child]
+            .into_iter()
+            .enumerate()
+        {
+            assert_eq!(
+                common::wait_bounded(child, kvstore_testutils::EVENT_TIMEOUT * 2),
+                Some(0),
+                "{name}: lock {i}"
+            );
+        }
+        let text = std::fs::read_to_string(log.path()).unwrap();
+        let lines: Vec<(&str, u64)> = text
+            .lines()
+            .map(|l| {
+                let (what, token) = l.split_once(' ').unwrap();
+                (what, token.parse().unwrap())
+            })
+            .collect();
+        assert_eq!(lines.len(), 4, "{name}: {text}");
+        assert_eq!(
+            (lines[0].0, lines[1].0, lines[2].0, lines[3].0),
+            ("start", "end", "start", "end"),
+            "{name}: the commands overlapped: {text}"
+        );
+        assert_eq!(lines[0].1, lines[1].1);
+        assert_eq!(lines[2].1, lines[3].1);
+        assert!(
+            lines[2].1 > lines[0].1,
+            "{name}: the later holder's token is greater: {text}"
+        );
+        cleanup(&b.url, &dir);
+    }
+}
+
+fn base64_decode(text: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .expect("base64")
+}
+
+/// TLS and credentials through the URL, as in the library; a refused credential is exit 5 and
+/// its error names no secret.
+#[test]
+fn tls_and_credentials_through_the_url() {
+    use kvstore_testutils::secure::{Credential, with_client_certificate, with_credential};
+    for (var, credential) in [
+        ("KVSTORE_REDIS_TLS_URL", Credential::Password),
+        ("KVSTORE_ETCD_TLS_URL", Credential::Password),
+        ("KVSTORE_ZK_TLS_URL", Credential::Password),
+        ("KVSTORE_CONSUL_TLS_URL", Credential::Query("token")),
+    ] {
+        let Some(url) = kvstore_testutils::backend_url(var) else {
+            continue;
+        };
+        let dir = scratch("tls");
+        let key = format!("{dir}/k");
+        ok(&url, &["put", &key, "secret-value"]);
+        assert_eq!(ok(&url, &["get", &key]), "secret-value\n");
+        let mut wrong = with_credential(&url, credential, "planted-wrong-password");
+        if var.contains("ZK") {
+            // ZooKeeper's creator ACL also grants the creator's certificate.
+            let certs = kvstore_testutils::backend_url("KVSTORE_TLS_DIR").unwrap();
+            wrong = with_client_certificate(&wrong, std::path::Path::new(&certs), "reader");
+        }
+        let err = fails_with(&wrong, &["put", &key, "x"], 5);
+        assert!(err.contains("refused"), "{var}: {err}");
+        assert!(!err.contains("planted-wrong-password"), "{var}: {err}");
+        ok(&url, &["rm", "-r", &dir]);
+    }
+}
