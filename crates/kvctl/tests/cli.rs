@@ -460,3 +460,27 @@ fn tls_and_credentials_through_the_url() {
         ok(&url, &["rm", "-r", &dir]);
     }
 }
+
+/// A signal sent to `kvctl lock` reaches the command; kvctl exits with the command's code.
+#[test]
+fn lock_forwards_signals_to_the_command() {
+    let Some(b) = backend("redis") else { return };
+    let dir = scratch("signal");
+    let script = "trap 'echo got-term; exit 42' TERM; echo ready; while :; do sleep 0.05; done";
+    let lock_key = format!("{dir}/lock");
+    let mut kvctl = Running::start(&b.url, &["lock", &lock_key, "--", "sh", "-c", script]);
+    assert_eq!(kvctl.next_line("the command started"), "ready");
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &kvctl.child.id().to_string()])
+        .status();
+    assert_eq!(kvctl.next_line("the forwarded SIGTERM"), "got-term");
+    assert_eq!(
+        common::wait_bounded(&mut kvctl.child, kvstore_testutils::EVENT_TIMEOUT),
+        Some(42),
+        "kvctl exits with the command's code"
+    );
+    // The lock was released: another holder gets it at once.
+    let (code, _, err) = run(&b.url, &["lock", &lock_key, "--wait", "5s", "--", "true"]);
+    assert_eq!(code, 0, "{err}");
+    cleanup(&b.url, &dir);
+}

@@ -1,5 +1,6 @@
 //! `kvctl lock` whose server is paused past the lock's TTL: the lock is lost, the command is
-//! stopped (SIGTERM) and kvctl exits 4. Its own test binary, since it pauses the shared server.
+//! stopped (SIGTERM, then SIGKILL after the grace period for a command that ignores SIGTERM)
+//! and kvctl exits 4. Its own test binary, since it pauses the shared server.
 
 mod common;
 
@@ -8,7 +9,9 @@ use std::time::{Duration, Instant};
 use common::{Running, wait_bounded};
 use kvstore_testutils::{EVENT_TIMEOUT, controlled_backend_url};
 
-fn lock_lost_stops_the_command(name: &str, var: &str) {
+/// `ignore_term`: the command ignores SIGTERM, so only the SIGKILL after the grace period
+/// stops it.
+fn lock_lost_stops_the_command(name: &str, var: &str, ignore_term: bool) {
     let Some(url) = controlled_backend_url(var) else {
         return;
     };
@@ -16,7 +19,11 @@ fn lock_lost_stops_the_command(name: &str, var: &str) {
     let ttl = Duration::from_secs(2);
     let key = kvstore_testutils::scratch_dir("kvctl-lost");
     // The command records its PID and would run for a minute.
-    let script = format!("echo $$ > {}; exec sleep 60", pid_file.path().display());
+    let trap = if ignore_term { "trap '' TERM; " } else { "" };
+    let script = format!(
+        "{trap}echo $$ > {}; exec sleep 60",
+        pid_file.path().display()
+    );
     let mut kvctl = Running::start(
         &url,
         &[
@@ -50,12 +57,12 @@ fn lock_lost_stops_the_command(name: &str, var: &str) {
 
 #[test]
 fn lock_lost_on_paused_servers() {
-    for (name, var) in [
-        ("redis", "KVSTORE_REDIS_URL"),
-        ("etcd", "KVSTORE_ETCD_URL"),
-        ("zk", "KVSTORE_ZK_URL"),
-        ("consul", "KVSTORE_CONSUL_URL"),
+    for (name, var, ignore_term) in [
+        ("redis", "KVSTORE_REDIS_URL", false),
+        ("etcd", "KVSTORE_ETCD_URL", true),
+        ("zk", "KVSTORE_ZK_URL", false),
+        ("consul", "KVSTORE_CONSUL_URL", true),
     ] {
-        lock_lost_stops_the_command(name, var);
+        lock_lost_stops_the_command(name, var, ignore_term);
     }
 }
