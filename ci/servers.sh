@@ -136,6 +136,31 @@ kv_consul_ready() { curl -fsS "http://127.0.0.1:$1/v1/status/leader" | grep -q '
 # kv_consul_tls_ready CURL_COMMAND... BASE_URL
 kv_consul_tls_ready() { "${@:1:$#-1}" "${*: -1}/v1/status/leader" | grep -q ':'; }
 
+# kv_zoo_cfg DIR CLIENT_PORT: the zoo.cfg settings every ZooKeeper here shares.
+kv_zoo_cfg() {
+    cat <<EOF
+tickTime=200
+initLimit=10
+syncLimit=5
+minSessionTimeout=400
+maxSessionTimeout=60000
+dataDir=$1/data
+clientPort=$2
+clientPortAddress=127.0.0.1
+admin.enableServer=false
+4lw.commands.whitelist=ruok,srvr,mntr,stat
+EOF
+}
+
+# kv_zk_java DIR EXTRA_CLASSPATH JVM_OPTION...: starts the ZooKeeper of DIR in the background.
+kv_zk_java() {
+    local dir=$1 cp=$2
+    shift 2
+    java -Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 "$@" -Dzookeeper.log.dir="$dir" \
+        -cp "$cp"/usr/share/java/zookeeper.jar:/usr/share/java/slf4j-simple.jar:/etc/zookeeper/conf \
+        org.apache.zookeeper.server.quorum.QuorumPeerMain "$dir/zoo.cfg" >"$dir/log" 2>&1 &
+}
+
 # Starts one server; its port is chosen on the first start and kept on restarts.
 kv_start_one() {
     local name=$1 dir="$KV_RUN_DIR/$1"
@@ -177,22 +202,8 @@ kv_start_one() {
         # zk-stock: the server's defaults for TTL nodes (off) and container reaping (60 s).
         local extended=(-Dzookeeper.extendedTypesEnabled=true -Dznode.container.checkIntervalMs=100)
         [ "$name" = zk ] || extended=()
-        cat >"$dir/zoo.cfg" <<EOF
-tickTime=200
-initLimit=10
-syncLimit=5
-minSessionTimeout=400
-maxSessionTimeout=60000
-dataDir=$dir/data
-clientPort=$port
-clientPortAddress=127.0.0.1
-admin.enableServer=false
-4lw.commands.whitelist=ruok,srvr,mntr,stat
-EOF
-        java -Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 \
-            "${extended[@]}" -Dzookeeper.log.dir="$dir" \
-            -cp /usr/share/java/zookeeper.jar:/usr/share/java/slf4j-simple.jar:/etc/zookeeper/conf \
-            org.apache.zookeeper.server.quorum.QuorumPeerMain "$dir/zoo.cfg" >"$dir/log" 2>&1 &
+        kv_zoo_cfg "$dir" "$port" >"$dir/zoo.cfg"
+        kv_zk_java "$dir" "" "${extended[@]}"
         echo $! >"$dir/pid"
         kv_wait "$name" 30 kv_zk_ready "$port"
         if [ "$name" = zk ]; then
@@ -295,15 +306,9 @@ Server {
 };
 JAASEOF
         # The plain port serves only the readiness probe (four-letter words).
-        cat >"$dir/zoo.cfg" <<ZKEOF
-tickTime=200
-initLimit=10
-syncLimit=5
-minSessionTimeout=400
-maxSessionTimeout=60000
-dataDir=$dir/data
-clientPort=$plain
-clientPortAddress=127.0.0.1
+        {
+            kv_zoo_cfg "$dir" "$plain"
+            cat <<ZKEOF
 secureClientPort=$port
 secureClientPortAddress=127.0.0.1
 serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory
@@ -311,15 +316,12 @@ ssl.keyStore.location=$c/server-bundle.pem
 ssl.trustStore.location=$c/ca.pem
 ssl.clientAuth=need
 authProvider.1=org.apache.zookeeper.server.auth.SASLAuthenticationProvider
-admin.enableServer=false
-4lw.commands.whitelist=ruok,srvr,mntr,stat
 ZKEOF
+        } >"$dir/zoo.cfg"
         # Debian's classpath lacks the Netty codec jars the TLS connection factory needs.
-        java -Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 \
+        kv_zk_java "$dir" /usr/share/java/netty-codec.jar:/usr/share/java/netty-resolver.jar: \
             -Dzookeeper.extendedTypesEnabled=true -Dznode.container.checkIntervalMs=100 \
-            -Dzookeeper.log.dir="$dir" -Djava.security.auth.login.config="$dir/jaas.conf" \
-            -cp /usr/share/java/zookeeper.jar:/usr/share/java/slf4j-simple.jar:/usr/share/java/netty-codec.jar:/usr/share/java/netty-resolver.jar:/etc/zookeeper/conf \
-            org.apache.zookeeper.server.quorum.QuorumPeerMain "$dir/zoo.cfg" >"$dir/log" 2>&1 &
+            -Djava.security.auth.login.config="$dir/jaas.conf"
         echo $! >"$dir/pid"
         kv_wait zk-tls 30 kv_zk_ready "$plain"
         export KVSTORE_ZK_TLS_URL="zk://kv:$pw@127.0.0.1:$port?tls_ca=$c/ca.pem&tls_cert=$c/client.pem&tls_key=$c/client-key.pem"

@@ -6,12 +6,18 @@
 //! they run the same on every network backend.
 
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use kvstore_core::{Error, Result, Store};
 
-use crate::{EVENT_TIMEOUT, cleanup, error_chain, ok, scratch_dir};
+use crate::{EVENT_TIMEOUT, backend_url, cleanup, error_chain, ok, scratch_dir};
+
+/// The directory of the run's certificates (`KVSTORE_TLS_DIR`, set by `ci/servers.sh`); like
+/// [`backend_url`], `None` when unset unless servers are required.
+pub fn tls_dir() -> Option<PathBuf> {
+    backend_url("KVSTORE_TLS_DIR").map(PathBuf::from)
+}
 
 /// How a URL names its credential, for the wrong-credential case.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,4 +201,19 @@ pub async fn read_only_credential_cannot_write(writer: &dyn Store, reader: &dyn 
         "refused writes must change nothing"
     );
     cleanup(writer, &dir).await;
+}
+
+/// [`read_only_credential_cannot_write`] on stores opened from `writer_url` and `reader_url`.
+pub async fn read_only_url_cannot_write<F, Fut>(open: F, writer_url: &str, reader_url: &str)
+where
+    F: Fn(String) -> Fut,
+    Fut: Future<Output = Result<Arc<dyn Store>>>,
+{
+    let writer = ok(open(writer_url.to_owned()).await, "open the writer");
+    let reader = ok(
+        open(reader_url.to_owned()).await,
+        "open the read-only reader",
+    );
+    read_only_credential_cannot_write(&*writer, &*reader).await;
+    let _ = (writer.close().await, reader.close().await);
 }

@@ -3,13 +3,12 @@
 //! (`KVSTORE_CONSUL_TLS_URL` with the management token; ci/servers.sh starts `consul-tls`):
 //! the whole conformance suite, and every refusal as `PermissionDenied`.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use kvstore_consul::{ConsulConfig, ConsulStore};
 use kvstore_core::{Result, Store};
-use kvstore_testutils::secure::{self, Credential};
+use kvstore_testutils::secure::{self, Credential, tls_dir};
 use kvstore_testutils::{Opener, backend_url, ok};
 
 async fn open(url: String) -> Result<Arc<dyn Store>> {
@@ -23,10 +22,6 @@ fn opener() -> Option<Opener> {
             .with_ttl(Duration::from_secs(2))
             .with_ttl_slack(Duration::from_secs(4)),
     )
-}
-
-fn tls_dir() -> Option<PathBuf> {
-    backend_url("KVSTORE_TLS_DIR").map(PathBuf::from)
 }
 
 kvstore_testutils::conformance_tests!(optional: opener());
@@ -51,11 +46,8 @@ async fn read_only_token_cannot_write() {
     ) else {
         return;
     };
-    let writer = ok(open(url.clone()).await, "open with the management token");
     let reader_url = secure::with_credential(&url, Credential::Query("token"), &reader);
-    let reader = ok(open(reader_url).await, "open with the read-only token");
-    secure::read_only_credential_cannot_write(&*writer, &*reader).await;
-    let _ = (writer.close().await, reader.close().await);
+    secure::read_only_url_cannot_write(open, &url, &reader_url).await;
 }
 
 /// The agent's ACL HTTP API, called with the management token over the same mutual TLS.

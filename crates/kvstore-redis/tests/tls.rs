@@ -2,14 +2,13 @@
 //! (`KVSTORE_REDIS_TLS_URL`; ci/servers.sh starts `redis-tls`): the whole conformance suite,
 //! and every refusal as `PermissionDenied`.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use kvstore_core::{Result, Store};
 use kvstore_redis::{RedisConfig, RedisStore};
-use kvstore_testutils::secure::{self, Credential};
-use kvstore_testutils::{Opener, backend_url, ok};
+use kvstore_testutils::secure::{self, Credential, tls_dir};
+use kvstore_testutils::{Opener, backend_url};
 
 async fn open(url: String) -> Result<Arc<dyn Store>> {
     Ok(Arc::new(RedisStore::connect(RedisConfig::from_url(&url)?).await?) as Arc<dyn Store>)
@@ -22,10 +21,6 @@ fn opener() -> Option<Opener> {
             .with_ttl(Duration::from_secs(1))
             .with_ttl_slack(Duration::from_secs(1)),
     )
-}
-
-fn tls_dir() -> Option<PathBuf> {
-    backend_url("KVSTORE_TLS_DIR").map(PathBuf::from)
 }
 
 kvstore_testutils::conformance_tests!(optional: opener());
@@ -47,11 +42,5 @@ async fn read_only_user_cannot_write() {
     let Some(url) = backend_url("KVSTORE_REDIS_TLS_URL") else {
         return;
     };
-    let writer = ok(open(url.clone()).await, "open as kv");
-    let reader = ok(
-        open(secure::with_user(&url, "reader")).await,
-        "open as reader",
-    );
-    secure::read_only_credential_cannot_write(&*writer, &*reader).await;
-    let _ = (writer.close().await, reader.close().await);
+    secure::read_only_url_cannot_write(open, &url, &secure::with_user(&url, "reader")).await;
 }

@@ -3,12 +3,11 @@
 //! credentials and creator ACLs: the whole conformance suite, and every refusal as
 //! `PermissionDenied`.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use kvstore_core::{Result, Store};
-use kvstore_testutils::secure::{self, Credential};
-use kvstore_testutils::{Opener, backend_url, ok};
+use kvstore_testutils::secure::{self, Credential, tls_dir};
+use kvstore_testutils::{Opener, backend_url};
 use kvstore_zk::{ZkConfig, ZkStore};
 
 async fn open(url: String) -> Result<Arc<dyn Store>> {
@@ -18,10 +17,6 @@ async fn open(url: String) -> Result<Arc<dyn Store>> {
 fn opener() -> Option<Opener> {
     let url = backend_url("KVSTORE_ZK_TLS_URL")?;
     Some(Opener::new(move || open(url.clone())))
-}
-
-fn tls_dir() -> Option<PathBuf> {
-    backend_url("KVSTORE_TLS_DIR").map(PathBuf::from)
 }
 
 kvstore_testutils::conformance_tests!(optional: opener());
@@ -51,16 +46,7 @@ async fn read_only_user_cannot_write() {
         return;
     };
     let writer_url = secure::with_query(&url, "acl", Some("creator_read"));
-    let writer = ok(open(writer_url).await, "open as kv");
-    let reader = ok(
-        open(secure::with_client_certificate(
-            &secure::with_user(&url, "reader"),
-            &dir,
-            "reader",
-        ))
-        .await,
-        "open as reader",
-    );
-    secure::read_only_credential_cannot_write(&*writer, &*reader).await;
-    let _ = (writer.close().await, reader.close().await);
+    let reader_url =
+        secure::with_client_certificate(&secure::with_user(&url, "reader"), &dir, "reader");
+    secure::read_only_url_cannot_write(open, &writer_url, &reader_url).await;
 }
