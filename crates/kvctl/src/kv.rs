@@ -10,15 +10,20 @@ use crate::cli::{CasArgs, Context, GetArgs, LsArgs, Output, PutArgs, RmArgs};
 use crate::exit::Failure;
 use crate::output::{pair_json, text};
 
+/// Everything on stdin, as bytes.
+pub(crate) async fn read_stdin() -> Result<Vec<u8>, Failure> {
+    let mut bytes = Vec::new();
+    tokio::io::stdin()
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(|e| Failure::Io("reading stdin".into(), e))?;
+    Ok(bytes)
+}
+
 /// The bytes of a VALUE argument: stdin for `-`, else the argument's own bytes.
 pub(crate) async fn value_bytes(value: OsString) -> Result<Vec<u8>, Failure> {
     if value == "-" {
-        let mut bytes = Vec::new();
-        tokio::io::stdin()
-            .read_to_end(&mut bytes)
-            .await
-            .map_err(|e| Failure::Io("reading the value from stdin".into(), e))?;
-        Ok(bytes)
+        read_stdin().await
     } else {
         Ok(value.into_encoded_bytes())
     }

@@ -6,10 +6,10 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncReadExt;
 
 use crate::cli::{Context, CopyArgs, ExportArgs, ImportArgs};
 use crate::exit::Failure;
+use crate::kv::read_stdin;
 
 /// One entry of `consul kv export`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -138,13 +138,4 @@ fn keys(n: usize) -> String {
     } else {
         format!("{n} keys")
     }
-}
-
-async fn read_stdin() -> Result<Vec<u8>, Failure> {
-    let mut bytes = Vec::new();
-    tokio::io::stdin()
-        .read_to_end(&mut bytes)
-        .await
-        .map_err(|e| Failure::Io("reading stdin".into(), e))?;
-    Ok(bytes)
 }
