@@ -176,22 +176,23 @@ async fn digest_credentials_and_creator_acl_protect_the_nodes() {
     assert!(
         matches!(
             stranger.get(&format!("{dir}/secret"), None).await,
-            Err(Error::Backend { .. })
+            Err(Error::PermissionDenied { .. })
         ),
-        "reading a creator-only node without credentials must fail"
+        "reading a creator-only node without credentials must be PermissionDenied"
     );
-    assert!(
-        stranger
-            .put(&format!("{dir}/secret"), b"x", None)
-            .await
-            .is_err()
-    );
+    assert!(matches!(
+        stranger.put(&format!("{dir}/secret"), b"x", None).await,
+        Err(Error::PermissionDenied { .. })
+    ));
     let other = ZkConfig::from_url(&url.replacen("zk://", "zk://app:wrong@", 1)).unwrap();
     let other = ok(
         ZkStore::connect(other).await,
         "connect with other credentials",
     );
-    assert!(other.get(&format!("{dir}/secret"), None).await.is_err());
+    assert!(matches!(
+        other.get(&format!("{dir}/secret"), None).await,
+        Err(Error::PermissionDenied { .. })
+    ));
     assert_eq!(
         &ok(owner.get(&format!("{dir}/secret"), None).await, "get").value[..],
         b"s3cret"
