@@ -75,6 +75,8 @@ pub(crate) struct Shared {
     pub(crate) max_value_size: usize,
     pub(crate) changes: broadcast::Sender<Change>,
     pub(crate) expiry_wakeup: Arc<Notify>,
+    /// The queue of the group commit (`commit.rs`).
+    pub(crate) committer: crate::commit::Committer,
 }
 
 impl fmt::Debug for Shared {
@@ -212,80 +214,94 @@ impl Shared {
         Ok((dir.is_empty() || dir_exists || !pairs.is_empty()).then_some(pairs))
     }
 
+    /// Writes `key` in `txn` (a group commit's transaction) under `expect`. A refusal returns
+    /// before any table is touched. Returns the pair and the change to publish once committed.
     pub(crate) fn write(
         &self,
+        txn: &redb::WriteTransaction,
         key: &str,
         value: &[u8],
         ttl: Option<Duration>,
         expect: Precondition,
-    ) -> Result<KvPair> {
-        let txn = self.db().begin_write().map_err(from_redb)?;
-        let pair = {
-            let mut kv = txn.open_table(KV).map_err(from_redb)?;
-            let mut expiry = txn.open_table(EXPIRY).map_err(from_redb)?;
-            let current = kv.get(key).map_err(from_redb)?.map(|e| {
-                let (index, expires_at, _) = e.value();
-                (index, expires_at)
-            });
-            let live_index = current
-                .filter(|&(_, exp)| is_live(exp, now_ms()))
-                .map(|(i, _)| i);
-            match (expect, live_index) {
-                (Precondition::Absent, Some(_)) => {
-                    return Err(Error::KeyExists { key: key.into() });
-                }
-                (Precondition::Index(_), None) => return Err(Error::not_found(key)),
-                (Precondition::Index(want), Some(have)) if want != have => {
-                    return Err(Error::KeyModified { key: key.into() });
-                }
-                _ => {}
+    ) -> Result<(KvPair, Vec<Change>)> {
+        let mut kv = txn.open_table(KV).map_err(from_redb)?;
+        let mut expiry = txn.open_table(EXPIRY).map_err(from_redb)?;
+        let current = kv.get(key).map_err(from_redb)?.map(|e| {
+            let (index, expires_at, _) = e.value();
+            (index, expires_at)
+        });
+        let live_index = current
+            .filter(|&(_, exp)| is_live(exp, now_ms()))
+            .map(|(i, _)| i);
+        match (expect, live_index) {
+            (Precondition::Absent, Some(_)) => {
+                return Err(Error::KeyExists { key: key.into() });
             }
-            if let Some((_, old_exp)) = current.filter(|&(_, exp)| exp != 0) {
-                expiry.remove((old_exp, key)).map_err(from_redb)?;
+            (Precondition::Index(_), None) => return Err(Error::not_found(key)),
+            (Precondition::Index(want), Some(have)) if want != have => {
+                return Err(Error::KeyModified { key: key.into() });
             }
-            let index = next_revision(&txn)?;
-            let expires_at = ttl.map_or(0, deadline_ms);
-            kv.insert(key, (index, expires_at, value))
-                .map_err(from_redb)?;
-            if expires_at != 0 {
-                expiry.insert((expires_at, key), ()).map_err(from_redb)?;
-            }
-            KvPair::new(key, value.to_vec(), index)
+            _ => {}
+        }
+        if let Some((_, old_exp)) = current.filter(|&(_, exp)| exp != 0) {
+            expiry.remove((old_exp, key)).map_err(from_redb)?;
+        }
+        let index = next_revision(txn)?;
+        let expires_at = ttl.map_or(0, deadline_ms);
+        kv.insert(key, (index, expires_at, value))
+            .map_err(from_redb)?;
+        if expires_at != 0 {
+            expiry.insert((expires_at, key), ()).map_err(from_redb)?;
+        }
+        Ok((
+            KvPair::new(key, value.to_vec(), index),
+            vec![Change::Key(key.into())],
+        ))
+    }
+
+    /// Deletes `key` in `txn` under `expect`; a refusal returns before any table is touched.
+    pub(crate) fn remove(
+        &self,
+        txn: &redb::WriteTransaction,
+        key: &str,
+        expect: Precondition,
+    ) -> Result<((), Vec<Change>)> {
+        let mut kv = txn.open_table(KV).map_err(from_redb)?;
+        let mut expiry = txn.open_table(EXPIRY).map_err(from_redb)?;
+        let current = kv.get(key).map_err(from_redb)?.map(|e| {
+            let (index, expires_at, _) = e.value();
+            (index, expires_at)
+        });
+        let Some((index, expires_at)) = current.filter(|&(_, exp)| is_live(exp, now_ms())) else {
+            return Err(Error::not_found(key));
         };
-        txn.commit().map_err(from_redb)?;
-        self.publish(Change::Key(key.into()));
+        if let Precondition::Index(want) = expect
+            && want != index
+        {
+            return Err(Error::KeyModified { key: key.into() });
+        }
+        kv.remove(key).map_err(from_redb)?;
+        if expires_at != 0 {
+            expiry.remove((expires_at, key)).map_err(from_redb)?;
+        }
+        Ok(((), vec![Change::Key(key.into())]))
+    }
+
+    /// [`write`](Self::write) through the group commit; wakes the expiry reaper for a TTL.
+    pub(crate) async fn commit_write(
+        self: &Arc<Self>,
+        key: String,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+        expect: Precondition,
+    ) -> Result<KvPair> {
+        let pair = self
+            .group_commit(move |s, txn| s.write(txn, &key, &value, ttl, expect))
+            .await?;
         if ttl.is_some() {
             self.expiry_wakeup.notify_one();
         }
         Ok(pair)
-    }
-
-    pub(crate) fn remove(&self, key: &str, expect: Precondition) -> Result<()> {
-        let txn = self.db().begin_write().map_err(from_redb)?;
-        {
-            let mut kv = txn.open_table(KV).map_err(from_redb)?;
-            let mut expiry = txn.open_table(EXPIRY).map_err(from_redb)?;
-            let current = kv.get(key).map_err(from_redb)?.map(|e| {
-                let (index, expires_at, _) = e.value();
-                (index, expires_at)
-            });
-            let Some((index, expires_at)) = current.filter(|&(_, exp)| is_live(exp, now_ms()))
-            else {
-                return Err(Error::not_found(key));
-            };
-            if let Precondition::Index(want) = expect
-                && want != index
-            {
-                return Err(Error::KeyModified { key: key.into() });
-            }
-            kv.remove(key).map_err(from_redb)?;
-            if expires_at != 0 {
-                expiry.remove((expires_at, key)).map_err(from_redb)?;
-            }
-        }
-        txn.commit().map_err(from_redb)?;
-        self.publish(Change::Key(key.into()));
-        Ok(())
     }
 
     pub(crate) fn remove_tree(&self, dir: &str) -> Result<()> {

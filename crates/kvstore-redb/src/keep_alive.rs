@@ -117,10 +117,7 @@ impl Registrar for KeyRegistrar {
         };
         let sent = Instant::now();
         let (k, v) = (key.to_owned(), value.to_vec());
-        let written = self
-            .0
-            .blocking(move |s| s.write(&k, &v, Some(ttl), expect))
-            .await;
+        let written = self.0.commit_write(k, v, Some(ttl), expect).await;
         Ok(unless_superseded(written)?.map(|pair| {
             let lease: Arc<dyn Lease> = Arc::new(KeyLease {
                 shared: self.0.clone(),

@@ -46,6 +46,7 @@
 //! ```
 
 mod client;
+mod commit;
 mod config;
 mod error;
 mod expiry;

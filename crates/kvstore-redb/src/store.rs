@@ -162,14 +162,17 @@ impl RedbStore {
             .await?;
         let wakeup = Arc::new(Notify::new());
         let (changes, _) = broadcast::channel(CHANGE_FEED_CAPACITY);
+        let (committer, commit_thread) = crate::commit::Committer::start(backend)?;
         let shared = Arc::new(Shared {
             db: Some(db),
             backend,
             max_value_size: config.max_value_size,
             changes,
             expiry_wakeup: wakeup.clone(),
+            committer,
         });
         shared.blocking(Shared::create_tables).await?;
+        commit_thread.spawn(Arc::downgrade(&shared))?;
         shared.start_reaper()?;
         Ok(RedbStore {
             shared,
@@ -235,10 +238,7 @@ impl RedbStore {
         let value = value.to_vec();
         let k = key.clone();
         let sent = Instant::now();
-        let pair = self
-            .shared
-            .blocking(move |s| s.write(&k, &value, ttl, expect))
-            .await?;
+        let pair = self.shared.commit_write(k, value, ttl, expect).await?;
         match ttl.filter(|_| opts.is_some_and(|o| o.keep_alive)) {
             Some(ttl) => self.session.registrations.insert(
                 &key,
@@ -262,7 +262,9 @@ impl RedbStore {
         self.check_open()?;
         let key = normalize_key(key)?.to_owned();
         let k = key.clone();
-        self.shared.blocking(move |s| s.remove(&k, expect)).await?;
+        self.shared
+            .group_commit(move |s, txn| s.remove(txn, &k, expect))
+            .await?;
         self.session.registrations.remove(&key);
         Ok(())
     }
@@ -302,12 +304,14 @@ impl Store for RedbStore {
     #[tracing::instrument(level = "debug", skip_all, fields(backend = self.shared.backend, op = "get", key = %key))]
     async fn get(&self, key: &str, _opts: Option<&ReadOptions>) -> Result<KvPair> {
         self.check_open()?;
-        let key = normalize_key(key)?.to_owned();
-        let k = key.clone();
+        let key = normalize_key(key)?;
+        // Read in place: a point read that redb's cache serves takes microseconds, less than
+        // the hop to the blocking pool (see `docs/benchmarks.md`, "redb reads without the hop").
         self.shared
-            .blocking(move |s| s.read_key(&k))
-            .await?
-            .ok_or(Error::KeyNotFound { key })
+            .read_key(key)?
+            .ok_or_else(|| Error::KeyNotFound {
+                key: key.to_owned(),
+            })
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = self.shared.backend, op = "delete", key = %key))]
@@ -318,12 +322,8 @@ impl Store for RedbStore {
     #[tracing::instrument(level = "debug", skip_all, fields(backend = self.shared.backend, op = "exists", key = %key))]
     async fn exists(&self, key: &str, _opts: Option<&ReadOptions>) -> Result<bool> {
         self.check_open()?;
-        let key = normalize_key(key)?.to_owned();
-        Ok(self
-            .shared
-            .blocking(move |s| s.read_key(&key))
-            .await?
-            .is_some())
+        // In place, as `get`.
+        Ok(self.shared.read_key(normalize_key(key)?)?.is_some())
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = self.shared.backend, op = "list", key = %dir))]
