@@ -31,9 +31,12 @@ pub(crate) const MAX_BATCH: usize = 256;
 /// What a write leaves to do once its batch is committed (or has failed).
 type Finish = Box<dyn FnOnce(&Shared, Option<&str>) + Send>;
 
+/// Applies one write to a batch's transaction.
+type Apply = Box<dyn FnOnce(&Shared, &redb::WriteTransaction) -> Applied + Send>;
+
 /// A queued write: applies itself to the batch's transaction.
 struct Job {
-    apply: Box<dyn FnOnce(&Shared, &redb::WriteTransaction) -> Applied + Send>,
+    apply: Apply,
     /// Answers the caller when the batch cannot even start.
     fail: Box<dyn FnOnce(Error) + Send>,
 }
@@ -61,11 +64,12 @@ fn is_refusal(err: &Error) -> bool {
 }
 
 impl Committer {
-    /// Starts the committer thread of `shared`'s database; it exits when the last handle (and
-    /// so the `Committer`) is dropped.
-    pub(crate) fn start(backend: &'static str) -> Result<(Committer, CommitterThread)> {
+    /// The queue of a new database, and the thread that will serve it
+    /// ([`CommitterThread::spawn`]); the thread exits when the last handle (and so the
+    /// `Committer`) is dropped.
+    pub(crate) fn new(backend: &'static str) -> (Committer, CommitterThread) {
         let (jobs, queue) = mpsc::channel();
-        Ok((Committer { jobs }, CommitterThread { queue, backend }))
+        (Committer { jobs }, CommitterThread { queue, backend })
     }
 }
 

@@ -162,7 +162,7 @@ impl RedbStore {
             .await?;
         let wakeup = Arc::new(Notify::new());
         let (changes, _) = broadcast::channel(CHANGE_FEED_CAPACITY);
-        let (committer, commit_thread) = crate::commit::Committer::start(backend)?;
+        let (committer, commit_thread) = crate::commit::Committer::new(backend);
         let shared = Arc::new(Shared {
             db: Some(db),
             backend,
