@@ -71,6 +71,8 @@ pub(crate) struct Inner {
     pub(crate) tasks: Tasks,
     /// The `keep_alive` keys of this store.
     pub(crate) registrations: Registrations,
+    /// The one watch stream all watches of this store share.
+    pub(crate) watch_hub: crate::mux::WatchHub,
 }
 
 /// How long `close` waits for lock releases (lease revokes) to be sent.

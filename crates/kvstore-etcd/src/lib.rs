@@ -64,6 +64,7 @@ mod client;
 mod config;
 mod error;
 mod lock;
+mod mux;
 mod store;
 mod txn;
 mod watch;

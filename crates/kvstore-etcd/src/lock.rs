@@ -73,15 +73,17 @@ impl EtcdLocker {
                 return Ok(revision);
             };
             let from = revision + 1;
+            // On the store's shared watch stream, like every watch (`mux.rs`).
             let mut watch = self
                 .inner
-                .client()
+                .watch_hub
                 .watch(
+                    &self.inner.client,
+                    &self.inner.tasks,
                     pred.key(),
-                    Some(WatchOptions::new().with_start_revision(from)),
+                    WatchOptions::new().with_start_revision(from),
                 )
-                .await
-                .map_err(from_etcd)?;
+                .await?;
             loop {
                 tokio::select! {
                     () = self.inner.cancel.cancelled() => return Err(Error::Closed { backend: BACKEND }),
@@ -89,9 +91,10 @@ impl EtcdLocker {
                         return Err(Error::CannotLock { key: self.key.clone(), source: "the lock's lease expired while waiting".into() });
                     }
                     message = watch.message() => match message {
-                        Ok(Some(resp)) if resp.events().iter().any(|e| e.event_type() == EventType::Delete) => break,
-                        Ok(Some(_)) => {}
-                        Ok(None) | Err(_) => break,
+                        Some(resp) if resp.events().iter().any(|e| e.event_type() == EventType::Delete) => break,
+                        Some(_) => {}
+                        // The stream broke or dropped this watch: read the queue again.
+                        None => break,
                     },
                 }
             }

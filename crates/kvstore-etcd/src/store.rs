@@ -134,6 +134,7 @@ impl EtcdStore {
                 cancel: tasks.cancel_token().clone(),
                 registrations: Registrations::new(&tasks),
                 tasks,
+                watch_hub: crate::mux::WatchHub::default(),
             }),
         })
     }

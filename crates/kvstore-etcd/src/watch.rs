@@ -6,7 +6,9 @@
 //!
 //! # Behavior on reconnects
 //!
-//! The loop is the core watch driver of `kvstore_core::backend`. When the watch stream breaks, it is re-opened from the revision after the last one seen,
+//! Every watch of a store rides the store's one gRPC watch stream (`mux.rs`). The loop is the
+//! core watch driver of `kvstore_core::backend`. When the stream breaks (or drops a watch for
+//! falling behind), the watch is re-opened from the revision after the last one seen,
 //! with backoff, for up to `watch_reconnect_timeout`. If that revision was compacted away, the
 //! state is read afresh and emitted if it changed. Only when reconnecting fails for that long
 //! does the stream yield the error and end.
@@ -22,7 +24,7 @@ use kvstore_core::backend::{WatchSource, watch_stream};
 use kvstore_core::{Error, KvPair, Result, WatchStream, WatchTreeStream};
 
 use crate::client::Inner;
-use crate::error::from_etcd;
+use crate::mux::Registration;
 
 type Reload<S> = Box<dyn Fn(Arc<Inner>) -> BoxFuture<'static, Result<(S, i64)>> + Send + Sync>;
 
@@ -35,21 +37,16 @@ struct Spec<S, T> {
     reload: Reload<S>,
 }
 
-async fn open(
-    inner: &Inner,
-    start: &str,
-    end: Option<&[u8]>,
-    from: i64,
-) -> Result<etcd_client::WatchStream> {
+/// Watches `start` (to `end`) from revision `from` on the store's shared watch stream.
+async fn open(inner: &Inner, start: &str, end: Option<&[u8]>, from: i64) -> Result<Registration> {
     let mut opts = WatchOptions::new().with_start_revision(from);
     if let Some(end) = end {
         opts = opts.with_range(end.to_vec());
     }
     inner
-        .client()
-        .watch(start, Some(opts))
+        .watch_hub
+        .watch(&inner.client, &inner.tasks, start.as_bytes(), opts)
         .await
-        .map_err(from_etcd)
 }
 
 /// `watch(key)`.
@@ -134,7 +131,7 @@ struct RevisionSource<S, T> {
     spec: Spec<S, T>,
     data: S,
     next_rev: i64,
-    stream: Option<etcd_client::WatchStream>,
+    stream: Option<Registration>,
 }
 
 #[async_trait]
@@ -153,7 +150,7 @@ where
         let Some(stream) = self.stream.as_mut() else {
             return Err(Error::not_reachable(crate::BACKEND, "no watch stream"));
         };
-        let Some(resp) = stream.message().await.ok().flatten() else {
+        let Some(resp) = stream.message().await else {
             tracing::debug!(
                 backend = crate::BACKEND,
                 next_rev = self.next_rev,
@@ -203,7 +200,7 @@ fn stream_seeded<S, T>(
     spec: Spec<S, T>,
     data: S,
     rev: i64,
-    first: etcd_client::WatchStream,
+    first: Registration,
 ) -> BoxStream<'static, Result<T>>
 where
     S: Send + 'static,
