@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Runs the benchmark: kvstore against the raw client of each backend, side by side, on real
-# servers that this script installs and starts on 127.0.0.1 (the same ci/servers.sh as the
-# tests). Writes target/bench/results.md and target/bench/results.json; extra arguments go to
-# kvstore-bench (see `cargo run -p kvstore-bench -- --help`).
+# Runs the benchmark: kvstore against the raw client of each backend and against valkeyrie v1
+# (the Go library kvstore ports, built from crates/kvstore-bench/go with its pinned go.sum),
+# side by side, on real servers that this script installs and starts on 127.0.0.1 (the same
+# ci/servers.sh as the tests). Writes target/bench/results.md and target/bench/results.json;
+# extra arguments go to kvstore-bench (see `cargo run -p kvstore-bench -- --help`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=servers.sh
@@ -11,5 +12,7 @@ source ci/servers.sh
 kv_install
 kv_start redis etcd zk consul
 mkdir -p target/bench
-cargo run --release --locked -p kvstore-bench -- \
+command -v go >/dev/null || { kv_log "Go is needed to build the valkeyrie side"; exit 1; }
+(cd crates/kvstore-bench/go && GOFLAGS=-mod=readonly go build -trimpath -o ../../../target/bench/valkeyrie-bench .)
+cargo run --release --locked -p kvstore-bench -- --valkeyrie target/bench/valkeyrie-bench \
     --markdown target/bench/results.md --json target/bench/results.json "$@"

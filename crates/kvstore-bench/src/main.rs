@@ -13,6 +13,7 @@ mod counters;
 mod kv;
 mod measure;
 mod raw;
+mod valkeyrie;
 mod watchers;
 
 use std::sync::Arc;
@@ -104,6 +105,10 @@ struct Args {
     /// TCP connections to the server, server-side watches).
     #[arg(long)]
     watchers: Option<usize>,
+    /// The `valkeyrie-bench` binary (built from `go/` by ci/bench.sh): also run each operation
+    /// through valkeyrie v1 on the same server, interleaved, and report kvstore/valkeyrie.
+    #[arg(long)]
+    valkeyrie: Option<std::path::PathBuf>,
 }
 
 /// How to reach one backend, both ways.
@@ -140,6 +145,10 @@ struct Record {
     raw: Option<Side>,
     /// kvstore throughput / raw throughput: median, min, max over the rounds.
     ratio: Option<[f64; 3]>,
+    /// valkeyrie v1 doing the same, when `--valkeyrie` is given and it has the operation.
+    valkeyrie: Option<Side>,
+    /// kvstore throughput / valkeyrie throughput: median, min, max over the rounds.
+    vs_valkeyrie: Option<[f64; 3]>,
 }
 
 #[derive(Debug, Serialize)]
@@ -251,6 +260,7 @@ async fn measure(
     op: Op,
     concurrency: usize,
     progress: &ProgressBar,
+    mut valkeyrie: Option<&mut valkeyrie::Valkeyrie>,
 ) -> anyhow::Result<Option<Record>> {
     let dir = format!(
         "kvstore-bench/{}-{op:?}-c{concurrency}-{:08x}",
@@ -261,6 +271,13 @@ async fn measure(
         return Ok(None);
     };
     let raw_op = prepare_raw(&backend.raw, op, concurrency, &dir).await?;
+    if let Some(go) = valkeyrie.as_mut()
+        && !go
+            .prepare(op, concurrency, &format!("{dir}-valkeyrie"))
+            .await?
+    {
+        valkeyrie = None;
+    }
     let batch = std::time::Duration::from_millis(args.batch_ms);
     // Warm up both (connections, caches, JIT on the server side).
     let warmup = batch / 4;
@@ -268,7 +285,11 @@ async fn measure(
     if let Some(raw_op) = &raw_op {
         measure::run(raw_op, warmup, concurrency).await?;
     }
+    if let Some(go) = valkeyrie.as_mut() {
+        go.run(warmup).await?;
+    }
     let (mut kv_batches, mut raw_batches, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut go_batches, mut go_ratios) = (Vec::new(), Vec::new());
     for round in 0..args.rounds {
         progress.set_message(format!(
             "{} {} c={concurrency} round {}",
@@ -288,6 +309,11 @@ async fn measure(
             }
         }
         let kv_batch = kv_batch.context("kvstore batch")?;
+        if let Some(go) = valkeyrie.as_mut() {
+            let go_batch = go.run(batch).await?;
+            go_ratios.push(kv_batch.ops_per_sec / go_batch.ops_per_sec);
+            go_batches.push(go_batch);
+        }
         if let Some(raw_batch) = raw_batch {
             ratios.push(kv_batch.ops_per_sec / raw_batch.ops_per_sec);
             raw_batches.push(raw_batch);
@@ -309,11 +335,14 @@ async fn measure(
         }
     }
     let _ = store.delete_tree(&dir).await;
-    let ratio = (!ratios.is_empty()).then(|| {
-        let min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
-        let max = ratios.iter().copied().fold(0.0, f64::max);
-        [median(&ratios), min, max]
-    });
+    let spread = |ratios: &[f64]| {
+        (!ratios.is_empty()).then(|| {
+            let min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+            let max = ratios.iter().copied().fold(0.0, f64::max);
+            [median(ratios), min, max]
+        })
+    };
+    let ratio = spread(&ratios);
     Ok(Some(Record {
         backend: backend.name,
         op,
@@ -321,6 +350,8 @@ async fn measure(
         kvstore: side(&kv_batches, kv_rt),
         raw: (!raw_batches.is_empty()).then(|| side(&raw_batches, raw_rt)),
         ratio,
+        valkeyrie: (!go_batches.is_empty()).then(|| side(&go_batches, None)),
+        vs_valkeyrie: spread(&go_ratios),
     }))
 }
 
@@ -354,7 +385,48 @@ fn markdown(report: &Report) -> String {
     for (name, why) in &report.skipped {
         out.push_str(&format!("\nSkipped {name}: {why}\n"));
     }
+    let compared: Vec<&Record> = report
+        .records
+        .iter()
+        .filter(|r| r.valkeyrie.is_some())
+        .collect();
+    if !compared.is_empty() {
+        out.push_str("\n| backend | operation | conc. | kvstore ops/s | valkeyrie ops/s | kvstore/valkeyrie (min–max) | kvstore p50 / p99 µs | valkeyrie p50 / p99 µs |\n");
+        out.push_str("| --- | --- | ---: | ---: | ---: | --- | ---: | ---: |\n");
+        for r in compared {
+            let go = r.valkeyrie.as_ref().expect("filtered");
+            out.push_str(&format!(
+                "| {} | {} | {} | {:.0} | {:.0} | {} | {:.0} / {:.0} | {:.0} / {:.0} |\n",
+                r.backend,
+                r.op.name(),
+                r.concurrency,
+                r.kvstore.ops_per_sec,
+                go.ops_per_sec,
+                r.vs_valkeyrie.map_or("—".into(), |[m, lo, hi]| format!(
+                    "{m:.2} ({lo:.2}–{hi:.2})"
+                )),
+                r.kvstore.p50_us,
+                r.kvstore.p99_us,
+                go.p50_us,
+                go.p99_us,
+            ));
+        }
+    }
     out
+}
+
+/// The valkeyrie backend and address for one of kvstore-bench's backends (`None` for the
+/// memory store, which valkeyrie lacks).
+fn valkeyrie_target(backend: &Backend, tmp: &std::path::Path) -> Option<(&'static str, String)> {
+    let host = |scheme| host_port(&backend.url, scheme);
+    match backend.name {
+        "redb" => Some(("boltdb", tmp.join("valkeyrie.bolt").display().to_string())),
+        "redis" => Some(("redis", host("redis://"))),
+        "etcd" => Some(("etcd", host("etcd://"))),
+        "zk" => Some(("zk", host("zk://"))),
+        "consul" => Some(("consul", host("consul://"))),
+        _ => None,
+    }
 }
 
 #[tokio::main]
@@ -427,18 +499,32 @@ async fn main() -> anyhow::Result<()> {
                 continue;
             }
         };
+        let mut go = match (&args.valkeyrie, valkeyrie_target(backend, tmp.path())) {
+            (Some(bin), Some((name, addr))) => {
+                Some(valkeyrie::Valkeyrie::start(bin, name, &addr).await?)
+            }
+            _ => None,
+        };
         for &op in &ops {
             let levels: &[usize] = if op == Op::Watch { &[1] } else { &[1, 32] };
             for &concurrency in levels {
-                let record = measure(&args, backend, &store, op, concurrency, &progress)
-                    .await
-                    .with_context(|| {
-                        format!(
-                            "{} {} at concurrency {concurrency}",
-                            backend.name,
-                            op.name()
-                        )
-                    })?;
+                let record = measure(
+                    &args,
+                    backend,
+                    &store,
+                    op,
+                    concurrency,
+                    &progress,
+                    go.as_mut(),
+                )
+                .await
+                .with_context(|| {
+                    format!(
+                        "{} {} at concurrency {concurrency}",
+                        backend.name,
+                        op.name()
+                    )
+                })?;
                 report.records.extend(record);
             }
         }

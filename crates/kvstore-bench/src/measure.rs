@@ -12,7 +12,7 @@ pub(crate) type OpFn =
     Arc<dyn Fn(usize, usize) -> BoxFuture<'static, anyhow::Result<Option<Duration>>> + Send + Sync>;
 
 /// The outcome of one batch.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub(crate) struct Batch {
     /// Operations per second over the batch's wall time.
     pub(crate) ops_per_sec: f64,
