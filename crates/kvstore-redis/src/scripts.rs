@@ -50,9 +50,35 @@ pub(crate) const MODIFIED: i64 = 3;
 /// KEYS: data, rev, index. ARGV: value, ttl_ms (0 = none), mode (any|absent|index|same),
 /// expected index, member. Returns {status, new index}. Mode `same` writes only when the key is
 /// absent or holds this value (a registration written again), else MODIFIED.
+///
+/// Mode `any` (a plain `put`, the hot path) reads nothing first: `INCR`, then `HSET`, whose
+/// answer says whether the hash is new (2 fields added: `ZADD` it to the index; an existing
+/// pair needs `PERSIST` instead, unless a TTL is set). Three commands for an overwrite instead
+/// of five; `HSET` on a plain string another client wrote fails with `WRONGTYPE`, and only then
+/// is the type read and the string converted.
+/// Source: Redis docs, "HSET" (returns the number of fields that were added).
 pub(crate) static PUT: LazyLock<Script> = LazyLock::new(|| {
     with_current(
         r"
+if ARGV[3] == 'any' then
+  local idx = redis.call('INCR', KEYS[2])
+  local added = redis.pcall('HSET', KEYS[1], 'v', ARGV[1], 'i', idx)
+  if type(added) == 'table' and added.err then
+    local t = redis.call('TYPE', KEYS[1]).ok
+    if t ~= 'string' then
+      error('WRONGTYPE the key holds a Redis ' .. t .. ', which kvstore cannot read as a value')
+    end
+    redis.call('DEL', KEYS[1])
+    added = redis.call('HSET', KEYS[1], 'v', ARGV[1], 'i', idx)
+  end
+  if tonumber(ARGV[2]) > 0 then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  elseif added ~= 2 then
+    redis.call('PERSIST', KEYS[1])
+  end
+  if added ~= 0 then redis.call('ZADD', KEYS[3], 0, ARGV[5]) end
+  return {0, idx}
+end
 local cur, t = current(KEYS[1])
 if ARGV[3] == 'absent' and cur then return {1, 0} end
 if ARGV[3] == 'index' then
