@@ -134,6 +134,8 @@ struct Side {
     p99_us: f64,
     /// Requests the server counted per call (`None` for embedded stores).
     round_trips: Option<f64>,
+    /// Client CPU time per call, microseconds (median over the rounds).
+    cpu_us: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -244,11 +246,13 @@ async fn prepare_raw(raw: &Raw, op: Op, workers: usize, dir: &str) -> anyhow::Re
 
 fn side(batches: &[Batch], round_trips: Option<f64>) -> Side {
     let pick = |f: fn(&Batch) -> f64| median(&batches.iter().map(f).collect::<Vec<_>>());
+    let cpu: Vec<f64> = batches.iter().filter_map(|b| b.cpu_us).collect();
     Side {
         ops_per_sec: pick(|b| b.ops_per_sec),
         p50_us: pick(|b| b.p50_us),
         p99_us: pick(|b| b.p99_us),
         round_trips,
+        cpu_us: (!cpu.is_empty()).then(|| median(&cpu)),
     }
 }
 
@@ -357,13 +361,14 @@ async fn measure(
 
 fn markdown(report: &Report) -> String {
     let mut out = String::new();
-    out.push_str("| backend | operation | conc. | kvstore ops/s | raw ops/s | kvstore/raw (min–max) | kvstore p50 / p99 µs | raw p50 / p99 µs | requests per call kvstore / raw |\n");
-    out.push_str("| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | --- |\n");
+    out.push_str("| backend | operation | conc. | kvstore ops/s | raw ops/s | kvstore/raw (min–max) | kvstore p50 / p99 µs | raw p50 / p99 µs | requests per call kvstore / raw | client CPU µs per call kvstore / raw |\n");
+    out.push_str("| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | --- | --- |\n");
     let rt = |v: Option<f64>| v.map_or("—".to_owned(), |v| format!("{v:.2}"));
+    let cpu = |v: Option<f64>| v.map_or("—".to_owned(), |v| format!("{v:.1}"));
     for r in &report.records {
         let raw = r.raw.as_ref();
         out.push_str(&format!(
-            "| {} | {} | {} | {:.0} | {} | {} | {:.0} / {:.0} | {} | {} / {} |\n",
+            "| {} | {} | {} | {:.0} | {} | {} | {:.0} / {:.0} | {} | {} / {} | {} / {} |\n",
             r.backend,
             r.op.name(),
             r.concurrency,
@@ -380,6 +385,8 @@ fn markdown(report: &Report) -> String {
             )),
             rt(r.kvstore.round_trips),
             rt(raw.and_then(|s| s.round_trips)),
+            cpu(r.kvstore.cpu_us),
+            cpu(raw.and_then(|s| s.cpu_us)),
         ));
     }
     for (name, why) in &report.skipped {

@@ -20,6 +20,11 @@ pub(crate) struct Batch {
     pub(crate) p50_us: f64,
     /// 99th-percentile latency, microseconds.
     pub(crate) p99_us: f64,
+    /// CPU time of this whole process per call, microseconds (`CLOCK_PROCESS_CPUTIME_ID`:
+    /// every thread, the client library's background tasks included). `None` for another
+    /// process's batch (valkeyrie's).
+    #[serde(default)]
+    pub(crate) cpu_us: Option<f64>,
 }
 
 /// Runs the operation on `concurrency` workers for `duration` (each worker finishes the call
@@ -30,6 +35,7 @@ pub(crate) async fn run(
     concurrency: usize,
 ) -> anyhow::Result<Batch> {
     let started = Instant::now();
+    let cpu_started = cpu_time::ProcessTime::now();
     let deadline = started + duration;
     let workers: Vec<_> = (0..concurrency)
         .map(|worker| {
@@ -52,11 +58,13 @@ pub(crate) async fn run(
         latencies.extend(worker.await??);
     }
     let elapsed = started.elapsed();
+    let cpu = cpu_started.elapsed();
     latencies.sort();
     Ok(Batch {
         ops_per_sec: latencies.len() as f64 / elapsed.as_secs_f64(),
         p50_us: percentile(&latencies, 0.50),
         p99_us: percentile(&latencies, 0.99),
+        cpu_us: Some(cpu.as_secs_f64() * 1e6 / latencies.len().max(1) as f64),
     })
 }
 
