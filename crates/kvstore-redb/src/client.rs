@@ -4,7 +4,8 @@
 //! blocking pool.
 
 use std::fmt;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kvstore_core::backend::{Precondition, ttl_millis};
@@ -77,6 +78,9 @@ pub(crate) struct Shared {
     pub(crate) expiry_wakeup: Arc<Notify>,
     /// The queue of the group commit (`commit.rs`).
     pub(crate) committer: crate::commit::Committer,
+    /// The signals of key watches, by key: a change to a key wakes exactly its watches, not
+    /// every subscriber of the feed.
+    pub(crate) key_watches: std::sync::Mutex<HashMap<Arc<str>, Vec<Weak<Notify>>>>,
 }
 
 impl fmt::Debug for Shared {
@@ -151,9 +155,54 @@ impl Shared {
         self.changes.subscribe()
     }
 
+    /// Wakes the watches `change` concerns: key watches through their own signals (the
+    /// watches of that key; for a deleted tree, of every key in it), directory watches and
+    /// lock waiters through the feed.
     pub(crate) fn publish(&self, change: Change) {
-        // No receiver is not an error: nobody is watching.
+        {
+            let mut watches = self.key_watches.lock().unwrap_or_else(|e| e.into_inner());
+            let wake = |signals: &mut Vec<Weak<Notify>>| {
+                signals.retain(|signal| match signal.upgrade() {
+                    Some(signal) => {
+                        // A permit is kept when the watch is not waiting: no wake-up is lost.
+                        signal.notify_one();
+                        true
+                    }
+                    None => false,
+                });
+            };
+            match &change {
+                Change::Key(key) => {
+                    if let Some(signals) = watches.get_mut(key) {
+                        wake(signals);
+                    }
+                }
+                Change::Tree(_) => {
+                    for (key, signals) in watches.iter_mut() {
+                        if change.touches_key(key) {
+                            wake(signals);
+                        }
+                    }
+                }
+                Change::Lock(_) => {}
+            }
+            watches.retain(|_, signals| !signals.is_empty());
+        }
+        // No receiver is not an error: nobody is watching a directory or waiting for a lock.
         let _ = self.changes.send(change);
+    }
+
+    /// A wake-up signal for a watch of `key`, woken by every change to the key until the
+    /// returned signal is dropped.
+    pub(crate) fn watch_key_signal(&self, key: Arc<str>) -> Arc<Notify> {
+        let signal = Arc::new(Notify::new());
+        self.key_watches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key)
+            .or_default()
+            .push(Arc::downgrade(&signal));
+        signal
     }
 
     /// Runs `f` on the blocking pool: redb is synchronous and may fsync.

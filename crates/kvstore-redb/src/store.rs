@@ -23,7 +23,7 @@ use crate::config::{Location, RedbConfig};
 use crate::error::{from_join, from_redb};
 use crate::keep_alive::{CLOSE_TIMEOUT, KeyLease, KeyRegistrar, Session};
 use crate::lock::RedbLocker;
-use crate::watch::watch_feed;
+use crate::watch::{watch_feed, watch_key_signal};
 
 /// A kvstore [`Store`] on a redb file or in memory.
 ///
@@ -170,6 +170,7 @@ impl RedbStore {
             changes,
             expiry_wakeup: wakeup.clone(),
             committer,
+            key_watches: std::sync::Mutex::default(),
         });
         shared.blocking(Shared::create_tables).await?;
         commit_thread.spawn(Arc::downgrade(&shared))?;
@@ -369,14 +370,7 @@ impl Store for RedbStore {
     async fn watch(&self, key: &str, _opts: Option<&ReadOptions>) -> Result<WatchStream> {
         self.check_open()?;
         let key: Arc<str> = normalize_key(key)?.into();
-        let k = key.clone();
-        watch_feed(
-            &self.shared,
-            self.session.cancel().clone(),
-            move |c| c.touches_key(&k),
-            move |s| s.read_key(&key),
-        )
-        .await
+        watch_key_signal(&self.shared, self.session.cancel().clone(), key).await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = self.shared.backend, op = "watch_tree", key = %dir))]

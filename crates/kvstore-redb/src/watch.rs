@@ -1,4 +1,8 @@
 //! In-process watches on the core watch driver: re-read on every relevant committed change.
+//!
+//! A key watch waits on a signal of its own, which only changes to its key fire (the commit
+//! wakes exactly the watches of the keys it wrote), and reads in place; a directory watch reads
+//! the change feed, filters it by its directory, and reads on the blocking pool.
 
 use std::sync::Arc;
 
@@ -94,4 +98,51 @@ where
         cancel,
         std::time::Duration::ZERO,
     ))
+}
+
+/// A key watch's wake-up source: its own signal, fired by every commit that changes the key.
+struct KeySource {
+    shared: Arc<Shared>,
+    key: Arc<str>,
+    signal: Arc<tokio::sync::Notify>,
+}
+
+#[async_trait]
+impl WatchSource for KeySource {
+    type Item = Option<kvstore_core::KvPair>;
+
+    /// In place, as `get`: a point read is faster than the hop to the blocking pool.
+    async fn read(&mut self) -> Result<Self::Item> {
+        self.shared.read_key(&self.key)
+    }
+
+    async fn changed(&mut self) -> Result<()> {
+        self.signal.notified().await;
+        Ok(())
+    }
+
+    /// The signal is in-process: it is never lost while the database is open.
+    async fn reconnect(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// `watch(key)`: registers the key's signal *before* the first read, so no commit can fall
+/// between the snapshot and the first wait; then as [`watch_feed`].
+///
+/// # Errors
+///
+/// The first read's error.
+pub(crate) async fn watch_key_signal(
+    shared: &Arc<Shared>,
+    cancel: CancellationToken,
+    key: Arc<str>,
+) -> Result<BoxStream<'static, Result<Option<kvstore_core::KvPair>>>> {
+    let mut source = KeySource {
+        signal: shared.watch_key_signal(key.clone()),
+        shared: shared.clone(),
+        key,
+    };
+    let first = source.read().await?;
+    Ok(watch_stream(source, first, cancel, std::time::Duration::ZERO))
 }
