@@ -209,6 +209,14 @@ func main() {
 			}
 			workers, _ = strconv.Atoi(fields[2])
 			prepared, err := prepare(ctx, kv, fields[1], workers, fields[3])
+			if err == nil && prepared != nil {
+				// One call first: a backend without the operation says so only when called
+				// (BoltDB's locks).
+				err = prepared(ctx, 0)
+				if errors.Is(err, store.ErrCallNotSupported) {
+					prepared, err = nil, nil
+				}
+			}
 			switch {
 			case err != nil:
 				reply("error: %v", err)

@@ -3,8 +3,8 @@
 //! lock rows in `lock.rs`, `keep_alive` leases in `keep_alive.rs`). Transactions run on the
 //! blocking pool.
 
-use std::fmt;
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -238,6 +238,19 @@ impl Shared {
 
     /// `None` when neither `dir` nor any descendant exists.
     pub(crate) fn read_tree(&self, dir: &str) -> Result<Option<Vec<KvPair>>> {
+        Ok(self
+            .read_tree_up_to(dir, usize::MAX)?
+            .expect("no limit to exceed"))
+    }
+
+    /// [`read_tree`](Self::read_tree) that gives up (`Ok(None)`) once the directory holds
+    /// more than `limit` entries, so a caller can read small directories in place and move
+    /// large ones off the async worker.
+    pub(crate) fn read_tree_up_to(
+        &self,
+        dir: &str,
+        limit: usize,
+    ) -> Result<Option<Option<Vec<KvPair>>>> {
         let txn = self.db().begin_read().map_err(from_redb)?;
         let kv = txn.open_table(KV).map_err(from_redb)?;
         let now = now_ms();
@@ -248,7 +261,10 @@ impl Shared {
             kv.range(start.as_str()..end.as_str()).map_err(from_redb)?
         };
         let mut pairs = Vec::new();
-        for entry in range {
+        for (seen, entry) in range.enumerate() {
+            if seen == limit {
+                return Ok(None);
+            }
             let (key, value) = entry.map_err(from_redb)?;
             let (index, expires_at, value) = value.value();
             if is_live(expires_at, now) {
@@ -260,7 +276,9 @@ impl Shared {
                 .get(dir)
                 .map_err(from_redb)?
                 .is_some_and(|entry| is_live(entry.value().1, now));
-        Ok((dir.is_empty() || dir_exists || !pairs.is_empty()).then_some(pairs))
+        Ok(Some(
+            (dir.is_empty() || dir_exists || !pairs.is_empty()).then_some(pairs),
+        ))
     }
 
     /// Writes `key` in `txn` (a group commit's transaction) under `expect`. A refusal returns

@@ -144,5 +144,10 @@ pub(crate) async fn watch_key_signal(
         key,
     };
     let first = source.read().await?;
-    Ok(watch_stream(source, first, cancel, std::time::Duration::ZERO))
+    Ok(watch_stream(
+        source,
+        first,
+        cancel,
+        std::time::Duration::ZERO,
+    ))
 }
