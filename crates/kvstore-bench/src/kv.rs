@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
-use kvstore::{KvPair, Locker, Store, Txn};
+use kvstore::{KvPair, Locker, ReadOptions, Store, Txn};
 use tokio::sync::Mutex;
 
 use crate::Op;
@@ -22,15 +22,17 @@ pub(crate) async fn prepare(
     dir: &str,
 ) -> anyhow::Result<Option<OpFn>> {
     Ok(Some(match op {
-        Op::Get => {
+        Op::Get | Op::GetStale => {
             for i in 0..100 {
                 store.put(&format!("{dir}/k{i}"), VALUE, None).await?;
             }
             let dir = dir.to_owned();
+            let opts = (op == Op::GetStale).then(|| ReadOptions::default().with_consistent(false));
             Arc::new(move |_, i| {
                 let (store, key) = (store.clone(), format!("{dir}/k{}", i % 100));
+                let opts = opts.clone();
                 async move {
-                    store.get(&key, None).await?;
+                    store.get(&key, opts.as_ref()).await?;
                     Ok(None)
                 }
                 .boxed()

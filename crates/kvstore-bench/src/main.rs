@@ -32,6 +32,10 @@ use serde::Serialize;
 pub(crate) enum Op {
     /// `get` of an existing key.
     Get,
+    /// `get` with `ReadOptions::with_consistent(false)`: a read any server may answer from
+    /// its own state (ZooKeeper: no `sync` first; etcd: a serializable read). The raw client
+    /// and valkeyrie do their usual `get`.
+    GetStale,
     /// `put` (overwrites after the first round).
     Put,
     /// `atomic_put` chained on the previous pair (a CAS that always succeeds).
@@ -63,6 +67,7 @@ impl Op {
     fn name(self) -> &'static str {
         match self {
             Op::Get => "get",
+            Op::GetStale => "get (consistent=false)",
             Op::Put => "put",
             Op::AtomicPut => "atomic_put",
             Op::List => "list (100 keys)",
@@ -468,6 +473,7 @@ async fn main() -> anyhow::Result<()> {
     let ops: Vec<Op> = if args.operations.is_empty() {
         vec![
             Op::Get,
+            Op::GetStale,
             Op::Put,
             Op::AtomicPut,
             Op::List,

@@ -25,7 +25,7 @@ pub(crate) struct Valkeyrie {
 /// (transactions) or that are not comparable (watch latency).
 fn op_name(op: Op) -> Option<&'static str> {
     match op {
-        Op::Get => Some("get"),
+        Op::Get | Op::GetStale => Some("get"),
         Op::Put => Some("put"),
         Op::AtomicPut => Some("atomic_put"),
         Op::List => Some("list"),

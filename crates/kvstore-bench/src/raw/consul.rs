@@ -44,7 +44,7 @@ pub(crate) async fn consul(
     };
     let kv = Arc::new(kv);
     Ok(Some(match op {
-        Op::Get => {
+        Op::Get | Op::GetStale => {
             for i in 0..100 {
                 put(http.clone(), kv(&format!("{dir}/k{i}"))).await?;
             }

@@ -20,7 +20,7 @@ pub(crate) async fn etcd(
     let client = Client::connect([endpoint], None).await?;
     let dir = format!("raw/{dir}");
     Ok(Some(match op {
-        Op::Get => {
+        Op::Get | Op::GetStale => {
             let mut c = client.clone();
             for i in 0..100 {
                 c.put(format!("{dir}/k{i}"), &VALUE[..], None).await?;

@@ -27,7 +27,7 @@ pub(crate) async fn redb(
         .await?
     };
     Ok(Some(match op {
-        Op::Get => {
+        Op::Get | Op::GetStale => {
             for i in 0..100 {
                 write(db.clone(), format!("{dir}/k{i}")).await?;
             }

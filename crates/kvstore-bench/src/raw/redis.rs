@@ -25,7 +25,7 @@ pub(crate) async fn redis(
     let conn = redis::aio::ConnectionManager::new(client.clone()).await?;
     let dir = format!("raw/{dir}");
     Ok(Some(match op {
-        Op::Get => {
+        Op::Get | Op::GetStale => {
             let mut c = conn.clone();
             for i in 0..100 {
                 let _: () = c.set(format!("{dir}/k{i}"), &VALUE[..]).await?;

@@ -31,7 +31,7 @@ pub(crate) async fn zk(
         }
     };
     Ok(Some(match op {
-        Op::Get => {
+        Op::Get | Op::GetStale => {
             for i in 0..100 {
                 create(client.clone(), format!("{dir}/k{i}")).await?;
             }
