@@ -364,6 +364,13 @@ async fn measure(
     }))
 }
 
+/// A ratio's median with its spread, `0.95 (0.90–1.02)`, or `—`.
+fn spread_text(ratio: Option<[f64; 3]>) -> String {
+    ratio.map_or("—".into(), |[m, lo, hi]| {
+        format!("{m:.2} ({lo:.2}–{hi:.2})")
+    })
+}
+
 fn markdown(report: &Report) -> String {
     let mut out = String::new();
     out.push_str("| backend | operation | conc. | kvstore ops/s | raw ops/s | kvstore/raw (min–max) | kvstore p50 / p99 µs | raw p50 / p99 µs | requests per call kvstore / raw | client CPU µs per call kvstore / raw |\n");
@@ -379,9 +386,7 @@ fn markdown(report: &Report) -> String {
             r.concurrency,
             r.kvstore.ops_per_sec,
             raw.map_or("—".into(), |s| format!("{:.0}", s.ops_per_sec)),
-            r.ratio.map_or("—".into(), |[m, lo, hi]| format!(
-                "{m:.2} ({lo:.2}–{hi:.2})"
-            )),
+            spread_text(r.ratio),
             r.kvstore.p50_us,
             r.kvstore.p99_us,
             raw.map_or("—".into(), |s| format!(
@@ -414,9 +419,7 @@ fn markdown(report: &Report) -> String {
                 r.concurrency,
                 r.kvstore.ops_per_sec,
                 go.ops_per_sec,
-                r.vs_valkeyrie.map_or("—".into(), |[m, lo, hi]| format!(
-                    "{m:.2} ({lo:.2}–{hi:.2})"
-                )),
+                spread_text(r.vs_valkeyrie),
                 r.kvstore.p50_us,
                 r.kvstore.p99_us,
                 go.p50_us,

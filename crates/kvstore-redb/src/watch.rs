@@ -84,14 +84,22 @@ where
     R: Fn(&Change) -> bool + Send + Sync + 'static,
     F: Fn(&Shared) -> Result<T> + Send + Sync + 'static,
 {
-    let mut source = FeedSource {
+    let source = FeedSource {
         changes: shared.subscribe(),
         shared: shared.clone(),
         relevant,
         read: Arc::new(read),
     };
+    start(source, cancel).await
+}
+
+/// The first read, then the watch driver. In-process sources are never lost, so there is
+/// nothing to reconnect to (no reconnect timeout).
+async fn start<S: WatchSource>(
+    mut source: S,
+    cancel: CancellationToken,
+) -> Result<BoxStream<'static, Result<S::Item>>> {
     let first = source.read().await?;
-    // In-process: the feed is never lost, so there is nothing to reconnect to.
     Ok(watch_stream(
         source,
         first,
@@ -138,16 +146,10 @@ pub(crate) async fn watch_key_signal(
     cancel: CancellationToken,
     key: Arc<str>,
 ) -> Result<BoxStream<'static, Result<Option<kvstore_core::KvPair>>>> {
-    let mut source = KeySource {
+    let source = KeySource {
         signal: shared.watch_key_signal(key.clone()),
         shared: shared.clone(),
         key,
     };
-    let first = source.read().await?;
-    Ok(watch_stream(
-        source,
-        first,
-        cancel,
-        std::time::Duration::ZERO,
-    ))
+    start(source, cancel).await
 }
