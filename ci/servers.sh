@@ -7,6 +7,7 @@
 #                              redis-stock, zk-stock and consul-stock start the same servers
 #                              with their default settings (KVSTORE_<NAME>_STOCK_URL), for the
 #                              tests of what kvstore reports on a server it cannot fully use.
+#                              etcd36 is etcd 3.6 built from its Go module (KVSTORE_ETCD36_URL).
 #                              redis-tls, etcd-tls, zk-tls and consul-tls demand TLS with a client
 #                              certificate and a password or token (KVSTORE_<NAME>_TLS_URL, with
 #                              certificates generated per run by kv_certs under $KV_RUN_DIR/certs).
@@ -19,6 +20,9 @@ KV_CI_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 KV_RUN_DIR="${KV_RUN_DIR:-$(mktemp -d -t kvstore-servers.XXXXXX)}"
 KV_CONSUL_VERSION="$(sed -n 's/^require github.com\/hashicorp\/consul v//p' "$KV_CI_DIR/consul/go.mod")"
 KV_CONSUL_BIN="${KV_CONSUL_BIN:-${XDG_CACHE_HOME:-$HOME/.cache}/kvstore-ci/consul-$KV_CONSUL_VERSION}"
+# etcd 3.6 (current upstream), built like Consul; Debian's etcd-server package is 3.4.
+KV_ETCD36_VERSION="$(sed -n 's/^require go.etcd.io\/etcd\/server\/v3 v//p' "$KV_CI_DIR/etcd/go.mod")"
+KV_ETCD36_BIN="${KV_ETCD36_BIN:-${XDG_CACHE_HOME:-$HOME/.cache}/kvstore-ci/etcd-$KV_ETCD36_VERSION}"
 KV_PIDS=()
 export KV_RUN_DIR
 
@@ -43,6 +47,18 @@ kv_install() {
         DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     fi
     kv_build_consul
+    kv_build_etcd36
+}
+
+# Builds the pinned etcd 3.6 server from its Go module once (~1.5 min); later runs reuse it.
+kv_build_etcd36() {
+    if [ -x "$KV_ETCD36_BIN" ]; then return 0; fi
+    command -v go >/dev/null || { kv_log "Go is needed to build etcd $KV_ETCD36_VERSION"; return 1; }
+    kv_log "building etcd $KV_ETCD36_VERSION from its Go module (first run only, ~1.5 min)"
+    mkdir -p "$(dirname "$KV_ETCD36_BIN")"
+    (cd "$KV_CI_DIR/etcd" &&
+        GOFLAGS=-mod=mod go build -trimpath -o "$KV_ETCD36_BIN.tmp" go.etcd.io/etcd/server/v3) &&
+        mv "$KV_ETCD36_BIN.tmp" "$KV_ETCD36_BIN"
 }
 
 # Builds the pinned Consul release from its Go module once; later runs reuse the cached binary.
@@ -184,18 +200,25 @@ kv_start_one() {
         kv_wait redis-stock 10 redis-cli -p "$port" ping
         export KVSTORE_REDIS_STOCK_URL="redis://127.0.0.1:$port"
         ;;
-    etcd)
+    etcd | etcd36)
+        # etcd: Debian's 3.4; etcd36: the pinned 3.6 build. Same flags for both.
+        local bin=etcd
+        [ "$name" = etcd ] || bin=$KV_ETCD36_BIN
         [ -f "$dir/peer_port" ] || kv_free_port >"$dir/peer_port"
         local peer
         peer=$(cat "$dir/peer_port")
-        etcd --name kvstore --data-dir "$dir/data" \
+        "$bin" --name kvstore --data-dir "$dir/data" \
             --listen-client-urls "http://127.0.0.1:$port" --advertise-client-urls "http://127.0.0.1:$port" \
             --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
             --initial-cluster "kvstore=http://127.0.0.1:$peer" \
             --heartbeat-interval 10 --election-timeout 100 >"$dir/log" 2>&1 &
         echo $! >"$dir/pid"
-        kv_wait etcd 20 curl -fsS "http://127.0.0.1:$port/health"
-        export KVSTORE_ETCD_URL="etcd://127.0.0.1:$port"
+        kv_wait "$name" 20 curl -fsS "http://127.0.0.1:$port/health"
+        if [ "$name" = etcd ]; then
+            export KVSTORE_ETCD_URL="etcd://127.0.0.1:$port"
+        else
+            export KVSTORE_ETCD36_URL="etcd://127.0.0.1:$port"
+        fi
         ;;
     zk | zk-stock)
         mkdir -p "$dir/data"
