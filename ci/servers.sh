@@ -7,7 +7,8 @@
 #                              redis-stock, zk-stock and consul-stock start the same servers
 #                              with their default settings (KVSTORE_<NAME>_STOCK_URL), for the
 #                              tests of what kvstore reports on a server it cannot fully use.
-#                              etcd36 is etcd 3.6 built from its Go module (KVSTORE_ETCD36_URL).
+#                              etcd36 is etcd 3.6 built from its Go module (KVSTORE_ETCD36_URL);
+#                              redis-cluster a Redis in Cluster mode (KVSTORE_REDIS_CLUSTER_URL).
 #                              redis-tls, etcd-tls, zk-tls and consul-tls demand TLS with a client
 #                              certificate and a password or token (KVSTORE_<NAME>_TLS_URL, with
 #                              certificates generated per run by kv_certs under $KV_RUN_DIR/certs).
@@ -192,6 +193,14 @@ kv_start_one() {
         echo $! >"$dir/pid"
         kv_wait redis 10 redis-cli -p "$port" ping
         export KVSTORE_REDIS_URL="redis://127.0.0.1:$port"
+        ;;
+    redis-cluster)
+        # A server in Cluster mode (no slots assigned): kvstore must refuse it at connect.
+        redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no \
+            --cluster-enabled yes --cluster-config-file "$dir/nodes.conf" --dir "$dir" >"$dir/log" 2>&1 &
+        echo $! >"$dir/pid"
+        kv_wait redis-cluster 10 redis-cli -p "$port" ping
+        export KVSTORE_REDIS_CLUSTER_URL="redis://127.0.0.1:$port"
         ;;
     redis-stock)
         # Defaults: keyspace notifications off. Persistence off only to keep the run dir clean.

@@ -221,6 +221,33 @@ impl Inner {
 
     /// Fails with a message saying how to enable keyspace notifications when they are off.
     /// Source: Redis docs, "Redis keyspace notifications" — configuration flags K, g, h, x, $, A.
+    /// Refuses a server in Redis Cluster mode (`INFO cluster` says `cluster_enabled:1`): every
+    /// kvstore script touches several keys of a store in one atomic step (the pair, the
+    /// store-wide revision counter, the key index), and a cluster runs a script only when all
+    /// its keys share one hash slot. An `INFO` the user may not run proves nothing and is let
+    /// through. Source: Redis docs, "Redis cluster specification" (multi-key operations and
+    /// hash slots) and "INFO" (`cluster_enabled`).
+    pub(crate) async fn refuse_cluster(&self) -> Result<()> {
+        let info: redis::RedisResult<String> = redis::cmd("INFO")
+            .arg("cluster")
+            .query_async(&mut self.conn())
+            .await;
+        match info {
+            Ok(info) if info.lines().any(|l| l.trim() == "cluster_enabled:1") => {
+                Err(Error::invalid_config(
+                    BACKEND,
+                    "this Redis server runs in Cluster mode, which kvstore does not support: its \
+                     atomic calls touch several keys of a store at once (the pair, the revision \
+                     counter, the key index), which a cluster allows only within one hash slot; \
+                     use a standalone server (or one behind Sentinel)",
+                ))
+            }
+            Ok(_) => Ok(()),
+            Err(err) if is_connection_failure(&err) => Err(from_redis(err)),
+            Err(_) => Ok(()),
+        }
+    }
+
     pub(crate) async fn check_notifications(&self) -> Result<()> {
         if self.notifications.load(Ordering::Acquire) == NOTIFICATIONS_ON {
             return Ok(());

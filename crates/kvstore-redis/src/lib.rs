@@ -70,7 +70,9 @@
 //!   [`RedisConfig::watch_reconnect_timeout`], then it yields the error and ends).
 //! - A lock holder that cannot renew within four fifths of the TTL considers the lock lost.
 //!
-//! Redis Cluster is not supported (scripts touch keys found through the index).
+//! Redis Cluster is not supported (scripts touch several keys of a store, some found through the
+//! index, and a cluster allows that only within one hash slot): `connect` refuses a server in
+//! Cluster mode with `InvalidConfig`.
 //!
 //! # Examples
 //!

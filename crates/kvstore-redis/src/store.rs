@@ -65,8 +65,8 @@ impl RedisStore {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidConfig`] for a URL the redis crate rejects or a TLS file that cannot be
-    /// read or parsed; [`Error::NotReachable`] when no server answers within `connect_timeout`;
+    /// [`Error::InvalidConfig`] for a URL the redis crate rejects, a TLS file that cannot be
+    /// read or parsed, or a server in Redis Cluster mode (see the crate docs); [`Error::NotReachable`] when no server answers within `connect_timeout`;
     /// [`Error::PermissionDenied`] when the server refuses the user or password, or TLS fails
     /// (a server certificate the CA did not sign, a client certificate the server refuses).
     ///
@@ -115,6 +115,7 @@ impl RedisStore {
             .query_async(&mut inner.conn())
             .await
             .map_err(from_redis)?;
+        inner.refuse_cluster().await?;
         // Learn now whether watches and locks can work, so `capabilities()` says so; the
         // error itself is returned by the first watch or lock.
         match inner.check_notifications().await {
