@@ -37,6 +37,7 @@ mod cases;
 mod election_faults;
 mod faults;
 mod foreign;
+pub mod linearizability;
 pub mod secure;
 
 pub use cases::*;
