@@ -45,19 +45,13 @@ pub(crate) async fn diagnose_tls(config: &EtcdConfig, err: Error) -> Error {
     let (Some(tls), Some(endpoint)) = (&config.tls, config.endpoints.first()) else {
         return err;
     };
-    let Ok(files) = tls.load(BACKEND) else {
-        return err;
-    };
     let addr = endpoint
         .split_once("://")
         .map_or(endpoint.as_str(), |(_, rest)| rest)
         .trim_end_matches('/');
-    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
-    let timeout = config.connect_timeout.min(Duration::from_secs(2));
-    match kvstore_core::backend::tls::diagnose_handshake(addr, host, &files, timeout).await {
-        Some(refusal) => Error::permission_denied(BACKEND, refusal),
-        None => err,
-    }
+    kvstore_core::backend::tls::refusal(BACKEND, tls, addr, config.connect_timeout)
+        .await
+        .unwrap_or(err)
 }
 
 /// Connection state shared by the store, its watches and its locks.

@@ -123,14 +123,7 @@ fn tls_options(tls: &kvstore_core::TlsConfig) -> Result<zk::TlsOptions> {
 /// connection, retried until the connect timeout.
 async fn tls_refusal(config: &ZkConfig) -> Option<Error> {
     let (tls, addr) = (config.tls.as_ref()?, config.hosts.first()?);
-    let files = tls.load(BACKEND).ok()?;
-    let host = addr
-        .rsplit_once(':')
-        .map_or(addr.as_str(), |(host, _)| host);
-    let timeout = config.connect_timeout.min(Duration::from_secs(2));
-    let refusal =
-        kvstore_core::backend::tls::diagnose_handshake(addr, host, &files, timeout).await?;
-    Some(Error::permission_denied(BACKEND, refusal))
+    kvstore_core::backend::tls::refusal(BACKEND, tls, addr, config.connect_timeout).await
 }
 
 /// Runs one request (or a pipelined group) under the per-request timeout; a timeout is

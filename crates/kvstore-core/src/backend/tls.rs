@@ -43,6 +43,26 @@ pub fn tls_error<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a rustls::Er
     None
 }
 
+/// `PermissionDenied` (for `backend`) when a TLS connection to `addr` (`host:port`) with `tls`
+/// is refused by TLS itself (one handshake and one read, below) within `connect_timeout` (at most
+/// 2 s); `None` when TLS shows no refusal, the files cannot be read, or nothing answers.
+///
+/// For backends whose client library reports a refused certificate only as a lost or closed
+/// connection: they call this when a TLS connect fails, or runs long, to tell a permanent
+/// refusal from a server that is away.
+pub async fn refusal(
+    backend: &'static str,
+    tls: &crate::TlsConfig,
+    addr: &str,
+    connect_timeout: std::time::Duration,
+) -> Option<crate::Error> {
+    let files = tls.load(backend).ok()?;
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    let timeout = connect_timeout.min(std::time::Duration::from_secs(2));
+    let refused = diagnose_handshake(addr, host, &files, timeout).await?;
+    Some(crate::Error::permission_denied(backend, refused))
+}
+
 /// Why a TLS connection to `addr` (`host:port`) with these settings fails, when TLS is the
 /// reason: the client refuses the server's certificate, or the server refuses the client's
 /// (or its absence) with an alert. `None` when the handshake and the server's first answer
@@ -54,7 +74,7 @@ pub fn tls_error<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a rustls::Er
 /// permanent refusal from a server that is away. In TLS 1.3 a server verifies the client's
 /// certificate after the client's handshake has finished, so the alert arrives on the first
 /// read (RFC 8446 §4.4.2.4); the read is bounded by `timeout`.
-pub async fn diagnose_handshake(
+async fn diagnose_handshake(
     addr: &str,
     default_server_name: &str,
     files: &crate::TlsFiles,
