@@ -171,25 +171,40 @@ impl Shared {
                     None => false,
                 });
             };
+            // Entries whose watches are all gone are dropped as they are visited, so a key
+            // write costs one lookup, not a walk of every watched key.
             match &change {
                 Change::Key(key) => {
                     if let Some(signals) = watches.get_mut(key) {
                         wake(signals);
-                    }
-                }
-                Change::Tree(_) => {
-                    for (key, signals) in watches.iter_mut() {
-                        if change.touches_key(key) {
-                            wake(signals);
+                        if signals.is_empty() {
+                            watches.remove(key);
                         }
                     }
                 }
+                Change::Tree(_) => watches.retain(|key, signals| {
+                    if change.touches_key(key) {
+                        wake(signals);
+                    }
+                    !signals.is_empty()
+                }),
                 Change::Lock(_) => {}
             }
-            watches.retain(|_, signals| !signals.is_empty());
         }
         // No receiver is not an error: nobody is watching a directory or waiting for a lock.
         let _ = self.changes.send(change);
+    }
+
+    /// Removes a key watch's signal (its watch was dropped), and the key's entry with the last.
+    pub(crate) fn forget_key_signal(&self, key: &str, signal: &Arc<Notify>) {
+        let mut watches = self.key_watches.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(signals) = watches.get_mut(key) {
+            signals
+                .retain(|s| s.strong_count() > 0 && !std::ptr::eq(s.as_ptr(), Arc::as_ptr(signal)));
+            if signals.is_empty() {
+                watches.remove(key);
+            }
+        }
     }
 
     /// A wake-up signal for a watch of `key`, woken by every change to the key until the

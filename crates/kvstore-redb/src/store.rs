@@ -433,3 +433,30 @@ impl Store for RedbStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn watched_keys(store: &RedbStore) -> usize {
+        store.shared.key_watches.lock().unwrap().len()
+    }
+
+    #[tokio::test]
+    async fn dropped_key_watches_leave_no_signal_behind() {
+        let store = RedbStore::memory().await.unwrap();
+        let a = store.watch("a", None).await.unwrap();
+        let a2 = store.watch("a", None).await.unwrap();
+        let b = store.watch("b", None).await.unwrap();
+        assert_eq!(watched_keys(&store), 2);
+        drop(a);
+        assert_eq!(watched_keys(&store), 2, "a still has a watch");
+        drop((a2, b));
+        assert_eq!(
+            watched_keys(&store),
+            0,
+            "no key stays registered without a watch"
+        );
+        store.close().await.unwrap();
+    }
+}

@@ -135,6 +135,12 @@ impl WatchSource for KeySource {
     }
 }
 
+impl Drop for KeySource {
+    fn drop(&mut self) {
+        self.shared.forget_key_signal(&self.key, &self.signal);
+    }
+}
+
 /// `watch(key)`: registers the key's signal *before* the first read, so no commit can fall
 /// between the snapshot and the first wait; then as [`watch_feed`].
 ///
