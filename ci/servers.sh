@@ -12,7 +12,11 @@
 #                              redis-tls, etcd-tls, zk-tls and consul-tls demand TLS with a client
 #                              certificate and a password or token (KVSTORE_<NAME>_TLS_URL, with
 #                              certificates generated per run by kv_certs under $KV_RUN_DIR/certs).
+#                              etcd-cluster, zk-cluster, consul-cluster and redis-sentinel are
+#                              clusters of three on loopback (see "Clusters on loopback" below;
+#                              KVSTORE_<CLUSTER>_URL is their multi-endpoint URL).
 #   kv_stop_one NAME / kv_start_one NAME   restart a single server on the same port (fault tests)
+#   kv_kill_one NAME / kv_leader CLUSTER   SIGKILL a server or member / name a cluster's leader
 #
 # Each server runs in its own directory under $KV_RUN_DIR with its log beside it; a server that
 # is not ready within its deadline fails the run and prints its log.
@@ -35,7 +39,7 @@ kv_free_port() {
 }
 
 kv_install() {
-    local want=(redis-server etcd-server etcd-client zookeeper protobuf-compiler libprotobuf-dev python3 curl openssl)
+    local want=(redis-server redis-sentinel etcd-server etcd-client zookeeper protobuf-compiler libprotobuf-dev python3 curl openssl)
     local missing=()
     for pkg in "${want[@]}"; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
@@ -93,8 +97,12 @@ kv_wait() {
     kv_log "$name ready"
 }
 
+# kv_zk_ready PORT [MODE...]: the server answers `srvr` in one of MODES (default standalone).
 kv_zk_ready() {
-    python3 - "$1" <<'EOF'
+    local port=$1
+    shift
+    (($#)) || set -- standalone
+    python3 - "$port" "$@" <<'EOF'
 import socket, sys
 s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=2)
 s.sendall(b"srvr")
@@ -104,7 +112,7 @@ while True:
     if not chunk:
         break
     data += chunk
-sys.exit(0 if b"Mode: standalone" in data else 1)
+sys.exit(0 if any(b"Mode: " + m.encode() in data for m in sys.argv[2:]) else 1)
 EOF
 }
 
@@ -179,9 +187,236 @@ kv_zk_java() {
         org.apache.zookeeper.server.quorum.QuorumPeerMain "$dir/zoo.cfg" >"$dir/log" 2>&1 &
 }
 
+# ---- Clusters on loopback ----
+# etcd-cluster: 3 etcd 3.6 members (etcd-c1..3); zk-cluster: a 3-node ZooKeeper ensemble
+# (zk-c1..3); consul-cluster: 3 Consul servers (consul-c1..3) and the client agent that
+# applications talk to (consul-agent); redis-sentinel: a Redis primary (redis-r1), one replica
+# (redis-r2) and 3 Sentinels (redis-s1..3) that monitor them as "kvstore". Each member runs in
+# its own directory like a single server, so restart.sh stops, kills and starts members by name,
+# and `restart.sh CLUSTER leader` names the current leader (or Redis primary).
+KV_CLUSTER_MEMBERS=(1 2 3)
+KV_SENTINEL_SERVICE=kvstore
+
+# kv_port MEMBER KIND: MEMBER's port of KIND, chosen on first use and kept across restarts.
+kv_port() {
+    local f="$KV_RUN_DIR/$1/$2"
+    mkdir -p "$KV_RUN_DIR/$1"
+    [ -f "$f" ] || kv_free_port >"$f"
+    cat "$f"
+}
+
+# kv_hosts PREFIX: "127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3" of the members' client ports.
+kv_hosts() {
+    local hosts="" i
+    for i in "${KV_CLUSTER_MEMBERS[@]}"; do hosts+="${hosts:+,}127.0.0.1:$(kv_port "$1$i" port)"; done
+    printf '%s' "$hosts"
+}
+
+# Election timing a little above the single servers' (10/100 ms): three members share two
+# cores with the test load, and a too-eager timeout turns a busy second into an election.
+kv_etcd_member() {
+    local name=$1 dir="$KV_RUN_DIR/$1" initial="" i
+    for i in "${KV_CLUSTER_MEMBERS[@]}"; do
+        initial+="${initial:+,}etcd-c$i=http://127.0.0.1:$(kv_port "etcd-c$i" peer_port)"
+    done
+    local port peer
+    port=$(kv_port "$name" port) peer=$(kv_port "$name" peer_port)
+    "$KV_ETCD36_BIN" --name "$name" --data-dir "$dir/data" \
+        --listen-client-urls "http://127.0.0.1:$port" --advertise-client-urls "http://127.0.0.1:$port" \
+        --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
+        --initial-cluster "$initial" --initial-cluster-token kvstore-ci --initial-cluster-state new \
+        --heartbeat-interval 50 --election-timeout 500 >"$dir/log" 2>&1 &
+    echo $! >"$dir/pid"
+}
+
+kv_zk_member() {
+    local name=$1 dir="$KV_RUN_DIR/$1" i
+    mkdir -p "$dir/data"
+    echo "${name#zk-c}" >"$dir/data/myid"
+    {
+        kv_zoo_cfg "$dir" "$(kv_port "$name" port)"
+        for i in "${KV_CLUSTER_MEMBERS[@]}"; do
+            echo "server.$i=127.0.0.1:$(kv_port "zk-c$i" quorum_port):$(kv_port "zk-c$i" election_port)"
+        done
+    } >"$dir/zoo.cfg"
+    kv_zk_java "$dir" "" -Dzookeeper.extendedTypesEnabled=true -Dznode.container.checkIntervalMs=100
+    echo $! >"$dir/pid"
+}
+
+# consul-c1..3 are servers (a Raft quorum of three); consul-agent is a client agent that
+# forwards to whichever server leads, as on an application host.
+kv_consul_member() {
+    local name=$1 dir="$KV_RUN_DIR/$1" joins=() role=() i
+    for i in "${KV_CLUSTER_MEMBERS[@]}"; do
+        [ "consul-c$i" = "$name" ] || joins+=(-retry-join "127.0.0.1:$(kv_port "consul-c$i" serf_lan)")
+    done
+    [ "$name" = consul-agent ] || role=(-server -bootstrap-expect "${#KV_CLUSTER_MEMBERS[@]}")
+    # raft_multiplier 1: the production timing (Consul docs, "Server performance").
+    printf 'session_ttl_min = "1s"\nperformance {\n  raft_multiplier = 1\n}\n' >"$dir/consul.hcl"
+    # Ports are read here, not in the background command: its expansions would run in the
+    # child, concurrently with the next member's start choosing ports.
+    local ports=(-http-port "$(kv_port "$name" port)" -serf-lan-port "$(kv_port "$name" serf_lan)"
+        -serf-wan-port "$(kv_port "$name" serf_wan)" -server-port "$(kv_port "$name" server)")
+    "$KV_CONSUL_BIN" agent "${role[@]}" -node "$name" -data-dir "$dir/data" -disable-host-node-id \
+        -bind 127.0.0.1 -client 127.0.0.1 -dns-port -1 -grpc-port -1 -grpc-tls-port -1 \
+        "${ports[@]}" "${joins[@]}" -config-file "$dir/consul.hcl" >"$dir/log" 2>&1 &
+    echo $! >"$dir/pid"
+}
+
+# The port of the primary a reachable Sentinel names; empty when none answers.
+kv_sentinel_primary() {
+    local i reply
+    for i in "${KV_CLUSTER_MEMBERS[@]}"; do
+        [ -f "$KV_RUN_DIR/redis-s$i/pid" ] || continue
+        reply=$(redis-cli -p "$(kv_port "redis-s$i" port)" --raw \
+            SENTINEL get-master-addr-by-name "$KV_SENTINEL_SERVICE" 2>/dev/null | sed -n 2p)
+        [ -n "$reply" ] && { printf '%s' "$reply"; return 0; }
+    done
+}
+
+# redis-r1 starts as the primary and redis-r2 as its replica; a member that starts while the
+# Sentinels name another primary starts as that primary's replica.
+kv_redis_member() {
+    local name=$1 dir="$KV_RUN_DIR/$1" port primary repl=()
+    port=$(kv_port "$name" port)
+    primary=$(kv_sentinel_primary)
+    [ -n "$primary" ] || { [ "$name" = redis-r1 ] || primary=$(kv_port redis-r1 port); }
+    [ -z "$primary" ] || [ "$primary" = "$port" ] || repl=(--replicaof 127.0.0.1 "$primary")
+    redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no \
+        --notify-keyspace-events KEA --dir "$dir" "${repl[@]}" >"$dir/log" 2>&1 &
+    echo $! >"$dir/pid"
+}
+
+# Failure detection after 1 s without an answer; source: Redis docs, "High availability with
+# Redis Sentinel" (down-after-milliseconds, quorum 2 of 3). The file is written once: Sentinel
+# rewrites it with what it learns (the current primary, the other Sentinels).
+kv_sentinel_member() {
+    local name=$1 dir="$KV_RUN_DIR/$1"
+    if [ ! -f "$dir/sentinel.conf" ]; then
+        cat >"$dir/sentinel.conf" <<SENTINELEOF
+port $(kv_port "$name" port)
+bind 127.0.0.1
+dir $dir
+sentinel resolve-hostnames no
+sentinel monitor $KV_SENTINEL_SERVICE 127.0.0.1 $(kv_port redis-r1 port) 2
+sentinel down-after-milliseconds $KV_SENTINEL_SERVICE 1000
+sentinel failover-timeout $KV_SENTINEL_SERVICE 4000
+sentinel parallel-syncs $KV_SENTINEL_SERVICE 1
+SENTINELEOF
+    fi
+    redis-sentinel "$dir/sentinel.conf" >"$dir/log" 2>&1 &
+    echo $! >"$dir/pid"
+}
+
+# The Sentinel on PORT knows the primary, its replica and the two other Sentinels.
+kv_sentinel_ready() {
+    redis-cli -p "$1" --raw SENTINEL master "$KV_SENTINEL_SERVICE" 2>/dev/null |
+        python3 -c 'import sys
+f = sys.stdin.read().split()
+d = dict(zip(f[::2], f[1::2]))
+sys.exit(0 if d.get("num-other-sentinels") == "2" and d.get("num-slaves") == "1" else 1)'
+}
+
+# kv_member_ready MEMBER: whether MEMBER serves requests (with a leader, for quorum systems).
+kv_member_ready() {
+    local port
+    port=$(kv_port "$1" port)
+    case $1 in
+    etcd-c*) curl -fsS "http://127.0.0.1:$port/health" | grep -q '"health":"true"' ;;
+    zk-c*) kv_zk_ready "$port" leader follower ;;
+    consul-*) kv_consul_ready "$port" ;;
+    redis-r*) redis-cli -p "$port" ping | grep -q PONG ;;
+    redis-s*) kv_sentinel_ready "$port" ;;
+    esac
+}
+
+# kv_start_member MEMBER: starts one member of a cluster and waits until it is ready; with
+# KV_NO_WAIT=1, only starts it (a quorum needs its peers before any member is ready).
+kv_start_member() {
+    local name=$1
+    mkdir -p "$KV_RUN_DIR/$name"
+    case $name in
+    etcd-c*) kv_etcd_member "$name" ;;
+    zk-c*) kv_zk_member "$name" ;;
+    consul-*) kv_consul_member "$name" ;;
+    redis-r*) kv_redis_member "$name" ;;
+    redis-s*) kv_sentinel_member "$name" ;;
+    *) kv_log "unknown cluster member $name"; return 1 ;;
+    esac
+    KV_PIDS+=("$(cat "$KV_RUN_DIR/$name/pid")")
+    [ "${KV_NO_WAIT:-}" = 1 ] || kv_wait "$name" 60 kv_member_ready "$name"
+}
+
+# The members of a cluster, in start order.
+kv_members() {
+    local i
+    case $1 in
+    etcd-cluster) for i in "${KV_CLUSTER_MEMBERS[@]}"; do echo "etcd-c$i"; done ;;
+    zk-cluster) for i in "${KV_CLUSTER_MEMBERS[@]}"; do echo "zk-c$i"; done ;;
+    consul-cluster) for i in "${KV_CLUSTER_MEMBERS[@]}"; do echo "consul-c$i"; done; echo consul-agent ;;
+    redis-sentinel) echo redis-r1; echo redis-r2; for i in "${KV_CLUSTER_MEMBERS[@]}"; do echo "redis-s$i"; done ;;
+    esac
+}
+
+# kv_start_cluster CLUSTER: starts every member, waits until each is ready and exports
+# KVSTORE_<CLUSTER>_URL, the multi-endpoint URL kvstore connects with.
+kv_start_cluster() {
+    local cluster=$1 member
+    for member in $(kv_members "$cluster"); do KV_NO_WAIT=1 kv_start_member "$member" || return 1; done
+    for member in $(kv_members "$cluster"); do kv_wait "$member" 90 kv_member_ready "$member" || return 1; done
+    case $cluster in
+    etcd-cluster) export KVSTORE_ETCD_CLUSTER_URL="etcd://$(kv_hosts etcd-c)" ;;
+    zk-cluster) export KVSTORE_ZK_CLUSTER_URL="zk://$(kv_hosts zk-c)" ;;
+    consul-cluster) export KVSTORE_CONSUL_CLUSTER_URL="consul://127.0.0.1:$(kv_port consul-agent port)" ;;
+    redis-sentinel) export KVSTORE_REDIS_SENTINEL_URL="redis+sentinel://$(kv_hosts redis-s)/$KV_SENTINEL_SERVICE" ;;
+    esac
+}
+
+# kv_leader CLUSTER: the member that leads the cluster now (the Redis primary); fails when
+# none does.
+kv_leader() {
+    local member port
+    case $1 in
+    etcd-cluster)
+        for member in $(kv_members etcd-cluster); do
+            [ -f "$KV_RUN_DIR/$member/pid" ] || continue
+            port=$(kv_port "$member" port)
+            # Source: etcd API reference, Maintenance/Status (leader and header.member_id).
+            curl -fsS -m 2 -X POST -d '{}' "http://127.0.0.1:$port/v3/maintenance/status" 2>/dev/null |
+                python3 -c 'import json,sys; s=json.load(sys.stdin); sys.exit(0 if s["leader"] == s["header"]["member_id"] else 1)' &&
+                { echo "$member"; return 0; }
+        done
+        ;;
+    zk-cluster)
+        for member in $(kv_members zk-cluster); do
+            [ -f "$KV_RUN_DIR/$member/pid" ] || continue
+            kv_zk_ready "$(kv_port "$member" port)" leader 2>/dev/null && { echo "$member"; return 0; }
+        done
+        ;;
+    consul-cluster)
+        local leader
+        leader=$(curl -fsS -m 2 "http://127.0.0.1:$(kv_port consul-agent port)/v1/status/leader" | tr -d '"')
+        for member in $(kv_members consul-cluster); do
+            [ "$leader" = "127.0.0.1:$(kv_port "$member" server)" ] && { echo "$member"; return 0; }
+        done
+        ;;
+    redis-sentinel)
+        port=$(kv_sentinel_primary)
+        for member in redis-r1 redis-r2; do
+            [ "$port" = "$(kv_port "$member" port)" ] && { echo "$member"; return 0; }
+        done
+        ;;
+    esac
+    return 1
+}
+
 # Starts one server; its port is chosen on the first start and kept on restarts.
 kv_start_one() {
     local name=$1 dir="$KV_RUN_DIR/$1"
+    case $name in
+    *-cluster | redis-sentinel) kv_start_cluster "$name"; return ;;
+    etcd-c[0-9] | zk-c[0-9] | consul-c[0-9] | consul-agent | redis-[rs][0-9]) kv_start_member "$name"; return ;;
+    esac
     mkdir -p "$dir"
     local port_file="$dir/port"
     [ -f "$port_file" ] || kv_free_port >"$port_file"
@@ -424,6 +659,17 @@ kv_stop_one() {
     kill "$pid" 2>/dev/null || true
     for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -9 "$pid" 2>/dev/null || true
+    rm -f "$pid_file"
+}
+
+# SIGKILLs one server or member (no chance to flush or say goodbye) and waits until it is gone.
+kv_kill_one() {
+    local pid_file="$KV_RUN_DIR/$1/pid"
+    [ -f "$pid_file" ] || return 0
+    local pid
+    pid=$(cat "$pid_file")
+    kill -9 "$pid" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
     rm -f "$pid_file"
 }
 
