@@ -220,8 +220,8 @@ where
 }
 
 /// Runs `ci/restart.sh NAME ACTION` (through `KVSTORE_RESTART_SCRIPT`, exported by
-/// `ci/test.sh`) to `stop`, `start`, `restart`, `pause` (SIGSTOP) or `resume` (SIGCONT) one
-/// server on its port; panics if it fails.
+/// `ci/test.sh`) to `stop`, `start`, `restart`, `pause` (SIGSTOP), `resume` (SIGCONT) or `kill`
+/// (SIGKILL) one server or cluster member on its port; panics if it fails.
 pub async fn server_control(name: &str, action: &str) {
     let script =
         std::env::var(RESTART_SCRIPT_VAR).expect("KVSTORE_RESTART_SCRIPT is set by ci/test.sh");
@@ -233,6 +233,26 @@ pub async fn server_control(name: &str, action: &str) {
         .await
         .expect("running the restart script");
     assert!(status.success(), "{action} of {name} failed");
+}
+
+/// The member that leads `cluster` now (`etcd-cluster`, `zk-cluster`, `consul-cluster`, or the
+/// Redis primary of `redis-sentinel`), from `ci/restart.sh CLUSTER leader`; panics if none does.
+pub async fn cluster_leader(cluster: &str) -> String {
+    let script =
+        std::env::var(RESTART_SCRIPT_VAR).expect("KVSTORE_RESTART_SCRIPT is set by ci/test.sh");
+    let out = tokio::process::Command::new("bash")
+        .arg(script)
+        .arg(cluster)
+        .arg("leader")
+        .output()
+        .await
+        .expect("running the restart script");
+    let leader = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(
+        out.status.success() && !leader.is_empty(),
+        "{cluster} has no leader"
+    );
+    leader
 }
 
 /// Retries `op` every 100 ms while it fails with a transient error (`NotReachable`,

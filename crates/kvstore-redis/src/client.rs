@@ -14,13 +14,13 @@ use kvstore_core::backend::{
 };
 use kvstore_core::{Error, KvPair, Result, normalize_key};
 use redis::Value;
-use redis::aio::ConnectionManager;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::BACKEND;
 use crate::config::RedisConfig;
 use crate::error::{from_redis, is_connection_failure, is_wrong_type, protocol};
+use crate::primary::{Conn, Primary};
 use crate::scripts;
 
 /// How long `close` waits for lock releases to be sent.
@@ -58,8 +58,8 @@ pub(crate) fn open_client(config: &RedisConfig) -> Result<redis::Client> {
 
 /// Connection state shared by the store, its watches and its locks.
 pub(crate) struct Inner {
-    pub(crate) client: redis::Client,
-    pub(crate) conn: ConnectionManager,
+    /// The server calls go to (followed across failovers with Redis Sentinel).
+    pub(crate) primary: Arc<Primary>,
     pub(crate) config: RedisConfig,
     /// `""` or `"<prefix>/"`: prepended to every key.
     pub(crate) prefix: String,
@@ -78,8 +78,14 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
-    pub(crate) fn conn(&self) -> ConnectionManager {
-        self.conn.clone()
+    /// A connection for calls that change nothing.
+    pub(crate) fn conn(&self) -> Conn {
+        self.primary.conn()
+    }
+
+    /// A connection for calls that write (with `wait_replicas`, each waits for the replicas).
+    pub(crate) fn write_conn(&self) -> Conn {
+        self.primary.write_conn()
     }
 
     pub(crate) fn data_key(&self, key: &str) -> String {
@@ -309,7 +315,7 @@ impl Inner {
             .arg(mode)
             .arg(expected)
             .arg(key)
-            .invoke_async(&mut self.conn())
+            .invoke_async(&mut self.write_conn())
             .await
             .map_err(from_redis)?;
         match status {
@@ -343,7 +349,7 @@ impl Inner {
             .arg(mode)
             .arg(expected)
             .arg(key)
-            .invoke_async(&mut self.conn())
+            .invoke_async(&mut self.write_conn())
             .await
             .map_err(from_redis)?;
         match status {
@@ -389,7 +395,7 @@ impl Lease for KeyLease {
             .key(self.inner.data_key(&self.key))
             .arg(self.index)
             .arg(ttl_millis(self.ttl))
-            .invoke_async(&mut self.inner.conn())
+            .invoke_async(&mut self.inner.write_conn())
             .await
             .map_err(from_redis)?;
         Ok(Renewal::held(renewed == 1))

@@ -7,13 +7,21 @@ use crate::BACKEND;
 
 /// A refused password or user, a command the user may not run (`NOPERM`), and a TLS refusal
 /// are `PermissionDenied`; connection-level failures are `NotReachable` (transient), a timeout
-/// is `Timeout`, anything else the server or client reports is `Backend`.
+/// is `Timeout`, a server that cannot take the call during a failover (`READONLY`,
+/// `MASTERDOWN`, `LOADING`) is `NotReachable`, anything else the server or client reports is
+/// `Backend`.
 pub(crate) fn from_redis(err: RedisError) -> Error {
     if is_refusal(&err) {
         Error::permission_denied(BACKEND, err)
     } else if err.is_timeout() {
         Error::Timeout
-    } else if err.is_io_error() || err.is_connection_refusal() || err.is_connection_dropped() {
+    } else if err.is_io_error()
+        || err.is_connection_refusal()
+        || err.is_connection_dropped()
+        || err
+            .code()
+            .is_some_and(|c| crate::primary::FAILOVER_CODES.contains(&c))
+    {
         Error::not_reachable(BACKEND, err)
     } else {
         Error::backend(BACKEND, err)

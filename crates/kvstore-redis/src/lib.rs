@@ -92,6 +92,7 @@ mod client;
 mod config;
 mod error;
 mod lock;
+mod primary;
 mod pubsub;
 mod scripts;
 mod store;
@@ -100,12 +101,14 @@ mod watch;
 
 pub use config::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_VALUE_SIZE, DEFAULT_REQUEST_TIMEOUT,
-    DEFAULT_WATCH_RECONNECT_TIMEOUT, RedisConfig,
+    DEFAULT_SENTINEL_PORT, DEFAULT_WAIT_TIMEOUT, DEFAULT_WATCH_RECONNECT_TIMEOUT, RedisConfig,
+    SentinelConfig,
 };
 pub use lock::RedisLocker;
 pub use store::RedisStore;
 
-/// URL schemes: `redis://` and `rediss://` (TLS).
-pub const SCHEMES: [&str; 2] = ["redis", "rediss"];
+/// URL schemes: `redis://`, `rediss://` (TLS) and `redis+sentinel://` (a primary found
+/// through Redis Sentinel).
+pub const SCHEMES: [&str; 3] = ["redis", "rediss", "redis+sentinel"];
 /// `Store::backend()` of a Redis store.
 pub const BACKEND: &str = "redis";

@@ -50,7 +50,7 @@ impl Lease for LockLease {
             .arg(&self.holder)
             .arg(ttl_millis(self.ttl))
             .arg(self.bound_value.map(|t| t.to_string()).unwrap_or_default())
-            .invoke_async(&mut self.inner.conn())
+            .invoke_async(&mut self.inner.write_conn())
             .await
             .map_err(from_redis)?;
         Ok(Renewal::held(renewed == 1))
@@ -125,7 +125,7 @@ async fn release(inner: &Inner, key: &str, holder: &str, delete_value: bool) -> 
         .arg(holder)
         .arg(if delete_value { "1" } else { "0" })
         .arg(key)
-        .invoke_async(&mut inner.conn())
+        .invoke_async(&mut inner.write_conn())
         .await
         .map_err(from_redis)?;
     Ok(())
@@ -165,7 +165,7 @@ impl RedisLocker {
             })
             .arg(self.opts.value.as_deref().unwrap_or_default())
             .arg(&self.key)
-            .invoke_async(&mut self.inner.conn())
+            .invoke_async(&mut self.inner.write_conn())
             .await;
         let (taken, n) = reply.map_err(from_redis)?;
         guard.armed = false;

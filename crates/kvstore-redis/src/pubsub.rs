@@ -187,7 +187,13 @@ pub(crate) async fn subscribe(inner: &Arc<Inner>, sub: &Subscription) -> Result<
 
 /// Opens the shared connection and its reader.
 async fn connect(inner: &Inner) -> Result<Conn> {
-    let pubsub = inner.client.get_async_pubsub().await.map_err(from_redis)?;
+    let pubsub = inner
+        .primary
+        .node()
+        .client
+        .get_async_pubsub()
+        .await
+        .map_err(from_redis)?;
     let (sink, mut messages) = pubsub.split();
     let routes: Arc<Mutex<Routes>> = Arc::default();
     let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));

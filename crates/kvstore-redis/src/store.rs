@@ -11,14 +11,14 @@ use kvstore_core::{
     Capabilities, Error, KvPair, LockOptions, Locker, ReadOptions, Result, Store, Txn, WatchStream,
     WatchTreeStream, WriteOptions, normalize_dir, normalize_key,
 };
-use redis::aio::ConnectionManagerConfig;
 use tokio::time::Instant;
 
 use crate::BACKEND;
 use crate::client::{CLOSE_TIMEOUT, Inner, KeyRegistrar, script_mode};
 use crate::config::RedisConfig;
-use crate::error::{from_connect, from_redis, protocol};
+use crate::error::{from_redis, protocol};
 use crate::lock::RedisLocker;
+use crate::primary::{Node, Primary};
 use crate::pubsub::Subscription;
 use crate::scripts;
 use crate::watch::watch_stream;
@@ -75,24 +75,23 @@ impl RedisStore {
     /// Cancel-safe.
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "connect"))]
     pub async fn connect(config: RedisConfig) -> Result<Self> {
-        let client = crate::client::open_client(&config)?;
-        let db = client.get_connection_info().redis_settings().db();
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.connect_timeout))
-            .set_response_timeout(Some(config.request_timeout))
-            .set_number_of_retries(2);
-        let conn = tokio::time::timeout(
-            config.connect_timeout,
-            client.get_connection_manager_with_config(manager_config),
-        )
-        .await
-        .map_err(|_| {
-            Error::not_reachable(
-                BACKEND,
-                format!("no answer within {:?}", config.connect_timeout),
-            )
-        })?
-        .map_err(from_connect)?;
+        config.check()?;
+        let mut sentinel = match &config.sentinel {
+            Some(sentinel) => Some(crate::primary::sentinel_client(sentinel)?),
+            None => None,
+        };
+        let (client, db) = match (&mut sentinel, &config.sentinel) {
+            (Some(client), Some(sentinel)) => (
+                crate::primary::find_primary(client, &config).await?,
+                sentinel.db,
+            ),
+            _ => {
+                let client = crate::client::open_client(&config)?;
+                let db = client.get_connection_info().redis_settings().db();
+                (client, db)
+            }
+        };
+        let node = Node::connect(client, &config).await?;
         let prefix = if config.prefix.is_empty() {
             String::new()
         } else {
@@ -100,8 +99,7 @@ impl RedisStore {
         };
         let tasks = Tasks::new();
         let inner = Arc::new(Inner {
-            client,
-            conn,
+            primary: Primary::new(node, &config),
             config,
             prefix,
             db,
@@ -121,6 +119,12 @@ impl RedisStore {
         match inner.check_notifications().await {
             Ok(()) | Err(Error::InvalidConfig { .. }) => {}
             Err(err) => return Err(err),
+        }
+        if let Some(sentinel) = sentinel {
+            inner.tasks.spawn(crate::primary::follow_primary(
+                Arc::downgrade(&inner),
+                sentinel,
+            ));
         }
         Ok(RedisStore { inner })
     }
@@ -241,7 +245,7 @@ impl Store for RedisStore {
             .arg(&self.inner.prefix)
             .arg(dir)
             .arg(&foreign)
-            .invoke_async(&mut self.inner.conn())
+            .invoke_async(&mut self.inner.write_conn())
             .await
             .map_err(from_redis)?;
         match status {

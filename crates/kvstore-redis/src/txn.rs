@@ -53,7 +53,7 @@ impl Inner {
             };
         }
         let (status, n): (i64, i64) = script
-            .invoke_async(&mut self.conn())
+            .invoke_async(&mut self.write_conn())
             .await
             .map_err(from_redis)?;
         if status != 0 {
