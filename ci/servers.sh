@@ -282,8 +282,10 @@ kv_redis_member() {
     primary=$(kv_sentinel_primary)
     [ -n "$primary" ] || { [ "$name" = redis-r1 ] || primary=$(kv_port redis-r1 port); }
     [ -z "$primary" ] || [ "$primary" = "$port" ] || repl=(--replicaof 127.0.0.1 "$primary")
+    # No delay before a full sync (the default waits 5 s for more replicas to batch them).
     redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no \
-        --notify-keyspace-events KEA --dir "$dir" "${repl[@]}" >"$dir/log" 2>&1 &
+        --notify-keyspace-events KEA --repl-diskless-sync-delay 0 --dir "$dir" "${repl[@]}" \
+        >"$dir/log" 2>&1 &
     echo $! >"$dir/pid"
 }
 
@@ -325,7 +327,10 @@ kv_member_ready() {
     etcd-c*) curl -fsS "http://127.0.0.1:$port/health" | grep -q '"health":"true"' ;;
     zk-c*) kv_zk_ready "$port" leader follower ;;
     consul-*) kv_consul_ready "$port" ;;
-    redis-r*) redis-cli -p "$port" ping | grep -q PONG ;;
+    # A replica is ready once its initial sync is done: promoted before that, it would lose
+    # every key (Sentinel still elects a replica whose link has been down for less than ten
+    # times down-after-milliseconds).
+    redis-r*) redis-cli -p "$port" info replication | grep -Eq '^(role:master|master_link_status:up)' ;;
     redis-s*) kv_sentinel_ready "$port" ;;
     esac
 }

@@ -21,3 +21,5 @@ cargo test --workspace --all-features --locked "$@"
 for backend in redis etcd zk consul; do
     cargo test -p "kvstore-$backend" --locked --test tls -- refusals
 done
+# Leaders killed under load on the clusters started above, with the history checked.
+ci/failover.sh

@@ -133,6 +133,11 @@ impl Search<'_> {
             let Some(next) = step(value, event.op) else {
                 continue;
             };
+            // An operation of unknown outcome that would change nothing here is as if it never
+            // took effect (which it may): trying it only multiplies the states searched.
+            if event.returned.is_none() && next == value {
+                continue;
+            }
             set(placed, i, true);
             order.push(i);
             if self.run(placed, next, order) {

@@ -12,6 +12,15 @@ pub(crate) fn from_zk(err: zk::Error) -> Error {
         zk::Error::ConnectionLoss | zk::Error::NoHosts | zk::Error::SessionExpired => {
             Error::not_reachable(BACKEND, err)
         }
+        // A server that is shedding load, or one the session just moved away from, or one cut
+        // off from the quorum (read-only mode): another try, on this or another server, may
+        // succeed. Source: ZooKeeper Programmer's Guide, "Handling Errors"/"Read-only mode".
+        zk::Error::Throttled | zk::Error::SessionMoved | zk::Error::NotReadOnly => {
+            Error::not_reachable(BACKEND, err)
+        }
+        // The connection broke under a request (the server was killed, say): the client
+        // reports the socket's error as is. Seen when a member of an ensemble is SIGKILLed.
+        ref custom @ zk::Error::Custom(_) if is_io(custom) => Error::not_reachable(BACKEND, err),
         zk::Error::Timeout => Error::Timeout,
         zk::Error::ClientClosed => Error::Closed { backend: BACKEND },
         // The node's ACL does not grant this session's identity (digest user) the operation,
@@ -29,5 +38,39 @@ pub(crate) fn from_zk(err: zk::Error) -> Error {
             ),
         ),
         other => Error::backend(BACKEND, other),
+    }
+}
+
+/// Whether an I/O error is anywhere in `err`'s source chain, including inside the
+/// `Arc<dyn Error>` the client wraps it in (whose own `source()` skips the I/O error itself).
+fn is_io(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if e.is::<std::io::Error>() {
+            return true;
+        }
+        if let Some(shared) = e.downcast_ref::<std::sync::Arc<dyn std::error::Error + Send + Sync>>()
+            && is_io(&**shared)
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_errors_in_the_chain_are_transient() {
+        let shared: std::sync::Arc<dyn std::error::Error + Send + Sync> = std::sync::Arc::new(
+            std::io::Error::from(std::io::ErrorKind::ConnectionReset),
+        );
+        assert!(is_io(&shared));
+        let plain = std::io::Error::other("x");
+        assert!(is_io(&plain));
+        assert!(!is_io(&zk::Error::NoNode));
     }
 }

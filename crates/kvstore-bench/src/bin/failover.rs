@@ -1,0 +1,837 @@
+//! `kvstore-failover`: kills the leader (or Redis primary) of a cluster under load, twice, and
+//! checks the recorded history.
+//!
+//! N clients, each with its own store, run three workloads against one cluster while this
+//! program SIGKILLs the member that leads it and later starts it again on the same port, through
+//! `ci/restart.sh` (`KVSTORE_RESTART_SCRIPT`):
+//!
+//! - **CAS registers**: a read, then `atomic_put` of a fresh value chained on what was read
+//!   (a CAS increment), on one of a few registers picked at random;
+//! - **puts**: each of a fresh key, so that every acknowledged put must still be there at the
+//!   end;
+//! - **lock rounds**: `lock`, a few lock-guarded transactions (`when_held` with the fencing
+//!   token) that each write the token to a protected key, `unlock`.
+//!
+//! Every operation is recorded with its invocation and completion times and its result:
+//! acknowledged, refused (a known failure: the operation did not take effect), or unknown (a
+//! transient error or a timeout hides whether it took effect). Then it checks:
+//!
+//! - no acknowledged put is lost: every key whose put was acknowledged holds its value;
+//! - every CAS register's history is linearizable (the Wing–Gong/Lowe checker in
+//!   `kvstore_testutils::linearizability`), with a final read of each register appended;
+//! - locks: each fencing token is granted once and tokens increase in real-time order of the
+//!   acquisitions; no guarded transaction of an older token succeeded when it began after a
+//!   newer token's acquisition or guarded write had completed (two holders never overlap as
+//!   the lock-guarded transactions see them);
+//! - no call hangs: each finishes within its timeout plus a margin;
+//! - recovery: after each kill, how long until every client completed an acknowledged
+//!   operation again (reported, and bounded by `--recovery-bound`).
+//!
+//! Prints a verdict per check and exits non-zero when any fails. Run it through
+//! `ci/failover.sh`, which starts the clusters.
+
+use std::collections::{BTreeMap, HashMap};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use kvstore::{Error, KvPair, LockOptions, Store, Txn};
+use kvstore_testutils::linearizability::{self, Event, Op};
+use rand::Rng;
+use serde::Serialize;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser, Debug)]
+#[command(about = "Kill a cluster's leader under load and check the recorded history")]
+struct Args {
+    /// The cluster (ci/servers.sh name): etcd-cluster, zk-cluster, consul-cluster or
+    /// redis-sentinel.
+    #[arg(long)]
+    cluster: String,
+    /// The URL to connect with (default: KVSTORE_<CLUSTER>_URL).
+    #[arg(long)]
+    url: Option<String>,
+    /// Clients, each with its own store and running all three workloads.
+    #[arg(long, default_value_t = 4)]
+    clients: usize,
+    /// CAS registers shared by the clients.
+    #[arg(long, default_value_t = 8)]
+    registers: usize,
+    /// Leader kills.
+    #[arg(long, default_value_t = 2)]
+    kills: usize,
+    /// Load before the first kill, and after each restart.
+    #[arg(long, default_value = "4s", value_parser = humantime::parse_duration)]
+    settle: Duration,
+    /// How long a killed member stays down.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    down: Duration,
+    /// A call that has not returned after this long counts as hung.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    hang_bound: Duration,
+    /// Every client must complete an acknowledged operation within this long after each kill.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    recovery_bound: Duration,
+    /// Lock TTL.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    lock_ttl: Duration,
+    /// Write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+/// The calls that succeed only when the server answers.
+const SERVER_CALLS: [&str; 4] = ["get", "put", "atomic_put", "txn"];
+
+/// What a call returned, as far as the history is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Outcome {
+    /// Acknowledged.
+    Ok,
+    /// A known failure: the operation did not take effect.
+    Refused,
+    /// A transient error or a timeout: it may or may not have taken effect.
+    Unknown,
+}
+
+/// One CAS-register operation.
+#[derive(Debug, Clone, Copy)]
+struct RegisterOp {
+    register: usize,
+    event: Event,
+}
+
+/// One guarded write of a lock holder.
+#[derive(Debug, Clone, Copy)]
+struct GuardedWrite {
+    token: u64,
+    invoked: u64,
+    returned: u64,
+    ok: bool,
+}
+
+/// One acquisition.
+#[derive(Debug, Clone, Copy)]
+struct Acquisition {
+    token: u64,
+    invoked: u64,
+    returned: u64,
+}
+
+#[derive(Default)]
+struct History {
+    registers: Vec<RegisterOp>,
+    /// `(key, value)` of every acknowledged put.
+    acked_puts: Vec<(String, u64)>,
+    guarded: Vec<GuardedWrite>,
+    acquisitions: Vec<Acquisition>,
+    /// Completion times (ns) of acknowledged server calls, per client.
+    successes: Vec<Vec<u64>>,
+    /// Completion times (ns) of acknowledged writes, any client.
+    write_successes: Vec<u64>,
+    /// Error kinds seen, by name.
+    errors: BTreeMap<String, usize>,
+    /// Calls that exceeded the hang bound.
+    hung: Vec<String>,
+    /// The first few errors that were neither transient nor a refused condition, in full.
+    unexpected: Vec<String>,
+    ops: usize,
+}
+
+struct Shared {
+    start: Instant,
+    hang_bound: Duration,
+    history: Mutex<History>,
+}
+
+impl Shared {
+    fn now(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn record<T>(&self, client: usize, what: &str, result: &Option<kvstore::Result<T>>) {
+        let mut h = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        h.ops += 1;
+        match result {
+            None => h.hung.push(what.to_owned()),
+            // Only calls that need the server: `new_lock`, and `unlock` of a lost lock, may
+            // succeed without it.
+            Some(Ok(_)) if SERVER_CALLS.contains(&what) => {
+                let now = self.now();
+                h.successes[client].push(now);
+                if what != "get" {
+                    h.write_successes.push(now);
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(err)) => {
+                *h.errors.entry(error_kind(err)).or_default() += 1;
+                let semantic = matches!(
+                    err,
+                    Error::KeyModified { .. } | Error::KeyExists { .. } | Error::KeyNotFound { .. }
+                );
+                if !err.is_transient() && !semantic && h.unexpected.len() < 5 {
+                    h.unexpected
+                        .push(format!("{what}: {}", kvstore_testutils::error_chain(err)));
+                }
+            }
+        }
+    }
+
+    /// Runs `call` under the hang bound and records its result.
+    async fn call<T>(
+        &self,
+        client: usize,
+        what: &str,
+        call: impl Future<Output = kvstore::Result<T>>,
+    ) -> Option<kvstore::Result<T>> {
+        let result = tokio::time::timeout(self.hang_bound, call).await.ok();
+        self.record(client, what, &result);
+        result
+    }
+}
+
+fn error_kind(err: &Error) -> String {
+    let debug = format!("{err:?}");
+    let name = debug.split([' ', '{', '(']).next().unwrap_or("?").to_owned();
+    if err.is_transient() {
+        format!("{name} (transient)")
+    } else {
+        name
+    }
+}
+
+/// A CAS or put outcome from its result: refused only when the store says the condition did not
+/// hold (the write certainly did not happen).
+fn write_outcome<T>(result: &Option<kvstore::Result<T>>) -> Outcome {
+    match result {
+        Some(Ok(_)) => Outcome::Ok,
+        Some(Err(
+            Error::KeyModified { .. } | Error::KeyExists { .. } | Error::KeyNotFound { .. },
+        )) => Outcome::Refused,
+        _ => Outcome::Unknown,
+    }
+}
+
+fn value_of(pair: &KvPair) -> anyhow::Result<u64> {
+    std::str::from_utf8(&pair.value)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("{} holds {:?}, not a number", pair.key, pair.value))
+}
+
+struct Keys {
+    dir: String,
+}
+
+impl Keys {
+    fn register(&self, r: usize) -> String {
+        format!("{}/reg/{r}", self.dir)
+    }
+    fn put(&self, client: usize, seq: u64) -> String {
+        format!("{}/puts/{client}/{seq}", self.dir)
+    }
+    fn lock(&self) -> String {
+        format!("{}/lock", self.dir)
+    }
+    fn protected(&self) -> String {
+        format!("{}/protected", self.dir)
+    }
+}
+
+async fn cas_client(
+    client: usize,
+    store: Arc<dyn Store>,
+    shared: Arc<Shared>,
+    keys: Arc<Keys>,
+    registers: usize,
+    stop: CancellationToken,
+) {
+    let mut seq = 0u64;
+    while !stop.is_cancelled() {
+        let r = rand::rng().random_range(0..registers);
+        let key = keys.register(r);
+        let invoked = shared.now();
+        let read = shared.call(client, "get", store.get(&key, None)).await;
+        let returned = shared.now();
+        let previous = match read {
+            Some(Ok(pair)) => match value_of(&pair) {
+                Ok(v) => {
+                    push_register(&shared, r, Op::Read(Some(v)), invoked, Some(returned));
+                    Some((pair, v))
+                }
+                Err(_) => continue,
+            },
+            Some(Err(Error::KeyNotFound { .. })) => {
+                push_register(&shared, r, Op::Read(None), invoked, Some(returned));
+                None
+            }
+            // A failed read had no effect: left out of the history.
+            _ => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        seq += 1;
+        // A fresh value: (count + 1) in the high digits, then client and attempt, so no value
+        // is ever written twice.
+        let count = previous.as_ref().map_or(0, |(_, v)| v / 1_000_000_000);
+        let new = (count + 1) * 1_000_000_000 + client as u64 * 10_000_000 + seq % 10_000_000;
+        let invoked = shared.now();
+        let result = shared
+            .call(
+                client,
+                "atomic_put",
+                store.atomic_put(
+                    &key,
+                    new.to_string().as_bytes(),
+                    previous.as_ref().map(|(p, _)| p),
+                    None,
+                ),
+            )
+            .await;
+        let returned = shared.now();
+        let expect = previous.map(|(_, v)| v);
+        let (succeeded, returned) = match write_outcome(&result) {
+            Outcome::Ok => (Some(true), Some(returned)),
+            Outcome::Refused => (Some(false), Some(returned)),
+            Outcome::Unknown => (None, None),
+        };
+        push_register(
+            &shared,
+            r,
+            Op::Cas {
+                expect,
+                new,
+                succeeded,
+            },
+            invoked,
+            returned,
+        );
+        if succeeded.is_none() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn push_register(shared: &Shared, register: usize, op: Op, invoked: u64, returned: Option<u64>) {
+    shared
+        .history
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .registers
+        .push(RegisterOp {
+            register,
+            event: Event {
+                op,
+                invoked,
+                returned,
+            },
+        });
+}
+
+async fn put_client(
+    client: usize,
+    store: Arc<dyn Store>,
+    shared: Arc<Shared>,
+    keys: Arc<Keys>,
+    stop: CancellationToken,
+) {
+    let mut seq = 0u64;
+    while !stop.is_cancelled() {
+        seq += 1;
+        let key = keys.put(client, seq);
+        let result = shared
+            .call(client, "put", store.put(&key, seq.to_string().as_bytes(), None))
+            .await;
+        if write_outcome(&result) == Outcome::Ok {
+            shared
+                .history
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .acked_puts
+                .push((key, seq));
+        } else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+async fn lock_client(
+    client: usize,
+    store: Arc<dyn Store>,
+    shared: Arc<Shared>,
+    keys: Arc<Keys>,
+    ttl: Duration,
+    stop: CancellationToken,
+) {
+    let opts = LockOptions::default().with_ttl(ttl);
+    let lock_key = keys.lock();
+    while !stop.is_cancelled() {
+        let Some(Ok(mut locker)) = shared
+            .call(client, "new_lock", store.new_lock(&lock_key, Some(&opts)))
+            .await
+        else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let invoked = shared.now();
+        // Bounded: a waiter gives up and tries again, so stopping never waits for a lock.
+        let acquired = tokio::select! {
+            r = tokio::time::timeout(Duration::from_secs(3), locker.lock()) => r.ok(),
+            () = stop.cancelled() => None,
+        };
+        let returned = shared.now();
+        let Some(Ok(lost)) = acquired else {
+            drop(locker);
+            continue;
+        };
+        let Some(token) = locker.fencing_token() else {
+            continue;
+        };
+        shared
+            .history
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .acquisitions
+            .push(Acquisition {
+                token,
+                invoked,
+                returned,
+            });
+        for _ in 0..3 {
+            if lost.is_lost() {
+                break;
+            }
+            let txn = Txn::new()
+                .when_held(&lock_key, token)
+                .put(&keys.protected(), token.to_string());
+            let invoked = shared.now();
+            let result = shared.call(client, "txn", store.txn(&txn)).await;
+            let returned = shared.now();
+            shared
+                .history
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .guarded
+                .push(GuardedWrite {
+                    token,
+                    invoked,
+                    returned,
+                    ok: matches!(result, Some(Ok(_))),
+                });
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        let _ = shared.call(client, "unlock", locker.unlock()).await;
+    }
+}
+
+/// Runs `ci/restart.sh ARGS…` and returns its standard output.
+async fn control(args: &[&str]) -> anyhow::Result<String> {
+    let script = std::env::var("KVSTORE_RESTART_SCRIPT")
+        .context("KVSTORE_RESTART_SCRIPT is not set: run through ci/failover.sh")?;
+    let out = tokio::process::Command::new("bash")
+        .arg(script)
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .await?;
+    if !out.status.success() {
+        bail!("restart.sh {args:?} failed");
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// The cluster's leader, waiting (bounded) while it has none.
+async fn leader(cluster: &str, not: Option<&str>) -> anyhow::Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(leader) = control(&[cluster, "leader"]).await
+            && !leader.is_empty()
+            && Some(leader.as_str()) != not
+        {
+            return Ok(leader);
+        }
+        if Instant::now() > deadline {
+            bail!("{cluster} elected no new leader within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[derive(Serialize)]
+struct Kill {
+    member: String,
+    new_leader: String,
+    /// Seconds from the kill until the cluster named a new leader.
+    election_s: f64,
+    /// Seconds from the kill until every client completed an acknowledged operation again.
+    recovery_s: Option<f64>,
+    /// Seconds from the kill until the first client did.
+    first_success_s: Option<f64>,
+    /// Seconds from the kill until the first acknowledged write.
+    first_write_s: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct Report {
+    cluster: String,
+    clients: usize,
+    operations: usize,
+    kills: Vec<Kill>,
+    acked_puts: usize,
+    lost_puts: Vec<String>,
+    register_events: usize,
+    unknown_register_events: usize,
+    non_linearizable_registers: Vec<usize>,
+    lock_acquisitions: usize,
+    guarded_writes_ok: usize,
+    lock_violations: Vec<String>,
+    hung_calls: Vec<String>,
+    errors: BTreeMap<String, usize>,
+    unexpected_errors: Vec<String>,
+    passed: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let var = format!(
+        "KVSTORE_{}_URL",
+        args.cluster.to_ascii_uppercase().replace('-', "_")
+    );
+    let url = match &args.url {
+        Some(url) => url.clone(),
+        None => std::env::var(&var).with_context(|| format!("{var} is not set"))?,
+    };
+    let shared = Arc::new(Shared {
+        start: Instant::now(),
+        hang_bound: args.hang_bound,
+        history: Mutex::new(History {
+            successes: vec![Vec::new(); args.clients],
+            ..History::default()
+        }),
+    });
+    let keys = Arc::new(Keys {
+        dir: format!("kvstore-failover/{:016x}", rand::random::<u64>()),
+    });
+    let stop = CancellationToken::new();
+    let mut stores = Vec::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    for client in 0..args.clients {
+        let store = kvstore::open(&url)
+            .await
+            .with_context(|| format!("client {client}: connect to {}", args.cluster))?;
+        stores.push(store.clone());
+        let (s, k, x) = (shared.clone(), keys.clone(), stop.clone());
+        tasks.spawn(cas_client(client, store.clone(), s, k, args.registers, x));
+        let (s, k, x) = (shared.clone(), keys.clone(), stop.clone());
+        tasks.spawn(put_client(client, store.clone(), s, k, x));
+        let (s, k, x) = (shared.clone(), keys.clone(), stop.clone());
+        tasks.spawn(lock_client(client, store, s, k, args.lock_ttl, x));
+    }
+    println!(
+        "{}: {} clients on {url}, {} kills",
+        args.cluster, args.clients, args.kills
+    );
+    tokio::time::sleep(args.settle).await;
+    let mut kills = Vec::new();
+    let mut killed_at = Vec::new();
+    for round in 0..args.kills {
+        let member = leader(&args.cluster, None).await?;
+        control(&[&member, "kill"]).await?;
+        // From the moment the member is gone: calls that completed before are no recovery.
+        let at = shared.now();
+        killed_at.push(at);
+        let new_leader = leader(&args.cluster, Some(&member)).await?;
+        let election_s = (shared.now() - at) as f64 / 1e9;
+        println!(
+            "kill {}: SIGKILLed {member}; {new_leader} leads after {election_s:.2} s",
+            round + 1
+        );
+        tokio::time::sleep(args.down.saturating_sub(Duration::from_secs_f64(election_s))).await;
+        control(&[&member, "start"]).await?;
+        println!("kill {}: {member} started again", round + 1);
+        tokio::time::sleep(args.settle).await;
+        kills.push(Kill {
+            member,
+            new_leader,
+            election_s,
+            recovery_s: None,
+            first_success_s: None,
+            first_write_s: None,
+        });
+    }
+    stop.cancel();
+    // Every task stops at its next check; each call in flight is bounded by the hang bound.
+    while tasks.join_next().await.is_some() {}
+
+    // The final state, read once the cluster is whole, through a fresh store.
+    let checker = retry_connect(&url).await?;
+    let mut report = verify(&args, &shared, &keys, &*checker, &killed_at, kills).await?;
+    let _ = checker.delete_tree(&keys.dir).await;
+    let _ = checker.close().await;
+    for store in stores {
+        let _ = store.close().await;
+    }
+    report.passed = report.lost_puts.is_empty()
+        && report.non_linearizable_registers.is_empty()
+        && report.lock_violations.is_empty()
+        && report.hung_calls.is_empty()
+        && report.kills.iter().all(|k| {
+            k.recovery_s
+                .is_some_and(|s| s <= args.recovery_bound.as_secs_f64())
+        });
+    print_report(&report);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+    }
+    if !report.passed {
+        bail!("{}: the failover checks failed", args.cluster);
+    }
+    Ok(())
+}
+
+async fn retry_connect(url: &str) -> anyhow::Result<Arc<dyn Store>> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match kvstore::open(url).await {
+            Ok(store) => return Ok(store),
+            Err(err) if err.is_transient() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(err) => return Err(err).context("connecting the checker"),
+        }
+    }
+}
+
+/// A read that retries transient errors for up to 30 s: the final state must be readable.
+async fn final_get(store: &dyn Store, key: &str) -> anyhow::Result<Option<KvPair>> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match store.get(key, None).await {
+            Ok(pair) => return Ok(Some(pair)),
+            Err(Error::KeyNotFound { .. }) => return Ok(None),
+            Err(err) if err.is_transient() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(err) => return Err(err).with_context(|| format!("final read of {key}")),
+        }
+    }
+}
+
+async fn verify(
+    args: &Args,
+    shared: &Shared,
+    keys: &Keys,
+    store: &dyn Store,
+    killed_at: &[u64],
+    mut kills: Vec<Kill>,
+) -> anyhow::Result<Report> {
+    let mut history = std::mem::take(&mut *shared.history.lock().unwrap_or_else(|e| e.into_inner()));
+
+    // No acknowledged put lost.
+    let mut lost_puts = Vec::new();
+    for (key, seq) in &history.acked_puts {
+        match final_get(store, key).await? {
+            Some(pair) if value_of(&pair)? == *seq => {}
+            other => lost_puts.push(format!("{key}: acknowledged {seq}, found {other:?}")),
+        }
+    }
+
+    // Each register's history, with a final read appended.
+    let mut per_register: HashMap<usize, Vec<Event>> = HashMap::new();
+    for op in &history.registers {
+        per_register.entry(op.register).or_default().push(op.event);
+    }
+    let mut non_linearizable = Vec::new();
+    let unknown = history
+        .registers
+        .iter()
+        .filter(|o| o.event.returned.is_none())
+        .count();
+    for r in 0..args.registers {
+        let invoked = shared.now();
+        let value = match final_get(store, &keys.register(r)).await? {
+            Some(pair) => Some(value_of(&pair)?),
+            None => None,
+        };
+        let events = per_register.entry(r).or_default();
+        // In invocation order: the search tries the earliest operations first.
+        events.sort_by_key(|e| e.invoked);
+        events.push(Event {
+            op: Op::Read(value),
+            invoked,
+            returned: Some(shared.now()),
+        });
+        let verdict = linearizability::check(None, events);
+        if !verdict.is_linearizable() {
+            non_linearizable.push(r);
+            if let linearizability::Verdict::NotLinearizable { placed } = &verdict {
+                eprintln!(
+                    "register {r}: not linearizable after {} of {} events; next events: {:?}",
+                    placed.len(),
+                    events.len(),
+                    next_unplaced(events, placed)
+                );
+            }
+        }
+    }
+
+    // Locks.
+    let mut lock_violations = Vec::new();
+    history.acquisitions.sort_by_key(|a| a.returned);
+    let mut tokens = std::collections::HashSet::new();
+    for a in &history.acquisitions {
+        if !tokens.insert(a.token) {
+            lock_violations.push(format!("fencing token {} granted twice", a.token));
+        }
+    }
+    for (i, a) in history.acquisitions.iter().enumerate() {
+        for b in &history.acquisitions[i + 1..] {
+            if a.returned < b.invoked && a.token >= b.token {
+                lock_violations.push(format!(
+                    "acquisition with token {} began after one with token {} completed",
+                    b.token, a.token
+                ));
+            }
+        }
+    }
+    let ok_writes: Vec<&GuardedWrite> = history.guarded.iter().filter(|g| g.ok).collect();
+    for newer in &ok_writes {
+        for older in &ok_writes {
+            if older.token < newer.token && older.invoked > newer.returned {
+                lock_violations.push(format!(
+                    "a guarded write with token {} succeeded after one with token {} had completed",
+                    older.token, newer.token
+                ));
+            }
+        }
+    }
+    for newer in &history.acquisitions {
+        for older in &ok_writes {
+            if older.token < newer.token && older.invoked > newer.returned {
+                lock_violations.push(format!(
+                    "a guarded write with token {} succeeded after token {} was granted",
+                    older.token, newer.token
+                ));
+            }
+        }
+    }
+    lock_violations.truncate(20);
+
+    // Recovery per kill: until every client has succeeded again.
+    for (kill, &at) in kills.iter_mut().zip(killed_at) {
+        let firsts: Vec<Option<u64>> = history
+            .successes
+            .iter()
+            .map(|s| s.iter().copied().find(|&t| t > at))
+            .collect();
+        kill.first_success_s = firsts.iter().flatten().min().map(|&t| (t - at) as f64 / 1e9);
+        kill.first_write_s = history
+            .write_successes
+            .iter()
+            .copied()
+            .filter(|&t| t > at)
+            .min()
+            .map(|t| (t - at) as f64 / 1e9);
+        kill.recovery_s = firsts
+            .iter()
+            .copied()
+            .collect::<Option<Vec<u64>>>()
+            .and_then(|ts| ts.into_iter().max())
+            .map(|t| (t - at) as f64 / 1e9);
+    }
+
+    Ok(Report {
+        cluster: args.cluster.clone(),
+        clients: args.clients,
+        operations: history.ops,
+        kills,
+        acked_puts: history.acked_puts.len(),
+        lost_puts,
+        register_events: history.registers.len(),
+        unknown_register_events: unknown,
+        non_linearizable_registers: non_linearizable,
+        lock_acquisitions: history.acquisitions.len(),
+        guarded_writes_ok: ok_writes.len(),
+        lock_violations,
+        hung_calls: std::mem::take(&mut history.hung),
+        errors: std::mem::take(&mut history.errors),
+        unexpected_errors: std::mem::take(&mut history.unexpected),
+        passed: false,
+    })
+}
+
+/// The first few events the checker could not place, for the report.
+fn next_unplaced(events: &[Event], placed: &[usize]) -> Vec<Event> {
+    let placed: std::collections::HashSet<usize> = placed.iter().copied().collect();
+    let mut rest: Vec<Event> = (0..events.len())
+        .filter(|i| !placed.contains(i))
+        .map(|i| events[i])
+        .collect();
+    rest.sort_by_key(|e| e.invoked);
+    rest.truncate(5);
+    rest
+}
+
+fn seconds(s: Option<f64>) -> String {
+    s.map_or("never".into(), |s| format!("{s:.2} s"))
+}
+
+fn print_report(r: &Report) {
+    let verdict = |ok: bool| if ok { "PASS" } else { "FAIL" };
+    println!("== {} failover checks ({} operations)", r.cluster, r.operations);
+    for (i, k) in r.kills.iter().enumerate() {
+        println!(
+            "   kill {}: {} -> {}; new leader after {:.2} s; first call ok after {}, first write after {}, every client after {}",
+            i + 1,
+            k.member,
+            k.new_leader,
+            k.election_s,
+            seconds(k.first_success_s),
+            seconds(k.first_write_s),
+            seconds(k.recovery_s),
+        );
+    }
+    println!(
+        "   {} no acknowledged put lost ({} acknowledged, {} lost)",
+        verdict(r.lost_puts.is_empty()),
+        r.acked_puts,
+        r.lost_puts.len()
+    );
+    for lost in r.lost_puts.iter().take(5) {
+        println!("        {lost}");
+    }
+    println!(
+        "   {} CAS registers linearizable ({} events, {} with unknown outcome; failing registers: {:?})",
+        verdict(r.non_linearizable_registers.is_empty()),
+        r.register_events,
+        r.unknown_register_events,
+        r.non_linearizable_registers
+    );
+    println!(
+        "   {} locks: no overlapping holders ({} acquisitions, {} guarded writes)",
+        verdict(r.lock_violations.is_empty()),
+        r.lock_acquisitions,
+        r.guarded_writes_ok
+    );
+    for v in &r.lock_violations {
+        println!("        {v}");
+    }
+    println!(
+        "   {} no call hung ({} hung)",
+        verdict(r.hung_calls.is_empty()),
+        r.hung_calls.len()
+    );
+    println!("   errors seen: {:?}", r.errors);
+    for e in &r.unexpected_errors {
+        println!("        neither transient nor a refused condition: {e}");
+    }
+    println!("   verdict: {}", verdict(r.passed));
+}
