@@ -13,6 +13,7 @@ mod counters;
 mod kv;
 mod measure;
 mod raw;
+mod soak;
 mod valkeyrie;
 mod watchers;
 
@@ -110,6 +111,21 @@ struct Args {
     /// TCP connections to the server, server-side watches).
     #[arg(long)]
     watchers: Option<usize>,
+    /// Instead of the operations: a soak of this length (`10m`) on each backend, one after
+    /// another: a mixed load with watchers, `keep_alive` registrations and lock churn, sampling
+    /// the client's RSS and open file descriptors (run one process per backend, as ci/soak.sh
+    /// does, so each figure is one backend's alone).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    soak: Option<std::time::Duration>,
+    /// Watchers during `--soak`.
+    #[arg(long, default_value_t = 1000)]
+    soak_watchers: usize,
+    /// `keep_alive` registrations during `--soak`.
+    #[arg(long, default_value_t = 100)]
+    soak_registrations: usize,
+    /// Sampling period during `--soak`.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    soak_sample: std::time::Duration,
     /// The `valkeyrie-bench` binary (built from `go/` by ci/bench.sh): also run each operation
     /// through valkeyrie v1 on the same server, interleaved, and report kvstore/valkeyrie.
     #[arg(long)]
@@ -449,6 +465,35 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let tmp = tempfile::tempdir()?;
     let (backends, skipped) = backends(&args.backends, tmp.path())?;
+    if let Some(duration) = args.soak {
+        let plan = soak::Plan {
+            duration,
+            watchers: args.soak_watchers,
+            registrations: args.soak_registrations,
+            sample: args.soak_sample,
+        };
+        let mut records = Vec::new();
+        for backend in &backends {
+            let store = kvstore::open(&backend.url)
+                .await
+                .with_context(|| format!("opening {}", backend.url))?;
+            records.push(
+                soak::run(backend.name, store.clone(), &plan)
+                    .await
+                    .with_context(|| format!("{} soak", backend.name))?,
+            );
+            store.close().await?;
+        }
+        let table = soak::markdown(&records);
+        println!("{table}");
+        if let Some(path) = &args.markdown {
+            std::fs::write(path, &table)?;
+        }
+        if let Some(path) = &args.json {
+            std::fs::write(path, serde_json::to_string_pretty(&records)?)?;
+        }
+        return Ok(());
+    }
     if let Some(n) = args.watchers {
         let mut records = Vec::new();
         for backend in &backends {

@@ -34,7 +34,7 @@ pub(crate) struct WatcherRecord {
 }
 
 /// The process's resident set, in MiB.
-fn rss_mib() -> f64 {
+pub(crate) fn rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {

@@ -1,0 +1,291 @@
+//! `--soak DURATION`: a long mixed load on one store, sampling the client's memory and file
+//! descriptors, to show that neither grows.
+//!
+//! Load: watchers on 100 keys (`--soak-watchers`, 1,000 by default, ten per key), `keep_alive`
+//! registrations with a 2 s TTL that the lease engine renews (`--soak-registrations`, 100),
+//! two tasks taking and releasing a lock with a 2 s TTL in a loop, and a writer, a reader and a
+//! CAS task (about 100 puts, 100 gets and 20 CAS per second, and a `list` of the watched
+//! directory each second). Every `--soak-sample` (10 s) it records the process's RSS
+//! (`VmRSS`), its open file descriptors (`/proc/self/fd`), and the calls and watch events so
+//! far. Growth is measured from the first sample at or after one minute (connections, caches
+//! and the allocator have settled by then) to the last; "flat" means under 5 % for both.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use kvstore::{LockOptions, Store, WriteOptions};
+use rand::Rng;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::watchers::rss_mib;
+
+/// Keys the watchers watch and the writer writes.
+const KEYS: usize = 100;
+/// Growth at or above this, in percent, is not flat.
+const FLAT_PERCENT: f64 = 5.0;
+/// Samples before this are the warm-up.
+const SETTLED: Duration = Duration::from_secs(60);
+
+/// What the soak asks of one store.
+pub(crate) struct Plan {
+    pub(crate) duration: Duration,
+    pub(crate) watchers: usize,
+    pub(crate) registrations: usize,
+    pub(crate) sample: Duration,
+}
+
+/// One sample.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Sample {
+    pub(crate) secs: f64,
+    pub(crate) rss_mib: f64,
+    pub(crate) fds: usize,
+    pub(crate) calls: u64,
+    pub(crate) events: u64,
+    pub(crate) errors: u64,
+}
+
+/// One backend's soak.
+#[derive(Debug, Serialize)]
+pub(crate) struct SoakRecord {
+    pub(crate) backend: &'static str,
+    pub(crate) secs: f64,
+    pub(crate) watchers: usize,
+    pub(crate) registrations: usize,
+    pub(crate) samples: Vec<Sample>,
+    pub(crate) rss_growth_percent: f64,
+    pub(crate) fd_growth_percent: f64,
+    pub(crate) flat: bool,
+    /// Registrations still present at the end (each must be: the lease engine renews them).
+    pub(crate) registrations_alive: usize,
+}
+
+#[derive(Default)]
+struct Counters {
+    calls: AtomicU64,
+    events: AtomicU64,
+    errors: AtomicU64,
+}
+
+impl Counters {
+    fn count<T>(&self, result: &kvstore::Result<T>) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        if result.is_err() {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
+
+/// Runs `task` every `period` until `stop`.
+async fn every<F, Fut>(period: Duration, stop: CancellationToken, mut task: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticks.tick() => task().await,
+        }
+    }
+}
+
+/// Runs the soak on `store` and returns its samples.
+pub(crate) async fn run(
+    backend: &'static str,
+    store: Arc<dyn Store>,
+    plan: &Plan,
+) -> anyhow::Result<SoakRecord> {
+    let dir = format!("kvstore-soak/{backend}-{:08x}", rand::random::<u32>());
+    let key = |i: usize| format!("{dir}/w/{i}");
+    for i in 0..KEYS {
+        store.put(&key(i), b"0", None).await?;
+    }
+    let counters = Arc::new(Counters::default());
+    let stop = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+
+    for i in 0..plan.watchers {
+        let mut watch = store.watch(&key(i % KEYS), None).await?;
+        let (counters, stop) = (counters.clone(), stop.clone());
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    event = watch.next() => match event {
+                        Some(Ok(_)) => { counters.events.fetch_add(1, Ordering::Relaxed); }
+                        Some(Err(_)) => { counters.errors.fetch_add(1, Ordering::Relaxed); }
+                        None => return,
+                    },
+                }
+            }
+        });
+    }
+
+    let keep_alive = WriteOptions::default()
+        .with_ttl(Duration::from_secs(2))
+        .with_keep_alive(true);
+    for i in 0..plan.registrations {
+        store
+            .put(&format!("{dir}/ka/{i}"), b"alive", Some(&keep_alive))
+            .await?;
+    }
+
+    for l in 0..2 {
+        let (store, counters, stop) = (store.clone(), counters.clone(), stop.clone());
+        let lock_key = format!("{dir}/lock/{l}");
+        tasks.spawn(async move {
+            let opts = LockOptions::default().with_ttl(Duration::from_secs(2));
+            while !stop.is_cancelled() {
+                let Ok(mut locker) = store.new_lock(&lock_key, Some(&opts)).await else {
+                    counters.errors.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                };
+                let held = tokio::select! {
+                    r = locker.lock() => r,
+                    () = stop.cancelled() => return,
+                };
+                counters.count(&held);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let released = locker.unlock().await;
+                counters.count(&released);
+            }
+        });
+    }
+
+    let (s, c, x, k) = (store.clone(), counters.clone(), stop.clone(), dir.clone());
+    tasks.spawn(every(Duration::from_millis(10), x, move || {
+        let (s, c, k) = (s.clone(), c.clone(), k.clone());
+        async move {
+            let i = rand::rng().random_range(0..KEYS);
+            let value = rand::random::<u64>().to_string();
+            let r = s.put(&format!("{k}/w/{i}"), value.as_bytes(), None).await;
+            c.count(&r);
+        }
+    }));
+    let (s, c, x, k) = (store.clone(), counters.clone(), stop.clone(), dir.clone());
+    tasks.spawn(every(Duration::from_millis(10), x, move || {
+        let (s, c, k) = (s.clone(), c.clone(), k.clone());
+        async move {
+            let i = rand::rng().random_range(0..KEYS);
+            let r = s.get(&format!("{k}/w/{i}"), None).await;
+            c.count(&r);
+        }
+    }));
+    let (s, c, x, k) = (store.clone(), counters.clone(), stop.clone(), dir.clone());
+    tasks.spawn(every(Duration::from_millis(50), x, move || {
+        let (s, c, k) = (s.clone(), c.clone(), k.clone());
+        async move {
+            let cas_key = format!("{k}/cas");
+            let previous = s.get(&cas_key, None).await.ok();
+            let r = s.atomic_put(&cas_key, b"x", previous.as_ref(), None).await;
+            c.count(&r);
+        }
+    }));
+    let (s, c, x, k) = (store.clone(), counters.clone(), stop.clone(), dir.clone());
+    tasks.spawn(every(Duration::from_secs(1), x, move || {
+        let (s, c, k) = (s.clone(), c.clone(), k.clone());
+        async move {
+            let r = s.list(&format!("{k}/w"), None).await;
+            c.count(&r);
+        }
+    }));
+
+    let start = Instant::now();
+    let mut samples = Vec::new();
+    let sample = |start: Instant| Sample {
+        secs: start.elapsed().as_secs_f64(),
+        rss_mib: rss_mib(),
+        fds: open_fds(),
+        calls: counters.calls.load(Ordering::Relaxed),
+        events: counters.events.load(Ordering::Relaxed),
+        errors: counters.errors.load(Ordering::Relaxed),
+    };
+    samples.push(sample(start));
+    while start.elapsed() < plan.duration {
+        tokio::time::sleep(plan.sample.min(plan.duration.saturating_sub(start.elapsed()))).await;
+        let s = sample(start);
+        eprintln!(
+            "{backend}: {:>5.0} s  RSS {:>6.1} MiB  fds {:>4}  calls {:>8}  events {:>9}  errors {}",
+            s.secs, s.rss_mib, s.fds, s.calls, s.events, s.errors
+        );
+        samples.push(s);
+    }
+    stop.cancel();
+    while tasks.join_next().await.is_some() {}
+
+    let mut alive = 0;
+    for i in 0..plan.registrations {
+        if store.exists(&format!("{dir}/ka/{i}"), None).await? {
+            alive += 1;
+        }
+    }
+    let _ = store.delete_tree(&dir).await;
+
+    let baseline = samples
+        .iter()
+        .find(|s| s.secs >= SETTLED.as_secs_f64())
+        .unwrap_or(&samples[0])
+        .clone();
+    let last = samples.last().expect("at least one sample").clone();
+    let growth = |from: f64, to: f64| if from > 0.0 { (to - from) / from * 100.0 } else { 0.0 };
+    let rss_growth_percent = growth(baseline.rss_mib, last.rss_mib);
+    let fd_growth_percent = growth(baseline.fds as f64, last.fds as f64);
+    Ok(SoakRecord {
+        backend,
+        secs: last.secs,
+        watchers: plan.watchers,
+        registrations: plan.registrations,
+        flat: rss_growth_percent < FLAT_PERCENT && fd_growth_percent < FLAT_PERCENT,
+        rss_growth_percent,
+        fd_growth_percent,
+        samples,
+        registrations_alive: alive,
+    })
+}
+
+/// The soak figures as a Markdown table.
+pub(crate) fn markdown(records: &[SoakRecord]) -> String {
+    let mut out = String::from(
+        "| backend | length | watchers | keep-alive | calls/s | events/s | errors | RSS MiB at 1 min → end | RSS growth | fds at 1 min → end | fd growth | registrations alive | flat |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- | ---: | ---: | --- |\n",
+    );
+    for r in records {
+        let base = r
+            .samples
+            .iter()
+            .find(|s| s.secs >= SETTLED.as_secs_f64())
+            .unwrap_or(&r.samples[0]);
+        let last = r.samples.last().expect("samples");
+        out.push_str(&format!(
+            "| {} | {:.0} s | {} | {} | {:.0} | {:.0} | {} | {:.1} → {:.1} | {:+.1} % | {} → {} | {:+.1} % | {}/{} | {} |\n",
+            r.backend,
+            r.secs,
+            r.watchers,
+            r.registrations,
+            last.calls as f64 / last.secs,
+            last.events as f64 / last.secs,
+            last.errors,
+            base.rss_mib,
+            last.rss_mib,
+            r.rss_growth_percent,
+            base.fds,
+            last.fds,
+            r.fd_growth_percent,
+            r.registrations_alive,
+            r.registrations,
+            if r.flat { "yes" } else { "no" },
+        ));
+    }
+    out
+}
