@@ -18,6 +18,7 @@ if [ -z "${KVSTORE_ETCD_CLUSTER_URL:-}" ]; then
 fi
 export KVSTORE_RESTART_SCRIPT="$PWD/ci/restart.sh"
 cargo build -p kvstore-bench --bin kvstore-failover --locked --quiet
+bin="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug/kvstore-failover"
 mkdir -p target/failover
 failed=()
 for cluster in "${clusters[@]}"; do
@@ -25,7 +26,7 @@ for cluster in "${clusters[@]}"; do
     # Redis replication is asynchronous: only writes the replica confirmed (WAIT) survive the
     # primary's death, so the check runs with wait_replicas=1.
     [ "$cluster" != redis-sentinel ] || args+=(--url "$KVSTORE_REDIS_SENTINEL_URL?wait_replicas=1")
-    target/debug/kvstore-failover "${args[@]}" || failed+=("$cluster")
+    "$bin" "${args[@]}" || failed+=("$cluster")
 done
 if ((${#failed[@]})); then
     echo "failover checks failed on: ${failed[*]}" >&2

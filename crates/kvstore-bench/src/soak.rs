@@ -213,7 +213,11 @@ pub(crate) async fn run(
     };
     samples.push(sample(start));
     while start.elapsed() < plan.duration {
-        tokio::time::sleep(plan.sample.min(plan.duration.saturating_sub(start.elapsed()))).await;
+        tokio::time::sleep(
+            plan.sample
+                .min(plan.duration.saturating_sub(start.elapsed())),
+        )
+        .await;
         let s = sample(start);
         eprintln!(
             "{backend}: {:>5.0} s  RSS {:>6.1} MiB  fds {:>4}  calls {:>8}  events {:>9}  errors {}",
@@ -238,7 +242,13 @@ pub(crate) async fn run(
         .unwrap_or(&samples[0])
         .clone();
     let last = samples.last().expect("at least one sample").clone();
-    let growth = |from: f64, to: f64| if from > 0.0 { (to - from) / from * 100.0 } else { 0.0 };
+    let growth = |from: f64, to: f64| {
+        if from > 0.0 {
+            (to - from) / from * 100.0
+        } else {
+            0.0
+        }
+    };
     let rss_growth_percent = growth(baseline.rss_mib, last.rss_mib);
     let fd_growth_percent = growth(baseline.fds as f64, last.fds as f64);
     Ok(SoakRecord {

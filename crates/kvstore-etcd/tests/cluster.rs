@@ -10,8 +10,8 @@ use kvstore_etcd::{EtcdConfig, EtcdStore};
 use kvstore_testutils::{Opener, backend_url};
 
 fn opener() -> Option<Opener> {
-    let config = EtcdConfig::from_url(&backend_url("KVSTORE_ETCD_CLUSTER_URL")?)
-        .expect("valid etcd URL");
+    let config =
+        EtcdConfig::from_url(&backend_url("KVSTORE_ETCD_CLUSTER_URL")?).expect("valid etcd URL");
     assert_eq!(config.endpoints.len(), 3, "the URL names every member");
     Some(
         Opener::new(move || {

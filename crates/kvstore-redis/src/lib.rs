@@ -64,15 +64,39 @@
 //! # Behavior on reconnects
 //!
 //! - Calls go through one multiplexed connection that reconnects by itself; a call made while
-//!   the server is down fails with `NotReachable` (or `Timeout`).
+//!   the server is down fails with `NotReachable` (or `Timeout`). With Sentinel, the
+//!   connection moves to the new primary after a failover (see below).
 //! - Each watch owns a pub/sub connection and re-subscribes with backoff after losing it, then
 //!   re-reads and emits the current state if it changed (up to
 //!   [`RedisConfig::watch_reconnect_timeout`], then it yields the error and ends).
 //! - A lock holder that cannot renew within four fifths of the TTL considers the lock lost.
 //!
+//! # Redis Sentinel and failover
+//!
+//! `redis+sentinel://[user:password@]s1:26379,s2:26379,s3:26379/SERVICE[/db]` (or
+//! [`RedisConfig::sentinel`]) asks the Sentinels for the primary they monitor as `SERVICE`,
+//! checks with `ROLE` that it is one, and connects to it (through the redis crate's Sentinel
+//! client). The store then asks again every second, and at once when a call fails the way
+//! calls fail during a failover (a lost connection, `READONLY` from a demoted primary,
+//! `MASTERDOWN`, `LOADING`); when the Sentinels name another server, every later call, watch
+//! and lock goes there, and watches subscribe again on it (re-reading the key, so no state is
+//! lost). Calls made meanwhile fail with `NotReachable`, a transient error.
+//!
+//! Redis replicates asynchronously: a write the primary acknowledged may not have reached the
+//! replica that Sentinel promotes, and is then lost. [`RedisConfig::wait_replicas`]
+//! (`?wait_replicas=1`) closes that gap for kvstore's writes: each write is followed by `WAIT`
+//! in the same round trip and succeeds only once that many replicas confirmed it (otherwise
+//! it fails with `Timeout` after `wait_timeout`: applied on the primary, outcome unknown). The
+//! price is availability: while no replica is connected — after a failover, until the old
+//! primary is back as a replica — writes fail. The project's failover check kills the primary
+//! of a Sentinel-managed pair twice under load with `wait_replicas=1` and finds no
+//! acknowledged write lost. Sentinel with TLS is not supported yet (refused with
+//! `InvalidConfig`).
+//!
 //! Redis Cluster is not supported (scripts touch several keys of a store, some found through the
-//! index, and a cluster allows that only within one hash slot): `connect` refuses a server in
-//! Cluster mode with `InvalidConfig`.
+//! index, and a cluster allows that only within one hash slot; a hash tag on the prefix would
+//! put every key of a store on one node and gain nothing from the cluster): `connect` refuses a
+//! server in Cluster mode with `InvalidConfig`.
 //!
 //! # Examples
 //!

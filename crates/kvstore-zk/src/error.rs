@@ -49,7 +49,8 @@ fn is_io(err: &(dyn std::error::Error + 'static)) -> bool {
         if e.is::<std::io::Error>() {
             return true;
         }
-        if let Some(shared) = e.downcast_ref::<std::sync::Arc<dyn std::error::Error + Send + Sync>>()
+        if let Some(shared) =
+            e.downcast_ref::<std::sync::Arc<dyn std::error::Error + Send + Sync>>()
             && is_io(&**shared)
         {
             return true;
@@ -65,9 +66,8 @@ mod tests {
 
     #[test]
     fn io_errors_in_the_chain_are_transient() {
-        let shared: std::sync::Arc<dyn std::error::Error + Send + Sync> = std::sync::Arc::new(
-            std::io::Error::from(std::io::ErrorKind::ConnectionReset),
-        );
+        let shared: std::sync::Arc<dyn std::error::Error + Send + Sync> =
+            std::sync::Arc::new(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
         assert!(is_io(&shared));
         let plain = std::io::Error::other("x");
         assert!(is_io(&plain));

@@ -9,6 +9,7 @@
 //! | `redb:///abs/path.redb`, `redb:rel/path.redb` | embedded redb file | `redb` (default) |
 //! | `memory://` | in-memory store | `memory` (default; independent of `redb`) |
 //! | `redis://[user:pass@]host:port[/db]`, `rediss://…` (TLS) | Redis | `redis` |
+//! | `redis+sentinel://[user:pass@]s1:p1,s2:p2/SERVICE[/db]` | the Redis primary that Redis Sentinel names, followed across failovers | `redis` |
 //! | `etcd://[user:pass@]h1:p1,h2:p2` | etcd v3 | `etcd` |
 //! | `zk://[user:pass@]h1:p1,h2:p2[/chroot]` | ZooKeeper 3.6+ | `zk` |
 //! | `consul://host:port` | Consul (HTTP API) | `consul` |

@@ -197,7 +197,11 @@ impl Shared {
 
 fn error_kind(err: &Error) -> String {
     let debug = format!("{err:?}");
-    let name = debug.split([' ', '{', '(']).next().unwrap_or("?").to_owned();
+    let name = debug
+        .split([' ', '{', '('])
+        .next()
+        .unwrap_or("?")
+        .to_owned();
     if err.is_transient() {
         format!("{name} (transient)")
     } else {
@@ -346,7 +350,11 @@ async fn put_client(
         seq += 1;
         let key = keys.put(client, seq);
         let result = shared
-            .call(client, "put", store.put(&key, seq.to_string().as_bytes(), None))
+            .call(
+                client,
+                "put",
+                store.put(&key, seq.to_string().as_bytes(), None),
+            )
             .await;
         if write_outcome(&result) == Outcome::Ok {
             shared
@@ -554,7 +562,11 @@ async fn main() -> anyhow::Result<()> {
             "kill {}: SIGKILLed {member}; {new_leader} leads after {election_s:.2} s",
             round + 1
         );
-        tokio::time::sleep(args.down.saturating_sub(Duration::from_secs_f64(election_s))).await;
+        tokio::time::sleep(
+            args.down
+                .saturating_sub(Duration::from_secs_f64(election_s)),
+        )
+        .await;
         control(&[&member, "start"]).await?;
         println!("kill {}: {member} started again", round + 1);
         tokio::time::sleep(args.settle).await;
@@ -633,7 +645,8 @@ async fn verify(
     killed_at: &[u64],
     mut kills: Vec<Kill>,
 ) -> anyhow::Result<Report> {
-    let mut history = std::mem::take(&mut *shared.history.lock().unwrap_or_else(|e| e.into_inner()));
+    let mut history =
+        std::mem::take(&mut *shared.history.lock().unwrap_or_else(|e| e.into_inner()));
 
     // No acknowledged put lost.
     let mut lost_puts = Vec::new();
@@ -732,7 +745,11 @@ async fn verify(
             .iter()
             .map(|s| s.iter().copied().find(|&t| t > at))
             .collect();
-        kill.first_success_s = firsts.iter().flatten().min().map(|&t| (t - at) as f64 / 1e9);
+        kill.first_success_s = firsts
+            .iter()
+            .flatten()
+            .min()
+            .map(|&t| (t - at) as f64 / 1e9);
         kill.first_write_s = history
             .write_successes
             .iter()
@@ -786,7 +803,10 @@ fn seconds(s: Option<f64>) -> String {
 
 fn print_report(r: &Report) {
     let verdict = |ok: bool| if ok { "PASS" } else { "FAIL" };
-    println!("== {} failover checks ({} operations)", r.cluster, r.operations);
+    println!(
+        "== {} failover checks ({} operations)",
+        r.cluster, r.operations
+    );
     for (i, k) in r.kills.iter().enumerate() {
         println!(
             "   kill {}: {} -> {}; new leader after {:.2} s; first call ok after {}, first write after {}, every client after {}",
