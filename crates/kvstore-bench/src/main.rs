@@ -460,6 +460,42 @@ fn valkeyrie_target(backend: &Backend, tmp: &std::path::Path) -> Option<(&'stati
     }
 }
 
+/// Runs `run` on a store of each backend in turn, then prints the records' Markdown table and
+/// writes it and the JSON where `--markdown` and `--json` say.
+async fn each_backend<R, F, Fut>(
+    args: &Args,
+    backends: &[Backend],
+    markdown: fn(&[R]) -> String,
+    mut run: F,
+) -> anyhow::Result<()>
+where
+    R: Serialize,
+    F: FnMut(&Backend, Arc<dyn Store>) -> Fut,
+    Fut: Future<Output = anyhow::Result<R>>,
+{
+    let mut records = Vec::new();
+    for backend in backends {
+        let store = kvstore::open(&backend.url)
+            .await
+            .with_context(|| format!("opening {}", backend.url))?;
+        records.push(
+            run(backend, store.clone())
+                .await
+                .with_context(|| format!("{} on {}", backend.name, backend.url))?,
+        );
+        store.close().await?;
+    }
+    let table = markdown(&records);
+    println!("{table}");
+    if let Some(path) = &args.markdown {
+        std::fs::write(path, &table)?;
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&records)?)?;
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -472,51 +508,20 @@ async fn main() -> anyhow::Result<()> {
             registrations: args.soak_registrations,
             sample: args.soak_sample,
         };
-        let mut records = Vec::new();
-        for backend in &backends {
-            let store = kvstore::open(&backend.url)
-                .await
-                .with_context(|| format!("opening {}", backend.url))?;
-            records.push(
-                soak::run(backend.name, store.clone(), &plan)
-                    .await
-                    .with_context(|| format!("{} soak", backend.name))?,
-            );
-            store.close().await?;
-        }
-        let table = soak::markdown(&records);
-        println!("{table}");
-        if let Some(path) = &args.markdown {
-            std::fs::write(path, &table)?;
-        }
-        if let Some(path) = &args.json {
-            std::fs::write(path, serde_json::to_string_pretty(&records)?)?;
-        }
-        return Ok(());
+        return each_backend(&args, &backends, soak::markdown, |backend, store| {
+            let name = backend.name;
+            let plan = &plan;
+            async move { soak::run(name, store, plan).await }
+        })
+        .await;
     }
     if let Some(n) = args.watchers {
-        let mut records = Vec::new();
-        for backend in &backends {
-            let store = kvstore::open(&backend.url)
-                .await
-                .with_context(|| format!("opening {}", backend.url))?;
-            eprintln!("{}: {n} watchers", backend.name);
-            records.push(
-                watchers::run(backend.name, &backend.url, store.clone(), n)
-                    .await
-                    .with_context(|| format!("{} watchers", backend.name))?,
-            );
-            store.close().await?;
-        }
-        let table = watchers::markdown(&records);
-        println!("{table}");
-        if let Some(path) = &args.markdown {
-            std::fs::write(path, &table)?;
-        }
-        if let Some(path) = &args.json {
-            std::fs::write(path, serde_json::to_string_pretty(&records)?)?;
-        }
-        return Ok(());
+        return each_backend(&args, &backends, watchers::markdown, |backend, store| {
+            let (name, url) = (backend.name, backend.url.clone());
+            eprintln!("{name}: {n} watchers");
+            async move { watchers::run(name, &url, store, n).await }
+        })
+        .await;
     }
     let ops: Vec<Op> = if args.operations.is_empty() {
         vec![

@@ -1,23 +1,5 @@
 //! The conformance suite against a real etcd server (`KVSTORE_ETCD_URL`, set by ci/test.sh).
 
-use std::sync::Arc;
-use std::time::Duration;
+mod common;
 
-use kvstore_core::Store;
-use kvstore_etcd::{EtcdConfig, EtcdStore};
-use kvstore_testutils::{Opener, backend_url};
-
-fn opener() -> Option<Opener> {
-    let config = EtcdConfig::from_url(&backend_url("KVSTORE_ETCD_URL")?).expect("valid etcd URL");
-    Some(
-        Opener::new(move || {
-            let config = config.clone();
-            async move { Ok(Arc::new(EtcdStore::connect(config).await?) as Arc<dyn Store>) }
-        })
-        .with_ttl(Duration::from_secs(1))
-        // etcd checks lease expiry about every 500 ms; 2 s covers that and a loaded machine.
-        .with_ttl_slack(Duration::from_secs(2)),
-    )
-}
-
-kvstore_testutils::conformance_tests!(optional: opener());
+kvstore_testutils::conformance_tests!(optional: common::opener("KVSTORE_ETCD_URL"));
