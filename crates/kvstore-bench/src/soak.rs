@@ -61,6 +61,8 @@ pub(crate) struct SoakRecord {
     pub(crate) flat: bool,
     /// Registrations still present at the end (each must be: the lease engine renews them).
     pub(crate) registrations_alive: usize,
+    /// The first few errors, in full.
+    pub(crate) first_errors: Vec<String>,
 }
 
 #[derive(Default)]
@@ -68,13 +70,23 @@ struct Counters {
     calls: AtomicU64,
     events: AtomicU64,
     errors: AtomicU64,
+    /// The first few errors, in full.
+    first_errors: std::sync::Mutex<Vec<String>>,
 }
 
 impl Counters {
     fn count<T>(&self, result: &kvstore::Result<T>) {
         self.calls.fetch_add(1, Ordering::Relaxed);
-        if result.is_err() {
-            self.errors.fetch_add(1, Ordering::Relaxed);
+        if let Err(err) = result {
+            self.error(err);
+        }
+    }
+
+    fn error(&self, err: &kvstore::Error) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        let mut first = self.first_errors.lock().unwrap_or_else(|e| e.into_inner());
+        if first.len() < 5 {
+            first.push(kvstore_testutils::error_chain(err));
         }
     }
 }
@@ -123,7 +135,7 @@ pub(crate) async fn run(
                     () = stop.cancelled() => return,
                     event = watch.next() => match event {
                         Some(Ok(_)) => { counters.events.fetch_add(1, Ordering::Relaxed); }
-                        Some(Err(_)) => { counters.errors.fetch_add(1, Ordering::Relaxed); }
+                        Some(Err(err)) => counters.error(&err),
                         None => return,
                     },
                 }
@@ -146,10 +158,13 @@ pub(crate) async fn run(
         tasks.spawn(async move {
             let opts = LockOptions::default().with_ttl(Duration::from_secs(2));
             while !stop.is_cancelled() {
-                let Ok(mut locker) = store.new_lock(&lock_key, Some(&opts)).await else {
-                    counters.errors.fetch_add(1, Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
+                let mut locker = match store.new_lock(&lock_key, Some(&opts)).await {
+                    Ok(locker) => locker,
+                    Err(err) => {
+                        counters.error(&err);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
                 };
                 let held = tokio::select! {
                     r = locker.lock() => r,
@@ -261,6 +276,9 @@ pub(crate) async fn run(
         fd_growth_percent,
         samples,
         registrations_alive: alive,
+        first_errors: std::mem::take(
+            &mut *counters.first_errors.lock().unwrap_or_else(|e| e.into_inner()),
+        ),
     })
 }
 
@@ -296,6 +314,12 @@ pub(crate) fn markdown(records: &[SoakRecord]) -> String {
             r.registrations,
             if r.flat { "yes" } else { "no" },
         ));
+    }
+    for r in records.iter().filter(|r| !r.first_errors.is_empty()) {
+        out.push_str(&format!("\n{} errors (first {}):\n", r.backend, r.first_errors.len()));
+        for e in &r.first_errors {
+            out.push_str(&format!("- {e}\n"));
+        }
     }
     out
 }
