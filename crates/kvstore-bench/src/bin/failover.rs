@@ -139,6 +139,8 @@ struct History {
     hung: Vec<String>,
     /// The first few errors that were neither transient nor a refused condition, in full.
     unexpected: Vec<String>,
+    /// The longest each kind of call took, in seconds.
+    slowest: BTreeMap<String, f64>,
     ops: usize,
 }
 
@@ -189,8 +191,13 @@ impl Shared {
         what: &str,
         call: impl Future<Output = kvstore::Result<T>>,
     ) -> Option<kvstore::Result<T>> {
+        let started = Instant::now();
         let result = tokio::time::timeout(self.hang_bound, call).await.ok();
+        let took = started.elapsed().as_secs_f64();
         self.record(client, what, &result);
+        let mut h = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        let slowest = h.slowest.entry(what.to_owned()).or_default();
+        *slowest = slowest.max(took);
         result
     }
 }
@@ -503,6 +510,9 @@ struct Report {
     hung_calls: Vec<String>,
     errors: BTreeMap<String, usize>,
     unexpected_errors: Vec<String>,
+    /// The longest each kind of call took, in seconds (waiting for a lock is not one: it is
+    /// abandoned after 3 s).
+    slowest_calls_s: BTreeMap<String, f64>,
     passed: bool,
 }
 
@@ -781,6 +791,7 @@ async fn verify(
         hung_calls: std::mem::take(&mut history.hung),
         errors: std::mem::take(&mut history.errors),
         unexpected_errors: std::mem::take(&mut history.unexpected),
+        slowest_calls_s: std::mem::take(&mut history.slowest),
         passed: false,
     })
 }
@@ -844,10 +855,16 @@ fn print_report(r: &Report) {
     for v in &r.lock_violations {
         println!("        {v}");
     }
+    let slowest: Vec<String> = r
+        .slowest_calls_s
+        .iter()
+        .map(|(what, s)| format!("{what} {s:.2} s"))
+        .collect();
     println!(
-        "   {} no call hung ({} hung)",
+        "   {} no call hung ({} hung; slowest: {})",
         verdict(r.hung_calls.is_empty()),
-        r.hung_calls.len()
+        r.hung_calls.len(),
+        slowest.join(", ")
     );
     println!("   errors seen: {:?}", r.errors);
     for e in &r.unexpected_errors {
