@@ -46,6 +46,8 @@ pub(crate) struct Sample {
     pub(crate) calls: u64,
     pub(crate) events: u64,
     pub(crate) errors: u64,
+    /// `keep_alive` registrations present at this sample.
+    pub(crate) registered: usize,
 }
 
 /// One backend's soak.
@@ -218,25 +220,31 @@ pub(crate) async fn run(
 
     let start = Instant::now();
     let mut samples = Vec::new();
-    let sample = |start: Instant| Sample {
+    let ka_dir = format!("{dir}/ka");
+    let sample = |start: Instant, registered: usize| Sample {
         secs: start.elapsed().as_secs_f64(),
         rss_mib: rss_mib(),
         fds: open_fds(),
         calls: counters.calls.load(Ordering::Relaxed),
         events: counters.events.load(Ordering::Relaxed),
         errors: counters.errors.load(Ordering::Relaxed),
+        registered,
     };
-    samples.push(sample(start));
+    samples.push(sample(start, plan.registrations));
     while start.elapsed() < plan.duration {
         tokio::time::sleep(
             plan.sample
                 .min(plan.duration.saturating_sub(start.elapsed())),
         )
         .await;
-        let s = sample(start);
+        let registered = store
+            .list(&ka_dir, None)
+            .await
+            .map_or(0, |pairs| pairs.len());
+        let s = sample(start, registered);
         eprintln!(
-            "{backend}: {:>5.0} s  RSS {:>6.1} MiB  fds {:>4}  calls {:>8}  events {:>9}  errors {}",
-            s.secs, s.rss_mib, s.fds, s.calls, s.events, s.errors
+            "{backend}: {:>5.0} s  RSS {:>6.1} MiB  fds {:>4}  calls {:>8}  events {:>9}  errors {}  registered {}",
+            s.secs, s.rss_mib, s.fds, s.calls, s.events, s.errors, s.registered
         );
         samples.push(s);
     }
@@ -277,7 +285,10 @@ pub(crate) async fn run(
         samples,
         registrations_alive: alive,
         first_errors: std::mem::take(
-            &mut *counters.first_errors.lock().unwrap_or_else(|e| e.into_inner()),
+            &mut *counters
+                .first_errors
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
         ),
     })
 }
@@ -316,7 +327,11 @@ pub(crate) fn markdown(records: &[SoakRecord]) -> String {
         ));
     }
     for r in records.iter().filter(|r| !r.first_errors.is_empty()) {
-        out.push_str(&format!("\n{} errors (first {}):\n", r.backend, r.first_errors.len()));
+        out.push_str(&format!(
+            "\n{} errors (first {}):\n",
+            r.backend,
+            r.first_errors.len()
+        ));
         for e in &r.first_errors {
             out.push_str(&format!("- {e}\n"));
         }

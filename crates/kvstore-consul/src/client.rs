@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use kvstore_core::backend::{
     Lease, Precondition, Registrar, Registrations, Release, Renewal, Tasks, check_value_size,
-    rewrite_precondition, unless_superseded,
+    write_again,
 };
 use kvstore_core::{Error, KvPair, Result, WriteOptions, normalize_key};
 use serde_json::Value;
@@ -103,16 +103,11 @@ impl Registrar for SessionRegistrar {
         ttl: Duration,
     ) -> Result<Option<(Arc<dyn Lease>, Instant)>> {
         let inner = &self.0;
-        let current = inner.read_key(key, Consistency::Consistent, None).await?.0;
-        let Some(condition) = rewrite_precondition(current.as_ref(), value) else {
-            return Ok(None);
-        };
         let sent = Instant::now();
         let opts = WriteOptions::default().with_ttl(ttl);
-        let written = inner
-            .write_with_session(key, value, condition, Some(&opts))
-            .await;
-        match unless_superseded(written)? {
+        let read = || async { Ok(inner.read_key(key, Consistency::Consistent, None).await?.0) };
+        let write = |condition| inner.write_with_session(key, value, condition, Some(&opts));
+        match write_again(value, read, write).await? {
             Some((_, Some(session))) => Ok(Some((
                 Arc::new(SessionLease::new(inner.clone(), session, None)),
                 sent,

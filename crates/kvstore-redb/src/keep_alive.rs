@@ -10,8 +10,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use kvstore_core::Result;
 use kvstore_core::backend::{
-    Lease, Registrar, Registrations, Release, Renewal, Tasks, rewrite_precondition,
-    unless_superseded,
+    Lease, Registrar, Registrations, Release, Renewal, Tasks, write_again,
 };
 use redb::ReadableTable;
 use tokio::time::Instant;
@@ -110,15 +109,16 @@ impl Registrar for KeyRegistrar {
         value: &Bytes,
         ttl: Duration,
     ) -> Result<Option<(Arc<dyn Lease>, Instant)>> {
-        let k = key.to_owned();
-        let current = self.0.blocking(move |s| s.read_key(&k)).await?;
-        let Some(expect) = rewrite_precondition(current.as_ref(), value) else {
-            return Ok(None);
-        };
         let sent = Instant::now();
-        let (k, v) = (key.to_owned(), value.to_vec());
-        let written = self.0.commit_write(k, v, Some(ttl), expect).await;
-        Ok(unless_superseded(written)?.map(|pair| {
+        let read = || {
+            let k = key.to_owned();
+            self.0.blocking(move |s| s.read_key(&k))
+        };
+        let write = |expect| {
+            self.0
+                .commit_write(key.to_owned(), value.to_vec(), Some(ttl), expect)
+        };
+        Ok(write_again(value, read, write).await?.map(|pair| {
             let lease: Arc<dyn Lease> = Arc::new(KeyLease {
                 shared: self.0.clone(),
                 key: key.to_owned(),

@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use kvstore_core::backend::{
-    Lease, Precondition, Registrar, Release, Renewal, rewrite_precondition, unless_superseded,
-};
+use kvstore_core::backend::{Lease, Precondition, Registrar, Release, Renewal, write_again};
 use kvstore_core::{KvPair, Result, WriteOptions};
 use tokio::time::Instant;
 
@@ -67,16 +65,11 @@ impl Registrar for PinRegistrar {
     ) -> Result<Option<(Arc<dyn kvstore_core::backend::Lease>, Instant)>> {
         let inner = &self.0;
         let client = inner.client().await?;
-        let current = inner.read_key(&client, key, true).await?;
-        let Some(condition) = rewrite_precondition(current.as_ref(), value) else {
-            return Ok(None);
-        };
         let sent = Instant::now();
         let opts = WriteOptions::default().with_ttl(ttl).with_keep_alive(true);
-        let written = inner
-            .write_on(&client, key, value, condition, Some(&opts))
-            .await;
-        Ok(unless_superseded(written)?.map(|_| {
+        let read = || inner.read_key(&client, key, true);
+        let write = |condition| inner.write_on(&client, key, value, condition, Some(&opts));
+        Ok(write_again(value, read, write).await?.map(|_| {
             let lease: Arc<dyn kvstore_core::backend::Lease> = Arc::new(PinLease {
                 inner: inner.clone(),
                 key: key.to_owned(),

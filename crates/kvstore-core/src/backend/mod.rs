@@ -31,7 +31,9 @@ pub use lease::{
     HeldLease, Lease, RELEASE_TIMEOUT, Release, Renewal, Tasks, loss_margin, renewal_period,
     retry_period,
 };
-pub use registration::{Registrar, Registrations, rewrite_precondition, unless_superseded};
+pub use registration::{
+    Registrar, Registrations, rewrite_precondition, unless_superseded, write_again,
+};
 pub use txn::{
     Check, CheckedTxn, Found, Write, check_txn, condition_error, first_failure, run_txn,
 };
