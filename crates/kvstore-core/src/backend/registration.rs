@@ -492,7 +492,10 @@ mod tests {
         let theirs = KvPair::new("k", b"other".to_vec(), 9);
         let (result, conditions) = scripted(vec![Some(theirs)], vec![]).await;
         assert_eq!(result.unwrap(), None);
-        assert!(conditions.is_empty(), "nothing is written over another value");
+        assert!(
+            conditions.is_empty(),
+            "nothing is written over another value"
+        );
         let ours = KvPair::new("k", b"v".to_vec(), 7);
         let (result, _) = scripted(
             vec![Some(ours)],
