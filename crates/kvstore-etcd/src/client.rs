@@ -108,10 +108,8 @@ impl Lease for EtcdLease {
         if stream.is_none() {
             *stream = Some(
                 self.inner
-                    .client()
-                    .lease_keep_alive(self.id)
-                    .await
-                    .map_err(from_etcd)?,
+                    .call(self.inner.client().lease_keep_alive(self.id))
+                    .await?,
             );
         }
         let (keeper, responses) = stream.as_mut().expect("opened above");
@@ -149,10 +147,8 @@ impl Lease for EtcdLease {
             _ => Ok(()),
         };
         self.inner
-            .client()
-            .lease_revoke(self.id)
-            .await
-            .map_err(from_etcd)?;
+            .call(self.inner.client().lease_revoke(self.id))
+            .await?;
         deleted
     }
 }
@@ -185,13 +181,7 @@ impl Registrar for EtcdRegistrar {
             Compare::create_revision(etcd_key.clone(), CompareOp::Equal, 0),
         ] {
             let txn = Txn::new().when([compare]).and_then([put()]);
-            if inner
-                .client()
-                .txn(txn)
-                .await
-                .map_err(from_etcd)?
-                .succeeded()
-            {
+            if inner.call(inner.client().txn(txn)).await?.succeeded() {
                 return Ok(Some((
                     Arc::new(EtcdLease::new(inner.clone(), id, None)),
                     sent,
@@ -229,6 +219,24 @@ pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 impl Inner {
     pub(crate) fn client(&self) -> Client {
         self.client.clone()
+    }
+
+    /// Awaits one request to the cluster within `request_timeout`, whole. The client's own
+    /// timeout covers a request once a connection took it, not the wait for a ready
+    /// connection before that (with several endpoints, one whose member was just killed is
+    /// reconnecting); this bound covers both.
+    ///
+    /// # Errors
+    ///
+    /// `Timeout` when the bound passes; the request's own error otherwise (`from_etcd`).
+    pub(crate) async fn call<T>(
+        &self,
+        request: impl Future<Output = std::result::Result<T, etcd_client::Error>>,
+    ) -> Result<T> {
+        tokio::time::timeout(self.config.request_timeout, request)
+            .await
+            .map_err(|_| Error::Timeout)?
+            .map_err(from_etcd)
     }
 
     pub(crate) fn data_key(&self, key: &str) -> String {
@@ -294,10 +302,8 @@ impl Inner {
     ) -> Result<(Option<KvPair>, i64)> {
         let opts = (!consistent).then(|| GetOptions::new().with_serializable());
         let resp = self
-            .client()
-            .get(self.data_key(key), opts)
-            .await
-            .map_err(from_etcd)?;
+            .call(self.client().get(self.data_key(key), opts))
+            .await?;
         let revision = resp.header().map_or(0, |h| h.revision());
         Ok((resp.kvs().first().and_then(|kv| self.pair(kv)), revision))
     }
@@ -319,10 +325,8 @@ impl Inner {
             ops.push(TxnOp::get(self.data_key(dir), None));
         }
         let resp = self
-            .client()
-            .txn(Txn::new().and_then(ops))
-            .await
-            .map_err(from_etcd)?;
+            .call(self.client().txn(Txn::new().and_then(ops)))
+            .await?;
         let revision = resp.header().map_or(0, |h| h.revision());
         let mut responses = resp.op_responses().into_iter();
         let Some(TxnOpResponse::Get(range)) = responses.next() else {
@@ -341,10 +345,8 @@ impl Inner {
 
     pub(crate) async fn grant(&self, ttl: Duration) -> Result<i64> {
         Ok(self
-            .client()
-            .lease_grant(lease_seconds(ttl), None)
-            .await
-            .map_err(from_etcd)?
+            .call(self.client().lease_grant(lease_seconds(ttl), None))
+            .await?
             .id())
     }
 }

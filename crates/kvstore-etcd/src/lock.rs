@@ -23,7 +23,6 @@ use tokio::time::Instant;
 
 use crate::BACKEND;
 use crate::client::{EtcdLease, Inner};
-use crate::error::from_etcd;
 
 /// A lock on a key of an [`EtcdStore`](crate::EtcdStore).
 pub struct EtcdLocker {
@@ -64,10 +63,8 @@ impl EtcdLocker {
                 .with_limit(1);
             let resp = self
                 .inner
-                .client()
-                .get(prefix, Some(opts))
-                .await
-                .map_err(from_etcd)?;
+                .call(self.inner.client().get(prefix, Some(opts)))
+                .await?;
             let revision = resp.header().map_or(0, |h| h.revision());
             let Some(pred) = resp.kvs().first() else {
                 return Ok(revision);
@@ -136,14 +133,12 @@ impl Locker for EtcdLocker {
         let waiter = format!("{prefix}{lease:016x}");
         let put = self
             .inner
-            .client()
-            .put(
+            .call(self.inner.client().put(
                 waiter.clone(),
                 Vec::new(),
                 Some(PutOptions::new().with_lease(lease)),
-            )
-            .await
-            .map_err(from_etcd)?;
+            ))
+            .await?;
         let my_rev = put.header().map_or(0, |h| h.revision());
         let turn = self.wait_turn(&prefix, my_rev, &lost).await?;
 
@@ -171,7 +166,7 @@ impl Locker for EtcdLocker {
         let txn = Txn::new()
             .when([Compare::create_revision(waiter, CompareOp::Equal, my_rev)])
             .and_then(ops);
-        let resp = self.inner.client().txn(txn).await.map_err(from_etcd)?;
+        let resp = self.inner.call(self.inner.client().txn(txn)).await?;
         if !resp.succeeded() {
             return Err(Error::CannotLock {
                 key: self.key.clone(),

@@ -162,10 +162,8 @@ impl EtcdStore {
         let revision = match precondition {
             Precondition::None => {
                 let resp = inner
-                    .client()
-                    .put(etcd_key, value.to_vec(), put_opts)
-                    .await
-                    .map_err(from_etcd)?;
+                    .call(inner.client().put(etcd_key, value.to_vec(), put_opts))
+                    .await?;
                 resp.header().map_or(0, |h| h.revision())
             }
             Precondition::Absent | Precondition::Index(_) => {
@@ -181,7 +179,7 @@ impl EtcdStore {
                     .when([compare])
                     .and_then([TxnOp::put(etcd_key.clone(), value.to_vec(), put_opts)])
                     .or_else([TxnOp::get(etcd_key, None)]);
-                let resp = inner.client().txn(txn).await.map_err(from_etcd)?;
+                let resp = inner.call(inner.client().txn(txn)).await?;
                 if !resp.succeeded() {
                     if let Some(id) = lease {
                         let _ = inner.client().lease_revoke(id).await;
@@ -230,7 +228,7 @@ impl EtcdStore {
             .when([compare])
             .and_then([TxnOp::delete(etcd_key.clone(), None)])
             .or_else([TxnOp::get(etcd_key, None)]);
-        let resp = inner.client().txn(txn).await.map_err(from_etcd)?;
+        let resp = inner.call(inner.client().txn(txn)).await?;
         if resp.succeeded() {
             inner.registrations.remove(key);
             return Ok(());
@@ -308,10 +306,8 @@ impl Store for EtcdStore {
         }
         let resp = self
             .inner
-            .client()
-            .get(self.inner.data_key(key), Some(get))
-            .await
-            .map_err(from_etcd)?;
+            .call(self.inner.client().get(self.inner.data_key(key), Some(get)))
+            .await?;
         Ok(resp.count() > 0)
     }
 
@@ -340,10 +336,8 @@ impl Store for EtcdStore {
             ops.push(TxnOp::delete(inner.data_key(dir), None));
         }
         let resp = inner
-            .client()
-            .txn(Txn::new().and_then(ops))
-            .await
-            .map_err(from_etcd)?;
+            .call(inner.client().txn(Txn::new().and_then(ops)))
+            .await?;
         let deleted: i64 = resp
             .op_responses()
             .into_iter()

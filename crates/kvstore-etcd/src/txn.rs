@@ -14,7 +14,6 @@ use kvstore_core::{Error, KvPair, Result};
 
 use crate::BACKEND;
 use crate::client::{Inner, revision};
-use crate::error::from_etcd;
 
 /// Conditions plus operations per transaction: etcd's default `--max-txn-ops` (128) bounds
 /// each of a transaction's lists.
@@ -62,10 +61,11 @@ impl Inner {
             .map(|check| TxnOp::get(self.check_key(check), None))
             .collect();
         let resp = self
-            .client()
-            .txn(Txn::new().when(compares).and_then(writes).or_else(reads))
-            .await
-            .map_err(from_etcd)?;
+            .call(
+                self.client()
+                    .txn(Txn::new().when(compares).and_then(writes).or_else(reads)),
+            )
+            .await?;
         if !resp.succeeded() {
             let read: Vec<Option<i64>> = resp
                 .op_responses()
