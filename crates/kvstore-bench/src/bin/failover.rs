@@ -51,7 +51,7 @@ struct Args {
     /// redis-sentinel.
     #[arg(long)]
     cluster: String,
-    /// The URL to connect with (default: KVSTORE_<CLUSTER>_URL).
+    /// The URL to connect with (default: `KVSTORE_<CLUSTER>_URL`).
     #[arg(long)]
     url: Option<String>,
     /// Clients, each with its own store and running all three workloads.
