@@ -419,7 +419,8 @@ kv_leader() {
 kv_start_one() {
     local name=$1 dir="$KV_RUN_DIR/$1"
     case $name in
-    *-cluster | redis-sentinel) kv_start_cluster "$name"; return ;;
+    # (redis-cluster is one server in Redis Cluster mode, below.)
+    etcd-cluster | zk-cluster | consul-cluster | redis-sentinel) kv_start_cluster "$name"; return ;;
     etcd-c[0-9] | zk-c[0-9] | consul-c[0-9] | consul-agent | redis-[rs][0-9]) kv_start_member "$name"; return ;;
     esac
     mkdir -p "$dir"
