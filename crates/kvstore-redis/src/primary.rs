@@ -86,20 +86,27 @@ impl Primary {
 
     /// A connection for reads and other calls that change nothing.
     pub(crate) fn conn(self: &Arc<Self>) -> Conn {
-        Conn {
-            manager: self.node().conn,
-            primary: self.clone(),
-            wait: None,
-        }
+        self.conn_with(None)
     }
 
     /// A connection for calls that write: with `wait_replicas`, each of its commands is
     /// followed by `WAIT` in the same round trip.
     pub(crate) fn write_conn(self: &Arc<Self>) -> Conn {
+        self.conn_with(self.wait)
+    }
+
+    /// The current server's connection (only it: calls need not copy the client too).
+    fn conn_with(self: &Arc<Self>, wait: Option<(u32, u64)>) -> Conn {
+        let manager = self
+            .node
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .conn
+            .clone();
         Conn {
-            manager: self.node().conn,
+            manager,
             primary: self.clone(),
-            wait: self.wait,
+            wait,
         }
     }
 }

@@ -76,21 +76,16 @@ impl RedisStore {
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "connect"))]
     pub async fn connect(config: RedisConfig) -> Result<Self> {
         config.check()?;
-        let mut sentinel = match &config.sentinel {
-            Some(sentinel) => Some(crate::primary::sentinel_client(sentinel)?),
-            None => None,
-        };
-        let (client, db) = match (&mut sentinel, &config.sentinel) {
-            (Some(client), Some(sentinel)) => (
-                crate::primary::find_primary(client, &config).await?,
-                sentinel.db,
-            ),
-            _ => {
-                let client = crate::client::open_client(&config)?;
-                let db = client.get_connection_info().redis_settings().db();
-                (client, db)
+        let (client, sentinel) = match &config.sentinel {
+            Some(sentinel) => {
+                let mut sentinel = crate::primary::sentinel_client(sentinel)?;
+                let client = crate::primary::find_primary(&mut sentinel, &config).await?;
+                (client, Some(sentinel))
             }
+            None => (crate::client::open_client(&config)?, None),
         };
+        // The Sentinel client gives the primary's client the configured database too.
+        let db = client.get_connection_info().redis_settings().db();
         let node = Node::connect(client, &config).await?;
         let prefix = if config.prefix.is_empty() {
             String::new()
