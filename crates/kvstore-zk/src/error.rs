@@ -42,22 +42,9 @@ pub(crate) fn from_zk(err: zk::Error) -> Error {
 }
 
 /// Whether an I/O error is anywhere in `err`'s source chain, including inside the
-/// `Arc<dyn Error>` the client wraps it in (whose own `source()` skips the I/O error itself).
+/// `Arc<dyn Error>` the client wraps it in.
 fn is_io(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut next = Some(err);
-    while let Some(e) = next {
-        if e.is::<std::io::Error>() {
-            return true;
-        }
-        if let Some(shared) =
-            e.downcast_ref::<std::sync::Arc<dyn std::error::Error + Send + Sync>>()
-            && is_io(&**shared)
-        {
-            return true;
-        }
-        next = e.source();
-    }
-    false
+    kvstore_core::backend::find_source::<std::io::Error>(err).is_some()
 }
 
 #[cfg(test)]

@@ -102,3 +102,43 @@ pub fn check_value_size(key: &str, value: &[u8], limit: usize) -> Result<()> {
     }
     Ok(())
 }
+
+/// The first error of type `E` in `err`'s source chain, `err` itself included, looking also
+/// inside `std::io::Error`s and `Arc`-shared errors: the redis and ZooKeeper clients keep I/O
+/// errors as `Arc<dyn Error>`, whose `source()` skips the error it shares, so a plain walk of
+/// `source()` misses it.
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::Arc;
+/// use kvstore_core::backend::find_source;
+///
+/// let shared: Arc<dyn std::error::Error + Send + Sync> =
+///     Arc::new(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+/// assert!(find_source::<std::io::Error>(&shared).is_some());
+/// assert!(find_source::<std::fmt::Error>(&shared).is_none());
+/// ```
+pub fn find_source<'a, E: std::error::Error + 'static>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a E> {
+    let mut next = Some(err);
+    while let Some(err) = next {
+        if let Some(found) = err.downcast_ref::<E>() {
+            return Some(found);
+        }
+        if let Some(shared) =
+            err.downcast_ref::<std::sync::Arc<dyn std::error::Error + Send + Sync>>()
+        {
+            return find_source(&**shared);
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && let Some(inner) = io.get_ref()
+            && let Some(found) = find_source(inner)
+        {
+            return Some(found);
+        }
+        next = err.source();
+    }
+    None
+}

@@ -24,23 +24,7 @@ pub fn install_crypto_provider() {
 /// `Arc<dyn Error>`, whose `source()` skips the I/O error's payload). Backends report such errors as `Error::PermissionDenied`: no retry
 /// fixes them.
 pub fn tls_error<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a rustls::Error> {
-    let mut next = Some(err);
-    while let Some(err) = next {
-        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
-            return Some(tls);
-        }
-        if let Some(shared) = err.downcast_ref::<Arc<dyn StdError + Send + Sync>>() {
-            return tls_error(&**shared);
-        }
-        if let Some(io) = err.downcast_ref::<std::io::Error>()
-            && let Some(inner) = io.get_ref()
-            && let Some(tls) = tls_error(inner)
-        {
-            return Some(tls);
-        }
-        next = err.source();
-    }
-    None
+    super::find_source(err)
 }
 
 /// `PermissionDenied` (for `backend`) when a TLS connection to `addr` (`host:port`) with `tls`
