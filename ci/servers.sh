@@ -438,7 +438,11 @@ kv_start_one() {
         ;;
     redis-cluster)
         # A server in Cluster mode (no slots assigned): kvstore must refuse it at connect.
-        redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no \
+        # The cluster bus port is chosen too: by default it is the port + 10000, which does not
+        # exist for a free port above 55535, and the server refuses to start.
+        local bus
+        bus=$(kv_port redis-cluster bus_port)
+        redis-server --bind 127.0.0.1 --port "$port" --cluster-port "$bus" --save '' --appendonly no \
             --cluster-enabled yes --cluster-config-file "$dir/nodes.conf" --dir "$dir" >"$dir/log" 2>&1 &
         echo $! >"$dir/pid"
         kv_wait redis-cluster 10 redis-cli -p "$port" ping
