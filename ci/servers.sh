@@ -22,7 +22,12 @@
 # is not ready within its deadline fails the run and prints its log.
 
 KV_CI_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-KV_RUN_DIR="${KV_RUN_DIR:-$(mktemp -d -t kvstore-servers.XXXXXX)}"
+# A run directory this script made is removed when the servers stop (kv_start's EXIT trap); one
+# given in KV_RUN_DIR is left for inspection.
+if [ -z "${KV_RUN_DIR:-}" ]; then
+    KV_RUN_DIR="$(mktemp -d -t kvstore-servers.XXXXXX)"
+    KV_RUN_DIR_OWNED=1
+fi
 KV_CONSUL_VERSION="$(sed -n 's/^require github.com\/hashicorp\/consul v//p' "$KV_CI_DIR/consul/go.mod")"
 KV_CONSUL_BIN="${KV_CONSUL_BIN:-${XDG_CACHE_HOME:-$HOME/.cache}/kvstore-ci/consul-$KV_CONSUL_VERSION}"
 # etcd 3.6 (current upstream), built like Consul; Debian's etcd-server package is 3.4.
@@ -690,8 +695,14 @@ kv_stop_all() {
     done
 }
 
+# Stops every server and removes the run directory if this script made it.
+kv_stop_and_clean() {
+    kv_stop_all
+    [ -z "${KV_RUN_DIR_OWNED:-}" ] || rm -rf "$KV_RUN_DIR"
+}
+
 kv_start() {
-    trap kv_stop_all EXIT
+    trap kv_stop_and_clean EXIT
     local name
     for name in "$@"; do kv_start_one "$name"; done
 }
