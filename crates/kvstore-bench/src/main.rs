@@ -126,6 +126,9 @@ struct Args {
     /// Sampling period during `--soak`.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     soak_sample: std::time::Duration,
+    /// Query options for the redb store's URL (`cache_size=4194304`), to compare settings.
+    #[arg(long)]
+    redb_options: Option<String>,
     /// The `valkeyrie-bench` binary (built from `go/` by ci/bench.sh): also run each operation
     /// through valkeyrie v1 on the same server, interleaved, and report kvstore/valkeyrie.
     #[arg(long)]
@@ -191,8 +194,12 @@ fn host_port(url: &str, scheme: &str) -> String {
         .to_owned()
 }
 
+/// The redb store's file in the benchmark's temporary directory.
+const REDB_FILE: &str = "kvstore.redb";
+
 fn backends(
     wanted: &[String],
+    redb_options: Option<&str>,
     tmp: &std::path::Path,
 ) -> anyhow::Result<(Vec<Backend>, Vec<Skipped>)> {
     let mut found = Vec::new();
@@ -201,7 +208,10 @@ fn backends(
     if want("redb") {
         found.push(Backend {
             name: "redb",
-            url: format!("redb://{}", tmp.join("kvstore.redb").display()),
+            url: match redb_options {
+                Some(query) => format!("redb://{}?{query}", tmp.join(REDB_FILE).display()),
+                None => format!("redb://{}", tmp.join(REDB_FILE).display()),
+            },
             raw: Raw::Redb(Arc::new(redb::Database::create(tmp.join("raw.redb"))?)),
             counter: None,
         });
@@ -500,7 +510,7 @@ where
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let tmp = tempfile::tempdir()?;
-    let (backends, skipped) = backends(&args.backends, tmp.path())?;
+    let (backends, skipped) = backends(&args.backends, args.redb_options.as_deref(), tmp.path())?;
     if let Some(duration) = args.soak {
         let plan = soak::Plan {
             duration,
@@ -510,8 +520,9 @@ async fn main() -> anyhow::Result<()> {
         };
         return each_backend(&args, &backends, soak::markdown, |backend, store| {
             let name = backend.name;
+            let file = (name == "redb").then(|| tmp.path().join(REDB_FILE));
             let plan = &plan;
-            async move { soak::run(name, store, plan).await }
+            async move { soak::run(name, store, file.as_deref(), plan).await }
         })
         .await;
     }

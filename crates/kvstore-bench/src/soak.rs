@@ -20,7 +20,7 @@ use rand::Rng;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::watchers::rss_mib;
+use crate::watchers::{rss_mib, threads};
 
 /// Keys the watchers watch and the writer writes.
 const KEYS: usize = 100;
@@ -43,11 +43,15 @@ pub(crate) struct Sample {
     pub(crate) secs: f64,
     pub(crate) rss_mib: f64,
     pub(crate) fds: usize,
+    /// Threads of the process (a blocking pool that grows shows here).
+    pub(crate) threads: usize,
     pub(crate) calls: u64,
     pub(crate) events: u64,
     pub(crate) errors: u64,
     /// `keep_alive` registrations present at this sample.
     pub(crate) registered: usize,
+    /// Size of the store's file in MiB (redb only), to tell a growing file from a growing heap.
+    pub(crate) file_mib: Option<f64>,
 }
 
 /// One backend's soak.
@@ -113,10 +117,12 @@ where
     }
 }
 
-/// Runs the soak on `store` and returns its samples.
+/// Runs the soak on `store` (whose data is in `file`, for an embedded store) and returns its
+/// samples.
 pub(crate) async fn run(
     backend: &'static str,
     store: Arc<dyn Store>,
+    file: Option<&std::path::Path>,
     plan: &Plan,
 ) -> anyhow::Result<SoakRecord> {
     let dir = format!("kvstore-soak/{backend}-{:08x}", rand::random::<u32>());
@@ -225,10 +231,14 @@ pub(crate) async fn run(
         secs: start.elapsed().as_secs_f64(),
         rss_mib: rss_mib(),
         fds: open_fds(),
+        threads: threads(),
         calls: counters.calls.load(Ordering::Relaxed),
         events: counters.events.load(Ordering::Relaxed),
         errors: counters.errors.load(Ordering::Relaxed),
         registered,
+        file_mib: file
+            .and_then(|f| std::fs::metadata(f).ok())
+            .map(|m| m.len() as f64 / (1024.0 * 1024.0)),
     };
     samples.push(sample(start, plan.registrations));
     while start.elapsed() < plan.duration {
@@ -242,9 +252,12 @@ pub(crate) async fn run(
             .await
             .map_or(0, |pairs| pairs.len());
         let s = sample(start, registered);
+        let file = s
+            .file_mib
+            .map_or(String::new(), |mib| format!("  file {mib:.1} MiB"));
         eprintln!(
-            "{backend}: {:>5.0} s  RSS {:>6.1} MiB  fds {:>4}  calls {:>8}  events {:>9}  errors {}  registered {}",
-            s.secs, s.rss_mib, s.fds, s.calls, s.events, s.errors, s.registered
+            "{backend}: {:>5.0} s  RSS {:>6.1} MiB  fds {:>4}  threads {:>4}  calls {:>8}  events {:>9}  errors {}  registered {}{file}",
+            s.secs, s.rss_mib, s.fds, s.threads, s.calls, s.events, s.errors, s.registered
         );
         samples.push(s);
     }

@@ -35,14 +35,21 @@ pub(crate) struct WatcherRecord {
 
 /// The process's resident set, in MiB.
 pub(crate) fn rss_mib() -> f64 {
+    status_field("VmRSS:").map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Threads of this process (`Threads` in /proc/self/status).
+pub(crate) fn threads() -> usize {
+    status_field("Threads:").map_or(0, |n| n as usize)
+}
+
+/// A numeric field of /proc/self/status (`VmRSS:` is in kB).
+fn status_field(name: &str) -> Option<f64> {
     std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
 }
 
 /// Established TCP connections of this process to 127.0.0.1:`port` (from /proc/self/net/tcp).

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use kvstore_core::backend::{Precondition, ttl_millis};
 use kvstore_core::{Error, KvPair, Result, is_descendant};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::{Notify, Semaphore, broadcast};
 
 use crate::error::{from_join, from_redb};
 
@@ -81,6 +81,19 @@ pub(crate) struct Shared {
     /// The signals of key watches, by key: a change to a key wakes exactly its watches, not
     /// every subscriber of the feed.
     pub(crate) key_watches: std::sync::Mutex<HashMap<Arc<str>, Vec<Weak<Notify>>>>,
+    /// Bounds this database's calls on the blocking pool ([`Shared::blocking`]).
+    pub(crate) blocking_permits: Arc<Semaphore>,
+}
+
+/// Most calls of one database on tokio's blocking pool at once: twice the CPUs, at least 4.
+///
+/// redb's reads take microseconds and its write transactions serialize on one writer, so more
+/// threads than this only wait. Without the bound a burst (a write that wakes a thousand
+/// watches, each reading the key) grows the blocking pool by a thread per concurrent call, and
+/// every extra thread keeps its stack and malloc arena; the 10-minute soak showed the process
+/// growing with the largest burst seen so far.
+pub(crate) fn blocking_limit() -> usize {
+    std::thread::available_parallelism().map_or(4, |n| (2 * n.get()).max(4))
 }
 
 impl fmt::Debug for Shared {
@@ -220,16 +233,29 @@ impl Shared {
         signal
     }
 
-    /// Runs `f` on the blocking pool: redb is synchronous and may fsync.
+    /// Runs `f` on the blocking pool (redb is synchronous and may fsync), at most
+    /// [`blocking_limit`] calls of this database at once; the others wait their turn.
+    ///
+    /// Cancel-safe up to the start of `f`; once started, `f` runs to the end even if the
+    /// caller's future is dropped (its permit is released when it returns).
     pub(crate) async fn blocking<T, F>(self: &Arc<Self>, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Shared) -> Result<T> + Send + 'static,
     {
-        let shared = self.clone();
-        tokio::task::spawn_blocking(move || f(&shared))
+        let permit = self
+            .blocking_permits
+            .clone()
+            .acquire_owned()
             .await
-            .map_err(from_join)?
+            .map_err(|e| Error::backend(self.backend, e))?;
+        let shared = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            f(&shared)
+        })
+        .await
+        .map_err(from_join)?
     }
 
     pub(crate) fn create_tables(&self) -> Result<()> {

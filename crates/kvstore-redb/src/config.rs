@@ -16,6 +16,12 @@ pub const DEFAULT_OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default largest value accepted: 16 MiB.
 pub const DEFAULT_MAX_VALUE_SIZE: usize = 16 * 1024 * 1024;
 
+/// Default most memory redb's page cache may use: 1 GiB, redb's own default
+/// (`redb::Builder::new`). The cache holds pages of the file as they are read and written, so it
+/// never grows past the file's size; set [`RedbConfig::cache_size`] lower to bound a large file's
+/// memory.
+pub const DEFAULT_CACHE_SIZE: usize = 1024 * 1024 * 1024;
+
 /// Where the data lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -40,6 +46,7 @@ pub enum Location {
 /// | --- | --- | --- |
 /// | `timeout` | how long to retry a file held by another process (`500ms`, `5s`) | 5 s |
 /// | `max_value_size` | largest value in bytes | 16 MiB |
+/// | `cache_size` | most memory redb's page cache uses, in bytes | 1 GiB |
 ///
 /// # Examples
 ///
@@ -61,6 +68,11 @@ pub struct RedbConfig {
     pub open_timeout: Duration,
     /// Largest value accepted, in bytes; default [`DEFAULT_MAX_VALUE_SIZE`].
     pub max_value_size: usize,
+    /// Most memory redb's page cache (read cache and write buffer together) uses, in bytes;
+    /// default [`DEFAULT_CACHE_SIZE`]. A smaller cache trades reads from the file (the OS page
+    /// cache) for memory; `0` caches nothing. Applies to in-memory stores too, which cache
+    /// pages of their in-memory file the same way.
+    pub cache_size: usize,
 }
 
 impl RedbConfig {
@@ -70,6 +82,7 @@ impl RedbConfig {
             location: Location::File(path.into()),
             open_timeout: DEFAULT_OPEN_TIMEOUT,
             max_value_size: DEFAULT_MAX_VALUE_SIZE,
+            cache_size: DEFAULT_CACHE_SIZE,
         }
     }
 
@@ -90,6 +103,12 @@ impl RedbConfig {
     /// Sets the largest value accepted, in bytes.
     pub fn with_max_value_size(mut self, bytes: usize) -> Self {
         self.max_value_size = bytes;
+        self
+    }
+
+    /// Sets the most memory redb's page cache uses, in bytes.
+    pub fn with_cache_size(mut self, bytes: usize) -> Self {
+        self.cache_size = bytes;
         self
     }
 
@@ -125,6 +144,7 @@ impl RedbConfig {
             match name.as_ref() {
                 "timeout" => config.open_timeout = duration_option(SCHEME, &name, &value)?,
                 "max_value_size" => config.max_value_size = size_option(SCHEME, &name, &value)?,
+                "cache_size" => config.cache_size = size_option(SCHEME, &name, &value)?,
                 _ => return Err(invalid(format!("unknown option {name:?}"))),
             }
         }
@@ -151,11 +171,12 @@ mod tests {
             Location::File("rel/a b.redb".into())
         );
         assert_eq!(parse("memory://").unwrap().location, Location::Memory);
-        let c = parse("redb:x.redb?timeout=250ms&max_value_size=10").unwrap();
+        let c = parse("redb:x.redb?timeout=250ms&max_value_size=10&cache_size=4096").unwrap();
         assert_eq!(
-            (c.open_timeout, c.max_value_size),
-            (Duration::from_millis(250), 10)
+            (c.open_timeout, c.max_value_size, c.cache_size),
+            (Duration::from_millis(250), 10, 4096)
         );
+        assert_eq!(parse("memory://").unwrap().cache_size, DEFAULT_CACHE_SIZE);
     }
 
     #[test]
@@ -165,6 +186,8 @@ mod tests {
             "redb:///",
             "redb:x?bogus=1",
             "redb:x?timeout=soon",
+            "redb:x?cache_size=-1",
+            "redb:x?cache_size=1GiB",
             "etcd://h:1",
         ] {
             assert!(

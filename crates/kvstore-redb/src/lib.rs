@@ -56,7 +56,9 @@ mod store;
 mod txn;
 mod watch;
 
-pub use config::{DEFAULT_MAX_VALUE_SIZE, DEFAULT_OPEN_TIMEOUT, Location, RedbConfig};
+pub use config::{
+    DEFAULT_CACHE_SIZE, DEFAULT_MAX_VALUE_SIZE, DEFAULT_OPEN_TIMEOUT, Location, RedbConfig,
+};
 pub use lock::RedbLocker;
 pub use store::RedbStore;
 

@@ -15,7 +15,7 @@ use kvstore_core::{
     WatchTreeStream, WriteOptions, normalize_dir, normalize_key,
 };
 use redb::Database;
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::{Notify, Semaphore, broadcast};
 use tokio::time::Instant;
 
 use crate::client::{CHANGE_FEED_CAPACITY, Shared};
@@ -144,14 +144,19 @@ impl RedbStore {
             Location::File(_) => crate::BACKEND,
             Location::Memory => crate::MEMORY_BACKEND,
         };
-        let location = config.location.clone();
+        let (location, cache_size) = (config.location.clone(), config.cache_size);
         let open_once = move || {
             let location = location.clone();
             async move {
-                tokio::task::spawn_blocking(move || match &location {
-                    Location::File(path) => Database::create(path),
-                    Location::Memory => Database::builder()
-                        .create_with_backend(redb::backends::InMemoryBackend::new()),
+                tokio::task::spawn_blocking(move || {
+                    let mut builder = Database::builder();
+                    builder.set_cache_size(cache_size);
+                    match &location {
+                        Location::File(path) => builder.create(path),
+                        Location::Memory => {
+                            builder.create_with_backend(redb::backends::InMemoryBackend::new())
+                        }
+                    }
                 })
                 .await
                 .map_err(from_join)?
@@ -185,6 +190,7 @@ impl RedbStore {
             expiry_wakeup: wakeup.clone(),
             committer,
             key_watches: std::sync::Mutex::default(),
+            blocking_permits: Arc::new(Semaphore::new(crate::client::blocking_limit())),
         });
         shared.blocking(Shared::create_tables).await?;
         commit_thread.spawn(Arc::downgrade(&shared))?;
@@ -457,6 +463,44 @@ mod tests {
             0,
             "no key stays registered without a watch"
         );
+        store.close().await.unwrap();
+    }
+
+    /// A burst of calls (as a write waking many watches makes) runs at most
+    /// `blocking_limit()` at once on the blocking pool, and every call still completes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn blocking_calls_are_bounded_per_database() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        let store = RedbStore::memory().await.unwrap();
+        let (running, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let limit = crate::client::blocking_limit();
+        let calls = (0..limit * 8).map(|_| {
+            let (shared, running, peak) = (store.shared.clone(), running.clone(), peak.clone());
+            async move {
+                shared
+                    .blocking(move |_| {
+                        let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                        peak.fetch_max(now, Ordering::SeqCst);
+                        // Long enough that the calls overlap, so the bound is what stops them.
+                        std::thread::sleep(Duration::from_millis(20));
+                        running.fetch_sub(1, Ordering::SeqCst);
+                        Ok(())
+                    })
+                    .await
+            }
+        });
+        let results =
+            tokio::time::timeout(Duration::from_secs(30), futures::future::join_all(calls))
+                .await
+                .expect("every call completes");
+        assert!(results.iter().all(Result::is_ok));
+        let peak = peak.load(Ordering::SeqCst);
+        assert!(
+            peak <= limit,
+            "{peak} calls ran at once; the bound is {limit}"
+        );
+        assert!(peak > 1, "the calls overlapped ({peak} at once)");
         store.close().await.unwrap();
     }
 }
