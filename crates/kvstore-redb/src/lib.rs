@@ -2,8 +2,12 @@
 //!
 //! [`RedbStore`] implements every call of [`kvstore_core::Store`] with the semantics every
 //! kvstore backend shares. It needs no server: the file is owned by one process, and watches
-//! and locks are coordinated inside it. redb is synchronous, so every transaction runs on
-//! tokio's blocking pool, never on an async worker thread.
+//! and locks are coordinated inside it. redb is synchronous: point reads (`get`, `exists`, a key
+//! watch's read), which redb's cache serves in microseconds, run in place; writes go to one
+//! committer thread per database (group commit); every other transaction (`list`, `txn`, lock
+//! and lease calls, expiry) runs on tokio's blocking pool, at most twice the CPUs (and at least
+//! 4) of one database at once, so a burst of calls (a hundred `keep_alive` renewals falling due
+//! together) waits its turn instead of growing the pool by a thread per call.
 //!
 //! # Layout in the file
 //!
