@@ -159,6 +159,7 @@ extendedKeyUsage=serverAuth" || exit 1
 # generated once per run dir.
 kv_secret() {
     local f="$KV_RUN_DIR/certs/$1.secret"
+    mkdir -p "$KV_RUN_DIR/certs"
     [ -f "$f" ] || python3 -c 'import uuid; print(uuid.uuid4())' >"$f"
     cat "$f"
 }
@@ -196,9 +197,11 @@ kv_zk_java() {
 # etcd-cluster: 3 etcd 3.6 members (etcd-c1..3); zk-cluster: a 3-node ZooKeeper ensemble
 # (zk-c1..3); consul-cluster: 3 Consul servers (consul-c1..3) and the client agent that
 # applications talk to (consul-agent); redis-sentinel: a Redis primary (redis-r1), one replica
-# (redis-r2) and 3 Sentinels (redis-s1..3) that monitor them as "kvstore". Each member runs in
-# its own directory like a single server, so restart.sh stops, kills and starts members by name,
-# and `restart.sh CLUSTER leader` names the current leader (or Redis primary).
+# (redis-r2) and 3 Sentinels (redis-s1..3) that monitor them as "kvstore"; the two Redis
+# servers take only an ACL login (user kv, a per-run password, in the URL), the Sentinels none.
+# Each member runs in its own directory like a single server, so restart.sh stops, kills and
+# starts members by name, and `restart.sh CLUSTER leader` names the current leader (or Redis
+# primary).
 KV_CLUSTER_MEMBERS=(1 2 3)
 KV_SENTINEL_SERVICE=kvstore
 
@@ -279,17 +282,30 @@ kv_sentinel_primary() {
     done
 }
 
+# The Sentinel-monitored servers' ACL user (clients, the replica and the Sentinels all log in as
+# it; the default user is off) and its per-run password.
+KV_SENTINEL_USER=kv
+kv_sentinel_password() { kv_secret redis-sentinel; }
+# redis-cli on a Sentinel-monitored server, logged in.
+kv_sentinel_cli() {
+    redis-cli --user "$KV_SENTINEL_USER" --pass "$(kv_sentinel_password)" --no-auth-warning "$@"
+}
+
 # redis-r1 starts as the primary and redis-r2 as its replica; a member that starts while the
-# Sentinels name another primary starts as that primary's replica.
+# Sentinels name another primary starts as that primary's replica. Both need the replication
+# login (masteruser/masterauth): after a failover the old primary comes back as a replica.
 kv_redis_member() {
-    local name=$1 dir="$KV_RUN_DIR/$1" port primary repl=()
+    local name=$1 dir="$KV_RUN_DIR/$1" port primary repl=() pw
     port=$(kv_port "$name" port)
+    pw=$(kv_sentinel_password)
     primary=$(kv_sentinel_primary)
     [ -n "$primary" ] || { [ "$name" = redis-r1 ] || primary=$(kv_port redis-r1 port); }
     [ -z "$primary" ] || [ "$primary" = "$port" ] || repl=(--replicaof 127.0.0.1 "$primary")
     # No delay before a full sync (the default waits 5 s for more replicas to batch them).
     redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no \
         --notify-keyspace-events KEA --repl-diskless-sync-delay 0 --dir "$dir" "${repl[@]}" \
+        --user default off --user "$KV_SENTINEL_USER" on ">$pw" '~*' '&*' +@all \
+        --masteruser "$KV_SENTINEL_USER" --masterauth "$pw" \
         >"$dir/log" 2>&1 &
     echo $! >"$dir/pid"
 }
@@ -309,6 +325,8 @@ sentinel monitor $KV_SENTINEL_SERVICE 127.0.0.1 $(kv_port redis-r1 port) 2
 sentinel down-after-milliseconds $KV_SENTINEL_SERVICE 1000
 sentinel failover-timeout $KV_SENTINEL_SERVICE 4000
 sentinel parallel-syncs $KV_SENTINEL_SERVICE 1
+sentinel auth-user $KV_SENTINEL_SERVICE $KV_SENTINEL_USER
+sentinel auth-pass $KV_SENTINEL_SERVICE $(kv_sentinel_password)
 SENTINELEOF
     fi
     redis-sentinel "$dir/sentinel.conf" >"$dir/log" 2>&1 &
@@ -335,7 +353,7 @@ kv_member_ready() {
     # A replica is ready once its initial sync is done: promoted before that, it would lose
     # every key (Sentinel still elects a replica whose link has been down for less than ten
     # times down-after-milliseconds).
-    redis-r*) redis-cli -p "$port" info replication | grep -Eq '^(role:master|master_link_status:up)' ;;
+    redis-r*) kv_sentinel_cli -p "$port" info replication | grep -Eq '^(role:master|master_link_status:up)' ;;
     redis-s*) kv_sentinel_ready "$port" ;;
     esac
 }
@@ -378,7 +396,7 @@ kv_start_cluster() {
     etcd-cluster) export KVSTORE_ETCD_CLUSTER_URL="etcd://$(kv_hosts etcd-c)" ;;
     zk-cluster) export KVSTORE_ZK_CLUSTER_URL="zk://$(kv_hosts zk-c)" ;;
     consul-cluster) export KVSTORE_CONSUL_CLUSTER_URL="consul://127.0.0.1:$(kv_port consul-agent port)" ;;
-    redis-sentinel) export KVSTORE_REDIS_SENTINEL_URL="redis+sentinel://$(kv_hosts redis-s)/$KV_SENTINEL_SERVICE" ;;
+    redis-sentinel) export KVSTORE_REDIS_SENTINEL_URL="redis+sentinel://$KV_SENTINEL_USER:$(kv_sentinel_password)@$(kv_hosts redis-s)/$KV_SENTINEL_SERVICE" ;;
     esac
 }
 

@@ -90,8 +90,13 @@
 //! price is availability: while no replica is connected — after a failover, until the old
 //! primary is back as a replica — writes fail. The project's failover check kills the primary
 //! of a Sentinel-managed pair twice under load with `wait_replicas=1` and finds no
-//! acknowledged write lost. Sentinel with TLS is not supported yet (refused with
-//! `InvalidConfig`).
+//! acknowledged write lost.
+//!
+//! The URL's user and password are the Redis servers' ACL login (the primary's and, after a
+//! failover, the promoted replica's); the Sentinels are asked without one. A refused login is
+//! `PermissionDenied` at connect, as on a single server (tested against servers whose default
+//! user is off). Sentinel with TLS, or Sentinels that themselves demand a password, are not
+//! supported yet (TLS is refused with `InvalidConfig`).
 //!
 //! Redis Cluster is not supported (scripts touch several keys of a store, some found through the
 //! index, and a cluster allows that only within one hash slot; a hash tag on the prefix would
