@@ -485,13 +485,14 @@ where
 {
     let mut records = Vec::new();
     for backend in backends {
+        let shown = kvstore::backend::redact_url(&backend.url);
         let store = kvstore::open(&backend.url)
             .await
-            .with_context(|| format!("opening {}", backend.url))?;
+            .with_context(|| format!("opening {shown}"))?;
         records.push(
             run(backend, store.clone())
                 .await
-                .with_context(|| format!("{} on {}", backend.name, backend.url))?,
+                .with_context(|| format!("{} on {shown}", backend.name))?,
         );
         store.close().await?;
     }
@@ -571,7 +572,10 @@ async fn main() -> anyhow::Result<()> {
             Err(err) => {
                 report.skipped.push((
                     backend.name.to_owned(),
-                    format!("cannot open {}: {err}", backend.url),
+                    format!(
+                        "cannot open {}: {err}",
+                        kvstore::backend::redact_url(&backend.url)
+                    ),
                 ));
                 continue;
             }

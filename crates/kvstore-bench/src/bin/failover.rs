@@ -554,8 +554,11 @@ async fn main() -> anyhow::Result<()> {
         tasks.spawn(lock_client(client, store, s, k, args.lock_ttl, x));
     }
     println!(
-        "{}: {} clients on {url}, {} kills",
-        args.cluster, args.clients, args.kills
+        "{}: {} clients on {}, {} kills",
+        args.cluster,
+        args.clients,
+        kvstore::backend::redact_url(&url),
+        args.kills
     );
     tokio::time::sleep(args.settle).await;
     let mut kills = Vec::new();
