@@ -11,9 +11,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use kvstore_core::backend::{Precondition, ttl_millis};
 use kvstore_core::{Error, KvPair, Result, is_descendant};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use tokio::sync::{Notify, Semaphore, broadcast};
+use tokio::sync::{Notify, broadcast};
 
-use crate::error::{from_join, from_redb};
+use crate::error::from_redb;
 
 /// key → (last_index, expires_at in Unix milliseconds or 0 for never, value).
 pub(crate) const KV: TableDefinition<'_, &str, (u64, u64, &[u8])> =
@@ -81,19 +81,8 @@ pub(crate) struct Shared {
     /// The signals of key watches, by key: a change to a key wakes exactly its watches, not
     /// every subscriber of the feed.
     pub(crate) key_watches: std::sync::Mutex<HashMap<Arc<str>, Vec<Weak<Notify>>>>,
-    /// Bounds this database's calls on the blocking pool ([`Shared::blocking`]).
-    pub(crate) blocking_permits: Arc<Semaphore>,
-}
-
-/// Most calls of one database on tokio's blocking pool at once: twice the CPUs, at least 4.
-///
-/// redb's reads take microseconds and its write transactions serialize on one writer, so more
-/// threads than this only wait. Without the bound a burst (a write that wakes a thousand
-/// watches, each reading the key) grows the blocking pool by a thread per concurrent call, and
-/// every extra thread keeps its stack and malloc arena; the 10-minute soak showed the process
-/// growing with the largest burst seen so far.
-pub(crate) fn blocking_limit() -> usize {
-    std::thread::available_parallelism().map_or(4, |n| (2 * n.get()).max(4))
+    /// The threads of this database's blocking calls ([`Shared::blocking`]).
+    pub(crate) blocking_pool: crate::pool::BlockingPool,
 }
 
 impl fmt::Debug for Shared {
@@ -233,29 +222,18 @@ impl Shared {
         signal
     }
 
-    /// Runs `f` on the blocking pool (redb is synchronous and may fsync), at most
-    /// [`blocking_limit`] calls of this database at once; the others wait their turn.
+    /// Runs `f` on this database's blocking threads (redb is synchronous and may fsync; see
+    /// `pool.rs`).
     ///
-    /// Cancel-safe up to the start of `f`; once started, `f` runs to the end even if the
-    /// caller's future is dropped (its permit is released when it returns).
+    /// Cancel-safe up to the start of `f`; once queued, `f` runs to the end even if the
+    /// caller's future is dropped.
     pub(crate) async fn blocking<T, F>(self: &Arc<Self>, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Shared) -> Result<T> + Send + 'static,
     {
-        let permit = self
-            .blocking_permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|e| Error::backend(self.backend, e))?;
         let shared = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            f(&shared)
-        })
-        .await
-        .map_err(from_join)?
+        self.blocking_pool.run(move || f(&shared)).await
     }
 
     pub(crate) fn create_tables(&self) -> Result<()> {

@@ -5,9 +5,9 @@
 //! and locks are coordinated inside it. redb is synchronous: point reads (`get`, `exists`, a key
 //! watch's read), which redb's cache serves in microseconds, run in place; writes go to one
 //! committer thread per database (group commit); every other transaction (`list`, `txn`, lock
-//! and lease calls, expiry) runs on tokio's blocking pool, at most twice the CPUs (and at least
-//! 4) of one database at once, so a burst of calls (a hundred `keep_alive` renewals falling due
-//! together) waits its turn instead of growing the pool by a thread per call.
+//! and lease calls, expiry) runs on four threads of the database's own, so a burst of calls (a
+//! hundred `keep_alive` renewals falling due together) waits its turn instead of growing
+//! tokio's blocking pool by a thread per call.
 //!
 //! # Layout in the file
 //!
@@ -56,6 +56,7 @@ mod error;
 mod expiry;
 mod keep_alive;
 mod lock;
+mod pool;
 mod store;
 mod txn;
 mod watch;

@@ -15,7 +15,7 @@ use kvstore_core::{
     WatchTreeStream, WriteOptions, normalize_dir, normalize_key,
 };
 use redb::Database;
-use tokio::sync::{Notify, Semaphore, broadcast};
+use tokio::sync::{Notify, broadcast};
 use tokio::time::Instant;
 
 use crate::client::{CHANGE_FEED_CAPACITY, Shared};
@@ -190,7 +190,7 @@ impl RedbStore {
             expiry_wakeup: wakeup.clone(),
             committer,
             key_watches: std::sync::Mutex::default(),
-            blocking_permits: Arc::new(Semaphore::new(crate::client::blocking_limit())),
+            blocking_pool: crate::pool::BlockingPool::start(backend)?,
         });
         shared.blocking(Shared::create_tables).await?;
         commit_thread.spawn(Arc::downgrade(&shared))?;
@@ -466,15 +466,15 @@ mod tests {
         store.close().await.unwrap();
     }
 
-    /// A burst of calls (as a write waking many watches makes) runs at most
-    /// `blocking_limit()` at once on the blocking pool, and every call still completes.
+    /// A burst of calls (as renewals falling due together make) runs at most `THREADS` at
+    /// once, on the database's own threads, and every call still completes.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn blocking_calls_are_bounded_per_database() {
         use std::sync::atomic::{AtomicUsize, Ordering};
 
         let store = RedbStore::memory().await.unwrap();
         let (running, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let limit = crate::client::blocking_limit();
+        let limit = crate::pool::THREADS;
         let calls = (0..limit * 8).map(|_| {
             let (shared, running, peak) = (store.shared.clone(), running.clone(), peak.clone());
             async move {
