@@ -25,7 +25,11 @@ for cluster in "${clusters[@]}"; do
     args=(--cluster "$cluster" --json "target/failover/$cluster.json")
     # Redis replication is asynchronous: only writes the replica confirmed (WAIT) survive the
     # primary's death, so the check runs with wait_replicas=1.
-    [ "$cluster" != redis-sentinel ] || args+=(--url "$KVSTORE_REDIS_SENTINEL_URL?wait_replicas=1")
+    if [ "$cluster" = redis-sentinel ]; then
+        url=$KVSTORE_REDIS_SENTINEL_URL
+        case $url in *\?*) url+="&wait_replicas=1" ;; *) url+="?wait_replicas=1" ;; esac
+        args+=(--url "$url")
+    fi
     "$bin" "${args[@]}" || failed+=("$cluster")
 done
 if ((${#failed[@]})); then

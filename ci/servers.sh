@@ -198,7 +198,8 @@ kv_zk_java() {
 # (zk-c1..3); consul-cluster: 3 Consul servers (consul-c1..3) and the client agent that
 # applications talk to (consul-agent); redis-sentinel: a Redis primary (redis-r1), one replica
 # (redis-r2) and 3 Sentinels (redis-s1..3) that monitor them as "kvstore"; the two Redis
-# servers take only an ACL login (user kv, a per-run password, in the URL), the Sentinels none.
+# servers take only an ACL login (user kv, a per-run password, in the URL), the Sentinels a
+# password of their own (requirepass; ?sentinel_password= in the URL).
 # Each member runs in its own directory like a single server, so restart.sh stops, kills and
 # starts members by name, and `restart.sh CLUSTER leader` names the current leader (or Redis
 # primary).
@@ -276,7 +277,7 @@ kv_sentinel_primary() {
     local i reply
     for i in "${KV_CLUSTER_MEMBERS[@]}"; do
         [ -f "$KV_RUN_DIR/redis-s$i/pid" ] || continue
-        reply=$(redis-cli -p "$(kv_port "redis-s$i" port)" --raw \
+        reply=$(kv_sentinels_cli -p "$(kv_port "redis-s$i" port)" --raw \
             SENTINEL get-master-addr-by-name "$KV_SENTINEL_SERVICE" 2>/dev/null | sed -n 2p)
         [ -n "$reply" ] && { printf '%s' "$reply"; return 0; }
     done
@@ -286,6 +287,11 @@ kv_sentinel_primary() {
 # it; the default user is off) and its per-run password.
 KV_SENTINEL_USER=kv
 kv_sentinel_password() { kv_secret redis-sentinel; }
+# The Sentinels' own password (requirepass), another per-run secret: clients and the other
+# Sentinels (sentinel-pass) give it; the URL carries it as ?sentinel_password=.
+kv_sentinels_password() { kv_secret redis-sentinels; }
+# redis-cli on a Sentinel, logged in.
+kv_sentinels_cli() { redis-cli -a "$(kv_sentinels_password)" --no-auth-warning "$@"; }
 # redis-cli on a Sentinel-monitored server, logged in.
 kv_sentinel_cli() {
     redis-cli --user "$KV_SENTINEL_USER" --pass "$(kv_sentinel_password)" --no-auth-warning "$@"
@@ -327,6 +333,8 @@ sentinel failover-timeout $KV_SENTINEL_SERVICE 4000
 sentinel parallel-syncs $KV_SENTINEL_SERVICE 1
 sentinel auth-user $KV_SENTINEL_SERVICE $KV_SENTINEL_USER
 sentinel auth-pass $KV_SENTINEL_SERVICE $(kv_sentinel_password)
+requirepass $(kv_sentinels_password)
+sentinel sentinel-pass $(kv_sentinels_password)
 SENTINELEOF
     fi
     redis-sentinel "$dir/sentinel.conf" >"$dir/log" 2>&1 &
@@ -335,7 +343,7 @@ SENTINELEOF
 
 # The Sentinel on PORT knows the primary, its replica and the two other Sentinels.
 kv_sentinel_ready() {
-    redis-cli -p "$1" --raw SENTINEL master "$KV_SENTINEL_SERVICE" 2>/dev/null |
+    kv_sentinels_cli -p "$1" --raw SENTINEL master "$KV_SENTINEL_SERVICE" 2>/dev/null |
         python3 -c 'import sys
 f = sys.stdin.read().split()
 d = dict(zip(f[::2], f[1::2]))
@@ -396,7 +404,7 @@ kv_start_cluster() {
     etcd-cluster) export KVSTORE_ETCD_CLUSTER_URL="etcd://$(kv_hosts etcd-c)" ;;
     zk-cluster) export KVSTORE_ZK_CLUSTER_URL="zk://$(kv_hosts zk-c)" ;;
     consul-cluster) export KVSTORE_CONSUL_CLUSTER_URL="consul://127.0.0.1:$(kv_port consul-agent port)" ;;
-    redis-sentinel) export KVSTORE_REDIS_SENTINEL_URL="redis+sentinel://$KV_SENTINEL_USER:$(kv_sentinel_password)@$(kv_hosts redis-s)/$KV_SENTINEL_SERVICE" ;;
+    redis-sentinel) export KVSTORE_REDIS_SENTINEL_URL="redis+sentinel://$KV_SENTINEL_USER:$(kv_sentinel_password)@$(kv_hosts redis-s)/$KV_SENTINEL_SERVICE?sentinel_password=$(kv_sentinels_password)" ;;
     esac
 }
 

@@ -38,6 +38,7 @@ pub const DEFAULT_WATCH_RECONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 /// | --- | --- | --- |
 /// | `wait_replicas` | a write succeeds only once this many replicas confirm it (`WAIT`; see [`wait_replicas`](Self::wait_replicas)) | 0 |
 /// | `wait_timeout` | how long a write waits for those replicas | 1 s |
+/// | `sentinel_user`, `sentinel_password` | the Sentinels' own login (`redis+sentinel://` only), when they demand one | none |
 /// | `tls_ca`, `tls_cert`, `tls_key` | TLS with a private CA and a client certificate ([`TlsConfig`]; turns `redis://` into `rediss://`) | the platform's roots, no client certificate |
 /// | `prefix` | directory under which all keys live (`prefix=app1` → `app1/<key>`) | none |
 /// | `timeout` | connect timeout | 5 s |
@@ -334,19 +335,31 @@ impl RedisConfig {
             ),
             None => (None, None),
         };
-        let mut config = RedisConfig::sentinel(SentinelConfig {
+        let mut sentinel = SentinelConfig {
             sentinels: parsed.hosts,
             service,
             user,
             password,
             db,
-        });
+            sentinel_user: None,
+            sentinel_password: None,
+        };
+        let mut common = Vec::new();
         for (name, value) in &parsed.query {
-            if name.starts_with("tls") {
-                return Err(invalid(
-                    "TLS through Redis Sentinel is not supported yet".to_owned(),
-                ));
+            let login = (!value.is_empty()).then(|| value.clone());
+            match name.as_str() {
+                "sentinel_user" => sentinel.sentinel_user = login,
+                "sentinel_password" => sentinel.sentinel_password = login,
+                _ if name.starts_with("tls") => {
+                    return Err(invalid(
+                        "TLS through Redis Sentinel is not supported yet".to_owned(),
+                    ));
+                }
+                _ => common.push((name, value)),
             }
+        }
+        let mut config = RedisConfig::sentinel(sentinel);
+        for (name, value) in common {
             if !config.common_option(name, value)? {
                 return Err(invalid(format!("unknown option {name:?}")));
             }
@@ -375,6 +388,11 @@ pub struct SentinelConfig {
     pub password: Option<String>,
     /// The database number on the primary.
     pub db: i64,
+    /// The Sentinels' own ACL user, if they demand a login (`sentinel_user=`).
+    pub sentinel_user: Option<String>,
+    /// The Sentinels' own password (`requirepass` in `sentinel.conf`), if any
+    /// (`sentinel_password=`; never shown by `Debug`).
+    pub sentinel_password: Option<String>,
 }
 
 impl SentinelConfig {
@@ -386,6 +404,8 @@ impl SentinelConfig {
             user: None,
             password: None,
             db: 0,
+            sentinel_user: None,
+            sentinel_password: None,
         }
     }
 }
@@ -398,6 +418,11 @@ impl std::fmt::Debug for SentinelConfig {
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "***"))
             .field("db", &self.db)
+            .field("sentinel_user", &self.sentinel_user)
+            .field(
+                "sentinel_password",
+                &self.sentinel_password.as_ref().map(|_| "***"),
+            )
             .finish()
     }
 }
@@ -441,6 +466,26 @@ mod tests {
         assert_eq!(
             (s.user.as_deref(), s.password.as_deref(), s.db),
             (Some("u"), Some("p@"), 3)
+        );
+        assert_eq!(
+            (s.sentinel_user.as_deref(), s.sentinel_password.as_deref()),
+            (None, None)
+        );
+        let logged_in = RedisConfig::from_url(
+            "redis+sentinel://h1/svc?sentinel_user=watcher&sentinel_password=s%26cret",
+        )
+        .unwrap();
+        let login = logged_in.sentinel.as_ref().unwrap();
+        assert_eq!(
+            (
+                login.sentinel_user.as_deref(),
+                login.sentinel_password.as_deref()
+            ),
+            (Some("watcher"), Some("s&cret"))
+        );
+        assert!(
+            !format!("{logged_in:?}").contains("s&cret"),
+            "Debug must hide the Sentinels' password"
         );
         assert_eq!(
             (c.wait_replicas, c.wait_timeout),

@@ -95,8 +95,10 @@
 //! The URL's user and password are the Redis servers' ACL login (the primary's and, after a
 //! failover, the promoted replica's); the Sentinels are asked without one. A refused login is
 //! `PermissionDenied` at connect, as on a single server (tested against servers whose default
-//! user is off). Sentinel with TLS, or Sentinels that themselves demand a password, are not
-//! supported yet (TLS is refused with `InvalidConfig`).
+//! user is off). Sentinels that demand a login of their own take it as query options:
+//! `?sentinel_user=NAME&sentinel_password=SECRET` (the password is hidden in every error and
+//! `Debug`). A refused Sentinel login is `PermissionDenied` too. Sentinel with TLS is not
+//! supported yet (refused with `InvalidConfig`).
 //!
 //! Redis Cluster is not supported (scripts touch several keys of a store, some found through the
 //! index, and a cluster allows that only within one hash slot; a hash tag on the prefix would

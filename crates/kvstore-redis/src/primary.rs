@@ -239,6 +239,15 @@ pub(crate) fn sentinel_client(sentinel: &SentinelConfig) -> Result<SentinelClien
     if let Some(password) = &sentinel.password {
         builder = builder.set_client_to_redis_password(password);
     }
+    // Sentinels that demand a login of their own (Redis docs, "High availability with Redis
+    // Sentinel", "Configuring Sentinel instances with authentication": `requirepass` or ACL
+    // users in sentinel.conf).
+    if let Some(user) = &sentinel.sentinel_user {
+        builder = builder.set_client_to_sentinel_username(user);
+    }
+    if let Some(password) = &sentinel.sentinel_password {
+        builder = builder.set_client_to_sentinel_password(password);
+    }
     builder
         .build()
         .map_err(|e| Error::invalid_config(BACKEND, e))

@@ -21,32 +21,50 @@ fn opener() -> Option<Opener> {
 
 kvstore_testutils::conformance_tests!(optional: opener());
 
-/// The monitored servers take only an ACL login (ci/servers.sh turns the default user off):
-/// a wrong password, an unknown user or no login at all is `PermissionDenied` within the
-/// suite's event timeout, never a transient error or a hang, although the Sentinels themselves
-/// answer without one and name the primary.
+/// The monitored servers take only an ACL login (ci/servers.sh turns the default user off)
+/// and the Sentinels a password of their own: a wrong password, an unknown user or no login at
+/// all, for either, is `PermissionDenied` within the suite's event timeout, never a transient
+/// error or a hang.
 #[tokio::test]
 async fn a_refused_login_is_permission_denied() {
     let Some(url) = backend_url("KVSTORE_REDIS_SENTINEL_URL") else {
         return;
     };
-    // `redis+sentinel://USER:PASSWORD@HOSTS/SERVICE`: the multi-host form is not a URL the url
-    // crate edits, so the login is replaced as text.
+    // `redis+sentinel://USER:PASSWORD@HOSTS/SERVICE?sentinel_password=…`: the multi-host form
+    // is not a URL the url crate edits, so the logins are replaced as text.
     let (scheme, rest) = url.split_once("://").expect("a Sentinel URL");
-    let (login, hosts) = rest
+    let (login, rest) = rest
         .split_once('@')
         .expect("the Sentinel URL carries the servers' login (ci/servers.sh sets one)");
+    let (hosts, query) = rest
+        .split_once("?sentinel_password=")
+        .expect("the Sentinel URL carries the Sentinels' password (ci/servers.sh sets one)");
     let (user, _) = login.split_once(':').expect("a user and a password");
     let open = |url: String| async move {
         let config = RedisConfig::from_url(&url)?;
         Ok(Arc::new(RedisStore::connect(config).await?) as Arc<dyn Store>)
     };
-    for (login, what) in [
-        (format!("{user}:wrong-secret@"), "wrong password"),
-        ("nobody:wrong-secret@".to_owned(), "unknown user"),
-        (String::new(), "no login"),
+    let sentinels_login = format!("?sentinel_password={query}");
+    for (login, sentinels_login, what) in [
+        (
+            format!("{user}:wrong-secret@"),
+            sentinels_login.as_str(),
+            "wrong password",
+        ),
+        (
+            "nobody:wrong-secret@".to_owned(),
+            &sentinels_login,
+            "unknown user",
+        ),
+        (String::new(), &sentinels_login, "no login"),
+        (
+            format!("{login}@"),
+            "?sentinel_password=wrong-secret",
+            "wrong Sentinel password",
+        ),
+        (format!("{login}@"), "", "no Sentinel password"),
     ] {
-        let refused = format!("{scheme}://{login}{hosts}");
+        let refused = format!("{scheme}://{login}{hosts}{sentinels_login}");
         secure::assert_refused(&open, &refused, "kvstore-conformance/sentinel-auth", what).await;
     }
 }

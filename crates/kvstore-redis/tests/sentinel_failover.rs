@@ -21,7 +21,8 @@ async fn store_follows_the_primary_across_a_failover() {
     let Some(url) = controlled_backend_url("KVSTORE_REDIS_SENTINEL_URL") else {
         return;
     };
-    let config = RedisConfig::from_url(&format!("{url}?wait_replicas=1")).expect("valid URL");
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let config = RedisConfig::from_url(&format!("{url}{sep}wait_replicas=1")).expect("valid URL");
     let store = ok(RedisStore::connect(config).await, "connect");
     let key = format!("{}/k", scratch_dir("sentinel-failover"));
     ok(

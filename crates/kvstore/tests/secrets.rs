@@ -83,6 +83,8 @@ async fn secrets_stay_out_of_debug_and_errors() {
     for url in [
         format!("redis://user:{PLANTED}@127.0.0.1:notaport/0"),
         format!("rediss://user:{PLANTED}@127.0.0.1:1?nonsense=1"),
+        format!("redis+sentinel://u:{PLANTED}@127.0.0.1:1,127.0.0.1:notaport/svc"),
+        format!("redis+sentinel://127.0.0.1:1/svc?sentinel_password={PLANTED}&nonsense=1"),
         format!("etcd://u:{PLANTED}@127.0.0.1:notaport"),
         format!("etcd://u:{PLANTED}@127.0.0.1:2379/path"),
         format!("zk://u:{PLANTED}@127.0.0.1:notaport"),

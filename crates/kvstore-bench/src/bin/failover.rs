@@ -513,6 +513,10 @@ struct Report {
     /// The longest each kind of call took, in seconds (waiting for a lock is not one: it is
     /// abandoned after 3 s).
     slowest_calls_s: BTreeMap<String, f64>,
+    /// `--recovery-bound`, in seconds.
+    recovery_bound_s: f64,
+    /// Every client completed a call again within the bound after each kill.
+    recovered: bool,
     passed: bool,
 }
 
@@ -604,14 +608,16 @@ async fn main() -> anyhow::Result<()> {
     for store in stores {
         let _ = store.close().await;
     }
+    report.recovery_bound_s = args.recovery_bound.as_secs_f64();
+    report.recovered = report
+        .kills
+        .iter()
+        .all(|k| k.recovery_s.is_some_and(|s| s <= report.recovery_bound_s));
     report.passed = report.lost_puts.is_empty()
         && report.non_linearizable_registers.is_empty()
         && report.lock_violations.is_empty()
         && report.hung_calls.is_empty()
-        && report.kills.iter().all(|k| {
-            k.recovery_s
-                .is_some_and(|s| s <= args.recovery_bound.as_secs_f64())
-        });
+        && report.recovered;
     print_report(&report);
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
@@ -795,6 +801,8 @@ async fn verify(
         errors: std::mem::take(&mut history.errors),
         unexpected_errors: std::mem::take(&mut history.unexpected),
         slowest_calls_s: std::mem::take(&mut history.slowest),
+        recovery_bound_s: 0.0,
+        recovered: false,
         passed: false,
     })
 }
@@ -868,6 +876,17 @@ fn print_report(r: &Report) {
         verdict(r.hung_calls.is_empty()),
         r.hung_calls.len(),
         slowest.join(", ")
+    );
+    let slowest_recovery = r
+        .kills
+        .iter()
+        .map(|k| k.recovery_s)
+        .try_fold(0.0_f64, |max, s| s.map(|s| max.max(s)));
+    println!(
+        "   {} every client recovered within {:.0} s of each kill (slowest: {})",
+        verdict(r.recovered),
+        r.recovery_bound_s,
+        seconds(slowest_recovery)
     );
     println!("   errors seen: {:?}", r.errors);
     for e in &r.unexpected_errors {
