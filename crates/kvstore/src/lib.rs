@@ -29,7 +29,7 @@
 //!
 //! | credentials | Redis | etcd | ZooKeeper | Consul |
 //! | --- | --- | --- | --- | --- |
-//! | in the URL | `redis://user:pass@…` (ACL user; `:pass@` for `requirepass`) | `etcd://user:pass@…` (token refreshed when it expires) | `zk://user:pass@…` (`digest`, or SASL DIGEST-MD5 with `auth=sasl`; nodes get the creator ACL, see `acl=`) | `consul://…?token=…` (`X-Consul-Token`) |
+//! | in the URL | `redis://user:pass@…` (ACL user; `:pass@` for `requirepass`); with Sentinel, the servers' login there and the Sentinels' as `?sentinel_user=…&sentinel_password=…` | `etcd://user:pass@…` (token refreshed when it expires) | `zk://user:pass@…` (`digest`, or SASL DIGEST-MD5 with `auth=sasl`; nodes get the creator ACL, see `acl=`) | `consul://…?token=…` (`X-Consul-Token`) |
 //!
 //! A refusal no retry can fix — a wrong password or token, a user or token without permission
 //! on the key, no client certificate where the server demands one, a client certificate the
