@@ -208,10 +208,11 @@ fn backends(
     if want("redb") {
         found.push(Backend {
             name: "redb",
-            url: match redb_options {
-                Some(query) => format!("redb://{}?{query}", tmp.join(REDB_FILE).display()),
-                None => format!("redb://{}", tmp.join(REDB_FILE).display()),
-            },
+            url: format!(
+                "redb://{}{}",
+                tmp.join(REDB_FILE).display(),
+                redb_options.map_or(String::new(), |query| format!("?{query}"))
+            ),
             raw: Raw::Redb(Arc::new(redb::Database::create(tmp.join("raw.redb"))?)),
             counter: None,
         });

@@ -7,8 +7,9 @@
 //! CAS task (about 100 puts, 100 gets and 20 CAS per second, and a `list` of the watched
 //! directory each second). Every `--soak-sample` (10 s) it records the process's RSS
 //! (`VmRSS`), its open file descriptors (`/proc/self/fd`), its threads, the calls and watch
-//! events so far, and for redb the file's size. Growth is measured from the first sample at or after one minute (connections, caches
-//! and the allocator have settled by then) to the last; "flat" means under 5 % for both.
+//! events so far, and for redb the file's size. Growth is measured from the first sample at or
+//! after one minute (connections, caches and the allocator have settled by then) to the last;
+//! "flat" means under 5 % for both.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
