@@ -28,14 +28,14 @@ for example in service_discovery config_watcher locked_job election; do
     cargo run --locked --example "$example"
 done
 echo "== example election on memory://"
-cargo run --locked -p kvstore --example election -- memory://
+cargo run --locked -p kvstore-any --example election -- memory://
 
 echo "== crates a user depends on, without protoc"
 for pkg in kvstore-redb kvstore-redis kvstore-zk kvstore-consul; do
     cargo build --locked -p "$pkg"
 done
-cargo build --locked -p kvstore --no-default-features --features redis
-cargo build --locked -p kvstore --no-default-features --features memory,redis,zk,consul
+cargo build --locked -p kvstore-any --no-default-features --features redis
+cargo build --locked -p kvstore-any --no-default-features --features memory,redis,zk,consul
 
 echo "== every published crate packages, and the packages build (etcd needs protoc again)"
 unset PROTOC

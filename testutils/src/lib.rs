@@ -24,6 +24,7 @@
 //!     Ok(std::sync::Arc::new(my_backend::MyStore::connect("...").await?) as _)
 //! }));
 //! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 use std::future::Future;
 use std::sync::Arc;

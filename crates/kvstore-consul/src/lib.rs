@@ -39,6 +39,7 @@
 //! change it, and the key goes with the session); a put is `delete` then `set`, a delete
 //! `delete`. A rolled-back transaction (409) names the failing operation, hence the condition.
 //! Up to 64 conditions plus operations (at most 128 Consul operations, the limit since 1.14).
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 //! # Leader election
 //!

@@ -16,6 +16,7 @@
 //! # let _ = (opts, KvPair::new(key, "x", 1));
 //! # Ok::<(), kvstore_core::Error>(())
 //! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod backend;
 mod config;

@@ -32,6 +32,7 @@
 //! lease). The failure branch reads the compared keys, so the first failing condition is named
 //! from the same revision. Up to 128 conditions plus operations (etcd's default
 //! `--max-txn-ops`); every write of a transaction gets the transaction's revision.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 //! # Leader election
 //!

@@ -24,6 +24,7 @@
 //! row names the token and its deadline has not passed), then every operation is applied under
 //! one new revision and committed durably; a failed condition aborts it. Up to 1024 conditions
 //! plus operations.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 //! # Leader election
 //!

@@ -62,6 +62,7 @@
 //! waiter, whose data records its fencing token. Three requests per call (four with `Held`), up
 //! to 128 conditions plus operations, and the values' total bounded by `max_value_size` (one
 //! request must fit the server's `jute.maxbuffer`).
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 //! # Leader election
 //!

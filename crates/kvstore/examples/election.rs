@@ -2,8 +2,8 @@
 //! leader with its term, the first leader resigns and the second takes over at once.
 //!
 //! ```text
-//! cargo run -p kvstore --example election                 # ./kvstore-quickstart.redb
-//! cargo run -p kvstore --example election -- memory://    # any URL kvstore::open accepts
+//! cargo run -p kvstore-any --example election                 # ./kvstore-quickstart.redb
+//! cargo run -p kvstore-any --example election -- memory://    # any URL kvstore::open accepts
 //! ```
 //!
 //! A leader does its work only while `is_leader()` is true and stops when `lost()` resolves
