@@ -14,8 +14,10 @@ pub(crate) enum Failure {
     /// Reading input or starting a command failed (exit 5).
     Io(String, std::io::Error),
     /// The lock or leadership was lost while the command ran (exit 4).
+    #[cfg_attr(not(unix), allow(dead_code, reason = "commands run under a lock on Unix only"))]
     Lost(String),
     /// The supervised command ended with this exit code (returned as kvctl's own).
+    #[cfg_attr(not(unix), allow(dead_code, reason = "commands run under a lock on Unix only"))]
     Child(u8),
 }
 
@@ -34,10 +36,12 @@ impl Failure {
     fn code(&self) -> u8 {
         match self {
             Failure::Store(err) => match err {
-                Error::KeyNotFound { .. } | Error::KeyModified { .. } | Error::KeyExists { .. } => {
-                    NOT_FOUND_OR_REFUSED
-                }
+                Error::KeyNotFound { .. }
+                | Error::KeyModified { .. }
+                | Error::KeyExists { .. }
+                | Error::LockNotHeld { .. } => NOT_FOUND_OR_REFUSED,
                 Error::InvalidConfig { .. }
+                | Error::InvalidTxn { .. }
                 | Error::InvalidKey { .. }
                 | Error::ValueTooLarge { .. }
                 | Error::BackendNotSupported { .. }
@@ -67,13 +71,17 @@ impl Failure {
     }
 }
 
-/// An error and its sources, joined with `: `.
+/// An error and its sources, joined with `: `. A cause whose text the line already holds (a
+/// wrapper that repeats its source, as I/O errors inside client errors do) is not repeated.
 fn chain(err: &dyn std::error::Error) -> String {
     let mut out = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
+        let text = cause.to_string();
+        if !text.is_empty() && !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
         source = cause.source();
     }
     out
@@ -94,5 +102,32 @@ mod tests {
         assert_eq!(store(Error::permission_denied("consul", "no")), 5);
         assert_eq!(Failure::Lost("lost".into()).code(), 4);
         assert_eq!(Failure::Usage("bad".into()).code(), 2);
+        assert_eq!(
+            store(Error::LockNotHeld {
+                lock_key: "l".into()
+            }),
+            1
+        );
+    }
+
+    #[test]
+    fn a_repeated_cause_is_printed_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused");
+        #[derive(Debug)]
+        struct Wrapper(std::io::Error);
+        impl std::fmt::Display for Wrapper {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "{}", self.0)
+            }
+        }
+        impl std::error::Error for Wrapper {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let err = Error::not_reachable("redis", Wrapper(io));
+        let line = chain(&err);
+        assert_eq!(line.matches("Connection refused").count(), 1, "{line}");
+        assert!(line.starts_with(&err.to_string()), "{line}");
     }
 }

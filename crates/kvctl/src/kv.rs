@@ -20,12 +20,23 @@ pub(crate) async fn read_stdin() -> Result<Vec<u8>, Failure> {
     Ok(bytes)
 }
 
-/// The bytes of a VALUE argument: stdin for `-`, else the argument's own bytes.
+/// The bytes of a VALUE argument: stdin for `-`, a file's content for `@FILE` (as `consul kv
+/// put` reads them), else the argument's own bytes. A value that starts with `@` itself goes
+/// through stdin.
 pub(crate) async fn value_bytes(value: OsString) -> Result<Vec<u8>, Failure> {
     if value == "-" {
-        read_stdin().await
-    } else {
-        Ok(value.into_encoded_bytes())
+        return read_stdin().await;
+    }
+    let bytes = value.into_encoded_bytes();
+    match bytes.strip_prefix(b"@") {
+        Some(path) => {
+            // The bytes came from an OsString, minus an ASCII prefix, so they are one again.
+            let path = std::path::PathBuf::from(String::from_utf8_lossy(path).into_owned());
+            tokio::fs::read(&path)
+                .await
+                .map_err(|e| Failure::Io(format!("reading {}", path.display()), e))
+        }
+        None => Ok(bytes),
     }
 }
 
@@ -77,10 +88,14 @@ pub(crate) async fn put(ctx: &Context, args: PutArgs) -> Result<(), Failure> {
 
 pub(crate) async fn rm(ctx: &Context, args: RmArgs) -> Result<(), Failure> {
     let store = ctx.open().await?;
-    let result = if args.recursive {
-        ctx.bounded(store.delete_tree(&args.key)).await
-    } else {
-        ctx.bounded(store.delete(&args.key)).await
+    let result = match (args.recursive, args.index) {
+        (true, _) => ctx.bounded(store.delete_tree(&args.key)).await,
+        // Only `last_index` of the previous pair is compared (the contract of `atomic_delete`).
+        (false, Some(index)) => {
+            let previous = KvPair::new(args.key.clone(), Vec::new(), index);
+            ctx.bounded(store.atomic_delete(&args.key, &previous)).await
+        }
+        (false, None) => ctx.bounded(store.delete(&args.key)).await,
     };
     let _ = store.close().await;
     result

@@ -8,8 +8,11 @@ mod cli;
 mod exit;
 mod kv;
 mod output;
+mod shell;
+mod status;
 mod supervise;
 mod transfer;
+mod txn;
 mod watch;
 
 use std::process::ExitCode;
@@ -29,7 +32,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, Failure> {
-    let ctx = cli::Context::new(&cli);
+    let ctx = cli::Context::new(&cli)?;
     match cli.command {
         Command::Get(args) => kv::get(&ctx, args).await,
         Command::Put(args) => kv::put(&ctx, args).await,
@@ -37,11 +40,15 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Ls(args) => kv::ls(&ctx, args).await,
         Command::Cas(args) => kv::cas(&ctx, args).await,
         Command::Watch(args) => watch::watch(&ctx, args).await,
+        Command::Txn => txn::txn(&ctx).await,
+        Command::Status => status::status(&ctx).await,
         Command::Lock(args) => supervise::lock(&ctx, args).await,
         Command::Elect(args) => supervise::elect(&ctx, args).await,
         Command::Export(args) => transfer::export(&ctx, args).await,
         Command::Import(args) => transfer::import(&ctx, args).await,
         Command::Copy(args) => transfer::copy(&ctx, args).await,
+        Command::Completions(args) => shell::completions(args),
+        Command::Man => shell::man(),
     }
     .map(|()| ExitCode::SUCCESS)
 }

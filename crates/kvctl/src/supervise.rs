@@ -1,17 +1,24 @@
 //! `kvctl lock` and `kvctl elect`: run a command while holding a lock or leading, forward
 //! signals to it, and stop it if the hold is lost (SIGTERM, then SIGKILL after a grace period)
-//! — as `etcdctl lock` and `consul lock` do.
+//! — as `etcdctl lock` and `consul lock` do. Supervising a command is Unix-only (signals,
+//! process groups); elsewhere `lock` and `elect` refuse before they take anything, and
+//! `elect --follow` works everywhere.
 
 use std::ffi::OsString;
+#[cfg(unix)]
 use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use kvstore::{Candidate, ElectionOptions, LockLost, LockOptions, Store};
+#[cfg(unix)]
 use nix::sys::signal::{Signal, kill};
+#[cfg(unix)]
 use nix::unistd::Pid;
+#[cfg(unix)]
 use tokio::process::{Child, Command};
+#[cfg(unix)]
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::cli::{Context, ElectArgs, HoldArgs, LockArgs, Output};
@@ -32,7 +39,20 @@ async fn acquire<T>(
     result.map_err(Failure::Store)
 }
 
+/// Fails on platforms where kvctl cannot supervise a command, before anything is taken.
+fn check_supervision(command: &str) -> Result<(), Failure> {
+    if cfg!(unix) {
+        Ok(())
+    } else {
+        Err(Failure::Usage(format!(
+            "kvctl {command} runs a command only on Unix (it forwards signals to the command and \
+             stops its process group when the hold is lost); `kvctl elect --follow` works here"
+        )))
+    }
+}
+
 pub(crate) async fn lock(ctx: &Context, args: LockArgs) -> Result<(), Failure> {
+    check_supervision("lock")?;
     let store = ctx.open().await?;
     let opts = LockOptions::default().with_ttl(args.hold.ttl);
     let mut lock = ctx.bounded(store.new_lock(&args.key, Some(&opts))).await?;
@@ -58,6 +78,9 @@ pub(crate) async fn lock(ctx: &Context, args: LockArgs) -> Result<(), Failure> {
 }
 
 pub(crate) async fn elect(ctx: &Context, args: ElectArgs) -> Result<(), Failure> {
+    if !args.follow {
+        check_supervision("elect")?;
+    }
     let store = ctx.open().await?;
     let result = if args.follow {
         follow(ctx, store.clone(), &args.key).await
@@ -126,7 +149,20 @@ async fn follow(ctx: &Context, store: Arc<dyn Store>, key: &str) -> Result<(), F
     }
 }
 
+/// Where a command cannot be supervised: [`check_supervision`] refuses before this is reached.
+#[cfg(not(unix))]
+async fn run_while_held(
+    _command: &[OsString],
+    _env: &[(&str, String)],
+    _lost: LockLost,
+    _grace: Duration,
+    _lost_message: &str,
+) -> Result<(), Failure> {
+    check_supervision("lock")
+}
+
 /// The signals forwarded to the command.
+#[cfg(unix)]
 const FORWARDED: [(SignalKind, Signal); 4] = [
     (SignalKind::interrupt(), Signal::SIGINT),
     (SignalKind::terminate(), Signal::SIGTERM),
@@ -134,6 +170,7 @@ const FORWARDED: [(SignalKind, Signal); 4] = [
     (SignalKind::quit(), Signal::SIGQUIT),
 ];
 
+#[cfg(unix)]
 /// Runs `command` with `env` until it exits (its exit code becomes kvctl's) or `lost`
 /// resolves (the command is stopped; [`Failure::Lost`]). The command runs in its own process
 /// group, so a terminal's Ctrl-C reaches it once, through kvctl.
@@ -184,6 +221,7 @@ async fn run_while_held(
     }
 }
 
+#[cfg(unix)]
 /// SIGTERM, then SIGKILL if the command is still running after `grace`.
 async fn stop(child: &mut Child, grace: Duration) {
     send(child, Signal::SIGTERM);
@@ -192,6 +230,7 @@ async fn stop(child: &mut Child, grace: Duration) {
     }
 }
 
+#[cfg(unix)]
 fn send(child: &Child, forwarded: Signal) {
     if let Some(pid) = child.id().and_then(|id| i32::try_from(id).ok()) {
         // The command may have exited in between; then there is nothing to signal.
@@ -199,6 +238,7 @@ fn send(child: &Child, forwarded: Signal) {
     }
 }
 
+#[cfg(unix)]
 /// The command's exit code, or 128 + the signal that ended it (as a shell reports it).
 fn exit_code(status: ExitStatus) -> u8 {
     use std::os::unix::process::ExitStatusExt;

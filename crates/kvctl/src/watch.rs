@@ -42,17 +42,19 @@ async fn follow_changes(
         let mut stream = ctx.bounded(store.watch(&args.key, None)).await?;
         let mut first = true;
         while let Some(item) = stream.next().await {
-            let change = match item.map_err(Failure::Store)? {
-                Some(pair) => Change::Put(pair),
-                // A missing key is reported once at the start, and after every delete.
-                None if first => {
-                    first = false;
-                    continue;
-                }
-                None => Change::Delete(args.key.clone()),
+            let change = match (item.map_err(Failure::Store)?, first, args.index) {
+                // Resuming: the caller has the key at `known`; its current state is news only
+                // if it changed since (last_index grows with every write of the key).
+                (Some(pair), true, Some(known)) if pair.last_index <= known => None,
+                (Some(pair), _, _) => Some(Change::Put(pair)),
+                // A missing key is not news at the start, unless the caller had it.
+                (None, true, None) => None,
+                (None, _, _) => Some(Change::Delete(args.key.clone())),
             };
             first = false;
-            emit(ctx, args, &change).await?;
+            if let Some(change) = change {
+                emit(ctx, args, &change).await?;
+            }
         }
     }
     // The store ended the watch (closed, or the server away past its reconnect timeout).
@@ -80,12 +82,8 @@ async fn emit(ctx: &Context, args: &WatchArgs, change: &Change) -> Result<(), Fa
     if let Change::Put(pair) = change {
         cmd.env("KVSTORE_LAST_INDEX", pair.last_index.to_string())
             .env("KVSTORE_VALUE_BASE64", BASE64.encode(&pair.value));
-        // An environment variable cannot hold a NUL byte; such values come in base64 only.
-        if !pair.value.contains(&0) {
-            cmd.env(
-                "KVSTORE_VALUE",
-                std::os::unix::ffi::OsStrExt::from_bytes(&pair.value[..]) as &std::ffi::OsStr,
-            );
+        if let Some(value) = env_value(&pair.value) {
+            cmd.env("KVSTORE_VALUE", value);
         }
     }
     let mut child = cmd
@@ -108,4 +106,23 @@ async fn emit(ctx: &Context, args: &WatchArgs, change: &Change) -> Result<(), Fa
         );
     }
     Ok(())
+}
+
+/// A value as an environment variable's value: its bytes on Unix (where a variable holds any
+/// bytes but NUL), UTF-8 elsewhere; `None` when it cannot be one (then it comes in
+/// `KVSTORE_VALUE_BASE64` only).
+fn env_value(value: &[u8]) -> Option<std::ffi::OsString> {
+    if value.contains(&0) {
+        return None;
+    }
+    #[cfg(unix)]
+    {
+        Some(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(value).to_os_string())
+    }
+    #[cfg(not(unix))]
+    {
+        std::str::from_utf8(value)
+            .ok()
+            .map(std::ffi::OsString::from)
+    }
 }

@@ -71,6 +71,32 @@ fn reads_and_writes(name: &'static str) {
     ok(url, &["cas", &created, "new", "--create"]);
     assert_eq!(ok(url, &["get", &key]), "v2\n");
 
+    // @FILE values are the file's bytes, as `consul kv put` reads them.
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), binary_value()).unwrap();
+    let from_file = format!("{dir}/from-file");
+    ok(
+        url,
+        &["put", &from_file, &format!("@{}", file.path().display())],
+    );
+    let got = json(&ok(url, &["get", &from_file, "-o", "json"]));
+    assert_eq!(
+        base64_decode(got["value_base64"].as_str().unwrap()),
+        binary_value()
+    );
+    let missing_file = format!("@{}.missing", file.path().display());
+    fails_with(url, &["put", &from_file, &missing_file], 5);
+
+    // rm --index: a stale index refuses (1) and keeps the key; the current one deletes.
+    let current = json(&ok(url, &["get", &from_file, "-o", "json"]))["last_index"]
+        .as_u64()
+        .unwrap();
+    let stale = (current - 1).to_string();
+    fails_with(url, &["rm", &from_file, "--index", &stale], 1);
+    ok(url, &["get", &from_file, "-o", "json"]);
+    ok(url, &["rm", &from_file, "--index", &current.to_string()]);
+    fails_with(url, &["rm", &from_file, "--index", &current.to_string()], 1);
+
     // rm, rm -r; a missing key is exit 1 with one line on stderr.
     ok(url, &["rm", &key]);
     let err = fails_with(url, &["get", &key], 1);
@@ -96,8 +122,47 @@ fn watches(name: &'static str) {
                 .starts_with(&format!("put {key} "))
         );
         assert_eq!(watch.interrupt(), Some(0), "Ctrl-C ends a watch with 0");
+        // Resuming from an older index prints the state the caller has not seen.
+        let index = json(&ok(url, &["get", &key, "-o", "json"]))["last_index"]
+            .as_u64()
+            .unwrap();
+        let watch = Running::start(url, &["watch", &key, "--index", &(index - 1).to_string()]);
+        assert!(
+            watch
+                .next_line("the state after the known index")
+                .starts_with(&format!("put {key} {index} "))
+        );
+        assert_eq!(watch.interrupt(), Some(0));
         return;
     }
+    // watch --index N: the state at N is not printed again, the next change is; a key gone
+    // since N prints as a delete.
+    let known = json(&ok(url, &["get", &key, "-o", "json"]))["last_index"]
+        .as_u64()
+        .unwrap();
+    let resumed = Running::start(url, &["watch", &key, "--index", &known.to_string()]);
+    let older = Running::start(url, &["watch", &key, "--index", &(known - 1).to_string()]);
+    assert!(
+        older
+            .next_line("the state after an older index")
+            .starts_with(&format!("put {key} {known} "))
+    );
+    let gone = format!("{dir}/gone");
+    let deleted = Running::start(url, &["watch", &gone, "--index", &known.to_string()]);
+    assert_eq!(
+        deleted.next_line("a key gone since N"),
+        format!("delete {gone}")
+    );
+    assert_eq!(deleted.interrupt(), Some(0));
+    assert_eq!(older.interrupt(), Some(0));
+    ok(url, &["put", &key, "v1"]);
+    let line = resumed.next_line("the first change after N");
+    assert!(
+        line.starts_with(&format!("put {key} "))
+            && !line.starts_with(&format!("put {key} {known} ")),
+        "the state at N is not repeated: {line}"
+    );
+    assert_eq!(resumed.interrupt(), Some(0));
     let exec_log = tempfile::NamedTempFile::new().unwrap();
     let exec = format!(
         "echo \"$KVSTORE_EVENT $KVSTORE_KEY $KVSTORE_VALUE\" >> {}",
@@ -267,6 +332,67 @@ fn export_import(name: &'static str) {
     ok(url, &["rm", "-r", &dir]);
 }
 
+/// status: the backend, the URL without its secrets, the capabilities and a round trip.
+fn status(name: &'static str) {
+    let Some(b) = backend(name) else { return };
+    let text = ok(&b.url, &["status"]);
+    let backend_line = text.lines().next().unwrap_or_default();
+    assert_eq!(
+        backend_line.split_whitespace().collect::<Vec<_>>(),
+        ["backend", b.name]
+    );
+    assert!(text.contains("round trip"), "{text}");
+    let status = json(&ok(&b.url, &["status", "-o", "json"]));
+    assert_eq!(status["backend"].as_str(), Some(b.name));
+    assert_eq!(
+        status["capabilities"]["lock"].as_bool(),
+        Some(true),
+        "{status}"
+    );
+    assert!(status["capabilities"]["max_txn_ops"].as_u64() >= Some(64));
+    assert!(status["round_trip_ms"].as_f64().is_some_and(|ms| ms >= 0.0));
+}
+
+/// txn: conditions and ops from JSON on stdin, all or nothing.
+fn txn(name: &'static str) {
+    let Some(b) = backend(name) else { return };
+    let url = &b.url;
+    let dir = scratch("txn");
+    let (a, c) = (format!("{dir}/a"), format!("{dir}/c"));
+    ok(url, &["put", &a, "old"]);
+    let index = json(&ok(url, &["get", &a, "-o", "json"]))["last_index"]
+        .as_u64()
+        .unwrap();
+    let body = |index: u64| {
+        serde_json::json!({
+            "conditions": [{"when": "index", "key": a, "last_index": index},
+                           {"when": "missing", "key": c}],
+            "ops": [{"op": "put", "key": c, "value": "new"},
+                    {"op": "put", "key": format!("{dir}/bin"), "value_base64": "AAE="},
+                    {"op": "delete", "key": a}],
+        })
+        .to_string()
+    };
+    // A stale index: exit 1, nothing written.
+    let (code, _, err) = run_with_stdin(url, &["txn"], body(index - 1).as_bytes());
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(ok(url, &["get", &a]), "old\n");
+    fails_with(url, &["get", &c], 1);
+    // The current index: every op applied, one line per op.
+    let (code, out, err) = run_with_stdin(url, &["txn"], body(index).as_bytes());
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(lines[0].starts_with(&format!("put {c} ")), "{out}");
+    assert_eq!(lines[2], format!("delete {a}"));
+    assert_eq!(ok(url, &["get", &c]), "new\n");
+    fails_with(url, &["get", &a], 1);
+    // Malformed input is a usage error that writes nothing.
+    let (code, _, _) = run_with_stdin(url, &["txn"], br#"{"ops": [{"op": "put", "key": "x"}]}"#);
+    assert_eq!(code, 2);
+    ok(url, &["rm", "-r", &dir]);
+}
+
 /// Bad input: the documented exit code and one line on stderr.
 fn bad_input(name: &'static str) {
     let Some(b) = backend(name) else { return };
@@ -299,6 +425,8 @@ per_backend!(
     watches,
     lock_and_elect_run_commands,
     export_import,
+    status,
+    txn,
     bad_input
 );
 
@@ -308,14 +436,104 @@ fn bad_urls_and_unreachable_servers() {
     fails_with("nosuch://x", &["get", "k"], 2);
     let err = fails_with("etcd://127.0.0.1:1?timeout=500ms", &["get", "k"], 3);
     assert!(err.contains("not reachable"), "{err}");
-    fails_with("redis://127.0.0.1:1", &["--timeout", "2s", "get", "k"], 3);
+    let err = fails_with("redis://127.0.0.1:1", &["--timeout", "2s", "get", "k"], 3);
+    assert_no_repeated_cause(&err);
+    let err = fails_with("consul://127.0.0.1:1?timeout=1s", &["get", "k"], 3);
+    assert_no_repeated_cause(&err);
+}
+
+/// No part of a `a: b: c` error line is said twice.
+#[track_caller]
+fn assert_no_repeated_cause(line: &str) {
+    let line = line.trim().trim_start_matches("kvctl: ");
+    let parts: Vec<&str> = line.split(": ").collect();
+    for (i, part) in parts.iter().enumerate() {
+        assert!(
+            !parts[i + 1..].iter().any(|later| later.contains(part)),
+            "{part:?} is repeated in {line:?}"
+        );
+    }
+}
+
+/// Without --url or KVSTORE_URL kvctl refuses (exit 2, saying how to name a store) and
+/// creates no file.
+#[test]
+fn a_store_must_be_named_and_nothing_is_created() {
+    let cwd = tempfile::tempdir().unwrap();
+    for args in [&["put", "k", "v"][..], &["get", "k"], &["ls"], &["status"]] {
+        let out = assert_cmd::Command::cargo_bin("kvctl")
+            .unwrap()
+            .env_remove("KVSTORE_URL")
+            .current_dir(cwd.path())
+            .args(args)
+            .timeout(kvstore_testutils::EVENT_TIMEOUT)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("--url") && err.contains("KVSTORE_URL"),
+            "{err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+    assert_eq!(
+        std::fs::read_dir(cwd.path()).unwrap().count(),
+        0,
+        "no file created"
+    );
+}
+
+/// `completions SHELL` and `man` come from the parser's own definition.
+#[test]
+fn completions_and_man_page() {
+    let bash = ok_without_store(&["completions", "bash"]);
+    assert!(
+        bash.contains("_kvctl()") && bash.contains("status"),
+        "{bash}"
+    );
+    let zsh = ok_without_store(&["completions", "zsh"]);
+    assert!(zsh.contains("#compdef kvctl"), "{zsh}");
+    let man = ok_without_store(&["man"]);
+    assert!(man.contains(".TH kvctl"), "{man}");
+    assert!(man.contains("password\\-file"), "{man}");
+}
+
+fn ok_without_store(args: &[&str]) -> String {
+    let out = assert_cmd::Command::cargo_bin("kvctl")
+        .unwrap()
+        .env_remove("KVSTORE_URL")
+        .args(args)
+        .timeout(kvstore_testutils::EVENT_TIMEOUT)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }
 
 #[test]
 fn help_lists_every_subcommand_with_an_example() {
     let help = ok("memory://", &["--help"]);
     for sub in [
-        "get", "put", "rm", "ls", "cas", "watch", "lock", "elect", "export", "import", "copy",
+        "get",
+        "put",
+        "rm",
+        "ls",
+        "cas",
+        "watch",
+        "txn",
+        "status",
+        "lock",
+        "elect",
+        "export",
+        "import",
+        "copy",
+        "completions",
+        "man",
     ] {
         let line = help
             .lines()
@@ -456,6 +674,55 @@ fn tls_and_credentials_through_the_url() {
         }
         let err = fails_with(&wrong, &["put", &key, "x"], 5);
         assert!(err.contains("refused"), "{var}: {err}");
+        assert!(!err.contains("planted-wrong-password"), "{var}: {err}");
+
+        // The same secret from a file (--password-file / --token-file) instead of the URL;
+        // status shows the URL with the secret hidden.
+        let (flag, bare, secret) = match credential {
+            Credential::Password => {
+                let parsed = url::Url::parse(&url).unwrap();
+                let secret = percent_encoding::percent_decode_str(parsed.password().unwrap())
+                    .decode_utf8()
+                    .unwrap()
+                    .into_owned();
+                let mut bare = parsed.clone();
+                bare.set_password(None).unwrap();
+                ("--password-file", bare.to_string(), secret)
+            }
+            Credential::Query(name) => {
+                let parsed = url::Url::parse(&url).unwrap();
+                let secret = parsed
+                    .query_pairs()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.into_owned())
+                    .unwrap();
+                (
+                    "--token-file",
+                    kvstore_testutils::secure::with_query(&url, name, None),
+                    secret,
+                )
+            }
+        };
+        let secret_file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(secret_file.path(), format!("{secret}\n")).unwrap();
+        let file_arg = secret_file.path().display().to_string();
+        assert_eq!(
+            ok(&bare, &[flag, &file_arg, "get", &key]),
+            "secret-value\n",
+            "{var} with {flag}"
+        );
+        let status = ok(&bare, &[flag, &file_arg, "status"]);
+        assert!(
+            status.contains("***") && !status.contains(&secret),
+            "{status}"
+        );
+        std::fs::write(secret_file.path(), "planted-wrong-password\n").unwrap();
+        let mut bare = bare;
+        if var.contains("ZK") {
+            let certs = kvstore_testutils::backend_url("KVSTORE_TLS_DIR").unwrap();
+            bare = with_client_certificate(&bare, std::path::Path::new(&certs), "reader");
+        }
+        let err = fails_with(&bare, &[flag, &file_arg, "put", &key, "x"], 5);
         assert!(!err.contains("planted-wrong-password"), "{var}: {err}");
         ok(&url, &["rm", "-r", &dir]);
     }
