@@ -11,11 +11,27 @@ cd "$(dirname "$0")/.."
 # shellcheck source=servers.sh
 source ci/servers.sh
 
-clusters=(etcd-cluster zk-cluster consul-cluster redis-sentinel)
-if [ -z "${KVSTORE_ETCD_CLUSTER_URL:-}" ]; then
+all=(etcd-cluster zk-cluster consul-cluster redis-sentinel)
+# The clusters ci/test.sh started (their URLs are set); run alone, start them here.
+url_var() { local v=${1//-/_}; echo "KVSTORE_${v^^}_URL"; }
+clusters=()
+for cluster in "${all[@]}"; do
+    var=$(url_var "$cluster")
+    [ -n "${!var:-}" ] && clusters+=("$cluster")
+done
+if ((${#clusters[@]} == 0)) && [ -z "${KVSTORE_IN_TEST_SH:-}" ]; then
     kv_install
+    mapfile -t clusters < <(kv_startable "${all[@]}")
     kv_start "${clusters[@]}"
 fi
+for cluster in "${all[@]}"; do
+    case " ${clusters[*]} " in
+    *" $cluster "*) ;;
+    *) kv_required && { echo "the $cluster cluster is missing" >&2; exit 1; }
+       kv_log "skipping the failover check on $cluster: the cluster is not running" ;;
+    esac
+done
+((${#clusters[@]})) || exit 0
 export KVSTORE_RESTART_SCRIPT="$PWD/ci/restart.sh"
 cargo build -p kvstore-bench --bin kvstore-failover --locked --quiet
 bin="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug/kvstore-failover"

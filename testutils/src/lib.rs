@@ -57,8 +57,16 @@ pub use foreign::{
 /// Upper bound for any single expected event (a watch item, a lock hand-off).
 pub const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Environment variable that turns a missing server into a test failure.
+/// Environment variable that turns a missing server into a test failure (`1`, `true` or
+/// `yes`; see [`backends_required`]).
 pub const REQUIRE_BACKENDS_VAR: &str = "KVSTORE_REQUIRE_BACKENDS";
+
+/// Whether [`REQUIRE_BACKENDS_VAR`] is set to `1`, `true` or `yes` (any case): then a test
+/// whose server is missing fails instead of skipping.
+pub fn backends_required() -> bool {
+    std::env::var(REQUIRE_BACKENDS_VAR)
+        .is_ok_and(|v| ["1", "true", "yes"].contains(&v.trim().to_ascii_lowercase().as_str()))
+}
 
 type OpenFn = Box<dyn Fn() -> BoxFuture<'static, Result<Arc<dyn Store>>> + Send + Sync>;
 
@@ -123,9 +131,9 @@ impl Opener {
 pub fn backend_url(var: &str) -> Option<String> {
     match std::env::var(var) {
         Ok(url) if !url.is_empty() => Some(url),
-        _ if std::env::var(REQUIRE_BACKENDS_VAR).is_ok_and(|v| v == "1") => {
+        _ if backends_required() => {
             panic!(
-                "{var} is not set and {REQUIRE_BACKENDS_VAR}=1: the server for this test is missing"
+                "{var} is not set and {REQUIRE_BACKENDS_VAR} is on: the server for this test is missing"
             )
         }
         _ => {
@@ -143,8 +151,10 @@ pub fn controlled_backend_url(var: &str) -> Option<String> {
     let url = backend_url(var)?;
     match std::env::var(RESTART_SCRIPT_VAR) {
         Ok(script) if !script.is_empty() => Some(url),
-        _ if std::env::var(REQUIRE_BACKENDS_VAR).is_ok_and(|v| v == "1") => {
-            panic!("{RESTART_SCRIPT_VAR} is not set and {REQUIRE_BACKENDS_VAR}=1: run ci/test.sh")
+        _ if backends_required() => {
+            panic!(
+                "{RESTART_SCRIPT_VAR} is not set and {REQUIRE_BACKENDS_VAR} is on: run ci/test.sh"
+            )
         }
         _ => {
             eprintln!(

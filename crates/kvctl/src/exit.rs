@@ -14,10 +14,16 @@ pub(crate) enum Failure {
     /// Reading input or starting a command failed (exit 5).
     Io(String, std::io::Error),
     /// The lock or leadership was lost while the command ran (exit 4).
-    #[cfg_attr(not(unix), allow(dead_code, reason = "commands run under a lock on Unix only"))]
+    #[cfg_attr(
+        not(unix),
+        allow(dead_code, reason = "commands run under a lock on Unix only")
+    )]
     Lost(String),
     /// The supervised command ended with this exit code (returned as kvctl's own).
-    #[cfg_attr(not(unix), allow(dead_code, reason = "commands run under a lock on Unix only"))]
+    #[cfg_attr(
+        not(unix),
+        allow(dead_code, reason = "commands run under a lock on Unix only")
+    )]
     Child(u8),
 }
 

@@ -25,10 +25,24 @@ use crate::exit::Failure;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    log_to_stderr();
     match run(cli).await {
         Ok(code) => code,
         Err(failure) => failure.report(),
     }
+}
+
+/// With `RUST_LOG` set (`RUST_LOG=kvstore=debug`), kvstore's spans and events go to stderr,
+/// each call's span when it closes (with its duration); without it kvctl logs nothing.
+fn log_to_stderr() {
+    if std::env::var_os("RUST_LOG").is_none() {
+        return;
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, Failure> {

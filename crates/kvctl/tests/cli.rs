@@ -484,6 +484,35 @@ fn a_store_must_be_named_and_nothing_is_created() {
     );
 }
 
+/// RUST_LOG=kvstore=debug shows each call's span with the documented fields on stderr, and no
+/// value; without RUST_LOG nothing is logged.
+#[test]
+fn rust_log_shows_the_spans() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("redb://{}", dir.path().join("log.redb").display());
+    ok(&url, &["put", "logged/key", "secret-value"]);
+    let out = common::kvctl(&url)
+        .env("RUST_LOG", "kvstore=debug")
+        .args(["get", "logged/key"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.contains("get{") && l.contains("close"))
+        .unwrap_or_else(|| panic!("the get span closes on stderr: {err}"));
+    assert!(
+        line.contains("backend=\"redb\"")
+            && line.contains("op=\"get\"")
+            && line.contains("key=logged/key"),
+        "{line}"
+    );
+    assert!(!err.contains("secret-value"), "{err}");
+    let (code, _, quiet) = run(&url, &["get", "logged/key"]);
+    assert_eq!((code, quiet.as_str()), (0, ""), "no RUST_LOG, no log");
+}
+
 /// `completions SHELL` and `man` come from the parser's own definition.
 #[test]
 fn completions_and_man_page() {

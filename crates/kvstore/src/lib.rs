@@ -55,6 +55,40 @@
 //! the current state and never lose the latest one, locks carry fencing tokens. The
 //! conformance suite in `kvstore-testutils` checks all of it on every backend.
 //!
+//! # Observability
+//!
+//! kvstore reports through the [`tracing`](https://docs.rs/tracing) facade; nothing is printed
+//! unless the application installs a subscriber. Targets are the crates' module paths
+//! (`kvstore_core::…`, `kvstore_redis::…`, …), so one filter directive, `kvstore=debug`,
+//! selects all of them.
+//!
+//! - **Spans, level `debug`**, one per call: `open` (field `scheme`), `connect`, `put`, `get`,
+//!   `delete`, `exists`, `list`, `delete_tree`, `atomic_put`, `atomic_delete`, `watch`,
+//!   `watch_tree`, `txn`, `new_lock`, `lock`, `unlock`, `close`, with the fields `backend`
+//!   (`"redis"`, `"etcd"`, …), `op` (the call) and `key` (the normalized key or directory;
+//!   `txn` has `ops`, the number of operations). Values and credentials are never recorded.
+//! - **Events, level `warn`**: a lease or session lost (`"lease lost: …"`, with the lease), a
+//!   registration that lost its lease or ended because another client wrote the key, a
+//!   release that failed or timed out, a server setting that disables a capability (Redis
+//!   `notify-keyspace-events`). **`info`**: a registration written again after an outage,
+//!   Redis Sentinel naming a new primary. **`debug`**: each failed renewal attempt that is
+//!   retried, watches re-subscribing after a reconnect, shared watch streams breaking.
+//!
+//! To see them, install a subscriber that reads `RUST_LOG`, such as `tracing-subscriber`'s
+//! (feature `env-filter`), then run with `RUST_LOG=kvstore=debug` (or `kvstore=warn` in
+//! production):
+//!
+//! ```no_run
+//! // Cargo.toml: tracing-subscriber = { version = "0.3", features = ["env-filter"] }
+//! tracing_subscriber::fmt()
+//!     .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+//!     .with_writer(std::io::stderr)
+//!     .init();
+//! ```
+//!
+//! `kvctl` does this itself: `RUST_LOG=kvstore=debug kvctl get app/config` prints the spans
+//! and events on stderr.
+//!
 //! # Examples
 //!
 //! ```
