@@ -1,5 +1,16 @@
 //! kvstore backend on [etcd](https://etcd.io) v3 (tested against etcd 3.4).
 //!
+//! # Building
+//!
+//! The etcd client (`etcd-client`) compiles etcd's protobuf files in its build script, which
+//! runs `protoc`: from `$PROTOC`, else from `PATH`. Install Debian's `protobuf-compiler
+//! libprotobuf-dev` (or your system's protoc), or, with no system package and no root, use the
+//! binary that the `protoc-bin-vendored` crate ships:
+//!
+//! ```sh
+//! cargo install --locked protoc-bin-vendored && export PROTOC=$(protoc-bin-which)
+//! ```
+//!
 //! # Mapping
 //!
 //! - A key is the etcd key `<prefix><key>` holding the raw value (`etcdctl get <key>` shows it
