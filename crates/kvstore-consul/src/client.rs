@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use kvstore_core::backend::{
     Lease, Precondition, Registrar, Registrations, Release, Renewal, Tasks, check_value_size,
-    write_again,
+    write_again, write_ttl,
 };
 use kvstore_core::{Error, KvPair, Result, WriteOptions, normalize_key};
 use serde_json::Value;
@@ -266,7 +266,7 @@ impl Inner {
         let key = normalize_key(key)?;
         check_value_size(key, value, inner.api.config.max_value_size)?;
         let consul_key = inner.consul_key(key);
-        let ttl = opts.and_then(|o| o.ttl);
+        let ttl = write_ttl(BACKEND, opts)?;
         let session = match ttl {
             // Source: Consul docs, "Sessions" — a session with Behavior=delete deletes the
             // keys it holds when it is invalidated (TTL passed without renewal).

@@ -204,7 +204,8 @@ pub fn size_option(backend: &'static str, name: &str, value: &str) -> Result<usi
 ///
 /// # Errors
 ///
-/// `InvalidKey` for a bad key; [`Error::InvalidConfig`] for a TTL under `min_ttl` (or zero);
+/// `InvalidKey` for a bad key; [`Error::InvalidConfig`] for a TTL under `min_ttl` (or zero)
+/// or over [`MAX_TTL`](crate::MAX_TTL);
 /// `ValueTooLarge` for a value over the limit.
 ///
 /// # Examples
@@ -241,6 +242,7 @@ pub fn lock_arguments(
             format!("lock TTL must be at least {min_ttl:?}"),
         ));
     }
+    crate::backend::check_ttl(backend, opts.ttl)?;
     if let Some(value) = &opts.value {
         check_value_size(&key, value, max_value_size)?;
     }

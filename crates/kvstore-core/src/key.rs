@@ -8,6 +8,14 @@ use crate::{Error, Result};
 /// to spare (ZooKeeper paths and Consul URLs are the tightest).
 pub const MAX_KEY_LEN: usize = 1024;
 
+/// The start of a reserved key segment: kvstore's bookkeeping (lock waiters and holders,
+/// hidden markers that keep a ZooKeeper parent alive) lives under segments that begin with
+/// `.kvstore` on backends whose keyspace has no name a user key cannot take (ZooKeeper,
+/// Consul). A key or directory with such a segment is [`Error::InvalidKey`] on every backend,
+/// so no call can read, overwrite, delete or list bookkeeping, and no lock can be freed by
+/// deleting a key.
+pub const RESERVED_SEGMENT_PREFIX: &str = ".kvstore";
+
 /// Normalizes and validates a key; the single definition of kvstore's key grammar.
 ///
 /// A key is `/`-separated UTF-8 segments. Leading and trailing `/` are ignored, so `"/a/b/"`
@@ -24,7 +32,10 @@ pub const MAX_KEY_LEN: usize = 1024;
 ///   Multilingual Plane (above U+FFFF, such as emoji). ZooKeeper refuses all of these in paths
 ///   (Java strings are UTF-16, and `PathUtils.validatePath` rejects surrogates and these ranges),
 ///   so kvstore rejects them on every backend and a key portable to one backend is portable to all,
-/// - is longer than [`MAX_KEY_LEN`] bytes once normalized.
+/// - is longer than [`MAX_KEY_LEN`] bytes once normalized,
+/// - has a segment that starts with [`RESERVED_SEGMENT_PREFIX`] (`.kvstore-locks`,
+///   `a/.kvstore-pin`): those names are kvstore's own bookkeeping on some backends, so they are
+///   reserved on all of them.
 ///
 /// # Examples
 ///
@@ -114,6 +125,12 @@ fn normalize(raw: &str, allow_empty: bool) -> Result<&str> {
         match segment {
             "" => return invalid("key has an empty segment"),
             "." | ".." => return invalid("key has a `.` or `..` segment"),
+            _ if segment.starts_with(RESERVED_SEGMENT_PREFIX) => {
+                return invalid(
+                    "key has a segment starting with `.kvstore`, a name reserved for kvstore's \
+                     bookkeeping (lock waiters, hidden markers)",
+                );
+            }
             _ => {}
         }
     }
@@ -179,6 +196,21 @@ mod tests {
             normalize_dir("a//b"),
             Err(Error::InvalidKey { .. })
         ));
+        for reserved in [
+            ".kvstore-locks/a",
+            ".kvstore",
+            "a/.kvstore-pin",
+            "a/.kvstorex/b",
+        ] {
+            assert!(
+                reason(reserved).contains("reserved for kvstore's bookkeeping"),
+                "{reserved}"
+            );
+            assert!(
+                matches!(normalize_dir(reserved), Err(Error::InvalidKey { .. })),
+                "{reserved}"
+            );
+        }
     }
 
     #[test]
@@ -193,6 +225,9 @@ mod tests {
             "a b",
             "-_~%",
             "\u{FFEF}",
+            ".kvstor",
+            "a/x.kvstore",
+            "kvstore-locks",
         ] {
             assert_eq!(normalize_key(key).unwrap(), key);
         }

@@ -113,6 +113,13 @@ impl ReadOptions {
 /// The default lock TTL: 20 seconds.
 pub const DEFAULT_LOCK_TTL: Duration = Duration::from_secs(20);
 
+/// The longest TTL accepted, on every backend: 24 hours, the longest session TTL Consul
+/// allows (source: Consul HTTP API docs, "Create Session": `TTL` between 10s and 86400s). A
+/// longer `WriteOptions::ttl`, `LockOptions::ttl` or `ElectionOptions::ttl` fails with
+/// [`Error::InvalidConfig`](crate::Error::InvalidConfig) naming this maximum, before anything
+/// is written.
+pub const MAX_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
 /// Options for `new_lock`.
 ///
 /// # Examples

@@ -9,7 +9,9 @@ use bytes::Bytes;
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
 };
-use kvstore_core::backend::{Precondition, Registrations, Tasks, check_value_size, lock_arguments};
+use kvstore_core::backend::{
+    Precondition, Registrations, Tasks, check_value_size, lock_arguments, write_ttl,
+};
 use kvstore_core::{
     Capabilities, Error, KvPair, LockOptions, Locker, ReadOptions, Result, Store, WatchStream,
     WatchTreeStream, WriteOptions, normalize_dir, normalize_key,
@@ -151,7 +153,7 @@ impl EtcdStore {
         inner.check_open()?;
         let key = normalize_key(key)?;
         check_value_size(key, value, inner.config.max_value_size)?;
-        let ttl = opts.and_then(|o| o.ttl);
+        let ttl = write_ttl(BACKEND, opts)?;
         let sent = Instant::now();
         let lease = match ttl {
             Some(ttl) => Some(inner.grant(ttl).await?),

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable};
-use kvstore_core::backend::{Precondition, check_value_size, lock_arguments, run_txn};
+use kvstore_core::backend::{Precondition, check_value_size, lock_arguments, run_txn, write_ttl};
 use kvstore_core::{
     Capabilities, Error, KvPair, LockOptions, Locker, ReadOptions, Result, Store, Txn, WatchStream,
     WatchTreeStream, WriteOptions, normalize_dir, normalize_key,
@@ -255,7 +255,7 @@ impl RedbStore {
         self.check_open()?;
         let key = normalize_key(key)?.to_owned();
         check_value_size(&key, value, self.shared.max_value_size)?;
-        let ttl = opts.and_then(|o| o.ttl);
+        let ttl = write_ttl(self.shared.backend, opts)?;
         let value = value.to_vec();
         let k = key.clone();
         let sent = Instant::now();

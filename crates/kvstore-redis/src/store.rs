@@ -6,7 +6,9 @@ use std::sync::atomic::AtomicU8;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use kvstore_core::backend::{Precondition, Registrations, Tasks, check_value_size, lock_arguments};
+use kvstore_core::backend::{
+    Precondition, Registrations, Tasks, check_value_size, lock_arguments, write_ttl,
+};
 use kvstore_core::{
     Capabilities, Error, KvPair, LockOptions, Locker, ReadOptions, Result, Store, Txn, WatchStream,
     WatchTreeStream, WriteOptions, normalize_dir, normalize_key,
@@ -135,7 +137,7 @@ impl RedisStore {
         self.inner.check_open()?;
         let key = normalize_key(key)?;
         check_value_size(key, value, self.inner.config.max_value_size)?;
-        let ttl = opts.and_then(|o| o.ttl);
+        let ttl = write_ttl(BACKEND, opts)?;
         let sent = Instant::now();
         let pair = self.inner.write(key, value, ttl, mode, expected).await?;
         match ttl.filter(|_| opts.is_some_and(|o| o.keep_alive)) {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use kvstore_core::backend::{Precondition, check_value_size};
+use kvstore_core::backend::{Precondition, check_ttl, check_value_size};
 use kvstore_core::{Error, KvPair, Result, WriteOptions, normalize_key};
 use zookeeper_client::{self as zk, Client, CreateMode, MultiWriteResult, Stat};
 
@@ -310,6 +310,9 @@ impl Inner {
     ) -> Result<KvPair> {
         let key = normalize_key(key)?;
         check_value_size(key, value, self.config.max_value_size)?;
+        if let Mode::Ttl(ttl) | Mode::KeepAlive(ttl) = mode {
+            check_ttl(BACKEND, ttl)?;
+        }
         if matches!(mode, Mode::Ttl(_) | Mode::KeepAlive(_)) && !self.ttl_nodes {
             return Err(ttl_nodes_disabled());
         }

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use kvstore_core::{Error, LockOptions, Store};
+use kvstore_core::{Error, KvPair, LockOptions, Store, Txn};
 
 use crate::{EVENT_TIMEOUT, Opener, cleanup, keys, lock_ttl, next_within, ok, scratch_dir};
 
@@ -258,6 +258,143 @@ pub async fn lock_survives_key_deletion(opener: &Opener) {
     );
     assert!(contender.fencing_token().expect("held") > token);
     ok(contender.unlock().await, "unlock");
+    let _ = a.close().await;
+    let _ = b.close().await;
+}
+
+/// No client call reaches lock bookkeeping: every name a backend's bookkeeping could use (a
+/// segment starting with `.kvstore`: `.kvstore-locks/<key>`, `<key>/.kvstore-pin`, …) is
+/// refused with `InvalidKey` by every call that takes a key — before any I/O, so nothing is
+/// deleted or overwritten — `list("")` shows none of them, and after all those attempts a
+/// second client's `lock()` still waits past the TTL while the holder holds.
+pub async fn lock_bookkeeping_unreachable(opener: &Opener) {
+    let (a, b) = (opener.open().await, opener.open().await);
+    let dir = scratch_dir("lock_reserved");
+    let key = format!("{dir}/job");
+    if !a.capabilities().lock {
+        assert_err!(
+            a.new_lock(&key, None).await,
+            Error::CallNotSupported { .. },
+            "new_lock without the capability"
+        );
+        return;
+    }
+    let mut holder = ok(
+        a.new_lock(&key, Some(&lock_ttl(opener.ttl).with_value("held")))
+            .await,
+        "new_lock",
+    );
+    let lost = ok(
+        tokio::time::timeout(EVENT_TIMEOUT, holder.lock())
+            .await
+            .expect("lock"),
+        "lock",
+    );
+    let token = holder.fencing_token().expect("held");
+    let names = [
+        ".kvstore-locks".to_owned(),
+        format!(".kvstore-locks/{key}"),
+        format!(".kvstore-locks/{dir}"),
+        format!("{dir}/.kvstore-locks/{key}"),
+        format!("{key}/.kvstore-pin"),
+        format!("{dir}/.kvstore-pin"),
+        ".kvstore-pin".to_owned(),
+        ".kvstore".to_owned(),
+        format!("{dir}/.kvstore-anything"),
+    ];
+    let stale = KvPair::new(key.clone(), "x", token);
+    for name in &names {
+        let what = |call: &str| format!("{call}({name:?}) of a reserved name");
+        assert_err!(
+            b.put(name, b"x", None).await,
+            Error::InvalidKey { .. },
+            what("put")
+        );
+        assert_err!(
+            b.get(name, None).await,
+            Error::InvalidKey { .. },
+            what("get")
+        );
+        assert_err!(
+            b.exists(name, None).await,
+            Error::InvalidKey { .. },
+            what("exists")
+        );
+        assert_err!(
+            b.delete(name).await,
+            Error::InvalidKey { .. },
+            what("delete")
+        );
+        assert_err!(
+            b.delete_tree(name).await,
+            Error::InvalidKey { .. },
+            what("delete_tree")
+        );
+        assert_err!(
+            b.list(name, None).await,
+            Error::InvalidKey { .. },
+            what("list")
+        );
+        assert_err!(
+            b.atomic_put(name, b"x", None, None).await,
+            Error::InvalidKey { .. },
+            what("atomic_put")
+        );
+        assert_err!(
+            b.atomic_delete(name, &stale).await,
+            Error::InvalidKey { .. },
+            what("atomic_delete")
+        );
+        assert_err!(
+            b.txn(&Txn::new().delete(name)).await,
+            Error::InvalidKey { .. },
+            what("txn delete")
+        );
+        assert_err!(
+            b.new_lock(name, None).await,
+            Error::InvalidKey { .. },
+            what("new_lock")
+        );
+        if b.capabilities().watch_tree {
+            assert_err!(
+                b.watch_tree(name, None).await,
+                Error::InvalidKey { .. },
+                what("watch_tree")
+            );
+        }
+    }
+    let whole = ok(b.list("", None).await, "list the whole keyspace");
+    let leaked: Vec<&str> = keys(&whole)
+        .into_iter()
+        .filter(|k| k.split('/').any(|s| s.starts_with(".kvstore")))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "list(\"\") shows bookkeeping: {leaked:?}"
+    );
+    // The key itself is the user's: deleting it removes the value, not the hold.
+    ok(b.delete(&key).await, "delete the lock's own key");
+
+    let mut contender = ok(
+        b.new_lock(&key, Some(&lock_ttl(opener.ttl))).await,
+        "new_lock",
+    );
+    let waited = tokio::time::timeout(opener.ttl * 2, contender.lock()).await;
+    assert!(
+        waited.is_err(),
+        "a second locker won while the holder still held the lock"
+    );
+    assert!(!lost.is_lost(), "the holder must still hold");
+    assert_eq!(holder.fencing_token(), Some(token));
+    ok(holder.unlock().await, "unlock");
+    ok(
+        tokio::time::timeout(EVENT_TIMEOUT, contender.lock())
+            .await
+            .expect("the contender gets the lock after unlock"),
+        "lock",
+    );
+    ok(contender.unlock().await, "unlock");
+    cleanup(&*a, &dir).await;
     let _ = a.close().await;
     let _ = b.close().await;
 }

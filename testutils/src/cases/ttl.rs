@@ -3,10 +3,81 @@
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use kvstore_core::{Error, Store, WriteOptions};
+use kvstore_core::{Candidate, ElectionOptions, Error, LockOptions, MAX_TTL, Store, WriteOptions};
 
 use super::watch::expect_state;
 use crate::{EVENT_TIMEOUT, Opener, cleanup, eventually, next_within, ok, scratch_dir, ttl};
+
+/// A TTL over [`MAX_TTL`] — `Duration::MAX` among them — is refused with `InvalidConfig`
+/// naming the maximum, before anything is written, by `put`, `put` with `keep_alive`,
+/// `atomic_put`, `new_lock` and `Candidate::campaign`; it never panics. (Where TTL keys are
+/// not supported, the write may be refused as `CallNotSupported` instead.)
+pub async fn ttl_over_the_maximum(opener: &Opener) {
+    let store = opener.open().await;
+    let dir = scratch_dir("ttl_max");
+    let key = format!("{dir}/k");
+    let over = MAX_TTL + Duration::from_millis(1);
+    for long in [Duration::MAX, over] {
+        for opts in [
+            WriteOptions::default().with_ttl(long),
+            WriteOptions::default().with_ttl(long).with_keep_alive(true),
+        ] {
+            for result in [
+                store.put(&key, b"v", Some(&opts)).await,
+                store.atomic_put(&key, b"v", None, Some(&opts)).await,
+            ] {
+                match result {
+                    Err(Error::InvalidConfig { source, .. }) => assert!(
+                        source.to_string().contains("MAX_TTL"),
+                        "the refusal names the maximum: {source}"
+                    ),
+                    Err(Error::CallNotSupported { .. }) if !store.capabilities().ttl => {}
+                    other => panic!(
+                        "a write with a TTL of {long:?}: expected InvalidConfig, got {other:?}"
+                    ),
+                }
+            }
+        }
+        assert!(
+            !ok(store.exists(&key, None).await, "exists"),
+            "a refused write wrote nothing"
+        );
+        let lock = LockOptions::default().with_ttl(long);
+        match store.new_lock(&key, Some(&lock)).await {
+            Err(Error::InvalidConfig { source, .. }) => {
+                assert!(source.to_string().contains("MAX_TTL"), "{source}");
+            }
+            Err(Error::CallNotSupported { .. }) if !store.capabilities().lock => {}
+            other => panic!(
+                "new_lock with a TTL of {long:?}: expected InvalidConfig, got {:?}",
+                other.map(|_| ())
+            ),
+        }
+    }
+    if store.capabilities().lock {
+        let election = ElectionOptions::default().with_ttl(Duration::MAX);
+        let candidate = Candidate::new(
+            store.clone(),
+            &format!("{dir}/leader"),
+            "v",
+            Some(&election),
+        );
+        let campaign = tokio::time::timeout(EVENT_TIMEOUT, candidate.campaign())
+            .await
+            .expect("a refused campaign returns at once");
+        assert_err!(
+            campaign,
+            Error::InvalidConfig { .. },
+            "campaign with a TTL of Duration::MAX"
+        );
+    }
+    assert_err!(
+        store.list(&dir, None).await,
+        Error::KeyNotFound { .. },
+        "nothing written under the dir"
+    );
+    let _ = store.close().await;
+}
 
 /// A TTL key survives until its TTL and is gone within TTL + slack; a watcher sees `None`.
 pub async fn ttl_expiry(opener: &Opener) {

@@ -77,6 +77,50 @@ pub fn ttl_millis(ttl: std::time::Duration) -> u64 {
         .max(1)
 }
 
+/// Checks a TTL against [`MAX_TTL`](crate::MAX_TTL), the same on every backend.
+///
+/// # Errors
+///
+/// [`Error::InvalidConfig`] naming the maximum when `ttl` is longer.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use kvstore_core::backend::check_ttl;
+///
+/// assert!(check_ttl("redis", Duration::from_secs(30)).is_ok());
+/// assert!(check_ttl("redis", Duration::MAX).is_err());
+/// ```
+pub fn check_ttl(backend: &'static str, ttl: std::time::Duration) -> Result<()> {
+    if ttl > crate::MAX_TTL {
+        return Err(Error::invalid_config(
+            backend,
+            format!(
+                "a TTL of {ttl:?} is longer than the maximum, MAX_TTL ({:?})",
+                crate::MAX_TTL
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The TTL of a write's options, checked with [`check_ttl`].
+///
+/// # Errors
+///
+/// [`Error::InvalidConfig`] when the TTL is longer than [`MAX_TTL`](crate::MAX_TTL).
+pub fn write_ttl(
+    backend: &'static str,
+    opts: Option<&crate::WriteOptions>,
+) -> Result<Option<std::time::Duration>> {
+    let ttl = opts.and_then(|o| o.ttl);
+    if let Some(ttl) = ttl {
+        check_ttl(backend, ttl)?;
+    }
+    Ok(ttl)
+}
+
 /// Checks a value against a backend's limit.
 ///
 /// # Errors
