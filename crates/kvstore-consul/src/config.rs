@@ -198,6 +198,7 @@ impl ConsulConfig {
         let invalid = |msg: String| Error::invalid_config(BACKEND, msg);
         // Every message names the URL with its token hidden.
         let shown = kvstore_core::backend::redact_url(url);
+        kvstore_core::backend::refuse_fragment(BACKEND, url)?;
         let parsed = url::Url::parse(url).map_err(|e| invalid(format!("{shown:?}: {e}")))?;
         if parsed.scheme() != crate::SCHEME {
             return Err(invalid(format!("{shown:?} is not a consul:// URL")));
@@ -214,6 +215,8 @@ impl ConsulConfig {
         let port = parsed.port().unwrap_or(8500);
         let mut config = ConsulConfig::new(&format!("{host}:{port}"))?;
         let mut tls = None;
+        let query: Vec<(String, String)> = parsed.query_pairs().into_owned().collect();
+        TlsConfig::check_url_options(BACKEND, query.iter().map(|(n, v)| (n.as_str(), v.as_str())))?;
         for (name, value) in parsed.query_pairs() {
             let duration = || duration_option(BACKEND, &name, &value);
             if TlsConfig::url_option(&mut tls, BACKEND, &name, &value)? {

@@ -45,6 +45,7 @@ pub fn parse_multi_host_url(
     scheme: &str,
     url: &str,
 ) -> Result<MultiHostUrl> {
+    refuse_fragment(backend, url)?;
     // Every message names the URL with its secrets hidden (`redact_url`).
     let shown = redact_url(url);
     let invalid = |msg: String| Error::invalid_config(backend, msg);
@@ -98,6 +99,36 @@ pub fn parse_multi_host_url(
         path,
         query,
     })
+}
+
+/// Refuses a URL with a fragment (`…#insecure`). kvstore's options are query options; a
+/// fragment means nothing to kvstore, and some client libraries read one as a setting (the
+/// redis crate takes `#insecure` as "do not verify the server's certificate"), so passing it
+/// on could weaken TLS behind the user's back. An unencoded `#` anywhere starts a fragment
+/// (RFC 3986 §3.5); a `#` in a password is written `%23`.
+///
+/// # Errors
+///
+/// [`Error::InvalidConfig`] (for `backend`) when `url` has a fragment.
+///
+/// # Examples
+///
+/// ```
+/// use kvstore_core::backend::refuse_fragment;
+///
+/// assert!(refuse_fragment("redis", "rediss://h:6380/0").is_ok());
+/// assert!(refuse_fragment("redis", "rediss://h:6380/0#insecure").is_err());
+/// ```
+pub fn refuse_fragment(backend: &'static str, url: &str) -> Result<()> {
+    if url.contains('#') {
+        return Err(Error::invalid_config(
+            backend,
+            "the URL has a fragment (#…): kvstore takes options only as query options (?name=value), \
+             and a fragment such as #insecure could turn off certificate checks; write a # in a \
+             password as %23",
+        ));
+    }
+    Ok(())
 }
 
 /// Query options whose values are secrets; [`redact_url`] hides them.

@@ -165,6 +165,49 @@ impl TlsConfig {
         Ok(true)
     }
 
+    /// Checks a URL's query options as a whole, before [`url_option`](Self::url_option) applies
+    /// them one by one: `tls=false` together with any `tls_*` option is a contradiction that
+    /// must not be settled silently in either direction (dropping a CA the user named, or
+    /// turning TLS on that the user turned off), whatever their order.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] (for `backend`) naming the options.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use kvstore_core::TlsConfig;
+    ///
+    /// assert!(TlsConfig::check_url_options("etcd", [("tls", "true"), ("tls_ca", "/ca.pem")]).is_ok());
+    /// assert!(TlsConfig::check_url_options("etcd", [("tls", "false"), ("tls_ca", "/ca.pem")]).is_err());
+    /// ```
+    pub fn check_url_options<'a>(
+        backend: &'static str,
+        options: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<()> {
+        let mut off = false;
+        let mut files = Vec::new();
+        for (name, value) in options {
+            match name {
+                "tls" if value == "false" => off = true,
+                _ if name.starts_with("tls_") => files.push(name),
+                _ => {}
+            }
+        }
+        if off && !files.is_empty() {
+            return Err(Error::invalid_config(
+                backend,
+                format!(
+                    "tls=false contradicts {}: remove tls=false to use TLS, or the TLS options to \
+                     connect without it",
+                    files.join(", ")
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Reads the files, checking that a client certificate comes with its key.
     ///
     /// # Errors
@@ -219,6 +262,18 @@ mod tests {
                 Err(Error::InvalidConfig { .. })
             ));
         }
+    }
+
+    #[test]
+    fn tls_false_with_tls_options_is_refused_in_any_order() {
+        for options in [
+            [("tls", "false"), ("tls_ca", "/ca.pem")],
+            [("tls_cert", "/c.pem"), ("tls", "false")],
+        ] {
+            let err = TlsConfig::check_url_options("zk", options).unwrap_err();
+            assert!(matches!(err, Error::InvalidConfig { .. }));
+        }
+        assert!(TlsConfig::check_url_options("zk", [("tls", "false"), ("prefix", "a")]).is_ok());
     }
 
     #[test]

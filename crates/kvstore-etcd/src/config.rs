@@ -181,6 +181,10 @@ impl EtcdConfig {
             config = config.with_credentials(user, password);
         }
         let mut tls = None;
+        TlsConfig::check_url_options(
+            BACKEND,
+            parsed.query.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+        )?;
         for (name, value) in &parsed.query {
             if TlsConfig::url_option(&mut tls, BACKEND, name, value)? {
                 continue;

@@ -239,6 +239,8 @@ impl RedisConfig {
         if url.starts_with("redis+sentinel:") {
             return Self::from_sentinel_url(url);
         }
+        // The redis client reads `#insecure` as "skip certificate verification".
+        kvstore_core::backend::refuse_fragment(BACKEND, url)?;
         // The URL may hold a password: say what is wrong, never echo it.
         let url = Url::parse(url).map_err(|e| invalid(format!("not a Redis URL: {e}")))?;
         let url = &url;

@@ -233,6 +233,10 @@ impl ZkConfig {
             config = config.with_digest(user, password);
         }
         let mut prefix = None;
+        TlsConfig::check_url_options(
+            BACKEND,
+            parsed.query.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+        )?;
         for (name, value) in &parsed.query {
             let duration = || duration_option(BACKEND, name, value);
             if TlsConfig::url_option(&mut config.tls, BACKEND, name, value)? {

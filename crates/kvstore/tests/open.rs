@@ -58,6 +58,42 @@ async fn malformed_urls_and_options_are_invalid_config() {
     }
 }
 
+/// Options that would weaken security are refused before any connection: a URL fragment (the
+/// redis client reads `#insecure` as "skip certificate verification"), and `tls=false`
+/// together with TLS options, in either order.
+#[cfg(all(
+    feature = "redis",
+    feature = "etcd",
+    feature = "zk",
+    feature = "consul"
+))]
+#[tokio::test]
+async fn options_that_would_weaken_tls_are_invalid_config() {
+    for url in [
+        "rediss://127.0.0.1:1/0#insecure",
+        "redis://127.0.0.1:1#insecure",
+        "redis+sentinel://127.0.0.1:1/svc#insecure",
+        "etcd://127.0.0.1:1#insecure",
+        "zk://127.0.0.1:1#x",
+        "consul://127.0.0.1:1#insecure",
+        "etcd://127.0.0.1:1?tls=false&tls_ca=/ca.pem",
+        "etcd://127.0.0.1:1?tls_ca=/ca.pem&tls=false",
+        "zk://127.0.0.1:1?tls_cert=/c.pem&tls_key=/k.pem&tls=false",
+        "consul://127.0.0.1:1?tls=false&tls_server_name=kv",
+    ] {
+        match kvstore::open(url).await {
+            Err(Error::InvalidConfig { source, .. }) => {
+                let text = source.to_string();
+                assert!(
+                    text.contains("fragment") || text.contains("tls=false"),
+                    "{url}: {text}"
+                );
+            }
+            other => panic!("{url} must be InvalidConfig, got {:?}", other.map(|_| ())),
+        }
+    }
+}
+
 #[tokio::test]
 async fn registry_adds_third_party_schemes() {
     let mut registry = Registry::empty();

@@ -41,7 +41,7 @@ pub use watch::{DEFAULT_WATCH_RECONNECT_TIMEOUT, WatchSource, watch_stream};
 
 pub use crate::config::{
     MultiHostUrl, bool_option, duration_option, lock_arguments, parse_multi_host_url, redact_url,
-    size_option,
+    refuse_fragment, size_option,
 };
 pub use crate::lock::LockLostSignal;
 
