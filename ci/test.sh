@@ -22,8 +22,12 @@ export KVSTORE_RESTART_SCRIPT="$PWD/ci/restart.sh"
 cargo test --workspace --all-features --locked "$@"
 # Each network backend alone (its own feature set, no other crate's TLS provider in the
 # graph) connects over TLS and reports refusals as PermissionDenied.
+# The name filter must match tests: a renamed test would otherwise pass as "0 tests".
 for backend in redis etcd zk consul; do
-    cargo test -p "kvstore-$backend" --locked --test tls -- refusals
+    out=$(cargo test -p "kvstore-$backend" --locked --test tls -- refusals 2>&1) || { echo "$out"; exit 1; }
+    echo "$out"
+    grep -Eq '^running [1-9][0-9]* tests?$' <<<"$out" ||
+        { echo "the refusals filter matched no test of kvstore-$backend" >&2; exit 1; }
 done
 # Leaders killed under load on the clusters started above, with the history checked.
 KVSTORE_IN_TEST_SH=1 ci/failover.sh

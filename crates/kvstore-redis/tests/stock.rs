@@ -3,6 +3,8 @@
 //! not work, and they fail with a permanent `InvalidConfig` naming the setting. Plain reads and
 //! writes work.
 
+mod common;
+
 use kvstore_core::{Error, Store};
 use kvstore_redis::{RedisConfig, RedisStore};
 use kvstore_testutils::{backend_url, cleanup, ok, scratch_dir};
@@ -42,4 +44,11 @@ async fn a_stock_server_reports_watches_and_locks_as_unavailable() {
     }
     cleanup(&store, &dir).await;
     ok(store.close().await, "close");
+}
+
+/// The whole conformance suite on the stock server: each case whose capability is off asserts
+/// that its call is refused (the documented `InvalidConfig`), and the rest pass as on a
+/// configured server.
+mod suite {
+    kvstore_testutils::conformance_tests!(optional: super::common::opener("KVSTORE_REDIS_STOCK_URL"));
 }

@@ -3,6 +3,8 @@
 //! fails with `CallNotSupported` naming the server setting, before anything is written. Plain
 //! reads, writes and locks work.
 
+mod common;
+
 use std::time::Duration;
 
 use kvstore_core::{Error, Store, WriteOptions};
@@ -68,4 +70,10 @@ async fn a_stock_server_reports_ttls_as_unavailable() {
     ok(lock.unlock().await, "unlock");
     cleanup(&store, &dir).await;
     ok(store.close().await, "close");
+}
+
+/// The whole conformance suite on the stock server: each case whose capability is off (TTLs)
+/// asserts that its call is refused, and the rest pass as on a configured server.
+mod suite {
+    kvstore_testutils::conformance_tests!(optional: super::common::opener("KVSTORE_ZK_STOCK_URL"));
 }

@@ -17,16 +17,30 @@ async fn opens_redb_files_by_absolute_and_relative_url() {
     drop(store);
     assert!(path.exists(), "the file must be created at the given path");
 
-    // Same file through a relative URL from its directory's parent.
-    let rel = path
-        .strip_prefix(std::env::current_dir().unwrap())
-        .map(|p| p.to_path_buf());
-    if let Ok(rel) = rel {
-        let store = kvstore::open(&format!("redb:{}", rel.display()))
-            .await
-            .unwrap();
-        assert_eq!(&store.get("k", None).await.unwrap().value[..], b"v");
-    }
+    // A relative URL names a file relative to the working directory: a directory made there
+    // (removed when the test ends) holds it.
+    let here = tempfile::Builder::new()
+        .prefix("open-test-")
+        .tempdir_in(".")
+        .unwrap();
+    let name = here
+        .path()
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let rel = format!("redb:{name}/rel.redb");
+    let store = kvstore::open(&rel).await.unwrap();
+    store.put("k", b"relative", None).await.unwrap();
+    store.close().await.unwrap();
+    drop(store);
+    assert!(
+        here.path().join("rel.redb").exists(),
+        "{rel} must create the file relative to the working directory"
+    );
+    let store = kvstore::open(&rel).await.unwrap();
+    assert_eq!(&store.get("k", None).await.unwrap().value[..], b"relative");
 }
 
 #[tokio::test]
@@ -91,6 +105,56 @@ async fn options_that_would_weaken_tls_are_invalid_config() {
             }
             other => panic!("{url} must be InvalidConfig, got {:?}", other.map(|_| ())),
         }
+    }
+}
+
+/// Every server CI configures for the suite reports the full capability set: a server whose
+/// setting silently turned a capability off would otherwise turn the conformance cases of that
+/// capability into asserted refusals, and the suite would still pass.
+#[cfg(all(
+    feature = "redis",
+    feature = "etcd",
+    feature = "zk",
+    feature = "consul"
+))]
+#[tokio::test]
+async fn ci_servers_report_every_capability() {
+    for var in [
+        "KVSTORE_REDIS_URL",
+        "KVSTORE_ETCD_URL",
+        "KVSTORE_ETCD36_URL",
+        "KVSTORE_ZK_URL",
+        "KVSTORE_CONSUL_URL",
+        "KVSTORE_REDIS_TLS_URL",
+        "KVSTORE_ETCD_TLS_URL",
+        "KVSTORE_ZK_TLS_URL",
+        "KVSTORE_CONSUL_TLS_URL",
+    ] {
+        let Some(url) = kvstore_testutils::backend_url(var) else {
+            continue;
+        };
+        let store = kvstore::open(&url)
+            .await
+            .unwrap_or_else(|e| panic!("{var}: {}", kvstore_testutils::error_chain(&e)));
+        // Consul learns its session_ttl_min on the first TTL write; one such write settles it.
+        let probe = kvstore_testutils::scratch_dir("capabilities");
+        let ttl = kvstore::WriteOptions::default().with_ttl(std::time::Duration::from_secs(1));
+        store
+            .put(&format!("{probe}/k"), b"v", Some(&ttl))
+            .await
+            .unwrap();
+        let caps = store.capabilities();
+        assert!(
+            caps.ttl && caps.keep_alive && caps.watch && caps.watch_tree && caps.lock,
+            "{var}: {caps:?}"
+        );
+        assert!(caps.max_txn_ops >= 64, "{var}: {caps:?}");
+        assert!(
+            caps.min_ttl <= std::time::Duration::from_secs(1),
+            "{var}: {caps:?}"
+        );
+        kvstore_testutils::cleanup(&*store, &probe).await;
+        store.close().await.unwrap();
     }
 }
 

@@ -11,11 +11,7 @@ pub async fn lock_basics(store: &dyn Store) {
     let dir = scratch_dir("lock");
     let key = format!("{dir}/leader");
     if !store.capabilities().lock {
-        assert_err!(
-            store.new_lock(&key, None).await,
-            Error::CallNotSupported { .. },
-            "new_lock without the capability"
-        );
+        super::refused::lock(store, &key).await;
         return;
     }
     let mut locker = ok(
@@ -75,6 +71,7 @@ pub async fn lock_basics(store: &dyn Store) {
 /// `delete_on_unlock` removes the key on unlock.
 pub async fn lock_delete_on_unlock(store: &dyn Store) {
     if !store.capabilities().lock {
+        super::refused::lock(store, &scratch_dir("refused")).await;
         return;
     }
     let dir = scratch_dir("lock_delete");
@@ -104,6 +101,7 @@ pub async fn lock_delete_on_unlock(store: &dyn Store) {
 /// Lock bookkeeping (sessions, waiter keys) never shows in `list` or `watch_tree`.
 pub async fn lock_bookkeeping_hidden(store: &dyn Store) {
     if !store.capabilities().lock {
+        super::refused::lock(store, &scratch_dir("refused")).await;
         return;
     }
     let dir = scratch_dir("lock_hidden");
@@ -162,6 +160,7 @@ pub async fn lock_bookkeeping_hidden(store: &dyn Store) {
 pub async fn lock_contention(opener: &Opener) {
     let (a, b) = (opener.open().await, opener.open().await);
     if !a.capabilities().lock {
+        super::refused::lock(&*a, &scratch_dir("refused")).await;
         return;
     }
     let dir = scratch_dir("lock_contention");
@@ -214,6 +213,7 @@ pub async fn lock_contention(opener: &Opener) {
 pub async fn lock_survives_key_deletion(opener: &Opener) {
     let (a, b) = (opener.open().await, opener.open().await);
     if !a.capabilities().lock {
+        super::refused::lock(&*a, &scratch_dir("refused")).await;
         return;
     }
     let dir = scratch_dir("lock_key_deleted");
@@ -272,11 +272,7 @@ pub async fn lock_bookkeeping_unreachable(opener: &Opener) {
     let dir = scratch_dir("lock_reserved");
     let key = format!("{dir}/job");
     if !a.capabilities().lock {
-        assert_err!(
-            a.new_lock(&key, None).await,
-            Error::CallNotSupported { .. },
-            "new_lock without the capability"
-        );
+        super::refused::lock(&*a, &key).await;
         return;
     }
     let mut holder = ok(
@@ -403,6 +399,7 @@ pub async fn lock_bookkeeping_unreachable(opener: &Opener) {
 pub async fn lock_cancel_leaves_no_waiter(opener: &Opener) {
     let (a, b) = (opener.open().await, opener.open().await);
     if !a.capabilities().lock {
+        super::refused::lock(&*a, &scratch_dir("refused")).await;
         return;
     }
     let dir = scratch_dir("lock_cancel");
@@ -475,6 +472,7 @@ pub async fn lock_cancel_leaves_no_waiter(opener: &Opener) {
 pub async fn lock_expires_after_holder_closed(opener: &Opener) {
     let (a, b) = (opener.open().await, opener.open().await);
     if !a.capabilities().lock {
+        super::refused::lock(&*a, &scratch_dir("refused")).await;
         return;
     }
     let dir = scratch_dir("lock_takeover");
@@ -524,6 +522,7 @@ pub async fn lock_expires_after_holder_closed(opener: &Opener) {
 pub async fn lock_fencing_tokens_increase(opener: &Opener) {
     let (a, b) = (opener.open().await, opener.open().await);
     if !a.capabilities().lock {
+        super::refused::lock(&*a, &scratch_dir("refused")).await;
         return;
     }
     let dir = scratch_dir("fencing");

@@ -34,3 +34,58 @@ pub use tree::*;
 pub use ttl::*;
 pub use txn::*;
 pub use watch::{watch_drop_stops, watch_key, watch_sees_other_clients, watch_tree};
+
+/// Where a capability is off, the call it covers is refused — `CallNotSupported`, or
+/// `InvalidConfig` naming the server setting that turns it off (Redis keyspace notifications)
+/// — never accepted and never left waiting. Cases that skip for a missing capability check
+/// this first, so a skip is an asserted refusal.
+pub(crate) mod refused {
+    use kvstore_core::{Error, Store};
+
+    use crate::EVENT_TIMEOUT;
+
+    fn check<T>(result: Option<kvstore_core::Result<T>>, what: &str) {
+        match result {
+            Some(Err(Error::CallNotSupported { .. } | Error::InvalidConfig { .. })) => {}
+            Some(Err(other)) => panic!("{what} without the capability: {other:?}"),
+            Some(Ok(_)) => panic!("{what} without the capability must be refused, it was accepted"),
+            None => panic!("{what} without the capability must be refused at once, it waited"),
+        }
+    }
+
+    /// `new_lock` (or, where it prepares nothing, the first `lock()`) is refused.
+    pub(crate) async fn lock(store: &dyn Store, key: &str) {
+        let attempt = async {
+            let mut locker = store.new_lock(key, None).await?;
+            locker.lock().await.map(|_| ())
+        };
+        check(
+            tokio::time::timeout(EVENT_TIMEOUT, attempt).await.ok(),
+            "new_lock",
+        );
+    }
+
+    /// `watch_tree` is refused.
+    pub(crate) async fn watch_tree(store: &dyn Store, dir: &str) {
+        let attempt = store.watch_tree(dir, None);
+        check(
+            tokio::time::timeout(EVENT_TIMEOUT, attempt)
+                .await
+                .ok()
+                .map(|r| r.map(|_| ())),
+            "watch_tree",
+        );
+    }
+
+    /// `watch` is refused.
+    pub(crate) async fn watch(store: &dyn Store, key: &str) {
+        let attempt = store.watch(key, None);
+        check(
+            tokio::time::timeout(EVENT_TIMEOUT, attempt)
+                .await
+                .ok()
+                .map(|r| r.map(|_| ())),
+            "watch",
+        );
+    }
+}

@@ -30,6 +30,7 @@ pub async fn concurrent_puts(store: &dyn Store) {
 /// state (absent), then its write.
 pub async fn many_watchers(store: &dyn Store) {
     if !store.capabilities().watch {
+        super::refused::watch(store, &scratch_dir("refused")).await;
         return;
     }
     let dir = scratch_dir("many_watchers");

@@ -165,7 +165,11 @@ pub async fn txn_conditions(store: &dyn Store) {
 pub async fn txn_held(opener: &Opener) {
     let (holder_store, other) = (opener.open().await, opener.open().await);
     let dir = scratch_dir("txn_held");
-    if !can_txn(&*other, &dir).await || !other.capabilities().lock {
+    if !can_txn(&*other, &dir).await {
+        return;
+    }
+    if !other.capabilities().lock {
+        super::refused::lock(&*other, &format!("{dir}/lock")).await;
         return;
     }
     let (lock_key, out) = (format!("{dir}/lock"), format!("{dir}/out"));
@@ -325,7 +329,11 @@ pub async fn txn_race(opener: &Opener) {
 /// A `watch_tree` over a transaction that writes three keys never sees only some of them.
 pub async fn txn_watch_tree_atomic(store: &dyn Store) {
     let dir = scratch_dir("txn_watch");
-    if !can_txn(store, &dir).await || !store.capabilities().watch_tree {
+    if !can_txn(store, &dir).await {
+        return;
+    }
+    if !store.capabilities().watch_tree {
+        super::refused::watch_tree(store, &dir).await;
         return;
     }
     let names: Vec<String> = ["x", "y", "z"]

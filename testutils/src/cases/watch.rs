@@ -1,6 +1,6 @@
 //! Watches of a key and of a directory.
 
-use kvstore_core::{Error, KvPair, Store};
+use kvstore_core::{KvPair, Store};
 
 use crate::{Opener, cleanup, keys, next_within, ok, scratch_dir};
 
@@ -19,11 +19,7 @@ pub async fn watch_key(store: &dyn Store) {
     let dir = scratch_dir("watch");
     let key = format!("{dir}/k");
     if !store.capabilities().watch {
-        assert_err!(
-            store.watch(&key, None).await,
-            Error::CallNotSupported { .. },
-            "watch without the capability"
-        );
+        super::refused::watch(store, &key).await;
         return;
     }
     let mut stream = ok(store.watch(&key, None).await, "watch of a missing key");
@@ -88,11 +84,7 @@ pub async fn watch_tree(store: &dyn Store) {
     let dir = scratch_dir("watch_tree");
     let tree = format!("{dir}/tree");
     if !store.capabilities().watch_tree {
-        assert_err!(
-            store.watch_tree(&tree, None).await,
-            Error::CallNotSupported { .. },
-            "watch_tree without the capability"
-        );
+        super::refused::watch_tree(store, &tree).await;
         return;
     }
     let mut stream = ok(
@@ -168,6 +160,7 @@ pub async fn watch_tree(store: &dyn Store) {
 /// Dropping a watch stream stops it; the store keeps working and new watches work.
 pub async fn watch_drop_stops(store: &dyn Store) {
     if !store.capabilities().watch {
+        super::refused::watch(store, &scratch_dir("refused")).await;
         return;
     }
     let dir = scratch_dir("watch_drop");
@@ -199,6 +192,7 @@ pub async fn watch_drop_stops(store: &dyn Store) {
 pub async fn watch_sees_other_clients(opener: &Opener) {
     let (watcher, writer) = (opener.open().await, opener.open().await);
     if !watcher.capabilities().watch {
+        super::refused::watch(&*watcher, &scratch_dir("refused")).await;
         return;
     }
     let dir = scratch_dir("watch_other");
