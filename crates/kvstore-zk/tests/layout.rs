@@ -79,8 +79,21 @@ async fn a_value_on_a_parent_survives_its_children() {
         store.delete(&format!("{dir}/p/child")).await,
         "delete child",
     );
-    // Well past the server's reaping of empty containers, the value is still there.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // A sibling emptied after the child's delete is reaped: the server's container reaper
+    // has run since `p` lost its child, and must have left `p` (with its value) in place.
+    ok(
+        store.put(&format!("{dir}/q/x"), b"x", None).await,
+        "put sibling",
+    );
+    ok(store.delete(&format!("{dir}/q/x")).await, "delete sibling");
+    let reaped = eventually(REAPED, || async {
+        raw.check_stat(&format!("/{dir}/q"))
+            .await
+            .unwrap()
+            .is_none()
+    })
+    .await;
+    assert!(reaped, "the emptied sibling is reaped within {REAPED:?}");
     let got = ok(store.get(&format!("{dir}/p"), None).await, "get parent");
     assert_eq!(
         (&got.value[..], got.last_index),
