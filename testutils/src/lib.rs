@@ -422,7 +422,7 @@ macro_rules! __with_cases {
     ($callback:path; $($args:tt)*) => {
         $callback!($($args)*
             store: put_get_delete_exists, binary_values, list_directory, list_whole_keyspace,
-                   delete_tree, atomic_put, atomic_delete, cas_race, last_index_semantics,
+                   delete_tree, atomic_put, atomic_delete, cas_race, cas_aba, last_index_semantics,
                    watch_key, watch_tree, watch_drop_stops, lock_basics, lock_delete_on_unlock,
                    lock_bookkeeping_hidden, invalid_keys, value_too_large, txn_conditions,
                    txn_watch_tree_atomic, concurrent_puts, many_watchers;

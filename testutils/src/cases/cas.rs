@@ -6,6 +6,48 @@ use kvstore_core::{Error, KvPair, Store};
 
 use crate::{cleanup, ok, scratch_dir};
 
+/// The ABA case: a key rewritten with the same value (A → B → A, or A → A) has a new
+/// `last_index`, so a CAS or conditional delete holding the pair read before the rewrites is
+/// refused with `KeyModified` — comparing values would have accepted it — and nothing changes.
+pub async fn cas_aba(store: &dyn Store) {
+    let dir = scratch_dir("cas_aba");
+    let key = format!("{dir}/k");
+    let read = ok(store.put(&key, b"A", None).await, "put A");
+    ok(store.put(&key, b"B", None).await, "put B");
+    let back = ok(store.put(&key, b"A", None).await, "put A again");
+    assert_ne!(
+        back.last_index, read.last_index,
+        "a rewrite gets a new last_index"
+    );
+    assert_err!(
+        store.atomic_put(&key, b"C", Some(&read), None).await,
+        Error::KeyModified { .. },
+        "atomic_put with the pair read before A → B → A"
+    );
+    let same = ok(store.put(&key, b"A", None).await, "put the same value");
+    assert!(
+        same.last_index > back.last_index,
+        "rewriting the same value moves last_index"
+    );
+    assert_err!(
+        store.atomic_put(&key, b"C", Some(&back), None).await,
+        Error::KeyModified { .. },
+        "atomic_put with the pair read before an A → A rewrite"
+    );
+    assert_err!(
+        store.atomic_delete(&key, &back).await,
+        Error::KeyModified { .. },
+        "atomic_delete with the pair read before an A → A rewrite"
+    );
+    let now = ok(store.get(&key, None).await, "get");
+    assert_eq!(now, same, "the refused calls changed nothing");
+    ok(
+        store.atomic_put(&key, b"C", Some(&now), None).await,
+        "atomic_put with the current pair",
+    );
+    cleanup(store, &dir).await;
+}
+
 /// `atomic_put`: create-only, `KeyExists`, CAS success, `KeyModified`, `KeyNotFound`.
 pub async fn atomic_put(store: &dyn Store) {
     let dir = scratch_dir("atomic_put");
