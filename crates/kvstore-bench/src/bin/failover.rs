@@ -668,13 +668,17 @@ async fn verify(
         std::mem::take(&mut *shared.history.lock().unwrap_or_else(|e| e.into_inner()));
 
     // No acknowledged put lost.
-    let mut lost_puts = Vec::new();
-    for (key, seq) in &history.acked_puts {
-        match final_get(store, key).await? {
-            Some(pair) if value_of(&pair)? == *seq => {}
-            other => lost_puts.push(format!("{key}: acknowledged {seq}, found {other:?}")),
+    let mut finals = HashMap::new();
+    for (key, _) in &history.acked_puts {
+        if !finals.contains_key(key) {
+            let value = match final_get(store, key).await? {
+                Some(pair) => Some(value_of(&pair)?),
+                None => None,
+            };
+            finals.insert(key.clone(), value);
         }
     }
+    let lost_puts = lost_puts(&history.acked_puts, &finals);
 
     // Each register's history, with a final read appended.
     let mut per_register: HashMap<usize, Vec<Event>> = HashMap::new();
@@ -716,46 +720,8 @@ async fn verify(
     }
 
     // Locks.
-    let mut lock_violations = Vec::new();
-    history.acquisitions.sort_by_key(|a| a.returned);
-    let mut tokens = std::collections::HashSet::new();
-    for a in &history.acquisitions {
-        if !tokens.insert(a.token) {
-            lock_violations.push(format!("fencing token {} granted twice", a.token));
-        }
-    }
-    for (i, a) in history.acquisitions.iter().enumerate() {
-        for b in &history.acquisitions[i + 1..] {
-            if a.returned < b.invoked && a.token >= b.token {
-                lock_violations.push(format!(
-                    "acquisition with token {} began after one with token {} completed",
-                    b.token, a.token
-                ));
-            }
-        }
-    }
-    let ok_writes: Vec<&GuardedWrite> = history.guarded.iter().filter(|g| g.ok).collect();
-    for newer in &ok_writes {
-        for older in &ok_writes {
-            if older.token < newer.token && older.invoked > newer.returned {
-                lock_violations.push(format!(
-                    "a guarded write with token {} succeeded after one with token {} had completed",
-                    older.token, newer.token
-                ));
-            }
-        }
-    }
-    for newer in &history.acquisitions {
-        for older in &ok_writes {
-            if older.token < newer.token && older.invoked > newer.returned {
-                lock_violations.push(format!(
-                    "a guarded write with token {} succeeded after token {} was granted",
-                    older.token, newer.token
-                ));
-            }
-        }
-    }
-    lock_violations.truncate(20);
+    let lock_violations = lock_violations(&mut history.acquisitions, &history.guarded);
+    let guarded_writes_ok = history.guarded.iter().filter(|g| g.ok).count();
 
     // Recovery per kill: until every client has succeeded again.
     for (kill, &at) in kills.iter_mut().zip(killed_at) {
@@ -795,7 +761,7 @@ async fn verify(
         unknown_register_events: unknown,
         non_linearizable_registers: non_linearizable,
         lock_acquisitions: history.acquisitions.len(),
-        guarded_writes_ok: ok_writes.len(),
+        guarded_writes_ok,
         lock_violations,
         hung_calls: std::mem::take(&mut history.hung),
         errors: std::mem::take(&mut history.errors),
@@ -805,6 +771,74 @@ async fn verify(
         recovered: false,
         passed: false,
     })
+}
+
+/// The acknowledged puts whose key does not hold their value in the final state (`finals`:
+/// each key's final value, `None` when absent). Each put writes a key of its own; were a key
+/// written several times, its greatest acknowledged value must be the final one.
+fn lost_puts(acked: &[(String, u64)], finals: &HashMap<String, Option<u64>>) -> Vec<String> {
+    let mut last: HashMap<&str, u64> = HashMap::new();
+    for (key, seq) in acked {
+        let entry = last.entry(key).or_insert(*seq);
+        *entry = (*entry).max(*seq);
+    }
+    let mut lost: Vec<String> = last
+        .into_iter()
+        .filter_map(|(key, seq)| match finals.get(key).copied().flatten() {
+            Some(found) if found == seq => None,
+            found => Some(format!("{key}: acknowledged {seq}, found {found:?}")),
+        })
+        .collect();
+    lost.sort();
+    lost
+}
+
+/// Mutual exclusion and fencing, from the acquisitions and guarded writes: no token granted
+/// twice; an acquisition that began after another completed has a greater token; no guarded
+/// write with a token succeeded after a write or an acquisition with a greater token had
+/// completed. At most 20 violations are returned.
+fn lock_violations(acquisitions: &mut [Acquisition], guarded: &[GuardedWrite]) -> Vec<String> {
+    let mut violations = Vec::new();
+    acquisitions.sort_by_key(|a| a.returned);
+    let mut tokens = std::collections::HashSet::new();
+    for a in acquisitions.iter() {
+        if !tokens.insert(a.token) {
+            violations.push(format!("fencing token {} granted twice", a.token));
+        }
+    }
+    for (i, a) in acquisitions.iter().enumerate() {
+        for b in &acquisitions[i + 1..] {
+            if a.returned < b.invoked && a.token >= b.token {
+                violations.push(format!(
+                    "acquisition with token {} began after one with token {} completed",
+                    b.token, a.token
+                ));
+            }
+        }
+    }
+    let ok_writes: Vec<&GuardedWrite> = guarded.iter().filter(|g| g.ok).collect();
+    for newer in &ok_writes {
+        for older in &ok_writes {
+            if older.token < newer.token && older.invoked > newer.returned {
+                violations.push(format!(
+                    "a guarded write with token {} succeeded after one with token {} had completed",
+                    older.token, newer.token
+                ));
+            }
+        }
+    }
+    for newer in acquisitions.iter() {
+        for older in &ok_writes {
+            if older.token < newer.token && older.invoked > newer.returned {
+                violations.push(format!(
+                    "a guarded write with token {} succeeded after token {} was granted",
+                    older.token, newer.token
+                ));
+            }
+        }
+    }
+    violations.truncate(20);
+    violations
 }
 
 /// The first few events the checker could not place, for the report.
@@ -893,4 +927,106 @@ fn print_report(r: &Report) {
         println!("        neither transient nor a refused condition: {e}");
     }
     println!("   verdict: {}", verdict(r.passed));
+}
+
+#[cfg(test)]
+mod tests {
+    //! The verdict's checks on known-bad histories: each must be caught.
+
+    use super::*;
+
+    fn acquisition(token: u64, invoked: u64, returned: u64) -> Acquisition {
+        Acquisition {
+            token,
+            invoked,
+            returned,
+        }
+    }
+
+    fn write(token: u64, invoked: u64, returned: u64, ok: bool) -> GuardedWrite {
+        GuardedWrite {
+            token,
+            invoked,
+            returned,
+            ok,
+        }
+    }
+
+    #[test]
+    fn a_lost_acknowledged_put_is_caught() {
+        let acked = vec![
+            ("k/0".to_owned(), 1),
+            ("k/0".to_owned(), 2),
+            ("k/1".to_owned(), 7),
+        ];
+        let mut finals = HashMap::from([("k/0".to_owned(), Some(2)), ("k/1".to_owned(), Some(7))]);
+        assert!(lost_puts(&acked, &finals).is_empty());
+        finals.insert("k/0".to_owned(), Some(1));
+        assert_eq!(
+            lost_puts(&acked, &finals),
+            ["k/0: acknowledged 2, found Some(1)"]
+        );
+        finals.insert("k/0".to_owned(), None);
+        assert_eq!(
+            lost_puts(&acked, &finals).len(),
+            1,
+            "a vanished key is a lost put"
+        );
+    }
+
+    #[test]
+    fn overlapping_holders_are_caught() {
+        // Sequential holders with growing tokens: fine.
+        let mut good = [acquisition(1, 0, 10), acquisition(2, 20, 30)];
+        assert!(lock_violations(&mut good, &[]).is_empty());
+        // The same token granted twice.
+        let mut twice = [acquisition(5, 0, 10), acquisition(5, 20, 30)];
+        assert!(lock_violations(&mut twice, &[])[0].contains("granted twice"));
+        // A later acquisition with a smaller token: a second holder the first never saw end.
+        let mut backwards = [acquisition(9, 0, 10), acquisition(4, 20, 30)];
+        assert!(lock_violations(&mut backwards, &[])[0].contains("began after"));
+    }
+
+    #[test]
+    fn a_stale_guarded_write_accepted_is_caught() {
+        let mut acquisitions = [acquisition(1, 0, 10), acquisition(2, 50, 60)];
+        // Token 1 writes before token 2 is granted, and is refused after: fine.
+        let fine = [write(1, 20, 30, true), write(1, 70, 80, false)];
+        assert!(lock_violations(&mut acquisitions, &fine).is_empty());
+        // Token 1's write accepted after token 2 was granted.
+        let stale = [write(1, 70, 80, true)];
+        let found = lock_violations(&mut acquisitions, &stale);
+        assert!(
+            found
+                .iter()
+                .any(|v| v.contains("after token 2 was granted")),
+            "{found:?}"
+        );
+        // Token 1's write accepted after token 2's write completed.
+        let after_write = [write(2, 61, 65, true), write(1, 70, 80, true)];
+        let found = lock_violations(&mut acquisitions, &after_write);
+        assert!(
+            found.iter().any(|v| v.contains("had completed")),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn a_non_linearizable_register_is_caught() {
+        // A write of 1 completes, then a read that starts later sees the initial value.
+        let history = [
+            Event {
+                op: Op::Write(1),
+                invoked: 0,
+                returned: Some(10),
+            },
+            Event {
+                op: Op::Read(None),
+                invoked: 20,
+                returned: Some(30),
+            },
+        ];
+        assert!(!linearizability::check(None, &history).is_linearizable());
+        assert!(linearizability::check(None, &history[..1]).is_linearizable());
+    }
 }
