@@ -11,8 +11,8 @@ use futures::StreamExt;
 use kvstore_core::{Store, WriteOptions};
 
 use crate::{
-    EVENT_TIMEOUT, HOLDER_VAR, HolderProcess, Opener, cleanup, error_chain, lock_ttl, ok,
-    retry_transient, scratch_dir, server_control,
+    EVENT_TIMEOUT, HOLDER_VAR, HolderProcess, Opener, cleanup, error_chain, eventually, lock_ttl,
+    ok, retry_transient, scratch_dir, server_control,
 };
 
 /// Server paused past the TTL while a lock is held: the holder's `LockLost` resolves within
@@ -220,6 +220,91 @@ pub async fn paused_holder_is_replaced(
     let _ = store.close().await;
 }
 
+/// Environment variable that makes a test binary's child write a `keep_alive` registration
+/// (see [`paused_registrant_disappears`]).
+pub const REGISTRANT_VAR: &str = "KVSTORE_TEST_REGISTER";
+
+/// Fault case: a `keep_alive` registration whose owning process is paused (SIGSTOP: its
+/// connections stay open and it sends nothing, as when it is cut off, while the server keeps
+/// expiring leases) disappears from the server within `ttl + slack` of the pause; after `pause`
+/// the owner resumes and writes it again within `2 × ttl + slack`, on a new lease or session —
+/// also when the pause outlived the owner's session (ZooKeeper). Before the pause, the
+/// registration outlives its TTL while its owner runs.
+///
+/// Call it from a `#[tokio::test]` named `test_name`: the test binary re-runs itself with
+/// `--exact test_name` and [`REGISTRANT_VAR`] set, and in that child this function writes the
+/// registration and waits to be paused and killed.
+pub async fn paused_registrant_disappears(
+    opener: &Opener,
+    test_name: &str,
+    ttl: Duration,
+    slack: Duration,
+    pause: Duration,
+) {
+    let registration = WriteOptions::default().with_ttl(ttl).with_keep_alive(true);
+    if let Ok(key) = std::env::var(REGISTRANT_VAR) {
+        let store = opener.open().await;
+        let pair = ok(
+            store.put(&key, b"registered", Some(&registration)).await,
+            "register",
+        );
+        println!("registered {}", pair.last_index);
+        std::future::pending::<()>().await;
+    }
+    let dir = scratch_dir("paused_registrant");
+    let key = format!("{dir}/svc");
+    let HolderProcess { mut child, .. } =
+        HolderProcess::spawn_as(test_name, REGISTRANT_VAR, &key, "registered ").await;
+    let pid = child.id().expect("registrant pid").to_string();
+    let store = opener.open().await;
+    let present = || async { matches!(store.exists(&key, None).await, Ok(true)) };
+
+    // Kept alive past its TTL while the owner runs.
+    tokio::time::sleep(ttl + ttl / 2).await;
+    assert!(
+        present().await,
+        "the registration outlives its TTL while its owner runs"
+    );
+
+    signal(&pid, "-STOP").await;
+    let paused = Instant::now();
+    let bound = ttl + slack;
+    let gone = eventually(bound + EVENT_TIMEOUT, || async { !present().await }).await;
+    let gone_after = paused.elapsed();
+    tokio::time::sleep(pause.saturating_sub(paused.elapsed())).await;
+    signal(&pid, "-CONT").await;
+    let resumed = Instant::now();
+    assert!(
+        gone,
+        "the paused owner's registration must disappear from the server"
+    );
+    assert!(
+        gone_after <= bound,
+        "the paused owner's registration disappeared only {gone_after:?} after the pause; the \
+         bound is the TTL plus the backend's slack, {bound:?}"
+    );
+    eprintln!("registration gone {gone_after:?} after its owner paused (TTL {ttl:?})");
+
+    let back_bound = ttl * 2 + slack;
+    let back = eventually(back_bound, || async {
+        matches!(store.get(&key, None).await, Ok(pair) if &pair.value[..] == b"registered")
+    })
+    .await;
+    assert!(
+        back,
+        "the resumed owner must write its registration again within {back_bound:?} (paused \
+         {pause:?})"
+    );
+    eprintln!(
+        "registration back {:?} after its owner resumed",
+        resumed.elapsed()
+    );
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+    cleanup(&*store, &dir).await;
+    let _ = store.close().await;
+}
+
 /// In a child that a fault case pauses: waits until the process has been paused (a timer tick
 /// late by more than half the TTL) and resumed, then until `lost` resolves, and prints
 /// `lost <ms> ms after resuming; <state>` with the state `describe` gives then.
@@ -309,13 +394,19 @@ pub async fn rewrite_registration(store: &dyn Store, key: &str, n: usize, ttl: D
 /// cases [`paused_server_ends_leadership`](crate::paused_server_ends_leadership),
 /// [`restarted_server_elects_again`](crate::restarted_server_elects_again),
 /// [`killed_leader_is_replaced`](crate::killed_leader_is_replaced) and
-/// [`paused_leader_is_replaced`](crate::paused_leader_is_replaced) — as `#[tokio::test]`s that
-/// run one at a time (they pause or restart the server the other tests use): `liveness_tests!(server: "redis", url: "KVSTORE_REDIS_URL", opener: |url| …, ttl: …,
-/// takeover: …)`. `opener` turns the server URL into an [`Opener`]; `takeover` bounds how long
-/// a paused holder's lock takes to be taken over (the TTL plus the backend's expiry slack).
+/// [`paused_leader_is_replaced`](crate::paused_leader_is_replaced) and
+/// [`paused_registrant_disappears`] — as `#[tokio::test]`s that run one at a time (they pause
+/// or restart the server the other tests use): `liveness_tests!(server: "redis", url:
+/// "KVSTORE_REDIS_URL", opener: |url| …, ttl: …, takeover: …, registration_slack: …,
+/// registrant_pause: …)`. `opener` turns the server URL into an [`Opener`]; `takeover` bounds
+/// how long a paused holder's lock takes to be taken over (the TTL plus the backend's expiry
+/// slack); `registration_slack` is how far past its TTL a paused owner's registration may stay
+/// on the server (at most 1 s, plus ZooKeeper's container check interval); `registrant_pause`
+/// how long the owner stays paused (past its session timeout where it has one).
 #[macro_export]
 macro_rules! liveness_tests {
-    (server: $server:expr, url: $var:expr, opener: $opener:expr, ttl: $ttl:expr, takeover: $takeover:expr $(,)?) => {
+    (server: $server:expr, url: $var:expr, opener: $opener:expr, ttl: $ttl:expr, takeover: $takeover:expr,
+     registration_slack: $registration_slack:expr, registrant_pause: $registrant_pause:expr $(,)?) => {
         static LIVENESS_SERIAL: ::tokio::sync::Mutex<()> = ::tokio::sync::Mutex::const_new(());
         const LIVENESS_SLACK: ::std::time::Duration = ::std::time::Duration::from_millis(500);
 
@@ -346,6 +437,14 @@ macro_rules! liveness_tests {
             backend_url, $var, $opener, |opener| {
             $crate::paused_leader_is_replaced(
                 &opener, "a_paused_leader_is_replaced_and_knows_it_on_resuming", $ttl, $takeover,
+            )
+            .await;
+        });
+        $crate::liveness_tests!(@test a_paused_registrant_disappears_and_registers_again,
+            backend_url, $var, $opener, |opener| {
+            $crate::paused_registrant_disappears(
+                &opener, "a_paused_registrant_disappears_and_registers_again", $ttl,
+                $registration_slack, $registrant_pause,
             )
             .await;
         });

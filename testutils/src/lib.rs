@@ -47,8 +47,8 @@ pub use election_faults::{
     paused_server_ends_leadership, restarted_server_elects_again,
 };
 pub use faults::{
-    paused_holder_is_replaced, paused_server_loses_lock, restarted_server_keeps_registration,
-    rewrite_registration,
+    REGISTRANT_VAR, paused_holder_is_replaced, paused_registrant_disappears,
+    paused_server_loses_lock, restarted_server_keeps_registration, rewrite_registration,
 };
 pub use foreign::{
     cas_on_foreign_key, foreign_sample, reads_foreign_sample, watches_see_foreign_write,

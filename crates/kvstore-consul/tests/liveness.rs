@@ -30,6 +30,8 @@ kvstore_testutils::liveness_tests!(
     ttl: TTL,
     // Consul invalidates a session between TTL and 2×TTL after its last renewal.
     takeover: TTL * 2 + Duration::from_secs(3),
+    registration_slack: Duration::from_secs(1),
+    registrant_pause: TTL * 2 + Duration::from_secs(1),
 );
 
 async fn sessions(http: &reqwest::Client, base: &str) -> usize {

@@ -30,6 +30,9 @@ kvstore_testutils::liveness_tests!(
     ttl: TTL,
     // etcd expires the paused holder's lease within its TTL plus its ~1 s expiry check.
     takeover: TTL + Duration::from_secs(3),
+    // etcd checks lease expiry about every 500 ms.
+    registration_slack: Duration::from_secs(1),
+    registrant_pause: TTL * 2 + Duration::from_secs(1),
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,12 @@
 //! `keep_alive` keys for the lease engine: the ephemeral pin lease and the registrar that
-//! writes a lost registration again on the store's new session.
+//! writes a lost registration again on a new session.
+//!
+//! A registration's pin lives in a session whose timeout is the registration's TTL (one
+//! session per distinct TTL, shared with locks of that TTL), not in the store's own session:
+//! when the owner dies or is cut off, the server expires that session within the TTL, drops
+//! the pin, and reaps the TTL znode at its next container check — so a dead instance leaves
+//! the registry within TTL + the container check interval, whatever the store's session
+//! timeout (10 s by default). Measured before this: 10.2 s for a 2 s TTL.
 
 use std::fmt;
 use std::sync::Arc;
@@ -24,18 +31,24 @@ use crate::write::Mode;
 pub(crate) struct PinLease {
     pub(crate) inner: Arc<Inner>,
     pub(crate) key: String,
+    /// The registration's TTL: the timeout of the session its pin lives in.
+    pub(crate) ttl: Duration,
 }
 
 impl fmt::Debug for PinLease {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PinLease").field("key", &self.key).finish()
+        f.debug_struct("PinLease")
+            .field("key", &self.key)
+            .field("ttl", &self.ttl)
+            .finish()
     }
 }
 
 #[async_trait]
 impl Lease for PinLease {
     async fn renew(&self) -> Result<Renewal> {
-        let client = self.inner.client().await?;
+        // An expired pin session is replaced here; the pin is then gone, and so is the lease.
+        let client = self.inner.lock_session(self.ttl).await?;
         let pin = format!("{}/{PIN}", self.inner.path(&self.key));
         match client.check_stat(&pin).await {
             Ok(Some(_)) => Ok(Renewal::Renewed),
@@ -64,7 +77,7 @@ impl Registrar for PinRegistrar {
         ttl: Duration,
     ) -> Result<Option<(Arc<dyn kvstore_core::backend::Lease>, Instant)>> {
         let inner = &self.0;
-        let client = inner.client().await?;
+        let client = inner.lock_session(ttl).await?;
         let sent = Instant::now();
         let opts = WriteOptions::default().with_ttl(ttl).with_keep_alive(true);
         let read = || inner.read_key(&client, key, true);
@@ -73,6 +86,7 @@ impl Registrar for PinRegistrar {
             let lease: Arc<dyn kvstore_core::backend::Lease> = Arc::new(PinLease {
                 inner: inner.clone(),
                 key: key.to_owned(),
+                ttl,
             });
             (lease, sent)
         }))
@@ -80,7 +94,8 @@ impl Registrar for PinRegistrar {
 }
 
 impl Inner {
-    /// Writes `value` at `key` under `condition` on the store's session; the heart of `put`
+    /// Writes `value` at `key` under `condition` — on the store's session, or for a
+    /// `keep_alive` key on the session of its TTL, which then holds its pin; the heart of `put`
     /// and `atomic_put`.
     pub(crate) async fn write(
         self: &Arc<Self>,
@@ -90,7 +105,10 @@ impl Inner {
         opts: Option<&WriteOptions>,
     ) -> Result<KvPair> {
         self.check_open()?;
-        let client = self.client().await?;
+        let client = match Mode::of(opts) {
+            Mode::KeepAlive(ttl) => self.lock_session(ttl).await?,
+            _ => self.client().await?,
+        };
         let sent = Instant::now();
         let pair = self.write_on(&client, key, value, condition, opts).await?;
         if let Mode::KeepAlive(ttl) = Mode::of(opts) {
@@ -101,6 +119,7 @@ impl Inner {
                 Arc::new(PinLease {
                     inner: self.clone(),
                     key: pair.key.clone(),
+                    ttl,
                 }),
                 sent,
                 Arc::new(PinRegistrar(self.clone())),

@@ -15,7 +15,7 @@ fn opener(url: String) -> Opener {
     Opener::new(move || {
         let url = url.clone();
         async move {
-            let config = ZkConfig::from_url(&url)?.with_session_timeout(TTL);
+            let config = ZkConfig::from_url(&url)?;
             Ok(Arc::new(ZkStore::connect(config).await?) as Arc<dyn Store>)
         }
     })
@@ -30,4 +30,8 @@ kvstore_testutils::liveness_tests!(
     ttl: TTL,
     // The server expires the paused holder's session within its timeout (the TTL).
     takeover: TTL + Duration::from_secs(3),
+    // 1 s plus the container check interval (100 ms in CI).
+    registration_slack: Duration::from_millis(1100),
+    // Past the registrant's session timeout, so it comes back on a new session.
+    registrant_pause: Duration::from_secs(12),
 );
