@@ -104,7 +104,7 @@ impl Registrar for SessionRegistrar {
     ) -> Result<Option<(Arc<dyn Lease>, Instant)>> {
         let inner = &self.0;
         let sent = Instant::now();
-        let opts = WriteOptions::default().with_ttl(ttl);
+        let opts = WriteOptions::default().with_ttl(ttl).with_keep_alive(true);
         let read = || async { Ok(inner.read_key(key, Consistency::Consistent, None).await?.0) };
         let write = |condition| inner.write_with_session(key, value, condition, Some(&opts));
         match write_again(value, read, write).await? {
@@ -116,6 +116,14 @@ impl Registrar for SessionRegistrar {
             None => Ok(None),
         }
     }
+}
+
+/// The session TTL of a `keep_alive` registration of `ttl`: half of it in whole seconds (at
+/// least 1 s), so that Consul, which invalidates a session between its TTL and twice its TTL
+/// after the last renewal (source: Consul docs, "Sessions", TTL), removes a dead owner's key
+/// within `ttl`; never below the server's `session_ttl_min` (then the bound is twice that).
+pub(crate) fn registration_session_ttl(ttl: Duration, min: Duration) -> Duration {
+    Duration::from_secs((ttl.as_secs() / 2).max(1)).max(min)
 }
 
 impl Inner {
@@ -270,12 +278,23 @@ impl Inner {
         let session = match ttl {
             // Source: Consul docs, "Sessions" — a session with Behavior=delete deletes the
             // keys it holds when it is invalidated (TTL passed without renewal).
-            Some(ttl) => Some(
-                inner
-                    .api
-                    .create_session(ttl, "delete", "kvstore ttl")
-                    .await?,
-            ),
+            // A registration (renewed) asks for half its TTL, so that Consul's worst case —
+            // invalidating up to twice the session TTL after the last renewal — still removes
+            // a dead owner's key within the TTL. A plain TTL key (never renewed) asks for the
+            // whole TTL: it must not go before it.
+            Some(ttl) => {
+                let session_ttl = if opts.is_some_and(|o| o.keep_alive) {
+                    registration_session_ttl(ttl, inner.api.min_session_ttl())
+                } else {
+                    ttl
+                };
+                Some(
+                    inner
+                        .api
+                        .create_session(session_ttl, "delete", "kvstore ttl")
+                        .await?,
+                )
+            }
             None => None,
         };
         let mut ops: Vec<Value> = Vec::with_capacity(4);
@@ -354,3 +373,19 @@ pub(crate) fn written(results: &[Entry], consul_key: &str) -> Result<u64> {
         .max()
         .ok_or_else(|| Error::backend(BACKEND, "the transaction returned no entry"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_registration_session_is_half_its_ttl_in_whole_seconds() {
+        let s = Duration::from_secs;
+        assert_eq!(registration_session_ttl(s(20), s(1)), s(10));
+        assert_eq!(registration_session_ttl(s(3), s(1)), s(1));
+        assert_eq!(registration_session_ttl(Duration::from_millis(1500), s(1)), s(1));
+        assert_eq!(registration_session_ttl(s(20), s(10)), s(10));
+        assert_eq!(registration_session_ttl(s(10), s(10)), s(10), "never under the minimum");
+    }
+}
+
