@@ -383,9 +383,15 @@ mod tests {
         let s = Duration::from_secs;
         assert_eq!(registration_session_ttl(s(20), s(1)), s(10));
         assert_eq!(registration_session_ttl(s(3), s(1)), s(1));
-        assert_eq!(registration_session_ttl(Duration::from_millis(1500), s(1)), s(1));
+        assert_eq!(
+            registration_session_ttl(Duration::from_millis(1500), s(1)),
+            s(1)
+        );
         assert_eq!(registration_session_ttl(s(20), s(10)), s(10));
-        assert_eq!(registration_session_ttl(s(10), s(10)), s(10), "never under the minimum");
+        assert_eq!(
+            registration_session_ttl(s(10), s(10)),
+            s(10),
+            "never under the minimum"
+        );
     }
 }
-
