@@ -112,6 +112,24 @@ where
     }
 }
 
+/// A server certificate from the trusted CA but for another host name is refused
+/// (`PermissionDenied`), checked by asking to verify the certificate against a name it does
+/// not carry (`tls_server_name`, on the backends that take it).
+pub async fn assert_other_host_refused<F, Fut>(open: &F, url: &str)
+where
+    F: Fn(String) -> Fut,
+    Fut: Future<Output = Result<Arc<dyn Store>>>,
+{
+    let elsewhere = with_query(url, "tls_server_name", Some("not-this-server.example"));
+    assert_refused(
+        open,
+        &elsewhere,
+        "kvstore-conformance/x",
+        "server certificate for another host name",
+    )
+    .await;
+}
+
 /// Every refusal a TLS+auth server gives, each `PermissionDenied` and each writing nothing:
 /// a wrong credential (`wrong_credential`: usually `url` through [`with_credential`]), no
 /// client certificate, a client certificate from a CA the server does not trust, and a server

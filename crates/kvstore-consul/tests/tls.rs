@@ -35,15 +35,7 @@ async fn refusals_are_permission_denied() {
     secure::refused_credentials_and_certificates(open, &url, &wrong, &dir).await;
     let none = secure::with_query(&url, "token", None);
     secure::assert_refused(&open, &none, "kvstore-conformance/x", "no token").await;
-    // A server certificate (from the trusted CA) for another host name is refused too.
-    let elsewhere = secure::with_query(&url, "tls_server_name", Some("not-this-server.example"));
-    secure::assert_refused(
-        &open,
-        &elsewhere,
-        "kvstore-conformance/x",
-        "server certificate for another host name",
-    )
-    .await;
+    secure::assert_other_host_refused(&open, &url).await;
 }
 
 /// A token whose policy reads every key and writes none (`key_prefix "" { policy = "read" }`).

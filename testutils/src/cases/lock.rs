@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use kvstore_core::{Error, KvPair, LockOptions, Store, Txn};
+use kvstore_core::{Error, KvPair, LockLost, LockOptions, Locker, Store, Txn};
 
 use crate::{EVENT_TIMEOUT, Opener, cleanup, keys, lock_ttl, next_within, ok, scratch_dir};
 
@@ -226,7 +226,6 @@ pub async fn lock_survives_key_deletion(opener: &Opener) {
             .expect("lock"),
         "lock",
     );
-    let token = holder.fencing_token().expect("held");
     ok(b.delete(&key).await, "delete the lock's key");
     ok(b.put(&format!("{dir}/other"), b"x", None).await, "put");
     ok(
@@ -238,26 +237,15 @@ pub async fn lock_survives_key_deletion(opener: &Opener) {
         "the value is gone"
     );
 
-    let mut contender = ok(
-        b.new_lock(&key, Some(&lock_ttl(opener.ttl))).await,
-        "new_lock",
-    );
-    let waited = tokio::time::timeout(opener.ttl * 2, contender.lock()).await;
-    assert!(
-        waited.is_err(),
-        "deleting the key must not free the lock: the contender got it"
-    );
-    assert!(!lost.is_lost(), "deleting the key must not end the hold");
-    assert_eq!(holder.fencing_token(), Some(token));
-    ok(holder.unlock().await, "unlock");
-    ok(
-        tokio::time::timeout(EVENT_TIMEOUT, contender.lock())
-            .await
-            .expect("the contender gets the lock after unlock"),
-        "lock",
-    );
-    assert!(contender.fencing_token().expect("held") > token);
-    ok(contender.unlock().await, "unlock");
+    hold_survives(
+        &*b,
+        &key,
+        opener.ttl,
+        holder,
+        &lost,
+        "deleting the lock's key",
+    )
+    .await;
     let _ = a.close().await;
     let _ = b.close().await;
 }
@@ -371,16 +359,39 @@ pub async fn lock_bookkeeping_unreachable(opener: &Opener) {
     // The key itself is the user's: deleting it removes the value, not the hold.
     ok(b.delete(&key).await, "delete the lock's own key");
 
-    let mut contender = ok(
-        b.new_lock(&key, Some(&lock_ttl(opener.ttl))).await,
-        "new_lock",
-    );
-    let waited = tokio::time::timeout(opener.ttl * 2, contender.lock()).await;
+    hold_survives(
+        &*b,
+        &key,
+        opener.ttl,
+        holder,
+        &lost,
+        "calls on reserved names",
+    )
+    .await;
+    cleanup(&*a, &dir).await;
+    let _ = a.close().await;
+    let _ = b.close().await;
+}
+
+/// After `what` was done by another client, the hold of `holder` is intact: a contender on
+/// `other` waits past twice the TTL, the holder keeps its token and its `LockLost` stays
+/// pending; after `unlock` the contender gets the lock with a greater token.
+async fn hold_survives(
+    other: &dyn Store,
+    key: &str,
+    ttl: Duration,
+    mut holder: Box<dyn Locker>,
+    lost: &LockLost,
+    what: &str,
+) {
+    let token = holder.fencing_token().expect("held");
+    let mut contender = ok(other.new_lock(key, Some(&lock_ttl(ttl))).await, "new_lock");
+    let waited = tokio::time::timeout(ttl * 2, contender.lock()).await;
     assert!(
         waited.is_err(),
-        "a second locker won while the holder still held the lock"
+        "{what} must not free the lock: a second locker won while the holder held it"
     );
-    assert!(!lost.is_lost(), "the holder must still hold");
+    assert!(!lost.is_lost(), "{what} must not end the hold");
     assert_eq!(holder.fencing_token(), Some(token));
     ok(holder.unlock().await, "unlock");
     ok(
@@ -389,10 +400,8 @@ pub async fn lock_bookkeeping_unreachable(opener: &Opener) {
             .expect("the contender gets the lock after unlock"),
         "lock",
     );
+    assert!(contender.fencing_token().expect("held") > token);
     ok(contender.unlock().await, "unlock");
-    cleanup(&*a, &dir).await;
-    let _ = a.close().await;
-    let _ = b.close().await;
 }
 
 /// A contender bounded by a timeout returns on time and leaves no waiter behind.

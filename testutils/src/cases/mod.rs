@@ -44,12 +44,13 @@ pub(crate) mod refused {
 
     use crate::EVENT_TIMEOUT;
 
-    fn check<T>(result: Option<kvstore_core::Result<T>>, what: &str) {
-        match result {
-            Some(Err(Error::CallNotSupported { .. } | Error::InvalidConfig { .. })) => {}
-            Some(Err(other)) => panic!("{what} without the capability: {other:?}"),
-            Some(Ok(_)) => panic!("{what} without the capability must be refused, it was accepted"),
-            None => panic!("{what} without the capability must be refused at once, it waited"),
+    /// `call` must fail at once with the refusal.
+    async fn check<T>(what: &str, call: impl Future<Output = kvstore_core::Result<T>>) {
+        match tokio::time::timeout(EVENT_TIMEOUT, call).await {
+            Ok(Err(Error::CallNotSupported { .. } | Error::InvalidConfig { .. })) => {}
+            Ok(Err(other)) => panic!("{what} without the capability: {other:?}"),
+            Ok(Ok(_)) => panic!("{what} without the capability must be refused, it was accepted"),
+            Err(_) => panic!("{what} without the capability must be refused at once, it waited"),
         }
     }
 
@@ -59,33 +60,16 @@ pub(crate) mod refused {
             let mut locker = store.new_lock(key, None).await?;
             locker.lock().await.map(|_| ())
         };
-        check(
-            tokio::time::timeout(EVENT_TIMEOUT, attempt).await.ok(),
-            "new_lock",
-        );
+        check("new_lock", attempt).await;
     }
 
     /// `watch_tree` is refused.
     pub(crate) async fn watch_tree(store: &dyn Store, dir: &str) {
-        let attempt = store.watch_tree(dir, None);
-        check(
-            tokio::time::timeout(EVENT_TIMEOUT, attempt)
-                .await
-                .ok()
-                .map(|r| r.map(|_| ())),
-            "watch_tree",
-        );
+        check("watch_tree", store.watch_tree(dir, None)).await;
     }
 
     /// `watch` is refused.
     pub(crate) async fn watch(store: &dyn Store, key: &str) {
-        let attempt = store.watch(key, None);
-        check(
-            tokio::time::timeout(EVENT_TIMEOUT, attempt)
-                .await
-                .ok()
-                .map(|r| r.map(|_| ())),
-            "watch",
-        );
+        check("watch", store.watch(key, None)).await;
     }
 }
