@@ -131,6 +131,8 @@ struct History {
     acquisitions: Vec<Acquisition>,
     /// Completion times (ns) of acknowledged server calls, per client.
     successes: Vec<Vec<u64>>,
+    /// Acknowledged compare-and-swaps, per client.
+    cas_ok: Vec<usize>,
     /// Completion times (ns) of acknowledged writes, any client.
     write_successes: Vec<u64>,
     /// Error kinds seen, by name.
@@ -308,7 +310,14 @@ async fn cas_client(
         let returned = shared.now();
         let expect = previous.map(|(_, v)| v);
         let (succeeded, returned) = match write_outcome(&result) {
-            Outcome::Ok => (Some(true), Some(returned)),
+            Outcome::Ok => {
+                shared
+                    .history
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .cas_ok[client] += 1;
+                (Some(true), Some(returned))
+            }
             Outcome::Refused => (Some(false), Some(returned)),
             Outcome::Unknown => (None, None),
         };
@@ -510,6 +519,10 @@ struct Report {
     hung_calls: Vec<String>,
     errors: BTreeMap<String, usize>,
     unexpected_errors: Vec<String>,
+    /// Acknowledged compare-and-swaps of each client.
+    cas_ok_per_client: Vec<usize>,
+    /// What the run did too little of for its verdict to mean anything (empty: enough).
+    too_little: Vec<String>,
     /// The longest each kind of call took, in seconds (waiting for a lock is not one: it is
     /// abandoned after 3 s).
     slowest_calls_s: BTreeMap<String, f64>,
@@ -536,6 +549,7 @@ async fn main() -> anyhow::Result<()> {
         hang_bound: args.hang_bound,
         history: Mutex::new(History {
             successes: vec![Vec::new(); args.clients],
+            cas_ok: vec![0; args.clients],
             ..History::default()
         }),
     });
@@ -614,6 +628,7 @@ async fn main() -> anyhow::Result<()> {
         .iter()
         .all(|k| k.recovery_s.is_some_and(|s| s <= report.recovery_bound_s));
     report.passed = report.lost_puts.is_empty()
+        && report.too_little.is_empty()
         && report.non_linearizable_registers.is_empty()
         && report.lock_violations.is_empty()
         && report.hung_calls.is_empty()
@@ -766,6 +781,12 @@ async fn verify(
         hung_calls: std::mem::take(&mut history.hung),
         errors: std::mem::take(&mut history.errors),
         unexpected_errors: std::mem::take(&mut history.unexpected),
+        too_little: too_little(
+            history.acquisitions.len(),
+            guarded_writes_ok,
+            &history.cas_ok,
+        ),
+        cas_ok_per_client: std::mem::take(&mut history.cas_ok),
         slowest_calls_s: std::mem::take(&mut history.slowest),
         recovery_bound_s: 0.0,
         recovered: false,
@@ -841,6 +862,37 @@ fn lock_violations(acquisitions: &mut [Acquisition], guarded: &[GuardedWrite]) -
     violations
 }
 
+/// The least a run must do for its verdict to mean anything: a run that took almost no lock,
+/// made almost no guarded write or whose clients almost never completed a CAS would pass every
+/// check by having nothing to check. Runs on CI's clusters do one to two orders of magnitude
+/// more.
+const MIN_ACQUISITIONS: usize = 10;
+const MIN_GUARDED_WRITES: usize = 10;
+const MIN_CAS_PER_CLIENT: usize = 5;
+
+/// What the run did too little of (empty: enough for a meaningful verdict).
+fn too_little(acquisitions: usize, guarded_writes_ok: usize, cas_ok: &[usize]) -> Vec<String> {
+    let mut short = Vec::new();
+    if acquisitions < MIN_ACQUISITIONS {
+        short.push(format!(
+            "{acquisitions} lock acquisitions (at least {MIN_ACQUISITIONS})"
+        ));
+    }
+    if guarded_writes_ok < MIN_GUARDED_WRITES {
+        short.push(format!(
+            "{guarded_writes_ok} acknowledged guarded writes (at least {MIN_GUARDED_WRITES})"
+        ));
+    }
+    for (client, &n) in cas_ok.iter().enumerate() {
+        if n < MIN_CAS_PER_CLIENT {
+            short.push(format!(
+                "client {client}: {n} acknowledged CAS (at least {MIN_CAS_PER_CLIENT})"
+            ));
+        }
+    }
+    short
+}
+
 /// The first few events the checker could not place, for the report.
 fn next_unplaced(events: &[Event], placed: &[usize]) -> Vec<Event> {
     let placed: std::collections::HashSet<usize> = placed.iter().copied().collect();
@@ -891,6 +943,14 @@ fn print_report(r: &Report) {
         r.unknown_register_events,
         r.non_linearizable_registers
     );
+    println!(
+        "   {} enough activity for a verdict (CAS acknowledged per client: {:?})",
+        verdict(r.too_little.is_empty()),
+        r.cas_ok_per_client
+    );
+    for short in &r.too_little {
+        println!("        too little: {short}");
+    }
     println!(
         "   {} locks: no overlapping holders ({} acquisitions, {} guarded writes)",
         verdict(r.lock_violations.is_empty()),
@@ -1009,6 +1069,14 @@ mod tests {
             found.iter().any(|v| v.contains("had completed")),
             "{found:?}"
         );
+    }
+
+    #[test]
+    fn a_run_that_did_too_little_fails() {
+        assert!(too_little(117, 80, &[900, 850, 870, 910]).is_empty());
+        let short = too_little(3, 0, &[900, 2]);
+        assert_eq!(short.len(), 3, "{short:?}");
+        assert!(short[2].contains("client 1"), "{short:?}");
     }
 
     #[test]
