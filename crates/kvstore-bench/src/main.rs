@@ -478,7 +478,7 @@ async fn each_backend<R, F, Fut>(
     backends: &[Backend],
     markdown: fn(&[R]) -> String,
     mut run: F,
-) -> anyhow::Result<()>
+) -> anyhow::Result<Vec<R>>
 where
     R: Serialize,
     F: FnMut(&Backend, Arc<dyn Store>) -> Fut,
@@ -505,7 +505,7 @@ where
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&records)?)?;
     }
-    Ok(())
+    Ok(records)
 }
 
 #[tokio::main]
@@ -520,13 +520,18 @@ async fn main() -> anyhow::Result<()> {
             registrations: args.soak_registrations,
             sample: args.soak_sample,
         };
-        return each_backend(&args, &backends, soak::markdown, |backend, store| {
+        let records = each_backend(&args, &backends, soak::markdown, |backend, store| {
             let name = backend.name;
             let file = (name == "redb").then(|| tmp.path().join(REDB_FILE));
             let plan = &plan;
             async move { soak::run(name, store, file.as_deref(), plan).await }
         })
-        .await;
+        .await?;
+        let failures: Vec<String> = records.iter().flat_map(soak::failures).collect();
+        if !failures.is_empty() {
+            anyhow::bail!("the soak failed: {}", failures.join("; "));
+        }
+        return Ok(());
     }
     if let Some(n) = args.watchers {
         return each_backend(&args, &backends, watchers::markdown, |backend, store| {
@@ -534,7 +539,8 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("{name}: {n} watchers");
             async move { watchers::run(name, &url, store, n).await }
         })
-        .await;
+        .await
+        .map(drop);
     }
     let ops: Vec<Op> = if args.operations.is_empty() {
         vec![

@@ -308,6 +308,30 @@ pub(crate) async fn run(
 }
 
 /// The soak figures as a Markdown table.
+/// Why a soak failed (empty: it passed): memory or descriptors not flat, any error, or a
+/// registration missing at the end.
+pub(crate) fn failures(record: &SoakRecord) -> Vec<String> {
+    let backend = record.backend;
+    let mut failed = Vec::new();
+    if !record.flat {
+        failed.push(format!(
+            "{backend}: not flat (RSS {:+.1} %, descriptors {:+.1} %; the bound is {FLAT_PERCENT} %)",
+            record.rss_growth_percent, record.fd_growth_percent
+        ));
+    }
+    let errors = record.samples.last().map_or(0, |s| s.errors);
+    if errors > 0 {
+        failed.push(format!("{backend}: {errors} errors"));
+    }
+    if record.registrations_alive < record.registrations {
+        failed.push(format!(
+            "{backend}: {} of {} registrations alive at the end",
+            record.registrations_alive, record.registrations
+        ));
+    }
+    failed
+}
+
 pub(crate) fn markdown(records: &[SoakRecord]) -> String {
     let mut out = String::from(
         "| backend | length | watchers | keep-alive | calls/s | events/s | errors | RSS MiB at 1 min → end | RSS growth | fds at 1 min → end | fd growth | registrations alive | flat |\n\
