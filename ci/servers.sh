@@ -15,6 +15,7 @@
 #                              etcd-cluster, zk-cluster, consul-cluster and redis-sentinel are
 #                              clusters of three on loopback (see "Clusters on loopback" below;
 #                              KVSTORE_<CLUSTER>_URL is their multi-endpoint URL).
+#                              toxiproxy is the fault proxy (KVSTORE_TOXIPROXY_URL, its HTTP API).
 #   kv_stop_one NAME / kv_start_one NAME   restart a single server on the same port (fault tests)
 #   kv_kill_one NAME / kv_leader CLUSTER   SIGKILL a server or member / name a cluster's leader
 #
@@ -33,6 +34,9 @@ KV_CONSUL_BIN="${KV_CONSUL_BIN:-${XDG_CACHE_HOME:-$HOME/.cache}/kvstore-ci/consu
 # etcd 3.6 (current upstream), built like Consul; Debian's etcd-server package is 3.4.
 KV_ETCD36_VERSION="$(sed -n 's/^require go.etcd.io\/etcd\/server\/v3 v//p' "$KV_CI_DIR/etcd/go.mod")"
 KV_ETCD36_BIN="${KV_ETCD36_BIN:-${XDG_CACHE_HOME:-$HOME/.cache}/kvstore-ci/etcd-$KV_ETCD36_VERSION}"
+# Toxiproxy, the fault proxy of the partition tests, built like Consul.
+KV_TOXIPROXY_VERSION="$(sed -n 's/^require github.com\/Shopify\/toxiproxy\/v2 v//p' "$KV_CI_DIR/toxiproxy/go.mod")"
+KV_TOXIPROXY_BIN="${KV_TOXIPROXY_BIN:-${XDG_CACHE_HOME:-$HOME/.cache}/kvstore-ci/toxiproxy-$KV_TOXIPROXY_VERSION}"
 KV_PIDS=()
 export KV_RUN_DIR
 
@@ -71,10 +75,12 @@ kv_install() {
     if ! command -v go >/dev/null && ! kv_required; then
         [ -x "$KV_CONSUL_BIN" ] || kv_log "skipping the Consul build: Go is not installed"
         [ -x "$KV_ETCD36_BIN" ] || kv_log "skipping the etcd $KV_ETCD36_VERSION build: Go is not installed"
+        [ -x "$KV_TOXIPROXY_BIN" ] || kv_log "skipping the Toxiproxy build: Go is not installed"
         return 0
     fi
     kv_build_consul
     kv_build_etcd36
+    kv_build_toxiproxy
 }
 
 # Whether a missing server is a failure (KVSTORE_REQUIRE_BACKENDS=1, as CI sets it) rather
@@ -92,6 +98,7 @@ kv_available() {
     etcd*) command -v etcd >/dev/null ;;
     zk*) command -v java >/dev/null && [ -f /usr/share/java/zookeeper.jar ] ;;
     consul*) [ -x "$KV_CONSUL_BIN" ] ;;
+    toxiproxy) [ -x "$KV_TOXIPROXY_BIN" ] ;;
     *) return 1 ;;
     esac
 }
@@ -140,6 +147,12 @@ kv_go_build() {
 # The pinned etcd 3.6 server (~1.5 min to build on two cores).
 kv_build_etcd36() {
     kv_go_build "etcd $KV_ETCD36_VERSION" "$KV_ETCD36_BIN" etcd go.etcd.io/etcd/server/v3
+}
+
+# The pinned Toxiproxy server (~10 s).
+kv_build_toxiproxy() {
+    kv_go_build "Toxiproxy $KV_TOXIPROXY_VERSION" "$KV_TOXIPROXY_BIN" toxiproxy \
+        github.com/Shopify/toxiproxy/v2/cmd/server
 }
 
 # The pinned Consul release (~4 min). consul-awsauth's pinned pseudo-version is missing from the
@@ -524,6 +537,13 @@ kv_start_one() {
     local port
     port=$(cat "$port_file")
     case $name in
+    toxiproxy)
+        # The fault proxy: tests create a proxy per server on 127.0.0.1 through its HTTP API.
+        "$KV_TOXIPROXY_BIN" -host 127.0.0.1 -port "$port" >"$dir/log" 2>&1 &
+        echo $! >"$dir/pid"
+        kv_wait toxiproxy 10 curl -fsS "http://127.0.0.1:$port/version"
+        export KVSTORE_TOXIPROXY_URL="http://127.0.0.1:$port"
+        ;;
     redis)
         redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no \
             --notify-keyspace-events KEA --dir "$dir" >"$dir/log" 2>&1 &

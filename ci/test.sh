@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 # shellcheck source=servers.sh
 source ci/servers.sh
 
-KV_SERVERS=(${KVSTORE_SERVERS:-redis etcd etcd36 zk consul redis-stock redis-cluster zk-stock consul-stock redis-tls etcd-tls zk-tls consul-tls
+KV_SERVERS=(${KVSTORE_SERVERS:-toxiproxy redis etcd etcd36 zk consul redis-stock redis-cluster zk-stock consul-stock redis-tls etcd-tls zk-tls consul-tls
     etcd-cluster zk-cluster consul-cluster redis-sentinel})
 kv_install
 kv_protoc

@@ -448,6 +448,17 @@ macro_rules! liveness_tests {
             )
             .await;
         });
+        $crate::liveness_tests!(@proxied a_cut_off_holder_loses_the_lock_before_a_successor_takes_it,
+            $var, $opener, |direct, through, proxy| {
+            $crate::cut_off_holder_loses_first(&direct, &through, &proxy, $ttl, $takeover).await;
+        });
+        $crate::liveness_tests!(@proxied a_cut_off_registration_leaves_and_comes_back,
+            $var, $opener, |direct, through, proxy| {
+            $crate::cut_off_registration_comes_back(
+                &direct, &through, &proxy, $ttl, $registration_slack, $registrant_pause,
+            )
+            .await;
+        });
         $crate::liveness_tests!(@test a_paused_holder_is_replaced_and_knows_it_on_resuming,
             backend_url, $var, $opener, |opener| {
             $crate::paused_holder_is_replaced(
@@ -455,6 +466,24 @@ macro_rules! liveness_tests {
             )
             .await;
         });
+    };
+    // One test through the fault proxy: an opener straight to the server and one through a
+    // new proxy in front of it (or skip when either the server or Toxiproxy is missing).
+    (@proxied $name:ident, $var:expr, $opener:expr, |$direct:ident, $through:ident, $proxy:ident| $body:block) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let Some(url) = $crate::backend_url($var) else {
+                return;
+            };
+            let upstream = $crate::upstream_of(&url);
+            let Some($proxy) = $crate::proxy::FaultProxy::start(&upstream).await else {
+                return;
+            };
+            let _serial = LIVENESS_SERIAL.lock().await;
+            let $direct: $crate::Opener = ($opener)(url.clone());
+            let $through: $crate::Opener = ($opener)($proxy.url_through(&url, &upstream));
+            $body
+        }
     };
     // One test: the server's URL from `$url_fn` (or skip), the serial lock, the opener.
     (@test $name:ident, $url_fn:ident, $var:expr, $opener:expr, |$o:ident| $body:block) => {

@@ -39,6 +39,8 @@ mod election_faults;
 mod faults;
 mod foreign;
 pub mod linearizability;
+mod partitions;
+pub mod proxy;
 pub mod secure;
 
 pub use cases::*;
@@ -53,6 +55,7 @@ pub use faults::{
 pub use foreign::{
     cas_on_foreign_key, foreign_sample, reads_foreign_sample, watches_see_foreign_write,
 };
+pub use partitions::{cut_off_holder_loses_first, cut_off_registration_comes_back, upstream_of};
 
 /// Upper bound for any single expected event (a watch item, a lock hand-off).
 pub const EVENT_TIMEOUT: Duration = Duration::from_secs(10);

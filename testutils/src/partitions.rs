@@ -1,0 +1,200 @@
+//! Partition cases: one client cut off from a running server by the fault proxy
+//! ([`FaultProxy`]), while the server keeps expiring that client's leases and another client
+//! reaches the server directly — the race fencing tokens exist for, which pausing the server
+//! cannot produce (a paused server expires nothing). Every wait is bounded.
+
+use std::time::{Duration, Instant};
+
+use kvstore_core::{Error, Store, Txn, WriteOptions};
+
+use crate::proxy::FaultProxy;
+use crate::{EVENT_TIMEOUT, Opener, cleanup, eventually, lock_ttl, ok, scratch_dir};
+
+/// A lock holder cut off from the server: its `LockLost` resolves before a second client's
+/// `lock()` returns (the loss rule, with the server expiring the lease meanwhile), the
+/// successor's token is greater, and after the cut heals a `when_held` write with the old token
+/// is refused with `LockNotHeld` and writes nothing.
+pub async fn cut_off_holder_loses_first(
+    direct: &Opener,
+    through: &Opener,
+    proxy: &FaultProxy,
+    ttl: Duration,
+    takeover: Duration,
+) {
+    let (holder_store, other) = (through.open().await, direct.open().await);
+    let dir = scratch_dir("cut_holder");
+    let (key, out) = (format!("{dir}/lock"), format!("{dir}/out"));
+    let mut holder = ok(
+        holder_store.new_lock(&key, Some(&lock_ttl(ttl))).await,
+        "new_lock",
+    );
+    let lost = ok(
+        tokio::time::timeout(EVENT_TIMEOUT, holder.lock())
+            .await
+            .expect("the lock is free"),
+        "lock",
+    );
+    let old_token = holder.fencing_token().expect("held");
+    let watch_loss = tokio::spawn({
+        let lost = lost.clone();
+        async move {
+            lost.await;
+            Instant::now()
+        }
+    });
+
+    proxy.cut().await;
+    let cut = Instant::now();
+    let mut successor = ok(other.new_lock(&key, Some(&lock_ttl(ttl))).await, "new_lock");
+    let won = tokio::time::timeout(takeover, successor.lock()).await;
+    let won_at = Instant::now();
+    let won = ok(
+        won.unwrap_or_else(|_| {
+            panic!("a successor must take the lock within {takeover:?} of the cut")
+        }),
+        "successor lock",
+    );
+    assert!(
+        lost.is_lost(),
+        "the cut-off holder still believed it held the lock when the successor got it"
+    );
+    let lost_at = tokio::time::timeout(EVENT_TIMEOUT, watch_loss)
+        .await
+        .expect("LockLost resolved")
+        .expect("the loss watcher");
+    assert!(lost_at <= won_at);
+    assert_eq!(holder.fencing_token(), None, "no token once lost");
+    let new_token = successor.fencing_token().expect("held");
+    assert!(new_token > old_token, "the successor's token is greater");
+    eprintln!(
+        "{}: holder told {:?} after the cut, successor won after {:?}",
+        other.backend(),
+        lost_at - cut,
+        won_at - cut
+    );
+
+    proxy.heal().await;
+    // The cut-off store reconnects; its stale guarded write is refused by the server.
+    let stale = Txn::new().when_held(&key, old_token).put(&out, "stale");
+    let refused = tokio::time::timeout(EVENT_TIMEOUT * 2, async {
+        loop {
+            match holder_store.txn(&stale).await {
+                Err(err) if err.is_transient() => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the healed store answers");
+    assert!(
+        matches!(refused, Err(Error::LockNotHeld { .. })),
+        "a when_held write with the old token after the heal: expected LockNotHeld, got {:?}",
+        refused.map(|_| ())
+    );
+    assert!(
+        !ok(other.exists(&out, None).await, "exists"),
+        "the stale write wrote nothing"
+    );
+    ok(
+        other
+            .txn(&Txn::new().when_held(&key, new_token).put(&out, "fresh"))
+            .await,
+        "the successor's guarded write",
+    );
+    drop(won);
+    ok(successor.unlock().await, "unlock");
+    drop(holder);
+    cleanup(&*other, &dir).await;
+    let _ = holder_store.close().await;
+    let _ = other.close().await;
+}
+
+/// A `keep_alive` registration whose owner is cut off for `cut` (longer than its lease or
+/// session timeout) leaves the server within `ttl + slack` of the cut, and is back within
+/// `2 × ttl` (plus the time to reconnect, at most [`EVENT_TIMEOUT`]) after the cut heals; the
+/// same store then works again without reopening.
+pub async fn cut_off_registration_comes_back(
+    direct: &Opener,
+    through: &Opener,
+    proxy: &FaultProxy,
+    ttl: Duration,
+    slack: Duration,
+    cut: Duration,
+) {
+    let (owner, other) = (through.open().await, direct.open().await);
+    let dir = scratch_dir("cut_registration");
+    let key = format!("{dir}/svc");
+    let registration = WriteOptions::default().with_ttl(ttl).with_keep_alive(true);
+    ok(
+        owner.put(&key, b"registered", Some(&registration)).await,
+        "register",
+    );
+    let present = || async { matches!(other.exists(&key, None).await, Ok(true)) };
+
+    proxy.cut().await;
+    let cut_at = Instant::now();
+    let bound = ttl + slack;
+    let gone = eventually(bound + EVENT_TIMEOUT, || async { !present().await }).await;
+    let gone_after = cut_at.elapsed();
+    tokio::time::sleep(cut.saturating_sub(cut_at.elapsed())).await;
+    proxy.heal().await;
+    let healed = Instant::now();
+    assert!(
+        gone,
+        "the cut-off owner's registration must leave the server"
+    );
+    assert!(
+        gone_after <= bound,
+        "the cut-off owner's registration left only {gone_after:?} after the cut (bound {bound:?})"
+    );
+    let back_bound = ttl * 2 + EVENT_TIMEOUT;
+    let back = eventually(back_bound, || async {
+        matches!(other.get(&key, None).await, Ok(pair) if &pair.value[..] == b"registered")
+    })
+    .await;
+    assert!(
+        back,
+        "the registration must be back within {back_bound:?} of the heal (cut {cut:?})"
+    );
+    eprintln!(
+        "{}: registration gone {gone_after:?} after the cut, back {:?} after the heal",
+        other.backend(),
+        healed.elapsed()
+    );
+    // The same store works again.
+    let check = format!("{dir}/after");
+    let written = tokio::time::timeout(EVENT_TIMEOUT, async {
+        loop {
+            match owner.put(&check, b"ok", None).await {
+                Err(err) if err.is_transient() => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the healed store answers");
+    ok(written, "put through the healed store");
+    ok(owner.delete(&key).await, "end the registration");
+    cleanup(&*other, &dir).await;
+    let _ = owner.close().await;
+    let _ = other.close().await;
+}
+
+/// The `host:port` a single-server URL names (`redis://127.0.0.1:6379/0?x` → `127.0.0.1:6379`),
+/// which a [`FaultProxy`] forwards to.
+///
+/// # Panics
+///
+/// When `url` has no `scheme://host:port`.
+pub fn upstream_of(url: &str) -> String {
+    let rest = url.split_once("://").expect("a scheme://host:port URL").1;
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, hosts)| hosts)
+        .to_owned()
+}
