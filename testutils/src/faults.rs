@@ -454,8 +454,21 @@ macro_rules! liveness_tests {
         });
         $crate::liveness_tests!(@proxied a_cut_off_registration_leaves_and_comes_back,
             $var, $opener, |direct, through, proxy| {
+            // 15 s: past every backend's lease or session timeout (ZooKeeper's is 10 s).
             $crate::cut_off_registration_comes_back(
-                &direct, &through, &proxy, $ttl, $registration_slack, $registrant_pause,
+                &direct, &through, &proxy, $ttl, $registration_slack,
+                ::std::time::Duration::from_secs(15),
+            )
+            .await;
+        });
+        $crate::liveness_tests!(@proxied a_cut_off_watch_ends_on_the_latest_value,
+            $var, $opener, |direct, through, proxy| {
+            $crate::cut_off_watch_ends_on_latest(&direct, &through, &proxy, $ttl * 2).await;
+        });
+        $crate::liveness_tests!(@proxied latency_is_no_loss_and_calls_time_out,
+            $var, $opener, |direct, through, proxy| {
+            $crate::latency_is_no_loss_and_times_out(
+                &direct, &through, &proxy, $ttl, ::std::time::Duration::from_secs(1),
             )
             .await;
         });
@@ -481,7 +494,11 @@ macro_rules! liveness_tests {
             };
             let _serial = LIVENESS_SERIAL.lock().await;
             let $direct: $crate::Opener = ($opener)(url.clone());
-            let $through: $crate::Opener = ($opener)($proxy.url_through(&url, &upstream));
+            // A 1 s request timeout through the proxy, for the latency case's bound.
+            let through_url = $proxy.url_through(&url, &upstream);
+            let separator = if through_url.contains('?') { '&' } else { '?' };
+            let $through: $crate::Opener =
+                ($opener)(format!("{through_url}{separator}request_timeout=1s"));
             $body
         }
     };

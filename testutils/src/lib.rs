@@ -55,7 +55,10 @@ pub use faults::{
 pub use foreign::{
     cas_on_foreign_key, foreign_sample, reads_foreign_sample, watches_see_foreign_write,
 };
-pub use partitions::{cut_off_holder_loses_first, cut_off_registration_comes_back, upstream_of};
+pub use partitions::{
+    cut_off_holder_loses_first, cut_off_registration_comes_back, cut_off_watch_ends_on_latest,
+    latency_is_no_loss_and_times_out, upstream_of,
+};
 
 /// Upper bound for any single expected event (a watch item, a lock hand-off).
 pub const EVENT_TIMEOUT: Duration = Duration::from_secs(10);

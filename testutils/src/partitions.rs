@@ -113,8 +113,8 @@ pub async fn cut_off_holder_loses_first(
 
 /// A `keep_alive` registration whose owner is cut off for `cut` (longer than its lease or
 /// session timeout) leaves the server within `ttl + slack` of the cut, and is back within
-/// `2 × ttl` (plus the time to reconnect, at most [`EVENT_TIMEOUT`]) after the cut heals; the
-/// same store then works again without reopening.
+/// `2 × ttl + 2 s` (two renewal deadlines, and the client library's reconnect backoff) after
+/// the cut heals; the same store then works again without reopening.
 pub async fn cut_off_registration_comes_back(
     direct: &Opener,
     through: &Opener,
@@ -149,7 +149,7 @@ pub async fn cut_off_registration_comes_back(
         gone_after <= bound,
         "the cut-off owner's registration left only {gone_after:?} after the cut (bound {bound:?})"
     );
-    let back_bound = ttl * 2 + EVENT_TIMEOUT;
+    let back_bound = ttl * 2 + Duration::from_secs(2);
     let back = eventually(back_bound, || async {
         matches!(other.get(&key, None).await, Ok(pair) if &pair.value[..] == b"registered")
     })
@@ -197,4 +197,120 @@ pub fn upstream_of(url: &str) -> String {
         .rsplit_once('@')
         .map_or(authority, |(_, hosts)| hosts)
         .to_owned()
+}
+
+/// A watcher cut off while the key changes twice ends on the latest value once the cut heals:
+/// items stay in order (`last_index` never goes back), and the last one is the second write.
+pub async fn cut_off_watch_ends_on_latest(
+    direct: &Opener,
+    through: &Opener,
+    proxy: &FaultProxy,
+    cut: Duration,
+) {
+    use futures::StreamExt;
+
+    let (watcher, other) = (through.open().await, direct.open().await);
+    let dir = scratch_dir("cut_watch");
+    let key = format!("{dir}/k");
+    ok(other.put(&key, b"v0", None).await, "put v0");
+    let mut stream = ok(watcher.watch(&key, None).await, "watch");
+    let first = tokio::time::timeout(EVENT_TIMEOUT, stream.next())
+        .await
+        .expect("the current state")
+        .expect("an item");
+    let mut last_index = ok(first, "first item").expect("present").last_index;
+
+    proxy.cut().await;
+    let cut_at = Instant::now();
+    ok(other.put(&key, b"v1", None).await, "put v1");
+    let latest = ok(other.put(&key, b"v2", None).await, "put v2");
+    tokio::time::sleep(cut.saturating_sub(cut_at.elapsed())).await;
+    proxy.heal().await;
+    let reached = tokio::time::timeout(EVENT_TIMEOUT * 2, async {
+        while let Some(item) = stream.next().await {
+            let pair = ok(item, "watch item after the heal").expect("the key exists");
+            assert!(pair.last_index >= last_index, "a watch never goes back");
+            last_index = pair.last_index;
+            if pair == latest {
+                return;
+            }
+        }
+        panic!("the watch ended before the latest value");
+    })
+    .await;
+    assert!(
+        reached.is_ok(),
+        "the watch must reach the latest value after the heal"
+    );
+    drop(stream);
+    cleanup(&*other, &dir).await;
+    let _ = watcher.close().await;
+    let _ = other.close().await;
+}
+
+/// Latency on every packet: a tenth of the TTL causes no false loss (a lock held through it
+/// for two TTLs stays held, and no one else gets it); latency beyond the store's
+/// `request_timeout` makes a call fail with `Timeout` (or another transient error) within
+/// `request_timeout` plus a second.
+pub async fn latency_is_no_loss_and_times_out(
+    direct: &Opener,
+    through: &Opener,
+    proxy: &FaultProxy,
+    ttl: Duration,
+    request_timeout: Duration,
+) {
+    let (holder_store, other) = (through.open().await, direct.open().await);
+    let dir = scratch_dir("latency");
+    let key = format!("{dir}/lock");
+    let mut holder = ok(
+        holder_store.new_lock(&key, Some(&lock_ttl(ttl))).await,
+        "new_lock",
+    );
+    let lost = ok(
+        tokio::time::timeout(EVENT_TIMEOUT, holder.lock())
+            .await
+            .expect("the lock is free"),
+        "lock",
+    );
+    let token = holder.fencing_token().expect("held");
+    proxy.delay(ttl / 10).await;
+    let mut contender = ok(other.new_lock(&key, Some(&lock_ttl(ttl))).await, "new_lock");
+    let taken = tokio::time::timeout(ttl * 2, contender.lock()).await;
+    assert!(
+        taken.is_err(),
+        "latency of a tenth of the TTL must not free the lock"
+    );
+    assert!(!lost.is_lost(), "latency of a tenth of the TTL is no loss");
+    assert_eq!(holder.fencing_token(), Some(token));
+    drop(contender);
+    proxy.heal().await;
+    ok(holder.unlock().await, "unlock");
+
+    proxy.delay(request_timeout * 3).await;
+    let started = Instant::now();
+    let result = tokio::time::timeout(request_timeout * 3, holder_store.get(&key, None)).await;
+    let took = started.elapsed();
+    let bound = request_timeout + Duration::from_secs(1);
+    match result {
+        Ok(Err(err)) if err.is_transient() => {
+            assert!(
+                took <= bound,
+                "the call failed only after {took:?} (bound {bound:?})"
+            );
+            eprintln!(
+                "{}: a call behind {:?} of latency failed after {took:?}: {err}",
+                other.backend(),
+                request_timeout * 3
+            );
+        }
+        Ok(other) => panic!(
+            "a call behind latency beyond request_timeout must fail with a transient error, got {:?}",
+            other.map(|_| ())
+        ),
+        Err(_) => panic!("a call behind latency beyond request_timeout must not wait {took:?}"),
+    }
+    proxy.heal().await;
+    cleanup(&*other, &dir).await;
+    let _ = holder_store.close().await;
+    let _ = other.close().await;
 }
