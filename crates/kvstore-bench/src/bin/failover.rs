@@ -32,6 +32,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -114,6 +115,15 @@ struct GuardedWrite {
     ok: bool,
 }
 
+/// One hold as its holder believed it, on the checker's one monotonic clock: from `lock()`
+/// returning to `LockLost` resolving or `unlock()` being called, whichever came first.
+#[derive(Debug, Clone, Copy)]
+struct Hold {
+    token: u64,
+    from: u64,
+    to: u64,
+}
+
 /// One acquisition.
 #[derive(Debug, Clone, Copy)]
 struct Acquisition {
@@ -129,6 +139,7 @@ struct History {
     acked_puts: Vec<(String, u64)>,
     guarded: Vec<GuardedWrite>,
     acquisitions: Vec<Acquisition>,
+    holds: Vec<Hold>,
     /// Completion times (ns) of acknowledged server calls, per client.
     successes: Vec<Vec<u64>>,
     /// Acknowledged compare-and-swaps, per client.
@@ -427,6 +438,15 @@ async fn lock_client(
                 invoked,
                 returned,
             });
+        // When the holder learns of a loss, on the same clock (a task per hold, aborted below).
+        let lost_at = Arc::new(AtomicU64::new(u64::MAX));
+        let watcher = tokio::spawn({
+            let (lost, lost_at, shared) = (lost.clone(), lost_at.clone(), shared.clone());
+            async move {
+                lost.await;
+                lost_at.store(shared.now(), Ordering::SeqCst);
+            }
+        });
         for _ in 0..3 {
             if lost.is_lost() {
                 break;
@@ -450,7 +470,20 @@ async fn lock_client(
                 });
             tokio::time::sleep(Duration::from_millis(30)).await;
         }
+        let unlocking = shared.now();
         let _ = shared.call(client, "unlock", locker.unlock()).await;
+        watcher.abort();
+        let to = unlocking.min(lost_at.load(Ordering::SeqCst));
+        shared
+            .history
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .holds
+            .push(Hold {
+                token,
+                from: returned,
+                to,
+            });
     }
 }
 
@@ -735,7 +768,8 @@ async fn verify(
     }
 
     // Locks.
-    let lock_violations = lock_violations(&mut history.acquisitions, &history.guarded);
+    let mut lock_violations = lock_violations(&mut history.acquisitions, &history.guarded);
+    lock_violations.extend(overlapping_holds(&mut history.holds));
     let guarded_writes_ok = history.guarded.iter().filter(|g| g.ok).count();
 
     // Recovery per kill: until every client has succeeded again.
@@ -854,6 +888,36 @@ fn lock_violations(acquisitions: &mut [Acquisition], guarded: &[GuardedWrite]) -
                 violations.push(format!(
                     "a guarded write with token {} succeeded after token {} was granted",
                     older.token, newer.token
+                ));
+            }
+        }
+    }
+    violations.truncate(20);
+    violations
+}
+
+/// How much two holds may seem to overlap before it counts: the time a task takes to notice a
+/// resolved `LockLost` on a loaded machine. The loss rule itself leaves a gap of at least a
+/// fifth of the TTL between a lost hold and the next.
+const HOLD_OVERLAP_MARGIN: u64 = 100_000_000;
+
+/// Mutual exclusion, checked directly: no two holds overlap by more than
+/// [`HOLD_OVERLAP_MARGIN`]. At most 20 violations.
+fn overlapping_holds(holds: &mut [Hold]) -> Vec<String> {
+    holds.sort_by_key(|h| h.from);
+    let mut violations = Vec::new();
+    for (i, a) in holds.iter().enumerate() {
+        for b in &holds[i + 1..] {
+            if b.from >= a.to {
+                break;
+            }
+            let overlap = a.to.min(b.to) - b.from;
+            if overlap > HOLD_OVERLAP_MARGIN {
+                violations.push(format!(
+                    "holds with tokens {} and {} overlapped by {:.3} s",
+                    a.token,
+                    b.token,
+                    overlap as f64 / 1e9
                 ));
             }
         }
@@ -1069,6 +1133,21 @@ mod tests {
             found.iter().any(|v| v.contains("had completed")),
             "{found:?}"
         );
+    }
+
+    #[test]
+    fn overlapping_holds_are_caught() {
+        let s = 1_000_000_000;
+        let hold = |token, from, to| Hold { token, from, to };
+        assert!(overlapping_holds(&mut [hold(1, 0, 2 * s), hold(2, 3 * s, 4 * s)]).is_empty());
+        // Within the margin: a late notice of the loss, not two holders.
+        let near = HOLD_OVERLAP_MARGIN / 2;
+        assert!(
+            overlapping_holds(&mut [hold(1, 0, 2 * s + near), hold(2, 2 * s, 3 * s)]).is_empty()
+        );
+        let found = overlapping_holds(&mut [hold(2, s, 3 * s), hold(1, 0, 2 * s)]);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].contains("overlapped by 1.000 s"), "{found:?}");
     }
 
     #[test]
