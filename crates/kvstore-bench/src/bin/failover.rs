@@ -185,9 +185,13 @@ impl Shared {
             Some(Ok(_)) => {}
             Some(Err(err)) => {
                 *h.errors.entry(error_kind(err)).or_default() += 1;
+                // A refused condition, including a guarded write of a holder that lost its lock.
                 let semantic = matches!(
                     err,
-                    Error::KeyModified { .. } | Error::KeyExists { .. } | Error::KeyNotFound { .. }
+                    Error::KeyModified { .. }
+                        | Error::KeyExists { .. }
+                        | Error::KeyNotFound { .. }
+                        | Error::LockNotHeld { .. }
                 );
                 if !err.is_transient() && !semantic && h.unexpected.len() < 5 {
                     h.unexpected
@@ -662,6 +666,7 @@ async fn main() -> anyhow::Result<()> {
         .all(|k| k.recovery_s.is_some_and(|s| s <= report.recovery_bound_s));
     report.passed = report.lost_puts.is_empty()
         && report.too_little.is_empty()
+        && report.unexpected_errors.is_empty()
         && report.non_linearizable_registers.is_empty()
         && report.lock_violations.is_empty()
         && report.hung_calls.is_empty()
@@ -1046,7 +1051,11 @@ fn print_report(r: &Report) {
         r.recovery_bound_s,
         seconds(slowest_recovery)
     );
-    println!("   errors seen: {:?}", r.errors);
+    println!(
+        "   {} no error that is neither transient nor a refused condition (errors seen: {:?})",
+        verdict(r.unexpected_errors.is_empty()),
+        r.errors
+    );
     for e in &r.unexpected_errors {
         println!("        neither transient nor a refused condition: {e}");
     }
