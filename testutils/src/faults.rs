@@ -465,10 +465,10 @@ macro_rules! liveness_tests {
             $var, $opener, |direct, through, proxy| {
             $crate::cut_off_watch_ends_on_latest(&direct, &through, &proxy, $ttl * 2).await;
         });
-        $crate::liveness_tests!(@proxied latency_is_no_loss_and_calls_time_out,
+        $crate::liveness_tests!(@proxied latency_beyond_the_request_timeout_fails_in_time,
             $var, $opener, |direct, through, proxy| {
-            $crate::latency_is_no_loss_and_times_out(
-                &direct, &through, &proxy, $ttl, ::std::time::Duration::from_secs(1),
+            $crate::latency_beyond_request_timeout_fails_in_time(
+                &direct, &through, &proxy, ::std::time::Duration::from_secs(1),
             )
             .await;
         });

@@ -57,7 +57,7 @@ pub use foreign::{
 };
 pub use partitions::{
     cut_off_holder_loses_first, cut_off_registration_comes_back, cut_off_watch_ends_on_latest,
-    latency_is_no_loss_and_times_out, upstream_of,
+    latency_beyond_request_timeout_fails_in_time, latency_is_no_false_loss, upstream_of,
 };
 
 /// Upper bound for any single expected event (a watch item, a lock hand-off).
