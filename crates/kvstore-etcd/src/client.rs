@@ -146,9 +146,19 @@ impl Lease for EtcdLease {
                 .map_err(from_etcd),
             _ => Ok(()),
         };
-        self.inner
-            .call(self.inner.client().lease_revoke(self.id))
-            .await?;
+        let mut client = self.inner.client();
+        let revoke = client.lease_revoke(self.id);
+        match tokio::time::timeout(self.inner.config.request_timeout, revoke).await {
+            Err(_) => return Err(Error::Timeout),
+            Ok(Ok(_)) => {}
+            // Source: etcd API reference, LeaseRevoke — a lease that already expired (as one
+            // does when the leader that granted it dies and its TTL runs out meanwhile) is
+            // "requested lease not found" (gRPC NotFound): there is nothing left to release.
+            // Found by the failover check, where `unlock` after a leader kill failed with it.
+            Ok(Err(etcd_client::Error::GRpcStatus(status)))
+                if status.code() == tonic::Code::NotFound => {}
+            Ok(Err(err)) => return Err(from_etcd(err)),
+        }
         deleted
     }
 }
