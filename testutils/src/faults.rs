@@ -12,7 +12,7 @@ use kvstore_core::{Store, WriteOptions};
 
 use crate::{
     EVENT_TIMEOUT, HOLDER_VAR, HolderProcess, Opener, cleanup, error_chain, eventually, lock_ttl,
-    ok, retry_transient, scratch_dir, server_control,
+    ok, retry_transient, scratch_dir, server_control, take_lock,
 };
 
 /// Server paused past the TTL while a lock is held: the holder's `LockLost` resolves within
@@ -28,17 +28,7 @@ pub async fn paused_server_loses_lock(
     let holder_store = opener.open().await;
     let dir = scratch_dir("paused_server");
     let key = format!("{dir}/lock");
-    let mut holder = ok(
-        holder_store.new_lock(&key, Some(&lock_ttl(ttl))).await,
-        "new_lock",
-    );
-    let lost = ok(
-        tokio::time::timeout(EVENT_TIMEOUT, holder.lock())
-            .await
-            .expect("lock within the event timeout"),
-        "lock",
-    );
-    let old_token = holder.fencing_token().expect("held");
+    let (mut holder, lost, old_token) = take_lock(&*holder_store, &key, ttl).await;
 
     server_control(server, "pause").await;
     let paused = Instant::now();

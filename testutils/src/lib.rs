@@ -292,6 +292,28 @@ where
     }
 }
 
+/// Takes the free lock `key` on `store` with a TTL of `ttl`, within [`EVENT_TIMEOUT`]:
+/// the locker, its loss signal and its fencing token.
+///
+/// # Panics
+///
+/// When `new_lock` or `lock` fails, or the lock is not taken in time.
+pub async fn take_lock(
+    store: &dyn Store,
+    key: &str,
+    ttl: Duration,
+) -> (Box<dyn kvstore_core::Locker>, kvstore_core::LockLost, u64) {
+    let mut locker = ok(store.new_lock(key, Some(&lock_ttl(ttl))).await, "new_lock");
+    let lost = ok(
+        tokio::time::timeout(EVENT_TIMEOUT, locker.lock())
+            .await
+            .expect("the free lock is taken within the event timeout"),
+        "lock",
+    );
+    let token = locker.fencing_token().expect("a fencing token while held");
+    (locker, lost, token)
+}
+
 /// Environment variable that puts a re-run test binary in lock-holder mode (see
 /// [`killed_holder_frees_lock`]).
 pub const HOLDER_VAR: &str = "KVSTORE_TEST_HOLD_LOCK";

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use kvstore_core::{Error, Store, Txn, WriteOptions};
 
 use crate::proxy::FaultProxy;
-use crate::{EVENT_TIMEOUT, Opener, cleanup, eventually, lock_ttl, ok, scratch_dir};
+use crate::{EVENT_TIMEOUT, Opener, cleanup, eventually, lock_ttl, ok, scratch_dir, take_lock};
 
 /// A lock holder cut off from the server: its `LockLost` resolves before a second client's
 /// `lock()` returns (the loss rule, with the server expiring the lease meanwhile), the
@@ -24,17 +24,7 @@ pub async fn cut_off_holder_loses_first(
     let (holder_store, other) = (through.open().await, direct.open().await);
     let dir = scratch_dir("cut_holder");
     let (key, out) = (format!("{dir}/lock"), format!("{dir}/out"));
-    let mut holder = ok(
-        holder_store.new_lock(&key, Some(&lock_ttl(ttl))).await,
-        "new_lock",
-    );
-    let lost = ok(
-        tokio::time::timeout(EVENT_TIMEOUT, holder.lock())
-            .await
-            .expect("the lock is free"),
-        "lock",
-    );
-    let old_token = holder.fencing_token().expect("held");
+    let (holder, lost, old_token) = take_lock(&*holder_store, &key, ttl).await;
     let watch_loss = tokio::spawn({
         let lost = lost.clone();
         async move {
@@ -266,17 +256,7 @@ pub async fn latency_is_no_false_loss(
     let (holder_store, other) = (through.open().await, direct.open().await);
     let dir = scratch_dir("latency");
     let key = format!("{dir}/lock");
-    let mut holder = ok(
-        holder_store.new_lock(&key, Some(&lock_ttl(ttl))).await,
-        "new_lock",
-    );
-    let lost = ok(
-        tokio::time::timeout(EVENT_TIMEOUT, holder.lock())
-            .await
-            .expect("the lock is free"),
-        "lock",
-    );
-    let token = holder.fencing_token().expect("held");
+    let (mut holder, lost, token) = take_lock(&*holder_store, &key, ttl).await;
     proxy.delay(ttl / 10).await;
     let mut contender = ok(other.new_lock(&key, Some(&lock_ttl(ttl))).await, "new_lock");
     let taken = tokio::time::timeout(ttl * 2, contender.lock()).await;
