@@ -13,7 +13,9 @@ use crate::{EVENT_TIMEOUT, Opener, cleanup, eventually, lock_ttl, ok, scratch_di
 /// A lock holder cut off from the server: its `LockLost` resolves before a second client's
 /// `lock()` returns (the loss rule, with the server expiring the lease meanwhile), the
 /// successor's token is greater, and after the cut heals a `when_held` write with the old token
-/// is refused with `LockNotHeld` and writes nothing.
+/// is refused with `LockNotHeld` and writes nothing. Both hold with `delete_on_unlock`, the
+/// successor with a value: the lost holder's release (its own, on the loss, and its `unlock()`
+/// after the heal) leaves the successor's value in place.
 pub async fn cut_off_holder_loses_first(
     direct: &Opener,
     through: &Opener,
@@ -24,7 +26,19 @@ pub async fn cut_off_holder_loses_first(
     let (holder_store, other) = (through.open().await, direct.open().await);
     let dir = scratch_dir("cut_holder");
     let (key, out) = (format!("{dir}/lock"), format!("{dir}/out"));
-    let (holder, lost, old_token) = take_lock(&*holder_store, &key, ttl).await;
+    let mut holder = ok(
+        holder_store
+            .new_lock(&key, Some(&lock_ttl(ttl).with_delete_on_unlock(true)))
+            .await,
+        "new_lock",
+    );
+    let lost = ok(
+        tokio::time::timeout(EVENT_TIMEOUT, holder.lock())
+            .await
+            .expect("the free lock is taken within the event timeout"),
+        "lock",
+    );
+    let old_token = holder.fencing_token().expect("a fencing token while held");
     let watch_loss = tokio::spawn({
         let lost = lost.clone();
         async move {
@@ -35,7 +49,13 @@ pub async fn cut_off_holder_loses_first(
 
     proxy.cut().await;
     let cut = Instant::now();
-    let mut successor = ok(other.new_lock(&key, Some(&lock_ttl(ttl))).await, "new_lock");
+    let successor_opts = lock_ttl(ttl)
+        .with_value("successor")
+        .with_delete_on_unlock(true);
+    let mut successor = ok(
+        other.new_lock(&key, Some(&successor_opts)).await,
+        "new_lock",
+    );
     let won = tokio::time::timeout(takeover, successor.lock()).await;
     let won_at = Instant::now();
     let won = ok(
@@ -82,8 +102,21 @@ pub async fn cut_off_holder_loses_first(
             .await,
         "the successor's guarded write",
     );
+    ok(
+        holder.unlock().await,
+        "the lost holder's unlock after the heal",
+    );
+    let value = ok(other.get(&key, None).await, "the successor's value");
+    assert_eq!(
+        value.value, "successor",
+        "the lost holder's release must leave the successor's value"
+    );
     drop(won);
     ok(successor.unlock().await, "unlock");
+    assert!(
+        !ok(other.exists(&key, None).await, "exists"),
+        "the successor's unlock deletes its value"
+    );
     drop(holder);
     cleanup(&*other, &dir).await;
     let _ = holder_store.close().await;

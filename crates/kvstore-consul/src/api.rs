@@ -101,6 +101,12 @@ pub(crate) fn op_lock(key: &str, value: &[u8], session: &str) -> Value {
     json!({ "KV": { "Verb": "lock", "Key": key, "Value": BASE64.encode(value), "Session": session } })
 }
 
+/// A check that `key` is locked by `session` (source: Consul docs, "Transactions" → KV
+/// operations, verb `check-session`: the transaction fails unless it is).
+pub(crate) fn op_check_session(key: &str, session: &str) -> Value {
+    json!({ "KV": { "Verb": "check-session", "Key": key, "Session": session } })
+}
+
 /// How a read is served (source: Consul docs, "Consistency Modes").
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Consistency {

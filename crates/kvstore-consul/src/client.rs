@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::BACKEND;
-use crate::api::{Api, Consistency, Entry, Txn, op, op_index, op_lock, op_value};
+use crate::api::{Api, Consistency, Entry, Txn, op, op_check_session, op_index, op_lock, op_value};
 
 /// State shared by the store, its watches and its locks.
 pub(crate) struct Inner {
@@ -79,10 +79,24 @@ impl Lease for SessionLease {
     async fn release(&self, why: Release) -> Result<()> {
         // The value goes first, but a failed delete never keeps the lock held.
         let deleted = match (&self.delete_on_unlock, why) {
-            (Some(key), Release::Unlock) => match self.inner.remove(key, None).await {
-                Ok(()) | Err(Error::KeyNotFound { .. }) => Ok(()),
-                Err(err) => Err(err),
-            },
+            // Only while this session still holds the lock key: once it has been invalidated
+            // another client may hold the lock and have written the key.
+            (Some(key), Release::Unlock) => {
+                let lock_key = self.inner.lock_key(key);
+                let ops = vec![
+                    op_check_session(&lock_key, &self.id),
+                    op("delete", &self.inner.consul_key(key)),
+                ];
+                match self.inner.api.txn(ops).await? {
+                    Txn::Done(_) => {
+                        self.inner.registrations.remove(key);
+                        Ok(())
+                    }
+                    // Not held any more: nothing of ours to delete.
+                    Txn::Failed { op: 0, .. } => Ok(()),
+                    Txn::Failed { what, .. } => Err(crate::error::from_txn_failure(what)),
+                }
+            }
             _ => Ok(()),
         };
         self.inner.api.destroy_session(&self.id).await?;

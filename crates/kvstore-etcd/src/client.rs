@@ -80,8 +80,9 @@ pub(crate) struct EtcdLease {
     inner: Arc<Inner>,
     pub(crate) id: i64,
     stream: tokio::sync::Mutex<Option<(LeaseKeeper, LeaseKeepAliveStream)>>,
-    /// Deleted before the revoke on `unlock` (a lock with `delete_on_unlock`).
-    delete_on_unlock: Option<String>,
+    /// Deleted before the revoke on `unlock` (a lock with `delete_on_unlock`), while the
+    /// holder key (the second) is still attached to this lease.
+    delete_on_unlock: Option<(String, String)>,
 }
 
 impl fmt::Debug for EtcdLease {
@@ -91,7 +92,11 @@ impl fmt::Debug for EtcdLease {
 }
 
 impl EtcdLease {
-    pub(crate) fn new(inner: Arc<Inner>, id: i64, delete_on_unlock: Option<String>) -> Self {
+    pub(crate) fn new(
+        inner: Arc<Inner>,
+        id: i64,
+        delete_on_unlock: Option<(String, String)>,
+    ) -> Self {
         EtcdLease {
             inner,
             id,
@@ -137,13 +142,24 @@ impl Lease for EtcdLease {
     async fn release(&self, why: Release) -> Result<()> {
         // The value goes first, but a failed delete never keeps the lock held.
         let deleted = match (&self.delete_on_unlock, why) {
-            (Some(key), Release::Unlock) => self
-                .inner
-                .client()
-                .delete(key.as_str(), None)
-                .await
-                .map(drop)
-                .map_err(from_etcd),
+            // Only while the holder key is still attached to this lease: once the lease has
+            // expired another client may hold the lock and have written the key (source: etcd
+            // API reference, "Txn" — a `LEASE` compare on a missing key sees lease 0).
+            (Some((key, holder)), Release::Unlock) => {
+                let txn = etcd_client::Txn::new()
+                    .when([etcd_client::Compare::lease(
+                        holder.as_str(),
+                        etcd_client::CompareOp::Equal,
+                        self.id,
+                    )])
+                    .and_then([etcd_client::TxnOp::delete(key.as_str(), None)]);
+                self.inner
+                    .client()
+                    .txn(txn)
+                    .await
+                    .map(drop)
+                    .map_err(from_etcd)
+            }
             _ => Ok(()),
         };
         let mut client = self.inner.client();

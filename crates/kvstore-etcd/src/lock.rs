@@ -118,8 +118,13 @@ impl Locker for EtcdLocker {
         let lease = self.inner.grant(ttl).await?;
         // A value written with the lease goes with it (the revoke deletes it); only a key the
         // lock wrote no value to needs a delete of its own on `unlock`.
-        let delete_on_unlock = (self.opts.delete_on_unlock && self.opts.value.is_none())
-            .then(|| self.inner.data_key(&self.key));
+        let delete_on_unlock =
+            (self.opts.delete_on_unlock && self.opts.value.is_none()).then(|| {
+                (
+                    self.inner.data_key(&self.key),
+                    self.inner.holder_key(&self.key),
+                )
+            });
         let mut held = HeldLease::start(
             Arc::new(EtcdLease::new(self.inner.clone(), lease, delete_on_unlock)),
             ttl,

@@ -88,7 +88,7 @@ impl Lease for WaiterLease {
         // The value goes first, but a failed delete never keeps the lock held. On `close` the
         // lock's session closes, which deletes an ephemeral value with it.
         let deleted = if why != Release::Close && self.delete_on_unlock {
-            delete_lock_value(&self.inner, &self.key).await
+            delete_lock_value(&self.inner, &self.key, &self.node).await
         } else {
             Ok(())
         };

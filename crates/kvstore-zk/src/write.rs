@@ -265,13 +265,22 @@ impl Inner {
         client: &Client,
         path: &str,
         stat: &Stat,
+        guard: Option<&str>,
     ) -> std::result::Result<(), zk::Error> {
-        if stat.num_children == 0 {
+        if stat.num_children == 0 && guard.is_none() {
             return timed(self.timeout(), client.delete(path, Some(stat.version))).await;
         }
-        let children = timed(self.timeout(), client.list_children(path)).await?;
+        let children = if stat.num_children == 0 {
+            Vec::new()
+        } else {
+            timed(self.timeout(), client.list_children(path)).await?
+        };
         let has_pin = children.iter().any(|c| c == PIN);
         let mut multi = client.new_multi_writer();
+        if let Some(guard) = guard {
+            // Version -1 matches any version: the check is that the znode exists.
+            multi.add_check_version(guard, -1)?;
+        }
         if has_pin {
             multi.add_delete(&format!("{path}/{PIN}"), None)?;
         }
@@ -425,6 +434,19 @@ impl Inner {
 
     /// Deletes `key`, checked against `expected` when given.
     pub(crate) async fn delete_key(&self, key: &str, expected: Option<u64>) -> Result<()> {
+        self.delete_key_while(key, expected, None).await.map(drop)
+    }
+
+    /// [`delete_key`](Self::delete_key), and with a `guard` only while the znode `guard` exists:
+    /// the delete and a check of `guard` go in one `multi`, so nothing is deleted once it has
+    /// gone (source: ZooKeeper Programmer's Guide, "Multi-update": all operations succeed or
+    /// none). A gone guard is `Ok(false)`.
+    pub(crate) async fn delete_key_while(
+        &self,
+        key: &str,
+        expected: Option<u64>,
+        guard: Option<&str>,
+    ) -> Result<bool> {
         self.check_open()?;
         let key = normalize_key(key)?;
         let client = self.client().await?;
@@ -441,10 +463,20 @@ impl Inner {
             if expected.is_some_and(|e| e != index(&stat)) {
                 return Err(Error::KeyModified { key: key.into() });
             }
-            match self.remove_node(&client, &path, &stat).await {
+            let removed = self.remove_node(&client, &path, &stat, guard).await;
+            if removed.is_err()
+                && let Some(guard) = guard
+                && timed(self.timeout(), client.check_stat(guard))
+                    .await
+                    .map_err(from_zk)?
+                    .is_none()
+            {
+                return Ok(false);
+            }
+            match removed {
                 Ok(()) => {
                     self.registrations.remove(key);
-                    return Ok(());
+                    return Ok(true);
                 }
                 Err(zk::Error::BadVersion) if expected.is_some() => {
                     return Err(Error::KeyModified { key: key.into() });
@@ -475,10 +507,12 @@ pub(crate) fn created_stat(
         .ok_or_else(|| zk::Error::UnexpectedError("transaction returned no create".into()))
 }
 
-/// Deletes a lock's value on unlock with `delete_on_unlock`.
-pub(crate) async fn delete_lock_value(inner: &Inner, key: &str) -> Result<()> {
-    match inner.delete_key(key, None).await {
-        Ok(()) | Err(Error::KeyNotFound { .. }) => Ok(()),
+/// Deletes a lock's value on unlock with `delete_on_unlock`, only while the hold's `waiter`
+/// znode exists: a holder whose session expired (and whose lock another client may hold now,
+/// with its own value) deletes nothing.
+pub(crate) async fn delete_lock_value(inner: &Inner, key: &str, waiter: &str) -> Result<()> {
+    match inner.delete_key_while(key, None, Some(waiter)).await {
+        Ok(_) | Err(Error::KeyNotFound { .. }) => Ok(()),
         Err(err) => Err(err),
     }
 }
