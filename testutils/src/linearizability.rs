@@ -8,30 +8,64 @@
 //! operations respects real time (an operation that completed before another was invoked comes
 //! first) and gives every known result when replayed on a register.
 //!
+//! The register holds a value and the index the server gave the write that stored it (its
+//! `last_index`), as a key does: a compare-and-swap compares the index, as `atomic_put` does,
+//! so a value written again (A → B → A) is a different state, and every write's index must be
+//! greater than the one it replaced. A write whose outcome is unknown has no known index: the
+//! first read that sees its value gives it one.
+//!
 //! The search is Wing and Gong's (1993), with Lowe's memoization of visited (linearized set,
 //! register value) pairs (Lowe 2017, "Testing for linearizability"), as Knossos and
 //! porcupine do: at each step any operation invoked before the earliest completion among the
-//! operations not yet placed may go next.
+//! operations not yet placed may go next. It runs within a time budget; a search that runs
+//! out is `Undecided`, which a caller must count as a failure.
 
 use std::collections::HashSet;
+use std::time::{Duration, Instant};
 
-/// A register value: `None` is the key's absence.
-pub type Value = Option<u64>;
+/// What a register holds: a value and, when known, the index of the write that stored it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Versioned {
+    /// The value.
+    pub value: u64,
+    /// The write's index (`last_index`); `None` when not known (a write whose outcome is
+    /// unknown, or a model without indexes), which then matches any index.
+    pub index: Option<u64>,
+}
+
+impl Versioned {
+    /// `value` at `index`.
+    pub fn at(value: u64, index: u64) -> Self {
+        Versioned {
+            value,
+            index: Some(index),
+        }
+    }
+
+    /// `value` with no known index: compared by value alone.
+    pub fn unindexed(value: u64) -> Self {
+        Versioned { value, index: None }
+    }
+}
+
+/// A register state: `None` is the key's absence.
+pub type Value = Option<Versioned>;
 
 /// What an operation did, and what it returned when that is known.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
-    /// A read that returned this value.
+    /// A read that returned this state.
     Read(Value),
     /// A write of this value (acknowledged, or with an unknown outcome).
-    Write(u64),
-    /// Compare-and-swap: write `new` if the register holds `expect`. `succeeded`: `Some(true)`
-    /// acknowledged, `Some(false)` refused (the register held something else), `None` unknown.
+    Write(Versioned),
+    /// Compare-and-swap: write `new` if the register holds `expect` (same value and index).
+    /// `succeeded`: `Some(true)` acknowledged, `Some(false)` refused (the register held
+    /// something else), `None` unknown.
     Cas {
-        /// The value compared.
+        /// The state compared.
         expect: Value,
-        /// The value written on success.
-        new: u64,
+        /// The state written on success.
+        new: Versioned,
         /// The outcome, when known.
         succeeded: Option<bool>,
     },
@@ -61,12 +95,42 @@ pub enum Verdict {
         /// The longest order of events the search found consistent.
         placed: Vec<usize>,
     },
+    /// The search ran out of its time budget before deciding: not a pass.
+    Undecided {
+        /// The longest order of events the search had found consistent.
+        placed: Vec<usize>,
+    },
 }
 
 impl Verdict {
-    /// Whether the history is linearizable.
+    /// Whether the history is linearizable (`Undecided` is not).
     pub fn is_linearizable(&self) -> bool {
         matches!(self, Verdict::Linearizable(_))
+    }
+}
+
+/// `state` read as `seen`: the state with the index the read gave it, or `None` when the read
+/// contradicts it (another value, or another known index).
+fn observe(state: Value, seen: Value) -> Option<Value> {
+    match (state, seen) {
+        (None, None) => Some(None),
+        (Some(s), Some(x)) if s.value == x.value => match (s.index, x.index) {
+            (Some(a), Some(b)) if a != b => None,
+            (a, b) => Some(Some(Versioned {
+                value: s.value,
+                index: a.or(b),
+            })),
+        },
+        _ => None,
+    }
+}
+
+/// `new` replacing `state`: `None` when both indexes are known and `new`'s is not greater
+/// (a server's indexes only grow).
+fn replace(state: Value, new: Versioned) -> Option<Value> {
+    match (state.and_then(|s| s.index), new.index) {
+        (Some(old), Some(next)) if next <= old => None,
+        _ => Some(Some(new)),
     }
 }
 
@@ -75,19 +139,23 @@ impl Verdict {
 /// the compare holds).
 fn step(value: Value, op: Op) -> Option<Value> {
     match op {
-        Op::Read(seen) => (seen == value).then_some(value),
-        Op::Write(v) => Some(Some(v)),
+        Op::Read(seen) => observe(value, seen),
+        Op::Write(v) => replace(value, v),
         Op::Cas {
             expect,
             new,
             succeeded,
-        } => {
-            let holds = value == expect;
-            match succeeded {
-                Some(claimed) if claimed != holds => None,
-                _ => Some(if holds { Some(new) } else { value }),
+        } => match (observe(value, expect), succeeded) {
+            (Some(bound), Some(true) | None) => replace(bound, new),
+            // Refused: the register held something else. With the register's index unknown
+            // and the value equal, the indexes may differ: a refusal is possible.
+            (Some(_), Some(false)) => {
+                let ambiguous = matches!((value, expect), (Some(s), Some(e)) if s.index.is_none() && e.index.is_some());
+                ambiguous.then_some(value)
             }
-        }
+            (None, Some(true)) => None,
+            (None, Some(false) | None) => Some(value),
+        },
     }
 }
 
@@ -95,6 +163,8 @@ struct Search<'a> {
     history: &'a [Event],
     seen: HashSet<(Vec<u64>, Value)>,
     best: Vec<usize>,
+    deadline: Instant,
+    out_of_time: bool,
 }
 
 impl Search<'_> {
@@ -112,6 +182,10 @@ impl Search<'_> {
         }
         if self.done(placed) {
             return true;
+        }
+        if self.out_of_time || Instant::now() > self.deadline {
+            self.out_of_time = true;
+            return false;
         }
         if !self.seen.insert((placed.clone(), value)) {
             return false;
@@ -162,7 +236,11 @@ fn set(bits: &mut [u64], i: usize, on: bool) {
     }
 }
 
-/// Checks `history` of one register that held `initial` before it began.
+/// How long [`check`] searches before it answers [`Verdict::Undecided`].
+pub const SEARCH_BUDGET: Duration = Duration::from_secs(30);
+
+/// Checks `history` of one register that held `initial` before it began, within
+/// [`SEARCH_BUDGET`].
 ///
 /// Cost: exponential in the worst case (the problem is NP-complete), but the memoization keeps
 /// histories of a few hundred operations with tens in flight at once well under a second.
@@ -170,31 +248,43 @@ fn set(bits: &mut [u64], i: usize, on: bool) {
 /// # Examples
 ///
 /// ```
-/// use kvstore_testutils::linearizability::{Event, Op, check};
+/// use kvstore_testutils::linearizability::{Event, Op, Versioned, check};
 ///
 /// // A write that completed, then a read that missed it: not linearizable.
 /// let lost = [
-///     Event { op: Op::Write(1), invoked: 0, returned: Some(10) },
+///     Event { op: Op::Write(Versioned::at(1, 7)), invoked: 0, returned: Some(10) },
 ///     Event { op: Op::Read(None), invoked: 20, returned: Some(30) },
 /// ];
 /// assert!(!check(None, &lost).is_linearizable());
 /// // The same read overlapping the write may see either state.
 /// let racing = [
-///     Event { op: Op::Write(1), invoked: 0, returned: Some(10) },
+///     Event { op: Op::Write(Versioned::at(1, 7)), invoked: 0, returned: Some(10) },
 ///     Event { op: Op::Read(None), invoked: 5, returned: Some(30) },
 /// ];
 /// assert!(check(None, &racing).is_linearizable());
 /// ```
 pub fn check(initial: Value, history: &[Event]) -> Verdict {
+    check_within(initial, history, SEARCH_BUDGET)
+}
+
+/// [`check`] with a time budget of `budget`: [`Verdict::Undecided`] when the search has not
+/// decided by then.
+pub fn check_within(initial: Value, history: &[Event], budget: Duration) -> Verdict {
     let mut search = Search {
         history,
         seen: HashSet::new(),
         best: Vec::new(),
+        deadline: Instant::now() + budget,
+        out_of_time: false,
     };
     let mut placed = vec![0u64; history.len().div_ceil(64)];
     let mut order = Vec::new();
     if search.run(&mut placed, initial, &mut order) {
         Verdict::Linearizable(order)
+    } else if search.out_of_time {
+        Verdict::Undecided {
+            placed: search.best,
+        }
     } else {
         Verdict::NotLinearizable {
             placed: search.best,
@@ -214,31 +304,40 @@ mod tests {
         }
     }
 
-    fn cas(expect: Value, new: u64, succeeded: Option<bool>) -> Op {
+    /// Unindexed states: compared by value alone.
+    fn cas(expect: Option<u64>, new: u64, succeeded: Option<bool>) -> Op {
         Op::Cas {
-            expect,
-            new,
+            expect: expect.map(Versioned::unindexed),
+            new: Versioned::unindexed(new),
             succeeded,
         }
+    }
+
+    fn write(v: u64) -> Op {
+        Op::Write(Versioned::unindexed(v))
+    }
+
+    fn read(v: Option<u64>) -> Op {
+        Op::Read(v.map(Versioned::unindexed))
     }
 
     #[test]
     fn sequential_histories() {
         let good = [
-            ev(Op::Write(1), 0, Some(1)),
-            ev(Op::Read(Some(1)), 2, Some(3)),
+            ev(write(1), 0, Some(1)),
+            ev(read(Some(1)), 2, Some(3)),
             ev(cas(Some(1), 2, Some(true)), 4, Some(5)),
             ev(cas(Some(1), 3, Some(false)), 6, Some(7)),
-            ev(Op::Read(Some(2)), 8, Some(9)),
+            ev(read(Some(2)), 8, Some(9)),
         ];
         assert_eq!(
             check(None, &good),
             Verdict::Linearizable(vec![0, 1, 2, 3, 4])
         );
         let stale = [
-            ev(Op::Write(1), 0, Some(1)),
-            ev(Op::Write(2), 2, Some(3)),
-            ev(Op::Read(Some(1)), 4, Some(5)),
+            ev(write(1), 0, Some(1)),
+            ev(write(2), 2, Some(3)),
+            ev(read(Some(1)), 4, Some(5)),
         ];
         match check(None, &stale) {
             Verdict::NotLinearizable { placed } => assert_eq!(placed, vec![0, 1]),
@@ -250,18 +349,18 @@ mod tests {
     fn concurrent_operations_may_take_effect_in_either_order() {
         // Two overlapping writes; reads after both see the one ordered last, consistently.
         let good = [
-            ev(Op::Write(1), 0, Some(10)),
-            ev(Op::Write(2), 1, Some(9)),
-            ev(Op::Read(Some(1)), 11, Some(12)),
-            ev(Op::Read(Some(1)), 13, Some(14)),
+            ev(write(1), 0, Some(10)),
+            ev(write(2), 1, Some(9)),
+            ev(read(Some(1)), 11, Some(12)),
+            ev(read(Some(1)), 13, Some(14)),
         ];
         assert!(check(None, &good).is_linearizable());
         // Two reads after both writes that disagree: no order explains both.
         let bad = [
-            ev(Op::Write(1), 0, Some(10)),
-            ev(Op::Write(2), 1, Some(9)),
-            ev(Op::Read(Some(1)), 11, Some(12)),
-            ev(Op::Read(Some(2)), 13, Some(14)),
+            ev(write(1), 0, Some(10)),
+            ev(write(2), 1, Some(9)),
+            ev(read(Some(1)), 11, Some(12)),
+            ev(read(Some(2)), 13, Some(14)),
         ];
         assert!(!check(None, &bad).is_linearizable());
     }
@@ -269,17 +368,17 @@ mod tests {
     #[test]
     fn two_successful_swaps_from_one_value_are_refused() {
         let bad = [
-            ev(Op::Write(0), 0, Some(1)),
+            ev(write(0), 0, Some(1)),
             ev(cas(Some(0), 1, Some(true)), 2, Some(10)),
             ev(cas(Some(0), 2, Some(true)), 3, Some(11)),
         ];
         assert!(!check(None, &bad).is_linearizable());
         // One of them refused: fine.
         let good = [
-            ev(Op::Write(0), 0, Some(1)),
+            ev(write(0), 0, Some(1)),
             ev(cas(Some(0), 1, Some(true)), 2, Some(10)),
             ev(cas(Some(0), 2, Some(false)), 3, Some(11)),
-            ev(Op::Read(Some(1)), 12, Some(13)),
+            ev(read(Some(1)), 12, Some(13)),
         ];
         assert!(check(None, &good).is_linearizable());
     }
@@ -287,19 +386,19 @@ mod tests {
     #[test]
     fn unknown_outcomes_may_or_may_not_have_happened() {
         // A timed-out write seen by a later read: it happened.
-        let seen = [ev(Op::Write(1), 0, None), ev(Op::Read(Some(1)), 5, Some(6))];
+        let seen = [ev(write(1), 0, None), ev(read(Some(1)), 5, Some(6))];
         assert!(check(None, &seen).is_linearizable());
         // Not seen: it never happened (or not yet).
-        let unseen = [ev(Op::Write(1), 0, None), ev(Op::Read(None), 5, Some(6))];
+        let unseen = [ev(write(1), 0, None), ev(read(None), 5, Some(6))];
         assert!(check(None, &unseen).is_linearizable());
         // But it cannot take effect before it was invoked.
-        let too_early = [ev(Op::Read(Some(1)), 0, Some(1)), ev(Op::Write(1), 5, None)];
+        let too_early = [ev(read(Some(1)), 0, Some(1)), ev(write(1), 5, None)];
         assert!(!check(None, &too_early).is_linearizable());
         // An unknown CAS resolves by the register: it succeeded here, so the read sees 2.
         let resolved = [
-            ev(Op::Write(1), 0, Some(1)),
+            ev(write(1), 0, Some(1)),
             ev(cas(Some(1), 2, None), 2, None),
-            ev(Op::Read(Some(2)), 5, Some(6)),
+            ev(read(Some(2)), 5, Some(6)),
         ];
         assert!(check(None, &resolved).is_linearizable());
     }
@@ -308,9 +407,9 @@ mod tests {
     fn an_acknowledged_write_lost_after_a_failover_is_found() {
         // Write 2 acknowledged, then every later read sees the older 1.
         let lost = [
-            ev(Op::Write(1), 0, Some(1)),
-            ev(Op::Write(2), 2, Some(3)),
-            ev(Op::Read(Some(1)), 10, Some(11)),
+            ev(write(1), 0, Some(1)),
+            ev(write(2), 2, Some(3)),
+            ev(read(Some(1)), 10, Some(11)),
         ];
         assert!(!check(None, &lost).is_linearizable());
     }
@@ -325,14 +424,66 @@ mod tests {
             let base = round * 100;
             for client in 0..8u64 {
                 let v = round * 8 + client;
-                history.push(ev(Op::Write(v), base + client, Some(base + 20 + client)));
+                history.push(ev(write(v), base + client, Some(base + 20 + client)));
             }
             let last = round * 8 + 7;
-            history.push(ev(Op::Read(Some(last)), base + 60, Some(base + 61)));
+            history.push(ev(read(Some(last)), base + 60, Some(base + 61)));
         }
         assert!(check(None, &history).is_linearizable());
         // The same with one read changed to a value of an earlier round: refused.
-        history[8 * 9 + 8].op = Op::Read(Some(3));
+        history[8 * 9 + 8].op = read(Some(3));
         assert!(!check(None, &history).is_linearizable());
+    }
+
+    #[test]
+    fn a_swap_compares_the_index_not_only_the_value() {
+        // A → B → A: a CAS holding the first A's index must be refused, though the value is A.
+        let aba = [
+            ev(Op::Write(Versioned::at(1, 10)), 0, Some(1)),
+            ev(Op::Read(Some(Versioned::at(1, 10))), 2, Some(3)),
+            ev(Op::Write(Versioned::at(2, 11)), 4, Some(5)),
+            ev(Op::Write(Versioned::at(1, 12)), 6, Some(7)),
+        ];
+        let stale = |succeeded| Op::Cas {
+            expect: Some(Versioned::at(1, 10)),
+            new: Versioned::at(3, 13),
+            succeeded: Some(succeeded),
+        };
+        let mut accepted = aba.to_vec();
+        accepted.push(ev(stale(true), 8, Some(9)));
+        assert!(!check(None, &accepted).is_linearizable(), "the ABA swap");
+        let mut refused = aba.to_vec();
+        refused.push(ev(stale(false), 8, Some(9)));
+        assert!(check(None, &refused).is_linearizable());
+    }
+
+    #[test]
+    fn indexes_only_grow_and_a_read_fixes_an_unknown_one() {
+        let backwards = [
+            ev(Op::Write(Versioned::at(1, 10)), 0, Some(1)),
+            ev(Op::Write(Versioned::at(2, 9)), 2, Some(3)),
+        ];
+        assert!(!check(None, &backwards).is_linearizable());
+        // A timed-out write: its index is the one a read reports, and the next CAS must hold it.
+        let unknown = [
+            ev(Op::Write(Versioned::unindexed(5)), 0, None),
+            ev(Op::Read(Some(Versioned::at(5, 20))), 2, Some(3)),
+            ev(Op::Read(Some(Versioned::at(5, 21))), 4, Some(5)),
+        ];
+        assert!(
+            !check(None, &unknown).is_linearizable(),
+            "two indexes for one write"
+        );
+        assert!(check(None, &unknown[..2]).is_linearizable());
+    }
+
+    #[test]
+    fn a_search_out_of_time_is_undecided_not_a_pass() {
+        let history = [ev(write(1), 0, Some(1)), ev(read(Some(1)), 2, Some(3))];
+        assert!(matches!(
+            check_within(None, &history, Duration::ZERO),
+            Verdict::Undecided { .. }
+        ));
+        assert!(check(None, &history).is_linearizable());
     }
 }
