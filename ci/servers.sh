@@ -200,8 +200,9 @@ EOF
 
 # Certificates for the TLS servers, generated once per run dir (never committed): a CA, a
 # server certificate for localhost/127.0.0.1, two client certificates ("client", and "reader"
-# for the ZooKeeper identity tests), and a second CA with its own
-# client certificate, which the servers must refuse. Exports KVSTORE_TLS_DIR.
+# for the ZooKeeper identity tests), a server certificate for another host name (which the
+# clients must refuse), and a second CA with its own client certificate, which the servers must
+# refuse. Exports KVSTORE_TLS_DIR.
 kv_certs() {
     local d="$KV_RUN_DIR/certs"
     export KVSTORE_TLS_DIR="$d"
@@ -226,6 +227,10 @@ extendedKeyUsage=serverAuth" || exit 1
         kv_cert client ca "extendedKeyUsage=clientAuth" || exit 1
         kv_cert reader ca "extendedKeyUsage=clientAuth" || exit 1
         kv_cert stranger other-ca "extendedKeyUsage=clientAuth" || exit 1
+        # A server certificate from the trusted CA for another host only: the clients must
+        # refuse it (testutils' other_host_endpoint presents it).
+        kv_cert otherhost ca "subjectAltName=DNS:not-this-server.example
+extendedKeyUsage=serverAuth" || exit 1
         cat server.pem server-key.pem >server-bundle.pem
         chmod 600 ./*-key.pem server-bundle.pem
         touch done

@@ -130,6 +130,73 @@ where
     .await;
 }
 
+/// A TLS endpoint on 127.0.0.1 that presents a certificate from the run's CA for another host
+/// name only (`otherhost.pem`: `not-this-server.example`, which `ci/servers.sh` makes), then
+/// drops the connection. For the backends whose client verifies the URL's host and takes no
+/// `tls_server_name` (Redis, ZooKeeper): a client must refuse it at the handshake, before a byte
+/// of its protocol is sent. Returns the port; the endpoint lives as long as the runtime.
+///
+/// # Panics
+///
+/// When the certificate cannot be read or the port cannot be bound.
+pub async fn other_host_endpoint(tls_dir: &Path) -> u16 {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(tls_dir.join("otherhost.pem"))
+            .expect("otherhost.pem")
+            .collect::<std::result::Result<_, _>>()
+            .expect("otherhost.pem holds certificates");
+    let key = PrivateKeyDer::from_pem_file(tls_dir.join("otherhost-key.pem"))
+        .expect("otherhost-key.pem");
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("the other host's certificate and key");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind 127.0.0.1");
+    let port = listener.local_addr().expect("local address").port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            // The handshake fails on the client's side; either way the connection then ends.
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(EVENT_TIMEOUT, acceptor.accept(stream)).await;
+            });
+        }
+    });
+    port
+}
+
+/// [`assert_refused`] for a server certificate for another host name: `url` (a single-host
+/// URL of a TLS server, with its options) pointed at [`other_host_endpoint`].
+///
+/// # Panics
+///
+/// When the open or first write is not refused with `PermissionDenied` in time.
+pub async fn assert_other_host_endpoint_refused<F, Fut>(open: &F, url: &str, tls_dir: &Path)
+where
+    F: Fn(String) -> Fut,
+    Fut: Future<Output = Result<Arc<dyn Store>>>,
+{
+    let port = other_host_endpoint(tls_dir).await;
+    let mut parsed = url::Url::parse(url).expect("a single-host URL");
+    parsed.set_port(Some(port)).expect("a URL with a host");
+    assert_refused(
+        open,
+        parsed.as_str(),
+        "kvstore-conformance/x",
+        "server certificate for another host name",
+    )
+    .await;
+}
+
 /// Every refusal a TLS+auth server gives, each `PermissionDenied` and each writing nothing:
 /// a wrong credential (`wrong_credential`: usually `url` through [`with_credential`]), no
 /// client certificate, a client certificate from a CA the server does not trust, and a server

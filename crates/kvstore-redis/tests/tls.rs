@@ -35,6 +35,9 @@ async fn refusals_are_permission_denied() {
     // A user the server does not know is refused like a wrong password.
     let unknown = secure::with_user(&url, "nobody");
     secure::assert_refused(&open, &unknown, "kvstore-conformance/x", "unknown user").await;
+    // The client verifies the URL's host (no `tls_server_name` here): a TLS endpoint on
+    // 127.0.0.1 whose certificate, from the trusted CA, names another host is refused.
+    secure::assert_other_host_endpoint_refused(&open, &url, &dir).await;
 }
 
 #[tokio::test]

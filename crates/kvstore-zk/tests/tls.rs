@@ -36,6 +36,9 @@ async fn refusals_are_permission_denied() {
         "wrong-secret",
     );
     secure::refused_credentials_and_certificates(open, &url, &wrong, &dir).await;
+    // The client verifies the URL's host (no `tls_server_name` here): a TLS endpoint on
+    // 127.0.0.1 whose certificate, from the trusted CA, names another host is refused.
+    secure::assert_other_host_endpoint_refused(&open, &url, &dir).await;
 }
 
 /// Znodes created with `acl=creator_read` are readable by anyone and writable only by their
