@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Failover under load, on each clustered backend: kvstore-failover kills the leader (the Redis
-# primary) twice while clients run CAS increments, puts and lock rounds, restarts it, and checks
-# the recorded history (no acknowledged write lost, every CAS register linearizable, no two lock
-# holders overlapping, no call hung, recovery within its bound). Prints each cluster's verdict
-# and fails if any check fails. Reports go to target/failover/<cluster>.json.
+# Failover under load, on each clustered backend: while clients run CAS increments, puts and lock
+# rounds, kvstore-failover kills the leader (the Redis primary), then injects two more nemeses
+# chosen by a seed (leader paused past the election timeout, a follower killed, quorum lost,
+# the Consul client agent killed, one or two Sentinels killed), heals each, and checks the
+# recorded history (no acknowledged write lost, every CAS register linearizable, no two lock
+# holders overlapping, no call hung, recovery within its bound). Prints the seed and each
+# cluster's verdict and fails if any check fails. Reports go to target/failover/<cluster>.json.
+# KVSTORE_FAILOVER_SEED=N replays a run's choice (default: the day number, which rotates
+# through every nemesis within two days).
 #
 # Uses the clusters ci/test.sh started (KVSTORE_<CLUSTER>_URL); run alone, it starts them.
 set -euo pipefail
@@ -39,6 +43,7 @@ mkdir -p target/failover
 failed=()
 for cluster in "${clusters[@]}"; do
     args=(--cluster "$cluster" --json "target/failover/$cluster.json")
+    [ -z "${KVSTORE_FAILOVER_SEED:-}" ] || args+=(--seed "$KVSTORE_FAILOVER_SEED")
     # Redis replication is asynchronous: only writes the replica confirmed (WAIT) survive the
     # primary's death, so the check runs with wait_replicas=1.
     if [ "$cluster" = redis-sentinel ]; then

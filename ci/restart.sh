@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# restart.sh NAME [stop|start|restart|pause|resume|kill]: used by fault tests to stop and start
-# one server (or cluster member) on the same port, to pause it (SIGSTOP: it keeps its sockets
-# and answers nothing, like a partition) and resume it, or to SIGKILL it, by its recorded PID.
-# restart.sh CLUSTER leader prints the member that leads CLUSTER now (the Redis primary).
+# restart.sh NAME [stop|start|start-nowait|ready|restart|pause|resume|kill]: used by fault tests
+# to stop and start one server (or cluster member) on the same port, to pause it (SIGSTOP: it
+# keeps its sockets and answers nothing, like a partition) and resume it, or to SIGKILL it, by
+# its recorded PID. `start-nowait` starts a cluster member without waiting for it to be ready;
+# `ready` waits (60 s at most) until it is.
+# restart.sh CLUSTER leader prints the member that leads CLUSTER now (the Redis primary);
+# restart.sh CLUSTER members prints its members, one per line.
 # Needs KV_RUN_DIR from ci/test.sh.
 set -euo pipefail
 : "${KV_RUN_DIR:?KV_RUN_DIR is not set: run the tests through ci/test.sh}"
@@ -13,10 +16,13 @@ action=${2:-restart}
 case $action in
 stop) kv_stop_one "$name" ;;
 start) kv_start_one "$name" ;;
+start-nowait) KV_NO_WAIT=1 kv_start_one "$name" ;;
+ready) kv_wait "$name" 60 kv_member_ready "$name" ;;
 restart) kv_stop_one "$name" && kv_start_one "$name" ;;
 pause) kill -STOP "$(cat "$KV_RUN_DIR/$name/pid")" ;;
 resume) kill -CONT "$(cat "$KV_RUN_DIR/$name/pid")" ;;
 kill) kv_kill_one "$name" ;;
 leader) kv_leader "$name" ;;
-*) echo "usage: restart.sh NAME [stop|start|restart|pause|resume|kill|leader]" >&2; exit 2 ;;
+members) kv_members "$name" ;;
+*) echo "usage: restart.sh NAME [stop|start|start-nowait|ready|restart|pause|resume|kill|leader|members]" >&2; exit 2 ;;
 esac

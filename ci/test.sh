@@ -29,5 +29,9 @@ for backend in redis etcd zk consul; do
     grep -Eq '^running [1-9][0-9]* tests?$' <<<"$out" ||
         { echo "the refusals filter matched no test of kvstore-$backend" >&2; exit 1; }
 done
-# Leaders killed under load on the clusters started above, with the history checked.
+# Leaders killed and nemeses injected under load on the clusters started above, with the
+# history checked.
 KVSTORE_IN_TEST_SH=1 ci/failover.sh
+# A 2-minute soak on every single server at once: memory and descriptors flat, no error, every
+# registration alive at the end (the 10-minute one is ci/soak.sh alone).
+KVSTORE_IN_TEST_SH=1 SOAK_PROFILE=dev SOAK_DURATION="${KVSTORE_SOAK_DURATION:-2m}" ci/soak.sh

@@ -20,7 +20,7 @@
 //! operations not yet placed may go next. It runs within a time budget; a search that runs
 //! out is `Undecided`, which a caller must count as a failure.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 /// What a register holds: a value and, when known, the index of the write that stored it.
@@ -159,68 +159,191 @@ fn step(value: Value, op: Op) -> Option<Value> {
     }
 }
 
-struct Search<'a> {
-    history: &'a [Event],
-    seen: HashSet<(Vec<u64>, Value)>,
+/// The search state. Events are sorted by invocation, so the operations that may go next are
+/// a short run starting at the first unplaced one, and a memo key needs only the placed bits
+/// from there on.
+struct Search {
+    /// The history sorted by invocation; `original[i]` is event `i`'s index in the caller's.
+    events: Vec<Event>,
+    original: Vec<usize>,
+    /// Placed events, one bit each.
+    placed: Vec<u64>,
+    /// The completion times of the unplaced events with a known result, with multiplicity:
+    /// the smallest is the horizon.
+    pending: BTreeMap<u64, usize>,
+    seen: HashSet<(usize, Vec<u64>, Value)>,
     best: Vec<usize>,
     deadline: Instant,
     out_of_time: bool,
 }
 
-impl Search<'_> {
-    fn done(&self, placed: &[u64]) -> bool {
-        self.history
-            .iter()
-            .enumerate()
-            .all(|(i, e)| e.returned.is_none() || is_set(placed, i))
+impl Search {
+    fn new(history: &[Event], budget: Duration) -> Self {
+        let mut original: Vec<usize> = (0..history.len()).collect();
+        original.sort_by_key(|&i| history[i].invoked);
+        let events: Vec<Event> = original.iter().map(|&i| history[i]).collect();
+        let mut pending = BTreeMap::new();
+        for returned in events.iter().filter_map(|e| e.returned) {
+            *pending.entry(returned).or_insert(0) += 1;
+        }
+        Search {
+            placed: vec![0; events.len().div_ceil(64)],
+            events,
+            original,
+            pending,
+            seen: HashSet::new(),
+            best: Vec::new(),
+            deadline: Instant::now() + budget,
+            out_of_time: false,
+        }
     }
 
-    /// Depth-first: returns the order found, if any, from this point.
-    fn run(&mut self, placed: &mut Vec<u64>, value: Value, order: &mut Vec<usize>) -> bool {
-        if order.len() > self.best.len() {
-            self.best = order.clone();
+    /// Places or unplaces event `i`.
+    fn place(&mut self, i: usize, on: bool) {
+        set(&mut self.placed, i, on);
+        if let Some(returned) = self.events[i].returned {
+            if on {
+                if let Some(n) = self.pending.get_mut(&returned) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.pending.remove(&returned);
+                    }
+                }
+            } else {
+                *self.pending.entry(returned).or_insert(0) += 1;
+            }
         }
-        if self.done(placed) {
-            return true;
-        }
-        if self.out_of_time || Instant::now() > self.deadline {
-            self.out_of_time = true;
-            return false;
-        }
-        if !self.seen.insert((placed.clone(), value)) {
-            return false;
-        }
-        // The earliest completion among the operations not yet placed bounds which may go next.
-        let horizon = self
-            .history
+    }
+
+    /// The earliest completion among the unplaced operations: it bounds which may go next.
+    fn horizon(&self) -> u64 {
+        self.pending.keys().next().copied().unwrap_or(u64::MAX)
+    }
+
+    /// The index of the first unplaced event (`events.len()` when all are).
+    fn first_unplaced(&self) -> usize {
+        self.placed
             .iter()
-            .enumerate()
-            .filter(|&(i, _)| !is_set(placed, i))
-            .filter_map(|(_, e)| e.returned)
-            .min()
-            .unwrap_or(u64::MAX);
-        for i in 0..self.history.len() {
-            let event = self.history[i];
-            if is_set(placed, i) || event.invoked > horizon {
-                continue;
-            }
-            let Some(next) = step(value, event.op) else {
-                continue;
-            };
-            // An operation of unknown outcome that would change nothing here is as if it never
-            // took effect (which it may): trying it only multiplies the states searched.
-            if event.returned.is_none() && next == value {
-                continue;
-            }
-            set(placed, i, true);
-            order.push(i);
-            if self.run(placed, next, order) {
-                return true;
-            }
-            order.pop();
-            set(placed, i, false);
+            .position(|&w| w != u64::MAX)
+            .map_or(self.events.len(), |w| {
+                w * 64 + self.placed[w].trailing_ones() as usize
+            })
+            .min(self.events.len())
+    }
+
+    /// The memo key of the placed set: every word below the first unplaced event's is full,
+    /// so the key is that word's index and the words from it to the last one with a bit set.
+    fn key(&self, value: Value) -> (usize, Vec<u64>, Value) {
+        let low = self.first_unplaced() / 64;
+        let high = self
+            .placed
+            .iter()
+            .rposition(|&w| w != 0)
+            .map_or(low, |h| h.max(low));
+        let words = self
+            .placed
+            .get(low..=high)
+            .map_or_else(Vec::new, <[u64]>::to_vec);
+        (low, words, value)
+    }
+
+    /// Whether the search may go on; records running out of time.
+    fn in_time(&mut self) -> bool {
+        if !self.out_of_time && Instant::now() > self.deadline {
+            self.out_of_time = true;
         }
-        false
+        !self.out_of_time
+    }
+
+    /// The first operation from `from` on that may go next on `value`, and the value after it.
+    fn candidate(&self, value: Value, horizon: u64, from: usize) -> Option<(usize, Value)> {
+        let from = from.max(self.first_unplaced());
+        self.events[from..]
+            .iter()
+            // Sorted by invocation: nothing past the horizon may go next.
+            .take_while(|e| e.invoked <= horizon)
+            .enumerate()
+            .find_map(|(k, event)| {
+                let i = from + k;
+                if is_set(&self.placed, i) {
+                    return None;
+                }
+                let next = step(value, event.op)?;
+                // An operation of unknown outcome that would change nothing here is as if it
+                // never took effect (which it may): trying it only multiplies the states
+                // searched.
+                if event.returned.is_none() && next == value {
+                    return None;
+                }
+                Some((i, next))
+            })
+    }
+
+    /// Keeps `order` as the longest consistent order found, if it is.
+    fn keep_best(&mut self, order: &[usize]) {
+        if order.len() > self.best.len() {
+            self.best = order.iter().map(|&i| self.original[i]).collect();
+        }
+    }
+
+    /// Depth-first from `initial`, on an explicit stack (a history has tens of thousands of
+    /// events per register: one call frame per placed event would overflow the thread's
+    /// stack). Fills `order` (sorted indices) with the order found and returns `true`, or
+    /// returns `false`.
+    fn run(&mut self, initial: Value, order: &mut Vec<usize>) -> bool {
+        /// One level of the search: the value so far, the horizon of its placed set, and the
+        /// next operation index to try.
+        struct Frame {
+            value: Value,
+            horizon: u64,
+            next: usize,
+        }
+        let mut stack: Vec<Frame> = Vec::new();
+        let mut entering = Some(initial);
+        loop {
+            if let Some(value) = entering.take() {
+                // Done once every event with a known result is placed.
+                if self.pending.is_empty() {
+                    return true;
+                }
+                if !self.in_time() {
+                    self.keep_best(order);
+                    return false;
+                }
+                if self.seen.insert(self.key(value)) {
+                    stack.push(Frame {
+                        value,
+                        horizon: self.horizon(),
+                        next: 0,
+                    });
+                } else if let Some(i) = order.pop() {
+                    // Visited already: back to the level that placed `i`.
+                    self.place(i, false);
+                }
+                continue;
+            }
+            let Some(frame) = stack.last() else {
+                return false;
+            };
+            match self.candidate(frame.value, frame.horizon, frame.next) {
+                Some((i, next)) => {
+                    if let Some(frame) = stack.last_mut() {
+                        frame.next = i + 1;
+                    }
+                    self.place(i, true);
+                    order.push(i);
+                    entering = Some(next);
+                }
+                None => {
+                    // A dead end: the deepest order so far may end here.
+                    self.keep_best(order);
+                    stack.pop();
+                    if let Some(i) = order.pop() {
+                        self.place(i, false);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -270,17 +393,10 @@ pub fn check(initial: Value, history: &[Event]) -> Verdict {
 /// [`check`] with a time budget of `budget`: [`Verdict::Undecided`] when the search has not
 /// decided by then.
 pub fn check_within(initial: Value, history: &[Event], budget: Duration) -> Verdict {
-    let mut search = Search {
-        history,
-        seen: HashSet::new(),
-        best: Vec::new(),
-        deadline: Instant::now() + budget,
-        out_of_time: false,
-    };
-    let mut placed = vec![0u64; history.len().div_ceil(64)];
+    let mut search = Search::new(history, budget);
     let mut order = Vec::new();
-    if search.run(&mut placed, initial, &mut order) {
-        Verdict::Linearizable(order)
+    if search.run(initial, &mut order) {
+        Verdict::Linearizable(order.iter().map(|&i| search.original[i]).collect())
     } else if search.out_of_time {
         Verdict::Undecided {
             placed: search.best,
@@ -485,5 +601,30 @@ mod tests {
             Verdict::Undecided { .. }
         ));
         assert!(check(None, &history).is_linearizable());
+    }
+
+    #[test]
+    fn a_long_history_does_not_exhaust_the_stack() {
+        // Ten thousand sequential CAS increments on a 2 MiB test thread: a call frame per
+        // placed event would overflow it.
+        let mut history = vec![ev(Op::Write(Versioned::at(0, 1)), 0, Some(1))];
+        for i in 1..10_000u64 {
+            history.push(ev(
+                Op::Cas {
+                    expect: Some(Versioned::at(i - 1, i)),
+                    new: Versioned::at(i, i + 1),
+                    succeeded: Some(true),
+                },
+                2 * i,
+                Some(2 * i + 1),
+            ));
+        }
+        assert!(check(None, &history).is_linearizable());
+        history.push(ev(
+            Op::Read(Some(Versioned::at(3, 4))),
+            100_000,
+            Some(100_001),
+        ));
+        assert!(!check(None, &history).is_linearizable());
     }
 }
