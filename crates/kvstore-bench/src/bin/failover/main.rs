@@ -1,9 +1,12 @@
-//! `kvstore-failover`: kills the leader (or Redis primary) of a cluster under load, twice, and
-//! checks the recorded history.
+//! `kvstore-failover`: injects faults into a cluster under load — a leader kill, then nemeses
+//! chosen by a printed seed — and checks the recorded history.
 //!
 //! N clients, each with its own store, run three workloads against one cluster while this
-//! program SIGKILLs the member that leads it and later starts it again on the same port, through
-//! `ci/restart.sh` (`KVSTORE_RESTART_SCRIPT`):
+//! program injects each fault through `ci/restart.sh` (`KVSTORE_RESTART_SCRIPT`) and heals it:
+//! the leader (the Redis primary) SIGKILLed and started again on the same port, or paused
+//! (SIGSTOP) past the election timeout and resumed; a follower killed; two of three members
+//! killed (quorum lost); the Consul client agent killed; one or two of three Sentinels killed
+//! (see `nemesis.rs`). The workloads:
 //!
 //! - **CAS registers**: a read, then `atomic_put` of a fresh value chained on what was read
 //!   (a CAS increment), on one of a few registers picked at random;
@@ -24,7 +27,7 @@
 //!   newer token's acquisition or guarded write had completed (two holders never overlap as
 //!   the lock-guarded transactions see them);
 //! - no call hangs: each finishes within its timeout plus a margin;
-//! - recovery: after each kill, how long until every client completed an acknowledged
+//! - recovery: after each fault, how long until every client completed an acknowledged
 //!   operation again (reported, and bounded by `--recovery-bound`).
 //!
 //! Prints a verdict per check and exits non-zero when any fails. Run it through
@@ -39,14 +42,17 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Parser;
 use kvstore::{Error, KvPair, LockOptions, Store, Txn};
-use kvstore_testutils::linearizability::{self, Event, Op};
+use kvstore_testutils::linearizability::{self, Event, Op, Versioned};
 use rand::Rng;
 use serde::Serialize;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+mod nemesis;
+use nemesis::Nemesis;
+
 #[derive(Parser, Debug)]
-#[command(about = "Kill a cluster's leader under load and check the recorded history")]
+#[command(about = "Inject faults into a cluster under load and check the recorded history")]
 struct Args {
     /// The cluster (ci/servers.sh name): etcd-cluster, zk-cluster, consul-cluster or
     /// redis-sentinel.
@@ -61,19 +67,28 @@ struct Args {
     /// CAS registers shared by the clients.
     #[arg(long, default_value_t = 8)]
     registers: usize,
-    /// Leader kills.
+    /// The faults to inject, in order (default: a leader kill, then `--per-run` more of the
+    /// cluster's nemeses chosen by `--seed`).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    nemeses: Vec<Nemesis>,
+    /// Picks the nemeses beyond the leader kill (default: the day number); the report prints
+    /// it, and the same seed replays the same choice.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// How many nemeses beyond the leader kill a run picks.
     #[arg(long, default_value_t = 2)]
-    kills: usize,
-    /// Load before the first kill, and after each restart.
+    per_run: usize,
+    /// Load before the first fault, and after each one heals.
     #[arg(long, default_value = "4s", value_parser = humantime::parse_duration)]
     settle: Duration,
-    /// How long a killed member stays down.
+    /// How long a killed or paused member stays down (a paused one at least until another
+    /// member leads).
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     down: Duration,
     /// A call that has not returned after this long counts as hung.
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     hang_bound: Duration,
-    /// Every client must complete an acknowledged operation within this long after each kill.
+    /// Every client must complete an acknowledged operation within this long after each fault.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     recovery_bound: Duration,
     /// Lock TTL.
@@ -289,7 +304,8 @@ async fn cas_client(
         let previous = match read {
             Some(Ok(pair)) => match value_of(&pair) {
                 Ok(v) => {
-                    push_register(&shared, r, Op::Read(Some(v)), invoked, Some(returned));
+                    let state = Versioned::at(v, pair.last_index);
+                    push_register(&shared, r, Op::Read(Some(state)), invoked, Some(returned));
                     Some((pair, v))
                 }
                 Err(_) => continue,
@@ -323,7 +339,13 @@ async fn cas_client(
             )
             .await;
         let returned = shared.now();
-        let expect = previous.map(|(_, v)| v);
+        // The model compares the index as `atomic_put` does; an acknowledged write's is the one
+        // it returned, an unknown one's is learnt from the reads that see it.
+        let expect = previous.map(|(p, v)| Versioned::at(v, p.last_index));
+        let new = match &result {
+            Some(Ok(pair)) => Versioned::at(new, pair.last_index),
+            _ => Versioned::unindexed(new),
+        };
         let (succeeded, returned) = match write_outcome(&result) {
             Outcome::Ok => {
                 shared
@@ -525,17 +547,152 @@ async fn leader(cluster: &str, not: Option<&str>) -> anyhow::Result<String> {
     }
 }
 
+/// The members of `cluster` that vote or hold data (not Sentinels, not the Consul client
+/// agent), in start order.
+async fn voters(cluster: &str) -> anyhow::Result<Vec<String>> {
+    Ok(control(&[cluster, "members"])
+        .await?
+        .lines()
+        .filter(|m| !m.starts_with("redis-s") && *m != "consul-agent")
+        .map(str::to_owned)
+        .collect())
+}
+
+/// The members of `cluster` whose names start with `prefix`.
+async fn members_named(cluster: &str, prefix: &str) -> anyhow::Result<Vec<String>> {
+    Ok(control(&[cluster, "members"])
+        .await?
+        .lines()
+        .filter(|m| m.starts_with(prefix))
+        .map(str::to_owned)
+        .collect())
+}
+
+/// Sleeps until `down` has passed since `from` (the fault's moment on `shared`'s clock).
+async fn stay_down(shared: &Shared, from: u64, down: Duration) {
+    let elapsed = Duration::from_nanos(shared.now().saturating_sub(from));
+    tokio::time::sleep(down.saturating_sub(elapsed)).await;
+}
+
+/// Injects `nemesis` into `args.cluster` and heals it: returns the fault and the moment
+/// (`shared.now()`) it began. `seed` picks which follower or Sentinel a fault takes.
+async fn inject(
+    nemesis: Nemesis,
+    args: &Args,
+    shared: &Shared,
+    seed: u64,
+) -> anyhow::Result<(Fault, u64)> {
+    let cluster = args.cluster.as_str();
+    let pick = |of: &[String]| of[(seed % of.len() as u64) as usize].clone();
+    let at;
+    let mut new_leader = None;
+    let members = match nemesis {
+        Nemesis::LeaderKill | Nemesis::LeaderPause => {
+            let member = leader(cluster, None).await?;
+            let pause = nemesis == Nemesis::LeaderPause;
+            control(&[&member, if pause { "pause" } else { "kill" }]).await?;
+            at = shared.now();
+            let next = leader(cluster, Some(&member)).await?;
+            new_leader = Some((next, (shared.now() - at) as f64 / 1e9));
+            stay_down(shared, at, args.down).await;
+            control(&[&member, if pause { "resume" } else { "start" }]).await?;
+            if pause {
+                control(&[&member, "ready"]).await?;
+            }
+            vec![member]
+        }
+        Nemesis::FollowerKill | Nemesis::QuorumLoss => {
+            let current = leader(cluster, None).await?;
+            let followers: Vec<String> = voters(cluster)
+                .await?
+                .into_iter()
+                .filter(|m| *m != current)
+                .collect();
+            anyhow::ensure!(!followers.is_empty(), "{cluster} has no follower");
+            let mut down = vec![pick(&followers)];
+            if nemesis == Nemesis::QuorumLoss {
+                down.push(current);
+            }
+            for member in &down {
+                control(&[member, "kill"]).await?;
+            }
+            at = shared.now();
+            stay_down(shared, at, args.down).await;
+            // The follower first: with it back, the remaining member has a quorum again.
+            for member in &down {
+                control(&[member, "start"]).await?;
+            }
+            down
+        }
+        Nemesis::AgentKill => {
+            let agent = "consul-agent".to_owned();
+            control(&[&agent, "kill"]).await?;
+            at = shared.now();
+            stay_down(shared, at, args.down).await;
+            control(&[&agent, "start"]).await?;
+            vec![agent]
+        }
+        Nemesis::SentinelKill | Nemesis::SentinelQuorumLoss => {
+            let sentinels = members_named(cluster, "redis-s").await?;
+            anyhow::ensure!(sentinels.len() >= 3, "{cluster} has fewer than 3 Sentinels");
+            let first = (seed % sentinels.len() as u64) as usize;
+            let count = if nemesis == Nemesis::SentinelKill {
+                1
+            } else {
+                2
+            };
+            let down: Vec<String> = (0..count)
+                .map(|i| sentinels[(first + i) % sentinels.len()].clone())
+                .collect();
+            for member in &down {
+                control(&[member, "kill"]).await?;
+            }
+            at = shared.now();
+            stay_down(shared, at, args.down).await;
+            // Started without waiting for each other, then each waited for: a Sentinel is
+            // ready only once it sees the other two.
+            for member in &down {
+                control(&[member, "start-nowait"]).await?;
+            }
+            for member in &down {
+                control(&[member, "ready"]).await?;
+            }
+            down
+        }
+    };
+    let (new_leader, election_s) = new_leader.unzip();
+    Ok((
+        Fault {
+            nemesis,
+            members,
+            new_leader,
+            election_s,
+            healed_s: (shared.now() - at) as f64 / 1e9,
+            recovery_s: None,
+            first_success_s: None,
+            first_write_s: None,
+        },
+        at,
+    ))
+}
+
+/// One injected fault and how the cluster and the clients came through it.
 #[derive(Serialize)]
-struct Kill {
-    member: String,
-    new_leader: String,
-    /// Seconds from the kill until the cluster named a new leader.
-    election_s: f64,
-    /// Seconds from the kill until every client completed an acknowledged operation again.
+struct Fault {
+    nemesis: Nemesis,
+    /// The members it killed or paused.
+    members: Vec<String>,
+    /// The member that led after it, when it deposed the leader.
+    new_leader: Option<String>,
+    /// Seconds from the fault until the cluster named a new leader.
+    election_s: Option<f64>,
+    /// Seconds from the fault until the members were started or resumed again.
+    healed_s: f64,
+    /// Seconds from the fault until every client completed an acknowledged operation again.
     recovery_s: Option<f64>,
-    /// Seconds from the kill until the first client did.
+    /// Seconds from the fault until the first client did.
     first_success_s: Option<f64>,
-    /// Seconds from the kill until the first acknowledged write.
+    /// Seconds from the fault until the first acknowledged write.
     first_write_s: Option<f64>,
 }
 
@@ -544,7 +701,9 @@ struct Report {
     cluster: String,
     clients: usize,
     operations: usize,
-    kills: Vec<Kill>,
+    /// The seed that chose the nemeses (`--seed` replays them).
+    seed: u64,
+    faults: Vec<Fault>,
     acked_puts: usize,
     lost_puts: Vec<String>,
     register_events: usize,
@@ -565,7 +724,7 @@ struct Report {
     slowest_calls_s: BTreeMap<String, f64>,
     /// `--recovery-bound`, in seconds.
     recovery_bound_s: f64,
-    /// Every client completed a call again within the bound after each kill.
+    /// Every client completed a call again within the bound after each fault.
     recovered: bool,
     passed: bool,
 }
@@ -608,44 +767,45 @@ async fn main() -> anyhow::Result<()> {
         let (s, k, x) = (shared.clone(), keys.clone(), stop.clone());
         tasks.spawn(lock_client(client, store, s, k, args.lock_ttl, x));
     }
+    let seed = args.seed.unwrap_or_else(nemesis::default_seed);
+    let plan = if args.nemeses.is_empty() {
+        let mut plan = vec![Nemesis::LeaderKill];
+        plan.extend(nemesis::choose(
+            &Nemesis::pool(&args.cluster),
+            seed,
+            args.per_run,
+        ));
+        plan
+    } else {
+        args.nemeses.clone()
+    };
+    let names: Vec<&str> = plan.iter().map(|n| n.name()).collect();
     println!(
-        "{}: {} clients on {}, {} kills",
+        "{}: {} clients on {}; nemeses {} (seed {seed}; replay with --seed {seed})",
         args.cluster,
         args.clients,
         kvstore::backend::redact_url(&url),
-        args.kills
+        names.join(", "),
     );
     tokio::time::sleep(args.settle).await;
-    let mut kills = Vec::new();
-    let mut killed_at = Vec::new();
-    for round in 0..args.kills {
-        let member = leader(&args.cluster, None).await?;
-        control(&[&member, "kill"]).await?;
-        // From the moment the member is gone: calls that completed before are no recovery.
-        let at = shared.now();
-        killed_at.push(at);
-        let new_leader = leader(&args.cluster, Some(&member)).await?;
-        let election_s = (shared.now() - at) as f64 / 1e9;
+    let mut faults = Vec::new();
+    let mut fault_at = Vec::new();
+    for (round, &nemesis) in plan.iter().enumerate() {
+        let (fault, at) = inject(nemesis, &args, &shared, seed).await?;
+        fault_at.push(at);
         println!(
-            "kill {}: SIGKILLed {member}; {new_leader} leads after {election_s:.2} s",
-            round + 1
+            "fault {}: {} on {}: healed after {:.2} s{}",
+            round + 1,
+            nemesis.name(),
+            fault.members.join(", "),
+            fault.healed_s,
+            match (&fault.new_leader, fault.election_s) {
+                (Some(l), Some(s)) => format!("; {l} led after {s:.2} s"),
+                _ => String::new(),
+            }
         );
-        tokio::time::sleep(
-            args.down
-                .saturating_sub(Duration::from_secs_f64(election_s)),
-        )
-        .await;
-        control(&[&member, "start"]).await?;
-        println!("kill {}: {member} started again", round + 1);
         tokio::time::sleep(args.settle).await;
-        kills.push(Kill {
-            member,
-            new_leader,
-            election_s,
-            recovery_s: None,
-            first_success_s: None,
-            first_write_s: None,
-        });
+        faults.push(fault);
     }
     stop.cancel();
     // Every task stops at its next check; each call in flight is bounded by the hang bound.
@@ -653,7 +813,8 @@ async fn main() -> anyhow::Result<()> {
 
     // The final state, read once the cluster is whole, through a fresh store.
     let checker = retry_connect(&url).await?;
-    let mut report = verify(&args, &shared, &keys, &*checker, &killed_at, kills).await?;
+    let mut report = verify(&args, &shared, &keys, &*checker, &fault_at, faults).await?;
+    report.seed = seed;
     let _ = checker.delete_tree(&keys.dir).await;
     let _ = checker.close().await;
     for store in stores {
@@ -661,7 +822,7 @@ async fn main() -> anyhow::Result<()> {
     }
     report.recovery_bound_s = args.recovery_bound.as_secs_f64();
     report.recovered = report
-        .kills
+        .faults
         .iter()
         .all(|k| k.recovery_s.is_some_and(|s| s <= report.recovery_bound_s));
     report.passed = report.lost_puts.is_empty()
@@ -714,8 +875,8 @@ async fn verify(
     shared: &Shared,
     keys: &Keys,
     store: &dyn Store,
-    killed_at: &[u64],
-    mut kills: Vec<Kill>,
+    fault_at: &[u64],
+    mut faults: Vec<Fault>,
 ) -> anyhow::Result<Report> {
     let mut history =
         std::mem::take(&mut *shared.history.lock().unwrap_or_else(|e| e.into_inner()));
@@ -747,7 +908,7 @@ async fn verify(
     for r in 0..args.registers {
         let invoked = shared.now();
         let value = match final_get(store, &keys.register(r)).await? {
-            Some(pair) => Some(value_of(&pair)?),
+            Some(pair) => Some(Versioned::at(value_of(&pair)?, pair.last_index)),
             None => None,
         };
         let events = per_register.entry(r).or_default();
@@ -761,9 +922,16 @@ async fn verify(
         let verdict = linearizability::check(None, events);
         if !verdict.is_linearizable() {
             non_linearizable.push(r);
-            if let linearizability::Verdict::NotLinearizable { placed } = &verdict {
+            if let linearizability::Verdict::NotLinearizable { placed }
+            | linearizability::Verdict::Undecided { placed } = &verdict
+            {
+                let what = if matches!(verdict, linearizability::Verdict::Undecided { .. }) {
+                    "undecided within the search budget"
+                } else {
+                    "not linearizable"
+                };
                 eprintln!(
-                    "register {r}: not linearizable after {} of {} events; next events: {:?}",
+                    "register {r}: {what} after {} of {} events; next events: {:?}",
                     placed.len(),
                     events.len(),
                     next_unplaced(events, placed)
@@ -777,8 +945,8 @@ async fn verify(
     lock_violations.extend(overlapping_holds(&mut history.holds));
     let guarded_writes_ok = history.guarded.iter().filter(|g| g.ok).count();
 
-    // Recovery per kill: until every client has succeeded again.
-    for (kill, &at) in kills.iter_mut().zip(killed_at) {
+    // Recovery per fault: until every client has succeeded again.
+    for (kill, &at) in faults.iter_mut().zip(fault_at) {
         let firsts: Vec<Option<u64>> = history
             .successes
             .iter()
@@ -808,7 +976,8 @@ async fn verify(
         cluster: args.cluster.clone(),
         clients: args.clients,
         operations: history.ops,
-        kills,
+        seed: 0,
+        faults,
         acked_puts: history.acked_puts.len(),
         lost_puts,
         register_events: history.registers.len(),
@@ -984,16 +1153,21 @@ fn print_report(r: &Report) {
         "== {} failover checks ({} operations)",
         r.cluster, r.operations
     );
-    for (i, k) in r.kills.iter().enumerate() {
+    println!("   seed {} (replay with --seed {})", r.seed, r.seed);
+    for (i, f) in r.faults.iter().enumerate() {
+        let leader = match (&f.new_leader, f.election_s) {
+            (Some(l), Some(s)) => format!("; {l} led after {s:.2} s"),
+            _ => String::new(),
+        };
         println!(
-            "   kill {}: {} -> {}; new leader after {:.2} s; first call ok after {}, first write after {}, every client after {}",
+            "   fault {}: {} on {}{leader}; healed after {:.2} s; first call ok after {}, first write after {}, every client after {}",
             i + 1,
-            k.member,
-            k.new_leader,
-            k.election_s,
-            seconds(k.first_success_s),
-            seconds(k.first_write_s),
-            seconds(k.recovery_s),
+            f.nemesis.name(),
+            f.members.join(", "),
+            f.healed_s,
+            seconds(f.first_success_s),
+            seconds(f.first_write_s),
+            seconds(f.recovery_s),
         );
     }
     println!(
@@ -1041,12 +1215,12 @@ fn print_report(r: &Report) {
         slowest.join(", ")
     );
     let slowest_recovery = r
-        .kills
+        .faults
         .iter()
         .map(|k| k.recovery_s)
         .try_fold(0.0_f64, |max, s| s.map(|s| max.max(s)));
     println!(
-        "   {} every client recovered within {:.0} s of each kill (slowest: {})",
+        "   {} every client recovered within {:.0} s of each fault (slowest: {})",
         verdict(r.recovered),
         r.recovery_bound_s,
         seconds(slowest_recovery)
@@ -1172,7 +1346,7 @@ mod tests {
         // A write of 1 completes, then a read that starts later sees the initial value.
         let history = [
             Event {
-                op: Op::Write(1),
+                op: Op::Write(Versioned::at(1, 5)),
                 invoked: 0,
                 returned: Some(10),
             },
