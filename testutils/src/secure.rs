@@ -148,8 +148,8 @@ pub async fn other_host_endpoint(tls_dir: &Path) -> u16 {
             .expect("otherhost.pem")
             .collect::<std::result::Result<_, _>>()
             .expect("otherhost.pem holds certificates");
-    let key = PrivateKeyDer::from_pem_file(tls_dir.join("otherhost-key.pem"))
-        .expect("otherhost-key.pem");
+    let key =
+        PrivateKeyDer::from_pem_file(tls_dir.join("otherhost-key.pem")).expect("otherhost-key.pem");
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
