@@ -22,8 +22,14 @@ profile=${SOAK_PROFILE:-release}
 cargo build --profile "$profile" --locked -p kvstore-bench --bin kvstore-bench
 bin="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/$([ "$profile" = dev ] && echo debug || echo "$profile")/kvstore-bench"
 mkdir -p target/soak
+# redb always; each server whose URL is set (ci/test.sh without a server skips it).
+backends=(redb)
+[ -z "${KVSTORE_REDIS_URL:-}" ] || backends+=(redis)
+[ -z "${KVSTORE_ETCD_URL:-}" ] || backends+=(etcd)
+[ -z "${KVSTORE_ZK_URL:-}" ] || backends+=(zk)
+[ -z "${KVSTORE_CONSUL_URL:-}" ] || backends+=(consul)
 pids=()
-for backend in redb redis etcd zk consul; do
+for backend in "${backends[@]}"; do
     "$bin" --soak "${SOAK_DURATION:-10m}" --soak-sample "${SOAK_SAMPLE:-10s}" --backends "$backend" \
         --markdown "target/soak/$backend.md" --json "target/soak/$backend.json" "$@" \
         >"target/soak/$backend.log" 2>&1 &
@@ -33,7 +39,7 @@ status=0
 for pid in "${pids[@]}"; do wait "$pid" || status=1; done
 {
     head -n 2 target/soak/redb.md
-    for backend in redb redis etcd zk consul; do tail -n +3 "target/soak/$backend.md" | grep '^|' || true; done
+    for backend in "${backends[@]}"; do tail -n +3 "target/soak/$backend.md" | grep '^|' || true; done
 } >target/soak/results.md
 cat target/soak/results.md
 exit "$status"

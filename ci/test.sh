@@ -32,6 +32,10 @@ done
 # Leaders killed and nemeses injected under load on the clusters started above, with the
 # history checked.
 KVSTORE_IN_TEST_SH=1 ci/failover.sh
+# The clusters are done with: stopped, they leave the cores to the soak.
+for cluster in etcd-cluster zk-cluster consul-cluster redis-sentinel; do
+    for member in $(kv_members "$cluster"); do kv_stop_one "$member"; done
+done
 # A 2-minute soak on every single server at once: memory and descriptors flat, no error, every
 # registration alive at the end (the 10-minute one is ci/soak.sh alone).
 KVSTORE_IN_TEST_SH=1 SOAK_PROFILE=dev SOAK_DURATION="${KVSTORE_SOAK_DURATION:-2m}" ci/soak.sh
