@@ -303,7 +303,20 @@ pub async fn take_lock(
     key: &str,
     ttl: Duration,
 ) -> (Box<dyn kvstore_core::Locker>, kvstore_core::LockLost, u64) {
-    let mut locker = ok(store.new_lock(key, Some(&lock_ttl(ttl))).await, "new_lock");
+    take_lock_with(store, key, &lock_ttl(ttl)).await
+}
+
+/// [`take_lock`] with any lock options.
+///
+/// # Panics
+///
+/// When `new_lock` or `lock` fails, or the lock is not taken in time.
+pub async fn take_lock_with(
+    store: &dyn Store,
+    key: &str,
+    opts: &LockOptions,
+) -> (Box<dyn kvstore_core::Locker>, kvstore_core::LockLost, u64) {
+    let mut locker = ok(store.new_lock(key, Some(opts)).await, "new_lock");
     let lost = ok(
         tokio::time::timeout(EVENT_TIMEOUT, locker.lock())
             .await

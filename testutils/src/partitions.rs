@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 use kvstore_core::{Error, Store, Txn, WriteOptions};
 
 use crate::proxy::FaultProxy;
-use crate::{EVENT_TIMEOUT, Opener, cleanup, eventually, lock_ttl, ok, scratch_dir, take_lock};
+use crate::{
+    EVENT_TIMEOUT, Opener, cleanup, eventually, lock_ttl, ok, scratch_dir, take_lock,
+    take_lock_with,
+};
 
 /// A lock holder cut off from the server: its `LockLost` resolves before a second client's
 /// `lock()` returns (the loss rule, with the server expiring the lease meanwhile), the
@@ -26,19 +29,12 @@ pub async fn cut_off_holder_loses_first(
     let (holder_store, other) = (through.open().await, direct.open().await);
     let dir = scratch_dir("cut_holder");
     let (key, out) = (format!("{dir}/lock"), format!("{dir}/out"));
-    let mut holder = ok(
-        holder_store
-            .new_lock(&key, Some(&lock_ttl(ttl).with_delete_on_unlock(true)))
-            .await,
-        "new_lock",
-    );
-    let lost = ok(
-        tokio::time::timeout(EVENT_TIMEOUT, holder.lock())
-            .await
-            .expect("the free lock is taken within the event timeout"),
-        "lock",
-    );
-    let old_token = holder.fencing_token().expect("a fencing token while held");
+    let (mut holder, lost, old_token) = take_lock_with(
+        &*holder_store,
+        &key,
+        &lock_ttl(ttl).with_delete_on_unlock(true),
+    )
+    .await;
     let watch_loss = tokio::spawn({
         let lost = lost.clone();
         async move {

@@ -263,18 +263,8 @@ pub async fn lock_bookkeeping_unreachable(opener: &Opener) {
         super::refused::lock(&*a, &key).await;
         return;
     }
-    let mut holder = ok(
-        a.new_lock(&key, Some(&lock_ttl(opener.ttl).with_value("held")))
-            .await,
-        "new_lock",
-    );
-    let lost = ok(
-        tokio::time::timeout(EVENT_TIMEOUT, holder.lock())
-            .await
-            .expect("lock"),
-        "lock",
-    );
-    let token = holder.fencing_token().expect("held");
+    let (holder, lost, token) =
+        crate::take_lock_with(&*a, &key, &lock_ttl(opener.ttl).with_value("held")).await;
     let names = [
         ".kvstore-locks".to_owned(),
         format!(".kvstore-locks/{key}"),

@@ -574,6 +574,31 @@ async fn stay_down(shared: &Shared, from: u64, down: Duration) {
     tokio::time::sleep(down.saturating_sub(elapsed)).await;
 }
 
+/// SIGKILLs `members`, keeps them down for `down` and starts them again in order (each waited
+/// for, or with `together` all started first and then each waited for); returns the moment
+/// they were gone, on `shared`'s clock.
+async fn kill_for(
+    shared: &Shared,
+    members: &[String],
+    down: Duration,
+    together: bool,
+) -> anyhow::Result<u64> {
+    for member in members {
+        control(&[member, "kill"]).await?;
+    }
+    let at = shared.now();
+    stay_down(shared, at, down).await;
+    for member in members {
+        control(&[member, if together { "start-nowait" } else { "start" }]).await?;
+    }
+    if together {
+        for member in members {
+            control(&[member, "ready"]).await?;
+        }
+    }
+    Ok(at)
+}
+
 /// Injects `nemesis` into `args.cluster` and heals it: returns the fault and the moment
 /// (`shared.now()`) it began. `seed` picks which follower or Sentinel a fault takes.
 async fn inject(
@@ -613,24 +638,14 @@ async fn inject(
             if nemesis == Nemesis::QuorumLoss {
                 down.push(current);
             }
-            for member in &down {
-                control(&[member, "kill"]).await?;
-            }
-            at = shared.now();
-            stay_down(shared, at, args.down).await;
             // The follower first: with it back, the remaining member has a quorum again.
-            for member in &down {
-                control(&[member, "start"]).await?;
-            }
+            at = kill_for(shared, &down, args.down, false).await?;
             down
         }
         Nemesis::AgentKill => {
-            let agent = "consul-agent".to_owned();
-            control(&[&agent, "kill"]).await?;
-            at = shared.now();
-            stay_down(shared, at, args.down).await;
-            control(&[&agent, "start"]).await?;
-            vec![agent]
+            let agent = vec!["consul-agent".to_owned()];
+            at = kill_for(shared, &agent, args.down, false).await?;
+            agent
         }
         Nemesis::SentinelKill | Nemesis::SentinelQuorumLoss => {
             let sentinels = members_named(cluster, "redis-s").await?;
@@ -644,19 +659,9 @@ async fn inject(
             let down: Vec<String> = (0..count)
                 .map(|i| sentinels[(first + i) % sentinels.len()].clone())
                 .collect();
-            for member in &down {
-                control(&[member, "kill"]).await?;
-            }
-            at = shared.now();
-            stay_down(shared, at, args.down).await;
             // Started without waiting for each other, then each waited for: a Sentinel is
             // ready only once it sees the other two.
-            for member in &down {
-                control(&[member, "start-nowait"]).await?;
-            }
-            for member in &down {
-                control(&[member, "ready"]).await?;
-            }
+            at = kill_for(shared, &down, args.down, true).await?;
             down
         }
     };
