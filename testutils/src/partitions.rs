@@ -273,9 +273,10 @@ pub async fn cut_off_watch_ends_on_latest(
 /// Latency of a tenth of the TTL on every packet causes no false loss: a lock held through it
 /// for two TTLs stays held, and no one else gets it.
 ///
-/// Not yet in [`liveness_tests!`](crate::liveness_tests): on Redis it failed about one run in
-/// four on this project's CI machine (a second client took the lock), which is still to be
-/// explained.
+/// Run by the etcd, ZooKeeper and Consul liveness tests (through `liveness_tests!`'s
+/// `@proxied` arm), not yet in [`liveness_tests!`](crate::liveness_tests) itself: on Redis it
+/// failed about one run in four on this project's CI machine (a second client took the lock),
+/// which is still to be explained.
 pub async fn latency_is_no_false_loss(
     direct: &Opener,
     through: &Opener,

@@ -14,9 +14,14 @@ use kvstore_testutils::{Opener, backend_url, secure};
 fn opener() -> Option<Opener> {
     let url = backend_url("KVSTORE_REDIS_SENTINEL_URL")?;
     let sep = if url.contains('?') { '&' } else { '?' };
-    Some(common::opener_for_url(&format!(
-        "{url}{sep}wait_replicas=1"
-    )))
+    // A 2 s TTL, not the single server's 1 s: every renewal here also waits for the replica
+    // (`WAIT`), and with the whole suite running on two cores one such renewal took long
+    // enough to lose a 1 s hold (a false loss in `lock_bookkeeping_unreachable`, CI
+    // 2026-12-03).
+    Some(
+        common::opener_for_url(&format!("{url}{sep}wait_replicas=1"))
+            .with_ttl(std::time::Duration::from_secs(2)),
+    )
 }
 
 kvstore_testutils::conformance_tests!(optional: opener());
