@@ -320,14 +320,54 @@ kv_etcd_member() {
     echo $! >"$dir/pid"
 }
 
+# kv_zk_peer MEMBER PEER KIND: the port MEMBER's zoo.cfg gives PEER's KIND (quorum or
+# election) port. With the fault proxy running it is a Toxiproxy proxy of that ordered pair
+# ("zk-c1-to-zk-c2-quorum"), so one member can be cut off from its peers while its clients
+# still reach it (restart.sh MEMBER isolate); a member's own entry, or no fault proxy, is the
+# peer's own port. Each member reads only its own zoo.cfg, and without dynamic reconfiguration
+# the members' views of each other's addresses need not agree (source: ZooKeeper
+# Administrator's Guide, "Clustered (Multi-Server) Setup" and "Dynamic Reconfiguration").
+kv_zk_peer() {
+    local member=$1 peer=$2 kind=$3 target port
+    target=$(kv_port "$peer" "${kind}_port")
+    if [ "$member" = "$peer" ] || [ -z "${KVSTORE_TOXIPROXY_URL:-}" ]; then
+        echo "$target"
+        return
+    fi
+    port=$(kv_port "$member" "to_${peer}_$kind")
+    # Created once; on a member's restart it exists already (409), which is fine.
+    curl -sS -o /dev/null -X POST "$KVSTORE_TOXIPROXY_URL/proxies" -d \
+        "{\"name\":\"$member-to-$peer-$kind\",\"listen\":\"127.0.0.1:$port\",\"upstream\":\"127.0.0.1:$target\"}"
+    echo "$port"
+}
+
+# kv_zk_isolate MEMBER on|off: disables (on) or enables again (off) every proxy between MEMBER
+# and its peers that kv_zk_peer made, both ways: their connections are closed and new ones
+# refused, as behind a firewall that rejects; clients still reach it. Idempotent.
+kv_zk_isolate() {
+    local member=$1 mode=$2 proxy enabled=true
+    : "${KVSTORE_TOXIPROXY_URL:?isolating a member needs the fault proxy}"
+    [ "$mode" = on ] && enabled=false
+    for proxy in $(curl -fsS "$KVSTORE_TOXIPROXY_URL/proxies" |
+        python3 -c 'import json,sys; print("\n".join(json.load(sys.stdin)))' |
+        grep -E "^$member-to-|-to-$member-"); do
+        curl -fsS -o /dev/null -X POST "$KVSTORE_TOXIPROXY_URL/proxies/$proxy" -d "{\"enabled\":$enabled}"
+    done
+}
+
 kv_zk_member() {
-    local name=$1 dir="$KV_RUN_DIR/$1" i
+    local name=$1 dir="$KV_RUN_DIR/$1" i peer
     mkdir -p "$dir/data"
     echo "${name#zk-c}" >"$dir/data/myid"
     {
-        kv_zoo_cfg "$dir" "$(kv_port "$name" port)"
+        # Peer traffic crosses the fault proxy: a follower waits 5 s (syncLimit 25 ticks) for
+        # its leader before giving up, not 1 s, so a loaded machine does not make the ensemble
+        # flap (at 1 s it did, and re-syncs hit ZooKeeper 3.8.0's NullPointerException in
+        # Learner.syncWithLeader). Source: ZooKeeper Administrator's Guide, "Cluster Options".
+        kv_zoo_cfg "$dir" "$(kv_port "$name" port)" | sed 's/^syncLimit=.*/syncLimit=25/; s/^initLimit=.*/initLimit=50/'
         for i in "${KV_CLUSTER_MEMBERS[@]}"; do
-            echo "server.$i=127.0.0.1:$(kv_port "zk-c$i" quorum_port):$(kv_port "zk-c$i" election_port)"
+            peer="zk-c$i"
+            echo "server.$i=127.0.0.1:$(kv_zk_peer "$name" "$peer" quorum):$(kv_zk_peer "$name" "$peer" election)"
         done
     } >"$dir/zoo.cfg"
     kv_zk_java "$dir" "" -Dzookeeper.extendedTypesEnabled=true -Dznode.container.checkIntervalMs=100

@@ -21,6 +21,13 @@ pub(crate) fn from_zk(err: zk::Error) -> Error {
         // The connection broke under a request (the server was killed, say): the client
         // reports the socket's error as is. Seen when a member of an ensemble is SIGKILLed.
         ref custom @ zk::Error::Custom(_) if is_io(custom) => Error::not_reachable(BACKEND, err),
+        // The client gave up on a connection that answered nothing (not even pings) for its
+        // timeout, and fails every request on it with a message and no variant
+        // (zookeeper-client 0.11, `session/mod.rs`). Seen when an ensemble's leader is cut off
+        // from its peers: the server stops serving but keeps the socket open.
+        ref custom @ zk::Error::Custom(_) if is_silent_connection(&custom.to_string()) => {
+            Error::not_reachable(BACKEND, err)
+        }
         zk::Error::Timeout => Error::Timeout,
         zk::Error::ClientClosed => Error::Closed { backend: BACKEND },
         // The node's ACL does not grant this session's identity (digest user) the operation,
@@ -47,9 +54,23 @@ fn is_io(err: &(dyn std::error::Error + 'static)) -> bool {
     kvstore_core::backend::find_source::<std::io::Error>(err).is_some()
 }
 
+/// Whether a client error's text is the one it fails requests with when their connection
+/// answered nothing for the connection timeout.
+fn is_silent_connection(message: &str) -> bool {
+    message.contains("no response from connection in")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_silent_connection_is_recognised_by_its_text() {
+        assert!(is_silent_connection(
+            "no response from connection in 5000ms"
+        ));
+        assert!(!is_silent_connection("node exists"));
+    }
 
     #[test]
     fn io_errors_in_the_chain_are_transient() {

@@ -4,9 +4,10 @@
 //! N clients, each with its own store, run three workloads against one cluster while this
 //! program injects each fault through `ci/restart.sh` (`KVSTORE_RESTART_SCRIPT`) and heals it:
 //! the leader (the Redis primary) SIGKILLed and started again on the same port, or paused
-//! (SIGSTOP) past the election timeout and resumed; a follower killed; two of three members
-//! killed (quorum lost); the Consul client agent killed; one or two of three Sentinels killed
-//! (see `nemesis.rs`). The workloads:
+//! (SIGSTOP) past the election timeout and resumed, or (ZooKeeper) cut off from its
+//! peers through the fault proxy while its clients still reach it; a follower killed; two of
+//! three members killed (quorum lost); the Consul client agent killed; one or two of three
+//! Sentinels killed (see `nemesis.rs`). The workloads:
 //!
 //! - **CAS registers**: a read, then `atomic_put` of a fresh value chained on what was read
 //!   (a CAS increment), on one of a few registers picked at random;
@@ -612,16 +613,20 @@ async fn inject(
     let at;
     let mut new_leader = None;
     let members = match nemesis {
-        Nemesis::LeaderKill | Nemesis::LeaderPause => {
+        Nemesis::LeaderKill | Nemesis::LeaderPause | Nemesis::LeaderIsolate => {
             let member = leader(cluster, None).await?;
-            let pause = nemesis == Nemesis::LeaderPause;
-            control(&[&member, if pause { "pause" } else { "kill" }]).await?;
+            let (fault, heal) = match nemesis {
+                Nemesis::LeaderPause => ("pause", "resume"),
+                Nemesis::LeaderIsolate => ("isolate", "rejoin"),
+                _ => ("kill", "start"),
+            };
+            control(&[&member, fault]).await?;
             at = shared.now();
             let next = leader(cluster, Some(&member)).await?;
             new_leader = Some((next, (shared.now() - at) as f64 / 1e9));
             stay_down(shared, at, args.down).await;
-            control(&[&member, if pause { "resume" } else { "start" }]).await?;
-            if pause {
+            control(&[&member, heal]).await?;
+            if nemesis != Nemesis::LeaderKill {
                 control(&[&member, "ready"]).await?;
             }
             vec![member]

@@ -19,6 +19,13 @@ pub(crate) enum Nemesis {
     /// SIGSTOP the leader until another member leads and `--down` has passed, then SIGCONT it:
     /// a deposed leader that resumes believing it still leads.
     LeaderPause,
+    /// Cut the leader off from its peers — the fault proxy of every ordered pair of members
+    /// on the quorum and election ports disabled, so peer connections close and new ones are
+    /// refused — while clients still reach it; heal after another member leads and `--down`
+    /// has passed. ZooKeeper only: an etcd or Consul member advertises one peer address to the
+    /// whole cluster, so a proxy there carries every peer's traffic to that member and cutting
+    /// the leader's links would cut the followers' links to each other too.
+    LeaderIsolate,
     /// SIGKILL one member that does not lead (the Redis replica); start it after `--down`.
     FollowerKill,
     /// SIGKILL two of the three voting members (the leader and a follower): no quorum until
@@ -41,6 +48,7 @@ impl Nemesis {
         match self {
             Nemesis::LeaderKill => "leader-kill",
             Nemesis::LeaderPause => "leader-pause",
+            Nemesis::LeaderIsolate => "leader-isolate",
             Nemesis::FollowerKill => "follower-kill",
             Nemesis::QuorumLoss => "quorum-loss",
             Nemesis::AgentKill => "agent-kill",
@@ -55,6 +63,7 @@ impl Nemesis {
         match cluster {
             "consul-cluster" => vec![LeaderPause, FollowerKill, QuorumLoss, AgentKill],
             "redis-sentinel" => vec![LeaderPause, FollowerKill, SentinelKill, SentinelQuorumLoss],
+            "zk-cluster" => vec![LeaderPause, LeaderIsolate, FollowerKill, QuorumLoss],
             _ => vec![LeaderPause, FollowerKill, QuorumLoss],
         }
     }
