@@ -385,7 +385,13 @@ pub async fn rewrite_registration(store: &dyn Store, key: &str, n: usize, ttl: D
 /// [`restarted_server_elects_again`](crate::restarted_server_elects_again),
 /// [`killed_leader_is_replaced`](crate::killed_leader_is_replaced) and
 /// [`paused_leader_is_replaced`](crate::paused_leader_is_replaced) and
-/// [`paused_registrant_disappears`] — as `#[tokio::test]`s that run one at a time (they pause
+/// [`paused_registrant_disappears`], and through the fault proxy
+/// [`cut_off_holder_loses_first`](crate::cut_off_holder_loses_first),
+/// [`cut_off_registration_comes_back`](crate::cut_off_registration_comes_back),
+/// [`cut_off_watch_ends_on_latest`](crate::cut_off_watch_ends_on_latest),
+/// [`latency_is_no_false_loss`](crate::latency_is_no_false_loss) and
+/// [`latency_beyond_request_timeout_fails_in_time`](crate::latency_beyond_request_timeout_fails_in_time)
+/// — as `#[tokio::test]`s that run one at a time (they pause
 /// or restart the server the other tests use): `liveness_tests!(server: "redis", url:
 /// "KVSTORE_REDIS_URL", opener: |url| …, ttl: …, takeover: …, registration_slack: …,
 /// registrant_pause: …)`. `opener` turns the server URL into an [`Opener`]; `takeover` bounds
@@ -454,6 +460,10 @@ macro_rules! liveness_tests {
         $crate::liveness_tests!(@proxied a_cut_off_watch_ends_on_the_latest_value,
             $var, $opener, |direct, through, proxy| {
             $crate::cut_off_watch_ends_on_latest(&direct, &through, &proxy, $ttl * 2).await;
+        });
+        $crate::liveness_tests!(@proxied latency_of_a_tenth_of_the_ttl_is_no_loss,
+            $var, $opener, |direct, through, proxy| {
+            $crate::latency_is_no_false_loss(&direct, &through, &proxy, $ttl).await;
         });
         $crate::liveness_tests!(@proxied latency_beyond_the_request_timeout_fails_in_time,
             $var, $opener, |direct, through, proxy| {

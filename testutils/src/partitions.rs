@@ -271,12 +271,9 @@ pub async fn cut_off_watch_ends_on_latest(
 }
 
 /// Latency of a tenth of the TTL on every packet causes no false loss: a lock held through it
-/// for two TTLs stays held, and no one else gets it.
-///
-/// Run by the etcd, ZooKeeper and Consul liveness tests (through `liveness_tests!`'s
-/// `@proxied` arm), not yet in [`liveness_tests!`](crate::liveness_tests) itself: on Redis it
-/// failed about one run in four on this project's CI machine (a second client took the lock),
-/// which is still to be explained.
+/// for two TTLs stays held, and no one else gets it. (On Redis it once failed whenever the
+/// server's script cache was empty: the first renewal's `NOSCRIPT` fallback took three round
+/// trips; the store now loads its scripts when it connects.)
 pub async fn latency_is_no_false_loss(
     direct: &Opener,
     through: &Opener,

@@ -34,13 +34,6 @@ kvstore_testutils::liveness_tests!(
     registrant_pause: TTL * 2 + Duration::from_secs(1),
 );
 
-// Latency of a tenth of the TTL on every packet (both ways) through the fault proxy: no false
-// loss. (Not run on Redis yet: there a second client took the lock in about one run of four.)
-kvstore_testutils::liveness_tests!(@proxied latency_of_a_tenth_of_the_ttl_is_no_loss,
-    "KVSTORE_CONSUL_URL", opener, |direct, through, proxy| {
-    kvstore_testutils::latency_is_no_false_loss(&direct, &through, &proxy, TTL).await;
-});
-
 async fn sessions(http: &reqwest::Client, base: &str) -> usize {
     let list: Vec<serde_json::Value> = http
         .get(format!("{base}/v1/session/list"))

@@ -35,13 +35,6 @@ kvstore_testutils::liveness_tests!(
     registrant_pause: TTL * 2 + Duration::from_secs(1),
 );
 
-// Latency of a tenth of the TTL on every packet (both ways) through the fault proxy: no false
-// loss. (Not run on Redis yet: there a second client took the lock in about one run of four.)
-kvstore_testutils::liveness_tests!(@proxied latency_of_a_tenth_of_the_ttl_is_no_loss,
-    "KVSTORE_ETCD_URL", opener, |direct, through, proxy| {
-    kvstore_testutils::latency_is_no_false_loss(&direct, &through, &proxy, TTL).await;
-});
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rewriting_a_registration_leaves_one_lease() {
     let Some(url) = backend_url("KVSTORE_ETCD_URL") else {

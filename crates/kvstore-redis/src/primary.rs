@@ -41,19 +41,29 @@ impl Node {
             client.get_connection_manager_with_config(manager_config),
         )
         .await
-        .map_err(|_| {
-            Error::not_reachable(
-                BACKEND,
-                format!("no answer within {:?}", config.connect_timeout),
-            )
-        })?
+        .map_err(|_| no_answer(config.connect_timeout))?
         .map_err(from_connect)?;
+        let loaded = tokio::time::timeout(config.connect_timeout, crate::scripts::load_all(&conn))
+            .await
+            .map_err(|_| no_answer(config.connect_timeout))?;
+        match loaded {
+            Ok(()) => {}
+            Err(err) if is_connection_failure(&err) => return Err(from_connect(err)),
+            // Loading ahead is an optimisation: a user the server does not let run SCRIPT
+            // LOAD gets the refusal from the call that needs the script, as before.
+            Err(err) => tracing::debug!(error = %err, "loading the scripts ahead failed"),
+        }
         Ok(Node { client, conn })
     }
 
     fn address(&self) -> String {
         self.client.get_connection_info().addr().to_string()
     }
+}
+
+/// The error of a connect step that got no answer within `timeout`.
+fn no_answer(timeout: Duration) -> Error {
+    Error::not_reachable(BACKEND, format!("no answer within {timeout:?}"))
 }
 
 /// The current server, replaced when Sentinel names another primary.

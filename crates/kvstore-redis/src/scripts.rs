@@ -17,6 +17,7 @@
 use std::sync::LazyLock;
 
 use redis::Script;
+use redis::aio::ConnectionLike;
 
 /// Lua shared by the scripts that read a pair's current state.
 ///
@@ -348,3 +349,32 @@ return {0, idx}
 
 /// A `held` check that failed in [`TXN`].
 pub(crate) const NOT_HELD: i64 = 4;
+
+/// Loads every script into the server's script cache (`SCRIPT LOAD`, all at once on the
+/// multiplexed connection: one round trip), so that no later call pays the two extra round
+/// trips of the redis crate's `NOSCRIPT` fallback (EVALSHA refused, `SCRIPT LOAD`, EVALSHA
+/// again). A lease renewal must not: behind 200 ms of latency each way, a first renewal that
+/// fell back took 1.2 s and ran past a 2 s lock's loss deadline. A server that restarts or a
+/// new primary after a failover starts with an empty cache, where the fallback still works.
+/// Source: Redis docs, "Scripting with Lua" — "Script cache" (the cache is not persisted or
+/// replicated).
+pub(crate) async fn load_all<C: ConnectionLike + Clone + Send>(conn: &C) -> redis::RedisResult<()> {
+    let scripts: [&Script; 10] = [
+        &PUT,
+        &DELETE,
+        &LIST,
+        &DELETE_TREE,
+        &RENEW_KEY,
+        &LOCK_ACQUIRE,
+        &LOCK_RENEW,
+        &LOCK_RELEASE,
+        &READ,
+        &TXN,
+    ];
+    futures::future::try_join_all(scripts.into_iter().map(|script| {
+        let mut conn = conn.clone();
+        async move { script.load_async(&mut conn).await }
+    }))
+    .await
+    .map(drop)
+}

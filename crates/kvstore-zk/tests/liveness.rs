@@ -35,10 +35,3 @@ kvstore_testutils::liveness_tests!(
     // Past the registrant's session timeout, so it comes back on a new session.
     registrant_pause: Duration::from_secs(12),
 );
-
-// Latency of a tenth of the TTL on every packet (both ways) through the fault proxy: no false
-// loss. (Not run on Redis yet: there a second client took the lock in about one run of four.)
-kvstore_testutils::liveness_tests!(@proxied latency_of_a_tenth_of_the_ttl_is_no_loss,
-    "KVSTORE_ZK_URL", opener, |direct, through, proxy| {
-    kvstore_testutils::latency_is_no_false_loss(&direct, &through, &proxy, TTL).await;
-});
