@@ -548,25 +548,24 @@ async fn leader(cluster: &str, not: Option<&str>) -> anyhow::Result<String> {
     }
 }
 
-/// The members of `cluster` that vote or hold data (not Sentinels, not the Consul client
-/// agent), in start order.
-async fn voters(cluster: &str) -> anyhow::Result<Vec<String>> {
+/// The members of `cluster` (`ci/restart.sh CLUSTER members`, in start order) that `keep`
+/// accepts.
+async fn members_where(cluster: &str, keep: impl Fn(&str) -> bool) -> anyhow::Result<Vec<String>> {
     Ok(control(&[cluster, "members"])
         .await?
         .lines()
-        .filter(|m| !m.starts_with("redis-s") && *m != "consul-agent")
+        .filter(|m| keep(m))
         .map(str::to_owned)
         .collect())
 }
 
-/// The members of `cluster` whose names start with `prefix`.
-async fn members_named(cluster: &str, prefix: &str) -> anyhow::Result<Vec<String>> {
-    Ok(control(&[cluster, "members"])
-        .await?
-        .lines()
-        .filter(|m| m.starts_with(prefix))
-        .map(str::to_owned)
-        .collect())
+/// Whether a cluster member votes or holds data (not a Sentinel, not the Consul client agent).
+fn is_voter(member: &str) -> bool {
+    !is_sentinel(member) && member != "consul-agent"
+}
+
+fn is_sentinel(member: &str) -> bool {
+    member.starts_with("redis-s")
 }
 
 /// Sleeps until `down` has passed since `from` (the fault's moment on `shared`'s clock).
@@ -633,7 +632,7 @@ async fn inject(
         }
         Nemesis::FollowerKill | Nemesis::QuorumLoss => {
             let current = leader(cluster, None).await?;
-            let followers: Vec<String> = voters(cluster)
+            let followers: Vec<String> = members_where(cluster, is_voter)
                 .await?
                 .into_iter()
                 .filter(|m| *m != current)
@@ -653,7 +652,7 @@ async fn inject(
             agent
         }
         Nemesis::SentinelKill | Nemesis::SentinelQuorumLoss => {
-            let sentinels = members_named(cluster, "redis-s").await?;
+            let sentinels = members_where(cluster, is_sentinel).await?;
             anyhow::ensure!(sentinels.len() >= 3, "{cluster} has fewer than 3 Sentinels");
             let first = (seed % sentinels.len() as u64) as usize;
             let count = if nemesis == Nemesis::SentinelKill {
