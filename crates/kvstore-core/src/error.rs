@@ -180,6 +180,37 @@ impl Error {
         matches!(self, Error::NotReachable { .. } | Error::Timeout)
     }
 
+    /// The variant's name (`"KeyNotFound"`, `"Timeout"`, …): a short, stable label for
+    /// metrics and logs (the metrics and tracing layers report it as `error.type`). It never
+    /// carries a key, a message or a credential.
+    ///
+    /// ```
+    /// use kvstore_core::Error;
+    /// assert_eq!(Error::not_found("a").kind(), "KeyNotFound");
+    /// assert_eq!(Error::Timeout.kind(), "Timeout");
+    /// ```
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::KeyNotFound { .. } => "KeyNotFound",
+            Error::KeyExists { .. } => "KeyExists",
+            Error::KeyModified { .. } => "KeyModified",
+            Error::PreviousNotSpecified => "PreviousNotSpecified",
+            Error::CallNotSupported { .. } => "CallNotSupported",
+            Error::BackendNotSupported { .. } => "BackendNotSupported",
+            Error::NotReachable { .. } => "NotReachable",
+            Error::PermissionDenied { .. } => "PermissionDenied",
+            Error::CannotLock { .. } => "CannotLock",
+            Error::InvalidKey { .. } => "InvalidKey",
+            Error::ValueTooLarge { .. } => "ValueTooLarge",
+            Error::InvalidConfig { .. } => "InvalidConfig",
+            Error::LockNotHeld { .. } => "LockNotHeld",
+            Error::InvalidTxn { .. } => "InvalidTxn",
+            Error::Timeout => "Timeout",
+            Error::Closed { .. } => "Closed",
+            Error::Backend { .. } => "Backend",
+        }
+    }
+
     /// Shorthand for [`Error::Backend`] from any error.
     pub fn backend(backend: &'static str, source: impl Into<BoxError>) -> Self {
         Error::Backend {

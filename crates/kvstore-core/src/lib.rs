@@ -23,6 +23,7 @@ mod config;
 mod election;
 mod error;
 mod key;
+pub mod layer;
 mod lock;
 mod store;
 mod tls;

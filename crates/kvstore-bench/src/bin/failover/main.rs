@@ -236,16 +236,10 @@ impl Shared {
 }
 
 fn error_kind(err: &Error) -> String {
-    let debug = format!("{err:?}");
-    let name = debug
-        .split([' ', '{', '('])
-        .next()
-        .unwrap_or("?")
-        .to_owned();
     if err.is_transient() {
-        format!("{name} (transient)")
+        format!("{} (transient)", err.kind())
     } else {
-        name
+        err.kind().to_owned()
     }
 }
 
