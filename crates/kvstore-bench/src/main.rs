@@ -11,6 +11,7 @@
 
 mod counters;
 mod kv;
+mod layers;
 mod measure;
 mod raw;
 mod soak;
@@ -111,6 +112,10 @@ struct Args {
     /// TCP connections to the server, server-side watches).
     #[arg(long)]
     watchers: Option<usize>,
+    /// Instead of the operations: the per-call cost of each layer of `kvstore::layer` (and of
+    /// all of them stacked) on the in-memory store, against the bare store, interleaved.
+    #[arg(long)]
+    layers: bool,
     /// Instead of the operations: a soak of this length (`10m`) on each backend, one after
     /// another: a mixed load with watchers, `keep_alive` registrations and lock churn, sampling
     /// the client's RSS and open file descriptors (run one process per backend, as ci/soak.sh
@@ -497,20 +502,30 @@ where
         );
         store.close().await?;
     }
-    let table = markdown(&records);
+    emit(args, &markdown(&records), &records)?;
+    Ok(records)
+}
+
+/// Prints `table`, and writes it and `records` as JSON where `--markdown` and `--json` say.
+fn emit<R: Serialize>(args: &Args, table: &str, records: &[R]) -> anyhow::Result<()> {
     println!("{table}");
     if let Some(path) = &args.markdown {
-        std::fs::write(path, &table)?;
+        std::fs::write(path, table)?;
     }
     if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&records)?)?;
+        std::fs::write(path, serde_json::to_string_pretty(records)?)?;
     }
-    Ok(records)
+    Ok(())
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.layers {
+        let records =
+            layers::run(args.rounds, std::time::Duration::from_millis(args.batch_ms)).await?;
+        return emit(&args, &layers::markdown(&records), &records);
+    }
     let tmp = tempfile::tempdir()?;
     let (backends, skipped) = backends(&args.backends, args.redb_options.as_deref(), tmp.path())?;
     if let Some(duration) = args.soak {

@@ -34,6 +34,21 @@ pub(crate) struct Inner {
     pub(crate) hub: crate::hub::Hub,
 }
 
+impl crate::hub::Owner for Inner {
+    fn api(&self) -> &Api {
+        &self.api
+    }
+    fn prefix(&self) -> &str {
+        &self.prefix
+    }
+    fn tasks(&self) -> &Tasks {
+        &self.tasks
+    }
+    fn cancel(&self) -> &CancellationToken {
+        &self.cancel
+    }
+}
+
 /// The reserved top-level name under the store's prefix that holds the keys lock holders
 /// acquire: outside every directory a user can delete, and hidden from `list`/`watch_tree`.
 pub(crate) const LOCKS: &str = ".kvstore-locks";

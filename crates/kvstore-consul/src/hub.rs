@@ -19,9 +19,24 @@ use kvstore_core::Error;
 use tokio::sync::watch;
 use tokio_util::task::AbortOnDropHandle;
 
+use kvstore_core::backend::Tasks;
+use tokio_util::sync::CancellationToken;
+
 use crate::BACKEND;
-use crate::api::{Consistency, Entry, next_index};
-use crate::client::Inner;
+use crate::api::{Api, Consistency, Entry, next_index};
+
+/// What the pollers need of the store that owns the hub (its shared state implements it), so
+/// this file depends on the wire layer only, never on the client above it.
+pub(crate) trait Owner: Send + Sync + 'static {
+    /// The HTTP API the queries go through.
+    fn api(&self) -> &Api;
+    /// The store's Consul prefix (`""` or `"<prefix>/"`).
+    fn prefix(&self) -> &str;
+    /// Where pollers run; closing the store ends them.
+    fn tasks(&self) -> &Tasks;
+    /// Cancelled when the store closes.
+    fn cancel(&self) -> &CancellationToken;
+}
 
 /// What a poller blocks on: a Consul key, or every key under a prefix (`""` or ending in `/`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -59,8 +74,8 @@ pub(crate) struct Hub {
 impl Hub {
     /// The poller that serves a watch of `consul_key`: the key's own, or (past the budget) its
     /// directory's, or the whole prefix's.
-    pub(crate) fn for_key(&self, inner: &Arc<Inner>, consul_key: &str) -> Arc<Poller> {
-        let budget = inner.api.config.max_watch_queries;
+    pub(crate) fn for_key<I: Owner>(&self, inner: &Arc<I>, consul_key: &str) -> Arc<Poller> {
+        let budget = inner.api().config.max_watch_queries;
         let mut pollers = self.pollers.lock().unwrap_or_else(|e| e.into_inner());
         pollers.retain(|_, p| p.strong_count() > 0);
         let key = Target::Key(consul_key.to_owned());
@@ -83,18 +98,18 @@ impl Hub {
 
     /// The poller that serves a watch of every key under `prefix`: its own, or (past the
     /// budget) the whole store prefix's.
-    pub(crate) fn for_tree(&self, inner: &Arc<Inner>, prefix: &str) -> Arc<Poller> {
+    pub(crate) fn for_tree<I: Owner>(&self, inner: &Arc<I>, prefix: &str) -> Arc<Poller> {
         let mut pollers = self.pollers.lock().unwrap_or_else(|e| e.into_inner());
         pollers.retain(|_, p| p.strong_count() > 0);
         Self::tree_locked(inner, &mut pollers, prefix.to_owned())
     }
 
-    fn tree_locked(
-        inner: &Arc<Inner>,
+    fn tree_locked<I: Owner>(
+        inner: &Arc<I>,
         pollers: &mut HashMap<Target, Weak<Poller>>,
         prefix: String,
     ) -> Arc<Poller> {
-        let budget = inner.api.config.max_watch_queries;
+        let budget = inner.api().config.max_watch_queries;
         let wanted = Target::Tree(prefix);
         if let Some(poller) = pollers.get(&wanted).and_then(Weak::upgrade) {
             return poller;
@@ -106,7 +121,7 @@ impl Hub {
         let target = if trees < (budget / 4).max(1) {
             wanted
         } else {
-            Target::Tree(inner.prefix.clone())
+            Target::Tree(inner.prefix().to_owned())
         };
         if let Some(poller) = pollers.get(&target).and_then(Weak::upgrade) {
             return poller;
@@ -116,14 +131,14 @@ impl Hub {
 }
 
 /// Starts a poller on `target` and records it.
-fn start(
-    inner: &Arc<Inner>,
+fn start<I: Owner>(
+    inner: &Arc<I>,
     pollers: &mut HashMap<Target, Weak<Poller>>,
     target: Target,
 ) -> Arc<Poller> {
     let (tx, answers) = watch::channel(None);
     let task = inner
-        .tasks
+        .tasks()
         .spawn(poll(Arc::downgrade(inner), target.clone(), tx))
         .map(AbortOnDropHandle::new);
     let poller = Arc::new(Poller {
@@ -139,7 +154,7 @@ fn start(
 /// retried with backoff (50 ms doubling to 2 s) from index 0, which re-syncs the state; an
 /// index that goes backwards (a restored snapshot, a restarted `-dev` agent) also restarts
 /// from 0. It is aborted when its watchers are gone, and ends when the store closes.
-async fn poll(inner: Weak<Inner>, target: Target, tx: watch::Sender<Answer>) {
+async fn poll<I: Owner>(inner: Weak<I>, target: Target, tx: watch::Sender<Answer>) {
     let (path, recurse) = match &target {
         Target::Key(key) => (key.clone(), false),
         Target::Tree(prefix) => (prefix.clone(), true),
@@ -150,13 +165,13 @@ async fn poll(inner: Weak<Inner>, target: Target, tx: watch::Sender<Answer>) {
         let Some(strong) = inner.upgrade() else {
             return;
         };
-        let block = (index > 0).then_some((index, strong.api.config.watch_wait));
+        let block = (index > 0).then_some((index, strong.api().config.watch_wait));
         let query = strong
-            .api
+            .api()
             .get(&path, recurse, Consistency::Consistent, block);
         // The watchers' end aborts this task (`Poller` drops it); the store's close ends it.
         let answer = tokio::select! {
-            () = strong.cancel.cancelled() => return,
+            () = strong.cancel().cancelled() => return,
             answer = query => answer,
         };
         match answer {

@@ -19,7 +19,6 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod backend;
-mod config;
 mod election;
 mod error;
 mod key;

@@ -188,14 +188,6 @@ impl Registrations {
         }
     }
 
-    /// Ends the registrations of every key a transaction wrote (a write without `keep_alive`
-    /// ends a registration).
-    pub fn remove_written(&self, txn: &crate::backend::CheckedTxn) {
-        for write in &txn.writes {
-            self.remove(write.key());
-        }
-    }
-
     /// Ends the registration of `key`, if any (it was rewritten or deleted).
     pub fn remove(&self, key: &str) {
         let old = self.lock().remove(key);

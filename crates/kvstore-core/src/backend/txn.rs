@@ -5,7 +5,8 @@ use std::collections::HashSet;
 
 use bytes::Bytes;
 
-use crate::backend::check_value_size;
+use super::limits::check_value_size;
+use super::registration::Registrations;
 use crate::{Condition, Error, KvPair, Result, Txn, TxnOp, normalize_key};
 
 /// A condition of a checked transaction: [`Condition`] with a normalized key, as a closed enum
@@ -167,7 +168,7 @@ pub async fn run_txn<F, Fut>(
     txn: &Txn,
     max_ops: usize,
     max_value_size: usize,
-    registrations: &crate::backend::Registrations,
+    registrations: &Registrations,
     run: F,
 ) -> Result<Vec<Option<KvPair>>>
 where
@@ -176,7 +177,9 @@ where
 {
     let checked = std::sync::Arc::new(check_txn(txn, max_ops, max_value_size)?);
     let written = run(checked.clone()).await?;
-    registrations.remove_written(&checked);
+    for write in &checked.writes {
+        registrations.remove(write.key());
+    }
     Ok(written)
 }
 

@@ -102,6 +102,8 @@ impl Operation {
 }
 
 /// What a successful call wrote, for layers that track registrations.
+// Read only by the metrics layer.
+#[cfg_attr(not(feature = "metrics"), allow(dead_code))]
 pub(crate) enum Wrote<'a> {
     /// A `put` or `atomic_put` of `key`; `keep_alive` when it is a registration.
     Put { key: &'a str, keep_alive: bool },

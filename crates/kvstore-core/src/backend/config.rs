@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::backend::check_value_size;
+use super::limits::check_value_size;
 use crate::{Error, LockOptions, Result, normalize_key};
 
 /// The parts of a `scheme://[user:password@]host1:port1,host2:port2[/path][?query]` URL.
@@ -273,7 +273,7 @@ pub fn lock_arguments(
             format!("lock TTL must be at least {min_ttl:?}"),
         ));
     }
-    crate::backend::check_ttl(backend, opts.ttl)?;
+    super::limits::check_ttl(backend, opts.ttl)?;
     if let Some(value) = &opts.value {
         check_value_size(&key, value, max_value_size)?;
     }
