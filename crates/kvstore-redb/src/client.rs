@@ -1,7 +1,8 @@
 //! The database every handle of a redb store shares: the tables, the change feed, and the
-//! transactions of the key and tree reads and conditional writes (expiry is in `expiry.rs`,
-//! lock rows in `lock.rs`, `keep_alive` leases in `keep_alive.rs`). Transactions run on the
-//! blocking pool.
+//! transactions of the key and tree reads, conditional writes and TTL expiry (the reaper task
+//! that deletes expired keys as their deadline passes); lock rows are in `lock.rs`,
+//! `keep_alive` leases in `keep_alive.rs`. Transactions run on the blocking pool; writes go
+//! through the group commit of `commit.rs`.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -77,7 +78,7 @@ pub(crate) struct Shared {
     pub(crate) changes: broadcast::Sender<Change>,
     pub(crate) expiry_wakeup: Arc<Notify>,
     /// The queue of the group commit (`commit.rs`).
-    pub(crate) committer: crate::commit::Committer,
+    pub(crate) committer: crate::commit::Committer<Shared>,
     /// The signals of key watches, by key: a change to a key wakes exactly its watches, not
     /// every subscriber of the feed.
     pub(crate) key_watches: std::sync::Mutex<HashMap<Arc<str>, Vec<Weak<Notify>>>>,
@@ -139,12 +140,82 @@ impl Shared {
                     .enable_time()
                     .build()
                 {
-                    Ok(runtime) => runtime.block_on(crate::expiry::reaper(shared, wakeup)),
+                    Ok(runtime) => runtime.block_on(reaper(shared, wakeup)),
                     Err(err) => tracing::error!(error = %err, "the expiry reaper cannot start"),
                 }
             })
             .map(drop)
             .map_err(|e| Error::backend(self.backend, e))
+    }
+
+    /// Deletes every key whose TTL has run out; returns the next expiry time, if any.
+    pub(crate) fn reap(&self) -> Result<Option<u64>> {
+        let now = now_ms();
+        let txn = self.db().begin_write().map_err(from_redb)?;
+        let (expired, next) = {
+            let mut kv = txn.open_table(KV).map_err(from_redb)?;
+            let mut expiry = txn.open_table(EXPIRY).map_err(from_redb)?;
+            let mut expired = Vec::new();
+            let mut next = None;
+            for entry in expiry.iter().map_err(from_redb)? {
+                let (k, _) = entry.map_err(from_redb)?;
+                let (expires_at, key) = k.value();
+                if expires_at > now {
+                    next = Some(expires_at);
+                    break;
+                }
+                expired.push((expires_at, key.to_owned()));
+            }
+            for (expires_at, key) in &expired {
+                expiry
+                    .remove((*expires_at, key.as_str()))
+                    .map_err(from_redb)?;
+                // The index entry and the pair are written together, so the pair's own expiry
+                // always matches; checking keeps a stale index entry from deleting a newer pair.
+                let matches = kv
+                    .get(key.as_str())
+                    .map_err(from_redb)?
+                    .is_some_and(|e| e.value().1 == *expires_at);
+                if matches {
+                    kv.remove(key.as_str()).map_err(from_redb)?;
+                }
+            }
+            (expired, next)
+        };
+        if expired.is_empty() {
+            txn.abort().map_err(from_redb)?;
+        } else {
+            txn.commit().map_err(from_redb)?;
+            tracing::debug!(
+                backend = self.backend,
+                count = expired.len(),
+                "expired keys"
+            );
+            for (_, key) in expired {
+                self.publish(Change::Key(key.into()));
+            }
+        }
+        Ok(next)
+    }
+
+    /// Queues `write` for the next group commit and waits until that commit is durable;
+    /// `write` returns its result and the changes to publish once committed (see `commit.rs`
+    /// for the batching, refusals and cancel safety).
+    pub(crate) async fn group_commit<T, F>(self: &Arc<Self>, write: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Shared, &redb::WriteTransaction) -> Result<(T, Vec<Change>)> + Send + 'static,
+    {
+        let published = move |shared: &Shared, txn: &redb::WriteTransaction| {
+            let (value, changes) = write(shared, txn)?;
+            let publish = move |shared: &Shared| {
+                for change in changes {
+                    shared.publish(change);
+                }
+            };
+            Ok((value, publish))
+        };
+        self.committer.commit(self.backend, published).await
     }
 
     pub(crate) fn db(&self) -> &Database {
@@ -432,6 +503,42 @@ impl Shared {
         txn.commit().map_err(from_redb)?;
         self.publish(Change::Tree(dir.into()));
         Ok(())
+    }
+}
+
+impl crate::commit::Target for Shared {
+    fn db(&self) -> &Database {
+        Shared::db(self)
+    }
+    fn backend(&self) -> &'static str {
+        self.backend
+    }
+}
+
+/// Deletes expired keys as their TTL runs out, for as long as any handle on the database lives.
+async fn reaper(shared: Weak<Shared>, wakeup: Arc<Notify>) {
+    loop {
+        let Some(strong) = shared.upgrade() else {
+            return;
+        };
+        let next = match strong.blocking(Shared::reap).await {
+            Ok(next) => next,
+            Err(err) => {
+                tracing::warn!(backend = strong.backend, error = %err, "expiring keys failed; retrying");
+                Some(now_ms() + 1000)
+            }
+        };
+        drop(strong);
+        let sleep = next.map(|at| Duration::from_millis(at.saturating_sub(now_ms())));
+        match sleep {
+            Some(d) => {
+                tokio::select! {
+                    () = tokio::time::sleep(d) => {}
+                    () = wakeup.notified() => {}
+                }
+            }
+            None => wakeup.notified().await,
+        }
     }
 }
 

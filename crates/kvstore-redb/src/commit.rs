@@ -22,36 +22,43 @@ use std::sync::{Arc, Weak};
 use kvstore_core::{Error, Result};
 use tokio::sync::oneshot;
 
-use crate::client::{Change, Shared};
 use crate::error::from_redb;
+
+/// What the committer needs of the state it commits for (the database's shared state
+/// implements it), so this file never reaches back into the client.
+pub(crate) trait Target: Send + Sync + 'static {
+    /// The database.
+    fn db(&self) -> &redb::Database;
+    /// The backend name, for errors.
+    fn backend(&self) -> &'static str;
+}
 
 /// Most writes one commit carries.
 pub(crate) const MAX_BATCH: usize = 256;
 
 /// What a write leaves to do once its batch is committed (or has failed).
-type Finish = Box<dyn FnOnce(&Shared, Option<&str>) + Send>;
+type Finish<S> = Box<dyn FnOnce(&S, Option<&str>) + Send>;
 
 /// Applies one write to a batch's transaction.
-type Apply = Box<dyn FnOnce(&Shared, &redb::WriteTransaction) -> Applied + Send>;
+type Apply<S> = Box<dyn FnOnce(&S, &redb::WriteTransaction) -> Applied<S> + Send>;
 
 /// A queued write: applies itself to the batch's transaction.
-struct Job {
-    apply: Apply,
+struct Job<S> {
+    apply: Apply<S>,
     /// Answers the caller when the batch cannot even start.
     fail: Box<dyn FnOnce(Error) + Send>,
 }
 
 /// The result of applying one write.
-struct Applied {
+struct Applied<S> {
     /// A storage error happened after the write may have touched a table: the batch aborts.
     poisons: bool,
-    finish: Finish,
+    finish: Finish<S>,
 }
 
 /// The sending side of a database's committer thread.
-#[derive(Debug)]
-pub(crate) struct Committer {
-    jobs: mpsc::Sender<Job>,
+pub(crate) struct Committer<S> {
+    jobs: mpsc::Sender<Job<S>>,
 }
 
 /// Whether an error is a precondition's refusal, which the write functions return before
@@ -63,24 +70,30 @@ fn is_refusal(err: &Error) -> bool {
     )
 }
 
-impl Committer {
+impl<S> std::fmt::Debug for Committer<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Committer").finish_non_exhaustive()
+    }
+}
+
+impl<S: Target> Committer<S> {
     /// The queue of a new database, and the thread that will serve it
     /// ([`CommitterThread::spawn`]); the thread exits when the last handle (and so the
     /// `Committer`) is dropped.
-    pub(crate) fn new(backend: &'static str) -> (Committer, CommitterThread) {
+    pub(crate) fn new(backend: &'static str) -> (Committer<S>, CommitterThread<S>) {
         let (jobs, queue) = mpsc::channel();
         (Committer { jobs }, CommitterThread { queue, backend })
     }
 }
 
 /// The receiving side, moved onto its thread by [`CommitterThread::spawn`].
-pub(crate) struct CommitterThread {
-    queue: mpsc::Receiver<Job>,
+pub(crate) struct CommitterThread<S> {
+    queue: mpsc::Receiver<Job<S>>,
     backend: &'static str,
 }
 
-impl CommitterThread {
-    pub(crate) fn spawn(self, shared: Weak<Shared>) -> Result<()> {
+impl<S: Target> CommitterThread<S> {
+    pub(crate) fn spawn(self, shared: Weak<S>) -> Result<()> {
         let backend = self.backend;
         std::thread::Builder::new()
             .name("kvstore-redb-commit".into())
@@ -89,7 +102,7 @@ impl CommitterThread {
             .map_err(|e| Error::backend(backend, e))
     }
 
-    fn run(self, shared: Weak<Shared>) {
+    fn run(self, shared: Weak<S>) {
         while let Ok(first) = self.queue.recv() {
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH
@@ -105,19 +118,19 @@ impl CommitterThread {
                 }
                 return;
             };
-            commit_batch(&shared, batch);
+            commit_batch(&*shared, batch);
         }
     }
 }
 
 /// Applies `batch` in one write transaction and commits it, then answers every caller.
-fn commit_batch(shared: &Shared, batch: Vec<Job>) {
+fn commit_batch<S: Target>(shared: &S, batch: Vec<Job<S>>) {
     let txn = match shared.db().begin_write() {
         Ok(txn) => txn,
         Err(err) => {
             let message = from_redb(err).to_string();
             for job in batch {
-                (job.fail)(Error::backend(shared.backend, message.clone()));
+                (job.fail)(Error::backend(shared.backend(), message.clone()));
             }
             return;
         }
@@ -127,7 +140,7 @@ fn commit_batch(shared: &Shared, batch: Vec<Job>) {
     for job in batch {
         if poisoned {
             (job.fail)(Error::backend(
-                shared.backend,
+                shared.backend(),
                 "an earlier write of the same commit failed; nothing was written",
             ));
             continue;
@@ -149,19 +162,20 @@ fn commit_batch(shared: &Shared, batch: Vec<Job>) {
     }
 }
 
-impl Shared {
+impl<S: Target> Committer<S> {
     /// Queues `write` for the next group commit and waits until that commit is durable.
-    /// `write` returns its result and the changes to publish once committed; a refusal
+    /// `write` returns its result and what to do once committed (publish changes); a refusal
     /// (`KeyExists`, `KeyModified`, `KeyNotFound`) must be returned before it writes anything.
     ///
     /// # Cancel safety
     ///
     /// Dropping the future does not withdraw the write: it is committed (or not) with its
     /// batch, as a write whose answer was lost.
-    pub(crate) async fn group_commit<T, F>(self: &Arc<Self>, write: F) -> Result<T>
+    pub(crate) async fn commit<T, F, A>(&self, backend: &'static str, write: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Shared, &redb::WriteTransaction) -> Result<(T, Vec<Change>)> + Send + 'static,
+        F: FnOnce(&S, &redb::WriteTransaction) -> Result<(T, A)> + Send + 'static,
+        A: FnOnce(&S) + Send + 'static,
     {
         let (reply, answer) = oneshot::channel::<Result<T>>();
         let reply = Arc::new(std::sync::Mutex::new(Some(reply)));
@@ -177,17 +191,15 @@ impl Shared {
         let send_failure = send.clone();
         let job = Job {
             apply: Box::new(move |shared, txn| match write(shared, txn) {
-                Ok((value, changes)) => Applied {
+                Ok((value, after)) => Applied {
                     poisons: false,
                     finish: Box::new(move |shared, failure| match failure {
                         None => {
-                            for change in changes {
-                                shared.publish(change);
-                            }
+                            after(shared);
                             send(Ok(value));
                         }
                         Some(failure) => {
-                            send(Err(Error::backend(shared.backend, failure.to_owned())))
+                            send(Err(Error::backend(shared.backend(), failure.to_owned())))
                         }
                     }),
                 },
@@ -202,11 +214,7 @@ impl Shared {
             }),
             fail: Box::new(move |err| send_failure(Err(err))),
         };
-        self.committer.jobs.send(job).map_err(|_| Error::Closed {
-            backend: self.backend,
-        })?;
-        answer.await.unwrap_or(Err(Error::Closed {
-            backend: self.backend,
-        }))
+        self.jobs.send(job).map_err(|_| Error::Closed { backend })?;
+        answer.await.unwrap_or(Err(Error::Closed { backend }))
     }
 }

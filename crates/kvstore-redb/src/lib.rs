@@ -54,7 +54,6 @@ mod client;
 mod commit;
 mod config;
 mod error;
-mod expiry;
 mod keep_alive;
 mod lock;
 mod pool;
