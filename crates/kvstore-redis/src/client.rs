@@ -440,6 +440,59 @@ pub(crate) fn escape_glob(s: &str) -> String {
     out
 }
 
+/// Runs until the store closes: asks the Sentinels for the primary every
+/// [`SENTINEL_CHECK_PERIOD`](crate::primary::SENTINEL_CHECK_PERIOD), and sooner after a call failed the way a failover makes calls
+/// fail; when they name another server, connects to it and moves the store there (its watches
+/// and lock waiters subscribe again on the new primary).
+pub(crate) async fn follow_primary(
+    inner: std::sync::Weak<Inner>,
+    mut sentinel: redis::sentinel::SentinelClient,
+) {
+    let Some((primary, cancel, config)) = inner
+        .upgrade()
+        .map(|i| (i.primary.clone(), i.cancel.clone(), i.config.clone()))
+    else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = primary.suspected() => {}
+            () = tokio::time::sleep(crate::primary::SENTINEL_CHECK_PERIOD) => {}
+        }
+        let next = tokio::select! {
+            () = cancel.cancelled() => return,
+            next = crate::primary::switch(&primary, &mut sentinel, &config) => next,
+        };
+        match next {
+            Ok(false) => {}
+            Ok(true) => {
+                let Some(inner) = inner.upgrade() else { return };
+                inner.pubsub.shut().await;
+            }
+            Err(err) => {
+                tracing::debug!(backend = BACKEND, %err, "asking the Sentinels for the primary failed")
+            }
+        }
+        tokio::time::sleep(crate::primary::SENTINEL_MIN_GAP).await;
+    }
+}
+
+impl crate::pubsub::Owner for Inner {
+    fn pubsub(&self) -> &crate::pubsub::PubSub {
+        &self.pubsub
+    }
+    fn tasks(&self) -> &kvstore_core::backend::Tasks {
+        &self.tasks
+    }
+    fn connect_timeout(&self) -> Duration {
+        self.config.connect_timeout
+    }
+    fn client(&self) -> redis::Client {
+        self.primary.node().client.clone()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::escape_glob;

@@ -5,6 +5,12 @@ use redis::RedisError;
 
 use crate::BACKEND;
 
+/// Replies that mean this server cannot take the call now but another (or this one, later)
+/// can: a replica that was a primary (`READONLY`), a replica cut off from its primary
+/// (`MASTERDOWN`), a server still loading its data (`LOADING`). Source: Redis docs, "Sentinel
+/// client spec" and "Redis replication".
+pub(crate) const FAILOVER_CODES: [&str; 3] = ["READONLY", "MASTERDOWN", "LOADING"];
+
 /// A refused password or user, a command the user may not run (`NOPERM`), and a TLS refusal
 /// are `PermissionDenied`; connection-level failures are `NotReachable` (transient), a timeout
 /// is `Timeout`, a server that cannot take the call during a failover (`READONLY`,
@@ -18,9 +24,7 @@ pub(crate) fn from_redis(err: RedisError) -> Error {
     } else if err.is_io_error()
         || err.is_connection_refusal()
         || err.is_connection_dropped()
-        || err
-            .code()
-            .is_some_and(|c| crate::primary::FAILOVER_CODES.contains(&c))
+        || err.code().is_some_and(|c| FAILOVER_CODES.contains(&c))
     {
         Error::not_reachable(BACKEND, err)
     } else {

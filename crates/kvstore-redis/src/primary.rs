@@ -3,7 +3,7 @@
 //! through [`Conn`], which also adds `WAIT` to writes when the store wants replicas to confirm
 //! them.
 
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use kvstore_core::{Error, Result};
@@ -13,14 +13,13 @@ use redis::{Cmd, ConnectionAddr, Pipeline, RedisFuture, Value};
 use tokio::sync::Notify;
 
 use crate::BACKEND;
-use crate::client::Inner;
 use crate::config::{DEFAULT_SENTINEL_PORT, RedisConfig, SentinelConfig};
-use crate::error::{from_connect, is_connection_failure};
+use crate::error::{FAILOVER_CODES, from_connect, is_connection_failure};
 
 /// How often a store asks the Sentinels which server is the primary while nothing fails.
-const SENTINEL_CHECK_PERIOD: Duration = Duration::from_secs(1);
+pub(crate) const SENTINEL_CHECK_PERIOD: Duration = Duration::from_secs(1);
 /// The shortest time between two such questions, however many calls fail meanwhile.
-const SENTINEL_MIN_GAP: Duration = Duration::from_millis(100);
+pub(crate) const SENTINEL_MIN_GAP: Duration = Duration::from_millis(100);
 
 /// One server: its client (for pub/sub connections) and its multiplexed connection.
 #[derive(Clone)]
@@ -76,6 +75,11 @@ pub(crate) struct Primary {
 }
 
 impl Primary {
+    /// Resolves when a call has failed the way a failover makes calls fail.
+    pub(crate) async fn suspected(&self) {
+        self.suspect.notified().await;
+    }
+
     pub(crate) fn new(node: Node, config: &RedisConfig) -> Arc<Primary> {
         let wait = (config.wait_replicas > 0).then(|| {
             (
@@ -127,12 +131,6 @@ pub(crate) struct Conn {
     primary: Arc<Primary>,
     wait: Option<(u32, u64)>,
 }
-
-/// Replies that mean this server cannot take the call now but another (or this one, later)
-/// can: a replica that was a primary (`READONLY`), a replica cut off from its primary
-/// (`MASTERDOWN`), a server still loading its data (`LOADING`). Source: Redis docs, "Sentinel
-/// client spec" and "Redis replication".
-pub(crate) const FAILOVER_CODES: [&str; 3] = ["READONLY", "MASTERDOWN", "LOADING"];
 
 impl Conn {
     fn note(&self, reply: &redis::RedisResult<Value>) {
@@ -282,43 +280,8 @@ pub(crate) async fn find_primary(
         .map_err(from_connect)
 }
 
-/// Runs until the store closes: asks the Sentinels for the primary every
-/// [`SENTINEL_CHECK_PERIOD`], and sooner after a call failed the way a failover makes calls
-/// fail; when they name another server, connects to it and moves the store there (its watches
-/// and lock waiters subscribe again on the new primary).
-pub(crate) async fn follow_primary(inner: Weak<Inner>, mut sentinel: SentinelClient) {
-    let Some((primary, cancel, config)) = inner
-        .upgrade()
-        .map(|i| (i.primary.clone(), i.cancel.clone(), i.config.clone()))
-    else {
-        return;
-    };
-    loop {
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            () = primary.suspect.notified() => {}
-            () = tokio::time::sleep(SENTINEL_CHECK_PERIOD) => {}
-        }
-        let next = tokio::select! {
-            () = cancel.cancelled() => return,
-            next = switch(&primary, &mut sentinel, &config) => next,
-        };
-        match next {
-            Ok(false) => {}
-            Ok(true) => {
-                let Some(inner) = inner.upgrade() else { return };
-                inner.pubsub.shut().await;
-            }
-            Err(err) => {
-                tracing::debug!(backend = BACKEND, %err, "asking the Sentinels for the primary failed")
-            }
-        }
-        tokio::time::sleep(SENTINEL_MIN_GAP).await;
-    }
-}
-
 /// Moves `primary` to the server the Sentinels name, if it is another; `true` if it moved.
-async fn switch(
+pub(crate) async fn switch(
     primary: &Primary,
     sentinel: &mut SentinelClient,
     config: &RedisConfig,

@@ -17,8 +17,20 @@ use tokio::sync::mpsc;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::BACKEND;
-use crate::client::Inner;
 use crate::error::from_redis;
+
+/// What the shared pub/sub connection needs of the store that owns it (its shared state
+/// implements it), so this file never reaches back into the client.
+pub(crate) trait Owner: Send + Sync + 'static {
+    /// The store's pub/sub state.
+    fn pubsub(&self) -> &PubSub;
+    /// Where the unsubscribe of a dropped route runs.
+    fn tasks(&self) -> &kvstore_core::backend::Tasks;
+    /// The bound on subscribing (connecting included).
+    fn connect_timeout(&self) -> std::time::Duration;
+    /// The client of the current primary, to open the connection with.
+    fn client(&self) -> redis::Client;
+}
 
 /// What a subscriber listens to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -86,7 +98,7 @@ impl Subscribed {
 
 /// Removes its route when dropped, unsubscribing the last one.
 struct Route {
-    inner: Weak<Inner>,
+    inner: Weak<dyn Owner>,
     routes: Weak<Mutex<Routes>>,
     sub: Subscription,
     id: u64,
@@ -112,8 +124,8 @@ impl Drop for Route {
         };
         let sub = self.sub.clone();
         // `Drop` cannot wait: a tracked task unsubscribes if no route came back meanwhile.
-        inner.clone().tasks.spawn(async move {
-            let mut conn = inner.pubsub.conn.lock().await;
+        inner.clone().tasks().spawn(async move {
+            let mut conn = inner.pubsub().conn.lock().await;
             let Some(conn) = conn.as_mut() else {
                 return;
             };
@@ -140,20 +152,20 @@ impl Drop for Route {
 
 /// Subscribes to `sub` on the store's shared pub/sub connection (opening it if needed), within
 /// the connect timeout. When this returns, the server has confirmed the subscription.
-pub(crate) async fn subscribe(inner: &Arc<Inner>, sub: &Subscription) -> Result<Subscribed> {
+pub(crate) async fn subscribe<O: Owner>(inner: &Arc<O>, sub: &Subscription) -> Result<Subscribed> {
     let open = async {
-        let mut slot = inner.pubsub.conn.lock().await;
+        let mut slot = inner.pubsub().conn.lock().await;
         let lost = slot
             .as_ref()
             .is_none_or(|c| c.lost.load(std::sync::atomic::Ordering::Acquire));
         if lost {
             *slot = None;
-            *slot = Some(connect(inner).await?);
+            *slot = Some(connect(&**inner).await?);
         }
         let conn = slot.as_mut().expect("connected above");
         let (tx, wakeups) = mpsc::unbounded_channel();
         let id = inner
-            .pubsub
+            .pubsub()
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let first = {
@@ -163,7 +175,7 @@ pub(crate) async fn subscribe(inner: &Arc<Inner>, sub: &Subscription) -> Result<
             list.len() == 1
         };
         let route = Route {
-            inner: Arc::downgrade(inner),
+            inner: Arc::downgrade(inner) as Weak<dyn Owner>,
             routes: Arc::downgrade(&conn.routes),
             sub: sub.clone(),
             id,
@@ -180,17 +192,15 @@ pub(crate) async fn subscribe(inner: &Arc<Inner>, sub: &Subscription) -> Result<
             _route: route,
         })
     };
-    tokio::time::timeout(inner.config.connect_timeout, open)
+    tokio::time::timeout(inner.connect_timeout(), open)
         .await
         .map_err(|_| Error::not_reachable(BACKEND, "subscribing timed out"))?
 }
 
 /// Opens the shared connection and its reader.
-async fn connect(inner: &Inner) -> Result<Conn> {
+async fn connect(inner: &impl Owner) -> Result<Conn> {
     let pubsub = inner
-        .primary
-        .node()
-        .client
+        .client()
         .get_async_pubsub()
         .await
         .map_err(from_redis)?;

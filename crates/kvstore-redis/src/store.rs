@@ -118,7 +118,7 @@ impl RedisStore {
             Err(err) => return Err(err),
         }
         if let Some(sentinel) = sentinel {
-            inner.tasks.spawn(crate::primary::follow_primary(
+            inner.tasks.spawn(crate::client::follow_primary(
                 Arc::downgrade(&inner),
                 sentinel,
             ));
