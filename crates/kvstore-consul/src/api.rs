@@ -126,7 +126,7 @@ fn tls_client(
 ) -> Result<reqwest::ClientBuilder> {
     let invalid = |e: reqwest::Error| Error::invalid_config(BACKEND, e);
     kvstore_core::backend::tls::install_crypto_provider();
-    let files = tls.load(BACKEND)?;
+    let files = kvstore_core::backend::load_tls(tls, BACKEND)?;
     if let Some(ca) = &files.ca {
         builder =
             builder.tls_certs_only(reqwest::Certificate::from_pem_bundle(ca).map_err(invalid)?);

@@ -216,10 +216,13 @@ impl ConsulConfig {
         let mut config = ConsulConfig::new(&format!("{host}:{port}"))?;
         let mut tls = None;
         let query: Vec<(String, String)> = parsed.query_pairs().into_owned().collect();
-        TlsConfig::check_url_options(BACKEND, query.iter().map(|(n, v)| (n.as_str(), v.as_str())))?;
+        kvstore_core::backend::check_tls_url_options(
+            BACKEND,
+            query.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+        )?;
         for (name, value) in parsed.query_pairs() {
             let duration = || duration_option(BACKEND, &name, &value);
-            if TlsConfig::url_option(&mut tls, BACKEND, &name, &value)? {
+            if kvstore_core::backend::tls_url_option(&mut tls, BACKEND, &name, &value)? {
                 continue;
             }
             match name.as_ref() {

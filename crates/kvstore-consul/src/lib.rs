@@ -25,7 +25,7 @@
 //!   the shortest TTL used (default 10 s; kvstore's CI sets 1 s). A TTL write is two requests
 //!   (session, then transaction).
 //! - Watches are blocking queries; see [`watch`](crate#watches).
-//! - Locks: see [`ConsulLocker`]. The key a holder acquires is `.kvstore-locks/<key>` under the
+//! - Locks: one Consul session per lock, with `Behavior=delete`. The key a holder acquires is `.kvstore-locks/<key>` under the
 //!   prefix, so deleting the lock's key or a directory above it never ends the hold.
 //!
 //! Lock holds and `keep_alive` registrations follow the loss rule of
@@ -88,7 +88,6 @@ pub use config::{
     DEFAULT_MAX_WATCH_QUERIES, DEFAULT_REQUEST_TIMEOUT, DEFAULT_WATCH_RECONNECT_TIMEOUT,
     DEFAULT_WATCH_WAIT,
 };
-pub use lock::ConsulLocker;
 pub use store::ConsulStore;
 
 /// URL scheme: `consul://host:port`.

@@ -26,7 +26,7 @@ use crate::client::{Inner, SessionLease};
 use crate::error::is_invalid_session;
 
 /// A lock on a key of a [`ConsulStore`](crate::ConsulStore).
-pub struct ConsulLocker {
+pub(crate) struct ConsulLocker {
     inner: Arc<Inner>,
     key: String,
     opts: LockOptions,

@@ -32,9 +32,9 @@ mod types;
 pub use election::{Candidate, DEFAULT_ELECTION_TTL, ElectionOptions, Leadership, follow};
 pub use error::{BoxError, Error, Result};
 pub use key::{MAX_KEY_LEN, RESERVED_SEGMENT_PREFIX, is_descendant, normalize_dir, normalize_key};
-pub use lock::{LockLost, LockLostSignal, Locker};
+pub use lock::{LockLost, Locker};
 pub use store::{Store, WatchStream, WatchTreeStream};
-pub use tls::{TlsConfig, TlsFiles};
+pub use tls::TlsConfig;
 pub use txn::{Condition, Txn, TxnOp};
 pub use types::{
     Capabilities, DEFAULT_LOCK_TTL, KvPair, LockOptions, MAX_TTL, ReadOptions, WriteOptions,

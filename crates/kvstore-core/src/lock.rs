@@ -64,11 +64,13 @@ pub trait Locker: fmt::Debug + Send + Sync {
 ///
 /// # Examples
 ///
+/// A backend creates one with [`backend::lock_lost`](crate::backend::lock_lost):
+///
 /// ```
-/// use kvstore_core::LockLost;
+/// use kvstore_core::backend::lock_lost;
 ///
 /// # futures::executor::block_on(async {
-/// let (signal, lost) = LockLost::new();
+/// let (signal, lost) = lock_lost();
 /// assert!(!lost.is_lost());
 /// signal.fire();
 /// lost.clone().await;
@@ -91,8 +93,9 @@ struct LostState {
 }
 
 impl LockLost {
-    /// Creates a `LockLost` and the [`LockLostSignal`] that fires it (for backend authors).
-    pub fn new() -> (LockLostSignal, LockLost) {
+    /// Creates a `LockLost` and the [`LockLostSignal`] that fires it; public as
+    /// [`backend::lock_lost`](crate::backend::lock_lost).
+    pub(crate) fn new() -> (LockLostSignal, LockLost) {
         let (tx, rx) = oneshot::channel();
         let state = Arc::new(LostState {
             lost: AtomicBool::new(false),

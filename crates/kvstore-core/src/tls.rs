@@ -62,7 +62,7 @@ impl fmt::Debug for TlsConfig {
     }
 }
 
-/// The contents of a [`TlsConfig`]'s files, read by [`TlsConfig::load`]. `Debug` hides the
+/// The contents of a [`TlsConfig`]'s files, read by [`load_tls`]. `Debug` hides the
 /// private key.
 #[derive(Clone)]
 #[non_exhaustive]
@@ -108,134 +108,134 @@ impl TlsConfig {
         self.server_name = Some(name.into());
         self
     }
+}
 
-    /// Applies one URL query option (see the table above) to `tls`, turning TLS on. Returns
-    /// `Ok(false)` when `name` is not a TLS option, so the caller goes on with its own.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidConfig`] (for `backend`) for `tls=` other than `true`/`false` or an
-    /// empty path.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use kvstore_core::TlsConfig;
-    ///
-    /// let mut tls = None;
-    /// assert!(TlsConfig::url_option(&mut tls, "etcd", "tls_ca", "/ca.pem")?);
-    /// assert!(!TlsConfig::url_option(&mut tls, "etcd", "prefix", "app")?);
-    /// assert_eq!(tls.unwrap().ca.as_deref(), Some(std::path::Path::new("/ca.pem")));
-    /// # Ok::<(), kvstore_core::Error>(())
-    /// ```
-    pub fn url_option(
-        tls: &mut Option<TlsConfig>,
-        backend: &'static str,
-        name: &str,
-        value: &str,
-    ) -> Result<bool> {
-        let path = || {
-            if value.is_empty() {
-                Err(Error::invalid_config(backend, format!("{name} is empty")))
-            } else {
-                Ok(PathBuf::from(value))
-            }
-        };
-        match name {
-            "tls" => match value {
-                "true" => {
-                    tls.get_or_insert_with(TlsConfig::default);
-                }
-                "false" => *tls = None,
-                _ => {
-                    return Err(Error::invalid_config(
-                        backend,
-                        format!("tls={value}: expected true or false"),
-                    ));
-                }
-            },
-            "tls_ca" => tls.get_or_insert_with(TlsConfig::default).ca = Some(path()?),
-            "tls_cert" => tls.get_or_insert_with(TlsConfig::default).cert = Some(path()?),
-            "tls_key" => tls.get_or_insert_with(TlsConfig::default).key = Some(path()?),
-            "tls_server_name" => {
-                tls.get_or_insert_with(TlsConfig::default).server_name = Some(value.to_owned());
-            }
-            _ => return Ok(false),
+/// Applies one URL query option (see the table above) to `tls`, turning TLS on. Returns
+/// `Ok(false)` when `name` is not a TLS option, so the caller goes on with its own.
+///
+/// # Errors
+///
+/// [`Error::InvalidConfig`] (for `backend`) for `tls=` other than `true`/`false` or an
+/// empty path.
+///
+/// # Examples
+///
+/// ```
+/// use kvstore_core::backend::tls_url_option;
+///
+/// let mut tls = None;
+/// assert!(tls_url_option(&mut tls, "etcd", "tls_ca", "/ca.pem")?);
+/// assert!(!tls_url_option(&mut tls, "etcd", "prefix", "app")?);
+/// assert_eq!(tls.unwrap().ca.as_deref(), Some(std::path::Path::new("/ca.pem")));
+/// # Ok::<(), kvstore_core::Error>(())
+/// ```
+pub fn tls_url_option(
+    tls: &mut Option<TlsConfig>,
+    backend: &'static str,
+    name: &str,
+    value: &str,
+) -> Result<bool> {
+    let path = || {
+        if value.is_empty() {
+            Err(Error::invalid_config(backend, format!("{name} is empty")))
+        } else {
+            Ok(PathBuf::from(value))
         }
-        Ok(true)
-    }
-
-    /// Checks a URL's query options as a whole, before [`url_option`](Self::url_option) applies
-    /// them one by one: `tls=false` together with any `tls_*` option is a contradiction that
-    /// must not be settled silently in either direction (dropping a CA the user named, or
-    /// turning TLS on that the user turned off), whatever their order.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidConfig`] (for `backend`) naming the options.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use kvstore_core::TlsConfig;
-    ///
-    /// assert!(TlsConfig::check_url_options("etcd", [("tls", "true"), ("tls_ca", "/ca.pem")]).is_ok());
-    /// assert!(TlsConfig::check_url_options("etcd", [("tls", "false"), ("tls_ca", "/ca.pem")]).is_err());
-    /// ```
-    pub fn check_url_options<'a>(
-        backend: &'static str,
-        options: impl IntoIterator<Item = (&'a str, &'a str)>,
-    ) -> Result<()> {
-        let mut off = false;
-        let mut files = Vec::new();
-        for (name, value) in options {
-            match name {
-                "tls" if value == "false" => off = true,
-                _ if name.starts_with("tls_") => files.push(name),
-                _ => {}
+    };
+    match name {
+        "tls" => match value {
+            "true" => {
+                tls.get_or_insert_with(TlsConfig::default);
             }
-        }
-        if off && !files.is_empty() {
-            return Err(Error::invalid_config(
-                backend,
-                format!(
-                    "tls=false contradicts {}: remove tls=false to use TLS, or the TLS options to \
-                     connect without it",
-                    files.join(", ")
-                ),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Reads the files, checking that a client certificate comes with its key.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidConfig`] (for `backend`) naming the file that cannot be read, or saying
-    /// that `cert` and `key` must be given together.
-    pub fn load(&self, backend: &'static str) -> Result<TlsFiles> {
-        let read = |path: &Path| {
-            std::fs::read(path).map_err(|e| {
-                Error::invalid_config(backend, format!("cannot read {}: {e}", path.display()))
-            })
-        };
-        let identity = match (&self.cert, &self.key) {
-            (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
-            (None, None) => None,
+            "false" => *tls = None,
             _ => {
                 return Err(Error::invalid_config(
                     backend,
-                    "a TLS client certificate and its key must be given together (tls_cert and tls_key)",
+                    format!("tls={value}: expected true or false"),
                 ));
             }
-        };
-        Ok(TlsFiles {
-            ca: self.ca.as_deref().map(read).transpose()?,
-            identity,
-            server_name: self.server_name.clone(),
-        })
+        },
+        "tls_ca" => tls.get_or_insert_with(TlsConfig::default).ca = Some(path()?),
+        "tls_cert" => tls.get_or_insert_with(TlsConfig::default).cert = Some(path()?),
+        "tls_key" => tls.get_or_insert_with(TlsConfig::default).key = Some(path()?),
+        "tls_server_name" => {
+            tls.get_or_insert_with(TlsConfig::default).server_name = Some(value.to_owned());
+        }
+        _ => return Ok(false),
     }
+    Ok(true)
+}
+
+/// Checks a URL's query options as a whole, before [`tls_url_option`] applies
+/// them one by one: `tls=false` together with any `tls_*` option is a contradiction that
+/// must not be settled silently in either direction (dropping a CA the user named, or
+/// turning TLS on that the user turned off), whatever their order.
+///
+/// # Errors
+///
+/// [`Error::InvalidConfig`] (for `backend`) naming the options.
+///
+/// # Examples
+///
+/// ```
+/// use kvstore_core::backend::check_tls_url_options;
+///
+/// assert!(check_tls_url_options("etcd", [("tls", "true"), ("tls_ca", "/ca.pem")]).is_ok());
+/// assert!(check_tls_url_options("etcd", [("tls", "false"), ("tls_ca", "/ca.pem")]).is_err());
+/// ```
+pub fn check_tls_url_options<'a>(
+    backend: &'static str,
+    options: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<()> {
+    let mut off = false;
+    let mut files = Vec::new();
+    for (name, value) in options {
+        match name {
+            "tls" if value == "false" => off = true,
+            _ if name.starts_with("tls_") => files.push(name),
+            _ => {}
+        }
+    }
+    if off && !files.is_empty() {
+        return Err(Error::invalid_config(
+            backend,
+            format!(
+                "tls=false contradicts {}: remove tls=false to use TLS, or the TLS options to \
+                 connect without it",
+                files.join(", ")
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Reads the files of `tls`, checking that a client certificate comes with its key.
+///
+/// # Errors
+///
+/// [`Error::InvalidConfig`] (for `backend`) naming the file that cannot be read, or saying
+/// that `cert` and `key` must be given together.
+pub fn load_tls(tls: &TlsConfig, backend: &'static str) -> Result<TlsFiles> {
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|e| {
+            Error::invalid_config(backend, format!("cannot read {}: {e}", path.display()))
+        })
+    };
+    let identity = match (&tls.cert, &tls.key) {
+        (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+        (None, None) => None,
+        _ => {
+            return Err(Error::invalid_config(
+                backend,
+                "a TLS client certificate and its key must be given together (tls_cert and tls_key)",
+            ));
+        }
+    };
+    Ok(TlsFiles {
+        ca: tls.ca.as_deref().map(read).transpose()?,
+        identity,
+        server_name: tls.server_name.clone(),
+    })
 }
 
 #[cfg(test)]
@@ -250,15 +250,15 @@ mod tests {
             ("tls_key", "/k.pem"),
             ("tls_server_name", "kv.internal"),
         ] {
-            assert!(TlsConfig::url_option(&mut tls, "zk", name, value).unwrap());
+            assert!(tls_url_option(&mut tls, "zk", name, value).unwrap());
         }
         let tls_on = tls.clone().unwrap();
         assert_eq!(tls_on.server_name.as_deref(), Some("kv.internal"));
-        assert!(TlsConfig::url_option(&mut tls, "zk", "tls", "false").unwrap());
+        assert!(tls_url_option(&mut tls, "zk", "tls", "false").unwrap());
         assert_eq!(tls, None);
         for (name, value) in [("tls", "yes"), ("tls_ca", "")] {
             assert!(matches!(
-                TlsConfig::url_option(&mut tls, "zk", name, value),
+                tls_url_option(&mut tls, "zk", name, value),
                 Err(Error::InvalidConfig { .. })
             ));
         }
@@ -270,16 +270,16 @@ mod tests {
             [("tls", "false"), ("tls_ca", "/ca.pem")],
             [("tls_cert", "/c.pem"), ("tls", "false")],
         ] {
-            let err = TlsConfig::check_url_options("zk", options).unwrap_err();
+            let err = check_tls_url_options("zk", options).unwrap_err();
             assert!(matches!(err, Error::InvalidConfig { .. }));
         }
-        assert!(TlsConfig::check_url_options("zk", [("tls", "false"), ("prefix", "a")]).is_ok());
+        assert!(check_tls_url_options("zk", [("tls", "false"), ("prefix", "a")]).is_ok());
     }
 
     #[test]
     fn load_names_the_missing_file_and_pairs_cert_with_key() {
         let missing = TlsConfig::default().with_ca("/nonexistent/kvstore-ca.pem");
-        let err = missing.load("etcd").unwrap_err();
+        let err = load_tls(&missing, "etcd").unwrap_err();
         let text = std::error::Error::source(&err).unwrap().to_string();
         assert!(text.contains("/nonexistent/kvstore-ca.pem"), "{text}");
         let half = TlsConfig {
@@ -287,7 +287,7 @@ mod tests {
             ..TlsConfig::default()
         };
         assert!(matches!(
-            half.load("etcd"),
+            load_tls(&half, "etcd"),
             Err(Error::InvalidConfig { .. })
         ));
     }

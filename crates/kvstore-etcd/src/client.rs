@@ -23,7 +23,7 @@ use crate::error::from_etcd;
 /// certificate, and the name to verify.
 pub(crate) fn tls_options(tls: &kvstore_core::TlsConfig) -> Result<etcd_client::TlsOptions> {
     kvstore_core::backend::tls::install_crypto_provider();
-    let files = tls.load(BACKEND)?;
+    let files = kvstore_core::backend::load_tls(tls, BACKEND)?;
     let mut opts = etcd_client::TlsOptions::new();
     opts = match files.ca {
         Some(ca) => opts.ca_certificate(etcd_client::Certificate::from_pem(ca)),

@@ -181,12 +181,12 @@ impl EtcdConfig {
             config = config.with_credentials(user, password);
         }
         let mut tls = None;
-        TlsConfig::check_url_options(
+        kvstore_core::backend::check_tls_url_options(
             BACKEND,
             parsed.query.iter().map(|(n, v)| (n.as_str(), v.as_str())),
         )?;
         for (name, value) in &parsed.query {
-            if TlsConfig::url_option(&mut tls, BACKEND, name, value)? {
+            if kvstore_core::backend::tls_url_option(&mut tls, BACKEND, name, value)? {
                 continue;
             }
             match name.as_str() {

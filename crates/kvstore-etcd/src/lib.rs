@@ -87,7 +87,6 @@ pub use config::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_VALUE_SIZE, DEFAULT_REQUEST_TIMEOUT,
     DEFAULT_WATCH_RECONNECT_TIMEOUT, EtcdConfig,
 };
-pub use lock::EtcdLocker;
 pub use store::EtcdStore;
 
 /// URL scheme: `etcd://host1:port1,host2:port2`.

@@ -25,7 +25,7 @@ use crate::BACKEND;
 use crate::client::{EtcdLease, Inner};
 
 /// A lock on a key of an [`EtcdStore`](crate::EtcdStore).
-pub struct EtcdLocker {
+pub(crate) struct EtcdLocker {
     inner: Arc<Inner>,
     key: String,
     opts: LockOptions,

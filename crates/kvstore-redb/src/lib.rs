@@ -18,6 +18,10 @@
 //! | `kvstore_locks` | normalized key | (fencing token, deadline in Unix ms, owner id) |
 //! | `kvstore_meta` | `"revision"` | last revision handed out |
 //!
+//! A lock is its row in `kvstore_locks`: its fencing token is the store revision when it was
+//! taken, its deadline is pushed forward by each renewal, and waiters are woken by the
+//! in-process change feed when the holder releases or its deadline passes.
+//!
 //! # Transactions
 //!
 //! `Store::txn` is one redb write transaction: every condition is read in it (`Held`: the lock
@@ -64,7 +68,6 @@ mod watch;
 pub use config::{
     DEFAULT_CACHE_SIZE, DEFAULT_MAX_VALUE_SIZE, DEFAULT_OPEN_TIMEOUT, Location, RedbConfig,
 };
-pub use lock::RedbLocker;
 pub use store::RedbStore;
 
 /// URL scheme of the file store: `redb:///abs/path.redb` or `redb:rel/path.redb`.

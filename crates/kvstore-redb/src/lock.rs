@@ -65,7 +65,7 @@ impl Lease for LockLease {
 ///
 /// Waiters are woken by the in-process change feed when the holder releases, or when the
 /// holder's TTL deadline passes. The fencing token is the store revision at acquisition.
-pub struct RedbLocker {
+pub(crate) struct RedbLocker {
     shared: Arc<Shared>,
     tasks: Tasks,
     key: String,

@@ -40,7 +40,7 @@ pub(crate) fn open_client(config: &RedisConfig) -> Result<redis::Client> {
     // The redis crate builds its rustls config with the process default provider and compiles
     // in none of its own.
     kvstore_core::backend::tls::install_crypto_provider();
-    let files = tls.load(BACKEND)?;
+    let files = kvstore_core::backend::load_tls(tls, BACKEND)?;
     if files.ca.is_none() && files.identity.is_none() {
         return redis::Client::open(url).map_err(invalid);
     }

@@ -269,7 +269,7 @@ impl RedisConfig {
                     "use the rediss:// scheme for TLS instead of tls=".to_owned(),
                 ));
             }
-            if TlsConfig::url_option(&mut tls, BACKEND, &name, &value)? {
+            if kvstore_core::backend::tls_url_option(&mut tls, BACKEND, &name, &value)? {
                 continue;
             }
             if !config.common_option(&name, &value)? {

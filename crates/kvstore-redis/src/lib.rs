@@ -136,7 +136,6 @@ pub use config::{
     DEFAULT_SENTINEL_PORT, DEFAULT_WAIT_TIMEOUT, DEFAULT_WATCH_RECONNECT_TIMEOUT, RedisConfig,
     SentinelConfig,
 };
-pub use lock::RedisLocker;
 pub use store::RedisStore;
 
 /// URL schemes: `redis://`, `rediss://` (TLS) and `redis+sentinel://` (a primary found

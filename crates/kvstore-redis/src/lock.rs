@@ -66,7 +66,7 @@ impl Lease for LockLease {
 ///
 /// The fencing token comes from the store's revision counter (`INCR`), so it is strictly
 /// greater for every later holder of any lock of this store prefix.
-pub struct RedisLocker {
+pub(crate) struct RedisLocker {
     inner: Arc<Inner>,
     key: String,
     opts: LockOptions,

@@ -233,13 +233,13 @@ impl ZkConfig {
             config = config.with_digest(user, password);
         }
         let mut prefix = None;
-        TlsConfig::check_url_options(
+        kvstore_core::backend::check_tls_url_options(
             BACKEND,
             parsed.query.iter().map(|(n, v)| (n.as_str(), v.as_str())),
         )?;
         for (name, value) in &parsed.query {
             let duration = || duration_option(BACKEND, name, value);
-            if TlsConfig::url_option(&mut config.tls, BACKEND, name, value)? {
+            if kvstore_core::backend::tls_url_option(&mut config.tls, BACKEND, name, value)? {
                 continue;
             }
             match name.as_str() {

@@ -45,7 +45,7 @@
 //!
 //! # Locks
 //!
-//! See [`ZkLocker`]: ephemeral sequential waiters under `<root>/.kvstore-locks/<key>/` on a
+//! Ephemeral sequential waiters under `<root>/.kvstore-locks/<key>/` on a
 //! session whose timeout is the lock's TTL (shared by this store's locks of that TTL); each
 //! waiter watches only its predecessor; the fencing token is the waiter's `czxid`.
 //!
@@ -116,7 +116,6 @@ pub use config::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_VALUE_SIZE, DEFAULT_REQUEST_TIMEOUT,
     DEFAULT_SESSION_TIMEOUT, ZkAcl, ZkAuth, ZkConfig,
 };
-pub use lock::ZkLocker;
 pub use store::ZkStore;
 
 /// URL scheme: `zk://host1:port1,host2:port2/chroot`.

@@ -100,7 +100,7 @@ impl Lease for WaiterLease {
 }
 
 /// A lock on a key of a [`ZkStore`](crate::ZkStore).
-pub struct ZkLocker {
+pub(crate) struct ZkLocker {
     inner: Arc<Inner>,
     key: String,
     opts: LockOptions,

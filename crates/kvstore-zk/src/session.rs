@@ -100,7 +100,7 @@ const TLS_DIAGNOSIS_DELAY: Duration = Duration::from_millis(300);
 /// zookeeper-client's TLS options for `tls`: the CA and the client certificate.
 fn tls_options(tls: &kvstore_core::TlsConfig) -> Result<zk::TlsOptions> {
     kvstore_core::backend::tls::install_crypto_provider();
-    let files = tls.load(BACKEND)?;
+    let files = kvstore_core::backend::load_tls(tls, BACKEND)?;
     let text = |bytes: Vec<u8>, what: &str| {
         String::from_utf8(bytes)
             .map_err(|_| Error::invalid_config(BACKEND, format!("the TLS {what} is not PEM text")))

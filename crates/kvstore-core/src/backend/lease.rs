@@ -11,7 +11,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::{Error, LockLost, LockLostSignal, Result};
+use crate::lock::LockLostSignal;
+use crate::{Error, LockLost, Result};
 
 /// How long before a lease's TTL runs out (measured from the send of the last renewal that
 /// succeeded) its holder stops believing it holds it: a fifth of the TTL.

@@ -42,6 +42,23 @@ pub use txn::{
 pub use watch::{DEFAULT_WATCH_RECONNECT_TIMEOUT, WatchSource, watch_stream};
 
 pub use crate::lock::LockLostSignal;
+pub use crate::tls::{TlsFiles, check_tls_url_options, load_tls, tls_url_option};
+
+/// A new [`LockLost`](crate::LockLost) and the [`LockLostSignal`] that resolves it, for a
+/// backend that implements [`Locker`](crate::Locker) itself (a backend on the lease engine gets
+/// them from [`HeldLease`]). The signal resolves it when fired or dropped.
+///
+/// ```
+/// use kvstore_core::backend::lock_lost;
+///
+/// let (signal, lost) = lock_lost();
+/// assert!(!lost.is_lost());
+/// drop(signal);
+/// assert!(lost.is_lost());
+/// ```
+pub fn lock_lost() -> (LockLostSignal, crate::LockLost) {
+    crate::LockLost::new()
+}
 pub use config::{
     MultiHostUrl, bool_option, duration_option, lock_arguments, parse_multi_host_url, redact_url,
     refuse_fragment, size_option,

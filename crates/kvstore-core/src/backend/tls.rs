@@ -40,7 +40,7 @@ pub async fn refusal(
     addr: &str,
     connect_timeout: std::time::Duration,
 ) -> Option<crate::Error> {
-    let files = tls.load(backend).ok()?;
+    let files = crate::tls::load_tls(tls, backend).ok()?;
     let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
     let timeout = connect_timeout.min(std::time::Duration::from_secs(2));
     let refused = diagnose_handshake(addr, host, &files, timeout).await?;
@@ -61,7 +61,7 @@ pub async fn refusal(
 async fn diagnose_handshake(
     addr: &str,
     default_server_name: &str,
-    files: &crate::TlsFiles,
+    files: &crate::tls::TlsFiles,
     timeout: std::time::Duration,
 ) -> Option<rustls::Error> {
     use rustls::pki_types::pem::PemObject;
