@@ -267,26 +267,14 @@ impl<I: Intercept> Store for Intercepted<I> {
         let stream = (self.hooks)
             .around(Operation::Watch, || self.inner.watch(key, opts))
             .await?;
-        let guard = self.hooks.watch_opened();
-        Ok(stream
-            .map(move |item| {
-                let _open = &guard;
-                item
-            })
-            .boxed())
+        Ok(kept_open(stream, self.hooks.watch_opened()))
     }
 
     async fn watch_tree(&self, dir: &str, opts: Option<&ReadOptions>) -> Result<WatchTreeStream> {
         let stream = (self.hooks)
             .around(Operation::WatchTree, || self.inner.watch_tree(dir, opts))
             .await?;
-        let guard = self.hooks.watch_opened();
-        Ok(stream
-            .map(move |item| {
-                let _open = &guard;
-                item
-            })
-            .boxed())
+        Ok(kept_open(stream, self.hooks.watch_opened()))
     }
 
     async fn new_lock(&self, key: &str, opts: Option<&LockOptions>) -> Result<Box<dyn Locker>> {
@@ -321,6 +309,19 @@ impl<I: Intercept> Store for Intercepted<I> {
         self.hooks.wrote(Wrote::Close);
         closed
     }
+}
+
+/// `stream`, holding `guard` until it is dropped.
+fn kept_open<T: Send + 'static>(
+    stream: futures::stream::BoxStream<'static, T>,
+    guard: Box<dyn Send + Sync>,
+) -> futures::stream::BoxStream<'static, T> {
+    stream
+        .map(move |item| {
+            let _open = &guard;
+            item
+        })
+        .boxed()
 }
 
 /// A lock of an [`Intercepted`] store: `lock` and `unlock` go through the same hooks.
