@@ -8,7 +8,7 @@
 # or a registration is missing at the end.
 #
 # SOAK_PROFILE=dev builds the debug binary instead of the release one (ci/test.sh runs a
-# 2-minute soak that way, on the servers it started: KVSTORE_IN_TEST_SH=1).
+# 3-minute soak that way, on the servers it started: KVSTORE_IN_TEST_SH=1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=servers.sh

@@ -131,6 +131,10 @@ struct Args {
     /// Sampling period during `--soak`.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     soak_sample: std::time::Duration,
+    /// The warm-up of `--soak`: memory and descriptor growth is measured from the first sample
+    /// after it.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    soak_settle: std::time::Duration,
     /// Query options for the redb store's URL (`cache_size=4194304`), to compare settings.
     #[arg(long)]
     redb_options: Option<String>,
@@ -534,6 +538,7 @@ async fn main() -> anyhow::Result<()> {
             watchers: args.soak_watchers,
             registrations: args.soak_registrations,
             sample: args.soak_sample,
+            settle: args.soak_settle,
         };
         let records = each_backend(&args, &backends, soak::markdown, |backend, store| {
             let name = backend.name;

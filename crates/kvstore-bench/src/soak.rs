@@ -8,8 +8,8 @@
 //! directory each second). Every `--soak-sample` (10 s) it records the process's RSS
 //! (`VmRSS`), its open file descriptors (`/proc/self/fd`), its threads, the calls and watch
 //! events so far, and for redb the file's size. Growth is measured from the first sample at or
-//! after one minute (connections, caches and the allocator have settled by then) to the last;
-//! "flat" means under 5 % for both.
+//! after `--soak-settle` (one minute by default: connections, caches and the allocator have
+//! settled by then) to the last; "flat" means under 5 % for both.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,8 +27,6 @@ use crate::watchers::{rss_mib, threads};
 const KEYS: usize = 100;
 /// Growth at or above this, in percent, is not flat.
 const FLAT_PERCENT: f64 = 5.0;
-/// Samples before this are the warm-up.
-const SETTLED: Duration = Duration::from_secs(60);
 
 /// What the soak asks of one store.
 pub(crate) struct Plan {
@@ -36,6 +34,8 @@ pub(crate) struct Plan {
     pub(crate) watchers: usize,
     pub(crate) registrations: usize,
     pub(crate) sample: Duration,
+    /// Samples before this are the warm-up: growth is measured from the first one after it.
+    pub(crate) settle: Duration,
 }
 
 /// One sample.
@@ -65,6 +65,8 @@ pub(crate) struct SoakRecord {
     pub(crate) samples: Vec<Sample>,
     pub(crate) rss_growth_percent: f64,
     pub(crate) fd_growth_percent: f64,
+    /// Where growth is measured from, seconds into the soak.
+    pub(crate) settle_secs: f64,
     pub(crate) flat: bool,
     /// Registrations still present at the end (each must be: the lease engine renews them).
     pub(crate) registrations_alive: usize,
@@ -275,7 +277,7 @@ pub(crate) async fn run(
 
     let baseline = samples
         .iter()
-        .find(|s| s.secs >= SETTLED.as_secs_f64())
+        .find(|s| s.secs >= plan.settle.as_secs_f64())
         .unwrap_or(&samples[0])
         .clone();
     let last = samples.last().expect("at least one sample").clone();
@@ -293,6 +295,7 @@ pub(crate) async fn run(
         secs: last.secs,
         watchers: plan.watchers,
         registrations: plan.registrations,
+        settle_secs: plan.settle.as_secs_f64(),
         flat: rss_growth_percent < FLAT_PERCENT && fd_growth_percent < FLAT_PERCENT,
         rss_growth_percent,
         fd_growth_percent,
@@ -334,14 +337,14 @@ pub(crate) fn failures(record: &SoakRecord) -> Vec<String> {
 
 pub(crate) fn markdown(records: &[SoakRecord]) -> String {
     let mut out = String::from(
-        "| backend | length | watchers | keep-alive | calls/s | events/s | errors | RSS MiB at 1 min → end | RSS growth | fds at 1 min → end | fd growth | registrations alive | flat |\n\
+        "| backend | length | watchers | keep-alive | calls/s | events/s | errors | RSS MiB settled → end | RSS growth | fds settled → end | fd growth | registrations alive | flat |\n\
          | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- | ---: | ---: | --- |\n",
     );
     for r in records {
         let base = r
             .samples
             .iter()
-            .find(|s| s.secs >= SETTLED.as_secs_f64())
+            .find(|s| s.secs >= r.settle_secs)
             .unwrap_or(&r.samples[0]);
         let last = r.samples.last().expect("samples");
         out.push_str(&format!(
