@@ -16,19 +16,32 @@ use zookeeper_client::{Acls, Client, CreateMode};
 
 /// Creates `path` and its missing parents as valkeyrie does: parents are persistent znodes with
 /// empty data; the leaf is ephemeral (valkeyrie's TTL) or persistent.
+///
+/// A parent that exists already may be a container znode that kvstore created for another
+/// test; the server deletes an empty container on its next check (every 100 ms here), so it
+/// can vanish between finding it and creating the leaf under it (`NoNode`). Then the chain is
+/// created again, at most 10 times.
 async fn create_like_valkeyrie(raw: &Client, path: &str, value: &[u8], mode: CreateMode) {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    for end in 1..segments.len() {
-        let parent = format!("/{}", segments[..end].join("/"));
-        let opts = CreateMode::Persistent.with_acls(Acls::anyone_all());
-        match raw.create(&parent, b"", &opts).await {
-            Ok(_) | Err(zookeeper_client::Error::NodeExists) => {}
-            Err(err) => panic!("creating {parent}: {err}"),
+    for _attempt in 0..10 {
+        for end in 1..segments.len() {
+            let parent = format!("/{}", segments[..end].join("/"));
+            let opts = CreateMode::Persistent.with_acls(Acls::anyone_all());
+            match raw.create(&parent, b"", &opts).await {
+                Ok(_) | Err(zookeeper_client::Error::NodeExists) => {}
+                Err(err) => panic!("creating {parent}: {err}"),
+            }
+        }
+        match raw
+            .create(path, value, &mode.with_acls(Acls::anyone_all()))
+            .await
+        {
+            Ok(_) => return,
+            Err(zookeeper_client::Error::NoNode) => continue,
+            Err(err) => panic!("creating {path}: {err}"),
         }
     }
-    raw.create(path, value, &mode.with_acls(Acls::anyone_all()))
-        .await
-        .unwrap_or_else(|e| panic!("creating {path}: {e}"));
+    panic!("creating {path}: a parent vanished under it 10 times in a row");
 }
 
 #[tokio::test]
