@@ -363,8 +363,15 @@ kv_zk_member() {
         # Peer traffic crosses the fault proxy: a follower waits 5 s (syncLimit 25 ticks) for
         # its leader before giving up, not 1 s, so a loaded machine does not make the ensemble
         # flap (at 1 s it did, and re-syncs hit ZooKeeper 3.8.0's NullPointerException in
-        # Learner.syncWithLeader). Source: ZooKeeper Administrator's Guide, "Cluster Options".
-        kv_zoo_cfg "$dir" "$(kv_port "$name" port)" | sed 's/^syncLimit=.*/syncLimit=25/; s/^initLimit=.*/initLimit=50/'
+        # Learner.syncWithLeader).
+        # A new leader waits only 2 s (initLimit 10 ticks) for its followers, though. The
+        # proxy accepts a follower's connection even before the new leader listens on its
+        # quorum port and then closes it; the follower, which retries only a refused connect,
+        # gives up and starts a later election round, in which it cannot follow the leader
+        # of the earlier round alone, so the ensemble has no leader until that leader stops
+        # waiting. With initLimit 50 that cost 10 s per occurrence, 40 s once in a row of
+        # three leader kills. Source: ZooKeeper Administrator's Guide, "Cluster Options".
+        kv_zoo_cfg "$dir" "$(kv_port "$name" port)" | sed 's/^syncLimit=.*/syncLimit=25/'
         for i in "${KV_CLUSTER_MEMBERS[@]}"; do
             peer="zk-c$i"
             echo "server.$i=127.0.0.1:$(kv_zk_peer "$name" "$peer" quorum):$(kv_zk_peer "$name" "$peer" election)"
