@@ -67,7 +67,9 @@ pub(crate) async fn run(rounds: usize, batch: Duration) -> anyhow::Result<Vec<Re
     let mut records = Vec::new();
     for layer in VARIANTS {
         for op in OPS {
-            let base: Arc<dyn Store> = Arc::new(kvstore::redb::RedbStore::memory().await?);
+            let base: Arc<dyn Store> = Arc::new(
+                kvstore::redb::RedbStore::open(kvstore::redb::RedbConfig::memory()).await?,
+            );
             let layered = wrap(layer, base.clone())?;
             let bare_op = kv::prepare(base.clone(), op, 1, "bench/bare").await?;
             let layered_op = kv::prepare(layered, op, 1, "bench/layered").await?;

@@ -29,6 +29,7 @@ mod tls;
 mod txn;
 mod types;
 
+pub use backend::BackendStore;
 pub use election::{Candidate, DEFAULT_ELECTION_TTL, ElectionOptions, Leadership, follow};
 pub use error::{BoxError, Error, Result};
 pub use key::{MAX_KEY_LEN, RESERVED_SEGMENT_PREFIX, is_descendant, normalize_dir, normalize_key};

@@ -1,20 +1,13 @@
-//! `keep_alive` keys for the lease engine: the key lease (its deadline in the file) and the
-//! registrar that writes a lost registration again; and the per-handle session that owns the
-//! registrations and background tasks.
+//! `keep_alive` keys for the lease engine: the key lease, whose deadline is in the file.
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use kvstore_core::Result;
-use kvstore_core::backend::{
-    Lease, Registrar, Registrations, Release, Renewal, Tasks, write_again,
-};
+use kvstore_core::backend::{Lease, Release, Renewal};
 use redb::ReadableTable;
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use crate::client::{EXPIRY, KV, Shared, deadline_ms, is_live, now_ms};
 use crate::error::from_redb;
@@ -94,68 +87,5 @@ impl Lease for KeyLease {
     /// Nothing to give back: the key's deadline is the lease.
     async fn release(&self, _why: Release) -> Result<()> {
         Ok(())
-    }
-}
-
-/// Writes a lost registration again (the process was paused past its TTL and the key
-/// expired): only where the key is absent or still holds the registered value.
-pub(crate) struct KeyRegistrar(pub(crate) Arc<Shared>);
-
-#[async_trait]
-impl Registrar for KeyRegistrar {
-    async fn register_again(
-        &self,
-        key: &str,
-        value: &Bytes,
-        ttl: Duration,
-    ) -> Result<Option<(Arc<dyn Lease>, Instant)>> {
-        let sent = Instant::now();
-        let read = || {
-            let k = key.to_owned();
-            self.0.blocking(move |s| s.read_key(&k))
-        };
-        let write = |expect| {
-            self.0
-                .commit_write(key.to_owned(), value.to_vec(), Some(ttl), expect)
-        };
-        Ok(write_again(value, read, write).await?.map(|pair| {
-            let lease: Arc<dyn Lease> = Arc::new(KeyLease {
-                shared: self.0.clone(),
-                key: key.to_owned(),
-                index: pair.last_index,
-                ttl,
-            });
-            (lease, sent)
-        }))
-    }
-}
-
-/// How long `close` waits for lock releases.
-pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Per-handle state: its background work (lock renewals, registrations) and the token that
-/// ends its watches and locks.
-pub(crate) struct Session {
-    pub(crate) tasks: Tasks,
-    pub(crate) registrations: Registrations,
-}
-
-impl Session {
-    pub(crate) fn new() -> Self {
-        let tasks = Tasks::new();
-        Session {
-            registrations: Registrations::new(&tasks),
-            tasks,
-        }
-    }
-
-    pub(crate) fn cancel(&self) -> &CancellationToken {
-        self.tasks.cancel_token()
-    }
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        self.tasks.cancel_token().cancel();
     }
 }

@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use kvstore_core::backend::{HeldLease, Lease, Release, Renewal, Tasks};
-use kvstore_core::{Error, LockLost, LockOptions, Locker, Result};
+use kvstore_core::Result;
+use kvstore_core::backend::{Acquired, Lease, LockSpec, Release, Renewal, Tasks};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 
@@ -61,93 +61,110 @@ impl Lease for LockLease {
     }
 }
 
-/// A lock on a key of a [`RedbStore`](crate::RedbStore).
+/// Acquires `lock`: one attempt after another, each waiting for the holder's release (its
+/// change-feed event) or its expiry, until the lock is free. The value is written in the same
+/// transaction that takes the lock.
 ///
-/// Waiters are woken by the in-process change feed when the holder releases, or when the
-/// holder's TTL deadline passes. The fencing token is the store revision at acquisition.
-pub(crate) struct RedbLocker {
-    shared: Arc<Shared>,
-    tasks: Tasks,
-    key: String,
-    opts: LockOptions,
-    owner: u64,
-    held: Option<HeldLease>,
-}
-
-impl fmt::Debug for RedbLocker {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedbLocker")
-            .field("key", &self.key)
-            .field("ttl", &self.opts.ttl)
-            .field("fencing_token", &self.fencing_token())
-            .finish_non_exhaustive()
-    }
-}
-
-impl RedbLocker {
-    pub(crate) fn new(shared: Arc<Shared>, tasks: Tasks, key: String, opts: LockOptions) -> Self {
-        RedbLocker {
-            shared,
-            tasks,
-            key,
-            opts,
-            owner: rand::random(),
-            held: None,
+/// Cancel safety: a caller that goes away takes nothing; a hold its transaction took anyway is
+/// given back through `tasks`.
+pub(crate) async fn acquire(
+    shared: &Arc<Shared>,
+    lock: &LockSpec,
+    tasks: &Tasks,
+) -> Result<Acquired> {
+    let owner: u64 = rand::random();
+    loop {
+        // Subscribe before trying, so a release between the attempt and the wait is seen.
+        let mut changes = shared.subscribe();
+        let sent = Instant::now();
+        match attempt(shared, lock, owner, tasks).await? {
+            Acquire::Acquired(token) => {
+                let opts = &lock.opts;
+                let lease = Arc::new(LockLease {
+                    shared: shared.clone(),
+                    key: lock.key.clone(),
+                    owner,
+                    token,
+                    ttl: opts.ttl,
+                    delete_on_unlock: opts.delete_on_unlock,
+                    bound_value: opts.delete_on_unlock && opts.value.is_some(),
+                });
+                return Ok(Acquired {
+                    token,
+                    lease,
+                    ttl: opts.ttl,
+                    sent,
+                });
+            }
+            Acquire::Held(expires_at) => {
+                let until = Duration::from_millis(expires_at.saturating_sub(now_ms()) + 1);
+                let released = async {
+                    loop {
+                        match changes.recv().await {
+                            Ok(Change::Lock(k)) if *k == *lock.key => return,
+                            Ok(_) => {}
+                            Err(RecvError::Lagged(_) | RecvError::Closed) => return,
+                        }
+                    }
+                };
+                tokio::select! {
+                    () = tokio::time::sleep(until) => {}
+                    () = released => {}
+                }
+            }
         }
     }
+}
 
-    /// One acquisition attempt that stays correct if the caller's future is dropped mid-way.
-    ///
-    /// The transaction runs on the blocking pool and cannot be stopped once started. If the
-    /// caller goes away first, whoever finishes last (the blocking task or the guard's `Drop`)
-    /// sees the other's mark and releases the lock, so an abandoned `lock()` never leaves a
-    /// holder behind.
-    async fn attempt(&self) -> Result<Acquire> {
-        let pending = Arc::new(Mutex::new(Pending::Running));
-        let mut guard = AbandonGuard {
-            pending: pending.clone(),
-            shared: self.shared.clone(),
-            tasks: self.tasks.clone(),
-            key: self.key.clone(),
-            owner: self.owner,
-            delete_value: self.opts.delete_on_unlock,
-            armed: true,
-        };
-        let (key, owner, ttl, value, bound) = (
-            self.key.clone(),
-            self.owner,
-            self.opts.ttl,
-            self.opts.value.clone(),
-            self.opts.delete_on_unlock,
-        );
-        let result = self
-            .shared
-            .blocking(move |s| {
-                // A caller that went away while this waited for the blocking pool or the
-                // write lock takes nothing: only one that leaves during the transaction itself
-                // leaves a hold for the mark below to release.
-                let wanted = || {
-                    !matches!(
-                        *pending.lock().unwrap_or_else(|e| e.into_inner()),
-                        Pending::Abandoned
-                    )
-                };
-                let outcome = s.try_acquire(&key, owner, ttl, value.as_deref(), bound, &wanted)?;
-                if let Acquire::Acquired(token) = outcome {
-                    let mut state = pending.lock().unwrap_or_else(|e| e.into_inner());
-                    if matches!(*state, Pending::Abandoned) {
-                        drop(state);
-                        s.release_lock(&key, owner, token, bound)?;
-                    } else {
-                        *state = Pending::Acquired(token);
-                    }
+/// One attempt at `lock` for `owner`.
+async fn attempt(
+    shared: &Arc<Shared>,
+    lock: &LockSpec,
+    owner: u64,
+    tasks: &Tasks,
+) -> Result<Acquire> {
+    let pending = Arc::new(Mutex::new(Pending::Running));
+    let mut guard = AbandonGuard {
+        pending: pending.clone(),
+        shared: shared.clone(),
+        tasks: tasks.clone(),
+        key: lock.key.clone(),
+        owner,
+        delete_value: lock.opts.delete_on_unlock,
+        armed: true,
+    };
+    let (key, ttl, value, bound) = (
+        lock.key.clone(),
+        lock.opts.ttl,
+        lock.opts.value.clone(),
+        lock.opts.delete_on_unlock,
+    );
+    let result = shared
+        .blocking(move |s| {
+            // A caller that went away while this waited for the blocking pool or the
+            // write lock takes nothing: only one that leaves during the transaction itself
+            // leaves a hold for the mark below to release.
+            let wanted = || {
+                !matches!(
+                    *pending.lock().unwrap_or_else(|e| e.into_inner()),
+                    Pending::Abandoned
+                )
+            };
+            let outcome = s.try_acquire(&key, owner, ttl, value.as_deref(), bound, &wanted)?;
+            if let Acquire::Acquired(token) = outcome {
+                let mut state = pending.lock().unwrap_or_else(|e| e.into_inner());
+                if matches!(*state, Pending::Abandoned) {
+                    drop(state);
+                    s.release_lock(&key, owner, token, bound)?;
+                } else {
+                    *state = Pending::Acquired(token);
                 }
-                Ok(outcome)
-            })
-            .await;
-        guard.armed = false;
-        result
-    }
+            }
+            Ok(outcome)
+        })
+        .await;
+    guard.armed = false;
+    result
 }
 
 enum Pending {
@@ -194,76 +211,6 @@ impl Drop for AbandonGuard {
     }
 }
 
-#[async_trait]
-impl Locker for RedbLocker {
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = self.shared.backend, op = "lock", key = %self.key))]
-    async fn lock(&mut self) -> Result<LockLost> {
-        if let Some(held) = &self.held
-            && held.token().is_some()
-        {
-            return Ok(held.lost());
-        }
-        self.held = None;
-        loop {
-            if self.tasks.is_closed() {
-                return Err(Error::Closed {
-                    backend: self.shared.backend,
-                });
-            }
-            // Subscribe before trying, so a release between the attempt and the wait is seen.
-            let mut changes = self.shared.subscribe();
-            let sent = Instant::now();
-            match self.attempt().await? {
-                Acquire::Acquired(token) => {
-                    let lease = Arc::new(LockLease {
-                        shared: self.shared.clone(),
-                        key: self.key.clone(),
-                        owner: self.owner,
-                        token,
-                        ttl: self.opts.ttl,
-                        delete_on_unlock: self.opts.delete_on_unlock,
-                        bound_value: self.opts.delete_on_unlock && self.opts.value.is_some(),
-                    });
-                    let held = HeldLease::start(lease, self.opts.ttl, sent, token, &self.tasks);
-                    let lost = held.lost();
-                    self.held = Some(held);
-                    return Ok(lost);
-                }
-                Acquire::Held(expires_at) => {
-                    let until = Duration::from_millis(expires_at.saturating_sub(now_ms()) + 1);
-                    let released = async {
-                        loop {
-                            match changes.recv().await {
-                                Ok(Change::Lock(k)) if *k == *self.key => return,
-                                Ok(_) => {}
-                                Err(RecvError::Lagged(_) | RecvError::Closed) => return,
-                            }
-                        }
-                    };
-                    tokio::select! {
-                        () = self.tasks.cancel_token().cancelled() => return Err(Error::Closed { backend: self.shared.backend }),
-                        () = tokio::time::sleep(until) => {}
-                        () = released => {}
-                    }
-                }
-            }
-        }
-    }
-
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = self.shared.backend, op = "unlock", key = %self.key))]
-    async fn unlock(&mut self) -> Result<()> {
-        match self.held.take() {
-            Some(held) => held.release(Release::Unlock).await,
-            None => Ok(()),
-        }
-    }
-
-    fn fencing_token(&self) -> Option<u64> {
-        self.held.as_ref().and_then(HeldLease::token)
-    }
-}
-
-/// Outcome of one attempt to take a lock.
 #[derive(Debug)]
 pub(crate) enum Acquire {
     /// Taken, with this fencing token.

@@ -1,5 +1,5 @@
-//! The [`Store`] implementation: redb transactions on the blocking pool, in-process watches,
-//! TTL expiry and keep-alive.
+//! [`Redb`]: the redb file and the in-memory store as a [`Backend`] — redb transactions on
+//! the blocking pool, in-process watches, TTL expiry and keep-alive.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -9,85 +9,57 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable};
-use kvstore_core::backend::{Precondition, check_value_size, lock_arguments, run_txn, write_ttl};
-use kvstore_core::{
-    Capabilities, Error, KvPair, LockOptions, Locker, ReadOptions, Result, Store, Txn, WatchStream,
-    WatchTreeStream, WriteOptions, normalize_dir, normalize_key,
+use bytes::Bytes;
+use kvstore_core::backend::{
+    Acquired, Backend, BackendStore, CheckedTxn, Expiry, Lease, LockSpec, Open, Precondition,
+    Tasks, Written, write_again,
 };
+use kvstore_core::{Capabilities, Error, KvPair, Result, WatchStream, WatchTreeStream};
 use redb::Database;
 use tokio::sync::{Notify, broadcast};
-use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::client::{CHANGE_FEED_CAPACITY, Shared};
 use crate::config::{Location, RedbConfig};
 use crate::error::{from_join, from_redb};
-use crate::keep_alive::{CLOSE_TIMEOUT, KeyLease, KeyRegistrar, Session};
-use crate::lock::RedbLocker;
+use crate::keep_alive::KeyLease;
 use crate::watch::{watch_feed, watch_key_signal};
 
 /// Directories of up to this many entries are listed in place, larger ones on the blocking
 /// pool.
 const IN_PLACE_LIST: usize = 1024;
 
-/// A kvstore [`Store`] on a redb file or in memory.
+/// A redb store: a file (`redb:`), or memory (`memory://`). Every call of
+/// [`Store`](kvstore_core::Store) with the semantics of every backend.
 ///
-/// One process owns the file: watches and locks are coordinated in-process, and every handle
-/// made with [`new_handle`](RedbStore::new_handle) shares them. All data — values, `last_index`,
-/// TTL deadlines, held locks and the revision counter — lives in the file, so it survives a
-/// reopen: a compare-and-swap with a pair read before a restart behaves the same after it, and
-/// a key or lock whose TTL ran out while the process was down is gone when it comes back.
-///
-/// # Backend notes
-///
-/// - `last_index` is a store-wide revision (like etcd's), so it also orders writes of
-///   different keys; fencing tokens come from the same counter.
-/// - TTL slack: a key is deleted, and watchers told, within a few milliseconds of its deadline
-///   (a background task sleeps until the next one). Reads never return an expired key.
-/// - `keep_alive` keys and held locks are renewed by the lease engine of
-///   `kvstore_core::backend` (every quarter TTL) while the writing handle is open.
-/// - `close()` on a handle releases the locks it holds at once.
-/// - Every write commits with redb's default durability (fsync before returning). Concurrent
-///   `put`, `atomic_put`, `delete` and `atomic_delete` calls share one commit (group commit,
-///   as bbolt's `DB.Batch`): each is acknowledged only after the commit that holds it is
-///   durable, a refused one (`KeyExists`, `KeyModified`, `KeyNotFound`) writes nothing and
-///   leaves the others in, and a failed commit fails every call in it. 32 concurrent writers
-///   get about 10× the throughput of one.
-/// - `get`, `exists`, `watch` re-reads and `list` of up to 1,024 entries read in place on the
-///   caller's task (microseconds from redb's cache); larger lists and transactions run on the
-///   blocking pool.
-/// - A key watch is woken only by commits that change its key; a directory watch filters
-///   the store's change feed.
-///
-/// # Examples
+/// # Example
 ///
 /// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> kvstore_core::Result<()> {
 /// use kvstore_core::Store;
-/// use kvstore_redb::RedbStore;
+/// use kvstore_redb::{RedbConfig, RedbStore};
 ///
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> kvstore_core::Result<()> {
-/// let store = RedbStore::memory().await?;
-/// store.put("app/config", b"v1", None).await?;
-/// assert_eq!(&store.get("app/config", None).await?.value[..], b"v1");
-/// # Ok(())
-/// # }
+/// let store = RedbStore::open(RedbConfig::memory()).await?;
+/// store.put("app/config", b"on", None).await?;
+/// assert_eq!(store.get("app/config", None).await?.value, "on");
+/// store.close().await?;
+/// # Ok(()) }
 /// ```
-pub struct RedbStore {
+pub type RedbStore = BackendStore<Redb>;
+
+/// The redb backend of [`RedbStore`]: the open database, shared by every handle on it.
+pub struct Redb {
     shared: Arc<Shared>,
-    session: Session,
 }
 
-impl fmt::Debug for RedbStore {
+impl fmt::Debug for Redb {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedbStore")
+        f.debug_struct("Redb")
             .field("backend", &self.shared.backend)
-            .field("closed", &self.session.tasks.is_closed())
             .finish_non_exhaustive()
     }
 }
 
-/// The files this process has open, by absolute path: a second `open` of one returns a new
-/// handle on the same database.
 static OPEN_FILES: tokio::sync::Mutex<BTreeMap<PathBuf, std::sync::Weak<Shared>>> =
     tokio::sync::Mutex::const_new(BTreeMap::new());
 
@@ -102,7 +74,15 @@ fn registry_path(path: &Path) -> PathBuf {
     }
 }
 
-impl RedbStore {
+impl Open for Redb {
+    type Config = RedbConfig;
+
+    fn open(config: RedbConfig) -> impl std::future::Future<Output = Result<Self>> + Send {
+        Self::open_shared(config)
+    }
+}
+
+impl Redb {
     /// Opens (creating if needed) the store described by `config`.
     ///
     /// A file this process already has open (through another `open`, for example by another
@@ -119,7 +99,7 @@ impl RedbStore {
     ///
     /// Cancel-safe: dropping the future leaves the file closed.
     #[tracing::instrument(level = "debug", skip_all, fields(op = "open"))]
-    pub async fn open(config: RedbConfig) -> Result<Self> {
+    async fn open_shared(config: RedbConfig) -> Result<Self> {
         let Location::File(path) = &config.location else {
             return Self::open_new(config).await;
         };
@@ -129,10 +109,7 @@ impl RedbStore {
         let mut open = OPEN_FILES.lock().await;
         open.retain(|_, shared| shared.strong_count() > 0);
         if let Some(shared) = open.get(&path).and_then(std::sync::Weak::upgrade) {
-            return Ok(RedbStore {
-                shared,
-                session: Session::new(),
-            });
+            return Ok(Redb { shared });
         }
         let store = Self::open_new(config).await?;
         open.insert(path, Arc::downgrade(&store.shared));
@@ -195,105 +172,13 @@ impl RedbStore {
         shared.blocking(Shared::create_tables).await?;
         commit_thread.spawn(Arc::downgrade(&shared))?;
         shared.start_reaper()?;
-        Ok(RedbStore {
-            shared,
-            session: Session::new(),
-        })
-    }
-
-    /// Opens a new in-memory store.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Backend`] if redb cannot initialise its in-memory backend.
-    pub async fn memory() -> Result<Self> {
-        Self::open(RedbConfig::memory()).await
-    }
-
-    /// Another handle on the same database with its own lifetime: closing or dropping it
-    /// stops only its own keep-alives, watches and locks. Tests use it as the "second client".
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use kvstore_core::Store;
-    /// use kvstore_redb::RedbStore;
-    ///
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> kvstore_core::Result<()> {
-    /// let store = RedbStore::memory().await?;
-    /// let other = store.new_handle();
-    /// other.put("k", b"v", None).await?;
-    /// other.close().await?;
-    /// assert!(store.exists("k", None).await?);
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn new_handle(&self) -> RedbStore {
-        RedbStore {
-            shared: self.shared.clone(),
-            session: Session::new(),
-        }
-    }
-
-    fn check_open(&self) -> Result<()> {
-        if self.session.tasks.is_closed() {
-            return Err(Error::Closed {
-                backend: self.shared.backend,
-            });
-        }
-        Ok(())
-    }
-
-    async fn write(
-        &self,
-        key: &str,
-        value: &[u8],
-        expect: Precondition,
-        opts: Option<&WriteOptions>,
-    ) -> Result<KvPair> {
-        self.check_open()?;
-        let key = normalize_key(key)?.to_owned();
-        check_value_size(&key, value, self.shared.max_value_size)?;
-        let ttl = write_ttl(self.shared.backend, opts)?;
-        let value = value.to_vec();
-        let k = key.clone();
-        let sent = Instant::now();
-        let pair = self.shared.commit_write(k, value, ttl, expect).await?;
-        match ttl.filter(|_| opts.is_some_and(|o| o.keep_alive)) {
-            Some(ttl) => self.session.registrations.insert(
-                &key,
-                pair.value.clone(),
-                ttl,
-                Arc::new(KeyLease {
-                    shared: self.shared.clone(),
-                    key: key.clone(),
-                    index: pair.last_index,
-                    ttl,
-                }),
-                sent,
-                Arc::new(KeyRegistrar(self.shared.clone())),
-            ),
-            None => self.session.registrations.remove(&key),
-        }
-        Ok(pair)
-    }
-
-    async fn remove(&self, key: &str, expect: Precondition) -> Result<()> {
-        self.check_open()?;
-        let key = normalize_key(key)?.to_owned();
-        let k = key.clone();
-        self.shared
-            .group_commit(move |s, txn| s.remove(txn, &k, expect))
-            .await?;
-        self.session.registrations.remove(&key);
-        Ok(())
+        Ok(Redb { shared })
     }
 }
 
 #[async_trait]
-impl Store for RedbStore {
-    fn backend(&self) -> &'static str {
+impl Backend for Redb {
+    fn name(&self) -> &'static str {
         self.shared.backend
     }
 
@@ -303,154 +188,130 @@ impl Store for RedbStore {
             .with_max_txn_ops(crate::txn::MAX_TXN_OPS)
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = self.shared.backend, op = "txn", ops = txn.ops.len()))]
-    async fn txn(&self, txn: &Txn) -> Result<Vec<Option<KvPair>>> {
-        self.check_open()?;
-        let shared = self.shared.clone();
-        run_txn(
-            txn,
-            crate::txn::MAX_TXN_OPS,
-            self.shared.max_value_size,
-            &self.session.registrations,
-            |txn| async move { shared.blocking(move |s| s.txn(&txn)).await },
-        )
-        .await
-    }
-
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = self.shared.backend, op = "put", key = %key))]
-    async fn put(&self, key: &str, value: &[u8], opts: Option<&WriteOptions>) -> Result<KvPair> {
-        self.write(key, value, Precondition::None, opts).await
-    }
-
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = self.shared.backend, op = "get", key = %key))]
-    async fn get(&self, key: &str, _opts: Option<&ReadOptions>) -> Result<KvPair> {
-        self.check_open()?;
-        let key = normalize_key(key)?;
+    async fn read(&self, key: &str, _consistent: bool) -> Result<Option<KvPair>> {
         // Read in place: a point read that redb's cache serves takes microseconds, less than
         // the hop to the blocking pool (see `docs/benchmarks.md`, "redb reads without the hop").
-        self.shared
-            .read_key(key)?
-            .ok_or_else(|| Error::KeyNotFound {
-                key: key.to_owned(),
-            })
+        self.shared.read_key(key)
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = self.shared.backend, op = "delete", key = %key))]
-    async fn delete(&self, key: &str) -> Result<()> {
-        self.remove(key, Precondition::None).await
-    }
-
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = self.shared.backend, op = "exists", key = %key))]
-    async fn exists(&self, key: &str, _opts: Option<&ReadOptions>) -> Result<bool> {
-        self.check_open()?;
-        // In place, as `get`.
-        Ok(self.shared.read_key(normalize_key(key)?)?.is_some())
-    }
-
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = self.shared.backend, op = "list", key = %dir))]
-    async fn list(&self, dir: &str, _opts: Option<&ReadOptions>) -> Result<Vec<KvPair>> {
-        self.check_open()?;
-        let dir = normalize_dir(dir)?.to_owned();
+    async fn list(&self, dir: &str, _consistent: bool) -> Result<Option<Vec<KvPair>>> {
         // A directory of up to `IN_PLACE_LIST` entries is read in place (a 100-key list takes
         // ~20 µs, less than the hop to the blocking pool); a larger one is read again there,
         // so no scan holds an async worker for long.
-        let pairs = match self.shared.read_tree_up_to(&dir, IN_PLACE_LIST)? {
-            Some(pairs) => pairs,
+        match self.shared.read_tree_up_to(dir, IN_PLACE_LIST)? {
+            Some(pairs) => Ok(pairs),
             None => {
-                let d = dir.clone();
-                self.shared.blocking(move |s| s.read_tree(&d)).await?
+                let d = dir.to_owned();
+                self.shared.blocking(move |s| s.read_tree(&d)).await
             }
-        };
-        pairs.ok_or(Error::KeyNotFound { key: dir })
+        }
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = self.shared.backend, op = "delete_tree", key = %dir))]
-    async fn delete_tree(&self, dir: &str) -> Result<()> {
-        self.check_open()?;
-        let dir = normalize_dir(dir)?.to_owned();
-        let d = dir.clone();
-        self.shared.blocking(move |s| s.remove_tree(&d)).await?;
-        self.session.registrations.remove_tree(&dir);
-        Ok(())
-    }
-
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = self.shared.backend, op = "atomic_put", key = %key))]
-    async fn atomic_put(
+    async fn write(
         &self,
         key: &str,
         value: &[u8],
-        previous: Option<&KvPair>,
-        opts: Option<&WriteOptions>,
-    ) -> Result<KvPair> {
-        let expect = previous.map_or(Precondition::Absent, |p| Precondition::Index(p.last_index));
-        self.write(key, value, expect, opts).await
+        precondition: Precondition,
+        expiry: Option<Expiry>,
+    ) -> Result<Written> {
+        let ttl = expiry.map(|e| e.ttl);
+        let pair = self
+            .shared
+            .commit_write(key.to_owned(), value.to_vec(), ttl, precondition)
+            .await?;
+        let lease = ttl.map(|ttl| self.key_lease(key, pair.last_index, ttl));
+        Ok(Written { pair, lease })
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = self.shared.backend, op = "atomic_delete", key = %key))]
-    async fn atomic_delete(&self, key: &str, previous: &KvPair) -> Result<()> {
-        self.remove(key, Precondition::Index(previous.last_index))
+    async fn delete(&self, key: &str, precondition: Precondition) -> Result<()> {
+        let k = key.to_owned();
+        self.shared
+            .group_commit(move |s, txn| s.remove(txn, &k, precondition))
             .await
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = self.shared.backend, op = "watch", key = %key))]
-    async fn watch(&self, key: &str, _opts: Option<&ReadOptions>) -> Result<WatchStream> {
-        self.check_open()?;
-        let key: Arc<str> = normalize_key(key)?.into();
-        watch_key_signal(&self.shared, self.session.cancel().clone(), key).await
+    async fn delete_tree(&self, dir: &str) -> Result<()> {
+        let d = dir.to_owned();
+        self.shared.blocking(move |s| s.remove_tree(&d)).await
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = self.shared.backend, op = "watch_tree", key = %dir))]
-    async fn watch_tree(&self, dir: &str, _opts: Option<&ReadOptions>) -> Result<WatchTreeStream> {
-        self.check_open()?;
-        let dir: Arc<str> = normalize_dir(dir)?.into();
+    async fn txn(&self, txn: Arc<CheckedTxn>) -> Result<Vec<Option<KvPair>>> {
+        self.shared.blocking(move |s| s.txn(&txn)).await
+    }
+
+    async fn register_again(
+        &self,
+        key: &str,
+        value: &Bytes,
+        ttl: Duration,
+    ) -> Result<Option<Arc<dyn Lease>>> {
+        let read = || {
+            let k = key.to_owned();
+            self.shared.blocking(move |s| s.read_key(&k))
+        };
+        let write = |expect| {
+            self.shared
+                .commit_write(key.to_owned(), value.to_vec(), Some(ttl), expect)
+        };
+        Ok(write_again(value, read, write)
+            .await?
+            .map(|pair| self.key_lease(key, pair.last_index, ttl)))
+    }
+
+    async fn watch(
+        &self,
+        key: &str,
+        _consistent: bool,
+        cancel: CancellationToken,
+    ) -> Result<WatchStream> {
+        watch_key_signal(&self.shared, cancel, key.into()).await
+    }
+
+    async fn watch_tree(
+        &self,
+        dir: &str,
+        _consistent: bool,
+        cancel: CancellationToken,
+    ) -> Result<WatchTreeStream> {
+        let dir: Arc<str> = dir.into();
         let d = dir.clone();
         watch_feed(
             &self.shared,
-            self.session.cancel().clone(),
+            cancel,
             move |c| c.touches_tree(&d),
             move |s| Ok(s.read_tree(&dir)?.unwrap_or_default()),
         )
         .await
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = self.shared.backend, op = "new_lock", key = %key))]
-    async fn new_lock(&self, key: &str, opts: Option<&LockOptions>) -> Result<Box<dyn Locker>> {
-        self.check_open()?;
-        let (key, opts) = lock_arguments(
-            self.shared.backend,
-            key,
-            opts,
-            Duration::ZERO,
-            self.shared.max_value_size,
-        )?;
-        Ok(Box::new(RedbLocker::new(
-            self.shared.clone(),
-            self.session.tasks.clone(),
-            key,
-            opts,
-        )))
+    async fn acquire(&self, lock: &LockSpec, tasks: &Tasks) -> Result<Acquired> {
+        crate::lock::acquire(&self.shared, lock, tasks).await
     }
+}
 
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = self.shared.backend, op = "close"))]
-    async fn close(&self) -> Result<()> {
-        // Stops registrations (their keys expire with their TTL), ends watches, and releases
-        // held locks; waits for the releases.
-        self.session.tasks.close(CLOSE_TIMEOUT).await;
-        Ok(())
+impl Redb {
+    fn key_lease(&self, key: &str, index: u64, ttl: Duration) -> Arc<dyn Lease> {
+        Arc::new(KeyLease {
+            shared: self.shared.clone(),
+            key: key.to_owned(),
+            index,
+            ttl,
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kvstore_core::Store;
 
     fn watched_keys(store: &RedbStore) -> usize {
-        store.shared.key_watches.lock().unwrap().len()
+        store.backend_ref().shared.key_watches.lock().unwrap().len()
     }
 
     #[tokio::test]
     async fn dropped_key_watches_leave_no_signal_behind() {
-        let store = RedbStore::memory().await.unwrap();
+        let store = RedbStore::open(RedbConfig::memory()).await.unwrap();
         let a = store.watch("a", None).await.unwrap();
         let a2 = store.watch("a", None).await.unwrap();
         let b = store.watch("b", None).await.unwrap();
@@ -472,11 +333,15 @@ mod tests {
     async fn blocking_calls_are_bounded_per_database() {
         use std::sync::atomic::{AtomicUsize, Ordering};
 
-        let store = RedbStore::memory().await.unwrap();
+        let store = RedbStore::open(RedbConfig::memory()).await.unwrap();
         let (running, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let limit = crate::pool::THREADS;
         let calls = (0..limit * 8).map(|_| {
-            let (shared, running, peak) = (store.shared.clone(), running.clone(), peak.clone());
+            let (shared, running, peak) = (
+                store.backend_ref().shared.clone(),
+                running.clone(),
+                peak.clone(),
+            );
             async move {
                 shared
                     .blocking(move |_| {

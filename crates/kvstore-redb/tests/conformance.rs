@@ -28,7 +28,12 @@ async fn file_opener() -> Opener {
 }
 
 async fn memory_opener() -> Opener {
-    opener(RedbStore::memory().await.expect("open memory store"), None)
+    opener(
+        RedbStore::open(kvstore_redb::RedbConfig::memory())
+            .await
+            .expect("open memory store"),
+        None,
+    )
 }
 
 mod file {

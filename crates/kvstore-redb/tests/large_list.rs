@@ -6,7 +6,9 @@ use kvstore_redb::RedbStore;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_directory_over_the_in_place_limit_lists_whole() {
-    let store = RedbStore::memory().await.unwrap();
+    let store = RedbStore::open(kvstore_redb::RedbConfig::memory())
+        .await
+        .unwrap();
     let keys: Vec<String> = (0..1500).map(|i| format!("big/k{i:05}")).collect();
     for key in &keys {
         store.put(key, key.as_bytes(), None).await.unwrap();

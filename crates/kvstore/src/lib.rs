@@ -178,7 +178,7 @@ type OpenFn = Arc<dyn Fn(String) -> OpenFuture + Send + Sync>;
 /// let mut registry = Registry::default();
 /// // A custom scheme that opens an in-memory store (stand-in for a third-party backend).
 /// registry.register("scratch", |_url: String| async {
-///     Ok(Arc::new(kvstore::redb::RedbStore::memory().await?) as Arc<dyn Store>)
+///     Ok(Arc::new(kvstore::redb::RedbStore::open(kvstore::redb::RedbConfig::memory()).await?) as Arc<dyn Store>)
 /// });
 /// let store = registry.open("scratch://anything").await?;
 /// assert_eq!(store.backend(), "memory");
@@ -334,7 +334,7 @@ fn global() -> &'static RwLock<Registry> {
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> kvstore::Result<()> {
 /// kvstore::register("scratch", |_url: String| async {
-///     Ok(Arc::new(kvstore::redb::RedbStore::memory().await?) as Arc<dyn Store>)
+///     Ok(Arc::new(kvstore::redb::RedbStore::open(kvstore::redb::RedbConfig::memory()).await?) as Arc<dyn Store>)
 /// });
 /// let store = kvstore::open("scratch://anything").await?;
 /// assert_eq!(store.backend(), "memory");

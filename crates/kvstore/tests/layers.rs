@@ -17,7 +17,11 @@ type Wrap = fn(Arc<dyn Store>) -> Arc<dyn Store>;
 
 /// Independent handles on one in-memory database, each wrapped by `wrap`.
 async fn memory(wrap: Wrap) -> Opener {
-    let base = Arc::new(RedbStore::memory().await.expect("open memory store"));
+    let base = Arc::new(
+        RedbStore::open(kvstore_redb::RedbConfig::memory())
+            .await
+            .expect("open memory store"),
+    );
     Opener::new(move || {
         let base = base.clone();
         async move { Ok(wrap(Arc::new(base.new_handle()))) }
@@ -220,7 +224,11 @@ mod gate {
 }
 
 async fn gate(delay: Duration, failures: usize) -> Arc<gate::Gate> {
-    let memory: Arc<dyn Store> = Arc::new(RedbStore::memory().await.expect("memory store"));
+    let memory: Arc<dyn Store> = Arc::new(
+        RedbStore::open(kvstore_redb::RedbConfig::memory())
+            .await
+            .expect("memory store"),
+    );
     gate::Gate::new(memory, delay, failures)
 }
 
@@ -301,7 +309,11 @@ async fn retries_repeat_safe_calls_only() {
 
 #[tokio::test]
 async fn prefixes_isolate_and_errors_name_the_callers_key() {
-    let memory: Arc<dyn Store> = Arc::new(RedbStore::memory().await.expect("memory store"));
+    let memory: Arc<dyn Store> = Arc::new(
+        RedbStore::open(kvstore_redb::RedbConfig::memory())
+            .await
+            .expect("memory store"),
+    );
     let one = memory
         .clone()
         .layer(PrefixLayer::new("tenants/one").expect("prefix"));
@@ -381,7 +393,11 @@ async fn tracing_spans_carry_the_operation_and_the_error_type() {
         .with_writer(move || writer.clone())
         .finish();
     let _default = ::tracing::subscriber::set_default(subscriber);
-    let memory: Arc<dyn Store> = Arc::new(RedbStore::memory().await.expect("memory store"));
+    let memory: Arc<dyn Store> = Arc::new(
+        RedbStore::open(kvstore_redb::RedbConfig::memory())
+            .await
+            .expect("memory store"),
+    );
     let store = memory.layer(TracingLayer::new());
     let _ = store.get("traced/missing", None).await;
     let output = String::from_utf8(buffer.0.lock().expect("buffer").clone()).expect("utf-8");

@@ -25,7 +25,11 @@ async fn calls_locks_registrations_and_watches_are_exported() {
     let recorder = PrometheusBuilder::new().build_recorder();
     let exporter = recorder.handle();
     metrics::set_global_recorder(recorder).expect("the only recorder of this test binary");
-    let memory: Arc<dyn Store> = Arc::new(RedbStore::memory().await.expect("memory store"));
+    let memory: Arc<dyn Store> = Arc::new(
+        RedbStore::open(kvstore_redb::RedbConfig::memory())
+            .await
+            .expect("memory store"),
+    );
     let store = memory.layer(MetricsLayer::new());
 
     for i in 0..3 {

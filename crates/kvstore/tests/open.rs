@@ -167,7 +167,10 @@ async fn registry_adds_third_party_schemes() {
     ));
     registry.register("Custom", |url: String| async move {
         assert_eq!(url, "custom://x");
-        Ok(Arc::new(kvstore::redb::RedbStore::memory().await?) as Arc<dyn Store>)
+        Ok(
+            Arc::new(kvstore::redb::RedbStore::open(kvstore::redb::RedbConfig::memory()).await?)
+                as Arc<dyn Store>,
+        )
     });
     assert_eq!(registry.schemes(), vec!["custom"]);
     let store = registry.open("custom://x").await.unwrap();
@@ -284,7 +287,10 @@ async fn open_consults_the_process_wide_registry() {
     assert!(matches!(err, Error::BackendNotSupported { .. }), "{err:?}");
     kvstore::register("open-test-scheme", |url: String| async move {
         assert_eq!(url, "open-test-scheme://x");
-        Ok(Arc::new(kvstore::redb::RedbStore::memory().await?) as Arc<dyn Store>)
+        Ok(
+            Arc::new(kvstore::redb::RedbStore::open(kvstore::redb::RedbConfig::memory()).await?)
+                as Arc<dyn Store>,
+        )
     });
     let store = kvstore::open("open-test-scheme://x").await.unwrap();
     assert_eq!(store.backend(), "memory");

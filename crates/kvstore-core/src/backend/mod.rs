@@ -22,7 +22,9 @@
 mod config;
 mod lease;
 mod limits;
+mod protocol;
 mod registration;
+mod store;
 #[cfg(feature = "tls")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
 pub mod tls;
@@ -33,9 +35,11 @@ pub use lease::{
     HeldLease, Lease, RELEASE_TIMEOUT, Release, Renewal, Tasks, loss_margin, renewal_period,
     retry_period,
 };
+pub use protocol::{Acquired, Backend, Expiry, LockSpec, Open, Written};
 pub use registration::{
     Registrar, Registrations, rewrite_precondition, unless_superseded, write_again,
 };
+pub use store::{BackendStore, CLOSE_TIMEOUT};
 pub use txn::{
     Check, CheckedTxn, Found, Write, check_txn, condition_error, first_failure, run_txn,
 };

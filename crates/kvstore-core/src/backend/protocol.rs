@@ -1,0 +1,226 @@
+//! The backend trait: the protocol steps of one server, and nothing else.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{CheckedTxn, Lease, Precondition, Tasks};
+use crate::{Capabilities, Error, KvPair, LockOptions, Result, WatchStream, WatchTreeStream};
+
+/// The expiry a write asks for: the key is removed `ttl` after the write unless renewed, and
+/// with `keep_alive` the store renews it (a registration) for as long as it is open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expiry {
+    /// How long the key lives without a renewal. Checked against [`MAX_TTL`](crate::MAX_TTL)
+    /// before the backend sees it.
+    pub ttl: Duration,
+    /// The store renews the key; [`Written::lease`] must then be the lease it renews.
+    pub keep_alive: bool,
+}
+
+/// What a [`Backend::write`] stored.
+#[derive(Debug)]
+pub struct Written {
+    /// The stored pair, with the `last_index` the server gave it.
+    pub pair: KvPair,
+    /// The key's lease, which the store renews under the loss rule: required when the write
+    /// asked for [`Expiry::keep_alive`] (the store fails the call with `Backend` without it),
+    /// ignored otherwise.
+    pub lease: Option<Arc<dyn Lease>>,
+}
+
+impl Written {
+    /// A write without a lease to renew.
+    pub fn pair(pair: KvPair) -> Self {
+        Written { pair, lease: None }
+    }
+}
+
+/// A lock the store asks a backend to acquire: the key (normalized) and the checked options
+/// (TTL within the backend's minimum and [`MAX_TTL`](crate::MAX_TTL), value within its size
+/// limit).
+#[derive(Debug, Clone)]
+pub struct LockSpec {
+    /// The lock's key, normalized.
+    pub key: String,
+    /// The options, checked.
+    pub opts: LockOptions,
+}
+
+/// A lock a backend acquired, which the store then holds under the loss rule.
+#[derive(Debug)]
+pub struct Acquired {
+    /// The fencing token: larger than every token handed out for the key before.
+    pub token: u64,
+    /// The lease the store renews and releases.
+    pub lease: Arc<dyn Lease>,
+    /// The TTL the server enforces (at most the TTL asked for; ZooKeeper's session timeout
+    /// can make it shorter).
+    pub ttl: Duration,
+    /// When the request that took the lock was sent: the loss rule's clock starts here.
+    pub sent: Instant,
+}
+
+/// The protocol steps a key/value server needs, which
+/// [`BackendStore`](crate::BackendStore) turns into a whole [`Store`](crate::Store).
+///
+/// A backend knows nothing of spans, key grammar, registrations or the loss rule: the store
+/// normalizes every key (`""` is the root directory; a key never ends in `/`) and checks every
+/// value, TTL and transaction before a method here runs, stops calling once closed, keeps the
+/// `keep_alive` registrations, stamps when each lease-taking request was sent and holds the
+/// locks. Every method maps the server's answers to the crate's [`Error`] variants the same way
+/// on every backend (`KeyNotFound`, `KeyExists`, `KeyModified`; `NotReachable` or `Timeout`
+/// for an unknown outcome; `InvalidConfig` for a refusal no retry fixes).
+///
+/// # Which to implement: `Backend` or `Store`
+///
+/// Implement `Backend` and wrap it in [`BackendStore`](crate::BackendStore): the semantics
+/// above then hold without code of yours, and the conformance suite checks what remains.
+/// Implement [`Store`](crate::Store) directly only for a store that cannot map onto these steps
+/// (for example a read-through cache over another `Store`); it then owns all of the above.
+///
+/// # Example
+///
+/// A complete backend over a `Mutex<BTreeMap>` is `examples/map_backend.rs` in the
+/// repository; in outline:
+///
+/// ```ignore
+/// #[async_trait]
+/// impl Backend for MapBackend {
+///     fn name(&self) -> &'static str { "map" }
+///     fn capabilities(&self) -> Capabilities { Capabilities::all() }
+///     async fn read(&self, key: &str, _consistent: bool) -> Result<Option<KvPair>> { … }
+///     // list, write, delete, delete_tree, register_again, watch, watch_tree, acquire
+/// }
+/// let store = BackendStore::new(MapBackend::default());
+/// ```
+#[async_trait]
+pub trait Backend: fmt::Debug + Send + Sync + 'static {
+    /// The backend's name: what [`Store::backend`](crate::Store::backend) returns and errors
+    /// carry.
+    fn name(&self) -> &'static str;
+
+    /// What the backend supports, and its limits (value size, transaction size, minimum TTL);
+    /// the store checks input against them before calling.
+    fn capabilities(&self) -> Capabilities;
+
+    /// The shortest lock TTL the server can enforce; a shorter one is refused with
+    /// `InvalidConfig` before any I/O. Zero by default.
+    fn min_lock_ttl(&self) -> Duration {
+        Duration::ZERO
+    }
+
+    /// Reads `key`: `None` when absent. `consistent: false` allows a stale read from a
+    /// follower or replica.
+    async fn read(&self, key: &str, consistent: bool) -> Result<Option<KvPair>>;
+
+    /// Whether `key` exists. By default, a [`read`](Self::read).
+    async fn exists(&self, key: &str, consistent: bool) -> Result<bool> {
+        Ok(self.read(key, consistent).await?.is_some())
+    }
+
+    /// Every key strictly under the directory `dir` (`""`: the whole keyspace), as
+    /// `Store::list` describes; `None` when there is neither such a key nor a key `dir`.
+    async fn list(&self, dir: &str, consistent: bool) -> Result<Option<Vec<KvPair>>>;
+
+    /// Writes `value` at `key` when `precondition` holds, with `expiry` when given.
+    ///
+    /// # Errors
+    ///
+    /// `KeyExists` (`Precondition::Absent` and the key exists), `KeyNotFound` (an index and no
+    /// key), `KeyModified` (an index and another one), and the backend's errors.
+    async fn write(
+        &self,
+        key: &str,
+        value: &[u8],
+        precondition: Precondition,
+        expiry: Option<Expiry>,
+    ) -> Result<Written>;
+
+    /// Deletes `key` when `precondition` holds (`Precondition::None` or an index).
+    ///
+    /// # Errors
+    ///
+    /// `KeyNotFound` when there is no key; `KeyModified` when its index differs.
+    async fn delete(&self, key: &str, precondition: Precondition) -> Result<()>;
+
+    /// Deletes `dir` and every key under it (`""`: everything).
+    ///
+    /// # Errors
+    ///
+    /// `KeyNotFound` when nothing was there.
+    async fn delete_tree(&self, dir: &str) -> Result<()>;
+
+    /// Applies a checked transaction atomically; returns what
+    /// [`CheckedTxn::written`] describes. By default: `CallNotSupported`.
+    async fn txn(&self, txn: Arc<CheckedTxn>) -> Result<Vec<Option<KvPair>>> {
+        let _ = txn;
+        Err(Error::CallNotSupported {
+            backend: self.name(),
+            operation: "txn",
+        })
+    }
+
+    /// Writes a lost registration again, with a new lease of `ttl`: unless another client
+    /// wrote a different value at `key` meanwhile (then `Ok(None)`).
+    /// [`write_again`](super::write_again) is the usual body.
+    async fn register_again(
+        &self,
+        key: &str,
+        value: &Bytes,
+        ttl: Duration,
+    ) -> Result<Option<Arc<dyn Lease>>>;
+
+    /// A watch of `key`, as `Store::watch` describes, which ends when `cancel` fires (the
+    /// store closed). [`watch_stream`](super::watch_stream) drives a
+    /// [`WatchSource`](super::WatchSource) to one.
+    async fn watch(
+        &self,
+        key: &str,
+        consistent: bool,
+        cancel: CancellationToken,
+    ) -> Result<WatchStream>;
+
+    /// A watch of the directory `dir`, as `Store::watch_tree` describes.
+    async fn watch_tree(
+        &self,
+        dir: &str,
+        consistent: bool,
+        cancel: CancellationToken,
+    ) -> Result<WatchTreeStream>;
+
+    /// Acquires `lock`, waiting while another holder has it. `tasks` are the store's: what
+    /// must outlive a cancelled call (giving back a lock taken for a caller that went away)
+    /// runs there.
+    ///
+    /// Cancel safety: dropping the future must leave no hold behind, or give it back through
+    /// `tasks`.
+    async fn acquire(&self, lock: &LockSpec, tasks: &Tasks) -> Result<Acquired>;
+
+    /// Called once the store closed its tasks (renewals ended, held locks released). Nothing
+    /// by default.
+    async fn close(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A [`Backend`] opened from its typed configuration, so that
+/// [`BackendStore::open`](crate::BackendStore::open) builds a store from it.
+pub trait Open: Backend + Sized {
+    /// The backend's typed configuration.
+    type Config: Send;
+
+    /// Connects to (or opens) the server the configuration names.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidConfig` for configuration no retry fixes; `NotReachable` when the server did
+    /// not answer.
+    fn open(config: Self::Config) -> impl Future<Output = Result<Self>> + Send;
+}
