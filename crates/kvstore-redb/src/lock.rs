@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use kvstore_core::Result;
-use kvstore_core::backend::{Acquired, Lease, LockSpec, Release, Renewal, Tasks};
+use kvstore_core::backend::{HeldLease, Lease, LockSpec, Release, Renewal, Tasks};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 
@@ -71,7 +71,7 @@ pub(crate) async fn acquire(
     shared: &Arc<Shared>,
     lock: &LockSpec,
     tasks: &Tasks,
-) -> Result<Acquired> {
+) -> Result<HeldLease> {
     let owner: u64 = rand::random();
     loop {
         // Subscribe before trying, so a release between the attempt and the wait is seen.
@@ -89,12 +89,7 @@ pub(crate) async fn acquire(
                     delete_on_unlock: opts.delete_on_unlock,
                     bound_value: opts.delete_on_unlock && opts.value.is_some(),
                 });
-                return Ok(Acquired {
-                    token,
-                    lease,
-                    ttl: opts.ttl,
-                    sent,
-                });
+                return Ok(HeldLease::start(lease, opts.ttl, sent, token, tasks));
             }
             Acquire::Held(expires_at) => {
                 let until = Duration::from_millis(expires_at.saturating_sub(now_ms()) + 1);

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
 use kvstore_core::backend::{
-    Acquired, Backend, BackendStore, CheckedTxn, Expiry, Lease, LockSpec, Open, Precondition,
+    Backend, BackendStore, CheckedTxn, Expiry, HeldLease, Lease, LockSpec, Open, Precondition,
     Tasks, Written, write_again,
 };
 use kvstore_core::{Capabilities, Error, KvPair, Result, WatchStream, WatchTreeStream};
@@ -284,7 +284,7 @@ impl Backend for Redb {
         .await
     }
 
-    async fn acquire(&self, lock: &LockSpec, tasks: &Tasks) -> Result<Acquired> {
+    async fn acquire(&self, lock: &LockSpec, tasks: &Tasks) -> Result<HeldLease> {
         crate::lock::acquire(&self.shared, lock, tasks).await
     }
 }

@@ -35,7 +35,7 @@ pub use lease::{
     HeldLease, Lease, RELEASE_TIMEOUT, Release, Renewal, Tasks, loss_margin, renewal_period,
     retry_period,
 };
-pub use protocol::{Acquired, Backend, Expiry, LockSpec, Open, Written};
+pub use protocol::{Backend, Expiry, LockSpec, Open, Written};
 pub use registration::{
     Registrar, Registrations, rewrite_precondition, unless_superseded, write_again,
 };

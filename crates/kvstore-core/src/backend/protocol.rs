@@ -7,10 +7,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{CheckedTxn, Lease, Precondition, Tasks};
+use super::{CheckedTxn, HeldLease, Lease, Precondition, Tasks};
 use crate::{Capabilities, Error, KvPair, LockOptions, Result, WatchStream, WatchTreeStream};
 
 /// The expiry a write asks for: the key is removed `ttl` after the write unless renewed, and
@@ -53,20 +52,6 @@ pub struct LockSpec {
     pub opts: LockOptions,
 }
 
-/// A lock a backend acquired, which the store then holds under the loss rule.
-#[derive(Debug)]
-pub struct Acquired {
-    /// The fencing token: larger than every token handed out for the key before.
-    pub token: u64,
-    /// The lease the store renews and releases.
-    pub lease: Arc<dyn Lease>,
-    /// The TTL the server enforces (at most the TTL asked for; ZooKeeper's session timeout
-    /// can make it shorter).
-    pub ttl: Duration,
-    /// When the request that took the lock was sent: the loss rule's clock starts here.
-    pub sent: Instant,
-}
-
 /// The protocol steps a key/value server needs, which
 /// [`BackendStore`](crate::BackendStore) turns into a whole [`Store`](crate::Store).
 ///
@@ -84,6 +69,10 @@ pub struct Acquired {
 /// above then hold without code of yours, and the conformance suite checks what remains.
 /// Implement [`Store`](crate::Store) directly only for a store that cannot map onto these steps
 /// (for example a read-through cache over another `Store`); it then owns all of the above.
+///
+/// A backend cleans up its connection when it is dropped, which happens after the last store
+/// over it is closed or dropped ([`BackendStore::new_handle`](crate::BackendStore::new_handle)
+/// shares one).
 ///
 /// # Example
 ///
@@ -195,19 +184,19 @@ pub trait Backend: fmt::Debug + Send + Sync + 'static {
         cancel: CancellationToken,
     ) -> Result<WatchTreeStream>;
 
-    /// Acquires `lock`, waiting while another holder has it. `tasks` are the store's: what
-    /// must outlive a cancelled call (giving back a lock taken for a caller that went away)
-    /// runs there.
+    /// Acquires `lock`, waiting while another holder has it, and returns the hold: the lease
+    /// started with [`HeldLease::start`](super::HeldLease::start) on `tasks` (the store's,
+    /// where the renewals run and where what must outlive a cancelled call, such as giving back
+    /// a lock taken for a caller that went away, is spawned), from the moment the request that
+    /// took it (or the lease it rides on) was sent, and with its fencing token — larger than
+    /// every token handed out for the key before. A backend whose waiting needs the lease
+    /// renewed starts it before it waits and sets the token once it holds the lock.
+    ///
+    /// The store ends the wait with `Closed` when it closes.
     ///
     /// Cancel safety: dropping the future must leave no hold behind, or give it back through
     /// `tasks`.
-    async fn acquire(&self, lock: &LockSpec, tasks: &Tasks) -> Result<Acquired>;
-
-    /// Called once the store closed its tasks (renewals ended, held locks released). Nothing
-    /// by default.
-    async fn close(&self) -> Result<()> {
-        Ok(())
-    }
+    async fn acquire(&self, lock: &LockSpec, tasks: &Tasks) -> Result<HeldLease>;
 }
 
 /// A [`Backend`] opened from its typed configuration, so that

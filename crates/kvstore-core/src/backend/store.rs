@@ -25,14 +25,14 @@ pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The store's own state: what it renews and the tasks it runs. Dropping it cancels them.
 struct Session {
     tasks: Tasks,
-    registrations: Registrations,
+    registrations: Arc<Registrations>,
 }
 
 impl Session {
     fn new() -> Self {
         let tasks = Tasks::new();
         Session {
-            registrations: Registrations::new(&tasks),
+            registrations: Arc::new(Registrations::new(&tasks)),
             tasks,
         }
     }
@@ -321,6 +321,7 @@ impl<B: Backend> Store for BackendStore<B> {
         Ok(Box::new(BackendLocker {
             backend: self.backend.clone(),
             tasks: self.session.tasks.clone(),
+            registrations: self.session.registrations.clone(),
             spec: LockSpec { key, opts },
             held: None,
         }))
@@ -344,15 +345,16 @@ impl<B: Backend> Store for BackendStore<B> {
         // Stops registrations (their keys expire with their TTL), ends watches, and releases
         // held locks; waits for the releases.
         self.session.tasks.close(CLOSE_TIMEOUT).await;
-        self.backend.close().await
+        Ok(())
     }
 }
 
-/// The [`Locker`] of every [`BackendStore`]: [`Backend::acquire`] takes the lock, a
-/// [`HeldLease`] holds it under the loss rule.
+/// The [`Locker`] of every [`BackendStore`]: [`Backend::acquire`] takes the lock and returns
+/// the [`HeldLease`] that holds it under the loss rule.
 struct BackendLocker<B> {
     backend: Arc<B>,
     tasks: Tasks,
+    registrations: Arc<Registrations>,
     spec: LockSpec,
     held: Option<HeldLease>,
 }
@@ -385,17 +387,14 @@ impl<B: Backend> Locker for BackendLocker<B> {
         if self.tasks.is_closed() {
             return Err(closed());
         }
-        let acquired = tokio::select! {
+        let held = tokio::select! {
             () = self.tasks.cancel_token().cancelled() => return Err(closed()),
-            acquired = self.backend.acquire(&self.spec, &self.tasks) => acquired?,
+            held = self.backend.acquire(&self.spec, &self.tasks) => held?,
         };
-        let held = HeldLease::start(
-            acquired.lease,
-            acquired.ttl,
-            acquired.sent,
-            acquired.token,
-            &self.tasks,
-        );
+        if self.spec.opts.value.is_some() {
+            // The lock wrote its value without keep_alive, which ends a registration.
+            self.registrations.remove(&self.spec.key);
+        }
         let lost = held.lost();
         self.held = Some(held);
         Ok(lost)
