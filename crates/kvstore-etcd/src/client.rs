@@ -7,12 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
-use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{Client, GetOptions, Txn, TxnOp, TxnOpResponse};
 use etcd_client::{LeaseKeepAliveStream, LeaseKeeper};
-use kvstore_core::backend::{Lease, Registrar, Registrations, Release, Renewal, Tasks};
+use kvstore_core::backend::{Lease, Release, Renewal, Tasks};
 use kvstore_core::{Error, KvPair, Result};
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::BACKEND;
@@ -64,13 +62,9 @@ pub(crate) struct Inner {
     /// Background work (lock and registration renewals, releases); `close` waits for it.
     pub(crate) tasks: Tasks,
     /// The `keep_alive` keys of this store.
-    pub(crate) registrations: Registrations,
     /// The one watch stream all watches of this store share.
     pub(crate) watch_hub: crate::mux::WatchHub,
 }
-
-/// How long `close` waits for lock releases (lease revokes) to be sent.
-pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// An etcd lease for the lease engine: renewed with one `LeaseKeepAlive` request on a stream
 /// kept open between renewals (and reopened after an error); released by revoking it, which
@@ -179,46 +173,6 @@ impl Lease for EtcdLease {
     }
 }
 
-/// Writes a lost registration again on a new lease, only where the key is absent or still holds
-/// the registered value: two transactions at most (value compare, then absence compare).
-pub(crate) struct EtcdRegistrar(pub(crate) Arc<Inner>);
-
-#[async_trait]
-impl Registrar for EtcdRegistrar {
-    async fn register_again(
-        &self,
-        key: &str,
-        value: &Bytes,
-        ttl: Duration,
-    ) -> Result<Option<(Arc<dyn Lease>, Instant)>> {
-        let inner = &self.0;
-        let sent = Instant::now();
-        let id = inner.grant(ttl).await?;
-        let etcd_key = inner.data_key(key);
-        let put = || {
-            TxnOp::put(
-                etcd_key.clone(),
-                value.to_vec(),
-                Some(PutOptions::new().with_lease(id)),
-            )
-        };
-        for compare in [
-            Compare::value(etcd_key.clone(), CompareOp::Equal, value.to_vec()),
-            Compare::create_revision(etcd_key.clone(), CompareOp::Equal, 0),
-        ] {
-            let txn = Txn::new().when([compare]).and_then([put()]);
-            if inner.call(inner.client().txn(txn)).await?.succeeded() {
-                return Ok(Some((
-                    Arc::new(EtcdLease::new(inner.clone(), id, None)),
-                    sent,
-                )));
-            }
-        }
-        let _ = inner.client().lease_revoke(id).await;
-        Ok(None)
-    }
-}
-
 /// Seconds for an etcd lease that lives at least `ttl`: leases have whole-second TTLs, so this
 /// rounds up (never expire a key early).
 pub(crate) fn lease_seconds(ttl: Duration) -> i64 {
@@ -302,13 +256,6 @@ impl Inner {
 
     pub(crate) fn lock_prefix(&self, key: &str) -> String {
         format!("{}\u{1}kvstore/lock/{key}/", self.prefix)
-    }
-
-    pub(crate) fn check_open(&self) -> Result<()> {
-        if self.cancel.is_cancelled() {
-            return Err(Error::Closed { backend: BACKEND });
-        }
-        Ok(())
     }
 
     pub(crate) fn pair(&self, kv: &etcd_client::KeyValue) -> Option<KvPair> {

@@ -23,6 +23,8 @@ use futures::stream::BoxStream;
 use kvstore_core::backend::{WatchSource, watch_stream};
 use kvstore_core::{Error, KvPair, Result, WatchStream, WatchTreeStream};
 
+use tokio_util::sync::CancellationToken;
+
 use crate::client::Inner;
 use crate::mux::Registration;
 
@@ -54,6 +56,7 @@ pub(crate) async fn watch_key(
     inner: Arc<Inner>,
     key: String,
     consistent: bool,
+    cancel: CancellationToken,
 ) -> Result<WatchStream> {
     let (pair, rev) = inner.read_key(&key, consistent).await?;
     let etcd_key = inner.data_key(&key);
@@ -72,7 +75,7 @@ pub(crate) async fn watch_key(
         view: Clone::clone,
         reload,
     };
-    Ok(stream_seeded(inner, spec, pair, rev, first))
+    Ok(stream_seeded(inner, spec, pair, rev, first, cancel))
 }
 
 /// `watch_tree(dir)`.
@@ -80,6 +83,7 @@ pub(crate) async fn watch_tree(
     inner: Arc<Inner>,
     dir: String,
     consistent: bool,
+    cancel: CancellationToken,
 ) -> Result<WatchTreeStream> {
     let (pairs, rev) = inner.read_tree(&dir, consistent).await?;
     let (start, end) = inner.tree_range(&dir);
@@ -121,7 +125,7 @@ pub(crate) async fn watch_tree(
         view: |state| state.values().cloned().collect(),
         reload,
     };
-    Ok(stream_seeded(inner, spec, data, rev, first))
+    Ok(stream_seeded(inner, spec, data, rev, first, cancel))
 }
 
 /// A watch's wake-up source is its etcd watch stream; each response's events are applied to
@@ -201,13 +205,14 @@ fn stream_seeded<S, T>(
     data: S,
     rev: i64,
     first: Registration,
+    cancel: CancellationToken,
 ) -> BoxStream<'static, Result<T>>
 where
     S: Send + 'static,
     T: PartialEq + Clone + Send + 'static,
 {
     let initial = (spec.view)(&data);
-    let (cancel, timeout) = (inner.cancel.clone(), inner.config.watch_reconnect_timeout);
+    let timeout = inner.config.watch_reconnect_timeout;
     let source = RevisionSource {
         inner,
         spec,

@@ -19,7 +19,7 @@ async fn watch_survives_a_server_restart() {
     };
     let _serial = SERIAL.lock().await;
     let store = ok(
-        EtcdStore::connect(EtcdConfig::from_url(&url).unwrap()).await,
+        EtcdStore::open(EtcdConfig::from_url(&url).unwrap()).await,
         "connect",
     );
     let key = format!("{}/k", scratch_dir("restart"));
@@ -55,7 +55,7 @@ async fn watch_survives_a_server_restart() {
 async fn an_unreachable_endpoint_is_not_reachable_within_the_timeout() {
     let config = EtcdConfig::new(&["127.0.0.1:1"]).with_connect_timeout(Duration::from_millis(500));
     let started = Instant::now();
-    match EtcdStore::connect(config).await {
+    match EtcdStore::open(config).await {
         Err(err) => assert!(
             matches!(err, kvstore_core::Error::NotReachable { .. }),
             "expected NotReachable, got {err:?}"
@@ -74,7 +74,7 @@ async fn a_killed_holder_frees_its_lock_within_its_ttl() {
     let opener = kvstore_testutils::Opener::new(move || {
         let url = url.clone();
         async move {
-            let store = EtcdStore::connect(EtcdConfig::from_url(&url)?).await?;
+            let store = EtcdStore::open(EtcdConfig::from_url(&url)?).await?;
             Ok(std::sync::Arc::new(store) as std::sync::Arc<dyn Store>)
         }
     });

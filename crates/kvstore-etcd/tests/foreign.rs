@@ -30,7 +30,7 @@ async fn write_sample(raw: &mut Client, base: &str) {
 }
 
 async fn connect(config: EtcdConfig) -> EtcdStore {
-    ok(EtcdStore::connect(config).await, "connect")
+    ok(EtcdStore::open(config).await, "connect")
 }
 
 #[tokio::test]

@@ -15,7 +15,7 @@ fn opener(url: String) -> Opener {
         let url = url.clone();
         async move {
             let config = EtcdConfig::from_url(&url)?;
-            Ok(Arc::new(EtcdStore::connect(config).await?) as Arc<dyn Store>)
+            Ok(Arc::new(EtcdStore::open(config).await?) as Arc<dyn Store>)
         }
     })
 }
@@ -50,7 +50,7 @@ async fn rewriting_a_registration_leaves_one_lease() {
         async move { raw.leases().await.expect("lease list").leases().len() }
     };
     let before = leases(&mut raw).await;
-    let store = ok(EtcdStore::connect(config).await, "connect");
+    let store = ok(EtcdStore::open(config).await, "connect");
     let key = format!("{}/svc", scratch_dir("rewrites"));
     kvstore_testutils::rewrite_registration(&store, &key, 1000, Duration::from_secs(30)).await;
     // Replaced leases are revoked in the background; wait (bounded) for them to go.

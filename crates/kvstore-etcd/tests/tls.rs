@@ -11,7 +11,7 @@ use kvstore_testutils::secure::{self, Credential, tls_dir};
 use kvstore_testutils::{Opener, backend_url, ok};
 
 async fn open(url: String) -> Result<Arc<dyn Store>> {
-    Ok(Arc::new(EtcdStore::connect(EtcdConfig::from_url(&url)?).await?) as Arc<dyn Store>)
+    Ok(Arc::new(EtcdStore::open(EtcdConfig::from_url(&url)?).await?) as Arc<dyn Store>)
 }
 
 fn opener() -> Option<Opener> {

@@ -33,7 +33,7 @@ async fn watches_share_one_stream_and_dropping_them_frees_the_server() {
     };
     let base = format!("http://{}", url.trim_start_matches("etcd://"));
     let store = ok(
-        EtcdStore::connect(EtcdConfig::from_url(&url).unwrap()).await,
+        EtcdStore::open(EtcdConfig::from_url(&url).unwrap()).await,
         "connect",
     );
     let dir = scratch_dir("watch-streams");

@@ -224,7 +224,7 @@ impl Default for Registry {
         #[cfg(feature = "etcd")]
         registry.register(kvstore_etcd::SCHEME, |url: String| async move {
             let config = kvstore_etcd::EtcdConfig::from_url(&url)?;
-            Ok(Arc::new(kvstore_etcd::EtcdStore::connect(config).await?) as Arc<dyn Store>)
+            Ok(Arc::new(kvstore_etcd::EtcdStore::open(config).await?) as Arc<dyn Store>)
         });
         #[cfg(feature = "zk")]
         registry.register(kvstore_zk::SCHEME, |url: String| async move {

@@ -13,7 +13,7 @@ pub(crate) fn opener_for_url(url: &str) -> Opener {
     let config = EtcdConfig::from_url(url).expect("valid etcd URL");
     Opener::new(move || {
         let config = config.clone();
-        async move { Ok(Arc::new(EtcdStore::connect(config).await?) as Arc<dyn Store>) }
+        async move { Ok(Arc::new(EtcdStore::open(config).await?) as Arc<dyn Store>) }
     })
     .with_ttl(Duration::from_secs(1))
     // etcd checks lease expiry about every 500 ms; 2 s covers that and a loaded machine.
