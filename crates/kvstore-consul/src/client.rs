@@ -7,14 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
-use kvstore_core::backend::{
-    Lease, Precondition, Registrar, Registrations, Release, Renewal, Tasks, check_value_size,
-    write_again, write_ttl,
-};
-use kvstore_core::{Error, KvPair, Result, WriteOptions, normalize_key};
+use kvstore_core::backend::{Expiry, Lease, Precondition, Release, Renewal, Tasks};
+use kvstore_core::{Error, KvPair, Result, normalize_key};
 use serde_json::Value;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::BACKEND;
@@ -29,7 +24,6 @@ pub(crate) struct Inner {
     /// Background work (session renewals, releases); `close` waits for it.
     pub(crate) tasks: Tasks,
     /// The `keep_alive` keys of this store.
-    pub(crate) registrations: Registrations,
     /// The shared blocking queries of its watches.
     pub(crate) hub: crate::hub::Hub,
 }
@@ -52,9 +46,6 @@ impl crate::hub::Owner for Inner {
 /// The reserved top-level name under the store's prefix that holds the keys lock holders
 /// acquire: outside every directory a user can delete, and hidden from `list`/`watch_tree`.
 pub(crate) const LOCKS: &str = ".kvstore-locks";
-
-/// How long `close` waits for lock releases (session destroys) to be sent.
-pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Operations per `/v1/txn` request (Consul allows 64 before 1.14, 128 since).
 pub(crate) const TXN_OPS: usize = 64;
@@ -103,10 +94,7 @@ impl Lease for SessionLease {
                     op("delete", &self.inner.consul_key(key)),
                 ];
                 match self.inner.api.txn(ops).await? {
-                    Txn::Done(_) => {
-                        self.inner.registrations.remove(key);
-                        Ok(())
-                    }
+                    Txn::Done(_) => Ok(()),
                     // Not held any more: nothing of ours to delete.
                     Txn::Failed { op: 0, .. } => Ok(()),
                     Txn::Failed { what, .. } => Err(crate::error::from_txn_failure(what)),
@@ -119,34 +107,6 @@ impl Lease for SessionLease {
     }
 }
 
-/// Writes a lost registration again on a new session: a read, then one transaction that
-/// checks the key is still absent or unchanged since the read.
-pub(crate) struct SessionRegistrar(pub(crate) Arc<Inner>);
-
-#[async_trait]
-impl Registrar for SessionRegistrar {
-    async fn register_again(
-        &self,
-        key: &str,
-        value: &Bytes,
-        ttl: Duration,
-    ) -> Result<Option<(Arc<dyn Lease>, Instant)>> {
-        let inner = &self.0;
-        let sent = Instant::now();
-        let opts = WriteOptions::default().with_ttl(ttl).with_keep_alive(true);
-        let read = || async { Ok(inner.read_key(key, Consistency::Consistent, None).await?.0) };
-        let write = |condition| inner.write_with_session(key, value, condition, Some(&opts));
-        match write_again(value, read, write).await? {
-            Some((_, Some(session))) => Ok(Some((
-                Arc::new(SessionLease::new(inner.clone(), session, None)),
-                sent,
-            ))),
-            Some((_, None)) => Err(Error::backend(BACKEND, "a TTL write made no session")),
-            None => Ok(None),
-        }
-    }
-}
-
 /// The session TTL of a `keep_alive` registration of `ttl`: half of it in whole seconds (at
 /// least 1 s), so that Consul, which invalidates a session between its TTL and twice its TTL
 /// after the last renewal (source: Consul docs, "Sessions", TTL), removes a dead owner's key
@@ -156,13 +116,6 @@ pub(crate) fn registration_session_ttl(ttl: Duration, min: Duration) -> Duration
 }
 
 impl Inner {
-    pub(crate) fn check_open(&self) -> Result<()> {
-        if self.cancel.is_cancelled() {
-            return Err(Error::Closed { backend: BACKEND });
-        }
-        Ok(())
-    }
-
     pub(crate) fn consul_key(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
     }
@@ -265,54 +218,26 @@ impl Inner {
 }
 
 impl Inner {
-    /// One transaction per write (two requests with a TTL: the session, then the write).
-    /// Callers check that the store is open (a lock writes its value through here too).
-    pub(crate) async fn write(
-        self: &Arc<Self>,
-        key: &str,
-        value: &[u8],
-        condition: Precondition,
-        opts: Option<&WriteOptions>,
-    ) -> Result<KvPair> {
-        let sent = Instant::now();
-        let (pair, session) = self.write_with_session(key, value, condition, opts).await?;
-        match (session, opts.filter(|o| o.keep_alive).and_then(|o| o.ttl)) {
-            (Some(session), Some(ttl)) => self.registrations.insert(
-                &pair.key,
-                pair.value.clone(),
-                ttl,
-                Arc::new(SessionLease::new(self.clone(), session, None)),
-                sent,
-                Arc::new(SessionRegistrar(self.clone())),
-            ),
-            _ => self.registrations.remove(&pair.key),
-        }
-        Ok(pair)
-    }
-
-    /// [`write`](Self::write) without touching the registrations; also returns the session
-    /// that holds the key (a write with a TTL).
+    /// Writes `value` at `key` under `condition` in one transaction, with `expiry` as a
+    /// session that holds the key: returns the pair and that session.
     pub(crate) async fn write_with_session(
         self: &Arc<Self>,
         key: &str,
         value: &[u8],
         condition: Precondition,
-        opts: Option<&WriteOptions>,
+        expiry: Option<Expiry>,
     ) -> Result<(KvPair, Option<String>)> {
         let inner = self;
-        let key = normalize_key(key)?;
-        check_value_size(key, value, inner.api.config.max_value_size)?;
         let consul_key = inner.consul_key(key);
-        let ttl = write_ttl(BACKEND, opts)?;
-        let session = match ttl {
+        let session = match expiry {
             // Source: Consul docs, "Sessions" — a session with Behavior=delete deletes the
             // keys it holds when it is invalidated (TTL passed without renewal).
             // A registration (renewed) asks for half its TTL, so that Consul's worst case —
             // invalidating up to twice the session TTL after the last renewal — still removes
             // a dead owner's key within the TTL. A plain TTL key (never renewed) asks for the
             // whole TTL: it must not go before it.
-            Some(ttl) => {
-                let session_ttl = if opts.is_some_and(|o| o.keep_alive) {
+            Some(Expiry { ttl, keep_alive }) => {
+                let session_ttl = if keep_alive {
                     registration_session_ttl(ttl, inner.api.min_session_ttl())
                 } else {
                     ttl
@@ -370,7 +295,6 @@ impl Inner {
     /// missing key. Callers check that the store is open.
     pub(crate) async fn remove(&self, key: &str, expected: Option<u64>) -> Result<()> {
         let inner = self;
-        let key = normalize_key(key)?;
         let consul_key = inner.consul_key(key);
         let ops = vec![
             op("get", &consul_key),
@@ -380,10 +304,7 @@ impl Inner {
             },
         ];
         match inner.api.txn(ops).await? {
-            Txn::Done(_) => {
-                inner.registrations.remove(key);
-                Ok(())
-            }
+            Txn::Done(_) => Ok(()),
             Txn::Failed { op: 0, .. } => Err(Error::not_found(key)),
             Txn::Failed { op: 1, .. } if expected.is_some() => {
                 Err(Error::KeyModified { key: key.into() })

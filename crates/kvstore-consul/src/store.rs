@@ -1,4 +1,4 @@
-//! The [`Store`] implementation over Consul's KV, transaction and session endpoints.
+//! [`Consul`]: the Consul backend — the KV, transaction and session endpoints of an agent.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -6,65 +6,62 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use kvstore_core::backend::{Precondition, Registrations, Tasks, lock_arguments};
-use kvstore_core::{
-    Capabilities, Error, KvPair, LockOptions, Locker, ReadOptions, Result, Store, Txn as KvTxn,
-    WatchStream, WatchTreeStream, WriteOptions, normalize_dir, normalize_key,
+use bytes::Bytes;
+use kvstore_core::backend::{
+    Backend, BackendStore, CheckedTxn, Expiry, HeldLease, Lease, LockSpec, Open, Precondition,
+    Tasks, Written, write_again,
 };
+use kvstore_core::{Capabilities, Error, KvPair, Result, WatchStream, WatchTreeStream};
+use tokio_util::sync::CancellationToken;
 
 use crate::BACKEND;
 use crate::api::{Api, Consistency, Txn, op};
-use crate::client::{CLOSE_TIMEOUT, Inner, TXN_OPS};
+use crate::client::{Inner, SessionLease, TXN_OPS};
 use crate::config::ConsulConfig;
-use crate::lock::ConsulLocker;
 use crate::watch::{watch_key, watch_tree};
 
-/// A kvstore [`Store`] on a Consul agent's HTTP API (tested against Consul 1.21).
-///
-/// See the crate docs for the key layout and the mapping of each call.
-///
-/// # Examples
-///
-/// ```no_run
-/// use kvstore_consul::{ConsulConfig, ConsulStore};
-/// use kvstore_core::Store;
-///
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> kvstore_core::Result<()> {
-/// let store = ConsulStore::connect(ConsulConfig::new("127.0.0.1:8500")?).await?;
-/// store.put("app/config", b"v1", None).await?;
-/// # Ok(())
-/// # }
-/// ```
-pub struct ConsulStore {
+/// A store on a Consul agent: every call of [`Store`](kvstore_core::Store) with the semantics
+/// of every backend. Open it with [`BackendStore::open`] and a [`ConsulConfig`].
+pub type ConsulStore = BackendStore<Consul>;
+
+/// The Consul backend of [`ConsulStore`]: the agent's HTTP client and the shared blocking
+/// queries of the watches.
+pub struct Consul {
     inner: Arc<Inner>,
 }
 
-impl fmt::Debug for ConsulStore {
+impl fmt::Debug for Consul {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ConsulStore")
+        f.debug_struct("Consul")
             .field("config", &self.inner.api.config)
-            .field("closed", &self.inner.cancel.is_cancelled())
             .finish_non_exhaustive()
     }
 }
 
-impl Drop for ConsulStore {
+impl Drop for Consul {
     fn drop(&mut self) {
-        // Ends keep-alives, lock renewals and watches.
+        // Ends the shared blocking queries.
         self.inner.cancel.cancel();
     }
 }
 
-fn consistency(opts: Option<&ReadOptions>) -> Consistency {
-    if opts.is_none_or(|o| o.consistent) {
+fn consistency(consistent: bool) -> Consistency {
+    if consistent {
         Consistency::Consistent
     } else {
         Consistency::Stale
     }
 }
 
-impl ConsulStore {
+impl Open for Consul {
+    type Config = ConsulConfig;
+
+    fn open(config: ConsulConfig) -> impl std::future::Future<Output = Result<Self>> + Send {
+        Self::connect(config)
+    }
+}
+
+impl Consul {
     /// Checks that the agent answers and its cluster has a leader.
     ///
     /// # Errors
@@ -76,7 +73,7 @@ impl ConsulStore {
     ///
     /// Cancel-safe.
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "connect"))]
-    pub async fn connect(config: ConsulConfig) -> Result<Self> {
+    async fn connect(config: ConsulConfig) -> Result<Self> {
         let prefix = if config.prefix.is_empty() {
             String::new()
         } else {
@@ -88,12 +85,11 @@ impl ConsulStore {
             other => other,
         })?;
         let tasks = Tasks::new();
-        Ok(ConsulStore {
+        Ok(Consul {
             inner: Arc::new(Inner {
                 api,
                 prefix,
                 cancel: tasks.cancel_token().clone(),
-                registrations: Registrations::new(&tasks),
                 hub: crate::hub::Hub::default(),
                 tasks,
             }),
@@ -102,8 +98,8 @@ impl ConsulStore {
 }
 
 #[async_trait]
-impl Store for ConsulStore {
-    fn backend(&self) -> &'static str {
+impl Backend for Consul {
+    fn name(&self) -> &'static str {
         BACKEND
     }
 
@@ -114,72 +110,45 @@ impl Store for ConsulStore {
             .with_min_ttl(self.inner.api.min_session_ttl())
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "txn", ops = txn.ops.len()))]
-    async fn txn(&self, txn: &KvTxn) -> Result<Vec<Option<KvPair>>> {
-        self.inner.check_open()?;
-        let inner = self.inner.clone();
-        kvstore_core::backend::run_txn(
-            txn,
-            crate::txn::MAX_TXN_OPS,
-            self.inner.api.config.max_value_size,
-            &self.inner.registrations,
-            |txn| async move { inner.txn(&txn).await },
-        )
-        .await
-    }
-
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "put", key = %key))]
-    async fn put(&self, key: &str, value: &[u8], opts: Option<&WriteOptions>) -> Result<KvPair> {
-        self.inner.check_open()?;
-        self.inner.write(key, value, Precondition::None, opts).await
-    }
-
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "get", key = %key))]
-    async fn get(&self, key: &str, opts: Option<&ReadOptions>) -> Result<KvPair> {
-        self.inner.check_open()?;
-        let key = normalize_key(key)?;
-        self.inner
-            .read_key(key, consistency(opts), None)
-            .await?
-            .0
-            .ok_or_else(|| Error::not_found(key))
-    }
-
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "delete", key = %key))]
-    async fn delete(&self, key: &str) -> Result<()> {
-        self.inner.check_open()?;
-        self.inner.remove(key, None).await
-    }
-
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "exists", key = %key))]
-    async fn exists(&self, key: &str, opts: Option<&ReadOptions>) -> Result<bool> {
-        self.inner.check_open()?;
-        let key = normalize_key(key)?;
+    async fn read(&self, key: &str, consistent: bool) -> Result<Option<KvPair>> {
         Ok(self
             .inner
-            .read_key(key, consistency(opts), None)
+            .read_key(key, consistency(consistent), None)
             .await?
-            .0
-            .is_some())
+            .0)
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "list", key = %dir))]
-    async fn list(&self, dir: &str, opts: Option<&ReadOptions>) -> Result<Vec<KvPair>> {
-        self.inner.check_open()?;
-        let dir = normalize_dir(dir)?;
-        match self.inner.read_dir(dir, consistency(opts)).await? {
-            (pairs, true) => Ok(pairs),
-            // The whole keyspace always exists, even empty.
-            (pairs, false) if dir.is_empty() => Ok(pairs),
-            (_, false) => Err(Error::not_found(dir)),
-        }
+    async fn list(&self, dir: &str, consistent: bool) -> Result<Option<Vec<KvPair>>> {
+        let (pairs, exists) = self.inner.read_dir(dir, consistency(consistent)).await?;
+        // The whole keyspace always exists, even empty.
+        Ok((exists || dir.is_empty()).then_some(pairs))
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "delete_tree", key = %dir))]
+    async fn write(
+        &self,
+        key: &str,
+        value: &[u8],
+        precondition: Precondition,
+        expiry: Option<Expiry>,
+    ) -> Result<Written> {
+        let (pair, session) = self
+            .inner
+            .write_with_session(key, value, precondition, expiry)
+            .await?;
+        let lease = session.map(|id| self.session_lease(id));
+        Ok(Written { pair, lease })
+    }
+
+    async fn delete(&self, key: &str, precondition: Precondition) -> Result<()> {
+        let expected = match precondition {
+            Precondition::Index(index) => Some(index),
+            Precondition::None | Precondition::Absent => None,
+        };
+        self.inner.remove(key, expected).await
+    }
+
     async fn delete_tree(&self, dir: &str) -> Result<()> {
         let inner = &self.inner;
-        inner.check_open()?;
-        let dir = normalize_dir(dir)?;
         let (pairs, exists) = inner.read_dir(dir, Consistency::Consistent).await?;
         if !exists {
             return Err(Error::not_found(dir));
@@ -211,62 +180,70 @@ impl Store for ConsulStore {
                 return Err(crate::error::from_txn_failure(what));
             }
         }
-        inner.registrations.remove_tree(dir);
         Ok(())
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "atomic_put", key = %key))]
-    async fn atomic_put(
+    async fn txn(&self, txn: Arc<CheckedTxn>) -> Result<Vec<Option<KvPair>>> {
+        self.inner.txn(&txn).await
+    }
+
+    async fn register_again(
         &self,
         key: &str,
-        value: &[u8],
-        previous: Option<&KvPair>,
-        opts: Option<&WriteOptions>,
-    ) -> Result<KvPair> {
-        let condition =
-            previous.map_or(Precondition::Absent, |p| Precondition::Index(p.last_index));
-        self.inner.check_open()?;
-        self.inner.write(key, value, condition, opts).await
+        value: &Bytes,
+        ttl: Duration,
+    ) -> Result<Option<Arc<dyn Lease>>> {
+        let inner = &self.inner;
+        let expiry = Some(Expiry {
+            ttl,
+            keep_alive: true,
+        });
+        let read = || async { Ok(inner.read_key(key, Consistency::Consistent, None).await?.0) };
+        let write = |condition| inner.write_with_session(key, value, condition, expiry);
+        match write_again(value, read, write).await? {
+            Some((_, Some(session))) => Ok(Some(self.session_lease(session))),
+            Some((_, None)) => Err(Error::backend(BACKEND, "a TTL write made no session")),
+            None => Ok(None),
+        }
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "atomic_delete", key = %key))]
-    async fn atomic_delete(&self, key: &str, previous: &KvPair) -> Result<()> {
-        self.inner.check_open()?;
-        self.inner.remove(key, Some(previous.last_index)).await
+    async fn watch(
+        &self,
+        key: &str,
+        consistent: bool,
+        cancel: CancellationToken,
+    ) -> Result<WatchStream> {
+        watch_key(
+            self.inner.clone(),
+            key.to_owned(),
+            consistency(consistent),
+            cancel,
+        )
+        .await
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "watch", key = %key))]
-    async fn watch(&self, key: &str, opts: Option<&ReadOptions>) -> Result<WatchStream> {
-        self.inner.check_open()?;
-        let key = normalize_key(key)?.to_owned();
-        watch_key(self.inner.clone(), key, consistency(opts)).await
+    async fn watch_tree(
+        &self,
+        dir: &str,
+        consistent: bool,
+        cancel: CancellationToken,
+    ) -> Result<WatchTreeStream> {
+        watch_tree(
+            self.inner.clone(),
+            dir.to_owned(),
+            consistency(consistent),
+            cancel,
+        )
+        .await
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "watch_tree", key = %dir))]
-    async fn watch_tree(&self, dir: &str, opts: Option<&ReadOptions>) -> Result<WatchTreeStream> {
-        self.inner.check_open()?;
-        let dir = normalize_dir(dir)?.to_owned();
-        watch_tree(self.inner.clone(), dir, consistency(opts)).await
+    async fn acquire(&self, lock: &LockSpec, tasks: &Tasks) -> Result<HeldLease> {
+        crate::lock::acquire(&self.inner, lock, tasks).await
     }
+}
 
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "new_lock", key = %key))]
-    async fn new_lock(&self, key: &str, opts: Option<&LockOptions>) -> Result<Box<dyn Locker>> {
-        self.inner.check_open()?;
-        let (key, opts) = lock_arguments(
-            BACKEND,
-            key,
-            opts,
-            Duration::ZERO,
-            self.inner.api.config.max_value_size,
-        )?;
-        Ok(Box::new(ConsulLocker::new(self.inner.clone(), key, opts)))
-    }
-
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "close"))]
-    async fn close(&self) -> Result<()> {
-        // Stops registrations (their keys expire with their sessions), ends watches, and
-        // destroys held locks' sessions; waits for the destroys to be sent.
-        self.inner.tasks.close(CLOSE_TIMEOUT).await;
-        Ok(())
+impl Consul {
+    fn session_lease(&self, session: String) -> Arc<dyn Lease> {
+        Arc::new(SessionLease::new(self.inner.clone(), session, None))
     }
 }

@@ -24,6 +24,8 @@ use kvstore_core::backend::{WatchSource, watch_stream};
 use kvstore_core::{Error, KvPair, Result, WatchStream, WatchTreeStream};
 use tokio::sync::watch;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::BACKEND;
 use crate::api::{Consistency, Entry};
 use crate::client::Inner;
@@ -95,6 +97,7 @@ async fn stream<T: PartialEq + Clone + Send + Sync + 'static>(
     poller: Arc<Poller>,
     read: Read<T>,
     extract: Extract<T>,
+    cancel: CancellationToken,
 ) -> Result<futures::stream::BoxStream<'static, Result<T>>> {
     let mut source = SharedQuery {
         inner: inner.clone(),
@@ -109,7 +112,7 @@ async fn stream<T: PartialEq + Clone + Send + Sync + 'static>(
     Ok(watch_stream(
         source,
         first,
-        inner.cancel.clone(),
+        cancel,
         inner.api.config.watch_reconnect_timeout,
     ))
 }
@@ -119,6 +122,7 @@ pub(crate) async fn watch_key(
     inner: Arc<Inner>,
     key: String,
     consistency: Consistency,
+    cancel: CancellationToken,
 ) -> Result<WatchStream> {
     let consul_key = inner.consul_key(&key);
     let poller = inner.hub.for_key(&inner, &consul_key);
@@ -133,7 +137,7 @@ pub(crate) async fn watch_key(
                 None => Ok(None),
             },
         );
-    stream(inner, poller, read, extract).await
+    stream(inner, poller, read, extract, cancel).await
 }
 
 /// `Store::watch_tree`.
@@ -141,6 +145,7 @@ pub(crate) async fn watch_tree(
     inner: Arc<Inner>,
     dir: String,
     consistency: Consistency,
+    cancel: CancellationToken,
 ) -> Result<WatchTreeStream> {
     let prefix = inner.tree_prefix(&dir);
     let poller = inner.hub.for_tree(&inner, &prefix);
@@ -155,5 +160,5 @@ pub(crate) async fn watch_tree(
                 .filter(|e| e.key.starts_with(prefix.as_str())),
         )
     });
-    stream(inner, poller, read, extract).await
+    stream(inner, poller, read, extract, cancel).await
 }

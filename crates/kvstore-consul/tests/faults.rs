@@ -16,7 +16,7 @@ use kvstore_testutils::{
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn connect(url: &str) -> kvstore_core::Result<ConsulStore> {
-    ConsulStore::connect(ConsulConfig::from_url(url).expect("valid consul URL")).await
+    ConsulStore::open(ConsulConfig::from_url(url).expect("valid consul URL")).await
 }
 
 /// Polls `stream` continuously from a task of its own, handing items over a channel.
@@ -127,7 +127,7 @@ async fn an_unreachable_agent_is_not_reachable_within_the_timeout() {
         .unwrap()
         .with_connect_timeout(Duration::from_millis(500));
     let started = Instant::now();
-    match ConsulStore::connect(config).await {
+    match ConsulStore::open(config).await {
         Err(err) => assert!(
             matches!(err, kvstore_core::Error::NotReachable { .. }),
             "expected NotReachable, got {err:?}"

@@ -76,7 +76,7 @@ async fn keys_written_like_valkeyrie_read_exactly() {
     };
     let raw = Raw::new(&url);
     let store = ok(
-        ConsulStore::connect(ConsulConfig::from_url(&url).unwrap()).await,
+        ConsulStore::open(ConsulConfig::from_url(&url).unwrap()).await,
         "connect",
     );
     let dir = scratch_dir("foreign");

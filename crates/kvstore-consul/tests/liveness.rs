@@ -15,7 +15,7 @@ fn opener(url: String) -> Opener {
         let url = url.clone();
         async move {
             let config = ConsulConfig::from_url(&url)?;
-            Ok(Arc::new(ConsulStore::connect(config).await?) as Arc<dyn Store>)
+            Ok(Arc::new(ConsulStore::open(config).await?) as Arc<dyn Store>)
         }
     })
 }
@@ -56,7 +56,7 @@ async fn rewriting_a_registration_leaves_one_session() {
     let base = config.address.as_str().trim_end_matches('/').to_owned();
     let http = reqwest::Client::new();
     let before = sessions(&http, &base).await;
-    let store = ok(ConsulStore::connect(config).await, "connect");
+    let store = ok(ConsulStore::open(config).await, "connect");
     let key = format!("{}/svc", scratch_dir("rewrites"));
     kvstore_testutils::rewrite_registration(&store, &key, 1000, Duration::from_secs(30)).await;
     // Replaced sessions are destroyed in the background; wait (bounded) for them to go.

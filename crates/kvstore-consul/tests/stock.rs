@@ -29,7 +29,7 @@ async fn a_ttl_below_the_agents_minimum_is_a_permanent_invalid_config() {
         return;
     };
     let store = ok(
-        ConsulStore::connect(ConsulConfig::from_url(&url).unwrap()).await,
+        ConsulStore::open(ConsulConfig::from_url(&url).unwrap()).await,
         "connect",
     );
     let dir = scratch_dir("stock");

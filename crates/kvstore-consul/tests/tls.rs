@@ -12,7 +12,7 @@ use kvstore_testutils::secure::{self, Credential, tls_dir};
 use kvstore_testutils::{Opener, backend_url, ok};
 
 async fn open(url: String) -> Result<Arc<dyn Store>> {
-    Ok(Arc::new(ConsulStore::connect(ConsulConfig::from_url(&url)?).await?) as Arc<dyn Store>)
+    Ok(Arc::new(ConsulStore::open(ConsulConfig::from_url(&url)?).await?) as Arc<dyn Store>)
 }
 
 fn opener() -> Option<Opener> {

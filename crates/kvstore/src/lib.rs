@@ -234,7 +234,7 @@ impl Default for Registry {
         #[cfg(feature = "consul")]
         registry.register(kvstore_consul::SCHEME, |url: String| async move {
             let config = kvstore_consul::ConsulConfig::from_url(&url)?;
-            Ok(Arc::new(kvstore_consul::ConsulStore::connect(config).await?) as Arc<dyn Store>)
+            Ok(Arc::new(kvstore_consul::ConsulStore::open(config).await?) as Arc<dyn Store>)
         });
         registry
     }

@@ -13,7 +13,7 @@ pub(crate) fn opener_for_url(url: &str) -> Opener {
     let config = ConsulConfig::from_url(url).expect("valid consul URL");
     Opener::new(move || {
         let config = config.clone();
-        async move { Ok(Arc::new(ConsulStore::connect(config).await?) as Arc<dyn Store>) }
+        async move { Ok(Arc::new(ConsulStore::open(config).await?) as Arc<dyn Store>) }
     })
     .with_ttl(Duration::from_secs(1))
     // Consul invalidates a session between TTL and 2×TTL after its last renewal; 2 s

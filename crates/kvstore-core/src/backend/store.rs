@@ -402,10 +402,15 @@ impl<B: Backend> Locker for BackendLocker<B> {
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = self.backend.name(), op = "unlock", key = %self.spec.key))]
     async fn unlock(&mut self) -> Result<()> {
-        match self.held.take() {
-            Some(held) => held.release(Release::Unlock).await,
-            None => Ok(()),
+        let Some(held) = self.held.take() else {
+            return Ok(());
+        };
+        held.release(Release::Unlock).await?;
+        if self.spec.opts.delete_on_unlock {
+            // The unlock deleted the lock's value, which ends a registration of its key.
+            self.registrations.remove(&self.spec.key);
         }
+        Ok(())
     }
 
     fn fencing_token(&self) -> Option<u64> {
