@@ -9,12 +9,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use kvstore_core::backend::{
-    Lease, Precondition, Registrar, Registrations, Release, Renewal, Tasks, ttl_millis,
-};
+use kvstore_core::backend::{Lease, Precondition, Release, Renewal, Tasks, ttl_millis};
 use kvstore_core::{Error, KvPair, Result, normalize_key};
 use redis::Value;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::BACKEND;
@@ -22,9 +19,6 @@ use crate::config::RedisConfig;
 use crate::error::{from_redis, is_connection_failure, is_wrong_type, protocol};
 use crate::primary::{Conn, Primary};
 use crate::scripts;
-
-/// How long `close` waits for lock releases to be sent.
-pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 const NOTIFICATIONS_ON: u8 = 1;
 const NOTIFICATIONS_OFF: u8 = 2;
@@ -68,7 +62,6 @@ pub(crate) struct Inner {
     /// Background work (lock renewals, registrations, releases); `close` waits for it.
     pub(crate) tasks: Tasks,
     /// The `keep_alive` keys of this store.
-    pub(crate) registrations: Registrations,
     /// Whether keyspace notifications were on at the last check: `NOTIFICATIONS_*`. Checked at
     /// connect so `capabilities()` tells the truth; rechecked by every watch and lock while off,
     /// so turning them on later is noticed.
@@ -123,13 +116,6 @@ impl Inner {
             format!("{}{dir}/", self.prefix)
         };
         format!("__keyspace@{}__:{}*", self.db, escape_glob(&base))
-    }
-
-    pub(crate) fn check_open(&self) -> Result<()> {
-        if self.cancel.is_cancelled() {
-            return Err(Error::Closed { backend: BACKEND });
-        }
-        Ok(())
     }
 
     pub(crate) async fn read_key(&self, key: &str) -> Result<Option<KvPair>> {
@@ -404,26 +390,6 @@ impl Lease for KeyLease {
     /// Nothing to give back: the key's expiry is the lease.
     async fn release(&self, _why: Release) -> Result<()> {
         Ok(())
-    }
-}
-
-/// Writes a lost registration again: the `PUT` script in mode `same`.
-pub(crate) struct KeyRegistrar(pub(crate) Arc<Inner>);
-
-#[async_trait]
-impl Registrar for KeyRegistrar {
-    async fn register_again(
-        &self,
-        key: &str,
-        value: &Bytes,
-        ttl: Duration,
-    ) -> Result<Option<(Arc<dyn Lease>, Instant)>> {
-        let sent = Instant::now();
-        match self.0.write(key, value, Some(ttl), "same", 0).await {
-            Ok(pair) => Ok(Some((self.0.key_lease(key, pair.last_index, ttl), sent))),
-            Err(Error::KeyModified { .. }) => Ok(None),
-            Err(err) => Err(err),
-        }
     }
 }
 

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use kvstore_core::backend::{HeldLease, Lease, Release, Renewal, ttl_millis};
-use kvstore_core::{Error, LockLost, LockOptions, Locker, Result};
+use kvstore_core::Result;
+use kvstore_core::backend::{HeldLease, Lease, LockSpec, Release, Renewal, Tasks, ttl_millis};
 use tokio::time::Instant;
 
 use crate::BACKEND;
@@ -62,28 +62,6 @@ impl Lease for LockLease {
     }
 }
 
-/// A lock on a key of a [`RedisStore`](crate::RedisStore).
-///
-/// The fencing token comes from the store's revision counter (`INCR`), so it is strictly
-/// greater for every later holder of any lock of this store prefix.
-pub(crate) struct RedisLocker {
-    inner: Arc<Inner>,
-    key: String,
-    opts: LockOptions,
-    owner: String,
-    held: Option<HeldLease>,
-}
-
-impl fmt::Debug for RedisLocker {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisLocker")
-            .field("key", &self.key)
-            .field("ttl", &self.opts.ttl)
-            .field("fencing_token", &self.fencing_token())
-            .finish_non_exhaustive()
-    }
-}
-
 enum Attempt {
     Acquired(u64),
     /// Held by someone else for about this long.
@@ -93,15 +71,16 @@ enum Attempt {
 /// Releases whatever this owner took if `lock()` is dropped while its acquire script is in
 /// flight. The release goes out on the same multiplexed connection after the acquire, so Redis
 /// runs it second and it always sees the acquire's result.
-struct AbandonGuard {
+struct AbandonGuard<'a> {
     inner: Arc<Inner>,
+    tasks: &'a Tasks,
     key: String,
     owner: String,
     delete_value: bool,
     armed: bool,
 }
 
-impl Drop for AbandonGuard {
+impl Drop for AbandonGuard<'_> {
     fn drop(&mut self) {
         if !self.armed {
             return;
@@ -109,7 +88,7 @@ impl Drop for AbandonGuard {
         let (inner, key, owner) = (self.inner.clone(), self.key.clone(), self.owner.clone());
         let delete_value = self.delete_value;
         // Drop cannot wait; the release is a tracked task that `close()` waits for.
-        self.inner.tasks.spawn(async move {
+        self.tasks.spawn(async move {
             if let Err(err) = release(&inner, &key, &format!("{owner}:"), delete_value).await {
                 tracing::warn!(backend = BACKEND, key, error = %err, "releasing an abandoned lock attempt failed; it expires with its TTL");
             }
@@ -131,58 +110,52 @@ async fn release(inner: &Inner, key: &str, holder: &str, delete_value: bool) -> 
     Ok(())
 }
 
-impl RedisLocker {
-    pub(crate) fn new(inner: Arc<Inner>, key: String, opts: LockOptions) -> Self {
-        let owner = format!("{:016x}", rand::random::<u64>());
-        RedisLocker {
-            inner,
-            key,
-            opts,
-            owner,
-            held: None,
-        }
-    }
-
-    async fn attempt(&self) -> Result<Attempt> {
-        let mut guard = AbandonGuard {
-            inner: self.inner.clone(),
-            key: self.key.clone(),
-            owner: self.owner.clone(),
-            delete_value: self.opts.delete_on_unlock,
-            armed: true,
-        };
-        let reply: redis::RedisResult<(i64, i64)> = scripts::LOCK_ACQUIRE
-            .key(self.inner.lock_key(&self.key))
-            .key(self.inner.rev_key())
-            .key(self.inner.data_key(&self.key))
-            .key(self.inner.index_key())
-            .arg(&self.owner)
-            .arg(ttl_millis(self.opts.ttl))
-            .arg(match (&self.opts.value, self.opts.delete_on_unlock) {
-                (None, _) => "0",
-                (Some(_), false) => "1",
-                (Some(_), true) => "2",
-            })
-            .arg(self.opts.value.as_deref().unwrap_or_default())
-            .arg(&self.key)
-            .invoke_async(&mut self.inner.write_conn())
-            .await;
-        let (taken, n) = reply.map_err(from_redis)?;
-        guard.armed = false;
-        match taken {
-            1 => Ok(Attempt::Acquired(
-                u64::try_from(n).map_err(|_| protocol("lock token"))?,
-            )),
-            // PTTL -1 (no TTL) cannot happen for our keys; treat it like a short wait.
-            0 => Ok(Attempt::Held(Duration::from_millis(
-                u64::try_from(n).unwrap_or(100),
-            ))),
-            _ => Err(protocol("lock status")),
-        }
+/// One attempt at `lock` for `owner`.
+async fn attempt(
+    inner: &Arc<Inner>,
+    lock: &LockSpec,
+    owner: &str,
+    tasks: &Tasks,
+) -> Result<Attempt> {
+    let (key, opts) = (&lock.key, &lock.opts);
+    let mut guard = AbandonGuard {
+        inner: inner.clone(),
+        tasks,
+        key: key.clone(),
+        owner: owner.to_owned(),
+        delete_value: opts.delete_on_unlock,
+        armed: true,
+    };
+    let reply: redis::RedisResult<(i64, i64)> = scripts::LOCK_ACQUIRE
+        .key(inner.lock_key(key))
+        .key(inner.rev_key())
+        .key(inner.data_key(key))
+        .key(inner.index_key())
+        .arg(owner)
+        .arg(ttl_millis(opts.ttl))
+        .arg(match (&opts.value, opts.delete_on_unlock) {
+            (None, _) => "0",
+            (Some(_), false) => "1",
+            (Some(_), true) => "2",
+        })
+        .arg(opts.value.as_deref().unwrap_or_default())
+        .arg(key)
+        .invoke_async(&mut inner.write_conn())
+        .await;
+    let (taken, n) = reply.map_err(from_redis)?;
+    guard.armed = false;
+    match taken {
+        1 => Ok(Attempt::Acquired(
+            u64::try_from(n).map_err(|_| protocol("lock token"))?,
+        )),
+        // PTTL -1 (no TTL) cannot happen for our keys; treat it like a short wait.
+        0 => Ok(Attempt::Held(Duration::from_millis(
+            u64::try_from(n).unwrap_or(100),
+        ))),
+        _ => Err(protocol("lock status")),
     }
 }
 
-/// The next keyspace event of the lock key, or `None` when the subscription ended.
 async fn next_event(events: &mut Option<Subscribed>) -> Option<()> {
     match events {
         Some(events) => events.next().await,
@@ -190,76 +163,51 @@ async fn next_event(events: &mut Option<Subscribed>) -> Option<()> {
     }
 }
 
-#[async_trait]
-impl Locker for RedisLocker {
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "lock", key = %self.key))]
-    async fn lock(&mut self) -> Result<LockLost> {
-        if let Some(held) = &self.held
-            && held.token().is_some()
-        {
-            return Ok(held.lost());
-        }
-        self.held = None;
-        self.inner.check_open()?;
-        // The subscription (a pub/sub connection) is opened only once the lock turns out to
-        // be held, and the attempt repeated right after it, so a release in between is not
-        // missed and an uncontended lock costs two requests: acquire and release.
-        let sub =
-            Subscription::Channel(self.inner.keyspace_channel(&self.inner.lock_key(&self.key)));
-        let mut events = None;
-        loop {
-            self.inner.check_open()?;
-            // The loss rule measures from the send of the acquire.
-            let sent = Instant::now();
-            match self.attempt().await? {
-                Attempt::Acquired(token) => {
-                    if self.opts.value.is_some() {
-                        // A write without keep_alive (a lock's value too) ends a registration.
-                        self.inner.registrations.remove(&self.key);
-                    }
-                    let lease = Arc::new(LockLease {
-                        inner: self.inner.clone(),
-                        key: self.key.clone(),
-                        holder: format!("{}:{token}", self.owner),
-                        ttl: self.opts.ttl,
-                        delete_on_unlock: self.opts.delete_on_unlock,
-                        bound_value: (self.opts.delete_on_unlock && self.opts.value.is_some())
-                            .then_some(token),
-                    });
-                    let held =
-                        HeldLease::start(lease, self.opts.ttl, sent, token, &self.inner.tasks);
-                    let lost = held.lost();
-                    self.held = Some(held);
-                    return Ok(lost);
-                }
-                Attempt::Held(_) if events.is_none() => {
-                    events = Some(subscribe(&self.inner, &sub).await?);
-                }
-                Attempt::Held(remaining) => {
-                    tokio::select! {
-                        () = self.inner.cancel.cancelled() => return Err(Error::Closed { backend: BACKEND }),
-                        // Expiry notifications can lag the deadline; retry at it regardless.
-                        () = tokio::time::sleep(remaining + Duration::from_millis(1)) => {}
-                        event = next_event(&mut events) => {
-                            if event.is_none() {
-                                events = Some(subscribe(&self.inner, &sub).await?);
-                            }
+/// Acquires `lock`: one attempt after another, waiting for the lock key's keyspace
+/// notifications (or its expiry) in between.
+///
+/// Cancel safety: an attempt whose caller went away is given back through `tasks`.
+pub(crate) async fn acquire(
+    inner: &Arc<Inner>,
+    lock: &LockSpec,
+    tasks: &Tasks,
+) -> Result<HeldLease> {
+    let owner = format!("{:016x}", rand::random::<u64>());
+    // The subscription (a pub/sub connection) is opened only once the lock turns out to
+    // be held, and the attempt repeated right after it, so a release in between is not
+    // missed and an uncontended lock costs two requests: acquire and release.
+    let sub = Subscription::Channel(inner.keyspace_channel(&inner.lock_key(&lock.key)));
+    let mut events = None;
+    loop {
+        // The loss rule measures from the send of the acquire.
+        let sent = Instant::now();
+        match attempt(inner, lock, &owner, tasks).await? {
+            Attempt::Acquired(token) => {
+                let opts = &lock.opts;
+                let lease = Arc::new(LockLease {
+                    inner: inner.clone(),
+                    key: lock.key.clone(),
+                    holder: format!("{owner}:{token}"),
+                    ttl: opts.ttl,
+                    delete_on_unlock: opts.delete_on_unlock,
+                    bound_value: (opts.delete_on_unlock && opts.value.is_some()).then_some(token),
+                });
+                return Ok(HeldLease::start(lease, opts.ttl, sent, token, tasks));
+            }
+            Attempt::Held(_) if events.is_none() => {
+                events = Some(subscribe(inner, &sub).await?);
+            }
+            Attempt::Held(remaining) => {
+                tokio::select! {
+                    // Expiry notifications can lag the deadline; retry at it regardless.
+                    () = tokio::time::sleep(remaining + Duration::from_millis(1)) => {}
+                    event = next_event(&mut events) => {
+                        if event.is_none() {
+                            events = Some(subscribe(inner, &sub).await?);
                         }
                     }
                 }
             }
         }
-    }
-
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "unlock", key = %self.key))]
-    async fn unlock(&mut self) -> Result<()> {
-        match self.held.take() {
-            Some(held) => held.release(Release::Unlock).await,
-            None => Ok(()),
-        }
-    }
-
-    fn fencing_token(&self) -> Option<u64> {
-        self.held.as_ref().and_then(HeldLease::token)
     }
 }

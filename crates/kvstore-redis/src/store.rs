@@ -1,4 +1,5 @@
-//! The [`Store`] implementation over one multiplexed, auto-reconnecting connection.
+//! [`Redis`]: the Redis backend — Lua scripts over one multiplexed, auto-reconnecting
+//! connection; keyspace notifications for watches and locks.
 
 use std::fmt;
 use std::sync::Arc;
@@ -6,63 +7,58 @@ use std::sync::atomic::AtomicU8;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use kvstore_core::backend::{
-    Precondition, Registrations, Tasks, check_value_size, lock_arguments, write_ttl,
+    Backend, BackendStore, CheckedTxn, Expiry, HeldLease, Lease, LockSpec, Open, Precondition,
+    Tasks, Written,
 };
-use kvstore_core::{
-    Capabilities, Error, KvPair, LockOptions, Locker, ReadOptions, Result, Store, Txn, WatchStream,
-    WatchTreeStream, WriteOptions, normalize_dir, normalize_key,
-};
-use tokio::time::Instant;
+use kvstore_core::{Capabilities, Error, KvPair, Result, WatchStream, WatchTreeStream};
+use tokio_util::sync::CancellationToken;
 
 use crate::BACKEND;
-use crate::client::{CLOSE_TIMEOUT, Inner, KeyRegistrar, script_mode};
+use crate::client::{Inner, script_mode};
 use crate::config::RedisConfig;
 use crate::error::{from_redis, protocol};
-use crate::lock::RedisLocker;
 use crate::primary::{Node, Primary};
 use crate::pubsub::Subscription;
 use crate::scripts;
 use crate::watch::watch_stream;
 
-/// A kvstore [`Store`] on a Redis server (5 or later; tested on 7).
-///
-/// See the crate docs for the data layout and the behaviour on reconnects.
-///
-/// # Examples
-///
-/// ```no_run
-/// use kvstore_core::Store;
-/// use kvstore_redis::{RedisConfig, RedisStore};
-///
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> kvstore_core::Result<()> {
-/// let store = RedisStore::connect(RedisConfig::new("redis://127.0.0.1:6379")).await?;
-/// store.put("app/config", b"v1", None).await?;
-/// # Ok(())
-/// # }
-/// ```
-pub struct RedisStore {
+/// A store on a Redis server (standalone, or a primary found through Sentinel): every call
+/// of [`Store`](kvstore_core::Store) with the semantics of every backend. Open it with
+/// [`BackendStore::open`] and a [`RedisConfig`].
+pub type RedisStore = BackendStore<Redis>;
+
+/// The Redis backend of [`RedisStore`]: the connection to the primary and the shared pub/sub
+/// connection of the watches and lock waiters.
+pub struct Redis {
     inner: Arc<Inner>,
 }
 
-impl fmt::Debug for RedisStore {
+impl fmt::Debug for Redis {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisStore")
+        f.debug_struct("Redis")
             .field("config", &self.inner.config)
-            .field("closed", &self.inner.cancel.is_cancelled())
             .finish_non_exhaustive()
     }
 }
 
-impl Drop for RedisStore {
+impl Drop for Redis {
     fn drop(&mut self) {
-        // Ends keep-alives, renewals and watches so their tasks release the connection.
+        // Ends the Sentinel follower and the pub/sub tasks so they release the connections.
         self.inner.cancel.cancel();
     }
 }
 
-impl RedisStore {
+impl Open for Redis {
+    type Config = RedisConfig;
+
+    fn open(config: RedisConfig) -> impl std::future::Future<Output = Result<Self>> + Send {
+        Self::connect(config)
+    }
+}
+
+impl Redis {
     /// Connects to the server and checks it answers.
     ///
     /// # Errors
@@ -76,7 +72,7 @@ impl RedisStore {
     ///
     /// Cancel-safe.
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "connect"))]
-    pub async fn connect(config: RedisConfig) -> Result<Self> {
+    async fn connect(config: RedisConfig) -> Result<Self> {
         config.check()?;
         let (client, sentinel) = match &config.sentinel {
             Some(sentinel) => {
@@ -101,7 +97,6 @@ impl RedisStore {
             prefix,
             db,
             cancel: tasks.cancel_token().clone(),
-            registrations: Registrations::new(&tasks),
             tasks,
             notifications: AtomicU8::new(0),
             pubsub: crate::pubsub::PubSub::default(),
@@ -123,41 +118,13 @@ impl RedisStore {
                 sentinel,
             ));
         }
-        Ok(RedisStore { inner })
-    }
-
-    async fn write(
-        &self,
-        key: &str,
-        value: &[u8],
-        precondition: Precondition,
-        opts: Option<&WriteOptions>,
-    ) -> Result<KvPair> {
-        let (mode, expected) = script_mode(precondition);
-        self.inner.check_open()?;
-        let key = normalize_key(key)?;
-        check_value_size(key, value, self.inner.config.max_value_size)?;
-        let ttl = write_ttl(BACKEND, opts)?;
-        let sent = Instant::now();
-        let pair = self.inner.write(key, value, ttl, mode, expected).await?;
-        match ttl.filter(|_| opts.is_some_and(|o| o.keep_alive)) {
-            Some(ttl) => self.inner.registrations.insert(
-                key,
-                pair.value.clone(),
-                ttl,
-                self.inner.key_lease(key, pair.last_index, ttl),
-                sent,
-                Arc::new(KeyRegistrar(self.inner.clone())),
-            ),
-            None => self.inner.registrations.remove(key),
-        }
-        Ok(pair)
+        Ok(Redis { inner })
     }
 }
 
 #[async_trait]
-impl Store for RedisStore {
-    fn backend(&self) -> &'static str {
+impl Backend for Redis {
+    fn name(&self) -> &'static str {
         BACKEND
     }
 
@@ -172,48 +139,16 @@ impl Store for RedisStore {
             .with_max_txn_ops(crate::txn::MAX_TXN_OPS)
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "txn", ops = txn.ops.len()))]
-    async fn txn(&self, txn: &Txn) -> Result<Vec<Option<KvPair>>> {
-        self.inner.check_open()?;
-        let inner = self.inner.clone();
-        kvstore_core::backend::run_txn(
-            txn,
-            crate::txn::MAX_TXN_OPS,
-            self.inner.config.max_value_size,
-            &self.inner.registrations,
-            |txn| async move { inner.txn(&txn).await },
-        )
-        .await
+    /// Redis expiry has millisecond resolution (`SET PX`).
+    fn min_lock_ttl(&self) -> Duration {
+        Duration::from_millis(1)
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "put", key = %key))]
-    async fn put(&self, key: &str, value: &[u8], opts: Option<&WriteOptions>) -> Result<KvPair> {
-        self.write(key, value, Precondition::None, opts).await
+    async fn read(&self, key: &str, _consistent: bool) -> Result<Option<KvPair>> {
+        self.inner.read_key(key).await
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "get", key = %key))]
-    async fn get(&self, key: &str, _opts: Option<&ReadOptions>) -> Result<KvPair> {
-        self.inner.check_open()?;
-        let key = normalize_key(key)?;
-        self.inner
-            .read_key(key)
-            .await?
-            .ok_or_else(|| Error::not_found(key))
-    }
-
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "delete", key = %key))]
-    async fn delete(&self, key: &str) -> Result<()> {
-        self.inner.check_open()?;
-        let key = normalize_key(key)?;
-        self.inner.remove(key, Precondition::None).await?;
-        self.inner.registrations.remove(key);
-        Ok(())
-    }
-
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "exists", key = %key))]
-    async fn exists(&self, key: &str, _opts: Option<&ReadOptions>) -> Result<bool> {
-        self.inner.check_open()?;
-        let key = normalize_key(key)?;
+    async fn exists(&self, key: &str, _consistent: bool) -> Result<bool> {
         let n: i64 = redis::cmd("EXISTS")
             .arg(self.inner.data_key(key))
             .query_async(&mut self.inner.conn())
@@ -222,20 +157,29 @@ impl Store for RedisStore {
         Ok(n == 1)
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "list", key = %dir))]
-    async fn list(&self, dir: &str, _opts: Option<&ReadOptions>) -> Result<Vec<KvPair>> {
-        self.inner.check_open()?;
-        let dir = normalize_dir(dir)?;
-        self.inner
-            .read_tree(dir)
-            .await?
-            .ok_or_else(|| Error::not_found(dir))
+    async fn list(&self, dir: &str, _consistent: bool) -> Result<Option<Vec<KvPair>>> {
+        self.inner.read_tree(dir).await
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "delete_tree", key = %dir))]
+    async fn write(
+        &self,
+        key: &str,
+        value: &[u8],
+        precondition: Precondition,
+        expiry: Option<Expiry>,
+    ) -> Result<Written> {
+        let (mode, expected) = script_mode(precondition);
+        let ttl = expiry.map(|e| e.ttl);
+        let pair = self.inner.write(key, value, ttl, mode, expected).await?;
+        let lease = ttl.map(|ttl| self.inner.key_lease(key, pair.last_index, ttl));
+        Ok(Written { pair, lease })
+    }
+
+    async fn delete(&self, key: &str, precondition: Precondition) -> Result<()> {
+        self.inner.remove(key, precondition).await
+    }
+
     async fn delete_tree(&self, dir: &str) -> Result<()> {
-        self.inner.check_open()?;
-        let dir = normalize_dir(dir)?;
         let foreign = self.inner.foreign_strings(dir).await?;
         let status: i64 = scripts::DELETE_TREE
             .key(self.inner.index_key())
@@ -246,85 +190,68 @@ impl Store for RedisStore {
             .await
             .map_err(from_redis)?;
         match status {
-            scripts::OK => {
-                self.inner.registrations.remove_tree(dir);
-                Ok(())
-            }
+            scripts::OK => Ok(()),
             scripts::NOT_FOUND => Err(Error::not_found(dir)),
             _ => Err(protocol("delete_tree status")),
         }
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "atomic_put", key = %key))]
-    async fn atomic_put(
+    async fn txn(&self, txn: Arc<CheckedTxn>) -> Result<Vec<Option<KvPair>>> {
+        self.inner.txn(&txn).await
+    }
+
+    /// The `PUT` script in mode `same`: written again where the key is absent or still holds
+    /// the value.
+    async fn register_again(
         &self,
         key: &str,
-        value: &[u8],
-        previous: Option<&KvPair>,
-        opts: Option<&WriteOptions>,
-    ) -> Result<KvPair> {
-        self.write(key, value, Precondition::of(previous), opts)
-            .await
+        value: &Bytes,
+        ttl: Duration,
+    ) -> Result<Option<Arc<dyn Lease>>> {
+        match self.inner.write(key, value, Some(ttl), "same", 0).await {
+            Ok(pair) => Ok(Some(self.inner.key_lease(key, pair.last_index, ttl))),
+            Err(Error::KeyModified { .. }) => Ok(None),
+            Err(err) => Err(err),
+        }
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "atomic_delete", key = %key))]
-    async fn atomic_delete(&self, key: &str, previous: &KvPair) -> Result<()> {
-        self.inner.check_open()?;
-        let key = normalize_key(key)?;
-        self.inner
-            .remove(key, Precondition::Index(previous.last_index))
-            .await?;
-        self.inner.registrations.remove(key);
-        Ok(())
-    }
-
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "watch", key = %key))]
-    async fn watch(&self, key: &str, _opts: Option<&ReadOptions>) -> Result<WatchStream> {
-        self.inner.check_open()?;
-        let key = normalize_key(key)?.to_owned();
+    async fn watch(
+        &self,
+        key: &str,
+        _consistent: bool,
+        cancel: CancellationToken,
+    ) -> Result<WatchStream> {
         self.inner.check_notifications().await?;
+        let key = key.to_owned();
         let sub = Subscription::Channel(self.inner.keyspace_channel(&self.inner.data_key(&key)));
-        watch_stream(self.inner.clone(), sub, move |inner| {
+        let read = move |inner: Arc<Inner>| {
             let key = key.clone();
             async move { inner.read_key(&key).await }
-        })
-        .await
+        };
+        watch_stream(self.inner.clone(), sub, read, cancel).await
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "watch_tree", key = %dir))]
-    async fn watch_tree(&self, dir: &str, _opts: Option<&ReadOptions>) -> Result<WatchTreeStream> {
-        self.inner.check_open()?;
-        let dir = normalize_dir(dir)?.to_owned();
+    async fn watch_tree(
+        &self,
+        dir: &str,
+        _consistent: bool,
+        cancel: CancellationToken,
+    ) -> Result<WatchTreeStream> {
         self.inner.check_notifications().await?;
+        let dir = dir.to_owned();
         let sub = Subscription::Pattern(self.inner.keyspace_tree_pattern(&dir));
-        watch_stream(self.inner.clone(), sub, move |inner| {
+        let read = move |inner: Arc<Inner>| {
             let dir = dir.clone();
             async move { Ok(inner.read_tree(&dir).await?.unwrap_or_default()) }
-        })
-        .await
+        };
+        watch_stream(self.inner.clone(), sub, read, cancel).await
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "new_lock", key = %key))]
-    async fn new_lock(&self, key: &str, opts: Option<&LockOptions>) -> Result<Box<dyn Locker>> {
-        self.inner.check_open()?;
-        // Redis expiry has millisecond resolution (`SET PX`).
-        let (key, opts) = lock_arguments(
-            BACKEND,
-            key,
-            opts,
-            Duration::from_millis(1),
-            self.inner.config.max_value_size,
-        )?;
-        self.inner.check_notifications().await?;
-        Ok(Box::new(RedisLocker::new(self.inner.clone(), key, opts)))
+    async fn prepare_lock(&self) -> Result<()> {
+        self.inner.check_notifications().await
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "close"))]
-    async fn close(&self) -> Result<()> {
-        // Stops registrations (their keys expire with their TTL), ends watches, and releases
-        // held locks; waits for the releases to be sent.
-        self.inner.tasks.close(CLOSE_TIMEOUT).await;
-        self.inner.pubsub.shut().await;
-        Ok(())
+    async fn acquire(&self, lock: &LockSpec, tasks: &Tasks) -> Result<HeldLease> {
+        crate::lock::acquire(&self.inner, lock, tasks).await
     }
 }

@@ -13,6 +13,8 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::client::Inner;
 use crate::pubsub::{Subscribed, Subscription, subscribe};
 use async_trait::async_trait;
@@ -76,6 +78,7 @@ pub(crate) async fn watch_stream<T, F, Fut>(
     inner: Arc<Inner>,
     sub: Subscription,
     read: F,
+    cancel: CancellationToken,
 ) -> Result<BoxStream<'static, Result<T>>>
 where
     T: PartialEq + Clone + Send + 'static,
@@ -93,7 +96,7 @@ where
     Ok(drive(
         source,
         first,
-        inner.cancel.clone(),
+        cancel,
         inner.config.watch_reconnect_timeout,
     ))
 }

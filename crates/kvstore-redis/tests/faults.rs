@@ -14,7 +14,7 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn connect(url: &str) -> RedisStore {
     ok(
-        RedisStore::connect(RedisConfig::from_url(url).unwrap()).await,
+        RedisStore::open(RedisConfig::from_url(url).unwrap()).await,
         "connect",
     )
 }
@@ -112,7 +112,7 @@ async fn an_unreachable_server_is_not_reachable_within_the_timeout() {
     let config =
         RedisConfig::new("redis://127.0.0.1:1").with_connect_timeout(Duration::from_millis(500));
     let started = Instant::now();
-    match RedisStore::connect(config).await {
+    match RedisStore::open(config).await {
         Err(err) => assert!(
             err.is_transient(),
             "expected NotReachable/Timeout, got {err:?}"
@@ -156,7 +156,7 @@ async fn a_killed_holder_frees_its_lock_within_its_ttl() {
         let url = url.clone();
         async move {
             let config = RedisConfig::from_url(&url)?;
-            Ok(std::sync::Arc::new(RedisStore::connect(config).await?)
+            Ok(std::sync::Arc::new(RedisStore::open(config).await?)
                 as std::sync::Arc<dyn kvstore_core::Store>)
         }
     });

@@ -20,7 +20,7 @@ async fn setup(options: &str) -> Option<(RedisStore, redis::aio::MultiplexedConn
         .await
         .expect("raw connection");
     let config = RedisConfig::from_url(&format!("{url}{options}")).unwrap();
-    Some((ok(RedisStore::connect(config).await, "connect"), raw))
+    Some((ok(RedisStore::open(config).await, "connect"), raw))
 }
 
 /// Writes the sample as valkeyrie's Redis store does: `SET key value`, with `PX` for a TTL.

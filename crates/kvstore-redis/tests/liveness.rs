@@ -14,7 +14,7 @@ fn opener(url: String) -> Opener {
         let url = url.clone();
         async move {
             let config = RedisConfig::from_url(&url)?;
-            Ok(Arc::new(RedisStore::connect(config).await?) as Arc<dyn Store>)
+            Ok(Arc::new(RedisStore::open(config).await?) as Arc<dyn Store>)
         }
     })
 }

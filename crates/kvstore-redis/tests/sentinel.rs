@@ -47,7 +47,7 @@ async fn a_refused_login_is_permission_denied() {
     let (user, _) = login.split_once(':').expect("a user and a password");
     let open = |url: String| async move {
         let config = RedisConfig::from_url(&url)?;
-        Ok(Arc::new(RedisStore::connect(config).await?) as Arc<dyn Store>)
+        Ok(Arc::new(RedisStore::open(config).await?) as Arc<dyn Store>)
     };
     let sentinels_login = format!("?sentinel_password={query}");
     for (login, sentinels_login, what) in [

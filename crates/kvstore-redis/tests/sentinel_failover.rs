@@ -23,7 +23,7 @@ async fn store_follows_the_primary_across_a_failover() {
     };
     let sep = if url.contains('?') { '&' } else { '?' };
     let config = RedisConfig::from_url(&format!("{url}{sep}wait_replicas=1")).expect("valid URL");
-    let store = ok(RedisStore::connect(config).await, "connect");
+    let store = ok(RedisStore::open(config).await, "connect");
     let key = format!("{}/k", scratch_dir("sentinel-failover"));
     ok(
         store.put(&key, b"before", None).await,

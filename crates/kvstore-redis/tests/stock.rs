@@ -15,7 +15,7 @@ async fn a_stock_server_reports_watches_and_locks_as_unavailable() {
         return;
     };
     let config = RedisConfig::from_url(&url).unwrap();
-    let store = ok(RedisStore::connect(config).await, "connect");
+    let store = ok(RedisStore::open(config).await, "connect");
     let caps = store.capabilities();
     assert!(
         !caps.watch && !caps.watch_tree && !caps.lock,

@@ -11,7 +11,7 @@ use kvstore_testutils::secure::{self, Credential, tls_dir};
 use kvstore_testutils::{Opener, backend_url};
 
 async fn open(url: String) -> Result<Arc<dyn Store>> {
-    Ok(Arc::new(RedisStore::connect(RedisConfig::from_url(&url)?).await?) as Arc<dyn Store>)
+    Ok(Arc::new(RedisStore::open(RedisConfig::from_url(&url)?).await?) as Arc<dyn Store>)
 }
 
 fn opener() -> Option<Opener> {

@@ -218,7 +218,7 @@ impl Default for Registry {
         for scheme in kvstore_redis::SCHEMES {
             registry.register(scheme, |url: String| async move {
                 let config = kvstore_redis::RedisConfig::from_url(&url)?;
-                Ok(Arc::new(kvstore_redis::RedisStore::connect(config).await?) as Arc<dyn Store>)
+                Ok(Arc::new(kvstore_redis::RedisStore::open(config).await?) as Arc<dyn Store>)
             });
         }
         #[cfg(feature = "etcd")]

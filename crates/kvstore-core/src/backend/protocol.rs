@@ -184,6 +184,12 @@ pub trait Backend: fmt::Debug + Send + Sync + 'static {
         cancel: CancellationToken,
     ) -> Result<WatchTreeStream>;
 
+    /// Called by `Store::new_lock` before it makes a `Locker`: a backend that cannot lock at
+    /// all (Redis without keyspace notifications) says why here. Nothing by default.
+    async fn prepare_lock(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// Acquires `lock`, waiting while another holder has it, and returns the hold: the lease
     /// started with [`HeldLease::start`](super::HeldLease::start) on `tasks` (the store's,
     /// where the renewals run and where what must outlive a cancelled call, such as giving back

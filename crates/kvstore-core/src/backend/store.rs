@@ -318,6 +318,7 @@ impl<B: Backend> Store for BackendStore<B> {
             self.backend.min_lock_ttl(),
             self.backend.capabilities().max_value_size,
         )?;
+        self.backend.prepare_lock().await?;
         Ok(Box::new(BackendLocker {
             backend: self.backend.clone(),
             tasks: self.session.tasks.clone(),

@@ -13,7 +13,7 @@ pub(crate) fn opener_for_url(url: &str) -> Opener {
     let config = RedisConfig::from_url(url).expect("valid Redis URL");
     Opener::new(move || {
         let config = config.clone();
-        async move { Ok(Arc::new(RedisStore::connect(config).await?) as Arc<dyn Store>) }
+        async move { Ok(Arc::new(RedisStore::open(config).await?) as Arc<dyn Store>) }
     })
     .with_ttl(Duration::from_secs(1))
     // Redis's active expiry cycle runs at 10 Hz; 1 s of slack covers a loaded machine.
