@@ -5,7 +5,6 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use kvstore_core::backend::{Registrations, Tasks};
 use kvstore_core::{Error, KvPair, Result};
 use tokio_util::sync::CancellationToken;
 use zookeeper_client::{self as zk, Client, Stat};
@@ -16,9 +15,6 @@ use crate::error::from_zk;
 use crate::node::{LOCKS, decode, index};
 use crate::session::{connect, timed, usable};
 
-/// How long `close` waits for lock releases to be sent.
-pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// Connection state shared by the store, its watches and its locks.
 pub(crate) struct Inner {
     pub(crate) config: ZkConfig,
@@ -28,10 +24,6 @@ pub(crate) struct Inner {
     pub(crate) session: RwLock<Option<Arc<Client>>>,
     pub(crate) reconnecting: tokio::sync::Mutex<()>,
     pub(crate) cancel: CancellationToken,
-    /// The `keep_alive` keys of this store.
-    pub(crate) registrations: Registrations,
-    /// Background work (lock renewals, releases); `close` waits for it.
-    pub(crate) tasks: Tasks,
     /// Lock sessions by TTL, shared by every lock of that TTL (see `lock.rs`).
     pub(crate) lock_sessions: tokio::sync::Mutex<std::collections::HashMap<Duration, Arc<Client>>>,
     /// Whether the server creates TTL nodes (`zookeeper.extendedTypesEnabled=true`), probed at

@@ -1,5 +1,5 @@
-//! `keep_alive` keys for the lease engine: the ephemeral pin lease and the registrar that
-//! writes a lost registration again on a new session.
+//! `keep_alive` keys for the lease engine: the ephemeral pin lease, the write that makes one,
+//! and the write of a lost registration again on a new session.
 //!
 //! A registration's pin lives in a session whose timeout is the registration's TTL (one
 //! session per distinct TTL, shared with locks of that TTL), not in the store's own session:
@@ -14,9 +14,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use kvstore_core::backend::{Lease, Precondition, Registrar, Release, Renewal, write_again};
-use kvstore_core::{KvPair, Result, WriteOptions};
-use tokio::time::Instant;
+use kvstore_core::Result;
+use kvstore_core::backend::{Expiry, Lease, Precondition, Release, Renewal, Written, write_again};
 
 use crate::node::PIN;
 use crate::session::renewal_error;
@@ -64,67 +63,56 @@ impl Lease for PinLease {
     }
 }
 
-/// Writes a lost registration again: a read, then a write with a new pin that checks the key
-/// is still absent or unchanged since the read.
-pub(crate) struct PinRegistrar(pub(crate) Arc<Inner>);
-
-#[async_trait]
-impl Registrar for PinRegistrar {
-    async fn register_again(
-        &self,
-        key: &str,
-        value: &Bytes,
-        ttl: Duration,
-    ) -> Result<Option<(Arc<dyn kvstore_core::backend::Lease>, Instant)>> {
-        let inner = &self.0;
-        let client = inner.lock_session(ttl).await?;
-        let sent = Instant::now();
-        let opts = WriteOptions::default().with_ttl(ttl).with_keep_alive(true);
-        let read = || inner.read_key(&client, key, true);
-        let write = |condition| inner.write_on(&client, key, value, condition, Some(&opts));
-        Ok(write_again(value, read, write).await?.map(|_| {
-            let lease: Arc<dyn kvstore_core::backend::Lease> = Arc::new(PinLease {
-                inner: inner.clone(),
-                key: key.to_owned(),
-                ttl,
-            });
-            (lease, sent)
-        }))
-    }
-}
-
 impl Inner {
-    /// Writes `value` at `key` under `condition` — on the store's session, or for a
-    /// `keep_alive` key on the session of its TTL, which then holds its pin; the heart of `put`
-    /// and `atomic_put`.
-    pub(crate) async fn write(
+    /// Writes `value` at `key`: a `keep_alive` key on the session of its TTL, pinned by an
+    /// ephemeral child of that session, whose lease is returned; any other key on the store's
+    /// session.
+    pub(crate) async fn write_key(
         self: &Arc<Self>,
         key: &str,
         value: &[u8],
         condition: Precondition,
-        opts: Option<&WriteOptions>,
-    ) -> Result<KvPair> {
-        self.check_open()?;
-        let client = match Mode::of(opts) {
+        expiry: Option<Expiry>,
+    ) -> Result<Written> {
+        let client = match Mode::of(expiry) {
             Mode::KeepAlive(ttl) => self.lock_session(ttl).await?,
             _ => self.client().await?,
         };
-        let sent = Instant::now();
-        let pair = self.write_on(&client, key, value, condition, opts).await?;
-        if let Mode::KeepAlive(ttl) = Mode::of(opts) {
-            self.registrations.insert(
-                &pair.key,
-                pair.value.clone(),
-                ttl,
-                Arc::new(PinLease {
-                    inner: self.clone(),
-                    key: pair.key.clone(),
-                    ttl,
-                }),
-                sent,
-                Arc::new(PinRegistrar(self.clone())),
-            );
-        }
-        Ok(pair)
+        let pair = self
+            .write_on(&client, key, value, condition, expiry)
+            .await?;
+        let lease = match Mode::of(expiry) {
+            Mode::KeepAlive(ttl) => Some(self.pin_lease(key, ttl)),
+            _ => None,
+        };
+        Ok(Written { pair, lease })
+    }
+
+    /// Writes a lost registration again on the session of its TTL, where the key is still
+    /// absent or unchanged since the read.
+    pub(crate) async fn register_again(
+        self: &Arc<Self>,
+        key: &str,
+        value: &Bytes,
+        ttl: Duration,
+    ) -> Result<Option<Arc<dyn Lease>>> {
+        let client = self.lock_session(ttl).await?;
+        let expiry = Some(Expiry {
+            ttl,
+            keep_alive: true,
+        });
+        let read = || self.read_key(&client, key, true);
+        let write = |condition| self.write_on(&client, key, value, condition, expiry);
+        Ok(write_again(value, read, write)
+            .await?
+            .map(|_| self.pin_lease(key, ttl)))
+    }
+
+    fn pin_lease(self: &Arc<Self>, key: &str, ttl: Duration) -> Arc<dyn Lease> {
+        Arc::new(PinLease {
+            inner: self.clone(),
+            key: key.to_owned(),
+            ttl,
+        })
     }
 }

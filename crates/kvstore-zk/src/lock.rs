@@ -33,8 +33,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use kvstore_core::backend::{HeldLease, Lease, Precondition, Release, Renewal};
-use kvstore_core::{Error, KvPair, LockLost, LockOptions, Locker, Result};
+use kvstore_core::backend::{HeldLease, Lease, LockSpec, Precondition, Release, Renewal, Tasks};
+use kvstore_core::{Error, KvPair, LockOptions, Result};
 use tokio::time::Instant;
 use zookeeper_client::{self as zk, Client, CreateMode, SessionState};
 
@@ -99,22 +99,31 @@ impl Lease for WaiterLease {
     }
 }
 
-/// A lock on a key of a [`ZkStore`](crate::ZkStore).
-pub(crate) struct ZkLocker {
+/// One `lock()` call: the recipe's steps for one key and options, on the store's `tasks`.
+struct Acquisition {
     inner: Arc<Inner>,
     key: String,
     opts: LockOptions,
-    held: Option<HeldLease>,
+    tasks: Tasks,
 }
 
-impl fmt::Debug for ZkLocker {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ZkLocker")
-            .field("key", &self.key)
-            .field("ttl", &self.opts.ttl)
-            .field("fencing_token", &self.fencing_token())
-            .finish_non_exhaustive()
+/// Acquires `lock` with the ZooKeeper lock recipe.
+///
+/// Cancel safety: dropping the future deletes the waiter (through `tasks`), created or not yet
+/// answered.
+pub(crate) async fn acquire(
+    inner: &Arc<Inner>,
+    lock: &LockSpec,
+    tasks: &Tasks,
+) -> Result<HeldLease> {
+    Acquisition {
+        inner: inner.clone(),
+        key: lock.key.clone(),
+        opts: lock.opts.clone(),
+        tasks: tasks.clone(),
     }
+    .run()
+    .await
 }
 
 /// A holding waiter's data: the marker, the attempt's nonce, and the fencing token.
@@ -133,16 +142,7 @@ pub(crate) fn sequence(name: &str) -> Option<u64> {
     name.strip_prefix(WAITER)?.parse().ok()
 }
 
-impl ZkLocker {
-    pub(crate) fn new(inner: Arc<Inner>, key: String, opts: LockOptions) -> Self {
-        ZkLocker {
-            inner,
-            key,
-            opts,
-            held: None,
-        }
-    }
-
+impl Acquisition {
     /// Writes the lock's value on the lock's session. With `delete_on_unlock` it is an
     /// ephemeral znode of that session, so it lives exactly as long as the hold; a key that has
     /// children cannot be ephemeral, and then gets a persistent value (deleted on release, but
@@ -248,6 +248,7 @@ impl ZkLocker {
 /// Deletes the waiter of a `lock()` that did not finish (dropped, or failed while waiting).
 struct WaiterGuard {
     inner: Arc<Inner>,
+    tasks: Tasks,
     client: Arc<Client>,
     dir: String,
     data: Vec<u8>,
@@ -268,7 +269,7 @@ impl Drop for WaiterGuard {
             self.node.take(),
         );
         // Drop cannot wait: a tracked task (which `close` waits for) deletes the waiter.
-        self.inner.tasks.spawn(async move {
+        self.tasks.spawn(async move {
             let deleted = timed(inner.timeout(), async {
                 let node = match node {
                     Some(node) => Some(node),
@@ -312,17 +313,8 @@ async fn own_waiter(
     Ok(None)
 }
 
-#[async_trait]
-impl Locker for ZkLocker {
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "lock", key = %self.key))]
-    async fn lock(&mut self) -> Result<LockLost> {
-        if let Some(held) = &self.held
-            && held.token().is_some()
-        {
-            return Ok(held.lost());
-        }
-        self.held = None;
-        self.inner.check_open()?;
+impl Acquisition {
+    async fn run(&self) -> Result<HeldLease> {
         let dir = self.inner.lock_dir(&self.key);
         let (client, node, data, token, sent) = loop {
             let client = self.inner.lock_session(self.opts.ttl).await?;
@@ -331,6 +323,7 @@ impl Locker for ZkLocker {
             // Dropping this future deletes the waiter, created or not yet answered.
             let mut guard = WaiterGuard {
                 inner: self.inner.clone(),
+                tasks: self.tasks.clone(),
                 client: client.clone(),
                 dir: dir.clone(),
                 data: data.clone(),
@@ -379,21 +372,6 @@ impl Locker for ZkLocker {
             key: self.key.clone(),
             delete_on_unlock: self.opts.delete_on_unlock,
         });
-        let held = HeldLease::start(lease, ttl, sent, token, &self.inner.tasks);
-        let lost = held.lost();
-        self.held = Some(held);
-        Ok(lost)
-    }
-
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "unlock", key = %self.key))]
-    async fn unlock(&mut self) -> Result<()> {
-        match self.held.take() {
-            Some(held) => held.release(Release::Unlock).await,
-            None => Ok(()),
-        }
-    }
-
-    fn fencing_token(&self) -> Option<u64> {
-        self.held.as_ref().and_then(HeldLease::token)
+        Ok(HeldLease::start(lease, ttl, sent, token, &self.tasks))
     }
 }

@@ -1,64 +1,61 @@
-//! The [`Store`] implementation: keys as znodes, hidden parents, TTL nodes and pins.
+//! [`Zk`]: the ZooKeeper backend — keys as znodes, hidden parents, TTL nodes and pins.
 
 use std::fmt;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use kvstore_core::backend::{Precondition, Registrations, Tasks, lock_arguments};
-use kvstore_core::{
-    Capabilities, Error, KvPair, LockOptions, Locker, ReadOptions, Result, Store, WatchStream,
-    WatchTreeStream, WriteOptions, normalize_dir, normalize_key,
+use bytes::Bytes;
+use kvstore_core::backend::{
+    Backend, BackendStore, CheckedTxn, Expiry, HeldLease, Lease, LockSpec, Open, Precondition,
+    Tasks, Written,
 };
+use kvstore_core::{Capabilities, Error, KvPair, Result, WatchStream, WatchTreeStream};
+use tokio_util::sync::CancellationToken;
 use zookeeper_client::{self as zk, Client, CreateMode};
 
 use crate::BACKEND;
-use crate::client::{CLOSE_TIMEOUT, Inner};
+use crate::client::Inner;
 use crate::config::ZkConfig;
 use crate::error::from_zk;
-use crate::lock::ZkLocker;
 use crate::node::LOCKS;
 use crate::session::{connect, create_options, timed};
 use crate::watch::{watch_key, watch_tree};
 
-/// A kvstore [`Store`] on a ZooKeeper ensemble (3.6 or later; tested against 3.8).
-///
-/// See the crate docs for the znode layout and the mapping of each call.
-///
-/// # Examples
-///
-/// ```no_run
-/// use kvstore_core::Store;
-/// use kvstore_zk::{ZkConfig, ZkStore};
-///
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> kvstore_core::Result<()> {
-/// let store = ZkStore::connect(ZkConfig::new(&["127.0.0.1:2181"])).await?;
-/// store.put("app/config", b"v1", None).await?;
-/// # Ok(())
-/// # }
-/// ```
-pub struct ZkStore {
+/// A store on a ZooKeeper ensemble: every call of [`Store`](kvstore_core::Store) with the
+/// semantics of every backend. Open it with [`BackendStore::open`] and a [`ZkConfig`].
+pub type ZkStore = BackendStore<Zk>;
+
+/// The ZooKeeper backend of [`ZkStore`]: the store's session and the sessions of its locks and
+/// registrations (one per TTL).
+pub struct Zk {
     inner: Arc<Inner>,
 }
 
-impl fmt::Debug for ZkStore {
+impl fmt::Debug for Zk {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ZkStore")
+        f.debug_struct("Zk")
             .field("config", &self.inner.config)
-            .field("closed", &self.inner.cancel.is_cancelled())
             .finish_non_exhaustive()
     }
 }
 
-impl Drop for ZkStore {
+impl Drop for Zk {
     fn drop(&mut self) {
-        // Ends watches and lock sessions; the main session closes with its last handle.
+        // Ends watches and the sessions.
         self.inner.shut();
     }
 }
 
-impl ZkStore {
+impl Open for Zk {
+    type Config = ZkConfig;
+
+    fn open(config: ZkConfig) -> impl std::future::Future<Output = Result<Self>> + Send {
+        Self::connect(config)
+    }
+}
+
+impl Zk {
     /// Opens a session on the ensemble.
     ///
     /// # Errors
@@ -70,7 +67,7 @@ impl ZkStore {
     ///
     /// Cancel-safe: a session opened by a dropped call is closed.
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "connect"))]
-    pub async fn connect(config: ZkConfig) -> Result<Self> {
+    async fn connect(config: ZkConfig) -> Result<Self> {
         config.validate()?;
         let client = connect(&config, config.session_timeout).await?;
         let root = if config.prefix.is_empty() {
@@ -79,16 +76,13 @@ impl ZkStore {
             format!("/{}", config.prefix)
         };
         let ttl_nodes = probe_ttl_nodes(&client, &root, &config).await?;
-        let tasks = Tasks::new();
-        Ok(ZkStore {
+        Ok(Zk {
             inner: Arc::new(Inner {
                 config,
                 root,
                 session: RwLock::new(Some(Arc::new(client))),
                 reconnecting: tokio::sync::Mutex::new(()),
-                registrations: Registrations::new(&tasks),
-                cancel: tasks.cancel_token().clone(),
-                tasks,
+                cancel: CancellationToken::new(),
                 lock_sessions: tokio::sync::Mutex::default(),
                 syncs: crate::sync::SyncBatcher::default(),
                 ttl_nodes,
@@ -138,13 +132,9 @@ async fn probe_ttl_nodes(client: &Client, root: &str, config: &ZkConfig) -> Resu
     }
 }
 
-fn consistent(opts: Option<&ReadOptions>) -> bool {
-    opts.is_none_or(|o| o.consistent)
-}
-
 #[async_trait]
-impl Store for ZkStore {
-    fn backend(&self) -> &'static str {
+impl Backend for Zk {
+    fn name(&self) -> &'static str {
         BACKEND
     }
 
@@ -156,128 +146,82 @@ impl Store for ZkStore {
             .with_max_value_size(self.inner.config.max_value_size)
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "txn", ops = txn.ops.len()))]
-    async fn txn(&self, txn: &kvstore_core::Txn) -> Result<Vec<Option<KvPair>>> {
-        self.inner.check_open()?;
-        let inner = self.inner.clone();
-        kvstore_core::backend::run_txn(
-            txn,
-            crate::txn::MAX_TXN_OPS,
-            self.inner.config.max_value_size,
-            &self.inner.registrations,
-            |txn| async move { inner.txn(&txn).await },
-        )
-        .await
-    }
-
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "put", key = %key))]
-    async fn put(&self, key: &str, value: &[u8], opts: Option<&WriteOptions>) -> Result<KvPair> {
-        self.inner.write(key, value, Precondition::None, opts).await
-    }
-
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "get", key = %key))]
-    async fn get(&self, key: &str, opts: Option<&ReadOptions>) -> Result<KvPair> {
-        self.inner.check_open()?;
-        let key = normalize_key(key)?;
+    async fn read(&self, key: &str, consistent: bool) -> Result<Option<KvPair>> {
         let client = self.inner.client().await?;
-        self.inner
-            .read_key(&client, key, consistent(opts))
-            .await?
-            .ok_or_else(|| Error::not_found(key))
+        self.inner.read_key(&client, key, consistent).await
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "delete", key = %key))]
-    async fn delete(&self, key: &str) -> Result<()> {
-        self.inner.delete_key(key, None).await
-    }
-
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "exists", key = %key))]
-    async fn exists(&self, key: &str, opts: Option<&ReadOptions>) -> Result<bool> {
-        self.inner.check_open()?;
-        let key = normalize_key(key)?;
+    async fn list(&self, dir: &str, consistent: bool) -> Result<Option<Vec<KvPair>>> {
         let client = self.inner.client().await?;
-        Ok(self
-            .inner
-            .read_key(&client, key, consistent(opts))
-            .await?
-            .is_some())
+        crate::tree::list(&self.inner, &client, dir, consistent).await
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "list", key = %dir))]
-    async fn list(&self, dir: &str, opts: Option<&ReadOptions>) -> Result<Vec<KvPair>> {
-        self.inner.check_open()?;
-        let dir = normalize_dir(dir)?;
-        let client = self.inner.client().await?;
-        crate::tree::list(&self.inner, &client, dir, consistent(opts))
-            .await?
-            .ok_or_else(|| Error::not_found(dir))
+    async fn write(
+        &self,
+        key: &str,
+        value: &[u8],
+        precondition: Precondition,
+        expiry: Option<Expiry>,
+    ) -> Result<Written> {
+        self.inner.write_key(key, value, precondition, expiry).await
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "delete_tree", key = %dir))]
+    async fn delete(&self, key: &str, precondition: Precondition) -> Result<()> {
+        let expected = match precondition {
+            Precondition::Index(index) => Some(index),
+            Precondition::None | Precondition::Absent => None,
+        };
+        self.inner.delete_key(key, expected).await
+    }
+
     async fn delete_tree(&self, dir: &str) -> Result<()> {
-        self.inner.check_open()?;
-        let dir = normalize_dir(dir)?;
         let client = self.inner.client().await?;
         let deleted = crate::tree::delete_tree(&self.inner, &client, dir).await?;
-        self.inner.registrations.remove_tree(dir);
         if deleted.is_empty() {
             return Err(Error::not_found(dir));
         }
         Ok(())
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "atomic_put", key = %key))]
-    async fn atomic_put(
+    async fn txn(&self, txn: Arc<CheckedTxn>) -> Result<Vec<Option<KvPair>>> {
+        self.inner.txn(&txn).await
+    }
+
+    async fn register_again(
         &self,
         key: &str,
-        value: &[u8],
-        previous: Option<&KvPair>,
-        opts: Option<&WriteOptions>,
-    ) -> Result<KvPair> {
-        let condition =
-            previous.map_or(Precondition::Absent, |p| Precondition::Index(p.last_index));
-        self.inner.write(key, value, condition, opts).await
+        value: &Bytes,
+        ttl: Duration,
+    ) -> Result<Option<Arc<dyn Lease>>> {
+        self.inner.register_again(key, value, ttl).await
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "atomic_delete", key = %key))]
-    async fn atomic_delete(&self, key: &str, previous: &KvPair) -> Result<()> {
-        self.inner.delete_key(key, Some(previous.last_index)).await
+    async fn watch(
+        &self,
+        key: &str,
+        consistent: bool,
+        cancel: CancellationToken,
+    ) -> Result<WatchStream> {
+        watch_key(self.inner.clone(), key.to_owned(), consistent, cancel).await
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "watch", key = %key))]
-    async fn watch(&self, key: &str, opts: Option<&ReadOptions>) -> Result<WatchStream> {
-        self.inner.check_open()?;
-        let key = normalize_key(key)?.to_owned();
-        watch_key(self.inner.clone(), key, consistent(opts)).await
+    async fn watch_tree(
+        &self,
+        dir: &str,
+        consistent: bool,
+        cancel: CancellationToken,
+    ) -> Result<WatchTreeStream> {
+        watch_tree(self.inner.clone(), dir.to_owned(), consistent, cancel).await
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "watch_tree", key = %dir))]
-    async fn watch_tree(&self, dir: &str, opts: Option<&ReadOptions>) -> Result<WatchTreeStream> {
-        self.inner.check_open()?;
-        let dir = normalize_dir(dir)?.to_owned();
-        watch_tree(self.inner.clone(), dir, consistent(opts)).await
+    async fn acquire(&self, lock: &LockSpec, tasks: &Tasks) -> Result<HeldLease> {
+        crate::lock::acquire(&self.inner, lock, tasks).await
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "new_lock", key = %key))]
-    async fn new_lock(&self, key: &str, opts: Option<&LockOptions>) -> Result<Box<dyn Locker>> {
-        self.inner.check_open()?;
-        let (key, opts) = lock_arguments(
-            BACKEND,
-            key,
-            opts,
-            Duration::ZERO,
-            self.inner.config.max_value_size,
-        )?;
-        Ok(Box::new(ZkLocker::new(self.inner.clone(), key, opts)))
-    }
-
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "close"))]
+    /// Closing the session deletes the store's ephemeral pins at once; their TTL znodes are
+    /// then reaped once their TTL has passed since their last write.
     async fn close(&self) -> Result<()> {
-        // Closing the session deletes this store's ephemeral pins at once; their TTL znodes
-        // are then reaped once their TTL has passed since their last write. Held locks delete
-        // their waiters; `close` waits for that.
         self.inner.shut();
-        self.inner.tasks.close(CLOSE_TIMEOUT).await;
         Ok(())
     }
 }

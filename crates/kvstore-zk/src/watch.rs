@@ -28,6 +28,8 @@ use kvstore_core::backend::{WatchSource, watch_stream};
 use kvstore_core::{Error, KvPair, Result, WatchStream, WatchTreeStream};
 use zookeeper_client::{self as zk, AddWatchMode, Client, EventType, PersistentWatcher};
 
+use tokio_util::sync::CancellationToken;
+
 use crate::client::Inner;
 use crate::error::from_zk;
 use crate::session::timed;
@@ -152,6 +154,7 @@ async fn stream<T: PartialEq + Clone + Send + Sync + 'static>(
     path: String,
     mode: AddWatchMode,
     read: Read<T>,
+    cancel: CancellationToken,
 ) -> Result<BoxStream<'static, Result<T>>> {
     let watcher = register(&inner, &path, mode).await?;
     let mut source = WatcherSource {
@@ -162,12 +165,7 @@ async fn stream<T: PartialEq + Clone + Send + Sync + 'static>(
         watcher: Some(watcher),
     };
     let first = source.read().await?;
-    Ok(watch_stream(
-        source,
-        first,
-        inner.cancel.clone(),
-        Duration::MAX,
-    ))
+    Ok(watch_stream(source, first, cancel, Duration::MAX))
 }
 
 /// `Store::watch`.
@@ -175,13 +173,14 @@ pub(crate) async fn watch_key(
     inner: Arc<Inner>,
     key: String,
     consistent: bool,
+    cancel: CancellationToken,
 ) -> Result<WatchStream> {
     let path = inner.path(&key);
     let read: Read<Option<KvPair>> = Box::new(move |inner: Arc<Inner>, client: Arc<Client>| {
         let key = key.clone();
         async move { inner.read_key(&client, &key, consistent).await }.boxed()
     });
-    stream(inner, path, AddWatchMode::Persistent, read).await
+    stream(inner, path, AddWatchMode::Persistent, read, cancel).await
 }
 
 /// `Store::watch_tree`.
@@ -189,6 +188,7 @@ pub(crate) async fn watch_tree(
     inner: Arc<Inner>,
     dir: String,
     consistent: bool,
+    cancel: CancellationToken,
 ) -> Result<WatchTreeStream> {
     let path = inner.dir_path(&dir);
     let read: Read<Vec<KvPair>> = Box::new(move |inner: Arc<Inner>, client: Arc<Client>| {
@@ -200,5 +200,5 @@ pub(crate) async fn watch_tree(
         }
         .boxed()
     });
-    stream(inner, path, AddWatchMode::PersistentRecursive, read).await
+    stream(inner, path, AddWatchMode::PersistentRecursive, read, cancel).await
 }

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use kvstore_core::backend::{Precondition, check_ttl, check_value_size};
-use kvstore_core::{Error, KvPair, Result, WriteOptions, normalize_key};
+use kvstore_core::backend::{Expiry, Precondition, check_ttl, check_value_size};
+use kvstore_core::{Error, KvPair, Result, normalize_key};
 use zookeeper_client::{self as zk, Client, CreateMode, MultiWriteResult, Stat};
 
 use crate::BACKEND;
@@ -38,11 +38,17 @@ pub(crate) enum Mode {
 }
 
 impl Mode {
-    pub(crate) fn of(opts: Option<&WriteOptions>) -> Mode {
-        match opts.and_then(|o| o.ttl.map(|ttl| (ttl, o.keep_alive))) {
+    pub(crate) fn of(expiry: Option<Expiry>) -> Mode {
+        match expiry {
             None => Mode::Persistent,
-            Some((ttl, false)) => Mode::Ttl(ttl_millis(ttl)),
-            Some((ttl, true)) => Mode::KeepAlive(ttl_millis(ttl)),
+            Some(Expiry {
+                ttl,
+                keep_alive: false,
+            }) => Mode::Ttl(ttl_millis(ttl)),
+            Some(Expiry {
+                ttl,
+                keep_alive: true,
+            }) => Mode::KeepAlive(ttl_millis(ttl)),
         }
     }
 }
@@ -294,7 +300,7 @@ impl Inner {
             .map(drop)
     }
 
-    /// [`write`](Self::write) on a given session (a lock writes its value on its own, so the
+    /// Writes `value` at `key` on a given session (a lock writes its value on its own, so the
     /// value is written only while that session lives).
     pub(crate) async fn write_on(
         &self,
@@ -302,9 +308,9 @@ impl Inner {
         key: &str,
         value: &[u8],
         condition: Precondition,
-        opts: Option<&WriteOptions>,
+        expiry: Option<Expiry>,
     ) -> Result<KvPair> {
-        self.write_mode(client, key, value, condition, Mode::of(opts))
+        self.write_mode(client, key, value, condition, Mode::of(expiry))
             .await
     }
 
@@ -385,13 +391,7 @@ impl Inner {
                 }
             };
             match outcome {
-                Ok(stat) => {
-                    // A write without keep_alive (a lock's value too) ends a registration.
-                    if !matches!(mode, Mode::KeepAlive(_)) {
-                        self.registrations.remove(key);
-                    }
-                    return Ok(KvPair::new(key, value.to_vec(), index(&stat)));
-                }
+                Ok(stat) => return Ok(KvPair::new(key, value.to_vec(), index(&stat))),
                 // A concurrent writer changed the znode between two steps: start over.
                 Err(
                     zk::Error::NodeExists
@@ -447,7 +447,6 @@ impl Inner {
         expected: Option<u64>,
         guard: Option<&str>,
     ) -> Result<bool> {
-        self.check_open()?;
         let key = normalize_key(key)?;
         let client = self.client().await?;
         let path = self.path(key);
@@ -474,10 +473,7 @@ impl Inner {
                 return Ok(false);
             }
             match removed {
-                Ok(()) => {
-                    self.registrations.remove(key);
-                    return Ok(true);
-                }
+                Ok(()) => return Ok(true),
                 Err(zk::Error::BadVersion) if expected.is_some() => {
                     return Err(Error::KeyModified { key: key.into() });
                 }

@@ -17,7 +17,7 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn connect(url: &str) -> ZkStore {
     ok(
-        ZkStore::connect(ZkConfig::from_url(url).expect("valid zk URL")).await,
+        ZkStore::open(ZkConfig::from_url(url).expect("valid zk URL")).await,
         "connect",
     )
 }
@@ -98,7 +98,7 @@ async fn a_killed_holder_frees_its_lock_within_its_ttl() {
 async fn an_unreachable_server_is_not_reachable_within_the_timeout() {
     let config = ZkConfig::new(&["127.0.0.1:1"]).with_connect_timeout(Duration::from_millis(500));
     let started = Instant::now();
-    match ZkStore::connect(config).await {
+    match ZkStore::open(config).await {
         Err(err) => assert!(
             matches!(err, kvstore_core::Error::NotReachable { .. }),
             "expected NotReachable, got {err:?}"

@@ -53,7 +53,7 @@ async fn znodes_written_like_valkeyrie_read_exactly() {
     let raw = Client::connect(&config.hosts.join(","))
         .await
         .expect("raw client");
-    let store = ok(ZkStore::connect(config).await, "connect");
+    let store = ok(ZkStore::open(config).await, "connect");
     let dir = scratch_dir("foreign");
     for (key, value) in foreign_sample() {
         // valkeyrie maps a TTL to an ephemeral znode of its session.

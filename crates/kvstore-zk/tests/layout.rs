@@ -15,7 +15,7 @@ async fn setup() -> Option<(ZkStore, Client)> {
     let raw = Client::connect(&config.hosts.join(","))
         .await
         .expect("raw client");
-    Some((ok(ZkStore::connect(config).await, "connect"), raw))
+    Some((ok(ZkStore::open(config).await, "connect"), raw))
 }
 
 /// The interval after which the CI server has surely reaped empty containers (it checks
@@ -172,7 +172,7 @@ async fn digest_credentials_and_creator_acl_protect_the_nodes() {
     let dir = scratch_dir("zk_acl").replace('/', "-");
     let owner_url = url.replacen("zk://", "zk://app:secret@", 1);
     let owner = ok(
-        ZkStore::connect(ZkConfig::from_url(&owner_url).unwrap()).await,
+        ZkStore::open(ZkConfig::from_url(&owner_url).unwrap()).await,
         "connect with digest credentials",
     );
     ok(
@@ -185,7 +185,7 @@ async fn digest_credentials_and_creator_acl_protect_the_nodes() {
     );
 
     // Anyone else is refused by the server, and nothing is changed.
-    let stranger = ok(ZkStore::connect(base).await, "connect without credentials");
+    let stranger = ok(ZkStore::open(base).await, "connect without credentials");
     assert!(
         matches!(
             stranger.get(&format!("{dir}/secret"), None).await,
@@ -198,10 +198,7 @@ async fn digest_credentials_and_creator_acl_protect_the_nodes() {
         Err(Error::PermissionDenied { .. })
     ));
     let other = ZkConfig::from_url(&url.replacen("zk://", "zk://app:wrong@", 1)).unwrap();
-    let other = ok(
-        ZkStore::connect(other).await,
-        "connect with other credentials",
-    );
+    let other = ok(ZkStore::open(other).await, "connect with other credentials");
     assert!(matches!(
         other.get(&format!("{dir}/secret"), None).await,
         Err(Error::PermissionDenied { .. })

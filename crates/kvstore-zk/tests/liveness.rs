@@ -16,7 +16,7 @@ fn opener(url: String) -> Opener {
         let url = url.clone();
         async move {
             let config = ZkConfig::from_url(&url)?;
-            Ok(Arc::new(ZkStore::connect(config).await?) as Arc<dyn Store>)
+            Ok(Arc::new(ZkStore::open(config).await?) as Arc<dyn Store>)
         }
     })
 }

@@ -17,7 +17,7 @@ async fn a_stock_server_reports_ttls_as_unavailable() {
         return;
     };
     let store = ok(
-        ZkStore::connect(ZkConfig::from_url(&url).unwrap()).await,
+        ZkStore::open(ZkConfig::from_url(&url).unwrap()).await,
         "connect",
     );
     let caps = store.capabilities();

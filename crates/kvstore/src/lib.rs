@@ -229,7 +229,7 @@ impl Default for Registry {
         #[cfg(feature = "zk")]
         registry.register(kvstore_zk::SCHEME, |url: String| async move {
             let config = kvstore_zk::ZkConfig::from_url(&url)?;
-            Ok(Arc::new(kvstore_zk::ZkStore::connect(config).await?) as Arc<dyn Store>)
+            Ok(Arc::new(kvstore_zk::ZkStore::open(config).await?) as Arc<dyn Store>)
         });
         #[cfg(feature = "consul")]
         registry.register(kvstore_consul::SCHEME, |url: String| async move {

@@ -70,9 +70,9 @@ pub struct LockSpec {
 /// Implement [`Store`](crate::Store) directly only for a store that cannot map onto these steps
 /// (for example a read-through cache over another `Store`); it then owns all of the above.
 ///
-/// A backend cleans up its connection when it is dropped, which happens after the last store
-/// over it is closed or dropped ([`BackendStore::new_handle`](crate::BackendStore::new_handle)
-/// shares one).
+/// A backend cleans up its connection in [`close`](Self::close), called when the last store
+/// over it closes ([`BackendStore::new_handle`](crate::BackendStore::new_handle) shares one),
+/// or when it is dropped.
 ///
 /// # Example
 ///
@@ -183,6 +183,14 @@ pub trait Backend: fmt::Debug + Send + Sync + 'static {
         consistent: bool,
         cancel: CancellationToken,
     ) -> Result<WatchTreeStream>;
+
+    /// Called when the last store over this backend closes (after its tasks ended: renewals
+    /// stopped, held locks released), to end what the connection keeps on the server at once
+    /// (ZooKeeper: the session, and with it the ephemeral znodes). Nothing by default; a
+    /// backend dropped without it cleans up in `Drop`.
+    async fn close(&self) -> Result<()> {
+        Ok(())
+    }
 
     /// Called by `Store::new_lock` before it makes a `Locker`: a backend that cannot lock at
     /// all (Redis without keyspace notifications) says why here. Nothing by default.

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -24,6 +25,8 @@ pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The store's own state: what it renews and the tasks it runs. Dropping it cancels them.
 struct Session {
+    /// Set by the first `close`.
+    closed: AtomicBool,
     tasks: Tasks,
     registrations: Arc<Registrations>,
 }
@@ -32,6 +35,7 @@ impl Session {
     fn new() -> Self {
         let tasks = Tasks::new();
         Session {
+            closed: AtomicBool::new(false),
             registrations: Arc::new(Registrations::new(&tasks)),
             tasks,
         }
@@ -70,6 +74,8 @@ impl Drop for Session {
 /// ```
 pub struct BackendStore<B: Backend> {
     backend: Arc<B>,
+    /// How many open stores share `backend`: the last `close` closes it.
+    open_handles: Arc<AtomicUsize>,
     session: Session,
 }
 
@@ -80,6 +86,15 @@ impl<B: Backend> fmt::Debug for BackendStore<B> {
             .field("closed", &self.session.tasks.is_closed())
             .field("registrations", &self.session.registrations.len())
             .finish()
+    }
+}
+
+impl<B: Backend> Drop for BackendStore<B> {
+    fn drop(&mut self) {
+        // A handle dropped open no longer keeps the backend open for the others' last `close`.
+        if !self.session.closed.swap(true, Ordering::AcqRel) {
+            self.open_handles.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -106,6 +121,7 @@ impl<B: Backend> BackendStore<B> {
     pub fn from_arc(backend: Arc<B>) -> Self {
         BackendStore {
             backend,
+            open_handles: Arc::new(AtomicUsize::new(1)),
             session: Session::new(),
         }
     }
@@ -114,7 +130,12 @@ impl<B: Backend> BackendStore<B> {
     /// file), with registrations, locks and watches of its own: closing or dropping one handle
     /// does not end the other's.
     pub fn new_handle(&self) -> Self {
-        Self::from_arc(self.backend.clone())
+        self.open_handles.fetch_add(1, Ordering::AcqRel);
+        BackendStore {
+            backend: self.backend.clone(),
+            open_handles: self.open_handles.clone(),
+            session: Session::new(),
+        }
     }
 
     /// The backend, for its own methods.
@@ -345,7 +366,11 @@ impl<B: Backend> Store for BackendStore<B> {
     async fn close(&self) -> Result<()> {
         // Stops registrations (their keys expire with their TTL), ends watches, and releases
         // held locks; waits for the releases.
+        let first = !self.session.closed.swap(true, Ordering::AcqRel);
         self.session.tasks.close(CLOSE_TIMEOUT).await;
+        if first && self.open_handles.fetch_sub(1, Ordering::AcqRel) == 1 {
+            return self.backend.close().await;
+        }
         Ok(())
     }
 }

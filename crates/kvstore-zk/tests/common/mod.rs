@@ -15,7 +15,7 @@ pub(crate) fn opener_for_url(url: &str) -> Opener {
         .with_session_timeout(Duration::from_secs(2));
     Opener::new(move || {
         let config = config.clone();
-        async move { Ok(Arc::new(ZkStore::connect(config).await?) as Arc<dyn Store>) }
+        async move { Ok(Arc::new(ZkStore::open(config).await?) as Arc<dyn Store>) }
     })
     .with_ttl(Duration::from_secs(1))
     // The server reaps expired TTL nodes every 100 ms (znode.container.checkIntervalMs);
