@@ -1,18 +1,8 @@
 //! [`Consul`]: the Consul backend — the KV, transaction and session endpoints of an agent.
 
+use kvstore_core::backend::prelude::*;
 use std::collections::BTreeSet;
 use std::fmt;
-use std::sync::Arc;
-use std::time::Duration;
-
-use async_trait::async_trait;
-use bytes::Bytes;
-use kvstore_core::backend::{
-    Backend, BackendStore, CheckedTxn, Expiry, HeldLease, Lease, LockSpec, Open, Precondition,
-    Tasks, Written, write_again,
-};
-use kvstore_core::{Capabilities, Error, KvPair, Result, WatchStream, WatchTreeStream};
-use tokio_util::sync::CancellationToken;
 
 use crate::BACKEND;
 use crate::api::{Api, Consistency, Txn, op};
@@ -56,12 +46,6 @@ fn consistency(consistent: bool) -> Consistency {
 impl Open for Consul {
     type Config = ConsulConfig;
 
-    fn open(config: ConsulConfig) -> impl std::future::Future<Output = Result<Self>> + Send {
-        Self::connect(config)
-    }
-}
-
-impl Consul {
     /// Checks that the agent answers and its cluster has a leader.
     ///
     /// # Errors
@@ -73,7 +57,7 @@ impl Consul {
     ///
     /// Cancel-safe.
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "connect"))]
-    async fn connect(config: ConsulConfig) -> Result<Self> {
+    async fn open(config: ConsulConfig) -> Result<Self> {
         let prefix = if config.prefix.is_empty() {
             String::new()
         } else {

@@ -1,21 +1,12 @@
 //! [`Etcd`]: the etcd backend — reads, conditional writes and deletes as etcd transactions,
 //! leases for TTLs, the shared watch stream for watches.
 
+use kvstore_core::backend::prelude::*;
 use std::fmt;
-use std::sync::Arc;
-use std::time::Duration;
 
-use async_trait::async_trait;
-use bytes::Bytes;
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
 };
-use kvstore_core::backend::{
-    Backend, BackendStore, CheckedTxn, Expiry, HeldLease, Lease, LockSpec, Open, Precondition,
-    Tasks, Written,
-};
-use kvstore_core::{Capabilities, Error, KvPair, Result, WatchStream, WatchTreeStream};
-use tokio_util::sync::CancellationToken;
 
 use crate::BACKEND;
 use crate::client::{EtcdLease, Inner, revision};
@@ -50,12 +41,6 @@ impl Drop for Etcd {
 impl Open for Etcd {
     type Config = EtcdConfig;
 
-    fn open(config: EtcdConfig) -> impl std::future::Future<Output = Result<Self>> + Send {
-        Self::connect(config)
-    }
-}
-
-impl Etcd {
     /// Connects and checks that a member answers (etcd-client's `connect` alone succeeds
     /// without any server).
     ///
@@ -71,7 +56,7 @@ impl Etcd {
     ///
     /// Cancel-safe.
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "connect"))]
-    async fn connect(config: EtcdConfig) -> Result<Self> {
+    async fn open(config: EtcdConfig) -> Result<Self> {
         let mut opts = ConnectOptions::new()
             .with_connect_timeout(config.connect_timeout)
             .with_timeout(config.request_timeout);

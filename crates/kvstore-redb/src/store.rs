@@ -1,23 +1,14 @@
 //! [`Redb`]: the redb file and the in-memory store as a [`Backend`] — redb transactions on
 //! the blocking pool, in-process watches, TTL expiry and keep-alive.
 
+use kvstore_core::backend::prelude::*;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
 
-use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable};
-use bytes::Bytes;
-use kvstore_core::backend::{
-    Backend, BackendStore, CheckedTxn, Expiry, HeldLease, Lease, LockSpec, Open, Precondition,
-    Tasks, Written, write_again,
-};
-use kvstore_core::{Capabilities, Error, KvPair, Result, WatchStream, WatchTreeStream};
 use redb::Database;
 use tokio::sync::{Notify, broadcast};
-use tokio_util::sync::CancellationToken;
 
 use crate::client::{CHANGE_FEED_CAPACITY, Shared};
 use crate::config::{Location, RedbConfig};

@@ -1,19 +1,9 @@
 //! [`Redis`]: the Redis backend — Lua scripts over one multiplexed, auto-reconnecting
 //! connection; keyspace notifications for watches and locks.
 
+use kvstore_core::backend::prelude::*;
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::AtomicU8;
-use std::time::Duration;
-
-use async_trait::async_trait;
-use bytes::Bytes;
-use kvstore_core::backend::{
-    Backend, BackendStore, CheckedTxn, Expiry, HeldLease, Lease, LockSpec, Open, Precondition,
-    Tasks, Written,
-};
-use kvstore_core::{Capabilities, Error, KvPair, Result, WatchStream, WatchTreeStream};
-use tokio_util::sync::CancellationToken;
 
 use crate::BACKEND;
 use crate::client::{Inner, script_mode};
@@ -53,12 +43,6 @@ impl Drop for Redis {
 impl Open for Redis {
     type Config = RedisConfig;
 
-    fn open(config: RedisConfig) -> impl std::future::Future<Output = Result<Self>> + Send {
-        Self::connect(config)
-    }
-}
-
-impl Redis {
     /// Connects to the server and checks it answers.
     ///
     /// # Errors
@@ -72,7 +56,7 @@ impl Redis {
     ///
     /// Cancel-safe.
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "connect"))]
-    async fn connect(config: RedisConfig) -> Result<Self> {
+    async fn open(config: RedisConfig) -> Result<Self> {
         config.check()?;
         let (client, sentinel) = match &config.sentinel {
             Some(sentinel) => {

@@ -1,17 +1,9 @@
 //! [`Zk`]: the ZooKeeper backend — keys as znodes, hidden parents, TTL nodes and pins.
 
+use kvstore_core::backend::prelude::*;
 use std::fmt;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
-use async_trait::async_trait;
-use bytes::Bytes;
-use kvstore_core::backend::{
-    Backend, BackendStore, CheckedTxn, Expiry, HeldLease, Lease, LockSpec, Open, Precondition,
-    Tasks, Written,
-};
-use kvstore_core::{Capabilities, Error, KvPair, Result, WatchStream, WatchTreeStream};
-use tokio_util::sync::CancellationToken;
 use zookeeper_client::{self as zk, Client, CreateMode};
 
 use crate::BACKEND;
@@ -50,12 +42,6 @@ impl Drop for Zk {
 impl Open for Zk {
     type Config = ZkConfig;
 
-    fn open(config: ZkConfig) -> impl std::future::Future<Output = Result<Self>> + Send {
-        Self::connect(config)
-    }
-}
-
-impl Zk {
     /// Opens a session on the ensemble.
     ///
     /// # Errors
@@ -67,7 +53,7 @@ impl Zk {
     ///
     /// Cancel-safe: a session opened by a dropped call is closed.
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "connect"))]
-    async fn connect(config: ZkConfig) -> Result<Self> {
+    async fn open(config: ZkConfig) -> Result<Self> {
         config.validate()?;
         let client = connect(&config, config.session_timeout).await?;
         let root = if config.prefix.is_empty() {
@@ -89,7 +75,9 @@ impl Zk {
             }),
         })
     }
+}
 
+impl Zk {
     /// The session timeout the server granted, which bounds how long the ephemeral pins of
     /// `keep_alive` keys outlive a crashed process.
     ///

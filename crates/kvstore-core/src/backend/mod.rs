@@ -22,6 +22,7 @@
 mod config;
 mod lease;
 mod limits;
+pub mod prelude;
 mod protocol;
 mod registration;
 mod store;

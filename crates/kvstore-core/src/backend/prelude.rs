@@ -1,0 +1,23 @@
+//! What an `impl Backend` names, in one import: `use kvstore_core::backend::prelude::*;`.
+//!
+//! The trait and the types of its signatures ([`Backend`], [`Open`], [`Precondition`],
+//! [`Expiry`], [`Written`], [`CheckedTxn`], [`LockSpec`], [`HeldLease`], [`Lease`], [`Tasks`],
+//! the cancel token of a watch), the helpers most bodies use ([`write_again`],
+//! [`first_failure`], [`watch_stream`] and [`WatchSource`], [`Renewal`], [`Release`]), the
+//! store type a backend crate aliases ([`BackendStore`]), and the crate types every method
+//! returns ([`Result`], [`Error`], [`KvPair`], [`Capabilities`], the watch streams), plus
+//! `async_trait`, `Bytes`, `Arc` and `Duration`.
+
+pub use std::sync::Arc;
+pub use std::time::Duration;
+
+pub use async_trait::async_trait;
+pub use bytes::Bytes;
+pub use tokio_util::sync::CancellationToken;
+
+pub use super::{
+    Backend, BackendStore, Check, CheckedTxn, Expiry, Found, HeldLease, Lease, LockSpec, Open,
+    Precondition, Release, Renewal, Tasks, WatchSource, Write, Written, first_failure,
+    watch_stream, write_again,
+};
+pub use crate::{Capabilities, Error, KvPair, Result, WatchStream, WatchTreeStream};
