@@ -32,7 +32,8 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use futures::{FutureExt, Stream, StreamExt};
-use kvstore_core::{Error, KvPair, LockOptions, Result, Store, WriteOptions};
+use kvstore_core::backend::Open;
+use kvstore_core::{BackendStore, Error, KvPair, LockOptions, Result, Store, WriteOptions};
 
 mod cases;
 mod election_faults;
@@ -106,6 +107,16 @@ impl Opener {
             ttl: Duration::from_secs(2),
             ttl_slack: Duration::from_secs(2),
         }
+    }
+
+    /// An opener of a new [`BackendStore<B>`] (a new client) on the server at `url` each call,
+    /// through [`BackendStore::open_url`]; TTL 2 s, slack 2 s.
+    pub fn backend<B: Open>(url: &str) -> Self {
+        let url = url.to_owned();
+        Opener::new(move || {
+            let url = url.clone();
+            async move { Ok(Arc::new(BackendStore::<B>::open_url(&url).await?) as Arc<dyn Store>) }
+        })
     }
 
     /// Sets the TTL the suite uses.

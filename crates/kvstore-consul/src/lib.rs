@@ -88,7 +88,7 @@ pub use config::{
     DEFAULT_MAX_WATCH_QUERIES, DEFAULT_REQUEST_TIMEOUT, DEFAULT_WATCH_RECONNECT_TIMEOUT,
     DEFAULT_WATCH_WAIT,
 };
-pub use store::ConsulStore;
+pub use store::{Consul, ConsulStore};
 
 /// URL scheme: `consul://host:port`.
 pub const SCHEME: &str = "consul";

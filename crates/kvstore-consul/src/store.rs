@@ -46,6 +46,10 @@ fn consistency(consistent: bool) -> Consistency {
 impl Open for Consul {
     type Config = ConsulConfig;
 
+    fn config_from_url(url: &str) -> Result<ConsulConfig> {
+        ConsulConfig::from_url(url)
+    }
+
     /// Checks that the agent answers and its cluster has a leader.
     ///
     /// # Errors

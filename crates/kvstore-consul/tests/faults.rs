@@ -16,7 +16,7 @@ use kvstore_testutils::{
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn connect(url: &str) -> kvstore_core::Result<ConsulStore> {
-    ConsulStore::open(ConsulConfig::from_url(url).expect("valid consul URL")).await
+    ConsulStore::open_url(url).await
 }
 
 /// Polls `stream` continuously from a task of its own, handing items over a channel.

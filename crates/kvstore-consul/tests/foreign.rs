@@ -75,10 +75,7 @@ async fn keys_written_like_valkeyrie_read_exactly() {
         return;
     };
     let raw = Raw::new(&url);
-    let store = ok(
-        ConsulStore::open(ConsulConfig::from_url(&url).unwrap()).await,
-        "connect",
-    );
+    let store = ok(ConsulStore::open_url(&url).await, "connect");
     let dir = scratch_dir("foreign");
     let session = raw.ttl_session().await;
     for (key, value) in foreign_sample() {

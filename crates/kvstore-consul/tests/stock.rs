@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use kvstore_consul::{ConsulConfig, ConsulStore};
+use kvstore_consul::ConsulStore;
 use kvstore_core::{Error, Store, WriteOptions};
 use kvstore_testutils::{backend_url, cleanup, error_chain, lock_ttl, ok, scratch_dir};
 
@@ -28,10 +28,7 @@ async fn a_ttl_below_the_agents_minimum_is_a_permanent_invalid_config() {
     let Some(url) = backend_url("KVSTORE_CONSUL_STOCK_URL") else {
         return;
     };
-    let store = ok(
-        ConsulStore::open(ConsulConfig::from_url(&url).unwrap()).await,
-        "connect",
-    );
+    let store = ok(ConsulStore::open_url(&url).await, "connect");
     let dir = scratch_dir("stock");
     let key = format!("{dir}/session");
     let short = WriteOptions::default().with_ttl(Duration::from_secs(2));

@@ -6,13 +6,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kvstore_consul::{ConsulConfig, ConsulStore};
+use kvstore_consul::ConsulStore;
 use kvstore_core::{Result, Store};
 use kvstore_testutils::secure::{self, Credential, tls_dir};
 use kvstore_testutils::{Opener, backend_url, ok};
 
 async fn open(url: String) -> Result<Arc<dyn Store>> {
-    Ok(Arc::new(ConsulStore::open(ConsulConfig::from_url(&url)?).await?) as Arc<dyn Store>)
+    Ok(Arc::new(ConsulStore::open_url(&url).await?) as Arc<dyn Store>)
 }
 
 fn opener() -> Option<Opener> {

@@ -87,7 +87,7 @@ pub use config::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_VALUE_SIZE, DEFAULT_REQUEST_TIMEOUT,
     DEFAULT_WATCH_RECONNECT_TIMEOUT, EtcdConfig,
 };
-pub use store::EtcdStore;
+pub use store::{Etcd, EtcdStore};
 
 /// URL scheme: `etcd://host1:port1,host2:port2`.
 pub const SCHEME: &str = "etcd";

@@ -41,6 +41,10 @@ impl Drop for Etcd {
 impl Open for Etcd {
     type Config = EtcdConfig;
 
+    fn config_from_url(url: &str) -> Result<EtcdConfig> {
+        EtcdConfig::from_url(url)
+    }
+
     /// Connects and checks that a member answers (etcd-client's `connect` alone succeeds
     /// without any server).
     ///

@@ -18,10 +18,7 @@ async fn watch_survives_a_server_restart() {
         return;
     };
     let _serial = SERIAL.lock().await;
-    let store = ok(
-        EtcdStore::open(EtcdConfig::from_url(&url).unwrap()).await,
-        "connect",
-    );
+    let store = ok(EtcdStore::open_url(&url).await, "connect");
     let key = format!("{}/k", scratch_dir("restart"));
     ok(store.put(&key, b"before", None).await, "put");
     let mut watch = ok(store.watch(&key, None).await, "watch");
@@ -74,7 +71,7 @@ async fn a_killed_holder_frees_its_lock_within_its_ttl() {
     let opener = kvstore_testutils::Opener::new(move || {
         let url = url.clone();
         async move {
-            let store = EtcdStore::open(EtcdConfig::from_url(&url)?).await?;
+            let store = EtcdStore::open_url(&url).await?;
             Ok(std::sync::Arc::new(store) as std::sync::Arc<dyn Store>)
         }
     });

@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kvstore_core::{Result, Store};
-use kvstore_etcd::{EtcdConfig, EtcdStore};
+use kvstore_etcd::EtcdStore;
 use kvstore_testutils::secure::{self, Credential, tls_dir};
 use kvstore_testutils::{Opener, backend_url, ok};
 
 async fn open(url: String) -> Result<Arc<dyn Store>> {
-    Ok(Arc::new(EtcdStore::open(EtcdConfig::from_url(&url)?).await?) as Arc<dyn Store>)
+    Ok(Arc::new(EtcdStore::open_url(&url).await?) as Arc<dyn Store>)
 }
 
 fn opener() -> Option<Opener> {

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use kvstore_core::Store;
-use kvstore_etcd::{EtcdConfig, EtcdStore};
+use kvstore_etcd::EtcdStore;
 use kvstore_testutils::{
     EVENT_TIMEOUT, backend_url, cleanup, eventually, next_within, ok, scratch_dir,
 };
@@ -32,10 +32,7 @@ async fn watches_share_one_stream_and_dropping_them_frees_the_server() {
         return;
     };
     let base = format!("http://{}", url.trim_start_matches("etcd://"));
-    let store = ok(
-        EtcdStore::open(EtcdConfig::from_url(&url).unwrap()).await,
-        "connect",
-    );
+    let store = ok(EtcdStore::open_url(&url).await, "connect");
     let dir = scratch_dir("watch-streams");
     let (streams_before, watchers_before) = (
         gauge(&base, "etcd_debugging_mvcc_watch_stream_total").await,

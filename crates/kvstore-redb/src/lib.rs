@@ -68,7 +68,7 @@ mod watch;
 pub use config::{
     DEFAULT_CACHE_SIZE, DEFAULT_MAX_VALUE_SIZE, DEFAULT_OPEN_TIMEOUT, Location, RedbConfig,
 };
-pub use store::RedbStore;
+pub use store::{Redb, RedbStore};
 
 /// URL scheme of the file store: `redb:///abs/path.redb` or `redb:rel/path.redb`.
 pub const SCHEME: &str = "redb";

@@ -68,6 +68,10 @@ fn registry_path(path: &Path) -> PathBuf {
 impl Open for Redb {
     type Config = RedbConfig;
 
+    fn config_from_url(url: &str) -> Result<RedbConfig> {
+        RedbConfig::from_url(url)
+    }
+
     fn open(config: RedbConfig) -> impl std::future::Future<Output = Result<Self>> + Send {
         Self::open_shared(config)
     }

@@ -136,7 +136,7 @@ pub use config::{
     DEFAULT_SENTINEL_PORT, DEFAULT_WAIT_TIMEOUT, DEFAULT_WATCH_RECONNECT_TIMEOUT, RedisConfig,
     SentinelConfig,
 };
-pub use store::RedisStore;
+pub use store::{Redis, RedisStore};
 
 /// URL schemes: `redis://`, `rediss://` (TLS) and `redis+sentinel://` (a primary found
 /// through Redis Sentinel).

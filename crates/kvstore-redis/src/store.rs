@@ -43,6 +43,10 @@ impl Drop for Redis {
 impl Open for Redis {
     type Config = RedisConfig;
 
+    fn config_from_url(url: &str) -> Result<RedisConfig> {
+        RedisConfig::from_url(url)
+    }
+
     /// Connects to the server and checks it answers.
     ///
     /// # Errors

@@ -3,7 +3,7 @@
 //! anything is written.
 
 use kvstore_core::Error;
-use kvstore_redis::{RedisConfig, RedisStore};
+use kvstore_redis::RedisStore;
 use kvstore_testutils::{backend_url, error_chain};
 
 #[tokio::test]
@@ -11,7 +11,7 @@ async fn a_cluster_mode_server_is_refused_at_connect() {
     let Some(url) = backend_url("KVSTORE_REDIS_CLUSTER_URL") else {
         return;
     };
-    match RedisStore::open(RedisConfig::from_url(&url).unwrap()).await {
+    match RedisStore::open_url(&url).await {
         Err(err @ Error::InvalidConfig { .. }) => {
             assert!(!err.is_transient());
             let text = error_chain(&err);

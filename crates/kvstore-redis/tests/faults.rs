@@ -13,10 +13,7 @@ use kvstore_testutils::{
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn connect(url: &str) -> RedisStore {
-    ok(
-        RedisStore::open(RedisConfig::from_url(url).unwrap()).await,
-        "connect",
-    )
+    ok(RedisStore::open_url(url).await, "connect")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

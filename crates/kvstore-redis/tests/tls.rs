@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kvstore_core::{Result, Store};
-use kvstore_redis::{RedisConfig, RedisStore};
+use kvstore_redis::RedisStore;
 use kvstore_testutils::secure::{self, Credential, tls_dir};
 use kvstore_testutils::{Opener, backend_url};
 
 async fn open(url: String) -> Result<Arc<dyn Store>> {
-    Ok(Arc::new(RedisStore::open(RedisConfig::from_url(&url)?).await?) as Arc<dyn Store>)
+    Ok(Arc::new(RedisStore::open_url(&url).await?) as Arc<dyn Store>)
 }
 
 fn opener() -> Option<Opener> {

@@ -116,7 +116,7 @@ pub use config::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_VALUE_SIZE, DEFAULT_REQUEST_TIMEOUT,
     DEFAULT_SESSION_TIMEOUT, ZkAcl, ZkAuth, ZkConfig,
 };
-pub use store::ZkStore;
+pub use store::{Zk, ZkStore};
 
 /// URL scheme: `zk://host1:port1,host2:port2/chroot`.
 pub const SCHEME: &str = "zk";

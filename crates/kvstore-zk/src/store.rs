@@ -42,6 +42,10 @@ impl Drop for Zk {
 impl Open for Zk {
     type Config = ZkConfig;
 
+    fn config_from_url(url: &str) -> Result<ZkConfig> {
+        ZkConfig::from_url(url)
+    }
+
     /// Opens a session on the ensemble.
     ///
     /// # Errors

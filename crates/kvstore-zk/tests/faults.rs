@@ -16,10 +16,7 @@ const LOCK_TTL: Duration = Duration::from_secs(2);
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn connect(url: &str) -> ZkStore {
-    ok(
-        ZkStore::open(ZkConfig::from_url(url).expect("valid zk URL")).await,
-        "connect",
-    )
+    ok(ZkStore::open_url(url).await, "connect")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -172,7 +172,7 @@ async fn digest_credentials_and_creator_acl_protect_the_nodes() {
     let dir = scratch_dir("zk_acl").replace('/', "-");
     let owner_url = url.replacen("zk://", "zk://app:secret@", 1);
     let owner = ok(
-        ZkStore::open(ZkConfig::from_url(&owner_url).unwrap()).await,
+        ZkStore::open_url(&owner_url).await,
         "connect with digest credentials",
     );
     ok(

@@ -11,7 +11,7 @@ use kvstore_testutils::{Opener, backend_url};
 use kvstore_zk::{ZkAuth, ZkConfig, ZkStore};
 
 async fn open(url: String) -> Result<Arc<dyn Store>> {
-    Ok(Arc::new(ZkStore::open(ZkConfig::from_url(&url)?).await?) as Arc<dyn Store>)
+    Ok(Arc::new(ZkStore::open_url(&url).await?) as Arc<dyn Store>)
 }
 
 fn sasl_url() -> Option<String> {

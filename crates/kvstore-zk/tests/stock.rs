@@ -9,17 +9,14 @@ use std::time::Duration;
 
 use kvstore_core::{Error, Store, WriteOptions};
 use kvstore_testutils::{backend_url, cleanup, lock_ttl, ok, scratch_dir};
-use kvstore_zk::{ZkConfig, ZkStore};
+use kvstore_zk::ZkStore;
 
 #[tokio::test]
 async fn a_stock_server_reports_ttls_as_unavailable() {
     let Some(url) = backend_url("KVSTORE_ZK_STOCK_URL") else {
         return;
     };
-    let store = ok(
-        ZkStore::open(ZkConfig::from_url(&url).unwrap()).await,
-        "connect",
-    );
+    let store = ok(ZkStore::open_url(&url).await, "connect");
     let caps = store.capabilities();
     assert!(!caps.ttl && !caps.keep_alive, "{caps:?}");
     assert!(caps.watch && caps.watch_tree && caps.lock, "{caps:?}");

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use kvstore_core::{Result, Store};
 use kvstore_testutils::secure::{self, Credential, tls_dir};
 use kvstore_testutils::{Opener, backend_url};
-use kvstore_zk::{ZkConfig, ZkStore};
+use kvstore_zk::ZkStore;
 
 async fn open(url: String) -> Result<Arc<dyn Store>> {
-    Ok(Arc::new(ZkStore::open(ZkConfig::from_url(&url)?).await?) as Arc<dyn Store>)
+    Ok(Arc::new(ZkStore::open_url(&url).await?) as Arc<dyn Store>)
 }
 
 fn opener() -> Option<Opener> {

@@ -136,6 +136,7 @@ use futures::future::BoxFuture;
 #[cfg(feature = "consul")]
 #[cfg_attr(docsrs, doc(cfg(feature = "consul")))]
 pub use kvstore_consul as consul;
+use kvstore_core::backend::Open;
 pub use kvstore_core::*;
 #[cfg(feature = "etcd")]
 #[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
@@ -205,39 +206,29 @@ impl Default for Registry {
         // Not mutated in a build without any backend feature.
         #[allow(unused_mut)]
         let mut registry = Registry::empty();
-        #[cfg(any(feature = "redb", feature = "memory"))]
-        async fn open_redb(url: String) -> Result<Arc<dyn Store>> {
-            let config = kvstore_redb::RedbConfig::from_url(&url)?;
-            Ok(Arc::new(kvstore_redb::RedbStore::open(config).await?))
-        }
+        // One opener per backend: its URL parser and `BackendStore::open_url`.
         #[cfg(feature = "redb")]
-        registry.register(kvstore_redb::SCHEME, open_redb);
+        registry.register(kvstore_redb::SCHEME, open_url::<kvstore_redb::Redb>);
         #[cfg(feature = "memory")]
-        registry.register(kvstore_redb::MEMORY_SCHEME, open_redb);
+        registry.register(kvstore_redb::MEMORY_SCHEME, open_url::<kvstore_redb::Redb>);
         #[cfg(feature = "redis")]
         for scheme in kvstore_redis::SCHEMES {
-            registry.register(scheme, |url: String| async move {
-                let config = kvstore_redis::RedisConfig::from_url(&url)?;
-                Ok(Arc::new(kvstore_redis::RedisStore::open(config).await?) as Arc<dyn Store>)
-            });
+            registry.register(scheme, open_url::<kvstore_redis::Redis>);
         }
         #[cfg(feature = "etcd")]
-        registry.register(kvstore_etcd::SCHEME, |url: String| async move {
-            let config = kvstore_etcd::EtcdConfig::from_url(&url)?;
-            Ok(Arc::new(kvstore_etcd::EtcdStore::open(config).await?) as Arc<dyn Store>)
-        });
+        registry.register(kvstore_etcd::SCHEME, open_url::<kvstore_etcd::Etcd>);
         #[cfg(feature = "zk")]
-        registry.register(kvstore_zk::SCHEME, |url: String| async move {
-            let config = kvstore_zk::ZkConfig::from_url(&url)?;
-            Ok(Arc::new(kvstore_zk::ZkStore::open(config).await?) as Arc<dyn Store>)
-        });
+        registry.register(kvstore_zk::SCHEME, open_url::<kvstore_zk::Zk>);
         #[cfg(feature = "consul")]
-        registry.register(kvstore_consul::SCHEME, |url: String| async move {
-            let config = kvstore_consul::ConsulConfig::from_url(&url)?;
-            Ok(Arc::new(kvstore_consul::ConsulStore::open(config).await?) as Arc<dyn Store>)
-        });
+        registry.register(kvstore_consul::SCHEME, open_url::<kvstore_consul::Consul>);
         registry
     }
+}
+
+/// Opens a store of backend `B` from `url`, as a registry opener.
+#[allow(dead_code)] // Unused in a build without any backend feature.
+async fn open_url<B: Open>(url: String) -> Result<Arc<dyn Store>> {
+    Ok(Arc::new(BackendStore::<B>::open_url(&url).await?))
 }
 
 impl Registry {

@@ -221,6 +221,15 @@ pub trait Open: Backend + Sized {
     /// The backend's typed configuration.
     type Config: Send;
 
+    /// The configuration a URL of the backend's scheme describes (`etcd://h1:2379,h2:2379`,
+    /// options in the query string), so that
+    /// [`BackendStore::open_url`](crate::BackendStore::open_url) opens a store from a URL.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidConfig` for a malformed URL or option, naming neither password nor token.
+    fn config_from_url(url: &str) -> Result<Self::Config>;
+
     /// Connects to (or opens) the server the configuration names.
     ///
     /// # Errors

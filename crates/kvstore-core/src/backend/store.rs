@@ -108,6 +108,17 @@ impl<B: Open> BackendStore<B> {
     pub async fn open(config: B::Config) -> Result<Self> {
         Ok(Self::new(B::open(config).await?))
     }
+
+    /// Opens the store a URL of the backend's scheme names ([`Open::config_from_url`], then
+    /// [`open`](Self::open)): the one URL opener that `kvstore::open`, `kvctl`, the benchmark
+    /// and the tests share.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidConfig` for a malformed URL; then as [`open`](Self::open).
+    pub async fn open_url(url: &str) -> Result<Self> {
+        Self::open(B::config_from_url(url)?).await
+    }
 }
 
 impl<B: Backend> BackendStore<B> {

@@ -1,23 +1,17 @@
 //! The conformance suite's store opener, shared by the test files that run the suite against
 //! one server or a cluster.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use kvstore_core::Store;
-use kvstore_etcd::{EtcdConfig, EtcdStore};
+use kvstore_etcd::Etcd;
 use kvstore_testutils::{Opener, backend_url};
 
 /// An opener for the server at `url`.
 pub(crate) fn opener_for_url(url: &str) -> Opener {
-    let config = EtcdConfig::from_url(url).expect("valid etcd URL");
-    Opener::new(move || {
-        let config = config.clone();
-        async move { Ok(Arc::new(EtcdStore::open(config).await?) as Arc<dyn Store>) }
-    })
-    .with_ttl(Duration::from_secs(1))
     // etcd checks lease expiry about every 500 ms; 2 s covers that and a loaded machine.
-    .with_ttl_slack(Duration::from_secs(2))
+    Opener::backend::<Etcd>(url)
+        .with_ttl(Duration::from_secs(1))
+        .with_ttl_slack(Duration::from_secs(2))
 }
 
 /// An opener for the server named by the environment variable `var` (see [`backend_url`]).
