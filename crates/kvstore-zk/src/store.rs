@@ -87,7 +87,7 @@ impl Zk {
     ///
     /// # Errors
     ///
-    /// `Closed` after [`close`](Store::close).
+    /// `Closed` after [`close`](kvstore_core::Store::close).
     pub fn session_timeout(&self) -> Result<Duration> {
         Ok(self.inner.current()?.session_timeout())
     }
