@@ -64,7 +64,7 @@ pub trait Locker: fmt::Debug + Send + Sync {
 ///
 /// # Examples
 ///
-/// A backend creates one with [`backend::lock_lost`](crate::backend::lock_lost):
+/// A backend creates one with `kvstore_core::backend::lock_lost`:
 ///
 /// ```
 /// use kvstore_core::backend::lock_lost;
@@ -94,7 +94,7 @@ struct LostState {
 
 impl LockLost {
     /// Creates a `LockLost` and the [`LockLostSignal`] that fires it; public as
-    /// [`backend::lock_lost`](crate::backend::lock_lost).
+    /// `kvstore_core::backend::lock_lost`.
     pub(crate) fn new() -> (LockLostSignal, LockLost) {
         let (tx, rx) = oneshot::channel();
         let state = Arc::new(LostState {
