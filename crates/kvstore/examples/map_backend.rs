@@ -257,9 +257,7 @@ impl Backend for MapBackend {
     }
 
     async fn read(&self, key: &str, _consistent: bool) -> Result<Option<KvPair>> {
-        let (state, now) = (self.state(), Instant::now());
-        let entry = state.live(key, now);
-        Ok(entry.map(|e| KvPair::new(key, e.value.clone(), e.index)))
+        Ok(self.pair(key))
     }
 
     async fn list(&self, dir: &str, _consistent: bool) -> Result<Option<Vec<KvPair>>> {
@@ -386,8 +384,7 @@ impl Backend for MapBackend {
         _consistent: bool,
         cancel: CancellationToken,
     ) -> Result<WatchStream> {
-        let read = |b: &MapBackend, key: &str| b.tree_key(key);
-        Ok(self.watch_of(key, read, cancel))
+        Ok(self.watch_of(key, MapBackend::pair, cancel))
     }
 
     async fn watch_tree(
@@ -437,7 +434,8 @@ impl Backend for MapBackend {
 }
 
 impl MapBackend {
-    fn tree_key(&self, key: &str) -> Option<KvPair> {
+    /// The live pair at `key`, if any.
+    fn pair(&self, key: &str) -> Option<KvPair> {
         let (state, now) = (self.state(), Instant::now());
         let entry = state.live(key, now);
         entry.map(|e| KvPair::new(key, e.value.clone(), e.index))

@@ -11,8 +11,8 @@ use tokio::time::Instant;
 
 use super::protocol::{Backend, Expiry, LockSpec, Open};
 use super::{
-    HeldLease, Lease, Precondition, Registrar, Registrations, Release, Tasks, check_txn,
-    check_value_size, lock_arguments, write_ttl,
+    HeldLease, Lease, Precondition, Registrar, Registrations, Release, Tasks, check_value_size,
+    lock_arguments, run_txn, write_ttl,
 };
 use crate::{
     Capabilities, Error, KvPair, LockLost, LockOptions, Locker, ReadOptions, Result, Store, Txn,
@@ -364,13 +364,15 @@ impl<B: Backend> Store for BackendStore<B> {
     async fn txn(&self, txn: &Txn) -> Result<Vec<Option<KvPair>>> {
         self.check_open()?;
         let caps = self.backend.capabilities();
-        let checked = Arc::new(check_txn(txn, caps.max_txn_ops, caps.max_value_size)?);
-        let written = self.backend.txn(checked.clone()).await?;
-        // A write without `keep_alive` ends a registration.
-        for write in &checked.writes {
-            self.session.registrations.remove(write.key());
-        }
-        Ok(written)
+        let registrations = &self.session.registrations;
+        run_txn(
+            txn,
+            caps.max_txn_ops,
+            caps.max_value_size,
+            registrations,
+            |checked| self.backend.txn(checked),
+        )
+        .await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = self.name(), op = "close"))]
