@@ -3,8 +3,9 @@
 # to stop and start one server (or cluster member) on the same port, to pause it (SIGSTOP: it
 # keeps its sockets and answers nothing, like a partition) and resume it, or to SIGKILL it, by
 # its recorded PID. `start-nowait` starts a cluster member without waiting for it to be ready;
-# `ready` waits (60 s at most) until it is. `isolate` cuts a ZooKeeper ensemble member off from
-# its peers (not from its clients) through the fault proxy; `rejoin` heals that.
+# `ready` waits (60 s at most) until it is. `isolate` cuts a member of zk-cluster, etcd-cluster or
+# consul-cluster off from its peers (not from its clients) with a packet filter (servers.sh,
+# kv_isolate; needs root); `rejoin` heals that.
 # restart.sh CLUSTER leader prints the member that leads CLUSTER now (the Redis primary);
 # restart.sh CLUSTER members prints its members, one per line.
 # Needs KV_RUN_DIR from ci/test.sh.
@@ -23,8 +24,8 @@ restart) kv_stop_one "$name" && kv_start_one "$name" ;;
 pause) kill -STOP "$(cat "$KV_RUN_DIR/$name/pid")" ;;
 resume) kill -CONT "$(cat "$KV_RUN_DIR/$name/pid")" ;;
 kill) kv_kill_one "$name" ;;
-isolate) kv_zk_isolate "$name" on ;;
-rejoin) kv_zk_isolate "$name" off ;;
+isolate) kv_isolate "$name" on ;;
+rejoin) kv_isolate "$name" off ;;
 leader) kv_leader "$name" ;;
 members) kv_members "$name" ;;
 *) echo "usage: restart.sh NAME [stop|start|start-nowait|ready|restart|pause|resume|kill|isolate|rejoin|leader|members]" >&2; exit 2 ;;

@@ -48,7 +48,7 @@ kv_free_port() {
 }
 
 kv_install() {
-    local want=(redis-server redis-sentinel etcd-server etcd-client zookeeper protobuf-compiler libprotobuf-dev python3 curl openssl)
+    local want=(redis-server redis-sentinel etcd-server etcd-client zookeeper protobuf-compiler libprotobuf-dev python3 curl openssl iptables)
     local missing=()
     for pkg in "${want[@]}"; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
@@ -270,7 +270,7 @@ EOF
 kv_zk_java() {
     local dir=$1 cp=$2
     shift 2
-    java -Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 "$@" -Dzookeeper.log.dir="$dir" \
+    kv_launch "$(basename "$dir")" java -Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 "$@" -Dzookeeper.log.dir="$dir" \
         -cp "$cp"/usr/share/java/zookeeper.jar:/usr/share/java/slf4j-simple.jar:/etc/zookeeper/conf \
         org.apache.zookeeper.server.quorum.QuorumPeerMain "$dir/zoo.cfg" >"$dir/log" 2>&1 &
 }
@@ -312,7 +312,7 @@ kv_etcd_member() {
     done
     local port peer
     port=$(kv_port "$name" port) peer=$(kv_port "$name" peer_port)
-    "$KV_ETCD36_BIN" --name "$name" --data-dir "$dir/data" \
+    kv_launch "$name" "$KV_ETCD36_BIN" --name "$name" --data-dir "$dir/data" \
         --listen-client-urls "http://127.0.0.1:$port" --advertise-client-urls "http://127.0.0.1:$port" \
         --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
         --initial-cluster "$initial" --initial-cluster-token kvstore-ci --initial-cluster-state new \
@@ -320,39 +320,121 @@ kv_etcd_member() {
     echo $! >"$dir/pid"
 }
 
-# kv_zk_peer MEMBER PEER KIND: the port MEMBER's zoo.cfg gives PEER's KIND (quorum or
-# election) port. With the fault proxy running it is a Toxiproxy proxy of that ordered pair
-# ("zk-c1-to-zk-c2-quorum"), so one member can be cut off from its peers while its clients
-# still reach it (restart.sh MEMBER isolate); a member's own entry, or no fault proxy, is the
-# peer's own port. Each member reads only its own zoo.cfg, and without dynamic reconfiguration
-# the members' views of each other's addresses need not agree (source: ZooKeeper
-# Administrator's Guide, "Clustered (Multi-Server) Setup" and "Dynamic Reconfiguration").
-kv_zk_peer() {
-    local member=$1 peer=$2 kind=$3 target port
-    target=$(kv_port "$peer" "${kind}_port")
-    if [ "$member" = "$peer" ] || [ -z "${KVSTORE_TOXIPROXY_URL:-}" ]; then
-        echo "$target"
-        return
-    fi
-    port=$(kv_port "$member" "to_${peer}_$kind")
-    # Created once; on a member's restart it exists already (409), which is fine.
-    curl -sS -o /dev/null -X POST "$KVSTORE_TOXIPROXY_URL/proxies" -d \
-        "{\"name\":\"$member-to-$peer-$kind\",\"listen\":\"127.0.0.1:$port\",\"upstream\":\"127.0.0.1:$target\"}"
-    echo "$port"
+# ---- Cutting a cluster member off from its peers ----
+# On loopback every packet is 127.0.0.1 to 127.0.0.1, so a packet filter tells the members
+# apart by process instead: each member of zk-cluster, etcd-cluster and consul-cluster runs in
+# a cgroup (v2) of its own, which the iptables `cgroup` match names. `kv_isolate MEMBER on` then
+# rejects every packet to MEMBER's peer ports (TCP with a reset, UDP dropped) and every packet
+# MEMBER sends to another member's peer ports, while its client port stays reachable: the
+# established peer connections are reset and new ones refused, as behind a firewall that
+# rejects. A fault proxy on the peer ports cannot do this: ZooKeeper's election
+# connects back to the port a member announces, around any proxy, and an etcd or Consul member
+# announces one peer address to all its peers.
+# Sources: iptables-extensions(8), "cgroup" and "REJECT"; the kernel's cgroup-v2 documentation.
+KV_FIREWALL_CHAIN=KVSTORE_ISOLATE
+
+kv_cgroup_root() { awk '$3 == "cgroup2" { print $2; exit }' /proc/mounts; }
+
+# kv_member_tag MEMBER: the name of MEMBER's cgroup and of its filter rules, unique per run dir.
+kv_member_tag() { echo "kvstore-$(basename "$KV_RUN_DIR")-$1"; }
+
+# Whether this machine can isolate a member: root, iptables and a writable cgroup v2 hierarchy.
+kv_firewall_ready() {
+    local root
+    root=$(kv_cgroup_root)
+    [ "$(id -u)" = 0 ] && [ -n "$root" ] && [ -w "$root" ] &&
+        command -v iptables >/dev/null && iptables -w -S OUTPUT >/dev/null 2>&1
 }
 
-# kv_zk_isolate MEMBER on|off: disables (on) or enables again (off) every proxy between MEMBER
-# and its peers that kv_zk_peer made, both ways: their connections are closed and new ones
-# refused, as behind a firewall that rejects; clients still reach it. Idempotent.
-kv_zk_isolate() {
-    local member=$1 mode=$2 proxy enabled=true
-    : "${KVSTORE_TOXIPROXY_URL:?isolating a member needs the fault proxy}"
-    [ "$mode" = on ] && enabled=false
-    for proxy in $(curl -fsS "$KVSTORE_TOXIPROXY_URL/proxies" |
-        python3 -c 'import json,sys; print("\n".join(json.load(sys.stdin)))' |
-        grep -E "^$member-to-|-to-$member-"); do
-        curl -fsS -o /dev/null -X POST "$KVSTORE_TOXIPROXY_URL/proxies/$proxy" -d "{\"enabled\":$enabled}"
+# kv_launch NAME COMMAND...: execs COMMAND (run it in a subshell or `&` it). A quorum-cluster
+# member is first moved into its cgroup, so every socket it opens is matched, when the firewall
+# is ready. The PID stays the same through the exec.
+kv_launch() {
+    local name=$1 cg
+    shift
+    if kv_cluster_of "$name" >/dev/null && kv_firewall_ready; then
+        cg="$(kv_cgroup_root)/$(kv_member_tag "$name")"
+        mkdir -p "$cg"
+        exec sh -c 'echo $$ >"$0/cgroup.procs" && exec "$@"' "$cg" "$@"
+    fi
+    exec "$@"
+}
+
+# kv_peer_ports MEMBER: the ports MEMBER's peers reach it on (not its client port).
+kv_peer_ports() {
+    case $1 in
+    zk-c*) echo "$(kv_port "$1" quorum_port) $(kv_port "$1" election_port)" ;;
+    etcd-c*) kv_port "$1" peer_port ;;
+    consul-*) echo "$(kv_port "$1" server) $(kv_port "$1" serf_lan) $(kv_port "$1" serf_wan)" ;;
+    esac
+}
+
+# kv_cluster_of MEMBER: the cluster MEMBER belongs to.
+kv_cluster_of() {
+    case $1 in
+    zk-c*) echo zk-cluster ;;
+    etcd-c*) echo etcd-cluster ;;
+    consul-*) echo consul-cluster ;;
+    *) return 1 ;;
+    esac
+}
+
+# kv_firewall_clear TAG: removes every rule of the chain whose tag starts with TAG.
+kv_firewall_clear() {
+    local line args
+    { iptables -w -S "$KV_FIREWALL_CHAIN" 2>/dev/null || true; } | { grep -F -- "--comment $1" || true; } |
+        while read -r line; do
+            read -ra args <<<"${line#-A }"
+            iptables -w -D "${args[@]}"
+        done
+}
+
+# kv_isolate MEMBER on|off: cuts MEMBER off from its peers (on) or heals that (off), both
+# ways; its clients still reach it. Idempotent. Fails, saying why, where the machine cannot.
+kv_isolate() {
+    local member=$1 mode=$2 tag cluster peer port proto
+    cluster=$(kv_cluster_of "$member") || { kv_log "$member is not a member of a quorum cluster"; return 2; }
+    kv_firewall_ready || {
+        kv_log "isolating $member needs root, iptables and a writable cgroup v2 hierarchy"
+        return 1
+    }
+    tag=$(kv_member_tag "$member")
+    iptables -w -N "$KV_FIREWALL_CHAIN" 2>/dev/null || true
+    iptables -w -C OUTPUT -o lo -j "$KV_FIREWALL_CHAIN" 2>/dev/null ||
+        iptables -w -I OUTPUT -o lo -j "$KV_FIREWALL_CHAIN"
+    kv_firewall_clear "$tag "
+    [ "$mode" = on ] || return 0
+    local to_member=() from_member=() ports=()
+    read -ra to_member <<<"$(kv_peer_ports "$member")"
+    for peer in $(kv_members "$cluster"); do
+        [ "$peer" = "$member" ] && continue
+        read -ra ports <<<"$(kv_peer_ports "$peer")"
+        from_member+=("${ports[@]}")
     done
+    for proto in tcp udp; do
+        local verdict=(-j REJECT --reject-with tcp-reset)
+        [ "$proto" = udp ] && verdict=(-j DROP)
+        for port in "${to_member[@]}"; do
+            iptables -w -A "$KV_FIREWALL_CHAIN" -p "$proto" --dport "$port" -m comment --comment "$tag" "${verdict[@]}"
+        done
+        for port in "${from_member[@]}"; do
+            iptables -w -A "$KV_FIREWALL_CHAIN" -m cgroup --path "$tag" -p "$proto" --dport "$port" \
+                -m comment --comment "$tag" "${verdict[@]}"
+        done
+    done
+}
+
+# Removes this run dir's filter rules and member cgroups (the members are stopped by then).
+kv_firewall_clean() {
+    local root cg
+    [ "$(id -u)" = 0 ] || return 0
+    command -v iptables >/dev/null && kv_firewall_clear "$(kv_member_tag "")"
+    root=$(kv_cgroup_root)
+    [ -n "$root" ] || return 0
+    for cg in "$root/$(kv_member_tag "")"*; do
+        if [ -d "$cg" ]; then rmdir "$cg" 2>/dev/null || true; fi
+    done
+    return 0
 }
 
 kv_zk_member() {
@@ -360,24 +442,24 @@ kv_zk_member() {
     mkdir -p "$dir/data"
     echo "${name#zk-c}" >"$dir/data/myid"
     {
-        # Peer traffic crosses the fault proxy: a follower waits 5 s (syncLimit 25 ticks) for
-        # its leader before giving up, not 1 s, so a loaded machine does not make the ensemble
-        # flap (at 1 s it did, and re-syncs hit ZooKeeper 3.8.0's NullPointerException in
-        # Learner.syncWithLeader).
-        # A new leader waits only 2 s (initLimit 10 ticks) for its followers, though. The
-        # proxy accepts a follower's connection even before the new leader listens on its
-        # quorum port and then closes it; the follower, which retries only a refused connect,
-        # gives up and starts a later election round, in which it cannot follow the leader
-        # of the earlier round alone, so the ensemble has no leader until that leader stops
-        # waiting. With initLimit 50 that cost 10 s per occurrence, 40 s once in a row of
-        # three leader kills. Source: ZooKeeper Administrator's Guide, "Cluster Options".
+        # A follower waits 5 s (syncLimit 25 ticks) for its leader before giving up, not 1 s,
+        # so a loaded machine does not make the ensemble flap (at 1 s it did, and re-syncs hit
+        # ZooKeeper 3.8.0's NullPointerException in Learner.syncWithLeader). A new leader
+        # waits 2 s (initLimit 10 ticks) for its followers. Source: ZooKeeper Administrator's
+        # Guide, "Cluster Options".
         kv_zoo_cfg "$dir" "$(kv_port "$name" port)" | sed 's/^syncLimit=.*/syncLimit=25/'
         for i in "${KV_CLUSTER_MEMBERS[@]}"; do
             peer="zk-c$i"
-            echo "server.$i=127.0.0.1:$(kv_zk_peer "$name" "$peer" quorum):$(kv_zk_peer "$name" "$peer" election)"
+            echo "server.$i=127.0.0.1:$(kv_port "$peer" quorum_port):$(kv_port "$peer" election_port)"
         done
     } >"$dir/zoo.cfg"
-    kv_zk_java "$dir" "" -Dzookeeper.extendedTypesEnabled=true -Dznode.container.checkIntervalMs=100
+    # A member cut off from its peers keeps calling elections, with its notification interval
+    # doubling up to maxNotificationInterval (60 s by default): after a long cut it would
+    # rejoin up to a minute after the heal. 2 s keeps the rejoin within seconds. Source:
+    # ZooKeeper Administrator's Guide, "Advanced Configuration"
+    # (zookeeper.fastleader.maxNotificationInterval).
+    kv_zk_java "$dir" "" -Dzookeeper.extendedTypesEnabled=true -Dznode.container.checkIntervalMs=100 \
+        -Dzookeeper.fastleader.maxNotificationInterval=2000
     echo $! >"$dir/pid"
 }
 
@@ -395,7 +477,7 @@ kv_consul_member() {
     # child, concurrently with the next member's start choosing ports.
     local ports=(-http-port "$(kv_port "$name" port)" -serf-lan-port "$(kv_port "$name" serf_lan)"
         -serf-wan-port "$(kv_port "$name" serf_wan)" -server-port "$(kv_port "$name" server)")
-    "$KV_CONSUL_BIN" agent "${role[@]}" -node "$name" -data-dir "$dir/data" -disable-host-node-id \
+    kv_launch "$name" "$KV_CONSUL_BIN" agent "${role[@]}" -node "$name" -data-dir "$dir/data" -disable-host-node-id \
         -bind 127.0.0.1 -client 127.0.0.1 -dns-port -1 -grpc-port -1 -grpc-tls-port -1 \
         "${ports[@]}" "${joins[@]}" -config-file "$dir/consul.hcl" >"$dir/log" 2>&1 &
     echo $! >"$dir/pid"
@@ -860,6 +942,7 @@ kv_stop_all() {
 # Stops every server and removes the run directory if this script made it.
 kv_stop_and_clean() {
     kv_stop_all
+    kv_firewall_clean
     [ -z "${KV_RUN_DIR_OWNED:-}" ] || rm -rf "$KV_RUN_DIR"
 }
 

@@ -18,9 +18,11 @@
 //! that dies holding the lock loses it when its session expires, within the (negotiated) TTL.
 //!
 //! Once held, the hold is kept by the lease engine of `kvstore_core::backend`: a renewal is a
-//! `exists` of the waiter on the lock's session (any request renews a ZooKeeper session; a
-//! missing waiter or an ended session is a lost hold), under the loss rule with the shorter of
-//! the lock's TTL and the session timeout the server granted.
+//! `multi` holding one existence check of the waiter, on the lock's session (any request
+//! renews a ZooKeeper session; a missing waiter or an ended session is a lost hold), under the
+//! loss rule with the shorter of the lock's TTL and the session timeout the server granted. It
+//! is a quorum write rather than a read so that a leader cut off from its peers, which answers
+//! reads until it notices, cannot keep a hold alive that the other members have expired.
 //!
 //! Once held, the waiter's data records the token (marker, nonce, token), which
 //! `Txn::when_held` reads.
@@ -75,9 +77,22 @@ impl Lease for WaiterLease {
         ) {
             return Ok(Renewal::Gone);
         }
-        match self.client.check_stat(&self.node).await {
-            Ok(Some(_)) => Ok(Renewal::Renewed),
-            Ok(None) | Err(zk::Error::SessionExpired | zk::Error::ClientClosed) => {
+        // A quorum write, not a read: a server answers reads and pings alone, and a leader cut
+        // off from its peers goes on answering them until it notices (syncLimit ticks, 5 s on
+        // the CI ensemble) while the other members have elected a new leader that expires the
+        // session after its timeout — a lock would have two holders. A multi is always a
+        // proposal the leader commits with a quorum, even when it holds only a check (source:
+        // ZooKeeper Programmer's Guide, "Multi-update"; Administrator's Guide, "syncLimit"),
+        // so its answer proves that no newer leader existed when it was committed, after the
+        // send; a newer leader gives every session a full timeout when it takes over. Version
+        // -1 matches any version: the check is that the waiter still exists.
+        let mut multi = self.client.new_multi_writer();
+        multi
+            .add_check_version(&self.node, -1)
+            .map_err(|err| renewal_error(&self.client, err))?;
+        match multi.commit().await.map_err(zk::Error::from) {
+            Ok(_) => Ok(Renewal::Renewed),
+            Err(zk::Error::NoNode | zk::Error::SessionExpired | zk::Error::ClientClosed) => {
                 Ok(Renewal::Gone)
             }
             Err(err) => Err(renewal_error(&self.client, err)),

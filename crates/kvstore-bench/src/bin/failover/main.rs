@@ -797,8 +797,9 @@ async fn main() -> anyhow::Result<()> {
         let (fault, at) = inject(nemesis, &args, &shared, seed).await?;
         fault_at.push(at);
         println!(
-            "fault {}: {} on {}: healed after {:.2} s{}",
+            "fault {} at {:.2} s into the run: {} on {}: healed after {:.2} s{}",
             round + 1,
+            at as f64 / 1e9,
             nemesis.name(),
             fault.members.join(", "),
             fault.healed_s,
@@ -1091,9 +1092,13 @@ fn overlapping_holds(holds: &mut [Hold]) -> Vec<String> {
             let overlap = a.to.min(b.to) - b.from;
             if overlap > HOLD_OVERLAP_MARGIN {
                 violations.push(format!(
-                    "holds with tokens {} and {} overlapped by {:.3} s",
+                    "holds with tokens {} ({:.3}–{:.3} s into the run) and {} (from {:.3} s) \
+                     overlapped by {:.3} s",
                     a.token,
+                    a.from as f64 / 1e9,
+                    a.to as f64 / 1e9,
                     b.token,
+                    b.from as f64 / 1e9,
                     overlap as f64 / 1e9
                 ));
             }

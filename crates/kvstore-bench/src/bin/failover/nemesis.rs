@@ -19,14 +19,10 @@ pub(crate) enum Nemesis {
     /// SIGSTOP the leader until another member leads and `--down` has passed, then SIGCONT it:
     /// a deposed leader that resumes believing it still leads.
     LeaderPause,
-    /// Cut the leader off from its peers — the fault proxy of every ordered pair of members
-    /// on the quorum and election ports disabled, so peer connections close and new ones are
-    /// refused — while clients still reach it; heal after another member leads and `--down`
-    /// has passed. ZooKeeper only: an etcd or Consul member advertises one peer address to the
-    /// whole cluster, so a proxy there carries every peer's traffic to that member and cutting
-    /// the leader's links would cut the followers' links to each other too. Not in the seeded
-    /// rotation: ZooKeeper's election connects back around the proxy, so the cut is partial
-    /// (`docs/compatibility.md`, "The leader cut off from its peers").
+    /// Cut the leader off from its peers while clients still reach it: a packet filter rejects
+    /// every packet to its peer ports and every packet it sends to another member's peer
+    /// ports (`ci/restart.sh MEMBER isolate`); heal after another member leads and `--down`
+    /// has passed. The quorum clusters (ZooKeeper, etcd, Consul servers); needs root.
     LeaderIsolate,
     /// SIGKILL one member that does not lead (the Redis replica); start it after `--down`.
     FollowerKill,
@@ -63,9 +59,15 @@ impl Nemesis {
     pub(crate) fn pool(cluster: &str) -> Vec<Nemesis> {
         use Nemesis::*;
         match cluster {
-            "consul-cluster" => vec![LeaderPause, FollowerKill, QuorumLoss, AgentKill],
+            "consul-cluster" => vec![
+                LeaderPause,
+                FollowerKill,
+                QuorumLoss,
+                LeaderIsolate,
+                AgentKill,
+            ],
             "redis-sentinel" => vec![LeaderPause, FollowerKill, SentinelKill, SentinelQuorumLoss],
-            _ => vec![LeaderPause, FollowerKill, QuorumLoss],
+            _ => vec![LeaderPause, FollowerKill, QuorumLoss, LeaderIsolate],
         }
     }
 }
