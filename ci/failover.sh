@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Failover under load, on each clustered backend: while clients run CAS increments, puts and lock
 # rounds, kvstore-failover kills the leader (the Redis primary), then injects two more nemeses
-# chosen by a seed (leader paused past the election timeout, a follower killed, quorum lost,
-# the Consul client agent killed, one or two Sentinels killed), heals each, and checks the
+# chosen by a seed (leader paused past the election timeout, leader cut off from its peers by a
+# packet filter, a follower killed, quorum lost, the Consul client agent killed, one or two
+# Sentinels killed), heals each, and checks the
 # recorded history (no acknowledged write lost, every CAS register linearizable, no two lock
 # holders overlapping, no call hung, recovery within its bound). Prints the seed and each
 # cluster's verdict and fails if any check fails. Reports go to target/failover/<cluster>.json.
