@@ -446,7 +446,10 @@ macro_rules! liveness_tests {
         });
         $crate::liveness_tests!(@proxied a_cut_off_holder_loses_the_lock_before_a_successor_takes_it,
             $var, $opener, |direct, through, proxy| {
-            $crate::cut_off_holder_loses_first(&direct, &through, &proxy, $ttl, $takeover).await;
+            $crate::cut_off_holder_loses_first(
+                &direct, &through, $crate::Cut::Proxy(&proxy), $ttl, $takeover,
+            )
+            .await;
         });
         $crate::liveness_tests!(@proxied a_cut_off_registration_leaves_and_comes_back,
             $var, $opener, |direct, through, proxy| {

@@ -9,11 +9,43 @@ use kvstore_core::{Error, Store, Txn, WriteOptions};
 
 use crate::proxy::FaultProxy;
 use crate::{
-    EVENT_TIMEOUT, Opener, cleanup, eventually, lock_ttl, ok, scratch_dir, take_lock,
-    take_lock_with,
+    EVENT_TIMEOUT, Opener, cleanup, cluster_leader, eventually, lock_ttl, ok, scratch_dir,
+    server_control, take_lock, take_lock_with,
 };
 
-/// A lock holder cut off from the server: its `LockLost` resolves before a second client's
+/// What a partition case cuts: one client's link to its server, through the fault proxy, or a
+/// cluster member (`ci/servers.sh` name, such as `zk-c2`) from its peers, through
+/// `ci/restart.sh MEMBER isolate` (a packet filter; its clients still reach it).
+#[derive(Debug, Clone, Copy)]
+pub enum Cut<'a> {
+    /// The fault proxy between one client and its server.
+    Proxy(&'a FaultProxy),
+    /// A cluster member cut off from its peers.
+    Member(&'a str),
+}
+
+impl Cut<'_> {
+    /// Cuts; returns once the cut is in place.
+    pub async fn cut(&self) {
+        match self {
+            Cut::Proxy(proxy) => proxy.cut().await,
+            Cut::Member(name) => server_control(name, "isolate").await,
+        }
+    }
+
+    /// Heals; for a member, returns once it serves again (at most 60 s).
+    pub async fn heal(&self) {
+        match self {
+            Cut::Proxy(proxy) => proxy.heal().await,
+            Cut::Member(name) => {
+                server_control(name, "rejoin").await;
+                server_control(name, "ready").await;
+            }
+        }
+    }
+}
+
+/// A lock holder cut off from the server (`partition`): its `LockLost` resolves before a second client's
 /// `lock()` returns (the loss rule, with the server expiring the lease meanwhile), the
 /// successor's token is greater, and after the cut heals a `when_held` write with the old token
 /// is refused with `LockNotHeld` and writes nothing. Both hold with `delete_on_unlock`, the
@@ -22,7 +54,7 @@ use crate::{
 pub async fn cut_off_holder_loses_first(
     direct: &Opener,
     through: &Opener,
-    proxy: &FaultProxy,
+    partition: Cut<'_>,
     ttl: Duration,
     takeover: Duration,
 ) {
@@ -43,7 +75,7 @@ pub async fn cut_off_holder_loses_first(
         }
     });
 
-    proxy.cut().await;
+    partition.cut().await;
     let cut = Instant::now();
     let successor_opts = lock_ttl(ttl)
         .with_value("successor")
@@ -79,7 +111,7 @@ pub async fn cut_off_holder_loses_first(
         won_at - cut
     );
 
-    proxy.heal().await;
+    partition.heal().await;
     // The cut-off store reconnects; its stale guarded write is refused by the server.
     let stale = Txn::new().when_held(&key, old_token).put(&out, "stale");
     let refused = once_answered(EVENT_TIMEOUT * 2, || holder_store.txn(&stale)).await;
@@ -117,6 +149,73 @@ pub async fn cut_off_holder_loses_first(
     cleanup(&*other, &dir).await;
     let _ = holder_store.close().await;
     let _ = other.close().await;
+}
+
+/// A lock holder whose only server is the leader of `cluster` (`zk-cluster`, `etcd-cluster`),
+/// when that leader is cut off from its peers while the holder still reaches it: the case of
+/// [`cut_off_holder_loses_first`] with a partition between servers rather than between a client
+/// and its server. The leader may go on answering its clients until it notices the loss of its
+/// quorum, while the other members elect a new leader that expires the holder's lease; the
+/// holder must still be told first. `url` is the cluster's multi-host URL
+/// (`scheme://h1,h2,h3…`, hosts in member order: host *i* is member *i*'s client port, as
+/// `ci/servers.sh` writes it); `opener` turns a URL into an [`Opener`]. Runs the nemesis
+/// through `ci/restart.sh`, so it needs `KVSTORE_RESTART_SCRIPT` and root.
+pub async fn isolated_leader_holder_loses_first(
+    cluster: &str,
+    url: &str,
+    opener: impl Fn(&str) -> Opener,
+    ttl: Duration,
+    takeover: Duration,
+) {
+    let leader = cluster_leader(cluster).await;
+    let index: usize = leader
+        .trim_start_matches(|c: char| !c.is_ascii_digit())
+        .parse()
+        .unwrap_or_else(|_| panic!("member {leader} has no number"));
+    let (on_leader, on_others) = split_hosts(url, index - 1);
+    // A failed assertion must not leave the member cut off for the tests that follow.
+    let _rejoin = RejoinOnPanic(&leader);
+    cut_off_holder_loses_first(
+        &opener(&on_others),
+        &opener(&on_leader),
+        Cut::Member(&leader),
+        ttl,
+        takeover,
+    )
+    .await;
+}
+
+/// Rejoins a member cut off from its peers when the case panics before its own heal.
+struct RejoinOnPanic<'a>(&'a str);
+
+impl Drop for RejoinOnPanic<'_> {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        if let Ok(script) = std::env::var("KVSTORE_RESTART_SCRIPT") {
+            let _ = std::process::Command::new("bash")
+                .args([script.as_str(), self.0, "rejoin"])
+                .status();
+        }
+    }
+}
+
+/// `url` with only its `i`-th host, and with every host but that one.
+fn split_hosts(url: &str, i: usize) -> (String, String) {
+    let (scheme, rest) = url.split_once("://").expect("a URL with a scheme");
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (hosts, tail) = rest.split_at(end);
+    let hosts: Vec<&str> = hosts.split(',').collect();
+    assert!(i < hosts.len(), "member {} is not in {url}", i + 1);
+    let others: Vec<&str> = (0..hosts.len())
+        .filter(|&j| j != i)
+        .map(|j| hosts[j])
+        .collect();
+    (
+        format!("{scheme}://{}{tail}", hosts[i]),
+        format!("{scheme}://{}{tail}", others.join(",")),
+    )
 }
 
 /// A `keep_alive` registration whose owner is cut off for `cut` (longer than its lease or
@@ -341,4 +440,24 @@ pub async fn latency_beyond_request_timeout_fails_in_time(
     cleanup(&*other, &dir).await;
     let _ = holder_store.close().await;
     let _ = other.close().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_hosts;
+
+    #[test]
+    fn split_hosts_keeps_the_path_and_query() {
+        assert_eq!(
+            split_hosts("zk://a:1,b:2,c:3/root?session_timeout=2s", 1),
+            (
+                "zk://b:2/root?session_timeout=2s".to_owned(),
+                "zk://a:1,c:3/root?session_timeout=2s".to_owned()
+            )
+        );
+        assert_eq!(
+            split_hosts("etcd://a:1,b:2,c:3", 0),
+            ("etcd://a:1".to_owned(), "etcd://b:2,c:3".to_owned())
+        );
+    }
 }
