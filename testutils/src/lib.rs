@@ -248,40 +248,49 @@ where
     }
 }
 
-/// Runs `ci/restart.sh NAME ACTION` (through `KVSTORE_RESTART_SCRIPT`, exported by
-/// `ci/test.sh`) to `stop`, `start`, `restart`, `pause` (SIGSTOP), `resume` (SIGCONT) or `kill`
-/// (SIGKILL) one server or cluster member on its port; panics if it fails.
-pub async fn server_control(name: &str, action: &str) {
-    let script =
-        std::env::var(RESTART_SCRIPT_VAR).expect("KVSTORE_RESTART_SCRIPT is set by ci/test.sh");
-    let status = tokio::process::Command::new("bash")
+/// Runs `ci/restart.sh ARGS…` (through `KVSTORE_RESTART_SCRIPT`, exported by `ci/test.sh`)
+/// and returns its standard output, trimmed; its standard error goes to ours. The script's
+/// verbs: `NAME stop|start|start-nowait|ready|restart|pause|resume|kill|isolate|rejoin` for one
+/// server or cluster member, `CLUSTER leader|members` for a cluster.
+///
+/// # Errors
+///
+/// A message naming the call when `KVSTORE_RESTART_SCRIPT` is unset, the script cannot be run,
+/// or it exits non-zero.
+pub async fn restart_script(args: &[&str]) -> std::result::Result<String, String> {
+    let script = std::env::var(RESTART_SCRIPT_VAR)
+        .map_err(|_| format!("{RESTART_SCRIPT_VAR} is not set: run through ci/test.sh"))?;
+    let out = tokio::process::Command::new("bash")
         .arg(script)
-        .arg(name)
-        .arg(action)
-        .status()
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .output()
         .await
-        .expect("running the restart script");
-    assert!(status.success(), "{action} of {name} failed");
+        .map_err(|e| format!("running restart.sh {args:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("restart.sh {args:?} failed ({})", out.status));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Runs `ci/restart.sh NAME ACTION` ([`restart_script`]) to `stop`, `start`, `restart`,
+/// `pause` (SIGSTOP), `resume` (SIGCONT), `kill` (SIGKILL), `isolate` or `rejoin` one server
+/// or cluster member on its port; panics if it fails.
+pub async fn server_control(name: &str, action: &str) {
+    if let Err(err) = restart_script(&[name, action]).await {
+        panic!("{err}");
+    }
 }
 
 /// The member that leads `cluster` now (`etcd-cluster`, `zk-cluster`, `consul-cluster`, or the
 /// Redis primary of `redis-sentinel`), from `ci/restart.sh CLUSTER leader`; panics if none does.
 pub async fn cluster_leader(cluster: &str) -> String {
-    let script =
-        std::env::var(RESTART_SCRIPT_VAR).expect("KVSTORE_RESTART_SCRIPT is set by ci/test.sh");
-    let out = tokio::process::Command::new("bash")
-        .arg(script)
-        .arg(cluster)
-        .arg("leader")
-        .output()
-        .await
-        .expect("running the restart script");
-    let leader = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    assert!(
-        out.status.success() && !leader.is_empty(),
-        "{cluster} has no leader"
-    );
-    leader
+    match restart_script(&[cluster, "leader"]).await {
+        Ok(leader) if !leader.is_empty() => leader,
+        Ok(_) => panic!("{cluster} has no leader"),
+        Err(err) => panic!("{cluster} has no leader: {err}"),
+    }
 }
 
 /// Retries `op` every 100 ms while it fails with a transient error (`NotReachable`,
