@@ -20,7 +20,9 @@
 #   kv_kill_one NAME / kv_leader CLUSTER   SIGKILL a server or member / name a cluster's leader
 #
 # Each server runs in its own directory under $KV_RUN_DIR with its log beside it; a server that
-# is not ready within its deadline fails the run and prints its log.
+# is not ready within its deadline fails the run and prints its log. What is particular to one
+# server family (how to start it, its cluster members, its readiness probe) is in
+# ci/servers/<family>.sh; this file holds the verbs and what they share.
 
 KV_CI_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # A run directory this script made is removed when the servers stop (kv_start's EXIT trap); one
@@ -41,6 +43,13 @@ KV_PIDS=()
 export KV_RUN_DIR
 
 kv_log() { printf '[ci] %s\n' "$*" >&2; }
+
+# One file per server family: its start, its cluster members and its readiness probes.
+for kv_server_file in "$KV_CI_DIR"/servers/*.sh; do
+    # shellcheck source=/dev/null
+    source "$kv_server_file"
+done
+unset kv_server_file
 
 # A free TCP port on 127.0.0.1, picked by the kernel.
 kv_free_port() {
@@ -179,25 +188,6 @@ kv_wait() {
     kv_log "$name ready"
 }
 
-# kv_zk_ready PORT [MODE...]: the server answers `srvr` in one of MODES (default standalone).
-kv_zk_ready() {
-    local port=$1
-    shift
-    (($#)) || set -- standalone
-    python3 - "$port" "$@" <<'EOF'
-import socket, sys
-s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=2)
-s.sendall(b"srvr")
-data = b""
-while True:
-    chunk = s.recv(4096)
-    if not chunk:
-        break
-    data += chunk
-sys.exit(0 if any(b"Mode: " + m.encode() in data for m in sys.argv[2:]) else 1)
-EOF
-}
-
 # Certificates for the TLS servers, generated once per run dir (never committed): a CA, a
 # server certificate for localhost/127.0.0.1, two client certificates ("client", and "reader"
 # for the ZooKeeper identity tests), a server certificate for another host name (which the
@@ -246,35 +236,6 @@ kv_secret() {
     cat "$f"
 }
 
-kv_consul_ready() { curl -fsS "http://127.0.0.1:$1/v1/status/leader" | grep -q ':'; }
-# kv_consul_tls_ready CURL_COMMAND... BASE_URL
-kv_consul_tls_ready() { "${@:1:$#-1}" "${*: -1}/v1/status/leader" | grep -q ':'; }
-
-# kv_zoo_cfg DIR CLIENT_PORT: the zoo.cfg settings every ZooKeeper here shares.
-kv_zoo_cfg() {
-    cat <<EOF
-tickTime=200
-initLimit=10
-syncLimit=5
-minSessionTimeout=400
-maxSessionTimeout=60000
-dataDir=$1/data
-clientPort=$2
-clientPortAddress=127.0.0.1
-admin.enableServer=false
-4lw.commands.whitelist=ruok,srvr,mntr,stat
-EOF
-}
-
-# kv_zk_java DIR EXTRA_CLASSPATH JVM_OPTION...: starts the ZooKeeper of DIR in the background.
-kv_zk_java() {
-    local dir=$1 cp=$2
-    shift 2
-    kv_launch "$(basename "$dir")" java -Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 "$@" -Dzookeeper.log.dir="$dir" \
-        -cp "$cp"/usr/share/java/zookeeper.jar:/usr/share/java/slf4j-simple.jar:/etc/zookeeper/conf \
-        org.apache.zookeeper.server.quorum.QuorumPeerMain "$dir/zoo.cfg" >"$dir/log" 2>&1 &
-}
-
 # ---- Clusters on loopback ----
 # etcd-cluster: 3 etcd 3.6 members (etcd-c1..3); zk-cluster: a 3-node ZooKeeper ensemble
 # (zk-c1..3); consul-cluster: 3 Consul servers (consul-c1..3) and the client agent that
@@ -301,23 +262,6 @@ kv_hosts() {
     local hosts="" i
     for i in "${KV_CLUSTER_MEMBERS[@]}"; do hosts+="${hosts:+,}127.0.0.1:$(kv_port "$1$i" port)"; done
     printf '%s' "$hosts"
-}
-
-# Election timing a little above the single servers' (10/100 ms): three members share two
-# cores with the test load, and a too-eager timeout turns a busy second into an election.
-kv_etcd_member() {
-    local name=$1 dir="$KV_RUN_DIR/$1" initial="" i
-    for i in "${KV_CLUSTER_MEMBERS[@]}"; do
-        initial+="${initial:+,}etcd-c$i=http://127.0.0.1:$(kv_port "etcd-c$i" peer_port)"
-    done
-    local port peer
-    port=$(kv_port "$name" port) peer=$(kv_port "$name" peer_port)
-    kv_launch "$name" "$KV_ETCD36_BIN" --name "$name" --data-dir "$dir/data" \
-        --listen-client-urls "http://127.0.0.1:$port" --advertise-client-urls "http://127.0.0.1:$port" \
-        --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
-        --initial-cluster "$initial" --initial-cluster-token kvstore-ci --initial-cluster-state new \
-        --heartbeat-interval 50 --election-timeout 500 >"$dir/log" 2>&1 &
-    echo $! >"$dir/pid"
 }
 
 # ---- Cutting a cluster member off from its peers ----
@@ -437,130 +381,6 @@ kv_firewall_clean() {
     return 0
 }
 
-kv_zk_member() {
-    local name=$1 dir="$KV_RUN_DIR/$1" i peer
-    mkdir -p "$dir/data"
-    echo "${name#zk-c}" >"$dir/data/myid"
-    {
-        # A follower waits 5 s (syncLimit 25 ticks) for its leader before giving up, not 1 s,
-        # so a loaded machine does not make the ensemble flap (at 1 s it did, and re-syncs hit
-        # ZooKeeper 3.8.0's NullPointerException in Learner.syncWithLeader). A new leader
-        # waits 2 s (initLimit 10 ticks) for its followers. Source: ZooKeeper Administrator's
-        # Guide, "Cluster Options".
-        kv_zoo_cfg "$dir" "$(kv_port "$name" port)" | sed 's/^syncLimit=.*/syncLimit=25/'
-        for i in "${KV_CLUSTER_MEMBERS[@]}"; do
-            peer="zk-c$i"
-            echo "server.$i=127.0.0.1:$(kv_port "$peer" quorum_port):$(kv_port "$peer" election_port)"
-        done
-    } >"$dir/zoo.cfg"
-    # A member cut off from its peers keeps calling elections, with its notification interval
-    # doubling up to maxNotificationInterval (60 s by default): after a long cut it would
-    # rejoin up to a minute after the heal. 2 s keeps the rejoin within seconds. Source:
-    # ZooKeeper Administrator's Guide, "Advanced Configuration"
-    # (zookeeper.fastleader.maxNotificationInterval).
-    kv_zk_java "$dir" "" -Dzookeeper.extendedTypesEnabled=true -Dznode.container.checkIntervalMs=100 \
-        -Dzookeeper.fastleader.maxNotificationInterval=2000
-    echo $! >"$dir/pid"
-}
-
-# consul-c1..3 are servers (a Raft quorum of three); consul-agent is a client agent that
-# forwards to whichever server leads, as on an application host.
-kv_consul_member() {
-    local name=$1 dir="$KV_RUN_DIR/$1" joins=() role=() i
-    for i in "${KV_CLUSTER_MEMBERS[@]}"; do
-        [ "consul-c$i" = "$name" ] || joins+=(-retry-join "127.0.0.1:$(kv_port "consul-c$i" serf_lan)")
-    done
-    [ "$name" = consul-agent ] || role=(-server -bootstrap-expect "${#KV_CLUSTER_MEMBERS[@]}")
-    # raft_multiplier 1: the production timing (Consul docs, "Server performance").
-    printf 'session_ttl_min = "1s"\nperformance {\n  raft_multiplier = 1\n}\n' >"$dir/consul.hcl"
-    # Ports are read here, not in the background command: its expansions would run in the
-    # child, concurrently with the next member's start choosing ports.
-    local ports=(-http-port "$(kv_port "$name" port)" -serf-lan-port "$(kv_port "$name" serf_lan)"
-        -serf-wan-port "$(kv_port "$name" serf_wan)" -server-port "$(kv_port "$name" server)")
-    kv_launch "$name" "$KV_CONSUL_BIN" agent "${role[@]}" -node "$name" -data-dir "$dir/data" -disable-host-node-id \
-        -bind 127.0.0.1 -client 127.0.0.1 -dns-port -1 -grpc-port -1 -grpc-tls-port -1 \
-        "${ports[@]}" "${joins[@]}" -config-file "$dir/consul.hcl" >"$dir/log" 2>&1 &
-    echo $! >"$dir/pid"
-}
-
-# The port of the primary a reachable Sentinel names; empty when none answers.
-kv_sentinel_primary() {
-    local i reply
-    for i in "${KV_CLUSTER_MEMBERS[@]}"; do
-        [ -f "$KV_RUN_DIR/redis-s$i/pid" ] || continue
-        reply=$(kv_sentinels_cli -p "$(kv_port "redis-s$i" port)" --raw \
-            SENTINEL get-master-addr-by-name "$KV_SENTINEL_SERVICE" 2>/dev/null | sed -n 2p)
-        [ -n "$reply" ] && { printf '%s' "$reply"; return 0; }
-    done
-}
-
-# The Sentinel-monitored servers' ACL user (clients, the replica and the Sentinels all log in as
-# it; the default user is off) and its per-run password.
-KV_SENTINEL_USER=kv
-kv_sentinel_password() { kv_secret redis-sentinel; }
-# The Sentinels' own password (requirepass), another per-run secret: clients and the other
-# Sentinels (sentinel-pass) give it; the URL carries it as ?sentinel_password=.
-kv_sentinels_password() { kv_secret redis-sentinels; }
-# redis-cli on a Sentinel, logged in.
-kv_sentinels_cli() { redis-cli -a "$(kv_sentinels_password)" --no-auth-warning "$@"; }
-# redis-cli on a Sentinel-monitored server, logged in.
-kv_sentinel_cli() {
-    redis-cli --user "$KV_SENTINEL_USER" --pass "$(kv_sentinel_password)" --no-auth-warning "$@"
-}
-
-# redis-r1 starts as the primary and redis-r2 as its replica; a member that starts while the
-# Sentinels name another primary starts as that primary's replica. Both need the replication
-# login (masteruser/masterauth): after a failover the old primary comes back as a replica.
-kv_redis_member() {
-    local name=$1 dir="$KV_RUN_DIR/$1" port primary repl=() pw
-    port=$(kv_port "$name" port)
-    pw=$(kv_sentinel_password)
-    primary=$(kv_sentinel_primary)
-    [ -n "$primary" ] || { [ "$name" = redis-r1 ] || primary=$(kv_port redis-r1 port); }
-    [ -z "$primary" ] || [ "$primary" = "$port" ] || repl=(--replicaof 127.0.0.1 "$primary")
-    # No delay before a full sync (the default waits 5 s for more replicas to batch them).
-    redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no \
-        --notify-keyspace-events KEA --repl-diskless-sync-delay 0 --dir "$dir" "${repl[@]}" \
-        --user default off --user "$KV_SENTINEL_USER" on ">$pw" '~*' '&*' +@all \
-        --masteruser "$KV_SENTINEL_USER" --masterauth "$pw" \
-        >"$dir/log" 2>&1 &
-    echo $! >"$dir/pid"
-}
-
-# Failure detection after 1 s without an answer; source: Redis docs, "High availability with
-# Redis Sentinel" (down-after-milliseconds, quorum 2 of 3). The file is written once: Sentinel
-# rewrites it with what it learns (the current primary, the other Sentinels).
-kv_sentinel_member() {
-    local name=$1 dir="$KV_RUN_DIR/$1"
-    if [ ! -f "$dir/sentinel.conf" ]; then
-        cat >"$dir/sentinel.conf" <<SENTINELEOF
-port $(kv_port "$name" port)
-bind 127.0.0.1
-dir $dir
-sentinel resolve-hostnames no
-sentinel monitor $KV_SENTINEL_SERVICE 127.0.0.1 $(kv_port redis-r1 port) 2
-sentinel down-after-milliseconds $KV_SENTINEL_SERVICE 1000
-sentinel failover-timeout $KV_SENTINEL_SERVICE 4000
-sentinel parallel-syncs $KV_SENTINEL_SERVICE 1
-sentinel auth-user $KV_SENTINEL_SERVICE $KV_SENTINEL_USER
-sentinel auth-pass $KV_SENTINEL_SERVICE $(kv_sentinel_password)
-requirepass $(kv_sentinels_password)
-sentinel sentinel-pass $(kv_sentinels_password)
-SENTINELEOF
-    fi
-    redis-sentinel "$dir/sentinel.conf" >"$dir/log" 2>&1 &
-    echo $! >"$dir/pid"
-}
-
-# The Sentinel on PORT knows the primary, its replica and the two other Sentinels.
-kv_sentinel_ready() {
-    kv_sentinels_cli -p "$1" --raw SENTINEL master "$KV_SENTINEL_SERVICE" 2>/dev/null |
-        python3 -c 'import sys
-f = sys.stdin.read().split()
-d = dict(zip(f[::2], f[1::2]))
-sys.exit(0 if d.get("num-other-sentinels") == "2" and d.get("num-slaves") == "1" else 1)'
-}
-
 # kv_member_ready MEMBER: whether MEMBER serves requests (with a leader, for quorum systems).
 kv_member_ready() {
     local port
@@ -661,7 +481,7 @@ kv_leader() {
 kv_start_one() {
     local name=$1 dir="$KV_RUN_DIR/$1"
     case $name in
-    # (redis-cluster is one server in Redis Cluster mode, below.)
+    # (redis-cluster is one server in Redis Cluster mode: ci/servers/redis.sh.)
     etcd-cluster | zk-cluster | consul-cluster | redis-sentinel) kv_start_cluster "$name"; return ;;
     etcd-c[0-9] | zk-c[0-9] | consul-c[0-9] | consul-agent | redis-[rs][0-9]) kv_start_member "$name"; return ;;
     esac
@@ -671,236 +491,11 @@ kv_start_one() {
     local port
     port=$(cat "$port_file")
     case $name in
-    toxiproxy)
-        # The fault proxy: tests create a proxy per server on 127.0.0.1 through its HTTP API.
-        "$KV_TOXIPROXY_BIN" -host 127.0.0.1 -port "$port" >"$dir/log" 2>&1 &
-        echo $! >"$dir/pid"
-        kv_wait toxiproxy 10 curl -fsS "http://127.0.0.1:$port/version"
-        export KVSTORE_TOXIPROXY_URL="http://127.0.0.1:$port"
-        ;;
-    redis)
-        redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no \
-            --notify-keyspace-events KEA --dir "$dir" >"$dir/log" 2>&1 &
-        echo $! >"$dir/pid"
-        kv_wait redis 10 redis-cli -p "$port" ping
-        export KVSTORE_REDIS_URL="redis://127.0.0.1:$port"
-        ;;
-    redis-cluster)
-        # A server in Cluster mode (no slots assigned): kvstore must refuse it at connect.
-        # The cluster bus port is chosen too: by default it is the port + 10000, which does not
-        # exist for a free port above 55535, and the server refuses to start.
-        local bus
-        bus=$(kv_port redis-cluster bus_port)
-        redis-server --bind 127.0.0.1 --port "$port" --cluster-port "$bus" --save '' --appendonly no \
-            --cluster-enabled yes --cluster-config-file "$dir/nodes.conf" --dir "$dir" >"$dir/log" 2>&1 &
-        echo $! >"$dir/pid"
-        kv_wait redis-cluster 10 redis-cli -p "$port" ping
-        export KVSTORE_REDIS_CLUSTER_URL="redis://127.0.0.1:$port"
-        ;;
-    redis-stock)
-        # Defaults: keyspace notifications off. Persistence off only to keep the run dir clean.
-        redis-server --bind 127.0.0.1 --port "$port" --save '' --dir "$dir" >"$dir/log" 2>&1 &
-        echo $! >"$dir/pid"
-        kv_wait redis-stock 10 redis-cli -p "$port" ping
-        export KVSTORE_REDIS_STOCK_URL="redis://127.0.0.1:$port"
-        ;;
-    etcd | etcd36)
-        # etcd: Debian's 3.4; etcd36: the pinned 3.6 build. Same flags for both.
-        local bin=etcd
-        [ "$name" = etcd ] || bin=$KV_ETCD36_BIN
-        [ -f "$dir/peer_port" ] || kv_free_port >"$dir/peer_port"
-        local peer
-        peer=$(cat "$dir/peer_port")
-        "$bin" --name kvstore --data-dir "$dir/data" \
-            --listen-client-urls "http://127.0.0.1:$port" --advertise-client-urls "http://127.0.0.1:$port" \
-            --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
-            --initial-cluster "kvstore=http://127.0.0.1:$peer" \
-            --heartbeat-interval 10 --election-timeout 100 >"$dir/log" 2>&1 &
-        echo $! >"$dir/pid"
-        kv_wait "$name" 20 curl -fsS "http://127.0.0.1:$port/health"
-        if [ "$name" = etcd ]; then
-            export KVSTORE_ETCD_URL="etcd://127.0.0.1:$port"
-        else
-            export KVSTORE_ETCD36_URL="etcd://127.0.0.1:$port"
-        fi
-        ;;
-    zk | zk-stock)
-        mkdir -p "$dir/data"
-        # zk-stock: the server's defaults for TTL nodes (off) and container reaping (60 s).
-        local extended=(-Dzookeeper.extendedTypesEnabled=true -Dznode.container.checkIntervalMs=100)
-        [ "$name" = zk ] || extended=()
-        kv_zoo_cfg "$dir" "$port" >"$dir/zoo.cfg"
-        kv_zk_java "$dir" "" "${extended[@]}"
-        echo $! >"$dir/pid"
-        kv_wait "$name" 30 kv_zk_ready "$port"
-        if [ "$name" = zk ]; then
-            export KVSTORE_ZK_URL="zk://127.0.0.1:$port"
-        else
-            export KVSTORE_ZK_STOCK_URL="zk://127.0.0.1:$port"
-        fi
-        ;;
-    consul | consul-stock)
-        local serf_lan serf_wan server
-        for p in serf_lan serf_wan server; do [ -f "$dir/$p" ] || kv_free_port >"$dir/$p"; done
-        serf_lan=$(cat "$dir/serf_lan") serf_wan=$(cat "$dir/serf_wan") server=$(cat "$dir/server")
-        # consul-stock keeps the agent's default session_ttl_min (10 s).
-        local ttl_min='session_ttl_min = "1s"'
-        [ "$name" = consul ] || ttl_min=''
-        cat >"$dir/consul.hcl" <<EOF
-$ttl_min
-telemetry {
-  prometheus_retention_time = "1h"
-  disable_hostname = true
-}
-EOF
-        "$KV_CONSUL_BIN" agent -dev -bind 127.0.0.1 -client 127.0.0.1 -http-port "$port" \
-            -dns-port -1 -grpc-port -1 -grpc-tls-port -1 -serf-lan-port "$serf_lan" \
-            -serf-wan-port "$serf_wan" -server-port "$server" -config-file "$dir/consul.hcl" \
-            >"$dir/log" 2>&1 &
-        echo $! >"$dir/pid"
-        kv_wait "$name" 60 kv_consul_ready "$port"
-        if [ "$name" = consul ]; then
-            export KVSTORE_CONSUL_URL="consul://127.0.0.1:$port"
-        else
-            export KVSTORE_CONSUL_STOCK_URL="consul://127.0.0.1:$port"
-        fi
-        ;;
-    redis-tls)
-        kv_certs
-        local c="$KVSTORE_TLS_DIR" pw
-        pw=$(kv_secret redis)
-        # Users: "kv" may do everything; "reader" may only read (the permission test).
-        printf 'user default off\nuser kv on >%s ~* &* +@all\nuser reader on >%s ~* &* -@all +@read +@connection +@scripting\n' \
-            "$pw" "$pw" >"$dir/users.acl"
-        # TLS file paths must be absolute: --dir changes the working directory first.
-        redis-server --bind 127.0.0.1 --port 0 --tls-port "$port" --save '' --appendonly no \
-            --tls-cert-file "$c/server.pem" --tls-key-file "$c/server-key.pem" \
-            --tls-ca-cert-file "$c/ca.pem" --tls-auth-clients yes --aclfile "$dir/users.acl" \
-            --notify-keyspace-events KEA --dir "$dir" >"$dir/log" 2>&1 &
-        echo $! >"$dir/pid"
-        kv_wait redis-tls 10 redis-cli --tls --cacert "$c/ca.pem" --cert "$c/client.pem" \
-            --key "$c/client-key.pem" -p "$port" --user kv --pass "$pw" --no-auth-warning ping
-        export KVSTORE_REDIS_TLS_URL="rediss://kv:$pw@127.0.0.1:$port?tls_ca=$c/ca.pem&tls_cert=$c/client.pem&tls_key=$c/client-key.pem"
-        ;;
-    etcd-tls)
-        kv_certs
-        [ -f "$dir/peer_port" ] || kv_free_port >"$dir/peer_port"
-        local c="$KVSTORE_TLS_DIR" peer pw
-        peer=$(cat "$dir/peer_port") pw=$(kv_secret etcd)
-        # A short token TTL (seconds), so the suite runs across many token expiries.
-        etcd --name kvstore --data-dir "$dir/data" \
-            --listen-client-urls "https://127.0.0.1:$port" --advertise-client-urls "https://127.0.0.1:$port" \
-            --cert-file "$c/server.pem" --key-file "$c/server-key.pem" --trusted-ca-file "$c/ca.pem" \
-            --client-cert-auth --auth-token-ttl 2 \
-            --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
-            --initial-cluster "kvstore=http://127.0.0.1:$peer" \
-            --heartbeat-interval 10 --election-timeout 100 >"$dir/log" 2>&1 &
-        echo $! >"$dir/pid"
-        local ctl=(env ETCDCTL_API=3 etcdctl --endpoints "https://127.0.0.1:$port" --cacert "$c/ca.pem"
-            --cert "$c/client.pem" --key "$c/client-key.pem")
-        kv_wait etcd-tls 20 "${ctl[@]}" endpoint health
-        if [ ! -f "$dir/auth" ]; then
-            # root may do everything; reader may only read. The client certificate's CN
-            # ("client") is no user, so a request without a password is refused.
-            {
-                "${ctl[@]}" user add root --new-user-password="$pw" &&
-                    "${ctl[@]}" user grant-role root root &&
-                    "${ctl[@]}" user add reader --new-user-password="$pw" &&
-                    "${ctl[@]}" role add readonly &&
-                    "${ctl[@]}" role grant-permission readonly read "" --from-key &&
-                    "${ctl[@]}" user grant-role reader readonly &&
-                    "${ctl[@]}" auth enable
-            } >"$dir/auth.log" 2>&1 || {
-                cat "$dir/auth.log" >&2
-                return 1
-            }
-            touch "$dir/auth"
-        fi
-        export KVSTORE_ETCD_TLS_URL="etcd://root:$pw@127.0.0.1:$port?tls_ca=$c/ca.pem&tls_cert=$c/client.pem&tls_key=$c/client-key.pem"
-        ;;
-    zk-tls)
-        kv_certs
-        mkdir -p "$dir/data"
-        [ -f "$dir/plain_port" ] || kv_free_port >"$dir/plain_port"
-        local c="$KVSTORE_TLS_DIR" plain pw
-        plain=$(cat "$dir/plain_port") pw=$(kv_secret zk)
-        # SASL DIGEST-MD5 users (auth=sasl); the digest scheme needs no server configuration.
-        cat >"$dir/jaas.conf" <<JAASEOF
-Server {
-    org.apache.zookeeper.server.auth.DigestLoginModule required
-    user_kv="$pw"
-    user_reader="$pw";
-};
-JAASEOF
-        # The plain port serves only the readiness probe (four-letter words).
-        {
-            kv_zoo_cfg "$dir" "$plain"
-            cat <<ZKEOF
-secureClientPort=$port
-secureClientPortAddress=127.0.0.1
-serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory
-ssl.keyStore.location=$c/server-bundle.pem
-ssl.trustStore.location=$c/ca.pem
-ssl.clientAuth=need
-authProvider.1=org.apache.zookeeper.server.auth.SASLAuthenticationProvider
-ZKEOF
-        } >"$dir/zoo.cfg"
-        # Debian's classpath lacks the Netty codec jars the TLS connection factory needs.
-        kv_zk_java "$dir" /usr/share/java/netty-codec.jar:/usr/share/java/netty-resolver.jar: \
-            -Dzookeeper.extendedTypesEnabled=true -Dznode.container.checkIntervalMs=100 \
-            -Djava.security.auth.login.config="$dir/jaas.conf"
-        echo $! >"$dir/pid"
-        kv_wait zk-tls 30 kv_zk_ready "$plain"
-        export KVSTORE_ZK_TLS_URL="zk://kv:$pw@127.0.0.1:$port?tls_ca=$c/ca.pem&tls_cert=$c/client.pem&tls_key=$c/client-key.pem"
-        ;;
-    consul-tls)
-        kv_certs
-        local serf_lan serf_wan server c="$KVSTORE_TLS_DIR" token
-        for p in serf_lan serf_wan server; do [ -f "$dir/$p" ] || kv_free_port >"$dir/$p"; done
-        serf_lan=$(cat "$dir/serf_lan") serf_wan=$(cat "$dir/serf_wan") server=$(cat "$dir/server")
-        token=$(kv_secret consul)
-        cat >"$dir/consul.hcl" <<CONSULEOF
-session_ttl_min = "1s"
-ports {
-  http = -1
-  https = $port
-}
-tls {
-  defaults {
-    ca_file = "$c/ca.pem"
-    cert_file = "$c/server.pem"
-    key_file = "$c/server-key.pem"
-  }
-  https {
-    verify_incoming = true
-  }
-}
-acl {
-  enabled = true
-  default_policy = "deny"
-  tokens {
-    initial_management = "$token"
-  }
-}
-CONSULEOF
-        "$KV_CONSUL_BIN" agent -dev -bind 127.0.0.1 -client 127.0.0.1 \
-            -dns-port -1 -grpc-port -1 -grpc-tls-port -1 -serf-lan-port "$serf_lan" \
-            -serf-wan-port "$serf_wan" -server-port "$server" -config-file "$dir/consul.hcl" \
-            >"$dir/log" 2>&1 &
-        echo $! >"$dir/pid"
-        local curl=(curl -fsS --cacert "$c/ca.pem" --cert "$c/client.pem" --key "$c/client-key.pem"
-            -H "X-Consul-Token: $token")
-        kv_wait consul-tls 60 kv_consul_tls_ready "${curl[@]}" "https://127.0.0.1:$port"
-        # A token that may read every key and write none (the permission test). -dev keeps no
-        # state across restarts, so it is made on every start.
-        "${curl[@]}" -X PUT "https://127.0.0.1:$port/v1/acl/policy" \
-            -d '{"Name":"kv-read","Rules":"key_prefix \"\" { policy = \"read\" }\nsession_prefix \"\" { policy = \"write\" }"}' >/dev/null
-        export KVSTORE_CONSUL_TLS_READER_TOKEN KVSTORE_CONSUL_TLS_URL
-        KVSTORE_CONSUL_TLS_READER_TOKEN=$("${curl[@]}" -X PUT "https://127.0.0.1:$port/v1/acl/token" \
-            -d '{"Description":"kvstore reader","Policies":[{"Name":"kv-read"}]}' |
-            python3 -c 'import json,sys; print(json.load(sys.stdin)["SecretID"])')
-        KVSTORE_CONSUL_TLS_URL="consul://127.0.0.1:$port?token=$token&tls_ca=$c/ca.pem&tls_cert=$c/client.pem&tls_key=$c/client-key.pem"
-        ;;
+    toxiproxy) kv_start_toxiproxy "$name" "$dir" "$port" || return 1 ;;
+    redis*) kv_start_redis "$name" "$dir" "$port" || return 1 ;;
+    etcd*) kv_start_etcd "$name" "$dir" "$port" || return 1 ;;
+    zk*) kv_start_zk "$name" "$dir" "$port" || return 1 ;;
+    consul*) kv_start_consul "$name" "$dir" "$port" || return 1 ;;
     *)
         kv_log "unknown server $name"
         return 1

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use kvstore_core::backend::{duration_option, size_option};
+use kvstore_core::backend::{duration_option, size_option, url_options};
 use kvstore_core::{Error, Result, TlsConfig, normalize_dir};
 
 use crate::BACKEND;
@@ -216,29 +216,24 @@ impl ConsulConfig {
         let mut config = ConsulConfig::new(&format!("{host}:{port}"))?;
         let mut tls = None;
         let query: Vec<(String, String)> = parsed.query_pairs().into_owned().collect();
-        kvstore_core::backend::check_tls_url_options(
-            BACKEND,
-            query.iter().map(|(n, v)| (n.as_str(), v.as_str())),
-        )?;
-        for (name, value) in parsed.query_pairs() {
-            let duration = || duration_option(BACKEND, &name, &value);
-            if kvstore_core::backend::tls_url_option(&mut tls, BACKEND, &name, &value)? {
-                continue;
-            }
-            match name.as_ref() {
-                "prefix" => config = config.with_prefix(&value)?,
-                "token" => config.token = Some(value.into_owned()),
-                "dc" => config.datacenter = Some(value.into_owned()),
-                "ns" => config.namespace = Some(value.into_owned()),
+        let query = query.iter().map(|(n, v)| (n.as_str(), v.as_str()));
+        url_options(BACKEND, query, &mut tls, |name, value| {
+            let duration = || duration_option(BACKEND, name, value);
+            match name {
+                "prefix" => config = config.clone().with_prefix(value)?,
+                "token" => config.token = Some(value.to_owned()),
+                "dc" => config.datacenter = Some(value.to_owned()),
+                "ns" => config.namespace = Some(value.to_owned()),
                 "timeout" => config.connect_timeout = duration()?,
                 "request_timeout" => config.request_timeout = duration()?,
                 "watch_wait" => config.watch_wait = duration()?,
-                "max_value_size" => config.max_value_size = size_option(BACKEND, &name, &value)?,
-                "max_requests" => config.max_requests = budget(&name, &value)?,
-                "max_watch_queries" => config.max_watch_queries = budget(&name, &value)?,
-                _ => return Err(invalid(format!("unknown option {name:?}"))),
+                "max_value_size" => config.max_value_size = size_option(BACKEND, name, value)?,
+                "max_requests" => config.max_requests = budget(name, value)?,
+                "max_watch_queries" => config.max_watch_queries = budget(name, value)?,
+                _ => return Ok(false),
             }
-        }
+            Ok(true)
+        })?;
         if let Some(tls) = tls {
             config = config.with_tls(tls);
         }

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use kvstore_core::backend::{bool_option, duration_option, parse_multi_host_url, size_option};
+use kvstore_core::backend::{
+    bool_option, duration_option, parse_multi_host_url, size_option, url_options,
+};
 use kvstore_core::{Error, Result, TlsConfig, normalize_dir};
 
 use crate::BACKEND;
@@ -181,30 +183,20 @@ impl EtcdConfig {
             config = config.with_credentials(user, password);
         }
         let mut tls = None;
-        kvstore_core::backend::check_tls_url_options(
-            BACKEND,
-            parsed.query.iter().map(|(n, v)| (n.as_str(), v.as_str())),
-        )?;
-        for (name, value) in &parsed.query {
-            if kvstore_core::backend::tls_url_option(&mut tls, BACKEND, name, value)? {
-                continue;
-            }
-            match name.as_str() {
-                "prefix" => config = config.with_prefix(value)?,
+        let query = parsed.query.iter().map(|(n, v)| (n.as_str(), v.as_str()));
+        url_options(BACKEND, query, &mut tls, |name, value| {
+            match name {
+                "prefix" => config = config.clone().with_prefix(value)?,
                 "leading_slash" => config.leading_slash = bool_option(BACKEND, name, value)?,
                 "timeout" => config.connect_timeout = duration_option(BACKEND, name, value)?,
                 "request_timeout" => {
                     config.request_timeout = duration_option(BACKEND, name, value)?;
                 }
                 "max_value_size" => config.max_value_size = size_option(BACKEND, name, value)?,
-                _ => {
-                    return Err(Error::invalid_config(
-                        BACKEND,
-                        format!("unknown option {name:?}"),
-                    ));
-                }
+                _ => return Ok(false),
             }
-        }
+            Ok(true)
+        })?;
         if let Some(tls) = tls {
             config = config.with_tls(tls);
         }

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use kvstore_core::backend::{duration_option, parse_multi_host_url, size_option};
+use kvstore_core::backend::{
+    choice_option, duration_option, parse_multi_host_url, size_option, url_options,
+};
 use kvstore_core::{Error, Result, TlsConfig, normalize_dir};
 
 use crate::BACKEND;
@@ -45,6 +47,17 @@ pub enum ZkAuth {
     /// `sasl:user`.
     SaslDigestMd5,
 }
+
+/// The values of the `auth` URL option.
+const AUTH_CHOICES: [(&str, ZkAuth); 2] =
+    [("digest", ZkAuth::Digest), ("sasl", ZkAuth::SaslDigestMd5)];
+
+/// The values of the `acl` URL option.
+const ACL_CHOICES: [(&str, ZkAcl); 3] = [
+    ("open", ZkAcl::Open),
+    ("creator", ZkAcl::Creator),
+    ("creator_read", ZkAcl::CreatorWorldRead),
+];
 
 /// Configuration of a [`ZkStore`](crate::ZkStore).
 ///
@@ -226,52 +239,29 @@ impl ZkConfig {
     /// [`Error::InvalidConfig`] for another scheme, no host, an unknown option or an unparsable
     /// value; `InvalidKey` for a bad chroot or `prefix`.
     pub fn from_url(url: &str) -> Result<Self> {
-        let invalid = |msg: String| Error::invalid_config(BACKEND, msg);
         let parsed = parse_multi_host_url(BACKEND, crate::SCHEME, url)?;
         let mut config = ZkConfig::new(&parsed.hosts).with_prefix(&parsed.path)?;
         if let Some((user, password)) = parsed.credentials {
             config = config.with_digest(user, password);
         }
         let mut prefix = None;
-        kvstore_core::backend::check_tls_url_options(
-            BACKEND,
-            parsed.query.iter().map(|(n, v)| (n.as_str(), v.as_str())),
-        )?;
-        for (name, value) in &parsed.query {
+        let mut tls = None;
+        let query = parsed.query.iter().map(|(n, v)| (n.as_str(), v.as_str()));
+        url_options(BACKEND, query, &mut tls, |name, value| {
             let duration = || duration_option(BACKEND, name, value);
-            if kvstore_core::backend::tls_url_option(&mut config.tls, BACKEND, name, value)? {
-                continue;
-            }
-            match name.as_str() {
+            match name {
                 "prefix" => prefix = Some(normalize_dir(value)?.to_owned()),
                 "timeout" => config.connect_timeout = duration()?,
                 "session_timeout" => config.session_timeout = duration()?,
                 "request_timeout" => config.request_timeout = duration()?,
                 "max_value_size" => config.max_value_size = size_option(BACKEND, name, value)?,
-                "auth" => {
-                    config.auth = match value.as_str() {
-                        "digest" => ZkAuth::Digest,
-                        "sasl" => ZkAuth::SaslDigestMd5,
-                        other => {
-                            return Err(invalid(format!("auth={other}: expected digest or sasl")));
-                        }
-                    }
-                }
-                "acl" => {
-                    config.acl = match value.as_str() {
-                        "open" => ZkAcl::Open,
-                        "creator" => ZkAcl::Creator,
-                        "creator_read" => ZkAcl::CreatorWorldRead,
-                        other => {
-                            return Err(invalid(format!(
-                                "acl={other}: expected open, creator or creator_read"
-                            )));
-                        }
-                    }
-                }
-                _ => return Err(invalid(format!("unknown option {name:?}"))),
+                "auth" => config.auth = choice_option(BACKEND, name, value, &AUTH_CHOICES)?,
+                "acl" => config.acl = choice_option(BACKEND, name, value, &ACL_CHOICES)?,
+                _ => return Ok(false),
             }
-        }
+            Ok(true)
+        })?;
+        config.tls = tls;
         if let Some(prefix) = prefix.filter(|p| !p.is_empty()) {
             config.prefix = if config.prefix.is_empty() {
                 prefix

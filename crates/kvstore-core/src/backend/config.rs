@@ -228,6 +228,88 @@ pub fn size_option(backend: &'static str, name: &str, value: &str) -> Result<usi
         .map_err(|e| Error::invalid_config(backend, format!("{name}={value}: {e}")))
 }
 
+/// Parses an option with a fixed set of values (`auth=digest`), each standing for one `T`.
+///
+/// # Errors
+///
+/// [`Error::InvalidConfig`] naming the option and the values it takes for any other value.
+///
+/// # Examples
+///
+/// ```
+/// use kvstore_core::backend::choice_option;
+///
+/// let modes = [("fast", 1), ("safe", 2)];
+/// assert_eq!(choice_option("zk", "mode", "safe", &modes)?, 2);
+/// assert!(choice_option("zk", "mode", "other", &modes).is_err());
+/// # Ok::<(), kvstore_core::Error>(())
+/// ```
+pub fn choice_option<T: Copy>(
+    backend: &'static str,
+    name: &str,
+    value: &str,
+    choices: &[(&str, T)],
+) -> Result<T> {
+    choices
+        .iter()
+        .find(|(text, _)| *text == value)
+        .map(|(_, choice)| *choice)
+        .ok_or_else(|| {
+            let expected: Vec<&str> = choices.iter().map(|(text, _)| *text).collect();
+            Error::invalid_config(
+                backend,
+                format!("{name}={value}: expected one of {}", expected.join(", ")),
+            )
+        })
+}
+
+/// Walks a URL's query options the same way on every network backend: the TLS options
+/// (`tls`, `tls_ca`, `tls_cert`, `tls_key`, `tls_server_name`) are checked together
+/// ([`check_tls_url_options`](crate::backend::check_tls_url_options)) and collected into
+/// `tls`; every other option goes to `option`, which sets it and returns whether it knows it.
+///
+/// # Errors
+///
+/// [`Error::InvalidConfig`] naming an option that neither the TLS options nor `option` know,
+/// for conflicting TLS options, or whatever `option` returns for a value it refuses.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use kvstore_core::backend::{duration_option, url_options};
+///
+/// let (mut timeout, mut tls) = (Duration::ZERO, None);
+/// url_options("etcd", [("timeout", "2s"), ("tls_ca", "/ca.pem")], &mut tls, |name, value| {
+///     Ok(match name {
+///         "timeout" => { timeout = duration_option("etcd", name, value)?; true }
+///         _ => false,
+///     })
+/// })?;
+/// assert_eq!(timeout, Duration::from_secs(2));
+/// assert!(tls.is_some());
+/// assert!(url_options("etcd", [("colour", "red")], &mut None, |_, _| Ok(false)).is_err());
+/// # Ok::<(), kvstore_core::Error>(())
+/// ```
+pub fn url_options<'a>(
+    backend: &'static str,
+    query: impl IntoIterator<Item = (&'a str, &'a str)> + Clone,
+    tls: &mut Option<crate::TlsConfig>,
+    mut option: impl FnMut(&str, &str) -> Result<bool>,
+) -> Result<()> {
+    crate::tls::check_tls_url_options(backend, query.clone())?;
+    for (name, value) in query {
+        if crate::tls::tls_url_option(tls, backend, name, value)? || option(name, value)? {
+            continue;
+        }
+        return Err(Error::invalid_config(
+            backend,
+            format!("unknown option {name:?}"),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks the arguments of `Store::new_lock` the same way on every backend, before any I/O:
 /// normalizes `key`, fills in the default options, and checks that the TTL is at least
 /// `min_ttl` and the lock's value fits in `max_value_size`. Returns the normalized key and the
