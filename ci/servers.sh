@@ -51,6 +51,12 @@ for kv_server_file in "$KV_CI_DIR"/servers/*.sh; do
 done
 unset kv_server_file
 
+# kv_export_url NAME URL: exports URL as KVSTORE_<NAME>_URL (zk-stock: KVSTORE_ZK_STOCK_URL).
+kv_export_url() {
+    local var="KVSTORE_${1^^}_URL"
+    export "${var//-/_}=$2"
+}
+
 # A free TCP port on 127.0.0.1, picked by the kernel.
 kv_free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'

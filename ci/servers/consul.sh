@@ -32,11 +32,7 @@ EOF
             >"$dir/log" 2>&1 &
         echo $! >"$dir/pid"
         kv_wait "$name" 60 kv_consul_ready "$port"
-        if [ "$name" = consul ]; then
-            export KVSTORE_CONSUL_URL="consul://127.0.0.1:$port"
-        else
-            export KVSTORE_CONSUL_STOCK_URL="consul://127.0.0.1:$port"
-        fi
+        kv_export_url "$name" "consul://127.0.0.1:$port"
         ;;
     consul-tls)
         kv_certs

@@ -21,11 +21,7 @@ kv_start_etcd() {
             --heartbeat-interval 10 --election-timeout 100 >"$dir/log" 2>&1 &
         echo $! >"$dir/pid"
         kv_wait "$name" 20 curl -fsS "http://127.0.0.1:$port/health"
-        if [ "$name" = etcd ]; then
-            export KVSTORE_ETCD_URL="etcd://127.0.0.1:$port"
-        else
-            export KVSTORE_ETCD36_URL="etcd://127.0.0.1:$port"
-        fi
+        kv_export_url "$name" "etcd://127.0.0.1:$port"
         ;;
     etcd-tls)
         kv_certs

@@ -59,11 +59,7 @@ kv_start_zk() {
         kv_zk_java "$dir" "" "${extended[@]}"
         echo $! >"$dir/pid"
         kv_wait "$name" 30 kv_zk_ready "$port"
-        if [ "$name" = zk ]; then
-            export KVSTORE_ZK_URL="zk://127.0.0.1:$port"
-        else
-            export KVSTORE_ZK_STOCK_URL="zk://127.0.0.1:$port"
-        fi
+        kv_export_url "$name" "zk://127.0.0.1:$port"
         ;;
     zk-tls)
         kv_certs

@@ -185,6 +185,29 @@ pub async fn isolated_leader_holder_loses_first(
     .await;
 }
 
+/// Generates the partition case of a quorum cluster,
+/// [`isolated_leader_holder_loses_first`], as a `#[tokio::test]` with a 3 s lock TTL:
+/// `isolated_leader_tests!(cluster: "zk-cluster", url: "KVSTORE_ZK_CLUSTER_URL", opener:
+/// common::opener_for_url)`. Put it in a test file of its own: the cut would fail other tests
+/// that share the cluster meanwhile. It runs only with `KVSTORE_RESTART_SCRIPT` (and fails
+/// without it when `KVSTORE_REQUIRE_BACKENDS` is on).
+#[macro_export]
+macro_rules! isolated_leader_tests {
+    (cluster: $cluster:expr, url: $var:expr, opener: $opener:expr $(,)?) => {
+        #[tokio::test]
+        async fn a_holder_on_an_isolated_leader_loses_the_lock_before_a_successor_takes_it() {
+            let Some(url) = $crate::controlled_backend_url($var) else {
+                return;
+            };
+            let ttl = ::std::time::Duration::from_secs(3);
+            // An election (a few seconds at most), then the TTL, on a loaded machine.
+            let takeover = ttl + ::std::time::Duration::from_secs(15);
+            $crate::isolated_leader_holder_loses_first($cluster, &url, $opener, ttl, takeover)
+                .await;
+        }
+    };
+}
+
 /// Rejoins a member cut off from its peers when the case panics before its own heal.
 struct RejoinOnPanic<'a>(&'a str);
 
