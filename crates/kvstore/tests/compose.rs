@@ -92,7 +92,7 @@ fn redis_has_keyspace_notifications_like_ci() {
         command.contains("--notify-keyspace-events KEA"),
         "{command}"
     );
-    assert!(read("ci/servers.sh").contains("--notify-keyspace-events KEA"));
+    assert!(read("ci/servers/redis.sh").contains("--notify-keyspace-events KEA"));
 }
 
 #[test]
@@ -107,13 +107,13 @@ fn etcd_is_v3_on_the_tested_version() {
 #[test]
 fn zookeeper_has_ttl_nodes_and_fast_container_reaping_like_ci() {
     let settings = check_service("zookeeper.yaml", "zookeeper", "zookeeper:3.8.0");
-    let servers = read("ci/servers.sh");
+    let servers = read("ci/servers/zk.sh");
     for flag in [
         "-Dzookeeper.extendedTypesEnabled=true",
         "-Dznode.container.checkIntervalMs=100",
     ] {
         assert!(settings.contains(flag), "compose lacks {flag}: {settings}");
-        assert!(servers.contains(flag), "ci/servers.sh lacks {flag}");
+        assert!(servers.contains(flag), "ci/servers/zk.sh lacks {flag}");
     }
 }
 
@@ -132,5 +132,5 @@ fn consul_lowers_session_ttl_min_like_ci_on_the_built_version() {
         &format!("hashicorp/consul:{version}"),
     );
     assert!(command.contains(r#"session_ttl_min = "1s""#), "{command}");
-    assert!(read("ci/servers.sh").contains(r#"session_ttl_min = "1s""#));
+    assert!(read("ci/servers/consul.sh").contains(r#"session_ttl_min = "1s""#));
 }
