@@ -8,7 +8,7 @@
 # holders overlapping, no call hung, recovery within its bound). Prints the seed and each
 # cluster's verdict and fails if any check fails. Reports go to target/failover/<cluster>.json.
 # KVSTORE_FAILOVER_SEED=N replays a run's choice (default: the day number, which rotates
-# through every nemesis within two days).
+# through every nemesis within three days).
 #
 # Uses the clusters ci/test.sh started (KVSTORE_<CLUSTER>_URL); run alone, it starts them.
 set -euo pipefail

@@ -4,7 +4,7 @@
 //! pool by rotation, so consecutive seeds cover the whole pool (every nemesis within
 //! `ceil(pool / per_run)` runs) and a failing run is replayed with `--seed`. The default seed
 //! is the day number (days since 1970-01-01 UTC), so a daily CI run covers every nemesis within
-//! two days, well inside a week.
+//! three days (Consul's pool of five; two for the pools of four), well inside a week.
 
 use std::time::Duration;
 
