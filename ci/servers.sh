@@ -286,7 +286,13 @@ KV_FIREWALL_CHAIN=KVSTORE_ISOLATE
 kv_cgroup_root() { awk '$3 == "cgroup2" { print $2; exit }' /proc/mounts; }
 
 # kv_member_tag MEMBER: the name of MEMBER's cgroup and of its filter rules, unique per run dir.
-kv_member_tag() { echo "kvstore-$(basename "$KV_RUN_DIR")-$1"; }
+# Letters, digits, `-` and `_` only: `iptables -S` quotes a comment with any other character
+# (mktemp's run dirs have a `.`), and kv_firewall_clear matches the comment unquoted.
+kv_member_tag() {
+    local run
+    run=$(basename "$KV_RUN_DIR")
+    echo "kvstore-${run//[^A-Za-z0-9_-]/_}-$1"
+}
 
 # Whether this machine can isolate a member: root, iptables and a writable cgroup v2 hierarchy.
 kv_firewall_ready() {
@@ -353,6 +359,10 @@ kv_isolate() {
     iptables -w -C OUTPUT -o lo -j "$KV_FIREWALL_CHAIN" 2>/dev/null ||
         iptables -w -I OUTPUT -o lo -j "$KV_FIREWALL_CHAIN"
     kv_firewall_clear "$tag "
+    if iptables -w -S "$KV_FIREWALL_CHAIN" | grep -qF -- "$tag"; then
+        kv_log "the filter rules of $member could not be removed"
+        return 1
+    fi
     [ "$mode" = on ] || return 0
     local to_member=() from_member=() ports=()
     read -ra to_member <<<"$(kv_peer_ports "$member")"
