@@ -80,18 +80,24 @@ pub async fn cut_off_holder_loses_first(
     let successor_opts = lock_ttl(ttl)
         .with_value("successor")
         .with_delete_on_unlock(true);
-    let mut successor = ok(
-        other.new_lock(&key, Some(&successor_opts)).await,
-        "new_lock",
-    );
-    let won = tokio::time::timeout(takeover, successor.lock()).await;
+    // A transient error (a cluster electing a new leader) is retried until the deadline.
+    let deadline = cut + takeover;
+    let (mut successor, won) = loop {
+        let mut successor = ok(
+            other.new_lock(&key, Some(&successor_opts)).await,
+            "new_lock",
+        );
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, successor.lock()).await {
+            Ok(Ok(won)) => break (successor, won),
+            Ok(Err(err)) if err.is_transient() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Ok(Err(err)) => panic!("successor lock failed: {err}"),
+            Err(_) => panic!("a successor must take the lock within {takeover:?} of the cut"),
+        }
+    };
     let won_at = Instant::now();
-    let won = ok(
-        won.unwrap_or_else(|_| {
-            panic!("a successor must take the lock within {takeover:?} of the cut")
-        }),
-        "successor lock",
-    );
     assert!(
         lost.is_lost(),
         "the cut-off holder still believed it held the lock when the successor got it"
