@@ -222,7 +222,7 @@ impl Drop for RejoinOnPanic<'_> {
         if !std::thread::panicking() {
             return;
         }
-        if let Ok(script) = std::env::var("KVSTORE_RESTART_SCRIPT") {
+        if let Ok(script) = std::env::var(crate::RESTART_SCRIPT_VAR) {
             let _ = std::process::Command::new("bash")
                 .args([script.as_str(), self.0, "rejoin"])
                 .status();

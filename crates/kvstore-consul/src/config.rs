@@ -220,7 +220,7 @@ impl ConsulConfig {
         url_options(BACKEND, query, &mut tls, |name, value| {
             let duration = || duration_option(BACKEND, name, value);
             match name {
-                "prefix" => config = config.clone().with_prefix(value)?,
+                "prefix" => config.prefix = normalize_dir(value)?.to_owned(),
                 "token" => config.token = Some(value.to_owned()),
                 "dc" => config.datacenter = Some(value.to_owned()),
                 "ns" => config.namespace = Some(value.to_owned()),

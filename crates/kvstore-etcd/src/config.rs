@@ -186,7 +186,7 @@ impl EtcdConfig {
         let query = parsed.query.iter().map(|(n, v)| (n.as_str(), v.as_str()));
         url_options(BACKEND, query, &mut tls, |name, value| {
             match name {
-                "prefix" => config = config.clone().with_prefix(value)?,
+                "prefix" => config.prefix = normalize_dir(value)?.to_owned(),
                 "leading_slash" => config.leading_slash = bool_option(BACKEND, name, value)?,
                 "timeout" => config.connect_timeout = duration_option(BACKEND, name, value)?,
                 "request_timeout" => {
