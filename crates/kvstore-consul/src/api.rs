@@ -116,6 +116,17 @@ pub(crate) enum Consistency {
     Stale,
 }
 
+impl Consistency {
+    /// `Consistent` for a consistent read, else `Stale`.
+    pub(crate) fn of(consistent: bool) -> Self {
+        if consistent {
+            Consistency::Consistent
+        } else {
+            Consistency::Stale
+        }
+    }
+}
+
 /// Adds `tls` to the HTTP client: only the CA file's roots (else the platform's), the client
 /// identity, and, for another server name, `address` rewritten to that name and resolved to
 /// the original address.

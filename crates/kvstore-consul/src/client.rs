@@ -10,20 +10,19 @@ use async_trait::async_trait;
 use kvstore_core::backend::{Expiry, Lease, Precondition, Release, Renewal, Tasks};
 use kvstore_core::{Error, KvPair, Result, normalize_key};
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
 
 use crate::BACKEND;
 use crate::api::{Api, Consistency, Entry, Txn, op, op_check_session, op_index, op_lock, op_value};
 
 /// State shared by the store, its watches and its locks.
+#[derive(Debug)]
 pub(crate) struct Inner {
     pub(crate) api: Api,
     /// `""` or `"<prefix>/"`.
     pub(crate) prefix: String,
-    pub(crate) cancel: CancellationToken,
-    /// Background work (session renewals, releases); `close` waits for it.
+    /// Background work (session renewals, releases, the watches' blocking queries); `close`
+    /// waits for it.
     pub(crate) tasks: Tasks,
-    /// The `keep_alive` keys of this store.
     /// The shared blocking queries of its watches.
     pub(crate) hub: crate::hub::Hub,
 }
@@ -37,9 +36,6 @@ impl crate::hub::Owner for Inner {
     }
     fn tasks(&self) -> &Tasks {
         &self.tasks
-    }
-    fn cancel(&self) -> &CancellationToken {
-        &self.cancel
     }
 }
 

@@ -1,5 +1,6 @@
 //! Typed configuration for the Consul store, and its URL form.
 
+use std::str::FromStr;
 use std::time::Duration;
 
 use kvstore_core::backend::{duration_option, size_option, url_options};
@@ -75,7 +76,7 @@ fn budget(name: &str, value: &str) -> Result<usize> {
 /// ```
 /// use kvstore_consul::ConsulConfig;
 ///
-/// let config = ConsulConfig::from_url("consul://10.0.0.1:8500?prefix=app1&token=s3cr3t&dc=eu1")?;
+/// let config = "consul://10.0.0.1:8500?prefix=app1&token=s3cr3t&dc=eu1".parse::<ConsulConfig>()?;
 /// assert_eq!(config.address.as_str(), "http://10.0.0.1:8500/");
 /// assert_eq!(config.prefix, "app1");
 /// assert_eq!(config.datacenter.as_deref(), Some("eu1"));
@@ -187,6 +188,10 @@ impl ConsulConfig {
         self.connect_timeout = timeout;
         self
     }
+}
+
+impl FromStr for ConsulConfig {
+    type Err = Error;
 
     /// Parses a `consul://` URL (see above).
     ///
@@ -194,7 +199,7 @@ impl ConsulConfig {
     ///
     /// [`Error::InvalidConfig`] for another scheme, no host, a path, an unknown option or an
     /// unparsable value; `InvalidKey` for a bad `prefix`.
-    pub fn from_url(url: &str) -> Result<Self> {
+    fn from_str(url: &str) -> Result<Self> {
         let invalid = |msg: String| Error::invalid_config(BACKEND, msg);
         // Every message names the URL with its token hidden.
         let shown = kvstore_core::backend::redact_url(url);
@@ -247,7 +252,7 @@ mod tests {
 
     #[test]
     fn parses_options() {
-        let c = ConsulConfig::from_url(
+        let c = ConsulConfig::from_str(
             "consul://127.0.0.1:8501?prefix=/a/&token=t0k&ns=team&tls=true&watch_wait=30s",
         )
         .unwrap();
@@ -257,7 +262,7 @@ mod tests {
         assert_eq!(c.namespace.as_deref(), Some("team"));
         assert_eq!(c.watch_wait, Duration::from_secs(30));
         assert!(!format!("{c:?}").contains("t0k"), "Debug hides the token");
-        let default_port = ConsulConfig::from_url("consul://agent").unwrap();
+        let default_port = ConsulConfig::from_str("consul://agent").unwrap();
         assert_eq!(default_port.address.as_str(), "http://agent:8500/");
     }
 
@@ -272,7 +277,7 @@ mod tests {
             "consul://h:1?tls=maybe",
         ] {
             assert!(
-                matches!(ConsulConfig::from_url(u), Err(Error::InvalidConfig { .. })),
+                matches!(ConsulConfig::from_str(u), Err(Error::InvalidConfig { .. })),
                 "{u}"
             );
         }

@@ -20,7 +20,6 @@ use tokio::sync::watch;
 use tokio_util::task::AbortOnDropHandle;
 
 use kvstore_core::backend::Tasks;
-use tokio_util::sync::CancellationToken;
 
 use crate::BACKEND;
 use crate::api::{Api, Consistency, Entry, next_index};
@@ -32,10 +31,8 @@ pub(crate) trait Owner: Send + Sync + 'static {
     fn api(&self) -> &Api;
     /// The store's Consul prefix (`""` or `"<prefix>/"`).
     fn prefix(&self) -> &str;
-    /// Where pollers run; closing the store ends them.
+    /// Where pollers run; its token, cancelled when the store closes, ends them.
     fn tasks(&self) -> &Tasks;
-    /// Cancelled when the store closes.
-    fn cancel(&self) -> &CancellationToken;
 }
 
 /// What a poller blocks on: a Consul key, or every key under a prefix (`""` or ending in `/`).
@@ -171,7 +168,7 @@ async fn poll<I: Owner>(inner: Weak<I>, target: Target, tx: watch::Sender<Answer
             .get(&path, recurse, Consistency::Consistent, block);
         // The watchers' end aborts this task (`Poller` drops it); the store's close ends it.
         let answer = tokio::select! {
-            () = strong.cancel().cancelled() => return,
+            () = strong.tasks().cancel_token().cancelled() => return,
             answer = query => answer,
         };
         match answer {

@@ -66,7 +66,7 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> kvstore_core::Result<()> {
-//! let config = kvstore_consul::ConsulConfig::from_url("consul://127.0.0.1:8500?prefix=app1")?;
+//! let config = "consul://127.0.0.1:8500?prefix=app1".parse::<kvstore_consul::ConsulConfig>()?;
 //! let store = kvstore_consul::ConsulStore::open(config).await?;
 //! store.put("services/web", b"10.0.0.1:80", None).await?;
 //! # Ok(())

@@ -2,7 +2,6 @@
 
 use kvstore_core::backend::prelude::*;
 use std::collections::BTreeSet;
-use std::fmt;
 
 use crate::BACKEND;
 use crate::api::{Api, Consistency, Txn, op};
@@ -16,39 +15,16 @@ pub type ConsulStore = BackendStore<Consul>;
 
 /// The Consul backend of [`ConsulStore`]: the agent's HTTP client and the shared blocking
 /// queries of the watches.
+#[derive(Debug)]
 pub struct Consul {
     inner: Arc<Inner>,
-}
-
-impl fmt::Debug for Consul {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Consul")
-            .field("config", &self.inner.api.config)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Drop for Consul {
-    fn drop(&mut self) {
-        // Ends the shared blocking queries.
-        self.inner.cancel.cancel();
-    }
-}
-
-fn consistency(consistent: bool) -> Consistency {
-    if consistent {
-        Consistency::Consistent
-    } else {
-        Consistency::Stale
-    }
+    /// Dropped with the backend: ends the shared blocking queries.
+    _stop: DropGuard,
 }
 
 impl Open for Consul {
     type Config = ConsulConfig;
-
-    fn config_from_url(url: &str) -> Result<ConsulConfig> {
-        ConsulConfig::from_url(url)
-    }
+    const NAME: &str = BACKEND;
 
     /// Checks that the agent answers and its cluster has a leader.
     ///
@@ -56,11 +32,6 @@ impl Open for Consul {
     ///
     /// [`Error::NotReachable`] when the agent does not answer within `connect_timeout` or has
     /// no leader; [`Error::InvalidConfig`] when the HTTP client cannot be built.
-    ///
-    /// # Cancel safety
-    ///
-    /// Cancel-safe.
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "connect"))]
     async fn open(config: ConsulConfig) -> Result<Self> {
         let prefix = if config.prefix.is_empty() {
             String::new()
@@ -74,10 +45,10 @@ impl Open for Consul {
         })?;
         let tasks = Tasks::new();
         Ok(Consul {
+            _stop: tasks.cancel_token().clone().drop_guard(),
             inner: Arc::new(Inner {
                 api,
                 prefix,
-                cancel: tasks.cancel_token().clone(),
                 hub: crate::hub::Hub::default(),
                 tasks,
             }),
@@ -101,27 +72,24 @@ impl Backend for Consul {
     async fn read(&self, key: &str, consistent: bool) -> Result<Option<KvPair>> {
         Ok(self
             .inner
-            .read_key(key, consistency(consistent), None)
+            .read_key(key, Consistency::of(consistent), None)
             .await?
             .0)
     }
 
     async fn list(&self, dir: &str, consistent: bool) -> Result<Option<Vec<KvPair>>> {
-        let (pairs, exists) = self.inner.read_dir(dir, consistency(consistent)).await?;
+        let (pairs, exists) = self
+            .inner
+            .read_dir(dir, Consistency::of(consistent))
+            .await?;
         // The whole keyspace always exists, even empty.
         Ok((exists || dir.is_empty()).then_some(pairs))
     }
 
-    async fn write(
-        &self,
-        key: &str,
-        value: &[u8],
-        precondition: Precondition,
-        expiry: Option<Expiry>,
-    ) -> Result<Written> {
+    async fn write(&self, w: WriteRequest<'_>) -> Result<Written> {
         let (pair, session) = self
             .inner
-            .write_with_session(key, value, precondition, expiry)
+            .write_with_session(w.key, w.value, w.precondition, w.expiry)
             .await?;
         let lease = session.map(|id| self.session_lease(id));
         Ok(Written { pair, lease })
@@ -175,12 +143,8 @@ impl Backend for Consul {
         self.inner.txn(&txn).await
     }
 
-    async fn register_again(
-        &self,
-        key: &str,
-        value: &Bytes,
-        ttl: Duration,
-    ) -> Result<Option<Arc<dyn Lease>>> {
+    async fn register_again(&self, lost: LostRegistration<'_>) -> Result<Option<Arc<dyn Lease>>> {
+        let LostRegistration { key, value, ttl } = lost;
         let inner = &self.inner;
         let expiry = Some(Expiry {
             ttl,
@@ -195,34 +159,12 @@ impl Backend for Consul {
         }
     }
 
-    async fn watch(
-        &self,
-        key: &str,
-        consistent: bool,
-        cancel: CancellationToken,
-    ) -> Result<WatchStream> {
-        watch_key(
-            self.inner.clone(),
-            key.to_owned(),
-            consistency(consistent),
-            cancel,
-        )
-        .await
+    async fn watch(&self, w: WatchRequest<'_>) -> Result<WatchStream> {
+        watch_key(self.inner.clone(), w).await
     }
 
-    async fn watch_tree(
-        &self,
-        dir: &str,
-        consistent: bool,
-        cancel: CancellationToken,
-    ) -> Result<WatchTreeStream> {
-        watch_tree(
-            self.inner.clone(),
-            dir.to_owned(),
-            consistency(consistent),
-            cancel,
-        )
-        .await
+    async fn watch_tree(&self, w: WatchRequest<'_>) -> Result<WatchTreeStream> {
+        watch_tree(self.inner.clone(), w).await
     }
 
     async fn acquire(&self, lock: &LockSpec, tasks: &Tasks) -> Result<HeldLease> {

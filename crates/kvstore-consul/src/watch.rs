@@ -20,7 +20,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use kvstore_core::backend::{WatchSource, watch_stream};
+use kvstore_core::backend::{WatchRequest, WatchSource, watch_stream};
 use kvstore_core::{Error, KvPair, Result, WatchStream, WatchTreeStream};
 use tokio::sync::watch;
 
@@ -118,12 +118,8 @@ async fn stream<T: PartialEq + Clone + Send + Sync + 'static>(
 }
 
 /// `Store::watch`.
-pub(crate) async fn watch_key(
-    inner: Arc<Inner>,
-    key: String,
-    consistency: Consistency,
-    cancel: CancellationToken,
-) -> Result<WatchStream> {
+pub(crate) async fn watch_key(inner: Arc<Inner>, w: WatchRequest<'_>) -> Result<WatchStream> {
+    let (key, consistency, cancel) = (w.key.to_owned(), Consistency::of(w.consistent), w.cancel);
     let consul_key = inner.consul_key(&key);
     let poller = inner.hub.for_key(&inner, &consul_key);
     let read: Read<Option<KvPair>> = Box::new(move |inner| {
@@ -141,12 +137,8 @@ pub(crate) async fn watch_key(
 }
 
 /// `Store::watch_tree`.
-pub(crate) async fn watch_tree(
-    inner: Arc<Inner>,
-    dir: String,
-    consistency: Consistency,
-    cancel: CancellationToken,
-) -> Result<WatchTreeStream> {
+pub(crate) async fn watch_tree(inner: Arc<Inner>, w: WatchRequest<'_>) -> Result<WatchTreeStream> {
+    let (dir, consistency, cancel) = (w.key.to_owned(), Consistency::of(w.consistent), w.cancel);
     let prefix = inner.tree_prefix(&dir);
     let poller = inner.hub.for_tree(&inner, &prefix);
     let read: Read<Vec<KvPair>> = Box::new(move |inner| {

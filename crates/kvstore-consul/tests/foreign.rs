@@ -8,6 +8,7 @@ use kvstore_testutils::{
     backend_url, cas_on_foreign_key, foreign_sample, ok, reads_foreign_sample, scratch_dir,
     watches_see_foreign_write,
 };
+use std::str::FromStr;
 
 struct Raw {
     http: reqwest::Client,
@@ -16,7 +17,7 @@ struct Raw {
 
 impl Raw {
     fn new(url: &str) -> Raw {
-        let config = ConsulConfig::from_url(url).unwrap();
+        let config = ConsulConfig::from_str(url).unwrap();
         Raw {
             http: reqwest::Client::new(),
             base: config.address.as_str().trim_end_matches('/').to_owned(),

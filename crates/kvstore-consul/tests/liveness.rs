@@ -3,6 +3,7 @@
 //! and the sessions left after rewriting a registration. They pause the agent the other tests
 //! use, so they run one at a time.
 
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ fn opener(url: String) -> Opener {
     Opener::new(move || {
         let url = url.clone();
         async move {
-            let config = ConsulConfig::from_url(&url)?;
+            let config = ConsulConfig::from_str(&url)?;
             Ok(Arc::new(ConsulStore::open(config).await?) as Arc<dyn Store>)
         }
     })
@@ -52,7 +53,7 @@ async fn rewriting_a_registration_leaves_one_session() {
         return;
     };
     let _serial = LIVENESS_SERIAL.lock().await;
-    let config = ConsulConfig::from_url(&url).unwrap();
+    let config = ConsulConfig::from_str(&url).unwrap();
     let base = config.address.as_str().trim_end_matches('/').to_owned();
     let http = reqwest::Client::new();
     let before = sessions(&http, &base).await;

@@ -21,6 +21,7 @@
 pub mod backend;
 mod election;
 mod error;
+mod events;
 mod key;
 pub mod layer;
 mod lock;
@@ -32,6 +33,7 @@ mod types;
 pub use backend::BackendStore;
 pub use election::{Candidate, DEFAULT_ELECTION_TTL, ElectionOptions, Leadership, follow};
 pub use error::{BoxError, Error, Result};
+pub use events::{Event, EventKind, EventStream, WatchEvent, WatchOptions};
 pub use key::{MAX_KEY_LEN, RESERVED_SEGMENT_PREFIX, is_descendant, normalize_dir, normalize_key};
 pub use lock::{LockLost, Locker};
 pub use store::{Store, WatchStream, WatchTreeStream};

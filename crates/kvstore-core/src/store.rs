@@ -6,7 +6,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 
-use crate::{Capabilities, KvPair, LockOptions, Locker, ReadOptions, Result, Txn, WriteOptions};
+use crate::{
+    Capabilities, EventStream, KvPair, LockOptions, Locker, ReadOptions, Result, Txn, WatchOptions,
+    WriteOptions,
+};
 
 /// The stream returned by [`Store::watch`]: the key's current state first, then one item per
 /// change (`Some(pair)` for a write, `None` for a delete or expiry). An `Err` item ends it.
@@ -172,6 +175,46 @@ pub trait Store: Debug + Send + Sync {
         })
     }
 
+    /// Every pair under `dir` (as [`list`](Store::list), recursive and sorted) and the store
+    /// revision they were read at: what [`watch_events`](Store::watch_events) then resumes
+    /// from (`WatchOptions::with_since`) with no gap. A missing directory gives an empty list,
+    /// not `KeyNotFound`.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidKey`; `CallNotSupported` on a store without revisions (the default body, so
+    /// third-party backends compile); connection errors.
+    async fn list_at(&self, dir: &str, opts: Option<&ReadOptions>) -> Result<(Vec<KvPair>, u64)> {
+        let _ = (dir, opts);
+        Err(crate::Error::CallNotSupported {
+            backend: self.backend(),
+            operation: "list_at",
+        })
+    }
+
+    /// Per-key changes under `dir` (`""`: the whole keyspace): a
+    /// [`Snapshot`](crate::WatchEvent::Snapshot) first, or with `since` the changes after that
+    /// revision (a `Snapshot` when the store can no longer tell them), then one
+    /// [`Changes`](crate::WatchEvent::Changes) item per batch of writes, a transaction's in one item.
+    ///
+    /// Folding the items received so far over an empty map ([`WatchEvent::apply`](crate::WatchEvent::apply)) always
+    /// gives `list(dir)` as of the last item's revision: no event lost, duplicated, reordered
+    /// or invented, across reconnects. A consumer slower than the writers receives larger
+    /// batches, never fewer facts. Each backend's crate docs say where its revisions come from
+    /// and when a resume starts with a `Snapshot`.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidKey`; `CallNotSupported` (the default body); connection errors. An `Err` item
+    /// ends the stream. Dropping the stream frees its server-side watch.
+    async fn watch_events(&self, dir: &str, opts: Option<&WatchOptions>) -> Result<EventStream> {
+        let _ = (dir, opts);
+        Err(crate::Error::CallNotSupported {
+            backend: self.backend(),
+            operation: "watch_events",
+        })
+    }
+
     /// Closes the store: stops every keep-alive, lock renewal and watch started through it and
     /// releases its connections. Every later call fails with `Closed`. Idempotent.
     ///
@@ -233,6 +276,12 @@ macro_rules! forward_store {
             }
             async fn txn(&self, txn: &Txn) -> Result<Vec<Option<KvPair>>> {
                 (**self).txn(txn).await
+            }
+            async fn list_at(&self, dir: &str, opts: Option<&ReadOptions>) -> Result<(Vec<KvPair>, u64)> {
+                (**self).list_at(dir, opts).await
+            }
+            async fn watch_events(&self, dir: &str, opts: Option<&WatchOptions>) -> Result<EventStream> {
+                (**self).watch_events(dir, opts).await
             }
             async fn close(&self) -> Result<()> {
                 (**self).close().await

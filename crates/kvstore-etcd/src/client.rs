@@ -2,6 +2,7 @@
 //! backend shares: the key layout, reads of keys and ranges, leases, and the `keep_alive`
 //! lease and registrar for the lease engine.
 
+use derive_where::derive_where;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +12,6 @@ use etcd_client::{Client, GetOptions, Txn, TxnOp, TxnOpResponse};
 use etcd_client::{LeaseKeepAliveStream, LeaseKeeper};
 use kvstore_core::backend::{Lease, Release, Renewal, Tasks};
 use kvstore_core::{Error, KvPair, Result};
-use tokio_util::sync::CancellationToken;
 
 use crate::BACKEND;
 use crate::config::EtcdConfig;
@@ -53,15 +53,16 @@ pub(crate) async fn diagnose_tls(config: &EtcdConfig, err: Error) -> Error {
 }
 
 /// Connection state shared by the store, its watches and its locks.
+#[derive_where(Debug)]
 pub(crate) struct Inner {
+    #[derive_where(skip)]
     pub(crate) client: Client,
     pub(crate) config: EtcdConfig,
     /// `""` or `"<prefix>/"`, with a `/` in front when `leading_slash` is set.
     pub(crate) prefix: String,
-    pub(crate) cancel: CancellationToken,
-    /// Background work (lock and registration renewals, releases); `close` waits for it.
+    /// Background work (lock and registration renewals, releases, the watch stream); `close`
+    /// waits for it.
     pub(crate) tasks: Tasks,
-    /// The `keep_alive` keys of this store.
     /// The one watch stream all watches of this store share.
     pub(crate) watch_hub: crate::mux::WatchHub,
 }

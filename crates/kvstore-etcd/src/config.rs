@@ -1,5 +1,6 @@
 //! Typed configuration for the etcd store, and its URL form.
 
+use std::str::FromStr;
 use std::time::Duration;
 
 use kvstore_core::backend::{
@@ -42,7 +43,7 @@ pub const DEFAULT_WATCH_RECONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 /// ```
 /// use kvstore_etcd::EtcdConfig;
 ///
-/// let config = EtcdConfig::from_url("etcd://root:pw@10.0.0.1:2379,10.0.0.2:2379?prefix=app1")?;
+/// let config = "etcd://root:pw@10.0.0.1:2379,10.0.0.2:2379?prefix=app1".parse::<EtcdConfig>()?;
 /// assert_eq!(config.endpoints, ["http://10.0.0.1:2379", "http://10.0.0.2:2379"]);
 /// assert_eq!(config.username.as_deref(), Some("root"));
 /// assert_eq!(config.prefix, "app1");
@@ -159,6 +160,10 @@ impl EtcdConfig {
         self.connect_timeout = timeout;
         self
     }
+}
+
+impl FromStr for EtcdConfig {
+    type Err = Error;
 
     /// Parses an `etcd://` URL (see above). Several hosts are separated by commas, which is
     /// why this takes the URL as text rather than a parsed `Url`.
@@ -167,7 +172,7 @@ impl EtcdConfig {
     ///
     /// [`Error::InvalidConfig`] for another scheme, no host, an unknown option or an unparsable
     /// value; `InvalidKey` for a bad `prefix`.
-    pub fn from_url(url: &str) -> Result<Self> {
+    fn from_str(url: &str) -> Result<Self> {
         let parsed = parse_multi_host_url(BACKEND, crate::SCHEME, url)?;
         if !parsed.path.is_empty() {
             return Err(Error::invalid_config(
@@ -210,7 +215,7 @@ mod tests {
 
     #[test]
     fn parses_hosts_credentials_and_options() {
-        let c = EtcdConfig::from_url("etcd://u%40x:p%3Aw@h1:1,h2:2?timeout=2s&prefix=/a/").unwrap();
+        let c = EtcdConfig::from_str("etcd://u%40x:p%3Aw@h1:1,h2:2?timeout=2s&prefix=/a/").unwrap();
         assert_eq!(c.endpoints, ["http://h1:1", "http://h2:2"]);
         assert_eq!(
             (c.username.as_deref(), c.password.as_deref()),
@@ -229,7 +234,7 @@ mod tests {
     #[test]
     fn tls_options_make_endpoints_https() {
         let c =
-            EtcdConfig::from_url("etcd://h1:1,h2:2?tls_ca=/ca.pem&tls_server_name=etcd").unwrap();
+            EtcdConfig::from_str("etcd://h1:1,h2:2?tls_ca=/ca.pem&tls_server_name=etcd").unwrap();
         assert_eq!(c.endpoints, ["https://h1:1", "https://h2:2"]);
         assert_eq!(c.tls.unwrap().server_name.as_deref(), Some("etcd"));
     }
@@ -246,7 +251,7 @@ mod tests {
             "etcd://h:1?tls=maybe",
         ] {
             assert!(
-                matches!(EtcdConfig::from_url(u), Err(Error::InvalidConfig { .. })),
+                matches!(EtcdConfig::from_str(u), Err(Error::InvalidConfig { .. })),
                 "{u}"
             );
         }

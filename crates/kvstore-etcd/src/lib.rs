@@ -67,7 +67,7 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> kvstore_core::Result<()> {
-//! let config = kvstore_etcd::EtcdConfig::from_url("etcd://127.0.0.1:2379?prefix=app1")?;
+//! let config = "etcd://127.0.0.1:2379?prefix=app1".parse::<kvstore_etcd::EtcdConfig>()?;
 //! let store = kvstore_etcd::EtcdStore::open(config).await?;
 //! store.put("services/web", b"10.0.0.1:80", None).await?;
 //! # Ok(())

@@ -2,7 +2,6 @@
 //! leases for TTLs, the shared watch stream for watches.
 
 use kvstore_core::backend::prelude::*;
-use std::fmt;
 
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
@@ -19,31 +18,16 @@ use crate::watch::{watch_key, watch_tree};
 pub type EtcdStore = BackendStore<Etcd>;
 
 /// The etcd backend of [`EtcdStore`]: the client connection and the shared watch stream.
+#[derive(Debug)]
 pub struct Etcd {
     inner: Arc<Inner>,
-}
-
-impl fmt::Debug for Etcd {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Etcd")
-            .field("config", &self.inner.config)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        // Ends the shared watch stream's task so it releases the client.
-        self.inner.cancel.cancel();
-    }
+    /// Dropped with the backend: ends the shared watch stream's task so it releases the client.
+    _stop: DropGuard,
 }
 
 impl Open for Etcd {
     type Config = EtcdConfig;
-
-    fn config_from_url(url: &str) -> Result<EtcdConfig> {
-        EtcdConfig::from_url(url)
-    }
+    const NAME: &str = BACKEND;
 
     /// Connects and checks that a member answers (etcd-client's `connect` alone succeeds
     /// without any server).
@@ -55,11 +39,6 @@ impl Open for Etcd {
     /// [`Error::PermissionDenied`] for a refused user name or password, a client certificate
     /// the server refuses (or none where it demands one), or a server certificate the CA did
     /// not sign.
-    ///
-    /// # Cancel safety
-    ///
-    /// Cancel-safe.
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "connect"))]
     async fn open(config: EtcdConfig) -> Result<Self> {
         let mut opts = ConnectOptions::new()
             .with_connect_timeout(config.connect_timeout)
@@ -111,11 +90,11 @@ impl Open for Etcd {
         };
         let tasks = Tasks::new();
         Ok(Etcd {
+            _stop: tasks.cancel_token().clone().drop_guard(),
             inner: Arc::new(Inner {
                 client,
                 config,
                 prefix,
-                cancel: tasks.cancel_token().clone(),
                 tasks,
                 watch_hub: crate::mux::WatchHub::default(),
             }),
@@ -168,15 +147,9 @@ impl Backend for Etcd {
         Ok(self.inner.read_tree(dir, consistent).await?.0)
     }
 
-    async fn write(
-        &self,
-        key: &str,
-        value: &[u8],
-        precondition: Precondition,
-        expiry: Option<Expiry>,
-    ) -> Result<Written> {
-        let inner = &self.inner;
-        let lease = match expiry {
+    async fn write(&self, w: WriteRequest<'_>) -> Result<Written> {
+        let (inner, key, value, precondition) = (&self.inner, w.key, w.value, w.precondition);
+        let lease = match w.expiry {
             Some(expiry) => Some(inner.grant(expiry.ttl).await?),
             None => None,
         };
@@ -272,12 +245,8 @@ impl Backend for Etcd {
         self.inner.txn(&txn).await
     }
 
-    async fn register_again(
-        &self,
-        key: &str,
-        value: &Bytes,
-        ttl: Duration,
-    ) -> Result<Option<Arc<dyn Lease>>> {
+    async fn register_again(&self, lost: LostRegistration<'_>) -> Result<Option<Arc<dyn Lease>>> {
+        let LostRegistration { key, value, ttl } = lost;
         let inner = &self.inner;
         let id = inner.grant(ttl).await?;
         let etcd_key = inner.data_key(key);
@@ -302,22 +271,12 @@ impl Backend for Etcd {
         Ok(None)
     }
 
-    async fn watch(
-        &self,
-        key: &str,
-        consistent: bool,
-        cancel: CancellationToken,
-    ) -> Result<WatchStream> {
-        watch_key(self.inner.clone(), key.to_owned(), consistent, cancel).await
+    async fn watch(&self, w: WatchRequest<'_>) -> Result<WatchStream> {
+        watch_key(self.inner.clone(), w).await
     }
 
-    async fn watch_tree(
-        &self,
-        dir: &str,
-        consistent: bool,
-        cancel: CancellationToken,
-    ) -> Result<WatchTreeStream> {
-        watch_tree(self.inner.clone(), dir.to_owned(), consistent, cancel).await
+    async fn watch_tree(&self, w: WatchRequest<'_>) -> Result<WatchTreeStream> {
+        watch_tree(self.inner.clone(), w).await
     }
 
     async fn acquire(&self, lock: &LockSpec, tasks: &Tasks) -> Result<HeldLease> {

@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use etcd_client::{Event, EventType, WatchOptions};
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
-use kvstore_core::backend::{WatchSource, watch_stream};
+use kvstore_core::backend::{WatchRequest, WatchSource, watch_stream};
 use kvstore_core::{Error, KvPair, Result, WatchStream, WatchTreeStream};
 
 use tokio_util::sync::CancellationToken;
@@ -52,12 +52,8 @@ async fn open(inner: &Inner, start: &str, end: Option<&[u8]>, from: i64) -> Resu
 }
 
 /// `watch(key)`.
-pub(crate) async fn watch_key(
-    inner: Arc<Inner>,
-    key: String,
-    consistent: bool,
-    cancel: CancellationToken,
-) -> Result<WatchStream> {
+pub(crate) async fn watch_key(inner: Arc<Inner>, w: WatchRequest<'_>) -> Result<WatchStream> {
+    let (key, consistent, cancel) = (w.key.to_owned(), w.consistent, w.cancel);
     let (pair, rev) = inner.read_key(&key, consistent).await?;
     let etcd_key = inner.data_key(&key);
     let first = open(&inner, &etcd_key, None, rev + 1).await?;
@@ -79,12 +75,8 @@ pub(crate) async fn watch_key(
 }
 
 /// `watch_tree(dir)`.
-pub(crate) async fn watch_tree(
-    inner: Arc<Inner>,
-    dir: String,
-    consistent: bool,
-    cancel: CancellationToken,
-) -> Result<WatchTreeStream> {
+pub(crate) async fn watch_tree(inner: Arc<Inner>, w: WatchRequest<'_>) -> Result<WatchTreeStream> {
+    let (dir, consistent, cancel) = (w.key.to_owned(), w.consistent, w.cancel);
     let (pairs, rev) = inner.read_tree(&dir, consistent).await?;
     let (start, end) = inner.tree_range(&dir);
     let first = open(&inner, &start, Some(&end), rev + 1).await?;

@@ -9,9 +9,10 @@ use kvstore_testutils::{
     backend_url, cas_on_foreign_key, foreign_sample, ok, reads_foreign_sample, scratch_dir,
     watches_see_foreign_write,
 };
+use std::str::FromStr;
 
 async fn raw(url: &str) -> Client {
-    let config = EtcdConfig::from_url(url).unwrap();
+    let config = EtcdConfig::from_str(url).unwrap();
     Client::connect(&config.endpoints, None)
         .await
         .expect("raw etcd client")
@@ -39,7 +40,7 @@ async fn keys_written_without_a_leading_slash_read_exactly() {
         return;
     };
     let mut raw = raw(&url).await;
-    let store = connect(EtcdConfig::from_url(&url).unwrap()).await;
+    let store = connect(EtcdConfig::from_str(&url).unwrap()).await;
     let dir = scratch_dir("foreign");
     write_sample(&mut raw, &dir).await;
     reads_foreign_sample(&store, &dir, &[]).await;
@@ -72,7 +73,7 @@ async fn keys_with_a_leading_slash_need_the_leading_slash_option() {
     // `etcdctl put /app/...` writes the key with its leading slash.
     write_sample(&mut raw, &format!("/{dir}")).await;
 
-    let plain = connect(EtcdConfig::from_url(&url).unwrap()).await;
+    let plain = connect(EtcdConfig::from_str(&url).unwrap()).await;
     assert!(matches!(
         plain.get(&format!("{dir}/a/b/c"), None).await,
         Err(Error::KeyNotFound { .. })
@@ -80,7 +81,7 @@ async fn keys_with_a_leading_slash_need_the_leading_slash_option() {
 
     let sep = if url.contains('?') { '&' } else { '?' };
     let slash =
-        connect(EtcdConfig::from_url(&format!("{url}{sep}leading_slash=true")).unwrap()).await;
+        connect(EtcdConfig::from_str(&format!("{url}{sep}leading_slash=true")).unwrap()).await;
     reads_foreign_sample(&slash, &dir, &[]).await;
     // kvstore writes path-style keys too with the option on.
     ok(slash.put(&format!("{dir}/mine"), b"x", None).await, "put");

@@ -3,6 +3,7 @@
 //! leases left after rewriting a registration. They pause the server the other tests use, so
 //! they run one at a time.
 
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ fn opener(url: String) -> Opener {
     Opener::new(move || {
         let url = url.clone();
         async move {
-            let config = EtcdConfig::from_url(&url)?;
+            let config = EtcdConfig::from_str(&url)?;
             Ok(Arc::new(EtcdStore::open(config).await?) as Arc<dyn Store>)
         }
     })
@@ -41,7 +42,7 @@ async fn rewriting_a_registration_leaves_one_lease() {
         return;
     };
     let _serial = LIVENESS_SERIAL.lock().await;
-    let config = EtcdConfig::from_url(&url).unwrap();
+    let config = EtcdConfig::from_str(&url).unwrap();
     let mut raw = etcd_client::Client::connect(&config.endpoints, None)
         .await
         .expect("raw client");

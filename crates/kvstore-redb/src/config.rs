@@ -1,6 +1,7 @@
 //! Typed configuration for the redb and in-memory stores, and their URL form.
 
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
 
 use kvstore_core::backend::{duration_option, size_option};
@@ -53,7 +54,7 @@ pub enum Location {
 /// ```
 /// use kvstore_redb::{Location, RedbConfig};
 ///
-/// let config = RedbConfig::from_url("redb:data/app.redb?timeout=1s")?;
+/// let config = "redb:data/app.redb?timeout=1s".parse::<RedbConfig>()?;
 /// assert_eq!(config.location, Location::File("data/app.redb".into()));
 /// assert_eq!(config.open_timeout, std::time::Duration::from_secs(1));
 /// # Ok::<(), kvstore_core::Error>(())
@@ -111,6 +112,10 @@ impl RedbConfig {
         self.cache_size = bytes;
         self
     }
+}
+
+impl FromStr for RedbConfig {
+    type Err = Error;
 
     /// Parses a `redb:` or `memory:` URL (see the table above).
     ///
@@ -118,7 +123,7 @@ impl RedbConfig {
     ///
     /// [`Error::InvalidConfig`] for another scheme, an empty path, a host in a `redb:` URL, an
     /// unknown query option or an unparsable value.
-    pub fn from_url(url: &str) -> Result<Self> {
+    fn from_str(url: &str) -> Result<Self> {
         let invalid = |msg: String| Error::invalid_config(SCHEME, msg);
         let url = Url::parse(url).map_err(|e| invalid(format!("{url:?}: {e}")))?;
         let url = &url;
@@ -157,7 +162,7 @@ mod tests {
     use super::*;
 
     fn parse(url: &str) -> Result<RedbConfig> {
-        RedbConfig::from_url(url)
+        RedbConfig::from_str(url)
     }
 
     #[test]

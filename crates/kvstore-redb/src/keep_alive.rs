@@ -1,6 +1,5 @@
 //! `keep_alive` keys for the lease engine: the key lease, whose deadline is in the file.
 
-use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -57,20 +56,12 @@ pub(crate) fn extend_expiry(
 
 /// A `keep_alive` key's lease: its own deadline in the file, pushed forward while the key
 /// still holds the write that registered it.
+#[derive(Debug)]
 pub(crate) struct KeyLease {
     pub(crate) shared: Arc<Shared>,
     pub(crate) key: String,
     pub(crate) index: u64,
     pub(crate) ttl: Duration,
-}
-
-impl fmt::Debug for KeyLease {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KeyLease")
-            .field("key", &self.key)
-            .field("index", &self.index)
-            .finish_non_exhaustive()
-    }
 }
 
 #[async_trait]

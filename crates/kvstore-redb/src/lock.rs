@@ -1,7 +1,6 @@
 //! In-process locks persisted in the `kvstore_locks` table, held and renewed by the lease
 //! engine of `kvstore_core::backend` (the lease is the lock's deadline in the file).
 
-use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,6 +18,7 @@ use redb::ReadableTable;
 /// A held lock for the lease engine: renewal pushes its deadline in the file forward while it
 /// is still this holder's (and its value's, when the value lives as long as the hold);
 /// release removes it (and its value, with `delete_on_unlock`) in one transaction.
+#[derive(Debug)]
 struct LockLease {
     shared: Arc<Shared>,
     key: String,
@@ -28,15 +28,6 @@ struct LockLease {
     delete_on_unlock: bool,
     /// The value was written with the lock's deadline (`delete_on_unlock` with a value).
     bound_value: bool,
-}
-
-impl fmt::Debug for LockLease {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LockLease")
-            .field("key", &self.key)
-            .field("token", &self.token)
-            .finish_non_exhaustive()
-    }
 }
 
 #[async_trait]

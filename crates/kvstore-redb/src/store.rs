@@ -3,7 +3,6 @@
 
 use kvstore_core::backend::prelude::*;
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use backon::{ExponentialBuilder, Retryable};
@@ -39,16 +38,9 @@ const IN_PLACE_LIST: usize = 1024;
 pub type RedbStore = BackendStore<Redb>;
 
 /// The redb backend of [`RedbStore`]: the open database, shared by every handle on it.
+#[derive(Debug)]
 pub struct Redb {
     shared: Arc<Shared>,
-}
-
-impl fmt::Debug for Redb {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Redb")
-            .field("backend", &self.shared.backend)
-            .finish_non_exhaustive()
-    }
 }
 
 static OPEN_FILES: tokio::sync::Mutex<BTreeMap<PathBuf, std::sync::Weak<Shared>>> =
@@ -67,10 +59,7 @@ fn registry_path(path: &Path) -> PathBuf {
 
 impl Open for Redb {
     type Config = RedbConfig;
-
-    fn config_from_url(url: &str) -> Result<RedbConfig> {
-        RedbConfig::from_url(url)
-    }
+    const NAME: &str = crate::BACKEND;
 
     fn open(config: RedbConfig) -> impl std::future::Future<Output = Result<Self>> + Send {
         Self::open_shared(config)
@@ -90,10 +79,7 @@ impl Redb {
     /// [`Error::NotReachable`] when the file stays held by another process past the timeout;
     /// [`Error::Backend`] for I/O errors or a corrupt file.
     ///
-    /// # Cancel safety
-    ///
     /// Cancel-safe: dropping the future leaves the file closed.
-    #[tracing::instrument(level = "debug", skip_all, fields(op = "open"))]
     async fn open_shared(config: RedbConfig) -> Result<Self> {
         let Location::File(path) = &config.location else {
             return Self::open_new(config).await;
@@ -202,19 +188,13 @@ impl Backend for Redb {
         }
     }
 
-    async fn write(
-        &self,
-        key: &str,
-        value: &[u8],
-        precondition: Precondition,
-        expiry: Option<Expiry>,
-    ) -> Result<Written> {
-        let ttl = expiry.map(|e| e.ttl);
+    async fn write(&self, w: WriteRequest<'_>) -> Result<Written> {
+        let ttl = w.expiry.map(|e| e.ttl);
         let pair = self
             .shared
-            .commit_write(key.to_owned(), value.to_vec(), ttl, precondition)
+            .commit_write(w.key.to_owned(), w.value.to_vec(), ttl, w.precondition)
             .await?;
-        let lease = ttl.map(|ttl| self.key_lease(key, pair.last_index, ttl));
+        let lease = ttl.map(|ttl| self.key_lease(w.key, pair.last_index, ttl));
         Ok(Written { pair, lease })
     }
 
@@ -234,12 +214,8 @@ impl Backend for Redb {
         self.shared.blocking(move |s| s.txn(&txn)).await
     }
 
-    async fn register_again(
-        &self,
-        key: &str,
-        value: &Bytes,
-        ttl: Duration,
-    ) -> Result<Option<Arc<dyn Lease>>> {
+    async fn register_again(&self, lost: LostRegistration<'_>) -> Result<Option<Arc<dyn Lease>>> {
+        let LostRegistration { key, value, ttl } = lost;
         let read = || {
             let k = key.to_owned();
             self.shared.blocking(move |s| s.read_key(&k))
@@ -253,21 +229,13 @@ impl Backend for Redb {
             .map(|pair| self.key_lease(key, pair.last_index, ttl)))
     }
 
-    async fn watch(
-        &self,
-        key: &str,
-        _consistent: bool,
-        cancel: CancellationToken,
-    ) -> Result<WatchStream> {
+    async fn watch(&self, w: WatchRequest<'_>) -> Result<WatchStream> {
+        let (key, cancel) = (w.key, w.cancel);
         watch_key_signal(&self.shared, cancel, key.into()).await
     }
 
-    async fn watch_tree(
-        &self,
-        dir: &str,
-        _consistent: bool,
-        cancel: CancellationToken,
-    ) -> Result<WatchTreeStream> {
+    async fn watch_tree(&self, w: WatchRequest<'_>) -> Result<WatchTreeStream> {
+        let (dir, cancel) = (w.key, w.cancel);
         let dir: Arc<str> = dir.into();
         let d = dir.clone();
         watch_feed(

@@ -2,7 +2,7 @@
 //! backend shares: the key layout, the scripts' calls, keyspace-notification checks, and the
 //! `keep_alive` lease and registrar for the lease engine.
 
-use std::fmt;
+use derive_where::derive_where;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
@@ -12,7 +12,6 @@ use bytes::Bytes;
 use kvstore_core::backend::{Lease, Precondition, Release, Renewal, Tasks, ttl_millis};
 use kvstore_core::{Error, KvPair, Result, normalize_key};
 use redis::Value;
-use tokio_util::sync::CancellationToken;
 
 use crate::BACKEND;
 use crate::config::RedisConfig;
@@ -51,17 +50,18 @@ pub(crate) fn open_client(config: &RedisConfig) -> Result<redis::Client> {
 }
 
 /// Connection state shared by the store, its watches and its locks.
+#[derive_where(Debug)]
 pub(crate) struct Inner {
     /// The server calls go to (followed across failovers with Redis Sentinel).
+    #[derive_where(skip)]
     pub(crate) primary: Arc<Primary>,
     pub(crate) config: RedisConfig,
     /// `""` or `"<prefix>/"`: prepended to every key.
     pub(crate) prefix: String,
     pub(crate) db: i64,
-    pub(crate) cancel: CancellationToken,
-    /// Background work (lock renewals, registrations, releases); `close` waits for it.
+    /// Background work (lock renewals, registrations, releases, the Sentinel follower and the
+    /// pub/sub task); `close` waits for it.
     pub(crate) tasks: Tasks,
-    /// The `keep_alive` keys of this store.
     /// Whether keyspace notifications were on at the last check: `NOTIFICATIONS_*`. Checked at
     /// connect so `capabilities()` tells the truth; rechecked by every watch and lock while off,
     /// so turning them on later is noticed.
@@ -358,20 +358,12 @@ pub(crate) fn script_mode(precondition: Precondition) -> (&'static str, u64) {
 
 /// A `keep_alive` key's lease: its own `PEXPIRE`, renewed while the key still holds the write
 /// that registered it.
+#[derive(Debug)]
 struct KeyLease {
     inner: Arc<Inner>,
     key: String,
     index: u64,
     ttl: Duration,
-}
-
-impl fmt::Debug for KeyLease {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KeyLease")
-            .field("key", &self.key)
-            .field("index", &self.index)
-            .finish_non_exhaustive()
-    }
 }
 
 #[async_trait]
@@ -414,10 +406,13 @@ pub(crate) async fn follow_primary(
     inner: std::sync::Weak<Inner>,
     mut sentinel: redis::sentinel::SentinelClient,
 ) {
-    let Some((primary, cancel, config)) = inner
-        .upgrade()
-        .map(|i| (i.primary.clone(), i.cancel.clone(), i.config.clone()))
-    else {
+    let Some((primary, cancel, config)) = inner.upgrade().map(|i| {
+        (
+            i.primary.clone(),
+            i.tasks.cancel_token().clone(),
+            i.config.clone(),
+        )
+    }) else {
         return;
     };
     loop {

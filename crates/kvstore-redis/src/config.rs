@@ -1,5 +1,6 @@
 //! Typed configuration for the Redis store, and its URL form.
 
+use std::str::FromStr;
 use std::time::Duration;
 
 use kvstore_core::backend::{bool_option, duration_option, parse_multi_host_url, size_option};
@@ -51,7 +52,7 @@ pub const DEFAULT_WATCH_RECONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 /// ```
 /// use kvstore_redis::RedisConfig;
 ///
-/// let config = RedisConfig::from_url("redis://:secret@127.0.0.1:6379/2?prefix=app1&timeout=2s")?;
+/// let config = "redis://:secret@127.0.0.1:6379/2?prefix=app1&timeout=2s".parse::<RedisConfig>()?;
 /// assert_eq!(config.prefix, "app1");
 /// assert_eq!(config.connect_timeout, std::time::Duration::from_secs(2));
 /// # Ok::<(), kvstore_core::Error>(())
@@ -228,61 +229,6 @@ impl RedisConfig {
         self
     }
 
-    /// Parses a `redis://` or `rediss://` URL with kvstore's options (see above).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidConfig`] for another scheme, a missing host, an unknown option or an
-    /// unparsable value; `InvalidKey` for a bad `prefix`.
-    pub fn from_url(url: &str) -> Result<Self> {
-        let invalid = |msg: String| Error::invalid_config(BACKEND, msg);
-        if url.starts_with("redis+sentinel:") {
-            return Self::from_sentinel_url(url);
-        }
-        // The redis client reads `#insecure` as "skip certificate verification".
-        kvstore_core::backend::refuse_fragment(BACKEND, url)?;
-        // The URL may hold a password: say what is wrong, never echo it.
-        let url = Url::parse(url).map_err(|e| invalid(format!("not a Redis URL: {e}")))?;
-        let url = &url;
-        if !matches!(url.scheme(), "redis" | "rediss") {
-            return Err(invalid(format!(
-                "scheme {:?} is not redis or rediss",
-                url.scheme()
-            )));
-        }
-        if url.host_str().is_none_or(str::is_empty) {
-            return Err(invalid("the URL has no host".to_owned()));
-        }
-        let mut server = url.clone();
-        server.set_query(None);
-        let mut config = RedisConfig::new(server.to_string());
-        let mut tls = config.tls.take();
-        for (name, value) in url.query_pairs() {
-            if name == "tls_server_name" {
-                return Err(invalid(
-                    "tls_server_name is not supported: the redis client verifies the URL's host"
-                        .to_owned(),
-                ));
-            }
-            if name == "tls" {
-                return Err(invalid(
-                    "use the rediss:// scheme for TLS instead of tls=".to_owned(),
-                ));
-            }
-            if kvstore_core::backend::tls_url_option(&mut tls, BACKEND, &name, &value)? {
-                continue;
-            }
-            if !config.common_option(&name, &value)? {
-                return Err(invalid(format!("unknown option {name:?}")));
-            }
-        }
-        if let Some(tls) = tls {
-            config = config.with_tls(tls);
-        }
-        config.check()?;
-        Ok(config)
-    }
-
     /// Applies one of the options every URL form shares; `false` for another name.
     fn common_option(&mut self, name: &str, value: &str) -> Result<bool> {
         let duration = || duration_option(BACKEND, name, value);
@@ -371,6 +317,65 @@ impl RedisConfig {
     }
 }
 
+impl FromStr for RedisConfig {
+    type Err = Error;
+
+    /// Parses a `redis://` or `rediss://` URL with kvstore's options (see above).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for another scheme, a missing host, an unknown option or an
+    /// unparsable value; `InvalidKey` for a bad `prefix`.
+    fn from_str(url: &str) -> Result<Self> {
+        let invalid = |msg: String| Error::invalid_config(BACKEND, msg);
+        if url.starts_with("redis+sentinel:") {
+            return Self::from_sentinel_url(url);
+        }
+        // The redis client reads `#insecure` as "skip certificate verification".
+        kvstore_core::backend::refuse_fragment(BACKEND, url)?;
+        // The URL may hold a password: say what is wrong, never echo it.
+        let url = Url::parse(url).map_err(|e| invalid(format!("not a Redis URL: {e}")))?;
+        let url = &url;
+        if !matches!(url.scheme(), "redis" | "rediss") {
+            return Err(invalid(format!(
+                "scheme {:?} is not redis or rediss",
+                url.scheme()
+            )));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(invalid("the URL has no host".to_owned()));
+        }
+        let mut server = url.clone();
+        server.set_query(None);
+        let mut config = RedisConfig::new(server.to_string());
+        let mut tls = config.tls.take();
+        for (name, value) in url.query_pairs() {
+            if name == "tls_server_name" {
+                return Err(invalid(
+                    "tls_server_name is not supported: the redis client verifies the URL's host"
+                        .to_owned(),
+                ));
+            }
+            if name == "tls" {
+                return Err(invalid(
+                    "use the rediss:// scheme for TLS instead of tls=".to_owned(),
+                ));
+            }
+            if kvstore_core::backend::tls_url_option(&mut tls, BACKEND, &name, &value)? {
+                continue;
+            }
+            if !config.common_option(&name, &value)? {
+                return Err(invalid(format!("unknown option {name:?}")));
+            }
+        }
+        if let Some(tls) = tls {
+            config = config.with_tls(tls);
+        }
+        config.check()?;
+        Ok(config)
+    }
+}
+
 /// Where a store finds its primary through Redis Sentinel: it asks the Sentinels (in order,
 /// the first that answers) for the primary of `service`, checks with `ROLE` that the server
 /// named is a primary, and connects to it. While connected it asks again every second and
@@ -436,7 +441,7 @@ mod tests {
     #[test]
     fn url_options_are_split_from_the_server_url() {
         let c =
-            RedisConfig::from_url("redis://u:p@h:1/3?prefix=/a/b/&request_timeout=250ms").unwrap();
+            RedisConfig::from_str("redis://u:p@h:1/3?prefix=/a/b/&request_timeout=250ms").unwrap();
         assert_eq!(c.server_url, "redis://u:p@h:1/3");
         assert_eq!(c.prefix, "a/b");
         assert_eq!(c.request_timeout, Duration::from_millis(250));
@@ -448,17 +453,17 @@ mod tests {
 
     #[test]
     fn tls_options_switch_to_rediss() {
-        let c = RedisConfig::from_url("redis://h:1?tls_ca=/ca.pem").unwrap();
+        let c = RedisConfig::from_str("redis://h:1?tls_ca=/ca.pem").unwrap();
         assert_eq!(c.server_url, "rediss://h:1");
         let tls = c.tls.unwrap();
         assert_eq!(tls.ca.as_deref(), Some(std::path::Path::new("/ca.pem")));
-        assert!(RedisConfig::from_url("rediss://h:1").unwrap().tls.is_some());
-        assert!(RedisConfig::from_url("redis://h:1").unwrap().tls.is_none());
+        assert!(RedisConfig::from_str("rediss://h:1").unwrap().tls.is_some());
+        assert!(RedisConfig::from_str("redis://h:1").unwrap().tls.is_none());
     }
 
     #[test]
     fn sentinel_urls() {
-        let c = RedisConfig::from_url(
+        let c = RedisConfig::from_str(
             "redis+sentinel://u:p%40@10.0.0.1:26380,10.0.0.2/primary/3?wait_replicas=1&wait_timeout=500ms",
         )
         .unwrap();
@@ -473,7 +478,7 @@ mod tests {
             (s.sentinel_user.as_deref(), s.sentinel_password.as_deref()),
             (None, None)
         );
-        let logged_in = RedisConfig::from_url(
+        let logged_in = RedisConfig::from_str(
             "redis+sentinel://h1/svc?sentinel_user=watcher&sentinel_password=s%26cret",
         )
         .unwrap();
@@ -506,7 +511,7 @@ mod tests {
             "redis+sentinel://h1:notaport/svc",
         ] {
             assert!(
-                matches!(RedisConfig::from_url(bad), Err(Error::InvalidConfig { .. })),
+                matches!(RedisConfig::from_str(bad), Err(Error::InvalidConfig { .. })),
                 "{bad}"
             );
         }
@@ -523,7 +528,7 @@ mod tests {
             "redis://h:1?tls=true",
         ] {
             assert!(
-                matches!(RedisConfig::from_url(u), Err(Error::InvalidConfig { .. })),
+                matches!(RedisConfig::from_str(u), Err(Error::InvalidConfig { .. })),
                 "{u}"
             );
         }

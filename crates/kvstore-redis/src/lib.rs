@@ -112,7 +112,7 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> kvstore_core::Result<()> {
-//! let config = kvstore_redis::RedisConfig::from_url("redis://127.0.0.1:6379/0?prefix=app1")?;
+//! let config = "redis://127.0.0.1:6379/0?prefix=app1".parse::<kvstore_redis::RedisConfig>()?;
 //! let store = kvstore_redis::RedisStore::open(config).await?;
 //! store.put("services/web", b"10.0.0.1:80", None).await?;
 //! # Ok(())

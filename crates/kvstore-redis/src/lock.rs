@@ -3,7 +3,6 @@
 //! key's keyspace notifications. With `delete_on_unlock` the value gets the lock's PX too and
 //! each renewal extends both, so a lost hold's value expires with it.
 
-use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +20,7 @@ use crate::scripts;
 /// The protocol steps of a held lock for the lease engine: renew with `PEXPIRE` while the lock
 /// key still names this holder (and the value with it, when it lives as long as the hold);
 /// release by deleting it (and the value, with `delete_on_unlock`) in one script.
+#[derive(Debug)]
 struct LockLease {
     inner: Arc<Inner>,
     key: String,
@@ -30,15 +30,6 @@ struct LockLease {
     /// The token of the value this hold wrote with the lock's PX (`delete_on_unlock` with a
     /// value), which renewals extend.
     bound_value: Option<u64>,
-}
-
-impl fmt::Debug for LockLease {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LockLease")
-            .field("key", &self.key)
-            .field("holder", &self.holder)
-            .finish_non_exhaustive()
-    }
 }
 
 #[async_trait]

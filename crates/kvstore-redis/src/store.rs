@@ -2,7 +2,6 @@
 //! connection; keyspace notifications for watches and locks.
 
 use kvstore_core::backend::prelude::*;
-use std::fmt;
 use std::sync::atomic::AtomicU8;
 
 use crate::BACKEND;
@@ -21,31 +20,17 @@ pub type RedisStore = BackendStore<Redis>;
 
 /// The Redis backend of [`RedisStore`]: the connection to the primary and the shared pub/sub
 /// connection of the watches and lock waiters.
+#[derive(Debug)]
 pub struct Redis {
     inner: Arc<Inner>,
-}
-
-impl fmt::Debug for Redis {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Redis")
-            .field("config", &self.inner.config)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        // Ends the Sentinel follower and the pub/sub tasks so they release the connections.
-        self.inner.cancel.cancel();
-    }
+    /// Dropped with the backend: ends the Sentinel follower and the pub/sub tasks so they
+    /// release the connections.
+    _stop: DropGuard,
 }
 
 impl Open for Redis {
     type Config = RedisConfig;
-
-    fn config_from_url(url: &str) -> Result<RedisConfig> {
-        RedisConfig::from_url(url)
-    }
+    const NAME: &str = BACKEND;
 
     /// Connects to the server and checks it answers.
     ///
@@ -55,11 +40,6 @@ impl Open for Redis {
     /// read or parsed, or a server in Redis Cluster mode (see the crate docs); [`Error::NotReachable`] when no server answers within `connect_timeout`;
     /// [`Error::PermissionDenied`] when the server refuses the user or password, or TLS fails
     /// (a server certificate the CA did not sign, a client certificate the server refuses).
-    ///
-    /// # Cancel safety
-    ///
-    /// Cancel-safe.
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "connect"))]
     async fn open(config: RedisConfig) -> Result<Self> {
         config.check()?;
         let (client, sentinel) = match &config.sentinel {
@@ -84,7 +64,6 @@ impl Open for Redis {
             config,
             prefix,
             db,
-            cancel: tasks.cancel_token().clone(),
             tasks,
             notifications: AtomicU8::new(0),
             pubsub: crate::pubsub::PubSub::default(),
@@ -106,7 +85,10 @@ impl Open for Redis {
                 sentinel,
             ));
         }
-        Ok(Redis { inner })
+        Ok(Redis {
+            _stop: inner.tasks.cancel_token().clone().drop_guard(),
+            inner,
+        })
     }
 }
 
@@ -149,17 +131,14 @@ impl Backend for Redis {
         self.inner.read_tree(dir).await
     }
 
-    async fn write(
-        &self,
-        key: &str,
-        value: &[u8],
-        precondition: Precondition,
-        expiry: Option<Expiry>,
-    ) -> Result<Written> {
-        let (mode, expected) = script_mode(precondition);
-        let ttl = expiry.map(|e| e.ttl);
-        let pair = self.inner.write(key, value, ttl, mode, expected).await?;
-        let lease = ttl.map(|ttl| self.inner.key_lease(key, pair.last_index, ttl));
+    async fn write(&self, w: WriteRequest<'_>) -> Result<Written> {
+        let (mode, expected) = script_mode(w.precondition);
+        let ttl = w.expiry.map(|e| e.ttl);
+        let pair = self
+            .inner
+            .write(w.key, w.value, ttl, mode, expected)
+            .await?;
+        let lease = ttl.map(|ttl| self.inner.key_lease(w.key, pair.last_index, ttl));
         Ok(Written { pair, lease })
     }
 
@@ -190,12 +169,8 @@ impl Backend for Redis {
 
     /// The `PUT` script in mode `same`: written again where the key is absent or still holds
     /// the value.
-    async fn register_again(
-        &self,
-        key: &str,
-        value: &Bytes,
-        ttl: Duration,
-    ) -> Result<Option<Arc<dyn Lease>>> {
+    async fn register_again(&self, lost: LostRegistration<'_>) -> Result<Option<Arc<dyn Lease>>> {
+        let LostRegistration { key, value, ttl } = lost;
         match self.inner.write(key, value, Some(ttl), "same", 0).await {
             Ok(pair) => Ok(Some(self.inner.key_lease(key, pair.last_index, ttl))),
             Err(Error::KeyModified { .. }) => Ok(None),
@@ -203,12 +178,8 @@ impl Backend for Redis {
         }
     }
 
-    async fn watch(
-        &self,
-        key: &str,
-        _consistent: bool,
-        cancel: CancellationToken,
-    ) -> Result<WatchStream> {
+    async fn watch(&self, w: WatchRequest<'_>) -> Result<WatchStream> {
+        let (key, cancel) = (w.key, w.cancel);
         self.inner.check_notifications().await?;
         let key = key.to_owned();
         let sub = Subscription::Channel(self.inner.keyspace_channel(&self.inner.data_key(&key)));
@@ -219,12 +190,8 @@ impl Backend for Redis {
         watch_stream(self.inner.clone(), sub, read, cancel).await
     }
 
-    async fn watch_tree(
-        &self,
-        dir: &str,
-        _consistent: bool,
-        cancel: CancellationToken,
-    ) -> Result<WatchTreeStream> {
+    async fn watch_tree(&self, w: WatchRequest<'_>) -> Result<WatchTreeStream> {
+        let (dir, cancel) = (w.key, w.cancel);
         self.inner.check_notifications().await?;
         let dir = dir.to_owned();
         let sub = Subscription::Pattern(self.inner.keyspace_tree_pattern(&dir));

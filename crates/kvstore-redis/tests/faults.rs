@@ -1,6 +1,7 @@
 //! Fault tests against a real Redis: a server restart under a watch, keyspace notifications
 //! switched off, and an unreachable server. They change server state, so they run one at a time.
 
+use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use kvstore_core::{Error, Store};
@@ -152,7 +153,7 @@ async fn a_killed_holder_frees_its_lock_within_its_ttl() {
     let opener = kvstore_testutils::Opener::new(move || {
         let url = url.clone();
         async move {
-            let config = RedisConfig::from_url(&url)?;
+            let config = RedisConfig::from_str(&url)?;
             Ok(std::sync::Arc::new(RedisStore::open(config).await?)
                 as std::sync::Arc<dyn kvstore_core::Store>)
         }

@@ -11,6 +11,7 @@ use kvstore_testutils::{
     watches_see_foreign_write,
 };
 use redis::AsyncCommands;
+use std::str::FromStr;
 
 async fn setup(options: &str) -> Option<(RedisStore, redis::aio::MultiplexedConnection)> {
     let url = backend_url("KVSTORE_REDIS_URL")?;
@@ -19,7 +20,7 @@ async fn setup(options: &str) -> Option<(RedisStore, redis::aio::MultiplexedConn
         .get_multiplexed_async_connection()
         .await
         .expect("raw connection");
-    let config = RedisConfig::from_url(&format!("{url}{options}")).unwrap();
+    let config = RedisConfig::from_str(&format!("{url}{options}")).unwrap();
     Some((ok(RedisStore::open(config).await, "connect"), raw))
 }
 

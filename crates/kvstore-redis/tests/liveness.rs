@@ -2,6 +2,7 @@
 //! paused server, a restarted server under a registration (ci/test.sh runs Redis without
 //! persistence, so the restart loses every key), a paused holder process.
 
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ fn opener(url: String) -> Opener {
     Opener::new(move || {
         let url = url.clone();
         async move {
-            let config = RedisConfig::from_url(&url)?;
+            let config = RedisConfig::from_str(&url)?;
             Ok(Arc::new(RedisStore::open(config).await?) as Arc<dyn Store>)
         }
     })

@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::str::FromStr;
 use std::sync::Arc;
 
 use kvstore_core::Store;
@@ -46,7 +47,7 @@ async fn a_refused_login_is_permission_denied() {
         .expect("the Sentinel URL carries the Sentinels' password (ci/servers.sh sets one)");
     let (user, _) = login.split_once(':').expect("a user and a password");
     let open = |url: String| async move {
-        let config = RedisConfig::from_url(&url)?;
+        let config = RedisConfig::from_str(&url)?;
         Ok(Arc::new(RedisStore::open(config).await?) as Arc<dyn Store>)
     };
     let sentinels_login = format!("?sentinel_password={query}");

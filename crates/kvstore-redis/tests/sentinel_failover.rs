@@ -4,6 +4,7 @@
 //! is back as a replica, and its watch goes on with the new value. Runs on the `redis-sentinel`
 //! cluster of ci/servers.sh, in a test binary of its own so no other case sees the failover.
 
+use std::str::FromStr;
 use std::time::Duration;
 
 use kvstore_core::Store;
@@ -22,7 +23,7 @@ async fn store_follows_the_primary_across_a_failover() {
         return;
     };
     let sep = if url.contains('?') { '&' } else { '?' };
-    let config = RedisConfig::from_url(&format!("{url}{sep}wait_replicas=1")).expect("valid URL");
+    let config = RedisConfig::from_str(&format!("{url}{sep}wait_replicas=1")).expect("valid URL");
     let store = ok(RedisStore::open(config).await, "connect");
     let key = format!("{}/k", scratch_dir("sentinel-failover"));
     ok(

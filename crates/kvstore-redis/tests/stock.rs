@@ -8,13 +8,14 @@ mod common;
 use kvstore_core::{Error, Store};
 use kvstore_redis::{RedisConfig, RedisStore};
 use kvstore_testutils::{backend_url, cleanup, ok, scratch_dir};
+use std::str::FromStr;
 
 #[tokio::test]
 async fn a_stock_server_reports_watches_and_locks_as_unavailable() {
     let Some(url) = backend_url("KVSTORE_REDIS_STOCK_URL") else {
         return;
     };
-    let config = RedisConfig::from_url(&url).unwrap();
+    let config = RedisConfig::from_str(&url).unwrap();
     let store = ok(RedisStore::open(config).await, "connect");
     let caps = store.capabilities();
     assert!(

@@ -2,6 +2,7 @@
 //! expiry), lock sessions, the znode layout and reads. Writes are in `write.rs`, the
 //! `keep_alive` pin lease in `keep_alive.rs`.
 
+use derive_where::derive_where;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -16,15 +17,18 @@ use crate::node::{LOCKS, decode, index};
 use crate::session::{connect, timed, usable};
 
 /// Connection state shared by the store, its watches and its locks.
+#[derive_where(Debug)]
 pub(crate) struct Inner {
     pub(crate) config: ZkConfig,
     /// Znode path of the store's root: `""` for `/`, else `/chroot/prefix`.
     pub(crate) root: String,
     /// The current session; `None` once closed.
+    #[derive_where(skip)]
     pub(crate) session: RwLock<Option<Arc<Client>>>,
     pub(crate) reconnecting: tokio::sync::Mutex<()>,
     pub(crate) cancel: CancellationToken,
     /// Lock sessions by TTL, shared by every lock of that TTL (see `lock.rs`).
+    #[derive_where(skip)]
     pub(crate) lock_sessions: tokio::sync::Mutex<std::collections::HashMap<Duration, Arc<Client>>>,
     /// Whether the server creates TTL nodes (`zookeeper.extendedTypesEnabled=true`), probed at
     /// connect by [`probe_ttl_nodes`].

@@ -1,5 +1,6 @@
 //! Typed configuration for the ZooKeeper store, and its URL form.
 
+use std::str::FromStr;
 use std::time::Duration;
 
 use kvstore_core::backend::{
@@ -85,7 +86,7 @@ const ACL_CHOICES: [(&str, ZkAcl); 3] = [
 /// ```
 /// use kvstore_zk::{ZkAcl, ZkConfig};
 ///
-/// let config = ZkConfig::from_url("zk://app:secret@10.0.0.1:2181,10.0.0.2:2181/services?session_timeout=6s")?;
+/// let config = "zk://app:secret@10.0.0.1:2181,10.0.0.2:2181/services?session_timeout=6s".parse::<ZkConfig>()?;
 /// assert_eq!(config.hosts, ["10.0.0.1:2181", "10.0.0.2:2181"]);
 /// assert_eq!(config.prefix, "services");
 /// assert_eq!(config.acl, ZkAcl::Creator);
@@ -230,6 +231,10 @@ impl ZkConfig {
         }
         Ok(())
     }
+}
+
+impl FromStr for ZkConfig {
+    type Err = Error;
 
     /// Parses a `zk://` URL (see above). Several hosts are separated by commas, which is why
     /// this takes the URL as text rather than a parsed `Url`.
@@ -238,7 +243,7 @@ impl ZkConfig {
     ///
     /// [`Error::InvalidConfig`] for another scheme, no host, an unknown option or an unparsable
     /// value; `InvalidKey` for a bad chroot or `prefix`.
-    pub fn from_url(url: &str) -> Result<Self> {
+    fn from_str(url: &str) -> Result<Self> {
         let parsed = parse_multi_host_url(BACKEND, crate::SCHEME, url)?;
         let mut config = ZkConfig::new(&parsed.hosts).with_prefix(&parsed.path)?;
         if let Some((user, password)) = parsed.credentials {
@@ -280,7 +285,7 @@ mod tests {
 
     #[test]
     fn parses_hosts_chroot_credentials_and_options() {
-        let c = ZkConfig::from_url(
+        let c = ZkConfig::from_str(
             "zk://u%40x:p%3Aw@h1:1,h2:2/app/?prefix=/svc/&timeout=2s&acl=creator_read",
         )
         .unwrap();
@@ -298,7 +303,7 @@ mod tests {
             !format!("{c:?}").contains("p:w"),
             "Debug hides the password"
         );
-        let plain = ZkConfig::from_url("zk://h:1").unwrap();
+        let plain = ZkConfig::from_str("zk://h:1").unwrap();
         assert_eq!((plain.prefix.as_str(), plain.acl), ("", ZkAcl::Open));
     }
 
@@ -318,12 +323,12 @@ mod tests {
             "zk://h:1?tls_ca=/ca.pem&tls_server_name=zk",
         ] {
             assert!(
-                matches!(ZkConfig::from_url(u), Err(Error::InvalidConfig { .. })),
+                matches!(ZkConfig::from_str(u), Err(Error::InvalidConfig { .. })),
                 "{u}"
             );
         }
         assert!(matches!(
-            ZkConfig::from_url("zk://h:1/a//b"),
+            ZkConfig::from_str("zk://h:1/a//b"),
             Err(Error::InvalidKey { .. })
         ));
     }

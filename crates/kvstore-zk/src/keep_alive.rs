@@ -8,7 +8,6 @@
 //! the registry within TTL + the container check interval, whatever the store's session
 //! timeout (10 s by default). Measured before this: 10.2 s for a 2 s TTL.
 
-use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,20 +26,12 @@ use crate::write::Mode;
 /// znode from expiring. It renews (any request renews a ZooKeeper session) while the pin
 /// exists; a pin gone with an expired session is a lost lease, and the registration set then
 /// writes the key again with a pin in the store's new session.
+#[derive(Debug)]
 pub(crate) struct PinLease {
     pub(crate) inner: Arc<Inner>,
     pub(crate) key: String,
     /// The registration's TTL: the timeout of the session its pin lives in.
     pub(crate) ttl: Duration,
-}
-
-impl fmt::Debug for PinLease {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PinLease")
-            .field("key", &self.key)
-            .field("ttl", &self.ttl)
-            .finish()
-    }
 }
 
 #[async_trait]

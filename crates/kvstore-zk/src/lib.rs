@@ -91,7 +91,7 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> kvstore_core::Result<()> {
-//! let config = kvstore_zk::ZkConfig::from_url("zk://127.0.0.1:2181/app1")?;
+//! let config = "zk://127.0.0.1:2181/app1".parse::<kvstore_zk::ZkConfig>()?;
 //! let store = kvstore_zk::ZkStore::open(config).await?;
 //! store.put("services/web", b"10.0.0.1:80", None).await?;
 //! # Ok(())

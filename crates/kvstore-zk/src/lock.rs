@@ -31,7 +31,7 @@
 //! znode of that session, so the server deletes it when the session ends (source: ZooKeeper
 //! Programmer's Guide, "Ephemeral Nodes") and it lives exactly as long as the hold.
 
-use std::fmt;
+use derive_where::derive_where;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -52,20 +52,14 @@ const WAITER: &str = "lock-";
 
 /// A held lock's session and waiter, for the lease engine. The session closes when the last
 /// clone of this lease is dropped (after the release).
+#[derive_where(Debug)]
 struct WaiterLease {
     inner: Arc<Inner>,
+    #[derive_where(skip)]
     client: Arc<Client>,
     node: String,
     key: String,
     delete_on_unlock: bool,
-}
-
-impl fmt::Debug for WaiterLease {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WaiterLease")
-            .field("node", &self.node)
-            .finish_non_exhaustive()
-    }
 }
 
 #[async_trait]

@@ -1,7 +1,6 @@
 //! [`Zk`]: the ZooKeeper backend — keys as znodes, hidden parents, TTL nodes and pins.
 
 use kvstore_core::backend::prelude::*;
-use std::fmt;
 use std::sync::{Arc, RwLock};
 
 use zookeeper_client::{self as zk, Client, CreateMode};
@@ -20,16 +19,9 @@ pub type ZkStore = BackendStore<Zk>;
 
 /// The ZooKeeper backend of [`ZkStore`]: the store's session and the sessions of its locks and
 /// registrations (one per TTL).
+#[derive(Debug)]
 pub struct Zk {
     inner: Arc<Inner>,
-}
-
-impl fmt::Debug for Zk {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Zk")
-            .field("config", &self.inner.config)
-            .finish_non_exhaustive()
-    }
 }
 
 impl Drop for Zk {
@@ -41,22 +33,15 @@ impl Drop for Zk {
 
 impl Open for Zk {
     type Config = ZkConfig;
+    const NAME: &str = BACKEND;
 
-    fn config_from_url(url: &str) -> Result<ZkConfig> {
-        ZkConfig::from_url(url)
-    }
-
-    /// Opens a session on the ensemble.
+    /// Opens a session on the ensemble. Cancel-safe: a session opened by a dropped call is
+    /// closed.
     ///
     /// # Errors
     ///
     /// [`Error::NotReachable`] when no server answers within `connect_timeout`;
     /// [`Error::InvalidConfig`] for an invalid configuration or refused credentials.
-    ///
-    /// # Cancel safety
-    ///
-    /// Cancel-safe: a session opened by a dropped call is closed.
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, op = "connect"))]
     async fn open(config: ZkConfig) -> Result<Self> {
         config.validate()?;
         let client = connect(&config, config.session_timeout).await?;
@@ -148,14 +133,10 @@ impl Backend for Zk {
         crate::tree::list(&self.inner, &client, dir, consistent).await
     }
 
-    async fn write(
-        &self,
-        key: &str,
-        value: &[u8],
-        precondition: Precondition,
-        expiry: Option<Expiry>,
-    ) -> Result<Written> {
-        self.inner.write_key(key, value, precondition, expiry).await
+    async fn write(&self, w: WriteRequest<'_>) -> Result<Written> {
+        self.inner
+            .write_key(w.key, w.value, w.precondition, w.expiry)
+            .await
     }
 
     async fn delete(&self, key: &str, precondition: Precondition) -> Result<()> {
@@ -179,31 +160,17 @@ impl Backend for Zk {
         self.inner.txn(&txn).await
     }
 
-    async fn register_again(
-        &self,
-        key: &str,
-        value: &Bytes,
-        ttl: Duration,
-    ) -> Result<Option<Arc<dyn Lease>>> {
+    async fn register_again(&self, lost: LostRegistration<'_>) -> Result<Option<Arc<dyn Lease>>> {
+        let LostRegistration { key, value, ttl } = lost;
         self.inner.register_again(key, value, ttl).await
     }
 
-    async fn watch(
-        &self,
-        key: &str,
-        consistent: bool,
-        cancel: CancellationToken,
-    ) -> Result<WatchStream> {
-        watch_key(self.inner.clone(), key.to_owned(), consistent, cancel).await
+    async fn watch(&self, w: WatchRequest<'_>) -> Result<WatchStream> {
+        watch_key(self.inner.clone(), w).await
     }
 
-    async fn watch_tree(
-        &self,
-        dir: &str,
-        consistent: bool,
-        cancel: CancellationToken,
-    ) -> Result<WatchTreeStream> {
-        watch_tree(self.inner.clone(), dir.to_owned(), consistent, cancel).await
+    async fn watch_tree(&self, w: WatchRequest<'_>) -> Result<WatchTreeStream> {
+        watch_tree(self.inner.clone(), w).await
     }
 
     async fn acquire(&self, lock: &LockSpec, tasks: &Tasks) -> Result<HeldLease> {

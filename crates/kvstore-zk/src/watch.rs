@@ -24,7 +24,7 @@ use async_trait::async_trait;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
-use kvstore_core::backend::{WatchSource, watch_stream};
+use kvstore_core::backend::{WatchRequest, WatchSource, watch_stream};
 use kvstore_core::{Error, KvPair, Result, WatchStream, WatchTreeStream};
 use zookeeper_client::{self as zk, AddWatchMode, Client, EventType, PersistentWatcher};
 
@@ -169,12 +169,8 @@ async fn stream<T: PartialEq + Clone + Send + Sync + 'static>(
 }
 
 /// `Store::watch`.
-pub(crate) async fn watch_key(
-    inner: Arc<Inner>,
-    key: String,
-    consistent: bool,
-    cancel: CancellationToken,
-) -> Result<WatchStream> {
+pub(crate) async fn watch_key(inner: Arc<Inner>, w: WatchRequest<'_>) -> Result<WatchStream> {
+    let (key, consistent, cancel) = (w.key.to_owned(), w.consistent, w.cancel);
     let path = inner.path(&key);
     let read: Read<Option<KvPair>> = Box::new(move |inner: Arc<Inner>, client: Arc<Client>| {
         let key = key.clone();
@@ -184,12 +180,8 @@ pub(crate) async fn watch_key(
 }
 
 /// `Store::watch_tree`.
-pub(crate) async fn watch_tree(
-    inner: Arc<Inner>,
-    dir: String,
-    consistent: bool,
-    cancel: CancellationToken,
-) -> Result<WatchTreeStream> {
+pub(crate) async fn watch_tree(inner: Arc<Inner>, w: WatchRequest<'_>) -> Result<WatchTreeStream> {
+    let (dir, consistent, cancel) = (w.key.to_owned(), w.consistent, w.cancel);
     let path = inner.dir_path(&dir);
     let read: Read<Vec<KvPair>> = Box::new(move |inner: Arc<Inner>, client: Arc<Client>| {
         let dir = dir.clone();

@@ -12,6 +12,7 @@ use kvstore_testutils::{
     watches_see_foreign_write,
 };
 use kvstore_zk::{ZkConfig, ZkStore};
+use std::str::FromStr;
 use zookeeper_client::{Acls, Client, CreateMode};
 
 /// Creates `path` and its missing parents as valkeyrie does: parents are persistent znodes with
@@ -49,7 +50,7 @@ async fn znodes_written_like_valkeyrie_read_exactly() {
     let Some(url) = backend_url("KVSTORE_ZK_URL") else {
         return;
     };
-    let config = ZkConfig::from_url(&url).unwrap();
+    let config = ZkConfig::from_str(&url).unwrap();
     let raw = Client::connect(&config.hosts.join(","))
         .await
         .expect("raw client");

@@ -2,6 +2,7 @@
 //! store: hidden parents that the server reaps, values that survive their children, bytes
 //! as-is, and digest authentication with creator ACLs.
 
+use std::str::FromStr;
 use std::time::Duration;
 
 use kvstore_core::{Error, Store};
@@ -11,7 +12,7 @@ use zookeeper_client::Client;
 
 async fn setup() -> Option<(ZkStore, Client)> {
     let url = backend_url("KVSTORE_ZK_URL")?;
-    let config = ZkConfig::from_url(&url).expect("valid zk URL");
+    let config = ZkConfig::from_str(&url).expect("valid zk URL");
     let raw = Client::connect(&config.hosts.join(","))
         .await
         .expect("raw client");
@@ -166,7 +167,7 @@ async fn digest_credentials_and_creator_acl_protect_the_nodes() {
     let Some(url) = backend_url("KVSTORE_ZK_URL") else {
         return;
     };
-    let base = ZkConfig::from_url(&url).expect("valid zk URL");
+    let base = ZkConfig::from_str(&url).expect("valid zk URL");
     // A top-level directory of its own: the creator ACL also covers the parents it creates,
     // which must not be shared with other tests.
     let dir = scratch_dir("zk_acl").replace('/', "-");
@@ -197,7 +198,7 @@ async fn digest_credentials_and_creator_acl_protect_the_nodes() {
         stranger.put(&format!("{dir}/secret"), b"x", None).await,
         Err(Error::PermissionDenied { .. })
     ));
-    let other = ZkConfig::from_url(&url.replacen("zk://", "zk://app:wrong@", 1)).unwrap();
+    let other = ZkConfig::from_str(&url.replacen("zk://", "zk://app:wrong@", 1)).unwrap();
     let other = ok(ZkStore::open(other).await, "connect with other credentials");
     assert!(matches!(
         other.get(&format!("{dir}/secret"), None).await,

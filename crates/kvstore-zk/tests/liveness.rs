@@ -2,6 +2,7 @@
 //! paused server, a restarted server under a registration, and a paused holder process. They
 //! pause the server the other tests use, so they run one at a time.
 
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ fn opener(url: String) -> Opener {
     Opener::new(move || {
         let url = url.clone();
         async move {
-            let config = ZkConfig::from_url(&url)?;
+            let config = ZkConfig::from_str(&url)?;
             Ok(Arc::new(ZkStore::open(config).await?) as Arc<dyn Store>)
         }
     })

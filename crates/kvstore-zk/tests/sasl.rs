@@ -3,6 +3,7 @@
 //! users `kv` and `reader`): the whole conformance suite, and a wrong password refused at
 //! connect.
 
+use std::str::FromStr;
 use std::sync::Arc;
 
 use kvstore_core::{Result, Store};
@@ -30,7 +31,7 @@ kvstore_testutils::conformance_tests!(optional: opener());
 async fn sasl_refuses_a_wrong_password_and_other_users() {
     let Some(url) = sasl_url() else { return };
     assert_eq!(
-        ZkConfig::from_url(&url).unwrap().auth,
+        ZkConfig::from_str(&url).unwrap().auth,
         ZkAuth::SaslDigestMd5
     );
     let wrong = secure::with_credential(&url, Credential::Password, "wrong-secret");

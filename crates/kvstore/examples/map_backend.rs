@@ -10,19 +10,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use bytes::Bytes;
-use kvstore::backend::{
-    Backend, Check, CheckedTxn, Expiry, Found, HeldLease, Lease, LockSpec, Precondition, Release,
-    Renewal, Tasks, WatchSource, Write, Written, first_failure, watch_stream,
-};
-use kvstore::{
-    BackendStore, Capabilities, Error, KvPair, Result, Store, WatchStream, WatchTreeStream,
-    is_descendant,
-};
+use kvstore::backend::prelude::*;
+use kvstore::{Store, is_descendant};
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 /// A stored key: its value, `last_index` and deadline.
 #[derive(Debug, Clone)]
@@ -266,16 +257,11 @@ impl Backend for MapBackend {
         Ok(exists.then_some(pairs))
     }
 
-    async fn write(
-        &self,
-        key: &str,
-        value: &[u8],
-        precondition: Precondition,
-        expiry: Option<Expiry>,
-    ) -> Result<Written> {
+    async fn write(&self, w: WriteRequest<'_>) -> Result<Written> {
+        let (key, value, expiry) = (w.key, w.value, w.expiry);
         let index = self.change(|state| {
             let found = state.live(key, Instant::now()).map(|e| e.index);
-            match (precondition, found) {
+            match (w.precondition, found) {
                 (Precondition::Absent, Some(_)) => {
                     return Err(Error::KeyExists { key: key.into() });
                 }
@@ -359,12 +345,8 @@ impl Backend for MapBackend {
         })
     }
 
-    async fn register_again(
-        &self,
-        key: &str,
-        value: &Bytes,
-        ttl: Duration,
-    ) -> Result<Option<Arc<dyn Lease>>> {
+    async fn register_again(&self, lost: LostRegistration<'_>) -> Result<Option<Arc<dyn Lease>>> {
+        let LostRegistration { key, value, ttl } = lost;
         let index = self.change(|state| {
             let current = state.live(key, Instant::now());
             if current.is_some_and(|e| e.value != *value) {
@@ -378,21 +360,13 @@ impl Backend for MapBackend {
         Ok(index.map(|index| self.lease(key, index, ttl, None)))
     }
 
-    async fn watch(
-        &self,
-        key: &str,
-        _consistent: bool,
-        cancel: CancellationToken,
-    ) -> Result<WatchStream> {
+    async fn watch(&self, w: WatchRequest<'_>) -> Result<WatchStream> {
+        let (key, cancel) = (w.key, w.cancel);
         Ok(self.watch_of(key, MapBackend::pair, cancel))
     }
 
-    async fn watch_tree(
-        &self,
-        dir: &str,
-        _consistent: bool,
-        cancel: CancellationToken,
-    ) -> Result<WatchTreeStream> {
+    async fn watch_tree(&self, w: WatchRequest<'_>) -> Result<WatchTreeStream> {
+        let (dir, cancel) = (w.key, w.cancel);
         Ok(self.watch_of(dir, MapBackend::tree, cancel))
     }
 

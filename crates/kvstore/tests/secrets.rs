@@ -5,6 +5,7 @@
 //! `redis-tls`, `etcd-tls`, `zk-tls` and `consul-tls`).
 
 use std::io::Write;
+use std::str::FromStr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -103,10 +104,10 @@ async fn secrets_stay_out_of_debug_and_errors() {
     for (url, credential) in secure_urls().unwrap() {
         // Configs and stores.
         let configs = [
-            format!("{:?}", kvstore_redis::RedisConfig::from_url(&url)),
-            format!("{:?}", kvstore_etcd::EtcdConfig::from_url(&url)),
-            format!("{:?}", kvstore_zk::ZkConfig::from_url(&url)),
-            format!("{:?}", kvstore_consul::ConsulConfig::from_url(&url)),
+            format!("{:?}", kvstore_redis::RedisConfig::from_str(&url)),
+            format!("{:?}", kvstore_etcd::EtcdConfig::from_str(&url)),
+            format!("{:?}", kvstore_zk::ZkConfig::from_str(&url)),
+            format!("{:?}", kvstore_consul::ConsulConfig::from_str(&url)),
         ];
         for shown in configs {
             assert_no_secret(&shown, &secrets, "a config's Debug");

@@ -36,7 +36,9 @@ pub use lease::{
     HeldLease, Lease, RELEASE_TIMEOUT, Release, Renewal, Tasks, loss_margin, renewal_period,
     retry_period,
 };
-pub use protocol::{Backend, Expiry, LockSpec, Open, Written};
+pub use protocol::{
+    Backend, Expiry, LockSpec, LostRegistration, Open, WatchRequest, WriteRequest, Written,
+};
 pub use registration::{
     Registrar, Registrations, rewrite_precondition, unless_superseded, write_again,
 };

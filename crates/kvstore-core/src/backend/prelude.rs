@@ -2,7 +2,7 @@
 //!
 //! The trait and the types of its signatures ([`Backend`], [`Open`], [`Precondition`],
 //! [`Expiry`], [`Written`], [`CheckedTxn`], [`LockSpec`], [`HeldLease`], [`Lease`], [`Tasks`],
-//! the cancel token of a watch), the helpers most bodies use ([`write_again`],
+//! the cancel token of a watch and its drop guard), the helpers most bodies use ([`write_again`],
 //! [`first_failure`], [`watch_stream`] and [`WatchSource`], [`Renewal`], [`Release`]), the
 //! store type a backend crate aliases ([`BackendStore`]), and the crate types every method
 //! returns ([`Result`], [`Error`], [`KvPair`], [`Capabilities`], the watch streams), plus
@@ -13,11 +13,14 @@ pub use std::time::Duration;
 
 pub use async_trait::async_trait;
 pub use bytes::Bytes;
-pub use tokio_util::sync::CancellationToken;
+pub use tokio_util::sync::{CancellationToken, DropGuard};
 
 pub use super::{
-    Backend, BackendStore, Check, CheckedTxn, Expiry, Found, HeldLease, Lease, LockSpec, Open,
-    Precondition, Release, Renewal, Tasks, WatchSource, Write, Written, first_failure,
-    watch_stream, write_again,
+    Backend, BackendStore, Check, CheckedTxn, Expiry, Found, HeldLease, Lease, LockSpec,
+    LostRegistration, Open, Precondition, Release, Renewal, Tasks, WatchRequest, WatchSource,
+    Write, WriteRequest, Written, first_failure, watch_stream, write_again,
 };
-pub use crate::{Capabilities, Error, KvPair, Result, WatchStream, WatchTreeStream};
+pub use crate::{
+    Capabilities, Error, Event, EventStream, KvPair, Result, WatchEvent, WatchStream,
+    WatchTreeStream,
+};

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +11,9 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::{CheckedTxn, HeldLease, Lease, Precondition, Tasks};
-use crate::{Capabilities, Error, KvPair, LockOptions, Result, WatchStream, WatchTreeStream};
+use crate::{
+    Capabilities, Error, EventStream, KvPair, LockOptions, Result, WatchStream, WatchTreeStream,
+};
 
 /// The expiry a write asks for: the key is removed `ttl` after the write unless renewed, and
 /// with `keep_alive` the store renews it (a registration) for as long as it is open.
@@ -21,6 +24,43 @@ pub struct Expiry {
     pub ttl: Duration,
     /// The store renews the key; [`Written::lease`] must then be the lease it renews.
     pub keep_alive: bool,
+}
+
+/// What [`Backend::write`] is asked to store: `value` at the normalized `key` when
+/// `precondition` holds, expiring by `expiry` when given. Value size and TTL are checked.
+#[derive(Debug, Clone, Copy)]
+pub struct WriteRequest<'a> {
+    /// The key, normalized.
+    pub key: &'a str,
+    /// The value, within the backend's size limit.
+    pub value: &'a [u8],
+    /// What must hold of the key's current state for the write to happen.
+    pub precondition: Precondition,
+    /// The TTL, and whether the store renews it; `None`: the key never expires.
+    pub expiry: Option<Expiry>,
+}
+
+/// A `keep_alive` key whose lease was lost, which [`Backend::register_again`] writes again:
+/// `value` at the normalized `key`, with a new lease of `ttl`.
+#[derive(Debug, Clone, Copy)]
+pub struct LostRegistration<'a> {
+    /// The key, normalized.
+    pub key: &'a str,
+    /// The value the registration wrote.
+    pub value: &'a Bytes,
+    /// The registration's TTL.
+    pub ttl: Duration,
+}
+
+/// A watch [`Backend::watch`] and [`Backend::watch_tree`] are asked to start.
+#[derive(Debug, Clone)]
+pub struct WatchRequest<'a> {
+    /// The key (normalized), or for `watch_tree` the directory (`""`: the whole keyspace).
+    pub key: &'a str,
+    /// `false` allows the first read from a follower or replica.
+    pub consistent: bool,
+    /// Fires when the store closes; the stream then ends.
+    pub cancel: CancellationToken,
 }
 
 /// What a [`Backend::write`] stored.
@@ -120,19 +160,14 @@ pub trait Backend: fmt::Debug + Send + Sync + 'static {
     /// `Store::list` describes; `None` when there is neither such a key nor a key `dir`.
     async fn list(&self, dir: &str, consistent: bool) -> Result<Option<Vec<KvPair>>>;
 
-    /// Writes `value` at `key` when `precondition` holds, with `expiry` when given.
+    /// Writes the request's `value` at its `key` when its `precondition` holds, with its
+    /// `expiry` when given.
     ///
     /// # Errors
     ///
     /// `KeyExists` (`Precondition::Absent` and the key exists), `KeyNotFound` (an index and no
     /// key), `KeyModified` (an index and another one), and the backend's errors.
-    async fn write(
-        &self,
-        key: &str,
-        value: &[u8],
-        precondition: Precondition,
-        expiry: Option<Expiry>,
-    ) -> Result<Written>;
+    async fn write(&self, request: WriteRequest<'_>) -> Result<Written>;
 
     /// Deletes `key` when `precondition` holds (`Precondition::None` or an index).
     ///
@@ -158,33 +193,44 @@ pub trait Backend: fmt::Debug + Send + Sync + 'static {
         })
     }
 
-    /// Writes a lost registration again, with a new lease of `ttl`: unless another client
-    /// wrote a different value at `key` meanwhile (then `Ok(None)`).
+    /// Writes a lost registration again, with a new lease of its `ttl`: unless another client
+    /// wrote a different value at its `key` meanwhile (then `Ok(None)`).
     /// [`write_again`](super::write_again) is the usual body.
-    async fn register_again(
-        &self,
-        key: &str,
-        value: &Bytes,
-        ttl: Duration,
-    ) -> Result<Option<Arc<dyn Lease>>>;
+    async fn register_again(&self, lost: LostRegistration<'_>) -> Result<Option<Arc<dyn Lease>>>;
 
-    /// A watch of `key`, as `Store::watch` describes, which ends when `cancel` fires (the
-    /// store closed). [`watch_stream`](super::watch_stream) drives a
+    /// A watch of the request's `key`, as `Store::watch` describes, which ends when its
+    /// `cancel` fires (the store closed). [`watch_stream`](super::watch_stream) drives a
     /// [`WatchSource`](super::WatchSource) to one.
-    async fn watch(
-        &self,
-        key: &str,
-        consistent: bool,
-        cancel: CancellationToken,
-    ) -> Result<WatchStream>;
+    async fn watch(&self, watch: WatchRequest<'_>) -> Result<WatchStream>;
 
-    /// A watch of the directory `dir`, as `Store::watch_tree` describes.
-    async fn watch_tree(
+    /// A watch of the directory the request's `key` names, as `Store::watch_tree` describes.
+    async fn watch_tree(&self, watch: WatchRequest<'_>) -> Result<WatchTreeStream>;
+
+    /// Every pair under `dir` and the revision they were read at, in one consistent read, as
+    /// `Store::list_at` describes (a missing directory: an empty list). By default:
+    /// `CallNotSupported`.
+    async fn list_at(&self, dir: &str, consistent: bool) -> Result<(Vec<KvPair>, u64)> {
+        let _ = (dir, consistent);
+        Err(Error::CallNotSupported {
+            backend: self.name(),
+            operation: "list_at",
+        })
+    }
+
+    /// Per-key events under the directory the request's `key` names, from a `Snapshot` or
+    /// after `since`, as `Store::watch_events` describes; the stream ends when the request's
+    /// `cancel` fires. By default: `CallNotSupported`.
+    async fn watch_events(
         &self,
-        dir: &str,
-        consistent: bool,
-        cancel: CancellationToken,
-    ) -> Result<WatchTreeStream>;
+        watch: WatchRequest<'_>,
+        since: Option<u64>,
+    ) -> Result<EventStream> {
+        let _ = (watch, since);
+        Err(Error::CallNotSupported {
+            backend: self.name(),
+            operation: "watch_events",
+        })
+    }
 
     /// Called when the last store over this backend closes (after its tasks ended: renewals
     /// stopped, held locks released), to end what the connection keeps on the server at once
@@ -216,25 +262,29 @@ pub trait Backend: fmt::Debug + Send + Sync + 'static {
 }
 
 /// A [`Backend`] opened from its typed configuration, so that
-/// [`BackendStore::open`](crate::BackendStore::open) builds a store from it.
+/// [`BackendStore::open`](crate::BackendStore::open) builds a store from it, and from a URL of
+/// the backend's scheme (`etcd://h1:2379,h2:2379`, options in the query string) through the
+/// configuration's [`FromStr`].
 pub trait Open: Backend + Sized {
-    /// The backend's typed configuration.
-    type Config: Send;
+    /// The backend's typed configuration, parsed from a URL by its `FromStr` (`InvalidConfig`
+    /// for a malformed URL or option, naming neither password nor token).
+    type Config: Send + FromStr<Err = Error>;
 
-    /// The configuration a URL of the backend's scheme describes (`etcd://h1:2379,h2:2379`,
-    /// options in the query string), so that
-    /// [`BackendStore::open_url`](crate::BackendStore::open_url) opens a store from a URL.
-    ///
-    /// # Errors
-    ///
-    /// `InvalidConfig` for a malformed URL or option, naming neither password nor token.
-    fn config_from_url(url: &str) -> Result<Self::Config>;
+    /// The backend family's name (what [`Backend::name`] returns, `redb` for redb's
+    /// `memory://` as well): the `backend` field of the connect span.
+    const NAME: &'static str;
 
     /// Connects to (or opens) the server the configuration names.
+    /// [`BackendStore::open`](crate::BackendStore::open) runs it in a `debug` span with fields
+    /// `backend` and `op = "connect"`.
     ///
     /// # Errors
     ///
     /// `InvalidConfig` for configuration no retry fixes; `NotReachable` when the server did
     /// not answer.
+    ///
+    /// # Cancel safety
+    ///
+    /// Must be cancel-safe: a dropped call leaves no connection or session behind.
     fn open(config: Self::Config) -> impl Future<Output = Result<Self>> + Send;
 }

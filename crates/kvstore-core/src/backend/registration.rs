@@ -13,14 +13,15 @@ use tokio::time::Instant;
 
 use super::Precondition;
 use super::lease::{Ended, Lease, Release, Tasks, release_logged, renew_until_lost};
+use super::protocol::LostRegistration;
 use crate::{Error, KvPair, LockLost, Result, is_descendant};
 
 /// The step a backend supplies to write a registration again after its lease was lost.
 #[async_trait]
 pub trait Registrar: Send + Sync + 'static {
-    /// Writes `key` = `value` again with a new lease of `ttl`, atomically unless the key now
-    /// holds a different value (another client wrote it): then `Ok(None)` and nothing is
-    /// written. An absent key is written. Returns the new lease and the moment its request
+    /// Writes the lost registration's `key` = `value` again with a new lease of its `ttl`,
+    /// atomically unless the key now holds a different value (another client wrote it): then
+    /// `Ok(None)` and nothing is written. An absent key is written. Returns the new lease and the moment its request
     /// was sent.
     ///
     /// # Errors
@@ -28,9 +29,7 @@ pub trait Registrar: Send + Sync + 'static {
     /// Transient errors are retried (the server is still away); others end the registration.
     async fn register_again(
         &self,
-        key: &str,
-        value: &Bytes,
-        ttl: Duration,
+        lost: LostRegistration<'_>,
     ) -> Result<Option<(Arc<dyn Lease>, Instant)>>;
 }
 
@@ -255,7 +254,7 @@ async fn keep_registered(
             let attempt = tokio::select! {
                 biased;
                 () = cancel.cancelled() => return,
-                attempt = registrar.register_again(&key, &value, ttl) => attempt,
+                attempt = registrar.register_again(LostRegistration { key: &key, value: &value, ttl }) => attempt,
             };
             match attempt {
                 Ok(Some((new_lease, new_sent))) => {
@@ -330,9 +329,7 @@ mod tests {
     impl Registrar for Again {
         async fn register_again(
             &self,
-            _: &str,
-            _: &Bytes,
-            _: Duration,
+            _: LostRegistration<'_>,
         ) -> Result<Option<(Arc<dyn Lease>, Instant)>> {
             self.writes.fetch_add(1, Ordering::SeqCst);
             if self.superseded {

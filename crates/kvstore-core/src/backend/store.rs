@@ -8,15 +8,19 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::time::Instant;
+use tracing::Instrument;
 
-use super::protocol::{Backend, Expiry, LockSpec, Open};
+use super::protocol::{
+    Backend, Expiry, LockSpec, LostRegistration, Open, WatchRequest, WriteRequest,
+};
 use super::{
     HeldLease, Lease, Precondition, Registrar, Registrations, Release, Tasks, check_value_size,
     lock_arguments, run_txn, write_ttl,
 };
 use crate::{
-    Capabilities, Error, KvPair, LockLost, LockOptions, Locker, ReadOptions, Result, Store, Txn,
-    WatchStream, WatchTreeStream, WriteOptions, normalize_dir, normalize_key,
+    Capabilities, Error, EventStream, KvPair, LockLost, LockOptions, Locker, ReadOptions, Result,
+    Store, Txn, WatchOptions, WatchStream, WatchTreeStream, WriteOptions, normalize_dir,
+    normalize_key,
 };
 
 /// How long `close` waits for the store's background tasks (lock releases, the last
@@ -99,25 +103,31 @@ impl<B: Backend> Drop for BackendStore<B> {
 }
 
 impl<B: Open> BackendStore<B> {
-    /// Opens the backend from its configuration ([`Open::open`]) and wraps it.
+    /// Opens the backend from its configuration ([`Open::open`], in a `debug` span with fields
+    /// `backend` and `op = "connect"`) and wraps it.
     ///
     /// # Errors
     ///
     /// The backend's: `InvalidConfig` for a configuration no retry fixes, `NotReachable` when
     /// the server does not answer.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: a dropped call leaves no connection behind.
     pub async fn open(config: B::Config) -> Result<Self> {
-        Ok(Self::new(B::open(config).await?))
+        let span = tracing::debug_span!("open", backend = B::NAME, op = "connect");
+        Ok(Self::new(B::open(config).instrument(span).await?))
     }
 
-    /// Opens the store a URL of the backend's scheme names ([`Open::config_from_url`], then
-    /// [`open`](Self::open)): the one URL opener that `kvstore::open`, `kvctl`, the benchmark
-    /// and the tests share.
+    /// Opens the store a URL of the backend's scheme names (parsed by the configuration's
+    /// `FromStr`, then [`open`](Self::open)): the one URL opener that `kvstore::open`,
+    /// `kvctl`, the benchmark and the tests share.
     ///
     /// # Errors
     ///
     /// `InvalidConfig` for a malformed URL; then as [`open`](Self::open).
     pub async fn open_url(url: &str) -> Result<Self> {
-        Self::open(B::config_from_url(url)?).await
+        Self::open(url.parse()?).await
     }
 }
 
@@ -181,7 +191,15 @@ impl<B: Backend> BackendStore<B> {
         let expiry = write_ttl(self.name(), opts)?.map(|ttl| Expiry { ttl, keep_alive });
         // The loss rule's clock for a registration starts before the write is sent.
         let sent = Instant::now();
-        let written = self.backend.write(key, value, precondition, expiry).await?;
+        let written = self
+            .backend
+            .write(WriteRequest {
+                key,
+                value,
+                precondition,
+                expiry,
+            })
+            .await?;
         match (expiry, written.lease) {
             (
                 Some(Expiry {
@@ -237,14 +255,12 @@ struct Again<B>(Arc<B>);
 impl<B: Backend> Registrar for Again<B> {
     async fn register_again(
         &self,
-        key: &str,
-        value: &Bytes,
-        ttl: Duration,
+        lost: LostRegistration<'_>,
     ) -> Result<Option<(Arc<dyn Lease>, Instant)>> {
         let sent = Instant::now();
         Ok(self
             .0
-            .register_again(key, value, ttl)
+            .register_again(lost)
             .await?
             .map(|lease| (lease, sent)))
     }
@@ -329,7 +345,14 @@ impl<B: Backend> Store for BackendStore<B> {
         self.check_open()?;
         let key = normalize_key(key)?;
         let cancel = self.session.tasks.cancel_token().clone();
-        self.backend.watch(key, consistent(opts), cancel).await
+        let consistent = consistent(opts);
+        (self.backend)
+            .watch(WatchRequest {
+                key,
+                consistent,
+                cancel,
+            })
+            .await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = self.name(), op = "watch_tree", key = %dir))]
@@ -337,7 +360,39 @@ impl<B: Backend> Store for BackendStore<B> {
         self.check_open()?;
         let dir = normalize_dir(dir)?;
         let cancel = self.session.tasks.cancel_token().clone();
-        self.backend.watch_tree(dir, consistent(opts), cancel).await
+        let (key, consistent) = (dir, consistent(opts));
+        (self.backend)
+            .watch_tree(WatchRequest {
+                key,
+                consistent,
+                cancel,
+            })
+            .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = self.name(), op = "list_at", key = %dir))]
+    async fn list_at(&self, dir: &str, opts: Option<&ReadOptions>) -> Result<(Vec<KvPair>, u64)> {
+        self.check_open()?;
+        let dir = normalize_dir(dir)?;
+        self.backend.list_at(dir, consistent(opts)).await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = self.name(), op = "watch_events", key = %dir))]
+    async fn watch_events(&self, dir: &str, opts: Option<&WatchOptions>) -> Result<EventStream> {
+        self.check_open()?;
+        let key = normalize_dir(dir)?;
+        let cancel = self.session.tasks.cancel_token().clone();
+        let since = opts.and_then(|o| o.since);
+        (self.backend)
+            .watch_events(
+                WatchRequest {
+                    key,
+                    consistent: true,
+                    cancel,
+                },
+                since,
+            )
+            .await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = self.name(), op = "new_lock", key = %key))]

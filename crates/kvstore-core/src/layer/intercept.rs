@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use futures::StreamExt;
 
 use crate::{
-    Capabilities, KvPair, LockLost, LockOptions, Locker, ReadOptions, Result, Store, Txn, TxnOp,
-    WatchStream, WatchTreeStream, WriteOptions,
+    Capabilities, EventStream, KvPair, LockLost, LockOptions, Locker, ReadOptions, Result, Store,
+    Txn, TxnOp, WatchOptions, WatchStream, WatchTreeStream, WriteOptions,
 };
 
 /// A call a layer sees: the [`Store`] methods and the [`Locker`] methods that reach the
@@ -40,6 +40,10 @@ pub enum Operation {
     Watch,
     /// [`Store::watch_tree`] (opening the stream).
     WatchTree,
+    /// [`Store::list_at`].
+    ListAt,
+    /// [`Store::watch_events`] (opening the stream).
+    WatchEvents,
     /// [`Store::new_lock`].
     NewLock,
     /// [`Store::txn`].
@@ -66,6 +70,8 @@ impl Operation {
             Operation::AtomicDelete => "atomic_delete",
             Operation::Watch => "watch",
             Operation::WatchTree => "watch_tree",
+            Operation::ListAt => "list_at",
+            Operation::WatchEvents => "watch_events",
             Operation::NewLock => "new_lock",
             Operation::Txn => "txn",
             Operation::Close => "close",
@@ -95,6 +101,8 @@ impl Operation {
                 | Operation::List
                 | Operation::Watch
                 | Operation::WatchTree
+                | Operation::ListAt
+                | Operation::WatchEvents
                 | Operation::Put
                 | Operation::NewLock
         )
@@ -273,6 +281,21 @@ impl<I: Intercept> Store for Intercepted<I> {
     async fn watch_tree(&self, dir: &str, opts: Option<&ReadOptions>) -> Result<WatchTreeStream> {
         let stream = (self.hooks)
             .around(Operation::WatchTree, || self.inner.watch_tree(dir, opts))
+            .await?;
+        Ok(kept_open(stream, self.hooks.watch_opened()))
+    }
+
+    async fn list_at(&self, dir: &str, opts: Option<&ReadOptions>) -> Result<(Vec<KvPair>, u64)> {
+        (self.hooks)
+            .around(Operation::ListAt, || self.inner.list_at(dir, opts))
+            .await
+    }
+
+    async fn watch_events(&self, dir: &str, opts: Option<&WatchOptions>) -> Result<EventStream> {
+        let stream = (self.hooks)
+            .around(Operation::WatchEvents, || {
+                self.inner.watch_events(dir, opts)
+            })
             .await?;
         Ok(kept_open(stream, self.hooks.watch_opened()))
     }

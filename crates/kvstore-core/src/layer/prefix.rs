@@ -8,8 +8,9 @@ use futures::StreamExt;
 
 use super::Layer;
 use crate::{
-    Capabilities, Condition, Error, KvPair, LockLost, LockOptions, Locker, ReadOptions, Result,
-    Store, Txn, TxnOp, WatchStream, WatchTreeStream, WriteOptions, normalize_dir, normalize_key,
+    Capabilities, Condition, Error, EventStream, KvPair, LockLost, LockOptions, Locker,
+    ReadOptions, Result, Store, Txn, TxnOp, WatchEvent, WatchOptions, WatchStream, WatchTreeStream,
+    WriteOptions, normalize_dir, normalize_key,
 };
 
 /// Puts every key of the wrapped store under a directory: through the layer, key `a/b` is
@@ -282,6 +283,37 @@ impl Store for Prefixed {
         Ok(stream
             .map(move |item| match item {
                 Ok(pairs) => Ok(pairs.into_iter().map(|p| n.pair(p)).collect()),
+                Err(err) => Err(n.error(err)),
+            })
+            .boxed())
+    }
+
+    async fn list_at(&self, dir: &str, opts: Option<&ReadOptions>) -> Result<(Vec<KvPair>, u64)> {
+        let n = &self.names;
+        let listed = self.inner.list_at(&n.dir(dir)?, opts).await;
+        let (pairs, revision) = listed.map_err(|e| n.error(e))?;
+        Ok((pairs.into_iter().map(|p| n.pair(p)).collect(), revision))
+    }
+
+    async fn watch_events(&self, dir: &str, opts: Option<&WatchOptions>) -> Result<EventStream> {
+        let n = self.names.clone();
+        let stream = self.inner.watch_events(&n.dir(dir)?, opts).await;
+        let stream = stream.map_err(|e| n.error(e))?;
+        Ok(stream
+            .map(move |item| match item {
+                Ok(WatchEvent::Snapshot { pairs, revision }) => Ok(WatchEvent::Snapshot {
+                    pairs: pairs.into_iter().map(|p| n.pair(p)).collect(),
+                    revision,
+                }),
+                Ok(WatchEvent::Changes {
+                    mut events,
+                    revision,
+                }) => {
+                    for event in &mut events {
+                        event.key = n.strip(std::mem::take(&mut event.key));
+                    }
+                    Ok(WatchEvent::Changes { events, revision })
+                }
                 Err(err) => Err(n.error(err)),
             })
             .boxed())
