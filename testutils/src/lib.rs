@@ -487,14 +487,17 @@ macro_rules! __with_cases {
                    delete_tree, atomic_put, atomic_delete, cas_race, cas_aba, last_index_semantics,
                    watch_key, watch_tree, watch_drop_stops, lock_basics, lock_delete_on_unlock,
                    lock_bookkeeping_hidden, invalid_keys, value_too_large, txn_conditions,
-                   txn_watch_tree_atomic, concurrent_puts, many_watchers;
+                   txn_watch_tree_atomic, concurrent_puts, many_watchers,
+                   events_snapshot_and_changes, events_txn_one_item, events_resume,
+                   events_slow_consumer;
             opener: lock_contention, lock_survives_key_deletion, lock_bookkeeping_unreachable,
                     lock_cancel_leaves_no_waiter,
                     lock_expires_after_holder_closed, lock_fencing_tokens_increase, ttl_expiry,
                     ttl_over_the_maximum,
                     keep_alive, close_ends_everything, watch_sees_other_clients,
                     election_successions, election_cancel_leaves_no_candidate,
-                    election_follow_and_drop, txn_held, txn_race
+                    election_follow_and_drop, txn_held, txn_race, events_expiry,
+                    events_fold_random
         );
     };
 }

@@ -64,6 +64,7 @@ impl Backend for Consul {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities::all()
+            .with_events(false)
             .with_max_txn_ops(crate::txn::MAX_TXN_OPS)
             .with_max_value_size(self.inner.api.config.max_value_size)
             .with_min_ttl(self.inner.api.min_session_ttl())

@@ -205,6 +205,8 @@ pub struct Capabilities {
     pub watch_tree: bool,
     /// `new_lock` works.
     pub lock: bool,
+    /// `watch_events` and `list_at` work.
+    pub events: bool,
     /// Largest value accepted, in bytes; larger values fail with `ValueTooLarge`.
     pub max_value_size: usize,
     /// Shortest TTL the server accepts for `WriteOptions::ttl` and `LockOptions::ttl`
@@ -225,6 +227,7 @@ impl Capabilities {
             watch: true,
             watch_tree: true,
             lock: true,
+            events: true,
             max_value_size: 1024 * 1024,
             min_ttl: Duration::ZERO,
             max_txn_ops: 64,
@@ -239,6 +242,7 @@ impl Capabilities {
             watch: false,
             watch_tree: false,
             lock: false,
+            events: false,
             max_value_size: 1024 * 1024,
             min_ttl: Duration::ZERO,
             max_txn_ops: 0,
@@ -278,6 +282,12 @@ impl Capabilities {
     /// Sets `lock`.
     pub const fn with_lock(mut self, on: bool) -> Self {
         self.lock = on;
+        self
+    }
+
+    /// Sets `events`.
+    pub const fn with_events(mut self, on: bool) -> Self {
+        self.events = on;
         self
     }
 

@@ -123,6 +123,7 @@ impl Backend for Etcd {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities::all()
+            .with_events(false)
             .with_max_value_size(self.inner.config.max_value_size)
             .with_max_txn_ops(crate::txn::MAX_TXN_OPS)
     }

@@ -15,6 +15,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{Notify, broadcast};
 
 use crate::error::from_redb;
+use crate::log::{self, next_revision};
 
 /// key → (last_index, expires_at in Unix milliseconds or 0 for never, value).
 pub(crate) const KV: TableDefinition<'_, &str, (u64, u64, &[u8])> =
@@ -26,11 +27,6 @@ pub(crate) const EXPIRY: TableDefinition<'_, (u64, &str), ()> =
 /// `KV` so lock bookkeeping never shows in `list` or `watch_tree`.
 pub(crate) const LOCKS: TableDefinition<'_, &str, (u64, u64, u64)> =
     TableDefinition::new("kvstore_locks");
-/// Store-wide counters.
-pub(crate) const META: TableDefinition<'_, &str, u64> = TableDefinition::new("kvstore_meta");
-/// The last revision handed out; every write takes the next one, so `last_index` and fencing
-/// tokens are persisted, store-wide monotonic, and survive a reopen.
-pub(crate) const REVISION: &str = "revision";
 
 /// Capacity of the in-process change feed. A watcher that falls further behind re-reads its
 /// state, so a small buffer costs nothing but a re-read.
@@ -109,17 +105,6 @@ pub(crate) fn is_live(expires_at: u64, now: u64) -> bool {
     expires_at == 0 || expires_at > now
 }
 
-pub(crate) fn next_revision(txn: &redb::WriteTransaction) -> Result<u64> {
-    let mut meta = txn.open_table(META).map_err(from_redb)?;
-    let rev = meta
-        .get(REVISION)
-        .map_err(from_redb)?
-        .map_or(0, |v| v.value())
-        + 1;
-    meta.insert(REVISION, rev).map_err(from_redb)?;
-    Ok(rev)
-}
-
 /// The half-open key range holding every descendant of a non-empty `dir`: `dir/` up to `dir0`
 /// (`'0'` is the byte after `'/'`), so `ab/x` is never inside `a`'s range.
 pub(crate) fn descendant_range(dir: &str) -> (String, String) {
@@ -166,6 +151,7 @@ impl Shared {
                 }
                 expired.push((expires_at, key.to_owned()));
             }
+            let mut deleted = Vec::new();
             for (expires_at, key) in &expired {
                 expiry
                     .remove((*expires_at, key.as_str()))
@@ -178,7 +164,16 @@ impl Shared {
                     .is_some_and(|e| e.value().1 == *expires_at);
                 if matches {
                     kv.remove(key.as_str()).map_err(from_redb)?;
+                    deleted.push(key.as_str());
                 }
+            }
+            if !deleted.is_empty() {
+                let revision = next_revision(&txn)?;
+                log::append(
+                    &txn,
+                    revision,
+                    deleted.into_iter().map(|k| log::delete(k, revision)),
+                )?;
             }
             (expired, next)
         };
@@ -312,7 +307,7 @@ impl Shared {
         txn.open_table(KV).map_err(from_redb)?;
         txn.open_table(EXPIRY).map_err(from_redb)?;
         txn.open_table(LOCKS).map_err(from_redb)?;
-        txn.open_table(META).map_err(from_redb)?;
+        log::create(&txn)?;
         txn.commit().map_err(from_redb)
     }
 
@@ -342,6 +337,30 @@ impl Shared {
         limit: usize,
     ) -> Result<Option<Option<Vec<KvPair>>>> {
         let txn = self.db().begin_read().map_err(from_redb)?;
+        tree_in(&txn, dir, limit)
+    }
+
+    /// Every live pair under `dir` and the revision they were read at, in one transaction.
+    pub(crate) fn read_tree_at(&self, dir: &str) -> Result<(Vec<KvPair>, u64)> {
+        let txn = self.db().begin_read().map_err(from_redb)?;
+        let pairs = tree_in(&txn, dir, usize::MAX)?.expect("no limit to exceed");
+        Ok((pairs.unwrap_or_default(), log::revision(&txn)?))
+    }
+
+    /// The events under `dir` after revision `after`, read in one transaction (see `log.rs`).
+    pub(crate) fn read_since(&self, dir: &str, after: u64) -> Result<kvstore_core::backend::Since> {
+        let txn = self.db().begin_read().map_err(from_redb)?;
+        log::since(&txn, dir, after)
+    }
+}
+
+/// [`Shared::read_tree_up_to`] in `txn`.
+fn tree_in(
+    txn: &redb::ReadTransaction,
+    dir: &str,
+    limit: usize,
+) -> Result<Option<Option<Vec<KvPair>>>> {
+    {
         let kv = txn.open_table(KV).map_err(from_redb)?;
         let now = now_ms();
         let range = if dir.is_empty() {
@@ -370,7 +389,9 @@ impl Shared {
             (dir.is_empty() || dir_exists || !pairs.is_empty()).then_some(pairs),
         ))
     }
+}
 
+impl Shared {
     /// Writes `key` in `txn` (a group commit's transaction) under `expect`. A refusal returns
     /// before any table is touched. Returns the pair and the change to publish once committed.
     pub(crate) fn write(
@@ -410,6 +431,7 @@ impl Shared {
         if expires_at != 0 {
             expiry.insert((expires_at, key), ()).map_err(from_redb)?;
         }
+        log::append(txn, index, [log::put(key, value, index)])?;
         Ok((
             KvPair::new(key, value.to_vec(), index),
             vec![Change::Key(key.into())],
@@ -441,6 +463,8 @@ impl Shared {
         if expires_at != 0 {
             expiry.remove((expires_at, key)).map_err(from_redb)?;
         }
+        let revision = next_revision(txn)?;
+        log::append(txn, revision, [log::delete(key, revision)])?;
         Ok(((), vec![Change::Key(key.into())]))
     }
 
@@ -499,6 +523,10 @@ impl Shared {
                         .map_err(from_redb)?;
                 }
             }
+            // Keys already expired but not yet reaped were never listed: no event for them.
+            let revision = next_revision(&txn)?;
+            let live = doomed.iter().filter(|(_, exp)| is_live(*exp, now));
+            log::append(&txn, revision, live.map(|(k, _)| log::delete(k, revision)))?;
         }
         txn.commit().map_err(from_redb)?;
         self.publish(Change::Tree(dir.into()));

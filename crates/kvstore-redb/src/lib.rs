@@ -60,6 +60,7 @@ mod config;
 mod error;
 mod keep_alive;
 mod lock;
+mod log;
 mod pool;
 mod store;
 mod txn;

@@ -10,9 +10,10 @@ use kvstore_core::backend::{HeldLease, Lease, LockSpec, Release, Renewal, Tasks}
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 
-use crate::client::{Change, EXPIRY, KV, LOCKS, Shared, deadline_ms, next_revision, now_ms};
+use crate::client::{Change, EXPIRY, KV, LOCKS, Shared, deadline_ms, is_live, now_ms};
 use crate::error::from_redb;
 use crate::keep_alive::extend_expiry;
+use crate::log::{self, next_revision};
 use redb::ReadableTable;
 
 /// A held lock for the lease engine: renewal pushes its deadline in the file forward while it
@@ -249,6 +250,7 @@ impl Shared {
                 if bound {
                     expiry.insert((expires_at, key), ()).map_err(from_redb)?;
                 }
+                log::append(&txn, token, [log::put(key, value, token)])?;
             }
             token
         };
@@ -319,6 +321,11 @@ impl Shared {
                     deleted = true;
                     if old_exp != 0 {
                         expiry.remove((old_exp, key)).map_err(from_redb)?;
+                    }
+                    // An expired value was already gone for readers: only a live one is news.
+                    if is_live(old_exp, now_ms()) {
+                        let revision = next_revision(&txn)?;
+                        log::append(&txn, revision, [log::delete(key, revision)])?;
                     }
                 }
             }

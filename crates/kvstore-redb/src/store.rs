@@ -247,6 +247,15 @@ impl Backend for Redb {
         .await
     }
 
+    async fn list_at(&self, dir: &str, _consistent: bool) -> Result<(Vec<KvPair>, u64)> {
+        let dir = dir.to_owned();
+        self.shared.blocking(move |s| s.read_tree_at(&dir)).await
+    }
+
+    async fn watch_events(&self, w: WatchRequest<'_>, since: Option<u64>) -> Result<EventStream> {
+        Ok(crate::watch::watch_events(&self.shared, w, since))
+    }
+
     async fn acquire(&self, lock: &LockSpec, tasks: &Tasks) -> Result<HeldLease> {
         crate::lock::acquire(&self.shared, lock, tasks).await
     }

@@ -6,8 +6,9 @@ use kvstore_core::backend::{Check, CheckedTxn, Found, Write, condition_error};
 use kvstore_core::{KvPair, Result};
 use redb::ReadableTable;
 
-use crate::client::{Change, EXPIRY, KV, LOCKS, Shared, is_live, next_revision, now_ms};
+use crate::client::{Change, EXPIRY, KV, LOCKS, Shared, is_live, now_ms};
 use crate::error::from_redb;
+use crate::log::{self, next_revision};
 
 /// Conditions plus operations per transaction: redb has no limit of its own; this keeps a
 /// transaction's write set (and the time it holds the write lock) bounded.
@@ -51,9 +52,11 @@ impl Shared {
             }
             let index = next_revision(&w)?;
             let mut written = Vec::with_capacity(txn.writes.len());
+            let mut live = Vec::with_capacity(txn.writes.len());
             for op in &txn.writes {
                 let key = op.key();
                 let old_exp = kv.get(key).map_err(from_redb)?.map(|e| e.value().1);
+                live.push(old_exp.is_some_and(|e| is_live(e, now)));
                 if let Some(old_exp) = old_exp.filter(|&e| e != 0) {
                     expiry.remove((old_exp, key)).map_err(from_redb)?;
                 }
@@ -68,6 +71,16 @@ impl Shared {
                     }
                 }
             }
+            // One revision for the whole transaction; a delete of an absent key is no event.
+            let events = txn
+                .writes
+                .iter()
+                .zip(&live)
+                .filter_map(|(op, was)| match op {
+                    Write::Put { key, value } => Some(log::put(key, value, index)),
+                    Write::Delete { key } => was.then(|| log::delete(key, index)),
+                });
+            log::append(&w, index, events)?;
             written
         };
         w.commit().map_err(from_redb)?;

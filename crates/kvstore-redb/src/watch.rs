@@ -5,11 +5,14 @@
 //! the change feed, filters it by its directory, and reads on the blocking pool.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
-use kvstore_core::backend::{WatchSource, watch_stream};
-use kvstore_core::{Error, Result};
+use kvstore_core::backend::{
+    EventSource, Since, WatchRequest, WatchSource, event_stream, watch_stream,
+};
+use kvstore_core::{Error, EventStream, KvPair, Result};
 use tokio::sync::broadcast::Receiver;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
@@ -158,4 +161,56 @@ pub(crate) async fn watch_key_signal(
         key,
     };
     start(source, cancel).await
+}
+
+/// The source of a `watch_events` stream: the change log, read after every relevant change
+/// on the feed (or after falling behind it).
+struct LogSource {
+    shared: Arc<Shared>,
+    dir: Arc<str>,
+    changes: Receiver<Change>,
+}
+
+#[async_trait]
+impl EventSource for LogSource {
+    async fn snapshot(&mut self) -> Result<(Vec<KvPair>, u64)> {
+        let dir = self.dir.clone();
+        self.shared.blocking(move |s| s.read_tree_at(&dir)).await
+    }
+
+    async fn since(&mut self, after: u64) -> Result<Since> {
+        let dir = self.dir.clone();
+        self.shared
+            .blocking(move |s| s.read_since(&dir, after))
+            .await
+    }
+
+    async fn changed(&mut self) -> Result<()> {
+        loop {
+            match self.changes.recv().await {
+                Ok(change) if !change.touches_tree(&self.dir) => {}
+                Ok(_) | Err(RecvError::Lagged(_)) => return Ok(()),
+                Err(RecvError::Closed) => {
+                    return Err(Error::Closed {
+                        backend: self.shared.backend,
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// `watch_events(dir)` on the change log: subscribed to the feed before the first read.
+pub(crate) fn watch_events(
+    shared: &Arc<Shared>,
+    w: WatchRequest<'_>,
+    since: Option<u64>,
+) -> EventStream {
+    let source = LogSource {
+        shared: shared.clone(),
+        dir: w.key.into(),
+        changes: shared.subscribe(),
+    };
+    // The log is in the file: there is no connection to lose.
+    event_stream(source, since, w.cancel, Duration::ZERO)
 }

@@ -102,6 +102,7 @@ impl Backend for Redis {
         // Watches and locks ride on keyspace notifications (see `check_notifications`).
         let notifications = self.inner.notifications_on();
         Capabilities::all()
+            .with_events(false)
             .with_watch(notifications)
             .with_watch_tree(notifications)
             .with_lock(notifications)

@@ -117,6 +117,7 @@ impl Backend for Zk {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities::all()
+            .with_events(false)
             .with_max_txn_ops(crate::txn::MAX_TXN_OPS)
             .with_ttl(self.inner.ttl_nodes)
             .with_keep_alive(self.inner.ttl_nodes)

@@ -16,6 +16,7 @@ macro_rules! assert_err {
 
 mod cas;
 mod election;
+mod events;
 mod kv;
 mod lock;
 mod scale;
@@ -27,6 +28,7 @@ mod watch;
 pub use cas::*;
 pub use election::*;
 pub(crate) use election::{follow_to, next_state};
+pub use events::*;
 pub use kv::*;
 pub use lock::*;
 pub use scale::*;

@@ -20,6 +20,7 @@
 //! take the lock before the old holder has given up.
 
 mod config;
+mod events;
 mod lease;
 mod limits;
 pub mod prelude;
@@ -32,6 +33,7 @@ pub mod tls;
 mod txn;
 mod watch;
 
+pub use events::{EventSource, Since, event_stream};
 pub use lease::{
     HeldLease, Lease, RELEASE_TIMEOUT, Release, Renewal, Tasks, loss_margin, renewal_period,
     retry_period,
