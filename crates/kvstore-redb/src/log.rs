@@ -22,8 +22,11 @@ const LOG_FLOOR: &str = "log_floor";
 /// Bytes of keys and values the log holds.
 const LOG_SIZE: &str = "log_bytes";
 
-/// (revision, sequence within it) → (kind: 0 put, 1 delete, key, last_index, value).
-pub(crate) const LOG: TableDefinition<'_, (u64, u32), (u8, &str, u64, &[u8])> =
+/// One logged event: (kind: 0 put, 1 delete, key, last_index, value).
+pub(crate) type Logged<'a> = (u8, &'a str, u64, &'a [u8]);
+
+/// (revision, sequence within it) → the event.
+pub(crate) const LOG: TableDefinition<'_, (u64, u32), Logged<'_>> =
     TableDefinition::new("kvstore_log");
 
 /// Revisions the log keeps.
@@ -68,7 +71,7 @@ pub(crate) fn put<'a>(
 }
 
 /// A delete of `key` at `revision`.
-pub(crate) fn delete(key: &str, revision: u64) -> (u8, &str, u64, &'static [u8]) {
+pub(crate) fn delete(key: &str, revision: u64) -> Logged<'_> {
     (1, key, revision, &[])
 }
 
@@ -76,7 +79,7 @@ pub(crate) fn delete(key: &str, revision: u64) -> (u8, &str, u64, &'static [u8])
 pub(crate) fn append<'a>(
     txn: &WriteTransaction,
     revision: u64,
-    events: impl IntoIterator<Item = (u8, &'a str, u64, &'a [u8])>,
+    events: impl IntoIterator<Item = Logged<'a>>,
 ) -> Result<()> {
     let mut log = txn.open_table(LOG).map_err(from_redb)?;
     let mut meta = txn.open_table(META).map_err(from_redb)?;
@@ -86,14 +89,13 @@ pub(crate) fn append<'a>(
         .map_or(0, |v| v.value());
     // A revision may log in several steps (a group commit's writes each take their own, a
     // transaction's take one): continue after its last sequence number.
-    let mut seq = match log.last().map_err(from_redb)? {
+    let seq = match log.last().map_err(from_redb)? {
         Some((k, _)) if k.value().0 == revision => k.value().1 + 1,
         _ => 0,
     };
-    for event in events {
+    for (n, event) in (seq..).zip(events) {
         size += (event.1.len() + event.3.len()) as u64;
-        log.insert((revision, seq), event).map_err(from_redb)?;
-        seq += 1;
+        log.insert((revision, n), event).map_err(from_redb)?;
     }
     // Trims whole revisions, oldest first, until the log is within both bounds; the floor
     // then names the last revision dropped, so it stays exact.
@@ -120,7 +122,7 @@ pub(crate) fn append<'a>(
 }
 
 /// The revision and the size in bytes of the log's oldest entry.
-fn oldest(log: &redb::Table<'_, (u64, u32), (u8, &str, u64, &[u8])>) -> Result<Option<(u64, u64)>> {
+fn oldest(log: &redb::Table<'_, (u64, u32), Logged<'_>>) -> Result<Option<(u64, u64)>> {
     Ok(log.first().map_err(from_redb)?.map(|(k, v)| {
         let (_, key, _, value) = v.value();
         (k.value().0, (key.len() + value.len()) as u64)

@@ -304,17 +304,19 @@ pub async fn events_resume(store: &dyn Store) {
         store.watch_events(&dir, Some(&opts)).await,
         "watch_events since",
     );
-    let mut folded = Folded::default();
     // The consumer's view at `revision`, as it would have kept it.
-    folded.view = pairs.into_iter().map(|p| (p.key.clone(), p)).collect();
-    folded.revision = Some(revision);
+    let mut folded = Folded {
+        view: pairs.into_iter().map(|p| (p.key.clone(), p)).collect(),
+        revision: Some(revision),
+        ..Folded::default()
+    };
     let first = ok(
         next_within(&mut stream, "the first item").await,
         "watch_events",
     );
     if let WatchEvent::Changes { events, .. } = &first {
         let got: Vec<(EventKind, &str)> = events.iter().map(|e| (e.kind, e.key.as_str())).collect();
-        let want = vec![
+        let want = [
             (EventKind::Put, y.key.as_str()),
             (EventKind::Delete, x.key.as_str()),
             (EventKind::Put, z.key.as_str()),
