@@ -460,6 +460,14 @@ macro_rules! liveness_tests {
             )
             .await;
         });
+        $crate::liveness_tests!(@test event_streams_fold_to_the_store_across_a_server_restart,
+            controlled_backend_url, $var, $opener, |opener| {
+            $crate::restarted_server_keeps_events(&opener, $server).await;
+        });
+        $crate::liveness_tests!(@proxied a_cut_off_event_stream_catches_up_after_the_heal,
+            $var, $opener, |direct, through, proxy| {
+            $crate::cut_off_events_catch_up(&direct, &through, &proxy, $ttl * 2).await;
+        });
         $crate::liveness_tests!(@proxied a_cut_off_watch_ends_on_the_latest_value,
             $var, $opener, |direct, through, proxy| {
             $crate::cut_off_watch_ends_on_latest(&direct, &through, &proxy, $ttl * 2).await;
@@ -517,4 +525,34 @@ macro_rules! liveness_tests {
             $body
         }
     };
+}
+
+/// An event stream across a server restart (`server`, by `ci/restart.sh`): writes before,
+/// during the restart's aftermath and after, and the fold of the items received still reaches
+/// `list(dir)` once the server is back — no event lost or invented across the reconnect.
+pub async fn restarted_server_keeps_events(opener: &Opener, server: &str) {
+    let store = opener.open().await;
+    let dir = crate::scratch_dir("events_restart");
+    if !crate::cases::can_watch_events(&*store, &dir).await {
+        return;
+    }
+    crate::cases::write_burst(&*store, &dir, "a").await;
+    let mut stream = ok(store.watch_events(&dir, None).await, "watch_events");
+    let mut folded = crate::cases::Folded::default();
+    crate::cases::fold_next(&mut stream, &mut folded, &dir, "the Snapshot").await;
+    crate::cases::write_burst(&*store, &dir, "b").await;
+    server_control(server, "restart").await;
+    crate::cases::write_burst(&*store, &dir, "c").await;
+    crate::cases::catch_up_within(
+        &*store,
+        &mut stream,
+        &mut folded,
+        &dir,
+        "after the restart",
+        EVENT_TIMEOUT * 3,
+    )
+    .await;
+    drop(stream);
+    crate::cleanup(&*store, &dir).await;
+    let _ = store.close().await;
 }

@@ -490,3 +490,42 @@ mod tests {
         );
     }
 }
+
+/// An event stream cut off (`through` the fault proxy) while another client writes, deletes
+/// and updates keys for `cut`: once the cut heals, the fold of the items received reaches
+/// `list(dir)` — no event lost or invented across the partition.
+pub async fn cut_off_events_catch_up(
+    direct: &Opener,
+    through: &Opener,
+    proxy: &FaultProxy,
+    cut: Duration,
+) {
+    let (watcher, other) = (through.open().await, direct.open().await);
+    let dir = scratch_dir("cut_events");
+    if !crate::cases::can_watch_events(&*watcher, &dir).await {
+        return;
+    }
+    crate::cases::write_burst(&*other, &dir, "a").await;
+    let mut stream = ok(watcher.watch_events(&dir, None).await, "watch_events");
+    let mut folded = crate::cases::Folded::default();
+    crate::cases::fold_next(&mut stream, &mut folded, &dir, "the Snapshot").await;
+    proxy.cut().await;
+    let cut_at = Instant::now();
+    crate::cases::write_burst(&*other, &dir, "b").await;
+    tokio::time::sleep(cut.saturating_sub(cut_at.elapsed())).await;
+    proxy.heal().await;
+    crate::cases::write_burst(&*other, &dir, "c").await;
+    crate::cases::catch_up_within(
+        &*other,
+        &mut stream,
+        &mut folded,
+        &dir,
+        "after the heal",
+        EVENT_TIMEOUT * 3,
+    )
+    .await;
+    drop(stream);
+    cleanup(&*other, &dir).await;
+    let _ = watcher.close().await;
+    let _ = other.close().await;
+}

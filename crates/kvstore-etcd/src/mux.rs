@@ -67,6 +67,16 @@ impl Registration {
     pub(crate) async fn message(&mut self) -> Option<WatchResponse> {
         self.responses.recv().await
     }
+
+    /// A response already received, without waiting: `Ok(None)` when there is none yet,
+    /// `Err(())` once the stream broke (as [`message`](Self::message)'s `None`).
+    pub(crate) fn try_message(&mut self) -> std::result::Result<Option<WatchResponse>, ()> {
+        match self.responses.try_recv() {
+            Ok(response) => Ok(Some(response)),
+            Err(mpsc::error::TryRecvError::Empty) => Ok(None),
+            Err(mpsc::error::TryRecvError::Disconnected) => Err(()),
+        }
+    }
 }
 
 impl Drop for Registration {

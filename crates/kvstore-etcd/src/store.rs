@@ -123,7 +123,6 @@ impl Backend for Etcd {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities::all()
-            .with_events(false)
             .with_max_value_size(self.inner.config.max_value_size)
             .with_max_txn_ops(crate::txn::MAX_TXN_OPS)
     }
@@ -278,6 +277,15 @@ impl Backend for Etcd {
 
     async fn watch_tree(&self, w: WatchRequest<'_>) -> Result<WatchTreeStream> {
         watch_tree(self.inner.clone(), w).await
+    }
+
+    async fn list_at(&self, dir: &str, consistent: bool) -> Result<(Vec<KvPair>, u64)> {
+        let (pairs, rev) = self.inner.read_tree(dir, consistent).await?;
+        Ok((pairs.unwrap_or_default(), u64::try_from(rev).unwrap_or(0)))
+    }
+
+    async fn watch_events(&self, w: WatchRequest<'_>, since: Option<u64>) -> Result<EventStream> {
+        Ok(crate::watch::watch_events(self.inner.clone(), w, since))
     }
 
     async fn acquire(&self, lock: &LockSpec, tasks: &Tasks) -> Result<HeldLease> {

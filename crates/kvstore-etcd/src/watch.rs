@@ -20,8 +20,10 @@ use async_trait::async_trait;
 use etcd_client::{Event, EventType, WatchOptions};
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
-use kvstore_core::backend::{WatchRequest, WatchSource, watch_stream};
-use kvstore_core::{Error, KvPair, Result, WatchStream, WatchTreeStream};
+use kvstore_core::backend::{
+    EventSource, Since, WatchRequest, WatchSource, event_stream, watch_stream,
+};
+use kvstore_core::{Error, EventStream, KvPair, Result, WatchStream, WatchTreeStream};
 
 use tokio_util::sync::CancellationToken;
 
@@ -213,4 +215,113 @@ where
         stream: Some(first),
     };
     watch_stream(source, initial, cancel, timeout)
+}
+
+/// The source of a `watch_events` stream: an etcd watch of the directory's range from the
+/// revision after the consumer's, whose responses hold complete revisions (source: etcd docs,
+/// "Watch API" — events of one revision are never split across responses), so each read ends
+/// on a revision the fold is exact at. A compacted start revision makes the driver send a
+/// `Snapshot` and watch again after it.
+struct EventsSource {
+    inner: Arc<Inner>,
+    dir: String,
+    stream: Option<Registration>,
+    /// The revision the stream has delivered everything up to.
+    seen: u64,
+    /// Responses `changed` received, not yet read.
+    pending: Vec<etcd_client::WatchResponse>,
+}
+
+impl EventsSource {
+    fn broke(&mut self) -> Error {
+        self.stream = None;
+        Error::not_reachable(crate::BACKEND, "the watch stream broke")
+    }
+}
+
+#[async_trait]
+impl EventSource for EventsSource {
+    async fn snapshot(&mut self) -> Result<(Vec<KvPair>, u64)> {
+        let (pairs, rev) = self.inner.read_tree(&self.dir, true).await?;
+        // The next `since` watches from after this read.
+        self.stream = None;
+        Ok((pairs.unwrap_or_default(), u64::try_from(rev).unwrap_or(0)))
+    }
+
+    async fn since(&mut self, after: u64) -> Result<Since> {
+        if self.stream.is_none() || self.seen != after {
+            let (start, end) = self.inner.tree_range(&self.dir);
+            let from = i64::try_from(after).unwrap_or(i64::MAX).saturating_add(1);
+            self.stream = Some(open(&self.inner, &start, Some(&end), from).await?);
+            self.seen = after;
+            self.pending.clear();
+        }
+        loop {
+            match self.stream.as_mut().map(Registration::try_message) {
+                Some(Ok(Some(response))) => self.pending.push(response),
+                Some(Ok(None)) => break,
+                _ => return Err(self.broke()),
+            }
+        }
+        let mut events = Vec::new();
+        for response in std::mem::take(&mut self.pending) {
+            if response.compact_revision() > 0 {
+                self.stream = None;
+                return Ok(Since::Unknown);
+            }
+            if response.canceled() {
+                return Err(Error::backend(
+                    crate::BACKEND,
+                    format!(
+                        "the server cancelled the watch: {}",
+                        response.cancel_reason()
+                    ),
+                ));
+            }
+            for event in response.events() {
+                let Some(kv) = event.kv() else { continue };
+                let revision = u64::try_from(kv.mod_revision()).unwrap_or(0);
+                self.seen = self.seen.max(revision);
+                // Bookkeeping keys (locks) are in the range of the whole keyspace: no events.
+                let Some(key) = self.inner.user_key(kv.key()) else {
+                    continue;
+                };
+                events.push(match event.event_type() {
+                    EventType::Put => kvstore_core::Event::put(key, kv.value().to_vec(), revision),
+                    EventType::Delete => kvstore_core::Event::delete(key, revision),
+                });
+            }
+        }
+        Ok(Since::Events(events, self.seen))
+    }
+
+    async fn changed(&mut self) -> Result<()> {
+        let Some(stream) = self.stream.as_mut() else {
+            return Ok(());
+        };
+        match stream.message().await {
+            Some(response) => {
+                self.pending.push(response);
+                Ok(())
+            }
+            None => Err(self.broke()),
+        }
+    }
+}
+
+/// `watch_events(dir)`: on the core event driver, over a watch of the directory's range.
+pub(crate) fn watch_events(
+    inner: Arc<Inner>,
+    w: WatchRequest<'_>,
+    since: Option<u64>,
+) -> EventStream {
+    let timeout = inner.config.watch_reconnect_timeout;
+    let source = EventsSource {
+        inner,
+        dir: w.key.to_owned(),
+        stream: None,
+        seen: 0,
+        pending: Vec::new(),
+    };
+    event_stream(source, since, w.cancel, timeout)
 }

@@ -14,7 +14,7 @@ use rand::{Rng, SeedableRng};
 use crate::{EVENT_TIMEOUT, Opener, cleanup, next_within, ok, scratch_dir};
 
 /// Whether the store has `watch_events`; where it has not, both calls must be refused.
-async fn can_watch_events(store: &dyn Store, dir: &str) -> bool {
+pub(crate) async fn can_watch_events(store: &dyn Store, dir: &str) -> bool {
     if store.capabilities().events {
         return true;
     }
@@ -120,12 +120,29 @@ pub(crate) async fn catch_up(
     dir: &str,
     what: &str,
 ) {
-    let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
+    catch_up_within(store, stream, folded, dir, what, EVENT_TIMEOUT).await;
+}
+
+/// [`catch_up`] within `limit`; a transient `list_at` error (a server coming back) is retried.
+pub(crate) async fn catch_up_within(
+    store: &dyn Store,
+    stream: &mut EventStream,
+    folded: &mut Folded,
+    dir: &str,
+    what: &str,
+    limit: Duration,
+) {
+    let deadline = tokio::time::Instant::now() + limit;
     loop {
-        let (pairs, revision) = ok(store.list_at(dir, None).await, "list_at");
-        if folded.pairs() == pairs {
+        let listed = match store.list_at(dir, None).await {
+            Err(err) if err.is_transient() && tokio::time::Instant::now() < deadline => None,
+            other => Some(ok(other, "list_at")),
+        };
+        if let Some((pairs, revision)) = &listed
+            && folded.pairs() == *pairs
+        {
             assert!(
-                folded.revision().is_some_and(|r| r <= revision),
+                folded.revision().is_some_and(|r| r <= *revision),
                 "{what}: the view is at {:?}, past the store's {revision}",
                 folded.revision()
             );
@@ -137,13 +154,32 @@ pub(crate) async fn catch_up(
             Ok(Some(item)) => folded.apply(&ok(item, what), dir),
             Ok(None) => panic!("{what}: the event stream ended"),
             Err(_) if left.is_zero() => panic!(
-                "{what}: the fold of the events never reached list_at (revision {revision})\nfold: {:?}\nlist: {:?}",
+                "{what}: the fold of the events never reached list_at\nfold: {:?}\nlist: {:?}",
                 folded.pairs(),
-                pairs
+                listed
             ),
             Err(_) => {}
         }
     }
+}
+
+/// Writes a burst under `dir` from `store`: puts of new keys, an update, a delete; each call
+/// retried while the server is away (transient errors), for up to 30 s.
+pub(crate) async fn write_burst(store: &dyn Store, dir: &str, tag: &str) {
+    for i in 0..5 {
+        let key = format!("{dir}/{tag}{i}");
+        crate::retry_transient(Duration::from_secs(30), "put", || {
+            store.put(&key, tag.as_bytes(), None)
+        })
+        .await;
+    }
+    let first = format!("{dir}/{tag}0");
+    crate::retry_transient(Duration::from_secs(30), "update", || {
+        store.put(&first, b"updated", None)
+    })
+    .await;
+    let last = format!("{dir}/{tag}4");
+    crate::retry_transient(Duration::from_secs(30), "delete", || store.delete(&last)).await;
 }
 
 /// `list_at` gives the pairs and their revision (an empty list for a missing directory);

@@ -29,6 +29,7 @@ pub use cas::*;
 pub use election::*;
 pub(crate) use election::{follow_to, next_state};
 pub use events::*;
+pub(crate) use events::{Folded, can_watch_events, catch_up_within, fold_next, write_burst};
 pub use kv::*;
 pub use lock::*;
 pub use scale::*;
