@@ -471,26 +471,6 @@ pub async fn latency_beyond_request_timeout_fails_in_time(
     let _ = other.close().await;
 }
 
-#[cfg(test)]
-mod tests {
-    use super::split_hosts;
-
-    #[test]
-    fn split_hosts_keeps_the_path_and_query() {
-        assert_eq!(
-            split_hosts("zk://a:1,b:2,c:3/root?session_timeout=2s", 1),
-            (
-                "zk://b:2/root?session_timeout=2s".to_owned(),
-                "zk://a:1,c:3/root?session_timeout=2s".to_owned()
-            )
-        );
-        assert_eq!(
-            split_hosts("etcd://a:1,b:2,c:3", 0),
-            ("etcd://a:1".to_owned(), "etcd://b:2,c:3".to_owned())
-        );
-    }
-}
-
 /// An event stream cut off (`through` the fault proxy) while another client writes, deletes
 /// and updates keys for `cut`: once the cut heals, the fold of the items received reaches
 /// `list(dir)` — no event lost or invented across the partition.
@@ -528,4 +508,24 @@ pub async fn cut_off_events_catch_up(
     cleanup(&*other, &dir).await;
     let _ = watcher.close().await;
     let _ = other.close().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_hosts;
+
+    #[test]
+    fn split_hosts_keeps_the_path_and_query() {
+        assert_eq!(
+            split_hosts("zk://a:1,b:2,c:3/root?session_timeout=2s", 1),
+            (
+                "zk://b:2/root?session_timeout=2s".to_owned(),
+                "zk://a:1,c:3/root?session_timeout=2s".to_owned()
+            )
+        );
+        assert_eq!(
+            split_hosts("etcd://a:1,b:2,c:3", 0),
+            ("etcd://a:1".to_owned(), "etcd://b:2,c:3".to_owned())
+        );
+    }
 }
