@@ -498,7 +498,7 @@ macro_rules! __with_cases {
                     keep_alive, close_ends_everything, watch_sees_other_clients,
                     election_successions, election_cancel_leaves_no_candidate,
                     election_follow_and_drop, txn_held, txn_race, events_expiry,
-                    events_fold_random
+                    events_fold_random, cache_matches_the_store
         );
     };
 }

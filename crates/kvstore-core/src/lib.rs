@@ -19,6 +19,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod backend;
+mod cache;
 mod election;
 mod error;
 mod events;
@@ -31,6 +32,7 @@ mod txn;
 mod types;
 
 pub use backend::BackendStore;
+pub use cache::Cache;
 pub use election::{Candidate, DEFAULT_ELECTION_TTL, ElectionOptions, Leadership, follow};
 pub use error::{BoxError, Error, Result};
 pub use events::{Event, EventKind, EventStream, WatchEvent, WatchOptions};

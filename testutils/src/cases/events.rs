@@ -536,3 +536,85 @@ pub async fn events_fold_random(opener: &Opener) {
     let _ = a.close().await;
     let _ = b.close().await;
 }
+
+/// A [`Cache`](kvstore_core::Cache) of a directory: it starts as `list_at`, reads its own and
+/// another client's writes after `wait_for`, answers `get`, `exists` and `list` of a
+/// subdirectory like the store, and its `events()` fold to its content.
+pub async fn cache_matches_the_store(opener: &Opener) {
+    use kvstore_core::Cache;
+
+    let (a, b) = (opener.open().await, opener.open().await);
+    let dir = scratch_dir("cache");
+    if !a.capabilities().events {
+        assert_err!(
+            Cache::new(a.clone(), &dir).await,
+            Error::CallNotSupported { .. },
+            "a Cache without watch_events"
+        );
+        return;
+    }
+    ok(a.put(&format!("{dir}/a"), b"1", None).await, "put a");
+    ok(
+        a.put(&format!("{dir}/sub/b"), b"2", None).await,
+        "put sub/b",
+    );
+    let cache = ok(Cache::new(a.clone(), &dir).await, "Cache::new");
+    let (listed, revision) = ok(a.list_at(&dir, None).await, "list_at");
+    assert!(
+        cache.revision() <= revision,
+        "the cache is not ahead of the store"
+    );
+    assert_eq!(cache.list(&dir), listed, "a new cache holds the directory");
+    let mut events = cache.events();
+    let mut folded = Folded::default();
+    fold_next(&mut events, &mut folded, &dir, "the cache's Snapshot").await;
+
+    // Another client's write, read after `wait_for`.
+    let c = ok(
+        b.put(&format!("{dir}/sub/c"), b"3", None).await,
+        "put from b",
+    );
+    let within = |f| async move {
+        tokio::time::timeout(EVENT_TIMEOUT, f)
+            .await
+            .expect("the cache reached the revision in time")
+    };
+    ok(within(cache.wait_for(c.last_index)).await, "wait_for");
+    assert_eq!(
+        cache.get(&c.key),
+        Some(c.clone()),
+        "the cache reads the write"
+    );
+    assert!(cache.exists(&c.key));
+    ok(b.delete(&format!("{dir}/a")).await, "delete a from b");
+    let (listed, revision) = ok(a.list_at(&dir, None).await, "list_at");
+    ok(
+        within(cache.wait_for(revision)).await,
+        "wait_for the delete",
+    );
+    assert!(!cache.exists(&format!("{dir}/a")), "the delete is applied");
+    assert_eq!(cache.list(&dir), listed);
+    let sub = ok(a.list(&format!("{dir}/sub"), None).await, "list sub");
+    assert_eq!(
+        cache.list(&format!("{dir}/sub")),
+        sub,
+        "a subdirectory lists like the store"
+    );
+    assert!(cache.list(&format!("{dir}/none")).is_empty());
+    assert_eq!(cache.get("elsewhere/x"), None);
+    // What `events()` gave folds to the cache's content.
+    let expected = cache.list(&dir);
+    let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
+    while folded.pairs() != expected {
+        let item = tokio::time::timeout_at(deadline, events.next())
+            .await
+            .expect("the cache's events reach its content")
+            .expect("the events stream ended");
+        folded.apply(&ok(item, "cache event"), &dir);
+    }
+    drop(events);
+    drop(cache);
+    cleanup(&*a, &dir).await;
+    let _ = a.close().await;
+    let _ = b.close().await;
+}
