@@ -64,7 +64,6 @@ impl Backend for Consul {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities::all()
-            .with_events(false)
             .with_max_txn_ops(crate::txn::MAX_TXN_OPS)
             .with_max_value_size(self.inner.api.config.max_value_size)
             .with_min_ttl(self.inner.api.min_session_ttl())
@@ -166,6 +165,15 @@ impl Backend for Consul {
 
     async fn watch_tree(&self, w: WatchRequest<'_>) -> Result<WatchTreeStream> {
         watch_tree(self.inner.clone(), w).await
+    }
+
+    async fn list_at(&self, dir: &str, consistent: bool) -> Result<(Vec<KvPair>, u64)> {
+        let consistency = Consistency::of(consistent);
+        self.inner.read_tree(dir, consistency, None).await
+    }
+
+    async fn watch_events(&self, w: WatchRequest<'_>, since: Option<u64>) -> Result<EventStream> {
+        Ok(crate::watch::watch_events(self.inner.clone(), w, since))
     }
 
     async fn acquire(&self, lock: &LockSpec, tasks: &Tasks) -> Result<HeldLease> {
