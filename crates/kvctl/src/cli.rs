@@ -169,6 +169,15 @@ pub(crate) struct WatchArgs {
     /// printed only if it changed since (a missing key prints as a delete), then every change
     #[arg(long, value_name = "N", conflicts_with = "recursive")]
     pub(crate) index: Option<u64>,
+    /// With -r: one line per key event (put or delete) with the store revision it brings the
+    /// directory to, from the store's per-key event stream; a `snapshot` line first (then a
+    /// put line per key) says to start over
+    #[arg(long, requires = "recursive")]
+    pub(crate) events: bool,
+    /// With --events: resume after store revision REV (from a previous line or `ls -o json`):
+    /// the changes since, or a snapshot where the store can no longer tell them
+    #[arg(long, value_name = "REV", requires = "events")]
+    pub(crate) since: Option<u64>,
 }
 
 #[derive(Debug, Args)]

@@ -104,14 +104,35 @@ pub(crate) async fn rm(ctx: &Context, args: RmArgs) -> Result<(), Failure> {
 pub(crate) async fn ls(ctx: &Context, args: LsArgs) -> Result<(), Failure> {
     let store = ctx.open().await?;
     let dir = args.dir.unwrap_or_default();
-    let pairs = ctx.bounded(store.list(&dir, None)).await;
+    // JSON output carries the revision the listing was read at, where the store tells it
+    // (`list_at`), so `watch -r --events --since REV` resumes from it with no gap.
+    let listed = match ctx.output {
+        Output::Json => match ctx.bounded(store.list_at(&dir, None)).await {
+            Ok((pairs, revision)) => Ok((pairs, Some(revision))),
+            Err(Failure::Store(kvstore::Error::CallNotSupported { .. })) => {
+                ctx.bounded(store.list(&dir, None)).await.map(|p| (p, None))
+            }
+            Err(err) => Err(err),
+        },
+        Output::Text => ctx.bounded(store.list(&dir, None)).await.map(|p| (p, None)),
+    };
     let _ = store.close().await;
-    for pair in pairs? {
+    let (pairs, revision) = listed?;
+    for pair in pairs {
         match (ctx.output, args.keys_only) {
             (Output::Text, true) => println!("{}", pair.key),
             (Output::Text, false) => println!("{}\t{}", pair.key, text(&pair.value)),
-            (Output::Json, true) => println!("{}", serde_json::json!({ "key": pair.key })),
-            (Output::Json, false) => println!("{}", pair_json(&pair)),
+            (Output::Json, keys_only) => {
+                let mut object = if keys_only {
+                    serde_json::json!({ "key": pair.key })
+                } else {
+                    pair_json(&pair)
+                };
+                if let Some(revision) = revision {
+                    object["revision"] = revision.into();
+                }
+                println!("{object}");
+            }
         }
     }
     Ok(())

@@ -6,7 +6,7 @@ use std::process::Stdio;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use futures::StreamExt;
-use kvstore::KvPair;
+use kvstore::{EventKind, KvPair, WatchEvent};
 use tokio::io::AsyncWriteExt;
 
 use crate::cli::{Context, Output, WatchArgs};
@@ -28,7 +28,40 @@ async fn follow_changes(
     store: &dyn kvstore::Store,
     args: &WatchArgs,
 ) -> Result<(), Failure> {
-    if args.recursive {
+    if args.events {
+        let opts = args
+            .since
+            .map(|rev| kvstore::WatchOptions::default().with_since(rev));
+        let mut stream = ctx
+            .bounded(store.watch_events(&args.key, opts.as_ref()))
+            .await?;
+        while let Some(item) = stream.next().await {
+            match item.map_err(Failure::Store)? {
+                WatchEvent::Snapshot { pairs, revision } => {
+                    match ctx.output {
+                        Output::Text => println!("{revision} snapshot {}", pairs.len()),
+                        Output::Json => println!(
+                            "{}",
+                            serde_json::json!({ "revision": revision, "event": "snapshot", "count": pairs.len() })
+                        ),
+                    }
+                    for pair in pairs {
+                        emit_at(ctx, args, &Change::Put(pair), revision).await?;
+                    }
+                }
+                WatchEvent::Changes { events, revision } => {
+                    for event in events {
+                        let change = match event.kind {
+                            EventKind::Delete => Change::Delete(event.key),
+                            _ => Change::Put(KvPair::new(event.key, event.value, event.last_index)),
+                        };
+                        emit_at(ctx, args, &change, revision).await?;
+                    }
+                }
+                _ => {}
+            }
+        }
+    } else if args.recursive {
         let mut stream = ctx.bounded(store.watch_tree(&args.key, None)).await?;
         let mut last: Vec<KvPair> = Vec::new();
         while let Some(snapshot) = stream.next().await {
@@ -70,6 +103,30 @@ async fn emit(ctx: &Context, args: &WatchArgs, change: &Change) -> Result<(), Fa
         Output::Text => println!("{}", change.line()),
         Output::Json => println!("{}", change.json()),
     }
+    exec(args, change, None).await
+}
+
+/// [`emit`] for an event of `--events`: the line starts with the revision it brings the
+/// directory to (JSON: a `revision` field; `--exec`: `KVSTORE_REVISION`).
+async fn emit_at(
+    ctx: &Context,
+    args: &WatchArgs,
+    change: &Change,
+    revision: u64,
+) -> Result<(), Failure> {
+    match ctx.output {
+        Output::Text => println!("{revision} {}", change.line()),
+        Output::Json => {
+            let mut object = change.json();
+            object["revision"] = revision.into();
+            println!("{object}");
+        }
+    }
+    exec(args, change, Some(revision)).await
+}
+
+/// Runs `--exec` for one change, if given.
+async fn exec(args: &WatchArgs, change: &Change, revision: Option<u64>) -> Result<(), Failure> {
     let Some(command) = &args.exec else {
         return Ok(());
     };
@@ -79,6 +136,9 @@ async fn emit(ctx: &Context, args: &WatchArgs, change: &Change) -> Result<(), Fa
         .stdin(Stdio::piped())
         .env("KVSTORE_KEY", change.key())
         .env("KVSTORE_EVENT", change.event());
+    if let Some(revision) = revision {
+        cmd.env("KVSTORE_REVISION", revision.to_string());
+    }
     if let Change::Put(pair) = change {
         cmd.env("KVSTORE_LAST_INDEX", pair.last_index.to_string())
             .env("KVSTORE_VALUE_BASE64", BASE64.encode(&pair.value));

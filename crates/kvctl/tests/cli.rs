@@ -393,6 +393,96 @@ fn txn(name: &'static str) {
     ok(url, &["rm", "-r", &dir]);
 }
 
+/// `ls -o json` carries the revision it read at; `watch -r --events` prints a snapshot, then
+/// one line per key event with the revision; `--since REV` resumes with what came after REV.
+/// A store without per-key events refuses both options with the usage exit code.
+fn event_watches(name: &'static str) {
+    let Some(b) = backend(name) else { return };
+    let url = &b.url;
+    let dir = scratch("events");
+    ok(url, &["put", &format!("{dir}/a"), "1"]);
+    if matches!(name, "redis" | "zk") {
+        fails_with(url, &["watch", "-r", &dir, "--events"], 2);
+        let listed = json(ok(url, &["ls", &dir, "-o", "json"]).lines().next().unwrap());
+        assert!(
+            listed.get("revision").is_none(),
+            "no revision where the store has none"
+        );
+        cleanup(url, &dir);
+        return;
+    }
+    let listed = json(ok(url, &["ls", &dir, "-o", "json"]).lines().next().unwrap());
+    let revision = listed["revision"]
+        .as_u64()
+        .expect("ls -o json has the revision");
+    assert!(revision >= listed["last_index"].as_u64().unwrap());
+    if !b.shared {
+        // One process holds a redb file: the snapshot is all a test can see.
+        let watch = Running::start(url, &["watch", "-r", &dir, "--events"]);
+        assert_eq!(
+            watch.next_line("the snapshot"),
+            format!("{revision} snapshot 1")
+        );
+        assert_eq!(
+            watch.next_line("its key"),
+            format!("{revision} put {dir}/a {} 1", listed["last_index"])
+        );
+        assert_eq!(watch.interrupt(), Some(0));
+        return;
+    }
+    let watch = Running::start(url, &["watch", "-r", &dir, "--events", "-o", "json"]);
+    let snapshot = json(&watch.next_line("the snapshot"));
+    assert_eq!(
+        (snapshot["event"].as_str(), snapshot["count"].as_u64()),
+        (Some("snapshot"), Some(1))
+    );
+    assert_eq!(
+        json(&watch.next_line("its key"))["key"].as_str(),
+        Some(format!("{dir}/a").as_str())
+    );
+    let written = json(&ok(url, &["put", &format!("{dir}/b"), "2", "-o", "json"]));
+    let put = json(&watch.next_line("the put"));
+    assert_eq!(put["event"].as_str(), Some("put"));
+    assert_eq!(put["last_index"], written["last_index"]);
+    assert!(put["revision"].as_u64() >= written["last_index"].as_u64());
+    ok(url, &["rm", &format!("{dir}/a")]);
+    let deleted = json(&watch.next_line("the delete"));
+    assert_eq!(
+        (deleted["event"].as_str(), deleted["key"].as_str()),
+        (Some("delete"), Some(format!("{dir}/a").as_str()))
+    );
+    assert_eq!(watch.interrupt(), Some(0));
+    // Resuming from the ls revision: the changes since (or a snapshot, where the store
+    // cannot tell them: Consul), ending with the delete of a.
+    let resumed = Running::start(
+        url,
+        &[
+            "watch",
+            "-r",
+            &dir,
+            "--events",
+            "--since",
+            &revision.to_string(),
+        ],
+    );
+    let first = resumed.next_line("the first line after --since");
+    if first.contains(" snapshot ") {
+        assert_eq!(
+            resumed.next_line("the snapshot's key").split(' ').nth(2),
+            Some(format!("{dir}/b").as_str())
+        );
+    } else {
+        assert!(first.contains(&format!(" put {dir}/b ")), "{first}");
+        assert!(
+            resumed
+                .next_line("the delete")
+                .ends_with(&format!(" delete {dir}/a"))
+        );
+    }
+    assert_eq!(resumed.interrupt(), Some(0));
+    cleanup(url, &dir);
+}
+
 /// Bad input: the documented exit code and one line on stderr.
 fn bad_input(name: &'static str) {
     let Some(b) = backend(name) else { return };
@@ -423,6 +513,7 @@ macro_rules! per_backend {
 per_backend!(
     reads_and_writes,
     watches,
+    event_watches,
     lock_and_elect_run_commands,
     export_import,
     status,
