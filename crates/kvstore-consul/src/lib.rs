@@ -1,5 +1,15 @@
 //! kvstore backend on [Consul](https://www.consul.io)'s HTTP API (tested against Consul 1.21).
 //!
+//! # Watch events
+//!
+//! Consul keeps no history a client can read. `watch_events` follows the directory's prefix
+//! with the shared blocking query of `watch_tree` and diffs each answer against the listing
+//! of the last revision by `ModifyIndex`: a new or changed index is a `Put`, a key gone is a
+//! `Delete` at the answer's `X-Consul-Index`. Revisions are `X-Consul-Index` values; a resume
+//! with `since` starts with a `Snapshot`. An index that goes backwards (an agent that lost or
+//! restored its data) ends the stream with an error, since later revisions would not compare.
+//! Every change costs a full listing of the prefix on the server and the wire.
+//!
 //! # Mapping
 //!
 //! - A key is the Consul key `<prefix><key>` holding the raw value (`consul kv get <key>`

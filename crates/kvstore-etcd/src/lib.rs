@@ -1,5 +1,13 @@
 //! kvstore backend on [etcd](https://etcd.io) v3 (tested against etcd 3.4).
 //!
+//! # Watch events
+//!
+//! `watch_events` uses etcd's revisions: the `Snapshot` and `list_at` are one range read at a
+//! revision, and the events come from a watch of the directory's range from the revision after
+//! the consumer's (one response holds whole revisions, so a transaction is one item). A resume
+//! from a revision etcd has compacted away starts with a `Snapshot` (source: etcd docs, "Watch
+//! API" — a watch on a compacted revision is cancelled with `compact_revision` set).
+//!
 //! # Building
 //!
 //! The etcd client (`etcd-client`) compiles etcd's protobuf files in its build script, which

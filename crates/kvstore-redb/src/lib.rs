@@ -16,7 +16,8 @@
 //! | `kvstore_kv` | normalized key | (last_index, TTL deadline in Unix ms or 0, value bytes) |
 //! | `kvstore_expiry` | (TTL deadline, key) | () |
 //! | `kvstore_locks` | normalized key | (fencing token, deadline in Unix ms, owner id) |
-//! | `kvstore_meta` | `"revision"` | last revision handed out |
+//! | `kvstore_meta` | `"revision"`, `"log_floor"`, `"log_bytes"` | last revision handed out; the revision after which every change is in the log; the log's size |
+//! | `kvstore_log` | (revision, sequence) | (put or delete, key, last_index, value) |
 //!
 //! A lock is its row in `kvstore_locks`: its fencing token is the store revision when it was
 //! taken, its deadline is pushed forward by each renewal, and waiters are woken by the
@@ -29,6 +30,15 @@
 //! one new revision and committed durably; a failed condition aborts it. Up to 1024 conditions
 //! plus operations.
 #![cfg_attr(docsrs, feature(doc_cfg))]
+
+//! # Watch events
+//!
+//! Every write transaction takes store revisions (a delete, an expiry and a `delete_tree` take
+//! one too) and appends its per-key events to `kvstore_log` in the same transaction, so
+//! `watch_events` reads exactly what changed after a revision. The log keeps the last 100,000
+//! revisions and at most 64 MiB of keys and values; a resume from a revision it no longer
+//! holds (or one from before the log existed, on a file written by an older version) starts
+//! with a `Snapshot`. `list_at` reads the pairs and the revision in one read transaction.
 
 //! # Leader election
 //!
