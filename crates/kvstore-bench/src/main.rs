@@ -10,6 +10,7 @@
 //! and JSON (`--json`).
 
 mod counters;
+mod events;
 mod kv;
 mod layers;
 mod measure;
@@ -116,6 +117,18 @@ struct Args {
     /// all of them stacked) on the in-memory store, against the bare store, interleaved.
     #[arg(long)]
     layers: bool,
+    /// Instead of the operations: the Traefik-shaped event benchmark, for each of these
+    /// directory sizes (`200,2000,20000`): one writer changing a key at `--events-rate` per
+    /// second for `--events-duration`, consumed by `watch_tree`, `watch_tree` plus `list`,
+    /// `watch_events` and a `Cache`.
+    #[arg(long, value_delimiter = ',')]
+    events: Vec<usize>,
+    /// Changes per second during `--events`.
+    #[arg(long, default_value_t = 100)]
+    events_rate: u32,
+    /// How long the writer writes per size and consumer during `--events`.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    events_duration: std::time::Duration,
     /// Instead of the operations: a soak of this length (`10m`) on each backend, one after
     /// another: a mixed load with watchers, `keep_alive` registrations and lock churn, sampling
     /// the client's RSS and open file descriptors (run one process per backend, as ci/soak.sh
@@ -552,6 +565,20 @@ async fn main() -> anyhow::Result<()> {
             anyhow::bail!("the soak failed: {}", failures.join("; "));
         }
         return Ok(());
+    }
+    if !args.events.is_empty() {
+        let plan = events::Plan {
+            sizes: args.events.clone(),
+            rate: args.events_rate,
+            duration: args.events_duration,
+        };
+        return each_backend(&args, &backends, events::markdown, |backend, store| {
+            let (name, url, counter) = (backend.name, backend.url.clone(), backend.counter.clone());
+            let plan = &plan;
+            async move { events::run(name, &url, store, counter.as_ref(), plan).await }
+        })
+        .await
+        .map(drop);
     }
     if let Some(n) = args.watchers {
         return each_backend(&args, &backends, watchers::markdown, |backend, store| {
