@@ -5,11 +5,10 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::StreamExt;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::watch::reconnect_with_backoff;
 use crate::{Error, Event, EventStream, KvPair, Result, WatchEvent};
 
 /// What a backend's history says after a revision.
@@ -212,42 +211,10 @@ impl<S: EventSource> Driver<S> {
         Some(Err(err))
     }
 
-    /// Reconnects with backoff for up to `reconnect_timeout`: `None` when cancelled or closed,
-    /// `Some(Err)` when it gave up.
+    /// Reconnects with backoff for up to `reconnect_timeout`.
     async fn reconnect(&mut self) -> Option<Result<()>> {
-        let started = Instant::now();
-        let mut delays = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(50))
-            .with_max_delay(Duration::from_secs(2))
-            .without_max_times()
-            .build();
-        loop {
-            let attempt = tokio::select! {
-                biased;
-                () = self.cancel.cancelled() => return None,
-                attempt = self.source.reconnect() => attempt,
-            };
-            match attempt {
-                Ok(()) => return Some(Ok(())),
-                Err(Error::Closed { .. }) => return None,
-                Err(err) if !err.is_transient() => return Some(Err(err)),
-                Err(_) if started.elapsed() >= self.reconnect_timeout => {
-                    return Some(Err(Error::not_reachable(
-                        "watch_events",
-                        format!(
-                            "the event watch could not reconnect within {:?}",
-                            self.reconnect_timeout
-                        ),
-                    )));
-                }
-                Err(_) => {}
-            }
-            let delay = delays.next().unwrap_or(Duration::from_secs(2));
-            tokio::select! {
-                biased;
-                () = self.cancel.cancelled() => return None,
-                () = tokio::time::sleep(delay) => {}
-            }
-        }
+        let (cancel, timeout) = (self.cancel.clone(), self.reconnect_timeout);
+        let what = "watch_events";
+        reconnect_with_backoff(&mut self.source, |s| s.reconnect(), &cancel, timeout, what).await
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -165,45 +166,64 @@ impl<S: WatchSource> Driver<S> {
         }
     }
 
-    /// Reconnects with backoff (50 ms doubling to 2 s) for up to `reconnect_timeout`: `None`
-    /// when cancelled, `Some(Err)` with the last error when it gave up.
+    /// Reconnects with backoff for up to `reconnect_timeout` ([`reconnect_with_backoff`]).
     async fn reconnect(&mut self) -> Option<Result<()>> {
-        let started = Instant::now();
-        let mut delays = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(50))
-            .with_max_delay(Duration::from_secs(2))
-            .without_max_times()
-            .build();
-        loop {
-            let attempt = tokio::select! {
-                biased;
-                () = self.cancel.cancelled() => return None,
-                attempt = self.source.reconnect() => attempt,
-            };
-            let err = match attempt {
+        let (cancel, timeout) = (self.cancel.clone(), self.reconnect_timeout);
+        reconnect_with_backoff(
+            &mut self.source,
+            |s| s.reconnect(),
+            &cancel,
+            timeout,
+            "watch",
+        )
+        .await
+    }
+}
+
+/// Calls `attempt` on `source` until it succeeds, with backoff (50 ms doubling to 2 s), for up
+/// to `timeout`: `None` when `cancel` fires or an attempt says `Closed`, `Some(Err)` for an
+/// error that is not transient or, past the timeout, `NotReachable` naming `what`.
+pub(super) async fn reconnect_with_backoff<S, F>(
+    source: &mut S,
+    mut attempt: F,
+    cancel: &CancellationToken,
+    timeout: Duration,
+    what: &'static str,
+) -> Option<Result<()>>
+where
+    F: for<'a> FnMut(&'a mut S) -> BoxFuture<'a, Result<()>>,
+{
+    let started = Instant::now();
+    let mut delays = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(Duration::from_secs(2))
+        .without_max_times()
+        .build();
+    loop {
+        let err = tokio::select! {
+            biased;
+            () = cancel.cancelled() => return None,
+            result = attempt(source) => match result {
                 Ok(()) => return Some(Ok(())),
                 Err(err) => err,
-            };
-            match classify(err) {
-                Failure::End => return None,
-                Failure::Fatal(err) => return Some(Err(err)),
-                Failure::Reconnect if started.elapsed() >= self.reconnect_timeout => {
-                    return Some(Err(Error::not_reachable(
-                        "watch",
-                        format!(
-                            "the watch could not reconnect within {:?}",
-                            self.reconnect_timeout
-                        ),
-                    )));
-                }
-                Failure::Reconnect => {}
+            },
+        };
+        match classify(err) {
+            Failure::End => return None,
+            Failure::Fatal(err) => return Some(Err(err)),
+            Failure::Reconnect if started.elapsed() >= timeout => {
+                return Some(Err(Error::not_reachable(
+                    what,
+                    format!("{what} could not reconnect within {timeout:?}"),
+                )));
             }
-            let delay = delays.next().unwrap_or(Duration::from_secs(2));
-            tokio::select! {
-                biased;
-                () = self.cancel.cancelled() => return None,
-                () = tokio::time::sleep(delay) => {}
-            }
+            Failure::Reconnect => {}
+        }
+        let delay = delays.next().unwrap_or(Duration::from_secs(2));
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => return None,
+            () = tokio::time::sleep(delay) => {}
         }
     }
 }
