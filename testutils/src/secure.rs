@@ -302,3 +302,36 @@ where
     read_only_credential_cannot_write(&*writer, &*reader).await;
     let _ = (writer.close().await, reader.close().await);
 }
+
+/// `open(url)` for a backend `B`: what the refusal cases of this module take.
+///
+/// # Errors
+///
+/// The backend's `open_url` errors.
+pub async fn open_backend<B: kvstore_core::backend::Open>(
+    url: String,
+) -> kvstore_core::Result<std::sync::Arc<dyn kvstore_core::Store>> {
+    let store = kvstore_core::BackendStore::<B>::open_url(&url).await?;
+    Ok(std::sync::Arc::new(store) as std::sync::Arc<dyn kvstore_core::Store>)
+}
+
+/// The suite of a server that demands TLS and credentials, in one line per backend: an `open`
+/// function for the backend (what this module's cases take), and the whole conformance suite
+/// against the URL in the environment variable `var`, with the suite's TTL and slack where
+/// given: `secure_suite!(backend: kvstore_etcd::Etcd, var: "KVSTORE_ETCD_TLS_URL", ttl: …,
+/// slack: …)`. The backend's own refusal tests stay beside it.
+#[macro_export]
+macro_rules! secure_suite {
+    (backend: $backend:ty, var: $var:expr $(, ttl: $ttl:expr, slack: $slack:expr)? $(,)?) => {
+        /// Opens a store of the backend under test at `url`.
+        async fn open(
+            url: String,
+        ) -> ::kvstore_core::Result<::std::sync::Arc<dyn ::kvstore_core::Store>> {
+            $crate::secure::open_backend::<$backend>(url).await
+        }
+
+        $crate::conformance_tests!(optional: $crate::backend_url($var).map(|url| {
+            $crate::Opener::backend::<$backend>(&url) $( .with_ttl($ttl).with_ttl_slack($slack) )?
+        }));
+    };
+}

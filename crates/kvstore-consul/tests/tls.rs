@@ -3,28 +3,18 @@
 //! (`KVSTORE_CONSUL_TLS_URL` with the management token; ci/servers.sh starts `consul-tls`):
 //! the whole conformance suite, and every refusal as `PermissionDenied`.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use kvstore_consul::ConsulStore;
-use kvstore_core::{Result, Store};
+use kvstore_core::Store;
 use kvstore_testutils::secure::{self, Credential, tls_dir};
-use kvstore_testutils::{Opener, backend_url, ok};
+use kvstore_testutils::{backend_url, ok};
 
-async fn open(url: String) -> Result<Arc<dyn Store>> {
-    Ok(Arc::new(ConsulStore::open_url(&url).await?) as Arc<dyn Store>)
-}
-
-fn opener() -> Option<Opener> {
-    let url = backend_url("KVSTORE_CONSUL_TLS_URL")?;
-    Some(
-        Opener::new(move || open(url.clone()))
-            .with_ttl(Duration::from_secs(2))
-            .with_ttl_slack(Duration::from_secs(4)),
-    )
-}
-
-kvstore_testutils::conformance_tests!(optional: opener());
+kvstore_testutils::secure_suite!(
+    backend: kvstore_consul::Consul,
+    var: "KVSTORE_CONSUL_TLS_URL",
+    ttl: Duration::from_secs(2),
+    slack: Duration::from_secs(4),
+);
 
 #[tokio::test]
 async fn refusals_are_permission_denied() {

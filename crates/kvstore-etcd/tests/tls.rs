@@ -2,28 +2,18 @@
 //! (`KVSTORE_ETCD_TLS_URL`; ci/servers.sh starts `etcd-tls`): the whole conformance suite,
 //! and every refusal as `PermissionDenied`.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use kvstore_core::{Result, Store};
-use kvstore_etcd::EtcdStore;
+use kvstore_core::Store;
 use kvstore_testutils::secure::{self, Credential, tls_dir};
-use kvstore_testutils::{Opener, backend_url, ok};
+use kvstore_testutils::{backend_url, ok};
 
-async fn open(url: String) -> Result<Arc<dyn Store>> {
-    Ok(Arc::new(EtcdStore::open_url(&url).await?) as Arc<dyn Store>)
-}
-
-fn opener() -> Option<Opener> {
-    let url = backend_url("KVSTORE_ETCD_TLS_URL")?;
-    Some(
-        Opener::new(move || open(url.clone()))
-            .with_ttl(Duration::from_secs(1))
-            .with_ttl_slack(Duration::from_secs(2)),
-    )
-}
-
-kvstore_testutils::conformance_tests!(optional: opener());
+kvstore_testutils::secure_suite!(
+    backend: kvstore_etcd::Etcd,
+    var: "KVSTORE_ETCD_TLS_URL",
+    ttl: Duration::from_secs(1),
+    slack: Duration::from_secs(2),
+);
 
 #[tokio::test]
 async fn refusals_are_permission_denied() {

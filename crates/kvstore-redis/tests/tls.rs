@@ -2,28 +2,18 @@
 //! (`KVSTORE_REDIS_TLS_URL`; ci/servers.sh starts `redis-tls`): the whole conformance suite,
 //! and every refusal as `PermissionDenied`.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use kvstore_core::{Result, Store};
-use kvstore_redis::RedisStore;
+use kvstore_core::Store;
+use kvstore_testutils::backend_url;
 use kvstore_testutils::secure::{self, Credential, tls_dir};
-use kvstore_testutils::{Opener, backend_url};
 
-async fn open(url: String) -> Result<Arc<dyn Store>> {
-    Ok(Arc::new(RedisStore::open_url(&url).await?) as Arc<dyn Store>)
-}
-
-fn opener() -> Option<Opener> {
-    let url = backend_url("KVSTORE_REDIS_TLS_URL")?;
-    Some(
-        Opener::new(move || open(url.clone()))
-            .with_ttl(Duration::from_secs(1))
-            .with_ttl_slack(Duration::from_secs(1)),
-    )
-}
-
-kvstore_testutils::conformance_tests!(optional: opener());
+kvstore_testutils::secure_suite!(
+    backend: kvstore_redis::Redis,
+    var: "KVSTORE_REDIS_TLS_URL",
+    ttl: Duration::from_secs(1),
+    slack: Duration::from_secs(1),
+);
 
 #[tokio::test]
 async fn refusals_are_permission_denied() {

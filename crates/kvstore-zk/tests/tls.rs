@@ -3,23 +3,14 @@
 //! credentials and creator ACLs: the whole conformance suite, and every refusal as
 //! `PermissionDenied`.
 
-use std::sync::Arc;
-
-use kvstore_core::{Result, Store};
+use kvstore_core::Store;
+use kvstore_testutils::backend_url;
 use kvstore_testutils::secure::{self, Credential, tls_dir};
-use kvstore_testutils::{Opener, backend_url};
-use kvstore_zk::ZkStore;
 
-async fn open(url: String) -> Result<Arc<dyn Store>> {
-    Ok(Arc::new(ZkStore::open_url(&url).await?) as Arc<dyn Store>)
-}
-
-fn opener() -> Option<Opener> {
-    let url = backend_url("KVSTORE_ZK_TLS_URL")?;
-    Some(Opener::new(move || open(url.clone())))
-}
-
-kvstore_testutils::conformance_tests!(optional: opener());
+kvstore_testutils::secure_suite!(
+    backend: kvstore_zk::Zk,
+    var: "KVSTORE_ZK_TLS_URL",
+);
 
 /// A wrong digest password is another identity to ZooKeeper: it connects, and the creator
 /// ACLs of the real user's znodes refuse its writes. The creator ACL (`auth`) grants every
