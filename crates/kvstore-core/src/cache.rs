@@ -200,6 +200,11 @@ impl Cache {
     /// a caller reads its own writes. Returns at once when it already has. Wrap it in a
     /// timeout to bound the wait.
     ///
+    /// The cache's revision moves with changes in its directory. Where revisions are
+    /// store-wide (etcd, redb, memory) a revision from elsewhere — `list_at` of another
+    /// directory, a write outside it — is reached only with the directory's next change, so
+    /// wait for the `last_index` of a write in the directory.
+    ///
     /// # Errors
     ///
     /// `Closed` when the cache stopped for good (its store closed).
