@@ -87,15 +87,21 @@ pub(crate) fn append<'a>(
         .get(LOG_SIZE)
         .map_err(from_redb)?
         .map_or(0, |v| v.value());
-    // A revision may log in several steps (a group commit's writes each take their own, a
-    // transaction's take one): continue after its last sequence number.
-    let seq = match log.last().map_err(from_redb)? {
-        Some((k, _)) if k.value().0 == revision => k.value().1 + 1,
-        _ => 0,
-    };
-    for (n, event) in (seq..).zip(events) {
+    // Every caller takes a new revision and logs it in one call (a transaction's writes, a
+    // `delete_tree`'s keys and an expiry batch share theirs), so its sequence starts at 0; an
+    // entry already there would be a second call for the revision, refused rather than lost.
+    for (n, event) in (0..).zip(events) {
         size += (event.1.len() + event.3.len()) as u64;
-        log.insert((revision, n), event).map_err(from_redb)?;
+        if log
+            .insert((revision, n), event)
+            .map_err(from_redb)?
+            .is_some()
+        {
+            return Err(kvstore_core::Error::backend(
+                crate::BACKEND,
+                format!("revision {revision} was logged twice"),
+            ));
+        }
     }
     // Trims whole revisions, oldest first, until the log is within both bounds; the floor
     // then names the last revision dropped, so it stays exact.
