@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use kvstore_core::backend::{Lease, Precondition, Release, Renewal, Tasks, ttl_millis};
-use kvstore_core::{Error, KvPair, Result, normalize_key};
+use kvstore_core::backend::{Lease, Precondition, Release, Renewal, Since, Tasks, ttl_millis};
+use kvstore_core::{Error, Event, KvPair, Result, normalize_key};
 use redis::Value;
 
 use crate::BACKEND;
@@ -184,17 +184,35 @@ impl Inner {
 
     /// `None` when neither `dir` nor any descendant exists.
     pub(crate) async fn read_tree(&self, dir: &str) -> Result<Option<Vec<KvPair>>> {
+        let (pairs, _) = self.list_script(dir, false).await?;
+        Ok(pairs)
+    }
+
+    /// `list_at`: the pairs under `dir`, the revision they were read at, and the change log's
+    /// epoch; expiries are logged first, so the pairs are the state at that revision.
+    pub(crate) async fn read_tree_at(&self, dir: &str) -> Result<(Vec<KvPair>, Logged)> {
+        let (pairs, at) = self.list_script(dir, true).await?;
+        Ok((pairs.unwrap_or_default(), at))
+    }
+
+    /// The `LIST` script; `at`: with the revision (see [`scripts::LIST`]).
+    async fn list_script(&self, dir: &str, at: bool) -> Result<(Option<Vec<KvPair>>, Logged)> {
         let foreign = self.foreign_strings(dir).await?;
-        let reply: Vec<Value> = scripts::LIST
-            .key(self.index_key())
+        let mut script = scripts::LIST.key(self.index_key());
+        if at {
+            script.key(self.rev_key());
+        }
+        let mut conn = if at { self.write_conn() } else { self.conn() };
+        let reply: Vec<Value> = script
             .arg(&self.prefix)
             .arg(dir)
             .arg(&foreign)
-            .invoke_async(&mut self.conn())
+            .invoke_async(&mut conn)
             .await
             .map_err(from_redis)?;
         let mut items = reply.into_iter();
         let exists = matches!(items.next(), Some(Value::Int(1)));
+        let at = Logged::parse(items.next(), items.next())?;
         let mut pairs = Vec::new();
         while let (Some(key), Some(value), Some(index)) = (items.next(), items.next(), items.next())
         {
@@ -208,7 +226,64 @@ impl Inner {
             // The script appends plain strings after the sorted index members.
             pairs.sort_by(|a, b| a.key.cmp(&b.key));
         }
-        Ok(exists.then_some(pairs))
+        Ok((exists.then_some(pairs), at))
+    }
+
+    /// `watch_events`' read: the changes under `dir` after revision `after` (see
+    /// [`scripts::EVENTS`]), and the revision and epoch of the log they were read from.
+    pub(crate) async fn read_since(&self, dir: &str, after: u64) -> Result<(Since, Logged)> {
+        let reply: Vec<Value> = scripts::EVENTS
+            .key(self.rev_key())
+            .key(self.index_key())
+            .arg(&self.prefix)
+            .arg(dir)
+            .arg(after)
+            .invoke_async(&mut self.write_conn())
+            .await
+            .map_err(from_redis)?;
+        let mut items = reply.into_iter();
+        let status = match items.next() {
+            Some(Value::Int(status)) => status,
+            _ => return Err(protocol("events status")),
+        };
+        let at = Logged::parse(items.next(), items.next())?;
+        match status {
+            scripts::OK => {}
+            scripts::LOG_MOVED_ON => return Ok((Since::Unknown, at)),
+            scripts::LOG_BEHIND => {
+                return Err(Error::backend(
+                    BACKEND,
+                    format!(
+                        "the store's revision {} is below {after}: the server lost its data \
+                         (restarted without persistence, or flushed); watch again for a Snapshot",
+                        at.revision
+                    ),
+                ));
+            }
+            _ => return Err(protocol("events status")),
+        }
+        let mut events = Vec::new();
+        while let (Some(rev), Some(kind), Some(key), Some(value)) =
+            (items.next(), items.next(), items.next(), items.next())
+        {
+            let text = |v: Value, what| -> Result<String> {
+                redis::from_redis_value(v).map_err(|_| protocol(what))
+            };
+            let rev: u64 = text(rev, "event revision")?
+                .parse()
+                .map_err(|_| protocol("event revision"))?;
+            let key = text(key, "event key")?;
+            events.push(match text(kind, "event kind")?.as_str() {
+                "p" => {
+                    let value: Vec<u8> =
+                        redis::from_redis_value(value).map_err(|_| protocol("event value"))?;
+                    Event::put(key, value, rev)
+                }
+                "d" => Event::delete(key, rev),
+                _ => return Err(protocol("event kind")),
+            });
+        }
+        Ok((Since::Events(events, at.revision), at))
     }
 
     /// Fails with a message saying how to enable keyspace notifications when they are off.
@@ -332,6 +407,7 @@ impl Inner {
         let status: i64 = scripts::DELETE
             .key(self.data_key(key))
             .key(self.index_key())
+            .key(self.rev_key())
             .arg(mode)
             .arg(expected)
             .arg(key)
@@ -344,6 +420,30 @@ impl Inner {
             scripts::MODIFIED => Err(Error::KeyModified { key: key.into() }),
             _ => Err(protocol("delete status")),
         }
+    }
+}
+
+/// Where a read of the change log was made: the store's revision and the log's epoch (which
+/// changes when the log starts again, after the server lost its data).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Logged {
+    pub(crate) revision: u64,
+    pub(crate) epoch: String,
+}
+
+impl Logged {
+    /// From a script's revision and epoch replies (`'0'` and `''` for a plain `list`).
+    fn parse(revision: Option<Value>, epoch: Option<Value>) -> Result<Logged> {
+        let text = |v: Option<Value>, what| -> Result<String> {
+            v.and_then(|v| redis::from_redis_value(v).ok())
+                .ok_or_else(|| protocol(what))
+        };
+        Ok(Logged {
+            revision: text(revision, "revision")?
+                .parse()
+                .map_err(|_| protocol("revision"))?,
+            epoch: text(epoch, "log epoch")?,
+        })
     }
 }
 
@@ -371,8 +471,10 @@ impl Lease for KeyLease {
     async fn renew(&self) -> Result<Renewal> {
         let renewed: i64 = scripts::RENEW_KEY
             .key(self.inner.data_key(&self.key))
+            .key(self.inner.rev_key())
             .arg(self.index)
             .arg(ttl_millis(self.ttl))
+            .arg(&self.key)
             .invoke_async(&mut self.inner.write_conn())
             .await
             .map_err(from_redis)?;

@@ -10,6 +10,9 @@
 //! | `<prefix>\x01kvstore/rev` | string | the revision counter every write increments |
 //! | `<prefix>\x01kvstore/index` | sorted set | every key (score 0, sorted bytewise), for `list`/`delete_tree` |
 //! | `<prefix>\x01kvstore/lock/<key>` | string | `<owner>:<fencing token>` while a lock is held, with a PX TTL |
+//! | `<prefix>\x01kvstore/log` | stream | the change log of `watch_events`: entry `<revision>-<n>`, fields `p <key> v <value>` (a put) or `d <key>` (a delete) |
+//! | `<prefix>\x01kvstore/logmeta` | hash | the log's `floor` (every change after it is logged), `bytes` and `epoch` |
+//! | `<prefix>\x01kvstore/ttl` | sorted set | every key written with a TTL, scored by its deadline (server time, ms), so its expiry is logged |
 //!
 //! `\x01` cannot occur in a valid key, so bookkeeping never collides with data and never shows
 //! in `list` or `watch_tree`.
@@ -44,6 +47,21 @@
 //! - `watch`/`watch_tree` use keyspace notifications, which must be enabled on the server
 //!   (`notify-keyspace-events KA`, or at least `Kghx$`); otherwise they fail with
 //!   `InvalidConfig` saying how to enable them. See [`watch`](crate#behavior-on-reconnects).
+//! - `watch_events` and `list_at` read a change log that every mutating script appends to in
+//!   the same atomic step as the data (a stream, see the layout above), so a resume with
+//!   `since` gives exactly the missed changes while the log holds them: the last 100,000
+//!   events and at most 32 MiB of keys and values (a value is then held twice: in its pair and
+//!   in the log). A resume from before that — or from a revision of a log that started again
+//!   after the server lost its data — starts with a `Snapshot`; a stream whose server lost its
+//!   data (restarted without persistence, flushed) ends with a `Backend` error. Redis drops an
+//!   expired pair by itself, without a script: the reads of the log (`watch_events`' and
+//!   `list_at`'s) first log a delete, under a new revision, for every key whose TTL deadline
+//!   passed, so `list_at` is always the state at the revision it returns. A watcher wakes on
+//!   the directory's keyspace notifications (so it needs them, like `watch_tree`), and each
+//!   read fetches only the log entries after its revision. Writes by other clients that
+//!   bypass kvstore's scripts (`redis-cli SET`, valkeyrie) are not in the log.
+//!   Source: Redis docs, "Streams" (XADD with explicit IDs, XRANGE) and "EXPIRE" (how keys
+//!   expire).
 //! - Locks: `SET PX` with an owner id and a token from the revision counter; a waiter subscribes
 //!   to the lock key's `del`/`expired` notifications only once it finds the lock held, so an
 //!   uncontended lock + unlock is two requests.

@@ -38,9 +38,11 @@ impl Lease for LockLease {
         let renewed: i64 = scripts::LOCK_RENEW
             .key(self.inner.lock_key(&self.key))
             .key(self.inner.data_key(&self.key))
+            .key(self.inner.rev_key())
             .arg(&self.holder)
             .arg(ttl_millis(self.ttl))
             .arg(self.bound_value.map(|t| t.to_string()).unwrap_or_default())
+            .arg(&self.key)
             .invoke_async(&mut self.inner.write_conn())
             .await
             .map_err(from_redis)?;
@@ -92,6 +94,7 @@ async fn release(inner: &Inner, key: &str, holder: &str, delete_value: bool) -> 
         .key(inner.lock_key(key))
         .key(inner.data_key(key))
         .key(inner.index_key())
+        .key(inner.rev_key())
         .arg(holder)
         .arg(if delete_value { "1" } else { "0" })
         .arg(key)

@@ -5,6 +5,9 @@
 //! `<prefix><key>`; `<prefix>\x01kvstore/rev` is the revision counter; `<prefix>\x01kvstore/index`
 //! is a sorted set of every key (score 0, so members sort bytewise) used by `list` and
 //! `delete_tree`; `<prefix>\x01kvstore/lock/<key>` holds `<owner>:<token>` while a lock is held.
+//! The change log of `watch_events` sits beside the counter (see [`LOG`]): `\x01kvstore/log`
+//! (a stream), `\x01kvstore/logmeta` (its floor, size and epoch) and `\x01kvstore/ttl` (a
+//! sorted set of TTL deadlines, so expiries are logged).
 //! Keys a script derives from the index (list, delete_tree) are not declared in KEYS, so Redis
 //! Cluster is not supported (see docs/compatibility.md).
 //!
@@ -39,8 +42,114 @@ local function current(k)
 end
 ";
 
+/// Lua shared by the scripts that change pairs: the change log of `watch_events`.
+///
+/// Every change a script makes to a pair is appended, in the same script (one atomic step),
+/// to a stream beside the revision counter: entry `<revision>-<n>` for the n-th change of a
+/// revision, with fields `p <key> v <value>` for a put (its `last_index` is the revision) or
+/// `d <key>` for a delete. The stream keeps the last [`LOG_ENTRIES`] entries and at most
+/// [`LOG_BYTES`] of keys and values; `logmeta` holds `floor` (every change after it is in the
+/// stream), `bytes`, and `epoch` (set when the log starts: a log that starts again after the
+/// server lost its data has another one).
+///
+/// Redis drops an expired pair by itself, without a script; so every TTL write also records
+/// its deadline (server time, ms) in the `ttl` sorted set, and `reap` — run by the scripts
+/// that read the log — logs a delete for each pair whose deadline passed and that is gone.
+/// Source: Redis docs, "Streams" — XADD with an explicit ID (`<ms>-<seq>`, strictly
+/// increasing), XRANGE, XDEL, XLEN; "TIME"; "PTTL" (-2: no key, -1: no expiry); "Scripting
+/// with Lua" (scripts are replicated by their effects since Redis 5, so TIME may precede a
+/// write).
+const LOG: &str = r"
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function rid(n) return string.format('%.0f', n) end
+local function sibling(revk, name) return string.sub(revk, 1, -4) .. name end
+local function log_event(revk, rev, seq, member, value)
+  local lk, mk = sibling(revk, 'log'), sibling(revk, 'logmeta')
+  local id = rid(rev) .. '-' .. seq
+  local size = #member
+  if value then
+    redis.call('XADD', lk, id, 'p', member, 'v', value)
+    size = size + #value
+  else
+    redis.call('XADD', lk, id, 'd', member)
+  end
+  local bytes = redis.call('HINCRBY', mk, 'bytes', size)
+  if bytes == size then
+    redis.call('HSETNX', mk, 'floor', rid(rev - 1))
+    redis.call('HSETNX', mk, 'epoch', rid(now_ms()))
+  end
+  while bytes > LOG_BYTES or redis.call('XLEN', lk) > LOG_ENTRIES do
+    local first = redis.call('XRANGE', lk, '-', '+', 'COUNT', 1)[1]
+    if first[1] == id then break end
+    redis.call('XDEL', lk, first[1])
+    local f = first[2]
+    local gone = #f[2]
+    if f[4] then gone = gone + #f[4] end
+    bytes = redis.call('HINCRBY', mk, 'bytes', -gone)
+    redis.call('HSET', mk, 'floor', string.match(first[1], '^(%d+)'))
+  end
+end
+local function expires(revk, member, ttl_ms)
+  redis.call('ZADD', sibling(revk, 'ttl'), now_ms() + tonumber(ttl_ms), member)
+end
+local function forget_expiry(revk, member)
+  redis.call('ZREM', sibling(revk, 'ttl'), member)
+end
+local function reap(revk, idxk, prefix)
+  local tk = sibling(revk, 'ttl')
+  local gone = {}
+  repeat
+    local now = now_ms()
+    local due = redis.call('ZRANGEBYSCORE', tk, '-inf', now, 'LIMIT', 0, 1000)
+    for _, m in ipairs(due) do
+      local left = redis.call('PTTL', prefix .. m)
+      if left == -2 then
+        gone[#gone + 1] = m
+        redis.call('ZREM', tk, m)
+        redis.call('ZREM', idxk, m)
+      elseif left == -1 then
+        redis.call('ZREM', tk, m)
+      else
+        redis.call('ZADD', tk, now + left, m)
+      end
+    end
+  until #due < 1000
+  if #gone > 0 then
+    local rev = redis.call('INCR', revk)
+    for i, m in ipairs(gone) do log_event(revk, rev, i - 1, m, nil) end
+  end
+end
+local function log_state(revk)
+  local mk = sibling(revk, 'logmeta')
+  local rev = tonumber(redis.call('GET', revk) or '0')
+  if redis.call('HSETNX', mk, 'epoch', rid(now_ms())) == 1 then
+    redis.call('HSET', mk, 'floor', rid(rev))
+  end
+  local m = redis.call('HMGET', mk, 'floor', 'epoch')
+  return rev, tonumber(m[1]), m[2]
+end
+";
+
+/// Entries the change log keeps.
+pub(crate) const LOG_ENTRIES: u64 = 100_000;
+/// Bytes of keys and values the change log keeps, at most.
+pub(crate) const LOG_BYTES: u64 = 32 * 1024 * 1024;
+
 fn with_current(body: &str) -> Script {
-    Script::new(&format!("{CURRENT}{body}"))
+    Script::new(&format!("{CURRENT}{}{body}", log_lua()))
+}
+
+fn with_log(body: &str) -> Script {
+    Script::new(&format!("{}{body}", log_lua()))
+}
+
+/// [`LOG`] with its bounds filled in.
+fn log_lua() -> String {
+    LOG.replace("LOG_BYTES", &LOG_BYTES.to_string())
+        .replace("LOG_ENTRIES", &LOG_ENTRIES.to_string())
 }
 
 pub(crate) const OK: i64 = 0;
@@ -49,7 +158,7 @@ pub(crate) const NOT_FOUND: i64 = 2;
 pub(crate) const MODIFIED: i64 = 3;
 
 /// KEYS: data, rev, index. ARGV: value, ttl_ms (0 = none), mode (any|absent|index|same),
-/// expected index, member. Returns {status, new index}. Mode `same` writes only when the key is
+/// expected index, member. Returns {status, new index}. The write is logged (see [`LOG`]). Mode `same` writes only when the key is
 /// absent or holds this value (a registration written again), else MODIFIED.
 ///
 /// Mode `any` (a plain `put`, the hot path) reads nothing first: `INCR`, then `HSET`, whose
@@ -63,6 +172,7 @@ pub(crate) static PUT: LazyLock<Script> = LazyLock::new(|| {
         r"
 if ARGV[3] == 'any' then
   local idx = redis.call('INCR', KEYS[2])
+  log_event(KEYS[2], idx, 0, ARGV[5], ARGV[1])
   local added = redis.pcall('HSET', KEYS[1], 'v', ARGV[1], 'i', idx)
   if type(added) == 'table' and added.err then
     local t = redis.call('TYPE', KEYS[1]).ok
@@ -74,6 +184,7 @@ if ARGV[3] == 'any' then
   end
   if tonumber(ARGV[2]) > 0 then
     redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    expires(KEYS[2], ARGV[5], ARGV[2])
   elseif added ~= 2 then
     redis.call('PERSIST', KEYS[1])
   end
@@ -92,11 +203,13 @@ if ARGV[3] == 'same' and cur then
   if v ~= ARGV[1] then return {3, 0} end
 end
 local idx = redis.call('INCR', KEYS[2])
+log_event(KEYS[2], idx, 0, ARGV[5], ARGV[1])
 -- A plain string written by another client becomes a kvstore pair.
 if t == 'string' then redis.call('DEL', KEYS[1]) end
 redis.call('HSET', KEYS[1], 'v', ARGV[1], 'i', idx)
 if tonumber(ARGV[2]) > 0 then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  expires(KEYS[2], ARGV[5], ARGV[2])
 else
   redis.call('PERSIST', KEYS[1])
 end
@@ -107,7 +220,9 @@ return {0, idx}
     )
 });
 
-/// KEYS: data, index. ARGV: mode (any|index), expected index, member. Returns a status.
+/// KEYS: data, index, rev. ARGV: mode (any|index), expected index, member. Returns a status.
+/// A delete takes a revision and is logged; a pair that expired unseen is left to `reap`,
+/// which logs its expiry.
 pub(crate) static DELETE: LazyLock<Script> = LazyLock::new(|| {
     with_current(
         r"
@@ -117,27 +232,38 @@ if not cur then
   return 2
 end
 if ARGV[1] == 'index' and cur ~= ARGV[2] then return 3 end
+local rev = redis.call('INCR', KEYS[3])
+log_event(KEYS[3], rev, 0, ARGV[3], nil)
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[3])
+forget_expiry(KEYS[3], ARGV[3])
 return 0
 ",
     )
 });
 
-/// KEYS: index. ARGV: key prefix, dir ('' = all), then names of plain strings found by SCAN
-/// (only with `foreign_strings`). Returns {dir exists (0/1), key, value, index, key, value,
-/// index, …}: the index's members sorted, then the extra names that are plain strings; index
-/// entries whose pair expired are dropped on the way.
+/// KEYS: index, and for `list_at` the revision counter. ARGV: key prefix, dir ('' = all),
+/// then names of plain strings found by SCAN (only with `foreign_strings`). Returns {dir
+/// exists (0/1), revision, log epoch, key, value, index, key, value, index, …}: the index's
+/// members sorted, then the extra names that are plain strings; index entries whose pair
+/// expired are dropped on the way. With the counter (`list_at`), expiries are logged first
+/// (`reap`), so the listing is the state at the revision it returns; without it, the
+/// revision is 0 and the epoch empty.
 pub(crate) static LIST: LazyLock<Script> = LazyLock::new(|| {
     with_current(
         r"
+local out = {0, '0', ''}
+if KEYS[2] then
+  reap(KEYS[2], KEYS[1], ARGV[1])
+  local rev, _, epoch = log_state(KEYS[2])
+  out[2], out[3] = rid(rev), epoch
+end
 local members
 if ARGV[2] == '' then
   members = redis.call('ZRANGE', KEYS[1], 0, -1)
 else
   members = redis.call('ZRANGEBYLEX', KEYS[1], '[' .. ARGV[2] .. '/', '(' .. ARGV[2] .. '0')
 end
-local out = {0}
 local seen = {}
 local function emit(m, t)
   local k = ARGV[1] .. m
@@ -167,16 +293,17 @@ for i = 3, #ARGV do
   local m = ARGV[i]
   if not seen[m] and redis.call('TYPE', ARGV[1] .. m).ok == 'string' then emit(m, 'string') end
 end
-if ARGV[2] == '' or #out > 1 or redis.call('EXISTS', ARGV[1] .. ARGV[2]) == 1 then out[1] = 1 end
+if ARGV[2] == '' or #out > 3 or redis.call('EXISTS', ARGV[1] .. ARGV[2]) == 1 then out[1] = 1 end
 return out
 ",
     )
 });
 
-/// KEYS: index. ARGV: key prefix, dir, then names of plain strings found by SCAN (only with
-/// `foreign_strings`). Deletes dir and every descendant. Returns a status.
+/// KEYS: index, rev. ARGV: key prefix, dir, then names of plain strings found by SCAN (only
+/// with `foreign_strings`). Deletes dir and every descendant, under one revision, each a
+/// logged delete. Returns a status.
 pub(crate) static DELETE_TREE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    with_log(
         r"
 local members
 if ARGV[2] == '' then
@@ -186,24 +313,31 @@ else
   members[#members + 1] = ARGV[2]
 end
 for i = 3, #ARGV do members[#members + 1] = ARGV[i] end
-local deleted = 0
+local deleted = {}
 for _, m in ipairs(members) do
-  deleted = deleted + redis.call('DEL', ARGV[1] .. m)
+  if redis.call('DEL', ARGV[1] .. m) == 1 then
+    deleted[#deleted + 1] = m
+    forget_expiry(KEYS[2], m)
+  end
   redis.call('ZREM', KEYS[1], m)
 end
-if deleted == 0 then return 2 end
+if #deleted == 0 then return 2 end
+local rev = redis.call('INCR', KEYS[2])
+for i, m in ipairs(deleted) do log_event(KEYS[2], rev, i - 1, m, nil) end
 return 0
 ",
     )
 });
 
-/// KEYS: data. ARGV: expected index, ttl_ms. Extends a kept-alive key if it is still the write
-/// we made. Returns 1 when renewed, 0 when the key changed or vanished.
+/// KEYS: data, rev. ARGV: expected index, ttl_ms, member. Extends a kept-alive key if it is
+/// still the write we made (and its deadline in the log's `ttl` set). Returns 1 when renewed,
+/// 0 when the key changed or vanished.
 pub(crate) static RENEW_KEY: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    with_log(
         r"
 if redis.call('TYPE', KEYS[1]).ok == 'hash' and redis.call('HGET', KEYS[1], 'i') == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  expires(KEYS[2], ARGV[3], ARGV[2])
   return 1
 end
 return 0
@@ -213,9 +347,10 @@ return 0
 
 /// KEYS: lock, rev, data, index. ARGV: owner, ttl_ms, value mode (0: none, 1: a value that
 /// stays, 2: a value that lives as long as the hold, with the lock's PX), value, member.
-/// Returns {1, token} when taken, {0, remaining ms} when held by someone else.
+/// Returns {1, token} when taken, {0, remaining ms} when held by someone else. A value written
+/// is logged.
 pub(crate) static LOCK_ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    with_log(
         r"
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return {0, redis.call('PTTL', KEYS[1])}
@@ -223,10 +358,12 @@ end
 local token = redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], ARGV[1] .. ':' .. token, 'PX', ARGV[2])
 if ARGV[3] ~= '0' then
+  log_event(KEYS[2], token, 0, ARGV[5], ARGV[4])
   if redis.call('TYPE', KEYS[3]).ok ~= 'hash' then redis.call('DEL', KEYS[3]) end
   redis.call('HSET', KEYS[3], 'v', ARGV[4], 'i', token)
   if ARGV[3] == '2' then
     redis.call('PEXPIRE', KEYS[3], ARGV[2])
+    expires(KEYS[2], ARGV[5], ARGV[2])
   else
     redis.call('PERSIST', KEYS[3])
   end
@@ -237,16 +374,17 @@ return {1, token}
     )
 });
 
-/// KEYS: lock, data. ARGV: holder (`owner:token`), ttl_ms, token of a value that lives as
-/// long as the hold (or ''): that value is extended with the lock while it is still the one
-/// the lock wrote. Returns 1 when renewed, 0 when lost.
+/// KEYS: lock, data, rev. ARGV: holder (`owner:token`), ttl_ms, token of a value that lives
+/// as long as the hold (or ''), member: that value is extended with the lock while it is
+/// still the one the lock wrote. Returns 1 when renewed, 0 when lost.
 pub(crate) static LOCK_RENEW: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    with_log(
         r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   if ARGV[3] ~= '' and redis.call('TYPE', KEYS[2]).ok == 'hash' and redis.call('HGET', KEYS[2], 'i') == ARGV[3] then
     redis.call('PEXPIRE', KEYS[2], ARGV[2])
+    expires(KEYS[3], ARGV[4], ARGV[2])
   end
   return 1
 end
@@ -255,10 +393,11 @@ return 0
     )
 });
 
-/// KEYS: lock, data, index. ARGV: holder (`owner:token`, or `owner:` to match any token of
-/// this owner), delete value (0/1), member. Returns 1 when released.
+/// KEYS: lock, data, index, rev. ARGV: holder (`owner:token`, or `owner:` to match any token
+/// of this owner), delete value (0/1), member. Returns 1 when released. A value deleted takes
+/// a revision and is logged.
 pub(crate) static LOCK_RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    with_log(
         r"
 local holder = redis.call('GET', KEYS[1])
 if not holder then return 0 end
@@ -271,7 +410,11 @@ end
 if not ours then return 0 end
 redis.call('DEL', KEYS[1])
 if ARGV[2] == '1' then
-  redis.call('DEL', KEYS[2])
+  if redis.call('DEL', KEYS[2]) == 1 then
+    local rev = redis.call('INCR', KEYS[4])
+    log_event(KEYS[4], rev, 0, ARGV[3], nil)
+    forget_expiry(KEYS[4], ARGV[3])
+  end
   redis.call('ZREM', KEYS[3], ARGV[3])
 end
 return 1
@@ -328,17 +471,24 @@ for j = 1, nw do
   w = w + 3
 end
 local idx = redis.call('INCR', KEYS[1])
+local seq = 0
 for j = 1, nw do
   local kind, value, member, k = ARGV[a], ARGV[a + 1], ARGV[a + 2], KEYS[2 + nc + j]
   a = a + 3
   if kind == 'put' then
+    log_event(KEYS[1], idx, seq, member, value)
+    seq = seq + 1
     local t = redis.call('TYPE', k).ok
     if t == 'string' then redis.call('DEL', k) end
     redis.call('HSET', k, 'v', value, 'i', idx)
     redis.call('PERSIST', k)
     if t ~= 'hash' then redis.call('ZADD', KEYS[2], 0, member) end
+  elseif redis.call('DEL', k) == 1 then
+    log_event(KEYS[1], idx, seq, member, nil)
+    seq = seq + 1
+    redis.call('ZREM', KEYS[2], member)
+    forget_expiry(KEYS[1], member)
   else
-    redis.call('DEL', k)
     redis.call('ZREM', KEYS[2], member)
   end
 end
@@ -346,6 +496,42 @@ return {0, idx}
 ",
     )
 });
+
+/// `watch_events`' read of the log. KEYS: rev, index. ARGV: key prefix, dir ('' = all),
+/// revision after which to read. Logs expiries first (`reap`), then returns {status,
+/// revision, epoch, then per event under dir: its revision, `p` or `d`, key, value}: status
+/// [`OK`] with every change after the revision; [`LOG_MOVED_ON`] when the log no longer holds
+/// them all (the revision is below its floor); [`LOG_BEHIND`] when the store has not reached
+/// the revision (it lost its data).
+pub(crate) static EVENTS: LazyLock<Script> = LazyLock::new(|| {
+    with_log(
+        r"
+reap(KEYS[1], KEYS[2], ARGV[1])
+local rev, floor, epoch = log_state(KEYS[1])
+local after = tonumber(ARGV[3])
+local out = {0, rid(rev), epoch}
+if after > rev then out[1] = 2 return out end
+if after < floor then out[1] = 1 return out end
+local want = ''
+if ARGV[2] ~= '' then want = ARGV[2] .. '/' end
+for _, e in ipairs(redis.call('XRANGE', sibling(KEYS[1], 'log'), rid(after + 1) .. '-0', '+')) do
+  local f = e[2]
+  if string.sub(f[2], 1, #want) == want then
+    out[#out + 1] = string.match(e[1], '^(%d+)')
+    out[#out + 1] = f[1]
+    out[#out + 1] = f[2]
+    out[#out + 1] = f[4] or ''
+  end
+end
+return out
+",
+    )
+});
+
+/// [`EVENTS`]: the log no longer holds every change after the revision asked for.
+pub(crate) const LOG_MOVED_ON: i64 = 1;
+/// [`EVENTS`]: the store has not reached the revision asked for.
+pub(crate) const LOG_BEHIND: i64 = 2;
 
 /// A `held` check that failed in [`TXN`].
 pub(crate) const NOT_HELD: i64 = 4;
@@ -359,7 +545,8 @@ pub(crate) const NOT_HELD: i64 = 4;
 /// Source: Redis docs, "Scripting with Lua" — "Script cache" (the cache is not persisted or
 /// replicated).
 pub(crate) async fn load_all<C: ConnectionLike + Clone + Send>(conn: &C) -> redis::RedisResult<()> {
-    let scripts: [&Script; 10] = [
+    let scripts: [&Script; 11] = [
+        &EVENTS,
         &PUT,
         &DELETE,
         &LIST,

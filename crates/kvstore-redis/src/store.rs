@@ -102,7 +102,7 @@ impl Backend for Redis {
         // Watches and locks ride on keyspace notifications (see `check_notifications`).
         let notifications = self.inner.notifications_on();
         Capabilities::all()
-            .with_events(false)
+            .with_events(notifications)
             .with_watch(notifications)
             .with_watch_tree(notifications)
             .with_lock(notifications)
@@ -151,6 +151,7 @@ impl Backend for Redis {
         let foreign = self.inner.foreign_strings(dir).await?;
         let status: i64 = scripts::DELETE_TREE
             .key(self.inner.index_key())
+            .key(self.inner.rev_key())
             .arg(&self.inner.prefix)
             .arg(dir)
             .arg(&foreign)
@@ -201,6 +202,17 @@ impl Backend for Redis {
             async move { Ok(inner.read_tree(&dir).await?.unwrap_or_default()) }
         };
         watch_stream(self.inner.clone(), sub, read, cancel).await
+    }
+
+    /// `LIST` with the revision: expiries are logged first (see the crate docs).
+    async fn list_at(&self, dir: &str, _consistent: bool) -> Result<(Vec<KvPair>, u64)> {
+        let (pairs, at) = self.inner.read_tree_at(dir).await?;
+        Ok((pairs, at.revision))
+    }
+
+    /// The change log the scripts append to, read after each keyspace notification.
+    async fn watch_events(&self, w: WatchRequest<'_>, since: Option<u64>) -> Result<EventStream> {
+        crate::watch::watch_events(&self.inner, w, since).await
     }
 
     async fn prepare_lock(&self) -> Result<()> {

@@ -1,7 +1,7 @@
 //! Against a Redis started with its default settings (`KVSTORE_REDIS_STOCK_URL`; ci/test.sh
-//! starts one): keyspace notifications are off, so `capabilities()` says watches and locks do
-//! not work, and they fail with a permanent `InvalidConfig` naming the setting. Plain reads and
-//! writes work.
+//! starts one): keyspace notifications are off, so `capabilities()` says watches, per-key
+//! events and locks do not work, and they fail with a permanent `InvalidConfig` naming the
+//! setting. Plain reads and writes, and `list_at`, work.
 
 mod common;
 
@@ -19,7 +19,7 @@ async fn a_stock_server_reports_watches_and_locks_as_unavailable() {
     let store = ok(RedisStore::open(config).await, "connect");
     let caps = store.capabilities();
     assert!(
-        !caps.watch && !caps.watch_tree && !caps.lock,
+        !caps.watch && !caps.watch_tree && !caps.lock && !caps.events,
         "capabilities must agree with the server: {caps:?}"
     );
     assert!(caps.ttl && caps.keep_alive, "{caps:?}");
@@ -33,6 +33,7 @@ async fn a_stock_server_reports_watches_and_locks_as_unavailable() {
         ("watch", store.watch(&key, None).await.err()),
         ("watch_tree", store.watch_tree(&dir, None).await.err()),
         ("new_lock", store.new_lock(&key, None).await.err()),
+        ("watch_events", store.watch_events(&dir, None).await.err()),
     ] {
         match err {
             Some(err @ Error::InvalidConfig { .. }) => {
@@ -43,6 +44,10 @@ async fn a_stock_server_reports_watches_and_locks_as_unavailable() {
             other => panic!("{what} must fail with InvalidConfig, got {other:?}"),
         }
     }
+    // `list_at` needs no notifications.
+    let (pairs, revision) = ok(store.list_at(&dir, None).await, "list_at");
+    assert_eq!(pairs, vec![pair.clone()]);
+    assert!(revision >= pair.last_index);
     cleanup(&store, &dir).await;
     ok(store.close().await, "close");
 }

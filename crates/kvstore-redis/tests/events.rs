@@ -1,0 +1,160 @@
+//! `watch_events` on the Redis change log, against a real Redis (`KVSTORE_REDIS_URL`): a
+//! resume gives exactly the missed events, expiries included; a resume from before the log's
+//! bound starts with a `Snapshot` while the log stays within its bound; a server that lost its
+//! data ends the stream with an error.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use kvstore_core::{EventKind, Store, WatchEvent, WatchOptions, WriteOptions};
+use kvstore_redis::RedisStore;
+use kvstore_testutils::{backend_url, cleanup, next_within, ok, scratch_dir};
+
+/// The server's URL with a store prefix (and, for `db`, a database of its own).
+fn url_with(base: &str, db: Option<u32>, prefix: &str) -> String {
+    let mut url = url::Url::parse(base).expect("KVSTORE_REDIS_URL parses");
+    if let Some(db) = db {
+        url.set_path(&format!("/{db}"));
+    }
+    url.query_pairs_mut().append_pair("prefix", prefix);
+    url.to_string()
+}
+
+async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .expect("raw client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("raw connection")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_gives_exactly_the_missed_events_expiries_included() {
+    let Some(url) = backend_url("KVSTORE_REDIS_URL") else {
+        return;
+    };
+    let store = ok(RedisStore::open_url(&url).await, "connect");
+    let dir = scratch_dir("redis_resume");
+    let x = ok(store.put(&format!("{dir}/x"), b"1", None).await, "put x");
+    let (_, revision) = ok(store.list_at(&dir, None).await, "list_at");
+    let ttl = WriteOptions::default().with_ttl(Duration::from_millis(200));
+    let t = ok(
+        store.put(&format!("{dir}/t"), b"t", Some(&ttl)).await,
+        "put t",
+    );
+    let y = ok(store.put(&format!("{dir}/y"), b"2", None).await, "put y");
+    ok(store.delete(&x.key).await, "delete x");
+    // Redis drops t by itself, unseen by any kvstore script: wait for that.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while ok(store.exists(&t.key, None).await, "exists t") {
+        assert!(tokio::time::Instant::now() < deadline, "t never expired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let opts = WatchOptions::default().with_since(revision);
+    let mut stream = ok(store.watch_events(&dir, Some(&opts)).await, "watch_events");
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        match ok(next_within(&mut stream, "the missed events").await, "item") {
+            WatchEvent::Changes { events, .. } => {
+                seen.extend(events.into_iter().map(|e| (e.kind, e.key, e.last_index)));
+            }
+            other => panic!("the log holds every change after {revision}, not {other:?}"),
+        }
+    }
+    assert_eq!(seen[0], (EventKind::Put, t.key.clone(), t.last_index));
+    assert_eq!(seen[1], (EventKind::Put, y.key.clone(), y.last_index));
+    assert_eq!((&seen[2].0, &seen[2].1), (&EventKind::Delete, &x.key));
+    assert_eq!(
+        (&seen[3].0, &seen[3].1),
+        (&EventKind::Delete, &t.key),
+        "the expiry is logged when the log is read"
+    );
+    assert!(seen[2].2 > y.last_index && seen[3].2 > seen[2].2);
+    drop(stream);
+    cleanup(&store, &dir).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_from_before_the_logs_bound_starts_with_a_snapshot() {
+    let Some(base) = backend_url("KVSTORE_REDIS_URL") else {
+        return;
+    };
+    // A prefix of its own: this store's log is trimmed, no other test's.
+    let prefix = scratch_dir("redis_log_bound");
+    let url = url_with(&base, None, &prefix);
+    let store = ok(RedisStore::open_url(&url).await, "connect");
+    ok(store.put("d/first", b"1", None).await, "put first");
+    let (_, revision) = ok(store.list_at("d", None).await, "list_at");
+    // 40 values of 1 MiB: more than the log's 32 MiB.
+    let value = vec![7u8; 1 << 20];
+    for i in 0..40 {
+        ok(
+            store.put(&format!("d/big{i}"), &value, None).await,
+            "put big",
+        );
+    }
+    let mut conn = raw(&base).await;
+    let meta = format!("{prefix}/\u{1}kvstore/logmeta");
+    let bytes: u64 = redis::cmd("HGET")
+        .arg(&meta)
+        .arg("bytes")
+        .query_async(&mut conn)
+        .await
+        .expect("HGET bytes");
+    assert!(
+        bytes <= 32 << 20,
+        "the log holds {bytes} bytes, above its bound"
+    );
+    let opts = WatchOptions::default().with_since(revision);
+    let mut stream = ok(store.watch_events("d", Some(&opts)).await, "watch_events");
+    match ok(next_within(&mut stream, "the first item").await, "item") {
+        WatchEvent::Snapshot { pairs, revision: r } => {
+            assert_eq!(pairs.len(), 41, "every pair, as of {r}");
+            assert!(r > revision);
+        }
+        other => panic!("the log moved past {revision}: a Snapshot first, not {other:?}"),
+    }
+    drop(stream);
+    ok(store.delete_tree("d").await, "cleanup");
+    let internal =
+        ["rev", "index", "log", "logmeta", "ttl"].map(|n| format!("{prefix}/\u{1}kvstore/{n}"));
+    let _: () = redis::cmd("DEL")
+        .arg(&internal)
+        .query_async(&mut conn)
+        .await
+        .expect("DEL the log");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_lost_its_data_ends_the_stream() {
+    let Some(base) = backend_url("KVSTORE_REDIS_URL") else {
+        return;
+    };
+    // Database 9 of the test server is this test's alone: it is flushed.
+    let url = url_with(&base, Some(9), "lost");
+    let store = ok(RedisStore::open_url(&url).await, "connect");
+    for i in 0..5 {
+        ok(store.put(&format!("d/k{i}"), b"v", None).await, "put");
+    }
+    let mut stream = ok(store.watch_events("d", None).await, "watch_events");
+    let first = ok(next_within(&mut stream, "the Snapshot").await, "item");
+    assert!(matches!(first, WatchEvent::Snapshot { .. }));
+    let mut conn = raw(&url_with(&base, Some(9), "lost")).await;
+    let _: () = redis::cmd("FLUSHDB")
+        .query_async(&mut conn)
+        .await
+        .expect("FLUSHDB");
+    ok(
+        store.put("d/after", b"v", None).await,
+        "put after the flush",
+    );
+    let ended = tokio::time::timeout(Duration::from_secs(10), stream.next()).await;
+    let ended = match ended.expect("the stream ends within 10 s") {
+        Some(Err(err)) => err,
+        Some(Ok(item)) => panic!("items from another log are not comparable: {item:?}"),
+        None => panic!("the stream ended without an error"),
+    };
+    assert!(!ended.is_transient(), "{ended:?}");
+    drop(stream);
+    ok(store.delete_tree("d").await, "cleanup");
+}
