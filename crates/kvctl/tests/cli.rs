@@ -395,22 +395,11 @@ fn txn(name: &'static str) {
 
 /// `ls -o json` carries the revision it read at; `watch -r --events` prints a snapshot, then
 /// one line per key event with the revision; `--since REV` resumes with what came after REV.
-/// A store without per-key events refuses both options with the usage exit code.
 fn event_watches(name: &'static str) {
     let Some(b) = backend(name) else { return };
     let url = &b.url;
     let dir = scratch("events");
     ok(url, &["put", &format!("{dir}/a"), "1"]);
-    if name == "zk" {
-        fails_with(url, &["watch", "-r", &dir, "--events"], 2);
-        let listed = json(ok(url, &["ls", &dir, "-o", "json"]).lines().next().unwrap());
-        assert!(
-            listed.get("revision").is_none(),
-            "no revision where the store has none"
-        );
-        cleanup(url, &dir);
-        return;
-    }
     let listed = json(ok(url, &["ls", &dir, "-o", "json"]).lines().next().unwrap());
     let revision = listed["revision"]
         .as_u64()

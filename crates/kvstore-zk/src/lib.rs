@@ -66,6 +66,23 @@
 //! waiter, whose data records its fencing token. Three requests per call (four with `Held`), up
 //! to 128 conditions plus operations, and the values' total bounded by `max_value_size` (one
 //! request must fit the server's `jute.maxbuffer`).
+//!
+//! # Watch events
+//!
+//! `watch_events(dir)` registers a persistent recursive watch on the directory's znode, then
+//! reads: the whole directory for the first `Snapshot`, and after each wake-up only the
+//! znodes the watch named (and their parents), one `multiRead` per 200, again until a read's
+//! answer arrives with no new event — by ZooKeeper's ordering guarantee (a client sees a
+//! change's watch event before the answer to any later request) that read is the directory
+//! at one moment. So a change costs a read of the znodes it touched, whatever the directory's
+//! size. Revisions are zxids: a read's revision is the largest `mzxid`/`pzxid` its answers
+//! show; a put's `last_index` is its `mzxid`; ZooKeeper 3.8 does not give a delete's zxid, so
+//! a `Delete` carries the revision of the read that saw it. ZooKeeper keeps no history a
+//! client can read: a `since` the stream did not reach itself starts with a `Snapshot`; after
+//! a lost connection or a new session the stream registers again, reads the whole directory
+//! and continues with the differences. `list_at` is the same consistent read under a watch
+//! held for its length. Dropping the stream removes the watch. Lock waiters and pins are not
+//! part of the keyspace and make no events.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 //! # Leader election
@@ -101,6 +118,7 @@
 mod client;
 mod config;
 mod error;
+mod events;
 mod keep_alive;
 mod lock;
 mod node;

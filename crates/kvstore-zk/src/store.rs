@@ -117,7 +117,6 @@ impl Backend for Zk {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities::all()
-            .with_events(false)
             .with_max_txn_ops(crate::txn::MAX_TXN_OPS)
             .with_ttl(self.inner.ttl_nodes)
             .with_keep_alive(self.inner.ttl_nodes)
@@ -172,6 +171,17 @@ impl Backend for Zk {
 
     async fn watch_tree(&self, w: WatchRequest<'_>) -> Result<WatchTreeStream> {
         watch_tree(self.inner.clone(), w).await
+    }
+
+    /// A consistent read of the directory under a persistent recursive watch (see the crate
+    /// docs, "Watch events").
+    async fn list_at(&self, dir: &str, _consistent: bool) -> Result<(Vec<KvPair>, u64)> {
+        crate::events::list_at(self.inner.clone(), dir).await
+    }
+
+    /// The znodes a persistent recursive watch names, read back (see the crate docs).
+    async fn watch_events(&self, w: WatchRequest<'_>, since: Option<u64>) -> Result<EventStream> {
+        crate::events::watch_events(self.inner.clone(), w, since).await
     }
 
     async fn acquire(&self, lock: &LockSpec, tasks: &Tasks) -> Result<HeldLease> {

@@ -29,7 +29,7 @@ pub(crate) struct Node {
 /// The znode at `dir_path` (unless it is the store's root) and all its descendants; `None`
 /// for the top when it does not exist. Children that are not part of the keyspace
 /// ([`Inner::skipped_child`]) are not entered.
-async fn walk(
+pub(crate) async fn walk(
     inner: &Inner,
     client: &Client,
     dir_path: &str,
