@@ -1,10 +1,11 @@
 //! `watch_events` on etcd's own history, against a real etcd (`KVSTORE_ETCD_URL`): a resume
 //! from a revision etcd still holds gives exactly the missed events; after a compaction past
-//! that revision it gives a `Snapshot`.
+//! that revision it gives a `Snapshot`; dropping a stream cancels its watcher on the server.
 
 use std::str::FromStr;
 
 use etcd_client::{Client, CompactionOptions};
+use futures::StreamExt;
 use kvstore_core::{EventKind, Store, WatchEvent, WatchOptions};
 use kvstore_etcd::{EtcdConfig, EtcdStore};
 use kvstore_testutils::{backend_url, cleanup, next_within, ok, scratch_dir};
@@ -98,4 +99,59 @@ async fn a_resume_past_a_compaction_starts_with_a_snapshot() {
     }
     drop(stream);
     cleanup(&store, &dir).await;
+}
+
+/// The server's count of watchers (`/metrics`, `etcd_debugging_mvcc_watcher_total`).
+async fn server_watchers(url: &str) -> u64 {
+    let host = url
+        .trim_start_matches("etcd://")
+        .split([',', '/'])
+        .next()
+        .expect("a host");
+    let text = reqwest::get(format!("http://{host}/metrics"))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .find_map(|l| l.strip_prefix("etcd_debugging_mvcc_watcher_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the watcher gauge")
+}
+
+/// Waits (up to 10 s) until `test` holds for the server's watcher count.
+async fn watchers_until(url: &str, what: &str, test: impl Fn(u64) -> bool) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let n = server_watchers(url).await;
+        if test(n) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: {n} watchers"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_stream_cancels_its_server_watcher() {
+    let Some(url) = backend_url("KVSTORE_ETCD_URL") else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let store = ok(EtcdStore::open_url(&url).await, "connect");
+    let dir = scratch_dir("etcd_drop");
+    let before = server_watchers(&url).await;
+    let mut stream = ok(store.watch_events(&dir, None).await, "watch_events");
+    ok(next_within(&mut stream, "the Snapshot").await, "item");
+    // The watch from the Snapshot's revision opens when the stream is polled for more.
+    let polled = tokio::time::timeout(std::time::Duration::from_millis(300), stream.next()).await;
+    assert!(polled.is_err(), "nothing changed: {polled:?}");
+    watchers_until(&url, "the stream's watcher", |n| n > before).await;
+    drop(stream);
+    watchers_until(&url, "after the drop", |n| n <= before).await;
+    ok(store.close().await, "close");
 }

@@ -1,7 +1,7 @@
 //! `watch_events` on the Redis change log, against a real Redis (`KVSTORE_REDIS_URL`): a
 //! resume gives exactly the missed events, expiries included; a resume from before the log's
 //! bound starts with a `Snapshot` while the log stays within its bound; a server that lost its
-//! data ends the stream with an error.
+//! data ends the stream with an error; dropping a stream unsubscribes its pattern.
 
 use std::time::Duration;
 
@@ -20,6 +20,9 @@ fn url_with(base: &str, db: Option<u32>, prefix: &str) -> String {
     url.to_string()
 }
 
+/// The tests subscribe patterns, which one of them counts: they run one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
     redis::Client::open(url)
         .expect("raw client")
@@ -33,6 +36,7 @@ async fn a_resume_gives_exactly_the_missed_events_expiries_included() {
     let Some(url) = backend_url("KVSTORE_REDIS_URL") else {
         return;
     };
+    let _serial = SERIAL.lock().await;
     let store = ok(RedisStore::open_url(&url).await, "connect");
     let dir = scratch_dir("redis_resume");
     let x = ok(store.put(&format!("{dir}/x"), b"1", None).await, "put x");
@@ -79,6 +83,7 @@ async fn a_resume_from_before_the_logs_bound_starts_with_a_snapshot() {
     let Some(base) = backend_url("KVSTORE_REDIS_URL") else {
         return;
     };
+    let _serial = SERIAL.lock().await;
     // A prefix of its own: this store's log is trimmed, no other test's.
     let prefix = scratch_dir("redis_log_bound");
     let url = url_with(&base, None, &prefix);
@@ -130,6 +135,7 @@ async fn a_server_that_lost_its_data_ends_the_stream() {
     let Some(base) = backend_url("KVSTORE_REDIS_URL") else {
         return;
     };
+    let _serial = SERIAL.lock().await;
     // Database 9 of the test server is this test's alone: it is flushed.
     let url = url_with(&base, Some(9), "lost");
     let store = ok(RedisStore::open_url(&url).await, "connect");
@@ -157,4 +163,42 @@ async fn a_server_that_lost_its_data_ends_the_stream() {
     assert!(!ended.is_transient(), "{ended:?}");
     drop(stream);
     ok(store.delete_tree("d").await, "cleanup");
+}
+
+/// The server's count of pattern subscriptions (`PUBSUB NUMPAT`).
+async fn patterns(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    redis::cmd("PUBSUB")
+        .arg("NUMPAT")
+        .query_async(conn)
+        .await
+        .expect("PUBSUB NUMPAT")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_stream_unsubscribes_its_pattern() {
+    let Some(url) = backend_url("KVSTORE_REDIS_URL") else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let store = ok(RedisStore::open_url(&url).await, "connect");
+    let mut conn = raw(&url).await;
+    let dir = scratch_dir("redis_drop");
+    let before = patterns(&mut conn).await;
+    let mut stream = ok(store.watch_events(&dir, None).await, "watch_events");
+    ok(next_within(&mut stream, "the Snapshot").await, "item");
+    assert_eq!(
+        patterns(&mut conn).await,
+        before + 1,
+        "the stream's pattern"
+    );
+    drop(stream);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while patterns(&mut conn).await > before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the pattern outlived its stream"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ok(store.close().await, "close");
 }

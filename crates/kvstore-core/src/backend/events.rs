@@ -66,7 +66,8 @@ pub trait EventSource: Send + 'static {
 /// after it, or a `Snapshot` when the source can no longer tell them), then a `Changes` item
 /// for every read after a wake-up that found changes under the directory. A read that finds
 /// the history moved past the last revision yielded sends a `Snapshot`. Revisions strictly
-/// increase. Transient errors reconnect with backoff (50 ms doubling to 2 s) for up to
+/// increase: a `Snapshot` at the last revision yielded is not sent again, and one below it
+/// (the store lost or restored its data) ends the stream with an error. Transient errors reconnect with backoff (50 ms doubling to 2 s) for up to
 /// `reconnect_timeout`, then end the stream with `NotReachable`; `cancel` ends it.
 pub fn event_stream<S: EventSource>(
     source: S,
@@ -77,6 +78,7 @@ pub fn event_stream<S: EventSource>(
     let driver = Driver {
         source,
         cursor: since,
+        yielded: None,
         fresh: true,
         cancel,
         reconnect_timeout,
@@ -94,6 +96,8 @@ struct Driver<S> {
     source: S,
     /// The revision the consumer's view is at; `None`: it needs a `Snapshot`.
     cursor: Option<u64>,
+    /// The revision of the last item yielded.
+    yielded: Option<u64>,
     /// Nothing was waited for since the last read: read before waiting.
     fresh: bool,
     cancel: CancellationToken,
@@ -162,7 +166,25 @@ impl<S: EventSource> Driver<S> {
         loop {
             let Some(after) = self.cursor else {
                 let (pairs, revision) = self.source.snapshot().await?;
+                match self.yielded {
+                    // The view is already there (a source that could not tell its changes).
+                    Some(last) if revision == last => {
+                        self.cursor = Some(revision);
+                        return Ok(Step::Wait);
+                    }
+                    Some(last) if revision < last => {
+                        return Err(Error::backend(
+                            "watch_events",
+                            format!(
+                                "the store's revision went back from {last} to {revision} (data \
+                                 lost or restored): watch again for a Snapshot"
+                            ),
+                        ));
+                    }
+                    _ => {}
+                }
                 self.cursor = Some(revision);
+                self.yielded = Some(revision);
                 return Ok(Step::Yield(WatchEvent::Snapshot { pairs, revision }));
             };
             return match self.source.since(after).await? {
@@ -178,6 +200,7 @@ impl<S: EventSource> Driver<S> {
                         ));
                     }
                     self.cursor = Some(revision);
+                    self.yielded = Some(revision);
                     Ok(Step::Yield(WatchEvent::Changes { events, revision }))
                 }
                 Since::Events(_, revision) => {
@@ -216,5 +239,101 @@ impl<S: EventSource> Driver<S> {
         let (cancel, timeout) = (self.cancel.clone(), self.reconnect_timeout);
         let what = "watch_events";
         reconnect_with_backoff(&mut self.source, |s| s.reconnect(), &cancel, timeout, what).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use super::*;
+
+    /// A source that answers from a script: each read takes the next answer.
+    struct Scripted {
+        answers: VecDeque<Answer>,
+    }
+
+    enum Answer {
+        Snapshot(u64),
+        Since(Since),
+    }
+
+    #[async_trait]
+    impl EventSource for Scripted {
+        async fn snapshot(&mut self) -> Result<(Vec<KvPair>, u64)> {
+            match self.answers.pop_front() {
+                Some(Answer::Snapshot(revision)) => Ok((Vec::new(), revision)),
+                _ => panic!("a snapshot the script did not expect"),
+            }
+        }
+
+        async fn since(&mut self, _after: u64) -> Result<Since> {
+            match self.answers.pop_front() {
+                Some(Answer::Since(since)) => Ok(since),
+                _ => panic!("a read the script did not expect"),
+            }
+        }
+
+        async fn changed(&mut self) -> Result<()> {
+            if self.answers.is_empty() {
+                std::future::pending::<()>().await;
+            }
+            Ok(())
+        }
+    }
+
+    fn stream(answers: Vec<Answer>) -> EventStream {
+        let source = Scripted {
+            answers: answers.into(),
+        };
+        event_stream(source, None, CancellationToken::new(), Duration::ZERO)
+    }
+
+    async fn next(stream: &mut EventStream) -> Option<Result<WatchEvent>> {
+        tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .unwrap_or(None)
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_at_the_revision_already_yielded_is_not_sent_again() {
+        let mut stream = stream(vec![
+            Answer::Snapshot(5),
+            Answer::Since(Since::Unknown),
+            Answer::Snapshot(5),
+            Answer::Since(Since::Events(vec![Event::put("k", "v", 6)], 6)),
+        ]);
+        assert!(matches!(
+            next(&mut stream).await,
+            Some(Ok(WatchEvent::Snapshot { revision: 5, .. }))
+        ));
+        match next(&mut stream).await {
+            Some(Ok(WatchEvent::Changes {
+                events,
+                revision: 6,
+            })) => assert_eq!(events, vec![Event::put("k", "v", 6)]),
+            other => panic!("expected the change at 6, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_below_the_revision_yielded_ends_the_stream() {
+        let mut stream = stream(vec![
+            Answer::Snapshot(5),
+            Answer::Since(Since::Unknown),
+            Answer::Snapshot(3),
+        ]);
+        assert!(matches!(
+            next(&mut stream).await,
+            Some(Ok(WatchEvent::Snapshot { revision: 5, .. }))
+        ));
+        match next(&mut stream).await {
+            Some(Err(err)) => assert!(!err.is_transient(), "{err:?}"),
+            other => panic!("expected an error, got {other:?}"),
+        }
+        assert!(
+            next(&mut stream).await.is_none(),
+            "an error ends the stream"
+        );
     }
 }

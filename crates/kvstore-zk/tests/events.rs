@@ -1,0 +1,68 @@
+//! `watch_events` against a real ZooKeeper (`KVSTORE_ZK_URL`): a stream holds one persistent
+//! recursive watch on the server, and dropping it removes that watch (`mntr`'s
+//! `zk_watch_count`); `list_at` leaves no watch behind.
+
+use std::time::Duration;
+
+use kvstore_core::Store;
+use kvstore_testutils::{backend_url, next_within, ok, scratch_dir};
+use kvstore_zk::ZkStore;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The server's count of watches (the `mntr` four-letter command, `zk_watch_count`).
+async fn server_watches(url: &str) -> u64 {
+    let host = url
+        .trim_start_matches("zk://")
+        .split([',', '/', '?'])
+        .next()
+        .expect("a host");
+    let mut conn = tokio::net::TcpStream::connect(host)
+        .await
+        .expect("connect for mntr");
+    conn.write_all(b"mntr").await.expect("send mntr");
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(5), conn.read_to_string(&mut out))
+        .await
+        .expect("mntr answers in time")
+        .expect("read mntr");
+    out.lines()
+        .find_map(|l| l.strip_prefix("zk_watch_count\t"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no zk_watch_count in mntr: {out}"))
+}
+
+/// Waits (up to 10 s) until `test` holds for the server's watch count.
+async fn watches_until(url: &str, what: &str, test: impl Fn(u64) -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = server_watches(url).await;
+        if test(n) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: {n} watches"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_stream_removes_its_server_watch() {
+    let Some(url) = backend_url("KVSTORE_ZK_URL") else {
+        return;
+    };
+    let store = ok(ZkStore::open_url(&url).await, "connect");
+    let dir = scratch_dir("zk_drop");
+    ok(store.put(&format!("{dir}/a"), b"1", None).await, "put");
+    let before = server_watches(&url).await;
+    ok(store.list_at(&dir, None).await, "list_at");
+    watches_until(&url, "after list_at", |n| n <= before).await;
+    let mut stream = ok(store.watch_events(&dir, None).await, "watch_events");
+    ok(next_within(&mut stream, "the Snapshot").await, "item");
+    watches_until(&url, "the stream's watch", |n| n > before).await;
+    drop(stream);
+    watches_until(&url, "after the drop", |n| n <= before).await;
+    ok(store.delete_tree(&dir).await, "cleanup");
+    ok(store.close().await, "close");
+}
