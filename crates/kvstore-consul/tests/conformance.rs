@@ -4,3 +4,8 @@
 mod common;
 
 kvstore_testutils::conformance_tests!(optional: common::opener("KVSTORE_CONSUL_URL"));
+
+/// The coordination recipes (`Counter`, `update`, `update_many`, `Group`), once per server.
+mod recipes {
+    kvstore_testutils::recipe_tests!(optional: super::common::opener("KVSTORE_CONSUL_URL"));
+}

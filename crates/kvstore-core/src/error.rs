@@ -148,6 +148,17 @@ pub enum Error {
         reason: String,
     },
 
+    /// The value at a key is not what a recipe needs (a [`Counter`](crate::Counter) that
+    /// holds something other than a decimal `i64`, or a sum that would overflow); nothing was
+    /// written.
+    #[error("invalid value at {key}: {reason}")]
+    InvalidValue {
+        /// The key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+
     /// The call did not complete within the configured timeout.
     #[error("operation timed out")]
     Timeout,
@@ -201,6 +212,7 @@ impl Error {
             Error::PermissionDenied { .. } => "PermissionDenied",
             Error::CannotLock { .. } => "CannotLock",
             Error::InvalidKey { .. } => "InvalidKey",
+            Error::InvalidValue { .. } => "InvalidValue",
             Error::ValueTooLarge { .. } => "ValueTooLarge",
             Error::InvalidConfig { .. } => "InvalidConfig",
             Error::LockNotHeld { .. } => "LockNotHeld",

@@ -26,6 +26,7 @@ mod events;
 mod key;
 pub mod layer;
 mod lock;
+mod recipes;
 mod store;
 mod tls;
 mod txn;
@@ -38,6 +39,10 @@ pub use error::{BoxError, Error, Result};
 pub use events::{Event, EventKind, EventStream, WatchEvent, WatchOptions};
 pub use key::{MAX_KEY_LEN, RESERVED_SEGMENT_PREFIX, is_descendant, normalize_dir, normalize_key};
 pub use lock::{LockLost, Locker};
+pub use recipes::{
+    Counter, DEFAULT_GROUP_TTL, DEFAULT_UPDATE_ATTEMPTS, Group, Membership, UpdateOptions, update,
+    update_many,
+};
 pub use store::{Store, WatchStream, WatchTreeStream};
 pub use tls::TlsConfig;
 pub use txn::{Condition, Txn, TxnOp};

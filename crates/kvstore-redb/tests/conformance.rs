@@ -38,10 +38,16 @@ async fn memory_opener() -> Opener {
 
 mod file {
     kvstore_testutils::conformance_tests!(super::file_opener().await);
+    mod recipes {
+        kvstore_testutils::recipe_tests!(super::super::file_opener().await);
+    }
 }
 
 mod memory {
     kvstore_testutils::conformance_tests!(super::memory_opener().await);
+    mod recipes {
+        kvstore_testutils::recipe_tests!(super::super::memory_opener().await);
+    }
 }
 
 #[tokio::test]

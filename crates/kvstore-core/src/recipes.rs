@@ -1,0 +1,554 @@
+//! Coordination recipes written once over the [`Store`] contract, so every store — and every
+//! third-party one — has them: [`update`] and [`update_many`] (read-modify-write that retries
+//! on conflict), [`Counter`] and [`Group`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use bytes::Bytes;
+
+use crate::{Error, KvPair, Result, Store, Txn, WatchTreeStream, WriteOptions, normalize_key};
+
+/// How [`update`] and [`update_many`] retry a conflict.
+///
+/// # Examples
+///
+/// ```
+/// use kvstore_core::UpdateOptions;
+///
+/// let opts = UpdateOptions::default().with_max_attempts(100);
+/// assert_eq!(opts.max_attempts, 100);
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct UpdateOptions {
+    /// Attempts before giving up with the last conflict (at least 1). Default
+    /// [`DEFAULT_UPDATE_ATTEMPTS`].
+    pub max_attempts: u32,
+    /// The first pause after a conflict; it doubles (with jitter) up to `max_delay`. Default
+    /// 2 ms.
+    pub min_delay: Duration,
+    /// The longest pause between attempts. Default 200 ms.
+    pub max_delay: Duration,
+}
+
+/// Attempts of [`update`] and [`update_many`] before they give up: with the default pauses
+/// (2 ms doubling to 200 ms, jittered) that is about 20 s of contention.
+pub const DEFAULT_UPDATE_ATTEMPTS: u32 = 100;
+
+impl Default for UpdateOptions {
+    fn default() -> Self {
+        UpdateOptions {
+            max_attempts: DEFAULT_UPDATE_ATTEMPTS,
+            min_delay: Duration::from_millis(2),
+            max_delay: Duration::from_millis(200),
+        }
+    }
+}
+
+impl UpdateOptions {
+    /// Sets the attempts before giving up.
+    pub fn with_max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts;
+        self
+    }
+
+    /// Sets the pauses between attempts: from `min` doubling up to `max`.
+    pub fn with_delays(mut self, min: Duration, max: Duration) -> Self {
+        self.min_delay = min;
+        self.max_delay = max;
+        self
+    }
+
+    fn pauses(&self) -> impl Iterator<Item = Duration> + use<> {
+        ExponentialBuilder::default()
+            .with_min_delay(self.min_delay)
+            .with_max_delay(self.max_delay)
+            .with_jitter()
+            .without_max_times()
+            .build()
+    }
+}
+
+/// Whether `err` is a lost race that a fresh read may win.
+fn is_conflict(err: &Error) -> bool {
+    matches!(
+        err,
+        Error::KeyModified { .. } | Error::KeyExists { .. } | Error::KeyNotFound { .. }
+    )
+}
+
+/// The retry budget of one [`update`] or [`update_many`] call.
+struct Retry {
+    pauses: Box<dyn Iterator<Item = Duration> + Send>,
+    left: u32,
+}
+
+impl Retry {
+    fn new(opts: Option<&UpdateOptions>) -> Retry {
+        let opts = opts.cloned().unwrap_or_default();
+        Retry {
+            pauses: Box::new(opts.pauses()),
+            left: opts.max_attempts.max(1),
+        }
+    }
+
+    /// After a failed attempt: pauses and returns `Ok` when `err` is a conflict and attempts
+    /// are left; else returns `err`.
+    async fn again(&mut self, err: Error) -> Result<()> {
+        self.left = self.left.saturating_sub(1);
+        if !is_conflict(&err) || self.left == 0 {
+            return Err(err);
+        }
+        tracing::trace!(error = %err, "update conflicted; retrying");
+        if let Some(pause) = self.pauses.next() {
+            tokio::time::sleep(pause).await;
+        }
+        Ok(())
+    }
+}
+
+/// The pair at `key`, or `None` when it is absent.
+async fn read(store: &dyn Store, key: &str) -> Result<Option<KvPair>> {
+    match store.get(key, None).await {
+        Ok(pair) => Ok(Some(pair)),
+        Err(Error::KeyNotFound { .. }) => Ok(None),
+        Err(err) => Err(err),
+    }
+}
+
+/// Read-modify-write of one key: reads it, asks `f` for its new value (`None`: delete it, or
+/// leave it absent), and writes that with a compare-and-swap on what was read; a conflict (an
+/// other client wrote between the read and the write) reads again and calls `f` again, after a
+/// pause that doubles with each conflict, up to [`UpdateOptions::max_attempts`].
+///
+/// Returns the pair written, or `None` when the key ends absent. `f` may run several times
+/// and must not have side effects that matter.
+///
+/// # Errors
+///
+/// The last conflict (`KeyModified`, `KeyExists` or `KeyNotFound`) once every attempt lost a
+/// race; `InvalidKey`, `ValueTooLarge` and connection errors at once.
+///
+/// # Cancel safety
+///
+/// Dropping the future between attempts writes nothing more; one dropped during the write may
+/// or may not have written (as any dropped `atomic_put`).
+///
+/// # Examples
+///
+/// ```
+/// # async fn run(store: &dyn kvstore_core::Store) -> kvstore_core::Result<()> {
+/// use bytes::Bytes;
+///
+/// // Append to a comma-separated list, whatever other clients do meanwhile.
+/// kvstore_core::update(store, "config/hosts", |current| {
+///     let mut hosts = current.map(|p| p.value.to_vec()).unwrap_or_default();
+///     if !hosts.is_empty() {
+///         hosts.push(b',');
+///     }
+///     hosts.extend_from_slice(b"10.0.0.7");
+///     Some(Bytes::from(hosts))
+/// }, None)
+/// .await?;
+/// # Ok(())
+/// # }
+/// ```
+pub async fn update<F>(
+    store: &dyn Store,
+    key: &str,
+    mut f: F,
+    opts: Option<&UpdateOptions>,
+) -> Result<Option<KvPair>>
+where
+    F: FnMut(Option<&KvPair>) -> Option<Bytes> + Send,
+{
+    normalize_key(key)?;
+    let mut retry = Retry::new(opts);
+    loop {
+        let current = read(store, key).await?;
+        let written = match (&current, f(current.as_ref())) {
+            (None, None) => return Ok(None),
+            (Some(previous), None) => store.atomic_delete(key, previous).await.map(|()| None),
+            (previous, Some(value)) => store
+                .atomic_put(key, &value, previous.as_ref(), None)
+                .await
+                .map(Some),
+        };
+        match written {
+            Ok(pair) => return Ok(pair),
+            Err(err) => retry.again(err).await?,
+        }
+    }
+}
+
+/// Read-modify-write of several keys at once (a software transactional memory over
+/// [`Store::txn`]): reads every key, asks `f` for their new values (one per key, in order;
+/// `None`: delete, or leave absent), and commits one transaction that checks every key still
+/// holds what was read (`when_index`, or `when_missing` for an absent key) and writes those
+/// whose value changed. A conflict reads again and calls `f` again, as [`update`] does, so the
+/// values `f` saw were all current at the moment the transaction applied (serializable).
+///
+/// Returns the pairs after the call, one per key (`None`: absent), as they were at one moment.
+/// When `f` changes nothing, nothing is written: the keys are read a second time, and the
+/// pairs are returned once no `last_index` moved between the two reads (a move counts as a
+/// conflict).
+///
+/// # Errors
+///
+/// `InvalidTxn` when `f` returns another number of values than keys, a key appears twice, or
+/// the keys exceed `Capabilities::max_txn_ops`; the last conflict once every attempt lost a
+/// race; `CallNotSupported` on a store without transactions; `InvalidKey`, `ValueTooLarge`
+/// and connection errors at once.
+///
+/// # Cancel safety
+///
+/// As [`update`]: a future dropped during the commit may or may not have applied it, whole.
+///
+/// # Examples
+///
+/// ```
+/// # async fn run(store: &dyn kvstore_core::Store) -> kvstore_core::Result<()> {
+/// use bytes::Bytes;
+///
+/// // Move 10 from one balance to another: both change, or neither.
+/// let number = |p: &Option<kvstore_core::KvPair>| {
+///     p.as_ref().and_then(|p| p.value_str()?.parse::<i64>().ok()).unwrap_or(0)
+/// };
+/// kvstore_core::update_many(store, &["bank/a", "bank/b"], |now| {
+///     let (a, b) = (number(&now[0]), number(&now[1]));
+///     vec![
+///         Some(Bytes::from((a - 10).to_string())),
+///         Some(Bytes::from((b + 10).to_string())),
+///     ]
+/// }, None)
+/// .await?;
+/// # Ok(())
+/// # }
+/// ```
+pub async fn update_many<F>(
+    store: &dyn Store,
+    keys: &[&str],
+    mut f: F,
+    opts: Option<&UpdateOptions>,
+) -> Result<Vec<Option<KvPair>>>
+where
+    F: FnMut(&[Option<KvPair>]) -> Vec<Option<Bytes>> + Send,
+{
+    for key in keys {
+        normalize_key(key)?;
+    }
+    let mut retry = Retry::new(opts);
+    loop {
+        let reads = futures::future::join_all(keys.iter().map(|k| read(store, k))).await;
+        let current: Vec<Option<KvPair>> = reads.into_iter().collect::<Result<_>>()?;
+        let wanted = f(&current);
+        if wanted.len() != keys.len() {
+            return Err(Error::InvalidTxn {
+                reason: format!(
+                    "update_many: {} values for {} keys",
+                    wanted.len(),
+                    keys.len()
+                ),
+            });
+        }
+        let mut txn = Txn::new();
+        let mut changed = Vec::new();
+        for (i, (key, now)) in keys.iter().zip(&current).enumerate() {
+            txn = match now {
+                Some(pair) => txn.when_index(key, pair.last_index),
+                None => txn.when_missing(key),
+            };
+            match (now, &wanted[i]) {
+                (Some(pair), Some(value)) if pair.value == *value => {}
+                (None, None) => {}
+                (_, Some(value)) => {
+                    txn = txn.put(key, value.clone());
+                    changed.push(i);
+                }
+                (Some(_), None) => {
+                    txn = txn.delete(key);
+                    changed.push(i);
+                }
+            }
+        }
+        if changed.is_empty() {
+            // Nothing to commit: the reads must still show one moment. Read again; a key
+            // whose `last_index` did not move was unchanged from its first read to its second,
+            // and the first round ended before the second began, so at the end of the first
+            // round every key held what was read.
+            let again = futures::future::join_all(keys.iter().map(|k| read(store, k))).await;
+            let again: Vec<Option<KvPair>> = again.into_iter().collect::<Result<_>>()?;
+            let moved = current.iter().zip(&again).position(|(first, second)| {
+                first.as_ref().map(|p| p.last_index) != second.as_ref().map(|p| p.last_index)
+            });
+            match moved {
+                None => return Ok(current),
+                Some(i) => {
+                    retry
+                        .again(Error::KeyModified {
+                            key: keys[i].to_owned(),
+                        })
+                        .await?;
+                    continue;
+                }
+            }
+        }
+        match store.txn(&txn).await {
+            Ok(results) => {
+                let mut after = current;
+                for (i, result) in changed.into_iter().zip(results) {
+                    after[i] = result;
+                }
+                return Ok(after);
+            }
+            Err(err) => retry.again(err).await?,
+        }
+    }
+}
+
+/// A 64-bit signed counter stored at a key as decimal text (so any client can read it:
+/// `kvctl get`, `redis-cli HGET key v`, `etcdctl get`). An absent key counts 0.
+///
+/// [`add`](Counter::add) is exact under any concurrency — no update is lost: it reads the
+/// value and writes the sum with a compare-and-swap on what it read, retrying a lost race
+/// after a jittered pause (1 ms doubling to 50 ms, up to 10,000 attempts). That loop runs on
+/// every store, the same way; it costs two round trips per uncontended `add`, and under
+/// contention each `add` may take several.
+///
+/// Clone it freely: clones share the store and key.
+///
+/// # Examples
+///
+/// ```
+/// # async fn run(store: std::sync::Arc<dyn kvstore_core::Store>) -> kvstore_core::Result<()> {
+/// let visits = kvstore_core::Counter::new(store, "stats/visits");
+/// let now = visits.add(1).await?;
+/// assert!(now >= 1);
+/// assert!(visits.get().await? >= now);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Counter {
+    store: Arc<dyn Store>,
+    key: String,
+    retry: UpdateOptions,
+}
+
+impl std::fmt::Debug for Counter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Counter")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Counter {
+    /// The counter at `key` of `store` (nothing is read or written yet).
+    pub fn new(store: Arc<dyn Store>, key: &str) -> Counter {
+        Counter {
+            store,
+            key: key.to_owned(),
+            retry: UpdateOptions::default()
+                .with_max_attempts(10_000)
+                .with_delays(Duration::from_millis(1), Duration::from_millis(50)),
+        }
+    }
+
+    /// The key the counter is stored at.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Adds `delta` (which may be negative) and returns the new value: the value this call
+    /// made, which no other `add` returns.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidValue` when the key holds something other than a decimal `i64`, or the sum
+    /// would overflow (nothing is written); the last conflict after 10,000 lost races;
+    /// `InvalidKey` and connection errors.
+    ///
+    /// # Cancel safety
+    ///
+    /// A future dropped during its write may or may not have added `delta`.
+    pub async fn add(&self, delta: i64) -> Result<i64> {
+        normalize_key(&self.key)?;
+        let mut retry = Retry::new(Some(&self.retry));
+        loop {
+            let current = read(&*self.store, &self.key).await?;
+            let sum = self
+                .parse(current.as_ref())?
+                .checked_add(delta)
+                .ok_or_else(|| Error::InvalidValue {
+                    key: self.key.clone(),
+                    reason: format!("adding {delta} overflows a 64-bit counter"),
+                })?;
+            let text = sum.to_string();
+            match (self.store)
+                .atomic_put(&self.key, text.as_bytes(), current.as_ref(), None)
+                .await
+            {
+                Ok(_) => return Ok(sum),
+                Err(err) => retry.again(err).await?,
+            }
+        }
+    }
+
+    /// The current value (0 when the key is absent).
+    ///
+    /// # Errors
+    ///
+    /// `InvalidValue` when the key holds something other than a decimal `i64`; `InvalidKey`
+    /// and connection errors.
+    pub async fn get(&self) -> Result<i64> {
+        let current = read(&*self.store, &self.key).await?;
+        self.parse(current.as_ref())
+    }
+
+    fn parse(&self, pair: Option<&KvPair>) -> Result<i64> {
+        let Some(pair) = pair else { return Ok(0) };
+        pair.value_str()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or_else(|| Error::InvalidValue {
+                key: self.key.clone(),
+                reason: "not a decimal 64-bit integer".into(),
+            })
+    }
+}
+
+/// TTL of a group membership when [`Group::join`] is given none.
+pub const DEFAULT_GROUP_TTL: Duration = Duration::from_secs(15);
+
+/// Group membership under a directory: each member is a `keep_alive` key `<dir>/<member>`
+/// holding its value, so a member whose process dies or is cut off leaves within its TTL (plus
+/// the backend's slack), and [`Group::follow`] sees every join and leave.
+///
+/// # Examples
+///
+/// ```
+/// # async fn run(store: std::sync::Arc<dyn kvstore_core::Store>) -> kvstore_core::Result<()> {
+/// use futures::StreamExt;
+/// use kvstore_core::Group;
+///
+/// let me = Group::join(store.clone(), "workers", "w1", "10.0.0.7:9000", None).await?;
+/// let mut members = Group::follow(&*store, "workers").await?;
+/// if let Some(Ok(now)) = members.next().await {
+///     println!("{} workers", now.len());
+/// }
+/// me.leave().await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Group;
+
+impl Group {
+    /// Joins the group at `dir` as `member` (one key segment) with `value`: writes
+    /// `<dir>/<member>` as a `keep_alive` registration with `opts`' TTL
+    /// ([`DEFAULT_GROUP_TTL`] when it has none; `keep_alive` is always on). Joining again
+    /// under the same name overwrites the earlier value.
+    ///
+    /// The membership lasts until [`Membership::leave`], its drop, or the store's close; a
+    /// lost lease is written again under §3's loss rule, as every registration.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidKey` for a member name that is not one valid key segment; `InvalidConfig` for
+    /// a TTL the store cannot keep; `ValueTooLarge`; connection errors.
+    pub async fn join(
+        store: Arc<dyn Store>,
+        dir: &str,
+        member: &str,
+        value: impl Into<Bytes>,
+        opts: Option<&WriteOptions>,
+    ) -> Result<Membership> {
+        if member.is_empty() || member.contains('/') {
+            return Err(Error::InvalidKey {
+                key: member.to_owned(),
+                reason: "a group member is one key segment",
+            });
+        }
+        let key = normalize_key(&format!("{dir}/{member}"))?.to_owned();
+        let ttl = opts.and_then(|o| o.ttl).unwrap_or(DEFAULT_GROUP_TTL);
+        let write = WriteOptions::default().with_ttl(ttl).with_keep_alive(true);
+        let value: Bytes = value.into();
+        let pair = store.put(&key, &value, Some(&write)).await?;
+        Ok(Membership {
+            store,
+            pair,
+            left: false,
+        })
+    }
+
+    /// The members of the group at `dir`: the current ones first, then the whole list again
+    /// after every join or leave (a [`Store::watch_tree`] of `dir`), each a pair whose key is
+    /// `<dir>/<member>`, sorted by key.
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::watch_tree`].
+    pub async fn follow(store: &dyn Store, dir: &str) -> Result<WatchTreeStream> {
+        store.watch_tree(dir, None).await
+    }
+}
+
+/// One member's place in a [`Group`]. Dropping it leaves the group (in a background task of
+/// the current Tokio runtime; [`leave`](Membership::leave) waits for it).
+pub struct Membership {
+    store: Arc<dyn Store>,
+    pair: KvPair,
+    left: bool,
+}
+
+impl std::fmt::Debug for Membership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Membership")
+            .field("key", &self.pair.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Membership {
+    /// The member's key, `<dir>/<member>`.
+    pub fn key(&self) -> &str {
+        &self.pair.key
+    }
+
+    /// The pair written when joining.
+    pub fn pair(&self) -> &KvPair {
+        &self.pair
+    }
+
+    /// Leaves the group: deletes the member's key, which ends its registration.
+    ///
+    /// # Errors
+    ///
+    /// Connection errors (the key then expires within its TTL once this store stops renewing
+    /// it, which it does now). A key already gone is not an error.
+    pub async fn leave(mut self) -> Result<()> {
+        self.left = true;
+        match self.store.delete(&self.pair.key).await {
+            Ok(()) | Err(Error::KeyNotFound { .. }) => Ok(()),
+            Err(err) => Err(err),
+        }
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        if self.left {
+            return;
+        }
+        let (store, key) = (self.store.clone(), self.pair.key.clone());
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(err) = store.delete(&key).await {
+                    tracing::debug!(key, error = %err, "leaving the group on drop failed");
+                }
+            });
+        }
+    }
+}
