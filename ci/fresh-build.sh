@@ -33,7 +33,7 @@ start=$SECONDS
 cargo run --example quickstart
 echo "quickstart: cold build and run took $((SECONDS - start)) s"
 test -s kvstore-quickstart.redb || { echo "the quickstart left no redb file" >&2; exit 1; }
-for example in service_discovery config_watcher locked_job election; do
+for example in service_discovery config_watcher locked_job election counter read_modify_write semaphore group; do
     echo "== example $example"
     cargo run --locked --example "$example"
 done

@@ -436,6 +436,14 @@ macro_rules! liveness_tests {
             )
             .await;
         });
+        $crate::liveness_tests!(@test a_killed_member_leaves_the_group_within_its_ttl,
+            backend_url, $var, $opener, |opener| {
+            $crate::killed_member_leaves_the_group(
+                &opener, "a_killed_member_leaves_the_group_within_its_ttl", $ttl,
+                $registration_slack,
+            )
+            .await;
+        });
         $crate::liveness_tests!(@test a_paused_registrant_disappears_and_registers_again,
             backend_url, $var, $opener, |opener| {
             $crate::paused_registrant_disappears(
@@ -580,4 +588,101 @@ pub async fn restarted_server_keeps_events(opener: &Opener, server: &str) {
     drop(stream);
     crate::cleanup(&*store, &dir).await;
     let _ = store.close().await;
+}
+
+/// The environment variable that makes a test binary's child join a group (see
+/// [`killed_member_leaves_the_group`]); its value is the member's key, `<dir>/<member>`.
+pub const MEMBER_VAR: &str = "KVSTORE_TEST_MEMBER";
+
+/// Fault case: a group of five — two members on each of two handles and one in a child
+/// process. A follower sees all five; one member leaves and the follower sees it go; the child
+/// is killed (SIGKILL: nothing is released) and the follower sees it go within `ttl + slack`.
+///
+/// The child is this test binary run again with `--exact test_name` and [`MEMBER_VAR`] set;
+/// in that child this function joins and waits to be killed.
+pub async fn killed_member_leaves_the_group(
+    opener: &Opener,
+    test_name: &str,
+    ttl: Duration,
+    slack: Duration,
+) {
+    use kvstore_core::{Group, KvPair};
+
+    let opts = WriteOptions::default().with_ttl(ttl);
+    if let Ok(key) = std::env::var(MEMBER_VAR) {
+        let (dir, member) = key.rsplit_once('/').expect("<dir>/<member>");
+        let store = opener.open().await;
+        let joined = ok(
+            Group::join(store, dir, member, "child", Some(&opts)).await,
+            "join",
+        );
+        println!("joined {}", joined.pair().last_index);
+        // Held until the process is killed.
+        std::future::pending::<()>().await;
+        drop(joined);
+    }
+    let dir = scratch_dir("killed_member");
+    let handles = [opener.open().await, opener.open().await];
+    let mut members = Vec::new();
+    for i in 0..4 {
+        let member = format!("m{i}");
+        let joined = Group::join(handles[i % 2].clone(), &dir, &member, "here", Some(&opts));
+        members.push(ok(joined.await, "join"));
+    }
+    let HolderProcess { mut child, .. } =
+        HolderProcess::spawn_as(test_name, MEMBER_VAR, &format!("{dir}/m4"), "joined ").await;
+    let mut follow = ok(Group::follow(&*handles[0], &dir).await, "follow");
+    let names = |list: &[KvPair]| -> Vec<String> {
+        list.iter()
+            .map(|p| p.key.rsplit('/').next().unwrap().to_owned())
+            .collect()
+    };
+    let mut until = async |want: &[&str], within: Duration, what: &str| {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut last = Vec::new();
+        loop {
+            let next = tokio::time::timeout_at(deadline, follow.next()).await;
+            let list = match next {
+                Ok(Some(list)) => ok(list, what),
+                Ok(None) => panic!("{what}: the follower ended"),
+                Err(_) => panic!(
+                    "{what}: the members were not {want:?} within {within:?} (last: {last:?})"
+                ),
+            };
+            last = names(&list);
+            if last == want {
+                return;
+            }
+        }
+    };
+    until(
+        &["m0", "m1", "m2", "m3", "m4"],
+        EVENT_TIMEOUT,
+        "the five members",
+    )
+    .await;
+    ok(members.remove(2).leave().await, "leave");
+    until(&["m0", "m1", "m3", "m4"], EVENT_TIMEOUT, "after m2 left").await;
+    let _ = child.start_kill();
+    let killed = Instant::now();
+    let bound = ttl + slack;
+    until(
+        &["m0", "m1", "m3"],
+        bound + EVENT_TIMEOUT,
+        "after the child was killed",
+    )
+    .await;
+    let gone_after = killed.elapsed();
+    assert!(
+        gone_after <= bound,
+        "the killed member left {gone_after:?} after the kill; the bound is the TTL plus the \
+         backend's slack, {bound:?}"
+    );
+    eprintln!("killed member gone {gone_after:?} after the kill (TTL {ttl:?})");
+    let _ = child.wait().await;
+    drop((members, follow));
+    cleanup(&*handles[0], &dir).await;
+    for h in handles {
+        let _ = h.close().await;
+    }
 }

@@ -50,9 +50,9 @@ pub use election_faults::{
     paused_server_ends_leadership, restarted_server_elects_again,
 };
 pub use faults::{
-    REGISTRANT_VAR, paused_holder_is_replaced, paused_registrant_disappears,
-    paused_server_loses_lock, restarted_server_keeps_events, restarted_server_keeps_registration,
-    rewrite_registration,
+    MEMBER_VAR, REGISTRANT_VAR, killed_member_leaves_the_group, paused_holder_is_replaced,
+    paused_registrant_disappears, paused_server_loses_lock, restarted_server_keeps_events,
+    restarted_server_keeps_registration, rewrite_registration,
 };
 pub use foreign::{
     cas_on_foreign_key, foreign_sample, reads_foreign_sample, watches_see_foreign_write,
@@ -539,7 +539,7 @@ macro_rules! conformance_tests {
 }
 
 /// Generates one `#[tokio::test]` per recipe case (`Counter`, `update`, `update_many`,
-/// `Group`) for the [`Opener`] expression given, as [`conformance_tests!`] does. The recipes
+/// `Group`, `Semaphore`) for the [`Opener`] expression given, as [`conformance_tests!`] does. The recipes
 /// run over the `Store` contract alone, so a store runs them once, on its main server, rather
 /// than with every configuration its conformance suite covers.
 #[macro_export]
@@ -547,7 +547,7 @@ macro_rules! recipe_tests {
     (optional: $opener:expr) => {
         $crate::conformance_tests!(@gen $opener; store: ; opener: counter_adds_exactly,
             counter_refuses_bad_values, update_loses_no_update, update_many_is_atomic,
-            group_membership);
+            group_membership, semaphore_never_over_permits);
     };
     ($opener:expr) => {
         $crate::recipe_tests!(optional: ::std::option::Option::Some($opener));

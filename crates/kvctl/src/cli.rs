@@ -84,6 +84,10 @@ pub(crate) enum Command {
     Status,
     /// Run a command while holding a lock (token in KVSTORE_FENCING_TOKEN).  kvctl lock jobs/report -- ./report.sh
     Lock(LockArgs),
+    /// Print a counter, or add to it and print the new value (exact under concurrency).  kvctl counter stats/visits add 1
+    Counter(CounterArgs),
+    /// Join a group while a command runs, or list (--follow) its members.  kvctl group join workers w1 10.0.0.7 -- ./worker
+    Group(GroupArgs),
     /// Run a command as the elected leader, or --follow the leaders.  kvctl elect sched/leader node1 -- ./scheduler
     Elect(ElectArgs),
     /// Print a directory as `consul kv export` JSON.  kvctl export app > app.json
@@ -197,11 +201,66 @@ pub(crate) struct HoldArgs {
 pub(crate) struct LockArgs {
     /// The lock's key
     pub(crate) key: String,
+    /// A semaphore of N permits instead of a lock (as `consul lock -n N`): up to N commands
+    /// run at once; the permit's lock key is in KVSTORE_PERMIT_KEY
+    #[arg(short = 'n', long = "permits", value_name = "N")]
+    pub(crate) permits: Option<u32>,
     #[command(flatten)]
     pub(crate) hold: HoldArgs,
     /// The command and its arguments, after --
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub(crate) command: Vec<OsString>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CounterArgs {
+    /// The counter's key (a decimal 64-bit integer; absent counts 0)
+    pub(crate) key: String,
+    #[command(subcommand)]
+    pub(crate) op: Option<CounterOp>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum CounterOp {
+    /// Add N (negative to subtract) and print the new value
+    Add {
+        /// The amount
+        #[arg(allow_negative_numbers = true)]
+        delta: i64,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct GroupArgs {
+    #[command(subcommand)]
+    pub(crate) op: GroupOp,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum GroupOp {
+    /// Be a member (DIR/MEMBER = VALUE, kept alive) while COMMAND runs; leave when it ends
+    Join {
+        /// The group's directory
+        dir: String,
+        /// The member's name (one key segment)
+        member: String,
+        /// The member's value (what `group ls` shows)
+        value: OsString,
+        /// Membership TTL: how long it outlives this process stopping or losing the server
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "15s")]
+        ttl: Duration,
+        /// The command and its arguments, after --
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<OsString>,
+    },
+    /// Print the members (`MEMBER VALUE` per line); with --follow, again after every change
+    Ls {
+        /// The group's directory
+        dir: String,
+        /// Keep printing the member list after every join or leave, until interrupted
+        #[arg(long)]
+        follow: bool,
+    },
 }
 
 #[derive(Debug, Args)]

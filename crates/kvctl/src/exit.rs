@@ -49,6 +49,7 @@ impl Failure {
                 Error::InvalidConfig { .. }
                 | Error::InvalidTxn { .. }
                 | Error::InvalidKey { .. }
+                | Error::InvalidValue { .. }
                 | Error::ValueTooLarge { .. }
                 | Error::BackendNotSupported { .. }
                 | Error::CallNotSupported { .. } => USAGE,

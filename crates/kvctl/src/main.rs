@@ -8,6 +8,7 @@ mod cli;
 mod exit;
 mod kv;
 mod output;
+mod recipes;
 mod shell;
 mod status;
 mod supervise;
@@ -19,7 +20,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, GroupOp};
 use crate::exit::Failure;
 
 #[tokio::main]
@@ -58,6 +59,17 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Status => status::status(&ctx).await,
         Command::Lock(args) => supervise::lock(&ctx, args).await,
         Command::Elect(args) => supervise::elect(&ctx, args).await,
+        Command::Counter(args) => recipes::counter(&ctx, args).await,
+        Command::Group(args) => match args.op {
+            GroupOp::Join {
+                dir,
+                member,
+                value,
+                ttl,
+                command,
+            } => supervise::group_join(&ctx, &dir, &member, value, ttl, &command).await,
+            GroupOp::Ls { dir, follow } => recipes::group_ls(&ctx, &dir, follow).await,
+        },
         Command::Export(args) => transfer::export(&ctx, args).await,
         Command::Import(args) => transfer::import(&ctx, args).await,
         Command::Copy(args) => transfer::copy(&ctx, args).await,

@@ -1,4 +1,5 @@
-//! `kvctl lock` and `kvctl elect`: run a command while holding a lock or leading, forward
+//! `kvctl lock` (a lock, or with `-n` a semaphore's permit), `kvctl elect` and `kvctl group
+//! join`: run a command while holding a lock or a permit, leading, or being a member, forward
 //! signals to it, and stop it if the hold is lost (SIGTERM, then SIGKILL after a grace period)
 //! — as `etcdctl lock` and `consul lock` do. Supervising a command is Unix-only (signals,
 //! process groups); elsewhere `lock` and `elect` refuse before they take anything, and
@@ -11,7 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use kvstore::{Candidate, ElectionOptions, LockLost, LockOptions, Store};
+use kvstore::{
+    Candidate, ElectionOptions, Group, LockLost, LockOptions, Semaphore, Store, WriteOptions,
+};
 #[cfg(unix)]
 use nix::sys::signal::{Signal, kill};
 #[cfg(unix)]
@@ -54,6 +57,16 @@ fn check_supervision(command: &str) -> Result<(), Failure> {
 pub(crate) async fn lock(ctx: &Context, args: LockArgs) -> Result<(), Failure> {
     check_supervision("lock")?;
     let store = ctx.open().await?;
+    let outcome = match args.permits {
+        Some(permits) => hold_permit(ctx, store.clone(), &args, permits).await,
+        None => hold_lock(ctx, &*store, &args).await,
+    };
+    let _ = store.close().await;
+    outcome
+}
+
+/// `kvctl lock KEY`: the command runs while the lock is held.
+async fn hold_lock(ctx: &Context, store: &dyn Store, args: &LockArgs) -> Result<(), Failure> {
     let opts = LockOptions::default().with_ttl(args.hold.ttl);
     let mut lock = ctx.bounded(store.new_lock(&args.key, Some(&opts))).await?;
     let lost = acquire(&args.hold, lock.lock()).await?;
@@ -72,7 +85,69 @@ pub(crate) async fn lock(ctx: &Context, args: LockArgs) -> Result<(), Failure> {
             eprintln!("kvctl: releasing the lock: {err:?}");
         }
     }
-    drop(lock);
+    outcome
+}
+
+/// `kvctl lock -n N KEY`: the command runs while one of N permits is held.
+async fn hold_permit(
+    ctx: &Context,
+    store: Arc<dyn Store>,
+    args: &LockArgs,
+    permits: u32,
+) -> Result<(), Failure> {
+    let opts = LockOptions::default().with_ttl(args.hold.ttl);
+    let semaphore =
+        Semaphore::new(store, &args.key, permits, Some(&opts)).map_err(Failure::Store)?;
+    let permit = acquire(&args.hold, semaphore.acquire()).await?;
+    let token = permit.fencing_token().unwrap_or_default();
+    let outcome = run_while_held(
+        &args.command,
+        &[
+            ("KVSTORE_FENCING_TOKEN", token.to_string()),
+            ("KVSTORE_PERMIT_KEY", permit.key().to_owned()),
+        ],
+        permit.lost(),
+        args.hold.grace,
+        &format!("lost the permit {}", permit.key()),
+    )
+    .await;
+    if !matches!(outcome, Err(Failure::Lost(_)))
+        && let Err(err) = ctx.bounded(permit.release()).await
+    {
+        eprintln!("kvctl: releasing the permit: {err:?}");
+    }
+    outcome
+}
+
+/// `kvctl group join`: the command runs while this process is a member; a lost lease is
+/// written again (as every registration), so the command is not stopped for it.
+pub(crate) async fn group_join(
+    ctx: &Context,
+    dir: &str,
+    member: &str,
+    value: OsString,
+    ttl: Duration,
+    command: &[OsString],
+) -> Result<(), Failure> {
+    check_supervision("group join")?;
+    let store = ctx.open().await?;
+    let opts = WriteOptions::default().with_ttl(ttl);
+    let value = value.into_encoded_bytes();
+    let joined = Group::join(store.clone(), dir, member, value, Some(&opts));
+    let membership = ctx.bounded(joined).await?;
+    // Nothing ends a membership but this process: the command runs to its end.
+    let (_held, never) = kvstore::backend::lock_lost();
+    let outcome = run_while_held(
+        command,
+        &[("KVSTORE_MEMBER_KEY", membership.key().to_owned())],
+        never,
+        Duration::ZERO,
+        "left the group",
+    )
+    .await;
+    if let Err(err) = ctx.bounded(membership.leave()).await {
+        eprintln!("kvctl: leaving the group: {err:?}");
+    }
     let _ = store.close().await;
     outcome
 }

@@ -473,6 +473,69 @@ fn event_watches(name: &'static str) {
 }
 
 /// Bad input: the documented exit code and one line on stderr.
+/// `counter KEY [add N]`, `lock -n N` (a semaphore) and `group join` / `group ls`.
+fn recipe_commands(name: &'static str) {
+    let Some(b) = backend(name) else { return };
+    let url = &b.url;
+    let dir = scratch("recipes");
+    let counter = format!("{dir}/hits");
+    assert_eq!(ok(url, &["counter", &counter]).trim(), "0");
+    assert_eq!(ok(url, &["counter", &counter, "add", "5"]).trim(), "5");
+    assert_eq!(ok(url, &["counter", &counter, "add", "-2"]).trim(), "3");
+    let listed = json(ok(url, &["counter", &counter, "-o", "json"]).trim());
+    assert_eq!(listed["value"], 3);
+    ok(url, &["put", &counter, "three"]);
+    fails_with(url, &["counter", &counter, "add", "1"], 2);
+
+    // A semaphore's permit: its lock key and token reach the command.
+    let pool = format!("{dir}/pool");
+    let out = ok(
+        url,
+        &[
+            "lock",
+            "-n",
+            "2",
+            &pool,
+            "--",
+            "sh",
+            "-c",
+            "echo $KVSTORE_PERMIT_KEY $KVSTORE_FENCING_TOKEN",
+        ],
+    );
+    let (key, token) = out.trim().split_once(' ').expect("key and token");
+    assert!(key.starts_with(&format!("{pool}/")), "{out}");
+    assert!(token.parse::<u64>().is_ok(), "{out}");
+    fails_with(url, &["lock", "-n", "0", &pool, "--", "true"], 2);
+
+    // A member while its command runs; gone when it ends.
+    let group = format!("{dir}/workers");
+    let script =
+        "echo joined $KVSTORE_MEMBER_KEY; trap 'exit 0' TERM; while :; do sleep 0.05; done";
+    let mut member = Running::start(
+        url,
+        &[
+            "group", "join", &group, "w1", "10.0.0.7", "--", "sh", "-c", script,
+        ],
+    );
+    assert_eq!(
+        member.next_line("the member's command started"),
+        format!("joined {group}/w1")
+    );
+    if b.shared {
+        assert_eq!(ok(url, &["group", "ls", &group]).trim(), "w1 10.0.0.7");
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &member.child.id().to_string()])
+        .status();
+    assert_eq!(
+        common::wait_bounded(&mut member.child, kvstore_testutils::EVENT_TIMEOUT),
+        Some(0),
+        "kvctl exits with the command's code"
+    );
+    assert_eq!(ok(url, &["group", "ls", &group]).trim(), "", "it left");
+    cleanup(url, &dir);
+}
+
 fn bad_input(name: &'static str) {
     let Some(b) = backend(name) else { return };
     fails_with(&b.url, &["get", "a//b"], 2);
@@ -507,6 +570,7 @@ per_backend!(
     export_import,
     status,
     txn,
+    recipe_commands,
     bad_input
 );
 
@@ -693,6 +757,51 @@ fn copy_between_every_pair_of_backends() {
 
 /// Two `kvctl lock` on one key never run their commands at the same time, and the second
 /// holder's token is the greater.
+/// Three `kvctl lock -n 2` processes: never more than two commands run at once.
+#[test]
+fn concurrent_permits_never_exceed_n() {
+    for name in ["redis", "etcd", "zk", "consul"] {
+        let Some(b) = backend(name) else { continue };
+        let dir = scratch("permits");
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let script = format!(
+            "echo start >> {log}; sleep 0.5; echo end >> {log}",
+            log = log.path().display()
+        );
+        let pool = format!("{dir}/pool");
+        let args = [
+            "lock",
+            "-n",
+            "2",
+            pool.as_str(),
+            "--ttl",
+            "5s",
+            "--",
+            "sh",
+            "-c",
+            script.as_str(),
+        ];
+        let mut running: Vec<Running> = (0..3).map(|_| Running::start(&b.url, &args)).collect();
+        for (i, r) in running.iter_mut().enumerate() {
+            assert_eq!(
+                common::wait_bounded(&mut r.child, kvstore_testutils::EVENT_TIMEOUT * 2),
+                Some(0),
+                "{name}: holder {i}"
+            );
+        }
+        let text = std::fs::read_to_string(log.path()).unwrap();
+        let mut now = 0i32;
+        let mut most = 0;
+        for line in text.lines() {
+            now += if line == "start" { 1 } else { -1 };
+            most = most.max(now);
+        }
+        assert_eq!(text.lines().count(), 6, "{name}: {text}");
+        assert!(most <= 2, "{name}: {most} commands at once: {text}");
+        cleanup(&b.url, &dir);
+    }
+}
+
 #[test]
 fn concurrent_locks_never_overlap() {
     for name in ["redis", "etcd", "zk", "consul"] {

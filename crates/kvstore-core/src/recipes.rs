@@ -1,6 +1,6 @@
 //! Coordination recipes written once over the [`Store`] contract, so every store — and every
 //! third-party one — has them: [`update`] and [`update_many`] (read-modify-write that retries
-//! on conflict), [`Counter`] and [`Group`].
+//! on conflict), [`Counter`], [`Group`] and [`Semaphore`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +8,10 @@ use std::time::Duration;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use bytes::Bytes;
 
-use crate::{Error, KvPair, Result, Store, Txn, WatchTreeStream, WriteOptions, normalize_key};
+use crate::{
+    Error, KvPair, LockLost, LockOptions, Locker, Result, Store, Txn, WatchTreeStream,
+    WriteOptions, normalize_key,
+};
 
 /// How [`update`] and [`update_many`] retry a conflict.
 ///
@@ -550,5 +553,159 @@ impl Drop for Membership {
                 }
             });
         }
+    }
+}
+
+/// A counting semaphore: at most `permits` holders at once, each with a fencing token.
+///
+/// Built on the store's locks: permit `i` is the lock `<key>/<i>`, and
+/// [`acquire`](Semaphore::acquire) waits on all of them at once and keeps the first it gets
+/// (the other waits are dropped, which leaves no waiter behind: `lock()` is cancel-safe). So a
+/// permit has every property of a lock on that backend: the loss rule (a holder that dies or is
+/// cut off loses its permit within the TTL, and knows it before another can take it), a
+/// fencing token strictly greater for each later holder of the same permit, and
+/// [`Txn::when_held`] accepts `(permit.key(), token)`. No more than `permits` holders believe
+/// they hold a permit at once, because no two hold one lock.
+///
+/// Waiting costs `permits` lock waiters on the server; keep `permits` small (it is bounded by
+/// [`MAX_PERMITS`]). The order in which waiters get permits follows each lock's own fairness
+/// (first come, first served on etcd and ZooKeeper; not ordered on Redis and Consul).
+///
+/// # Examples
+///
+/// ```
+/// # async fn run(store: std::sync::Arc<dyn kvstore_core::Store>) -> kvstore_core::Result<()> {
+/// use kvstore_core::Semaphore;
+///
+/// // At most three concurrent crawlers.
+/// let crawlers = Semaphore::new(store.clone(), "jobs/crawl", 3, None)?;
+/// let permit = crawlers.acquire().await?;
+/// let token = permit.fencing_token().expect("held");
+/// store
+///     .txn(&kvstore_core::Txn::new().when_held(permit.key(), token).put("jobs/crawl-state", "busy"))
+///     .await?;
+/// permit.release().await?;
+/// # Ok(())
+/// # }
+/// ```
+pub struct Semaphore {
+    store: Arc<dyn Store>,
+    key: String,
+    permits: u32,
+    opts: Option<LockOptions>,
+}
+
+/// The most permits a [`Semaphore`] may have: each waiter waits on every one.
+pub const MAX_PERMITS: u32 = 64;
+
+impl std::fmt::Debug for Semaphore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Semaphore")
+            .field("key", &self.key)
+            .field("permits", &self.permits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Semaphore {
+    /// A semaphore of `permits` permits at `key` (its locks are `<key>/0` …), each held with
+    /// `opts` (TTL and the rest, as for [`Store::new_lock`]).
+    ///
+    /// # Errors
+    ///
+    /// `InvalidConfig` for 0 permits or more than [`MAX_PERMITS`]; `InvalidKey`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        key: &str,
+        permits: u32,
+        opts: Option<&LockOptions>,
+    ) -> Result<Semaphore> {
+        if permits == 0 || permits > MAX_PERMITS {
+            return Err(Error::invalid_config(
+                store.backend(),
+                format!("a semaphore has 1 to {MAX_PERMITS} permits, not {permits}"),
+            ));
+        }
+        let key = normalize_key(key)?.to_owned();
+        Ok(Semaphore {
+            store,
+            key,
+            permits,
+            opts: opts.cloned(),
+        })
+    }
+
+    /// Waits for a permit and returns it.
+    ///
+    /// # Errors
+    ///
+    /// As [`Locker::lock`] (`CannotLock`, `Closed`, connection errors) once no permit's wait
+    /// can go on; `CallNotSupported` on a store without locks.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: dropping the future leaves no waiter behind and takes no permit later.
+    pub async fn acquire(&self) -> Result<Permit> {
+        let mut lockers = Vec::with_capacity(self.permits as usize);
+        for i in 0..self.permits {
+            let key = format!("{}/{i}", self.key);
+            lockers.push((
+                key.clone(),
+                self.store.new_lock(&key, self.opts.as_ref()).await?,
+            ));
+        }
+        let (won, lost) = {
+            let waits = lockers.iter_mut().enumerate().map(|(i, (_, locker))| {
+                Box::pin(async move { locker.lock().await.map(|lost| (i, lost)) })
+            });
+            let ((won, lost), _others) = futures::future::select_ok(waits).await?;
+            (won, lost)
+        };
+        let (key, locker) = lockers.swap_remove(won);
+        Ok(Permit { key, locker, lost })
+    }
+}
+
+/// A held permit of a [`Semaphore`]: a held lock. Dropping it releases it (as dropping a
+/// [`Locker`] does); [`release`](Permit::release) waits for the release.
+pub struct Permit {
+    key: String,
+    locker: Box<dyn Locker>,
+    lost: LockLost,
+}
+
+impl std::fmt::Debug for Permit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Permit")
+            .field("key", &self.key)
+            .field("fencing_token", &self.locker.fencing_token())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Permit {
+    /// The lock key of this permit: what a [`Txn::when_held`] condition names.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The fencing token of the hold; `None` once it was lost or released.
+    pub fn fencing_token(&self) -> Option<u64> {
+        self.locker.fencing_token()
+    }
+
+    /// Resolves when the permit is lost (under the loss rule of locks) or released.
+    pub fn lost(&self) -> LockLost {
+        self.lost.clone()
+    }
+
+    /// Gives the permit back at once.
+    ///
+    /// # Errors
+    ///
+    /// As [`Locker::unlock`]: connection errors (the permit then frees itself when its TTL
+    /// runs out).
+    pub async fn release(mut self) -> Result<()> {
+        self.locker.unlock().await
     }
 }

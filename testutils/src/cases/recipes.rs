@@ -279,3 +279,81 @@ pub async fn group_membership(opener: &Opener) {
     cleanup(&*first, &dir).await;
     let _ = first.close().await;
 }
+
+/// Acquisitions per task in [`semaphore_never_over_permits`].
+const ROUNDS: usize = 4;
+
+/// 8 tasks on two handles contend for 3 permits, 4 times each: never more than 3 hold at once,
+/// and the fencing tokens of each permit strictly increase from holder to holder.
+pub async fn semaphore_never_over_permits(opener: &Opener) {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use kvstore_core::{LockOptions, Semaphore};
+
+    let handles = [opener.open().await, opener.open().await];
+    let dir = scratch_dir("semaphore");
+    let key = format!("{dir}/pool");
+    let opts = LockOptions::default().with_ttl(opener.ttl * 4);
+    if !handles[0].capabilities().lock {
+        let semaphore = ok(Semaphore::new(handles[0].clone(), &key, 3, None), "new");
+        assert!(semaphore.acquire().await.is_err(), "a store without locks");
+        return;
+    }
+    assert_err!(
+        Semaphore::new(handles[0].clone(), &key, 0, None),
+        Error::InvalidConfig { .. },
+        "0 permits"
+    );
+    let holding = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let grants = Arc::new(Mutex::new(Vec::<(String, u64)>::new()));
+    let tasks = (0..TASKS).map(|i| {
+        let semaphore = ok(
+            Semaphore::new(handle(&handles, i), &key, 3, Some(&opts)),
+            "Semaphore::new",
+        );
+        let (holding, most, grants) = (holding.clone(), most.clone(), grants.clone());
+        async move {
+            for _ in 0..ROUNDS {
+                let permit = ok(
+                    tokio::time::timeout(crate::EVENT_TIMEOUT * 6, semaphore.acquire())
+                        .await
+                        .expect("a permit within the bound"),
+                    "acquire",
+                );
+                let now = holding.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                let token = permit.fencing_token().expect("a held permit has a token");
+                grants
+                    .lock()
+                    .unwrap()
+                    .push((permit.key().to_owned(), token));
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                holding.fetch_sub(1, Ordering::SeqCst);
+                ok(permit.release().await, "release");
+            }
+        }
+    });
+    join_all(tasks).await;
+    let most = most.load(Ordering::SeqCst);
+    assert!(most <= 3, "{most} holders of 3 permits at once");
+    let grants = grants.lock().unwrap().clone();
+    assert_eq!(grants.len(), TASKS * ROUNDS);
+    let keys: BTreeSet<&str> = grants.iter().map(|(k, _)| k.as_str()).collect();
+    for permit in keys {
+        let tokens: Vec<u64> = grants
+            .iter()
+            .filter(|(k, _)| k == permit)
+            .map(|(_, t)| *t)
+            .collect();
+        assert!(
+            tokens.windows(2).all(|w| w[0] < w[1]),
+            "tokens of {permit} must strictly increase: {tokens:?}"
+        );
+    }
+    cleanup(&*handles[0], &dir).await;
+    for h in handles {
+        let _ = h.close().await;
+    }
+}
