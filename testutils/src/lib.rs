@@ -539,7 +539,7 @@ macro_rules! conformance_tests {
 }
 
 /// Generates one `#[tokio::test]` per recipe case (`Counter`, `update`, `update_many`,
-/// `Group`, `Semaphore`) for the [`Opener`] expression given, as [`conformance_tests!`] does. The recipes
+/// `Group`, `Semaphore`, `RwLock`) for the [`Opener`] expression given, as [`conformance_tests!`] does. The recipes
 /// run over the `Store` contract alone, so a store runs them once, on its main server, rather
 /// than with every configuration its conformance suite covers.
 #[macro_export]
@@ -547,7 +547,7 @@ macro_rules! recipe_tests {
     (optional: $opener:expr) => {
         $crate::conformance_tests!(@gen $opener; store: ; opener: counter_adds_exactly,
             counter_refuses_bad_values, update_loses_no_update, update_many_is_atomic,
-            group_membership, semaphore_never_over_permits);
+            group_membership, semaphore_never_over_permits, rwlock_writer_not_starved);
     };
     ($opener:expr) => {
         $crate::recipe_tests!(optional: ::std::option::Option::Some($opener));

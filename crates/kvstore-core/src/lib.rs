@@ -41,7 +41,7 @@ pub use key::{MAX_KEY_LEN, RESERVED_SEGMENT_PREFIX, is_descendant, normalize_dir
 pub use lock::{LockLost, Locker};
 pub use recipes::{
     Counter, DEFAULT_GROUP_TTL, DEFAULT_UPDATE_ATTEMPTS, Group, MAX_PERMITS, Membership, Permit,
-    Semaphore, UpdateOptions, update, update_many,
+    RwLock, Semaphore, UpdateOptions, update, update_many,
 };
 pub use store::{Store, WatchStream, WatchTreeStream};
 pub use tls::TlsConfig;

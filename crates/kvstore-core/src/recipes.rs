@@ -1,6 +1,6 @@
 //! Coordination recipes written once over the [`Store`] contract, so every store — and every
 //! third-party one — has them: [`update`] and [`update_many`] (read-modify-write that retries
-//! on conflict), [`Counter`], [`Group`] and [`Semaphore`].
+//! on conflict), [`Counter`], [`Group`], [`Semaphore`] and [`RwLock`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -662,7 +662,12 @@ impl Semaphore {
             (won, lost)
         };
         let (key, locker) = lockers.swap_remove(won);
-        Ok(Permit { key, locker, lost })
+        Ok(Permit {
+            key,
+            locker,
+            lost,
+            others: Vec::new(),
+        })
     }
 }
 
@@ -672,6 +677,8 @@ pub struct Permit {
     key: String,
     locker: Box<dyn Locker>,
     lost: LockLost,
+    /// Holds released with this one (a writer's announcement, see [`RwLock`]).
+    others: Vec<Box<dyn Locker>>,
 }
 
 impl std::fmt::Debug for Permit {
@@ -706,6 +713,171 @@ impl Permit {
     /// As [`Locker::unlock`]: connection errors (the permit then frees itself when its TTL
     /// runs out).
     pub async fn release(mut self) -> Result<()> {
-        self.locker.unlock().await
+        let released = self.locker.unlock().await;
+        for other in &mut self.others {
+            if let Err(err) = other.unlock().await {
+                tracing::debug!(error = %err, "releasing a writer's announcement failed");
+            }
+        }
+        released
     }
+}
+
+/// A read-write lock: many readers at once, or one writer. Each hold is a [`Permit`] — a held
+/// lock, with its fencing token (which [`Txn::when_held`] accepts with
+/// [`Permit::key`]) and the loss rule of locks.
+///
+/// Built on the store's locks, with keys under `<key>`:
+///
+/// - `<key>/gate`, a lock that admits one party at a time. A writer holds it for its whole
+///   hold (its permit is this lock); a reader holds it only while it registers.
+/// - `<key>/readers/<id>`: each reader's own lock, whose value (`delete_on_unlock`) exists
+///   exactly while the reader holds — a reader's permit is this lock. A writer that holds the
+///   gate waits until no reader's value is left (a reader that died leaves with its lease).
+/// - `<key>/writers/<id>`: a writer announces itself (a lock with a value, likewise) before it
+///   waits for the gate; a reader waits until no writer is announced before it asks for the
+///   gate.
+///
+/// **Fairness: writers first.** A stream of readers cannot starve a writer: once a writer is
+/// announced no new reader passes, so the writer gets in once the readers already admitted
+/// (or waiting for the gate) are done. Writers queue on the gate in that lock's order (first
+/// come, first served on etcd and ZooKeeper). Readers can be held back by a stream of writers.
+/// The readers' and writers' values show in `list(<key>)`.
+///
+/// # Examples
+///
+/// ```
+/// # async fn run(store: std::sync::Arc<dyn kvstore_core::Store>) -> kvstore_core::Result<()> {
+/// use kvstore_core::{RwLock, Txn};
+///
+/// let config = RwLock::new(store.clone(), "locks/config", None)?;
+/// let read = config.read().await?;   // many at once
+/// read.release().await?;
+/// let write = config.write().await?; // alone
+/// let token = write.fencing_token().expect("held");
+/// store.txn(&Txn::new().when_held(write.key(), token).put("config/app", "v2")).await?;
+/// write.release().await?;
+/// # Ok(())
+/// # }
+/// ```
+pub struct RwLock {
+    store: Arc<dyn Store>,
+    key: String,
+    opts: LockOptions,
+}
+
+impl std::fmt::Debug for RwLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RwLock")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RwLock {
+    /// A read-write lock at `key`, each hold with `opts`' TTL (its `value` and
+    /// `delete_on_unlock` are the lock's own).
+    ///
+    /// # Errors
+    ///
+    /// `InvalidKey`.
+    pub fn new(store: Arc<dyn Store>, key: &str, opts: Option<&LockOptions>) -> Result<RwLock> {
+        let key = normalize_key(key)?.to_owned();
+        let ttl = opts.map_or(LockOptions::default().ttl, |o| o.ttl);
+        Ok(RwLock {
+            store,
+            key,
+            opts: LockOptions::default().with_ttl(ttl),
+        })
+    }
+
+    /// Waits until no writer is announced, then holds as a reader.
+    ///
+    /// # Errors
+    ///
+    /// As [`Locker::lock`] and [`Store::watch_tree`]; `CallNotSupported` on a store without
+    /// locks or watches.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: a dropped future leaves no hold and no waiter behind.
+    pub async fn read(&self) -> Result<Permit> {
+        let writers = format!("{}/writers", self.key);
+        let mut gate = self.store.new_lock(&self.gate(), Some(&self.opts)).await?;
+        loop {
+            wait_until_empty(&*self.store, &writers).await?;
+            gate.lock().await?;
+            // A writer announced while this reader waited for the gate goes first.
+            if self.store.list(&writers, None).await.map_or_else(
+                |err| match err {
+                    Error::KeyNotFound { .. } => Ok(true),
+                    err => Err(err),
+                },
+                |w| Ok(w.is_empty()),
+            )? {
+                break;
+            }
+            gate.unlock().await?;
+        }
+        let key = format!("{}/readers/{:016x}", self.key, rand::random::<u64>());
+        let mut reader = self.store.new_lock(&key, Some(&self.announced())).await?;
+        let lost = reader.lock().await;
+        if let Err(err) = gate.unlock().await {
+            // The gate frees itself within its TTL.
+            tracing::debug!(error = %err, "releasing the read-write lock's gate failed");
+        }
+        Ok(Permit {
+            key,
+            locker: reader,
+            lost: lost?,
+            others: Vec::new(),
+        })
+    }
+
+    /// Announces a writer, takes the gate, and waits until every reader is gone.
+    ///
+    /// # Errors
+    ///
+    /// As [`read`](RwLock::read).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: a dropped future leaves no hold and no waiter behind.
+    pub async fn write(&self) -> Result<Permit> {
+        let key = format!("{}/writers/{:016x}", self.key, rand::random::<u64>());
+        let mut announced = self.store.new_lock(&key, Some(&self.announced())).await?;
+        announced.lock().await?;
+        let mut gate = self.store.new_lock(&self.gate(), Some(&self.opts)).await?;
+        let lost = gate.lock().await?;
+        wait_until_empty(&*self.store, &format!("{}/readers", self.key)).await?;
+        Ok(Permit {
+            key: self.gate(),
+            locker: gate,
+            lost,
+            others: vec![announced],
+        })
+    }
+
+    fn gate(&self) -> String {
+        format!("{}/gate", self.key)
+    }
+
+    /// Options of a lock whose value shows while it is held.
+    fn announced(&self) -> LockOptions {
+        self.opts
+            .clone()
+            .with_value("held")
+            .with_delete_on_unlock(true)
+    }
+}
+
+/// Waits until `dir` has no key (a missing directory has none).
+async fn wait_until_empty(store: &dyn Store, dir: &str) -> Result<()> {
+    let mut listings = store.watch_tree(dir, None).await?;
+    while let Some(listing) = futures::StreamExt::next(&mut listings).await {
+        if listing?.is_empty() {
+            return Ok(());
+        }
+    }
+    Err(Error::not_reachable(store.backend(), "the watch ended"))
 }

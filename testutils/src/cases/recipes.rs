@@ -357,3 +357,93 @@ pub async fn semaphore_never_over_permits(opener: &Opener) {
         let _ = h.close().await;
     }
 }
+
+/// A read-write lock under a stream of readers from two handles: readers share it (two or more
+/// at once), a writer gets in within the bound while the readers keep coming, no reader holds
+/// while it writes, and its token guards a write with `when_held` until it releases.
+pub async fn rwlock_writer_not_starved(opener: &Opener) {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use kvstore_core::{LockOptions, RwLock, Txn};
+
+    let handles = [opener.open().await, opener.open().await];
+    if !handles[0].capabilities().lock || !handles[0].capabilities().watch_tree {
+        return;
+    }
+    let dir = scratch_dir("rwlock");
+    let key = format!("{dir}/lock");
+    let opts = LockOptions::default().with_ttl(opener.ttl * 4);
+    let readers = Arc::new(AtomicUsize::new(0));
+    let most_readers = Arc::new(AtomicUsize::new(0));
+    let writing = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader_tasks: Vec<_> = (0..6)
+        .map(|i| {
+            let lock = ok(RwLock::new(handle(&handles, i), &key, Some(&opts)), "new");
+            let (readers, most, writing, stop) = (
+                readers.clone(),
+                most_readers.clone(),
+                writing.clone(),
+                stop.clone(),
+            );
+            tokio::spawn(async move {
+                let mut reads = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    let permit = ok(lock.read().await, "read");
+                    assert!(!writing.load(Ordering::SeqCst), "a reader while writing");
+                    let now = readers.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    readers.fetch_sub(1, Ordering::SeqCst);
+                    ok(permit.release().await, "release a read");
+                    reads += 1;
+                }
+                reads
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let lock = ok(RwLock::new(handles[0].clone(), &key, Some(&opts)), "new");
+    let bound = crate::EVENT_TIMEOUT * 2;
+    let write = tokio::time::timeout(bound, lock.write())
+        .await
+        .unwrap_or_else(|_| panic!("the writer was starved for {bound:?}"));
+    let write = ok(write, "write");
+    writing.store(true, Ordering::SeqCst);
+    assert_eq!(readers.load(Ordering::SeqCst), 0, "readers while writing");
+    let token = write.fencing_token().expect("a held write has a token");
+    let guarded = format!("{dir}/guarded");
+    let txn = Txn::new()
+        .when_held(write.key(), token)
+        .put(&guarded, "written");
+    ok(
+        handles[1].txn(&txn).await,
+        "a write guarded by the write hold",
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(readers.load(Ordering::SeqCst), 0, "readers while writing");
+    writing.store(false, Ordering::SeqCst);
+    ok(write.release().await, "release the write");
+    assert_err!(
+        handles[1].txn(&txn).await,
+        Error::LockNotHeld { .. },
+        "a write guarded by a released hold"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::SeqCst);
+    let mut reads = 0;
+    for task in reader_tasks {
+        reads += tokio::time::timeout(bound, task)
+            .await
+            .expect("the readers stop")
+            .expect("a reader task panicked");
+    }
+    assert!(reads >= 6, "the readers read ({reads})");
+    let most = most_readers.load(Ordering::SeqCst);
+    assert!(most >= 2, "readers share the lock (at most {most} at once)");
+    cleanup(&*handles[0], &dir).await;
+    for h in handles {
+        let _ = h.close().await;
+    }
+}
