@@ -472,6 +472,11 @@ macro_rules! liveness_tests {
             controlled_backend_url, $var, $opener, |opener| {
             $crate::restarted_server_keeps_events(&opener, $server).await;
         });
+        $crate::liveness_tests!(@proxied a_cut_off_permit_holder_loses_it_before_another_gets_it,
+            $var, $opener, |direct, through, proxy| {
+            $crate::cut_off_permit_holder_loses_first(&direct, &through, &proxy, $ttl, $takeover)
+                .await;
+        });
         $crate::liveness_tests!(@proxied a_cut_off_event_stream_catches_up_after_the_heal,
             $var, $opener, |direct, through, proxy| {
             $crate::cut_off_events_catch_up(&direct, &through, &proxy, $ttl * 2).await;

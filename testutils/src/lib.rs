@@ -58,9 +58,10 @@ pub use foreign::{
     cas_on_foreign_key, foreign_sample, reads_foreign_sample, watches_see_foreign_write,
 };
 pub use partitions::{
-    Cut, cut_off_events_catch_up, cut_off_holder_loses_first, cut_off_registration_comes_back,
-    cut_off_watch_ends_on_latest, isolated_leader_holder_loses_first,
-    latency_beyond_request_timeout_fails_in_time, latency_is_no_false_loss, upstream_of,
+    Cut, cut_off_events_catch_up, cut_off_holder_loses_first, cut_off_permit_holder_loses_first,
+    cut_off_registration_comes_back, cut_off_watch_ends_on_latest,
+    isolated_leader_holder_loses_first, latency_beyond_request_timeout_fails_in_time,
+    latency_is_no_false_loss, upstream_of,
 };
 
 /// Upper bound for any single expected event (a watch item, a lock hand-off).

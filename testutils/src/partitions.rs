@@ -510,6 +510,87 @@ pub async fn cut_off_events_catch_up(
     let _ = other.close().await;
 }
 
+/// Partition case for the recipes built on locks: a client holding a semaphore's only permit
+/// and a read of a read-write lock is cut off (the fault proxy; the server keeps expiring its
+/// leases). Another client then takes the permit and the write within `takeover` — and by
+/// then the cut-off client was told it lost both (`Permit::lost`), and its permit's token is
+/// gone.
+pub async fn cut_off_permit_holder_loses_first(
+    direct: &Opener,
+    through: &Opener,
+    proxy: &FaultProxy,
+    ttl: Duration,
+    takeover: Duration,
+) {
+    use kvstore_core::{LockOptions, Permit, RwLock, Semaphore};
+
+    let (cut_off, other) = (through.open().await, direct.open().await);
+    let dir = scratch_dir("cut_permit");
+    let opts = LockOptions::default().with_ttl(ttl);
+    let (pool, rw) = (format!("{dir}/pool"), format!("{dir}/rw"));
+    let permit = ok(
+        ok(
+            Semaphore::new(cut_off.clone(), &pool, 1, Some(&opts)),
+            "new",
+        )
+        .acquire()
+        .await,
+        "acquire",
+    );
+    let read = ok(
+        ok(RwLock::new(cut_off.clone(), &rw, Some(&opts)), "new")
+            .read()
+            .await,
+        "read",
+    );
+    proxy.cut().await;
+    let cut = Instant::now();
+    let deadline = cut + takeover;
+    // Retries a transient refusal until the deadline; panics past it.
+    async fn within<F: Future<Output = kvstore_core::Result<Permit>>>(
+        deadline: Instant,
+        what: &str,
+        mut take: impl FnMut() -> F,
+    ) -> Permit {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, take()).await {
+                Ok(Ok(permit)) => return permit,
+                Ok(Err(err)) if err.is_transient() && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Ok(Err(err)) => panic!("{what}: {err}"),
+                Err(_) => panic!("{what}: not within the takeover bound"),
+            }
+        }
+    }
+    let semaphore = ok(Semaphore::new(other.clone(), &pool, 1, Some(&opts)), "new");
+    let successor = within(deadline, "the permit", || semaphore.acquire()).await;
+    assert!(
+        permit.lost().is_lost(),
+        "the cut-off holder still believed it held the permit when another got it"
+    );
+    assert_eq!(permit.fencing_token(), None, "no token once lost");
+    let writer = ok(RwLock::new(other.clone(), &rw, Some(&opts)), "new");
+    let write = within(deadline, "the write", || writer.write()).await;
+    assert!(
+        read.lost().is_lost(),
+        "the cut-off reader still believed it read when a writer got in"
+    );
+    eprintln!(
+        "{}: permit and write taken {:?} after the cut",
+        other.backend(),
+        cut.elapsed()
+    );
+    proxy.heal().await;
+    ok(successor.release().await, "release");
+    ok(write.release().await, "release");
+    drop((permit, read));
+    cleanup(&*other, &dir).await;
+    let _ = cut_off.close().await;
+    let _ = other.close().await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::split_hosts;
