@@ -30,7 +30,10 @@ const EVENTS_CAPACITY: usize = 1024;
 /// `Snapshot`) brings it up to date.
 ///
 /// **Staleness**: the cache trails the store by the backend's event delivery (in-process for
-/// redb and memory; one watch response for etcd; one blocking query for Consul). A caller that
+/// redb and memory; one watch response for etcd; one blocking query for Consul; one keyspace
+/// notification and one read of the change log for Redis; one watch event and one read of the
+/// changed znodes for ZooKeeper — 0.7 to 1.6 ms at the median, measured on one machine with
+/// the servers on it). A caller that
 /// must read its own write waits for the write's index: `cache.wait_for(pair.last_index)`.
 ///
 /// **Memory**: per key, its name twice (map key and pair), its value, and about 100 bytes of

@@ -21,9 +21,9 @@ pub type WatchTreeStream = BoxStream<'static, Result<Vec<KvPair>>>;
 
 /// A key/value store.
 ///
-/// Every backend implements the same semantics (see the crate docs of `kvstore` and
-/// `docs/compatibility.md`); the conformance suite in `kvstore-testutils` is their executable
-/// form. Usable as `Arc<dyn Store>`.
+/// Every backend implements the same semantics (see the crate docs of `kvstore` and of each
+/// backend crate for what differs); the conformance suite in `kvstore-testutils` is their
+/// executable form. Usable as `Arc<dyn Store>`.
 ///
 /// Every method that takes a key normalizes it with [`normalize_key`](crate::normalize_key)
 /// (directories with [`normalize_dir`](crate::normalize_dir)) and fails with `InvalidKey`
