@@ -129,7 +129,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, OnceLock};
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -305,9 +305,9 @@ impl Registry {
 
 /// The registry [`open`] consults: [`Registry::default`] plus every scheme added with
 /// [`register`].
-fn global() -> &'static RwLock<Registry> {
-    static GLOBAL: OnceLock<RwLock<Registry>> = OnceLock::new();
-    GLOBAL.get_or_init(|| RwLock::new(Registry::default()))
+fn global() -> &'static std::sync::RwLock<Registry> {
+    static GLOBAL: OnceLock<std::sync::RwLock<Registry>> = OnceLock::new();
+    GLOBAL.get_or_init(|| std::sync::RwLock::new(Registry::default()))
 }
 
 /// Adds (or replaces) a scheme for every later call of [`open`] in this process.
