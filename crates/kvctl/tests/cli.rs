@@ -755,105 +755,80 @@ fn copy_between_every_pair_of_backends() {
     }
 }
 
-/// Two `kvctl lock` on one key never run their commands at the same time, and the second
-/// holder's token is the greater.
+/// Runs `processes` copies of `kvctl <lock_args> --ttl 5s -- sh -c SCRIPT` at once, where the
+/// command logs `start $KVSTORE_FENCING_TOKEN` and, half a second later, `end …`; waits for
+/// every one to exit 0 and returns the log's lines as (what, token).
+fn run_locked_commands(
+    name: &str,
+    url: &str,
+    lock_args: &[&str],
+    processes: usize,
+) -> Vec<(String, u64)> {
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let script = format!(
+        "echo start $KVSTORE_FENCING_TOKEN >> {log}; sleep 0.5; echo end $KVSTORE_FENCING_TOKEN >> {log}",
+        log = log.path().display()
+    );
+    let mut args = lock_args.to_vec();
+    args.extend(["--ttl", "5s", "--", "sh", "-c", script.as_str()]);
+    let mut running: Vec<Running> = (0..processes).map(|_| Running::start(url, &args)).collect();
+    for (i, r) in running.iter_mut().enumerate() {
+        assert_eq!(
+            common::wait_bounded(&mut r.child, kvstore_testutils::EVENT_TIMEOUT * 2),
+            Some(0),
+            "{name}: holder {i}"
+        );
+    }
+    let text = std::fs::read_to_string(log.path()).unwrap();
+    let lines: Vec<(String, u64)> = text
+        .lines()
+        .map(|l| {
+            let (what, token) = l.split_once(' ').unwrap();
+            (what.to_owned(), token.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(lines.len(), processes * 2, "{name}: {text}");
+    lines
+}
+
 /// Three `kvctl lock -n 2` processes: never more than two commands run at once.
 #[test]
 fn concurrent_permits_never_exceed_n() {
     for name in ["redis", "etcd", "zk", "consul"] {
         let Some(b) = backend(name) else { continue };
         let dir = scratch("permits");
-        let log = tempfile::NamedTempFile::new().unwrap();
-        let script = format!(
-            "echo start >> {log}; sleep 0.5; echo end >> {log}",
-            log = log.path().display()
-        );
         let pool = format!("{dir}/pool");
-        let args = [
-            "lock",
-            "-n",
-            "2",
-            pool.as_str(),
-            "--ttl",
-            "5s",
-            "--",
-            "sh",
-            "-c",
-            script.as_str(),
-        ];
-        let mut running: Vec<Running> = (0..3).map(|_| Running::start(&b.url, &args)).collect();
-        for (i, r) in running.iter_mut().enumerate() {
-            assert_eq!(
-                common::wait_bounded(&mut r.child, kvstore_testutils::EVENT_TIMEOUT * 2),
-                Some(0),
-                "{name}: holder {i}"
-            );
-        }
-        let text = std::fs::read_to_string(log.path()).unwrap();
-        let mut now = 0i32;
-        let mut most = 0;
-        for line in text.lines() {
-            now += if line == "start" { 1 } else { -1 };
+        let lines = run_locked_commands(name, &b.url, &["lock", "-n", "2", &pool], 3);
+        let (mut now, mut most) = (0i32, 0);
+        for (what, _) in &lines {
+            now += if what == "start" { 1 } else { -1 };
             most = most.max(now);
         }
-        assert_eq!(text.lines().count(), 6, "{name}: {text}");
-        assert!(most <= 2, "{name}: {most} commands at once: {text}");
+        assert!(most <= 2, "{name}: {most} commands at once: {lines:?}");
         cleanup(&b.url, &dir);
     }
 }
 
+/// Two `kvctl lock` on one key never run their commands at the same time, and the second
+/// holder's token is the greater.
 #[test]
 fn concurrent_locks_never_overlap() {
     for name in ["redis", "etcd", "zk", "consul"] {
         let Some(b) = backend(name) else { continue };
         let dir = scratch("overlap");
-        let log = tempfile::NamedTempFile::new().unwrap();
-        let script = format!(
-            "echo start $KVSTORE_FENCING_TOKEN >> {log}; sleep 0.5; echo end $KVSTORE_FENCING_TOKEN >> {log}",
-            log = log.path().display()
-        );
         let lock_key = format!("{dir}/lock");
-        let args = [
-            "lock",
-            lock_key.as_str(),
-            "--ttl",
-            "5s",
-            "--",
-            "sh",
-            "-c",
-            script.as_str(),
-        ];
-        let mut first = Running::start(&b.url, &args);
-        let mut second = Running::start(&b.url, &args);
-        for (i, child) in [&mut first.child, &mut second.child]
-            .into_iter()
-            .enumerate()
-        {
-            assert_eq!(
-                common::wait_bounded(child, kvstore_testutils::EVENT_TIMEOUT * 2),
-                Some(0),
-                "{name}: lock {i}"
-            );
-        }
-        let text = std::fs::read_to_string(log.path()).unwrap();
-        let lines: Vec<(&str, u64)> = text
-            .lines()
-            .map(|l| {
-                let (what, token) = l.split_once(' ').unwrap();
-                (what, token.parse().unwrap())
-            })
-            .collect();
-        assert_eq!(lines.len(), 4, "{name}: {text}");
+        let lines = run_locked_commands(name, &b.url, &["lock", &lock_key], 2);
+        let what: Vec<&str> = lines.iter().map(|(w, _)| w.as_str()).collect();
         assert_eq!(
-            (lines[0].0, lines[1].0, lines[2].0, lines[3].0),
-            ("start", "end", "start", "end"),
-            "{name}: the commands overlapped: {text}"
+            what,
+            ["start", "end", "start", "end"],
+            "{name}: the commands overlapped: {lines:?}"
         );
         assert_eq!(lines[0].1, lines[1].1);
         assert_eq!(lines[2].1, lines[3].1);
         assert!(
             lines[2].1 > lines[0].1,
-            "{name}: the later holder's token is greater: {text}"
+            "{name}: the later holder's token is greater: {lines:?}"
         );
         cleanup(&b.url, &dir);
     }

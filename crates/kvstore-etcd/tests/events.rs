@@ -3,12 +3,13 @@
 //! that revision it gives a `Snapshot`; dropping a stream cancels its watcher on the server.
 
 use std::str::FromStr;
+use std::time::Duration;
 
 use etcd_client::{Client, CompactionOptions};
 use futures::StreamExt;
 use kvstore_core::{EventKind, Store, WatchEvent, WatchOptions};
 use kvstore_etcd::{EtcdConfig, EtcdStore};
-use kvstore_testutils::{backend_url, cleanup, next_within, ok, scratch_dir};
+use kvstore_testutils::{backend_url, cleanup, eventually, next_within, ok, scratch_dir};
 
 /// The compaction case compacts the server's whole history: the cases run one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -120,22 +121,6 @@ async fn server_watchers(url: &str) -> u64 {
         .expect("the watcher gauge")
 }
 
-/// Waits (up to 10 s) until `test` holds for the server's watcher count.
-async fn watchers_until(url: &str, what: &str, test: impl Fn(u64) -> bool) {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let n = server_watchers(url).await;
-        if test(n) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: {n} watchers"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_stream_cancels_its_server_watcher() {
     let Some(url) = backend_url("KVSTORE_ETCD_URL") else {
@@ -148,10 +133,19 @@ async fn dropping_the_stream_cancels_its_server_watcher() {
     let mut stream = ok(store.watch_events(&dir, None).await, "watch_events");
     ok(next_within(&mut stream, "the Snapshot").await, "item");
     // The watch from the Snapshot's revision opens when the stream is polled for more.
-    let polled = tokio::time::timeout(std::time::Duration::from_millis(300), stream.next()).await;
+    let polled = tokio::time::timeout(Duration::from_millis(300), stream.next()).await;
     assert!(polled.is_err(), "nothing changed: {polled:?}");
-    watchers_until(&url, "the stream's watcher", |n| n > before).await;
+    let opened = eventually(Duration::from_secs(10), || async {
+        server_watchers(&url).await > before
+    });
+    assert!(
+        opened.await,
+        "the stream's watcher never showed on the server"
+    );
     drop(stream);
-    watchers_until(&url, "after the drop", |n| n <= before).await;
+    let freed = eventually(Duration::from_secs(10), || async {
+        server_watchers(&url).await <= before
+    });
+    assert!(freed.await, "the watcher outlived its stream on the server");
     ok(store.close().await, "close");
 }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use kvstore_core::Store;
-use kvstore_testutils::{backend_url, next_within, ok, scratch_dir};
+use kvstore_testutils::{backend_url, eventually, next_within, ok, scratch_dir};
 use kvstore_zk::ZkStore;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -31,22 +31,6 @@ async fn server_watches(url: &str) -> u64 {
         .unwrap_or_else(|| panic!("no zk_watch_count in mntr: {out}"))
 }
 
-/// Waits (up to 10 s) until `test` holds for the server's watch count.
-async fn watches_until(url: &str, what: &str, test: impl Fn(u64) -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let n = server_watches(url).await;
-        if test(n) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: {n} watches"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_stream_removes_its_server_watch() {
     let Some(url) = backend_url("KVSTORE_ZK_URL") else {
@@ -57,12 +41,18 @@ async fn dropping_the_stream_removes_its_server_watch() {
     ok(store.put(&format!("{dir}/a"), b"1", None).await, "put");
     let before = server_watches(&url).await;
     ok(store.list_at(&dir, None).await, "list_at");
-    watches_until(&url, "after list_at", |n| n <= before).await;
+    let bound = Duration::from_secs(10);
+    let gone = || async { server_watches(&url).await <= before };
+    assert!(eventually(bound, gone).await, "list_at left a watch behind");
     let mut stream = ok(store.watch_events(&dir, None).await, "watch_events");
     ok(next_within(&mut stream, "the Snapshot").await, "item");
-    watches_until(&url, "the stream's watch", |n| n > before).await;
+    let held = eventually(bound, || async { server_watches(&url).await > before });
+    assert!(held.await, "the stream's watch never showed on the server");
     drop(stream);
-    watches_until(&url, "after the drop", |n| n <= before).await;
+    assert!(
+        eventually(bound, gone).await,
+        "the watch outlived its stream"
+    );
     ok(store.delete_tree(&dir).await, "cleanup");
     ok(store.close().await, "close");
 }
