@@ -314,11 +314,11 @@ where
 /// A 64-bit signed counter stored at a key as decimal text (so any client can read it:
 /// `kvctl get`, `redis-cli HGET key v`, `etcdctl get`). An absent key counts 0.
 ///
-/// [`add`](Counter::add) is exact under any concurrency — no update is lost: it reads the
-/// value and writes the sum with a compare-and-swap on what it read, retrying a lost race
-/// after a jittered pause (1 ms doubling to 50 ms, up to 10,000 attempts). That loop runs on
-/// every store, the same way; it costs two round trips per uncontended `add`, and under
-/// contention each `add` may take several.
+/// [`add`](Counter::add) is exact under any concurrency — no update is lost. Where the store
+/// has an atomic increment ([`Store::increment`]: Redis, one script) it is one round trip;
+/// elsewhere it reads the value and writes the sum with a compare-and-swap on what it read,
+/// retrying a lost race after a jittered pause (1 ms doubling to 50 ms, up to 10,000
+/// attempts): two round trips when uncontended, and several under contention.
 ///
 /// Clone it freely: clones share the store and key.
 ///
@@ -379,6 +379,9 @@ impl Counter {
     /// A future dropped during its write may or may not have added `delta`.
     pub async fn add(&self, delta: i64) -> Result<i64> {
         normalize_key(&self.key)?;
+        if let Some(sum) = self.store.increment(&self.key, delta).await? {
+            return Ok(sum);
+        }
         let mut retry = Retry::new(Some(&self.retry));
         loop {
             let current = read(&*self.store, &self.key).await?;

@@ -215,6 +215,25 @@ pub trait Store: Debug + Send + Sync {
         })
     }
 
+    /// Adds `delta` to the decimal `i64` stored at `key` (absent: 0) in one atomic step of the
+    /// server, where the backend has such a step, and returns the new value; `Ok(None)` where
+    /// it has not — the default, and on Redis for a value its script does not take (a plain
+    /// string another client wrote, one not in canonical form, a sum that overflows) — and
+    /// then nothing was written. [`Counter`](crate::Counter) calls this first and falls back
+    /// to its compare-and-swap loop on `None`; the two mix safely on one key, since the step
+    /// gives the pair a new `last_index` like any write.
+    ///
+    /// Native on Redis (one script: `HINCRBY`, a new revision, the change log); elsewhere
+    /// `None`.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidKey`; connection errors.
+    async fn increment(&self, key: &str, delta: i64) -> Result<Option<i64>> {
+        let _ = (key, delta);
+        Ok(None)
+    }
+
     /// Closes the store: stops every keep-alive, lock renewal and watch started through it and
     /// releases its connections. Every later call fails with `Closed`. Idempotent.
     ///
@@ -282,6 +301,9 @@ macro_rules! forward_store {
             }
             async fn watch_events(&self, dir: &str, opts: Option<&WatchOptions>) -> Result<EventStream> {
                 (**self).watch_events(dir, opts).await
+            }
+            async fn increment(&self, key: &str, delta: i64) -> Result<Option<i64>> {
+                (**self).increment(key, delta).await
             }
             async fn close(&self) -> Result<()> {
                 (**self).close().await

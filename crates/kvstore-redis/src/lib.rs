@@ -62,6 +62,10 @@
 //!   bypass kvstore's scripts (`redis-cli SET`, valkeyrie) are not in the log.
 //!   Source: Redis docs, "Streams" (XADD with explicit IDs, XRANGE) and "EXPIRE" (how keys
 //!   expire).
+//! - `Store::increment` (what `kvstore_core::Counter` uses) is one script: `HINCRBY` on the
+//!   pair's value (exact 64-bit arithmetic), a new revision, a logged event. A plain string
+//!   another client wrote, a value not in canonical decimal form, or an overflow is left
+//!   alone (`None`), and `Counter` falls back to compare-and-swap.
 //! - Locks: `SET PX` with an owner id and a token from the revision counter; a waiter subscribes
 //!   to the lock key's `del`/`expired` notifications only once it finds the lock held, so an
 //!   uncontended lock + unlock is two requests.

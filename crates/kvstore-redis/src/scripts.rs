@@ -533,6 +533,41 @@ pub(crate) const LOG_MOVED_ON: i64 = 1;
 /// [`EVENTS`]: the store has not reached the revision asked for.
 pub(crate) const LOG_BEHIND: i64 = 2;
 
+/// `Store::increment`. KEYS: data, rev, index. ARGV: delta, member. Adds delta to the decimal
+/// value with `HINCRBY` (exact 64-bit arithmetic; Lua's numbers are doubles, so the sum never
+/// passes through them), gives the pair a new revision and logs it. Returns {0, new value as
+/// text, index}, or {NOT_NATIVE} — nothing written — for a plain string another client wrote,
+/// a value not in canonical decimal form, or an overflow: the caller then uses
+/// compare-and-swap. Source: Redis docs, "HINCRBY" (64-bit signed integers; an error on a
+/// value that is not an integer or on overflow).
+pub(crate) static INCREMENT: LazyLock<Script> = LazyLock::new(|| {
+    with_current(
+        r"
+local cur, t = current(KEYS[1])
+if t == 'string' then return {5} end
+if cur then
+  local v = redis.call('HGET', KEYS[1], 'v')
+  if not string.match(v, '^%-?[1-9]%d*$') and v ~= '0' then return {5} end
+end
+local sum = redis.pcall('HINCRBY', KEYS[1], 'v', ARGV[1])
+if type(sum) == 'table' and sum.err then return {5} end
+local idx = redis.call('INCR', KEYS[2])
+local text = redis.call('HGET', KEYS[1], 'v')
+log_event(KEYS[2], idx, 0, ARGV[2], text)
+redis.call('HSET', KEYS[1], 'i', idx)
+if cur then
+  redis.call('PERSIST', KEYS[1])
+else
+  redis.call('ZADD', KEYS[3], 0, ARGV[2])
+end
+return {0, text, idx}
+",
+    )
+});
+
+/// [`INCREMENT`]: not done here; nothing was written.
+pub(crate) const NOT_NATIVE: i64 = 5;
+
 /// A `held` check that failed in [`TXN`].
 pub(crate) const NOT_HELD: i64 = 4;
 
@@ -545,8 +580,9 @@ pub(crate) const NOT_HELD: i64 = 4;
 /// Source: Redis docs, "Scripting with Lua" — "Script cache" (the cache is not persisted or
 /// replicated).
 pub(crate) async fn load_all<C: ConnectionLike + Clone + Send>(conn: &C) -> redis::RedisResult<()> {
-    let scripts: [&Script; 11] = [
+    let scripts: [&Script; 12] = [
         &EVENTS,
+        &INCREMENT,
         &PUT,
         &DELETE,
         &LIST,

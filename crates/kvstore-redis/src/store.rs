@@ -204,6 +204,32 @@ impl Backend for Redis {
         watch_stream(self.inner.clone(), sub, read, cancel).await
     }
 
+    /// The `INCREMENT` script: `HINCRBY` under a new revision, logged.
+    async fn increment(&self, key: &str, delta: i64) -> Result<Option<i64>> {
+        let reply: Vec<redis::Value> = scripts::INCREMENT
+            .key(self.inner.data_key(key))
+            .key(self.inner.rev_key())
+            .key(self.inner.index_key())
+            .arg(delta)
+            .arg(key)
+            .invoke_async(&mut self.inner.write_conn())
+            .await
+            .map_err(from_redis)?;
+        let mut items = reply.into_iter();
+        match items.next() {
+            Some(redis::Value::Int(scripts::OK)) => {}
+            Some(redis::Value::Int(scripts::NOT_NATIVE)) => return Ok(None),
+            _ => return Err(protocol("increment status")),
+        }
+        let text: String = items
+            .next()
+            .and_then(|v| redis::from_redis_value(v).ok())
+            .ok_or_else(|| protocol("increment value"))?;
+        text.parse()
+            .map(Some)
+            .map_err(|_| protocol("increment value"))
+    }
+
     /// `LIST` with the revision: expiries are logged first (see the crate docs).
     async fn list_at(&self, dir: &str, _consistent: bool) -> Result<(Vec<KvPair>, u64)> {
         let (pairs, at) = self.inner.read_tree_at(dir).await?;

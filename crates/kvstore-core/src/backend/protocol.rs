@@ -232,6 +232,13 @@ pub trait Backend: fmt::Debug + Send + Sync + 'static {
         })
     }
 
+    /// `Store::increment` on the normalized `key`: the new value, or `None` (the default)
+    /// where the backend has no atomic step for it and nothing was written.
+    async fn increment(&self, key: &str, delta: i64) -> Result<Option<i64>> {
+        let _ = (key, delta);
+        Ok(None)
+    }
+
     /// Called when the last store over this backend closes (after its tasks ended: renewals
     /// stopped, held locks released), to end what the connection keeps on the server at once
     /// (ZooKeeper: the session, and with it the ephemeral znodes). Nothing by default; a

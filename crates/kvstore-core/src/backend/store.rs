@@ -395,6 +395,13 @@ impl<B: Backend> Store for BackendStore<B> {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = self.name(), op = "increment", key = %key))]
+    async fn increment(&self, key: &str, delta: i64) -> Result<Option<i64>> {
+        self.check_open()?;
+        let key = normalize_key(key)?;
+        self.backend.increment(key, delta).await
+    }
+
     #[tracing::instrument(level = "debug", skip_all, fields(backend = self.name(), op = "new_lock", key = %key))]
     async fn new_lock(&self, key: &str, opts: Option<&LockOptions>) -> Result<Box<dyn Locker>> {
         self.check_open()?;
