@@ -223,8 +223,9 @@ pub trait Store: Debug + Send + Sync {
     /// to its compare-and-swap loop on `None`; the two mix safely on one key, since the step
     /// gives the pair a new `last_index` like any write.
     ///
-    /// Native on Redis (one script: `HINCRBY`, a new revision, the change log); elsewhere
-    /// `None`.
+    /// Native on Redis (one script: `HINCRBY`, a new revision, the change log) and on redb and
+    /// the in-memory store (read, add and write in one write transaction); elsewhere `None`
+    /// (etcd, ZooKeeper and Consul have no increment inside one atomic step).
     ///
     /// # Errors
     ///

@@ -468,6 +468,46 @@ impl Shared {
         Ok(((), vec![Change::Key(key.into())]))
     }
 
+    /// `Store::increment` in `txn` (a group commit's transaction): the live value at `key`
+    /// (absent: 0) parsed as a decimal `i64` plus `delta`, written as a plain put. `None`, with
+    /// nothing written, for a value that is not such a number or a sum that overflows (the
+    /// caller's compare-and-swap then reports it).
+    pub(crate) fn increment(
+        &self,
+        txn: &redb::WriteTransaction,
+        key: &str,
+        delta: i64,
+    ) -> Result<(Option<i64>, Vec<Change>)> {
+        let current = {
+            let kv = txn.open_table(KV).map_err(from_redb)?;
+            let entry = kv.get(key).map_err(from_redb)?;
+            entry.and_then(|e| {
+                let (_, expires_at, value) = e.value();
+                is_live(expires_at, now_ms()).then(|| {
+                    std::str::from_utf8(value)
+                        .ok()
+                        .and_then(|v| v.trim().parse::<i64>().ok())
+                })
+            })
+        };
+        let sum = match current {
+            None => Some(delta),
+            Some(Some(value)) => value.checked_add(delta),
+            Some(None) => None,
+        };
+        let Some(sum) = sum else {
+            return Ok((None, Vec::new()));
+        };
+        let (_, changes) = self.write(
+            txn,
+            key,
+            sum.to_string().as_bytes(),
+            None,
+            Precondition::None,
+        )?;
+        Ok((Some(sum), changes))
+    }
+
     /// [`write`](Self::write) through the group commit; wakes the expiry reaper for a TTL.
     pub(crate) async fn commit_write(
         self: &Arc<Self>,

@@ -205,6 +205,14 @@ impl Backend for Redb {
             .await
     }
 
+    /// Read, add and write in one write transaction of the group commit.
+    async fn increment(&self, key: &str, delta: i64) -> Result<Option<i64>> {
+        let k = key.to_owned();
+        self.shared
+            .group_commit(move |s, txn| s.increment(txn, &k, delta))
+            .await
+    }
+
     async fn delete_tree(&self, dir: &str) -> Result<()> {
         let d = dir.to_owned();
         self.shared.blocking(move |s| s.remove_tree(&d)).await
