@@ -316,8 +316,8 @@ where
 ///
 /// [`add`](Counter::add) is exact under any concurrency — no update is lost. Where the store
 /// has an atomic increment ([`Store::increment`]: a Redis script, one redb write transaction)
-/// it is one step;
-/// elsewhere it reads the value and writes the sum with a compare-and-swap on what it read,
+/// it is one step; elsewhere it reads the value and writes the sum with a compare-and-swap on
+/// what it read,
 /// retrying a lost race after a jittered pause (1 ms doubling to 50 ms, up to 10,000
 /// attempts): two round trips when uncontended, and several under contention.
 ///
