@@ -191,19 +191,12 @@ impl Reply {
     }
 }
 
-/// How long an idle connection to the agent stays in the pool.
-const POOL_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
-
 impl Api {
     pub(crate) fn new(mut config: ConsulConfig) -> Result<Self> {
-        // Connection pooling is reqwest's, with idle connections closed after
-        // `POOL_IDLE_TIMEOUT` rather than its 90 s: a burst of calls (up to `max_requests`
-        // at once) opens connections the steady load does not need, and they should not
-        // outlive it by long. Proxies from the environment are not used (the agent is
-        // usually local).
+        // Connection pooling is reqwest's default; proxies from the environment are not used
+        // (the agent is usually local).
         let mut builder = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .no_proxy();
         if let Some(tls) = &config.tls {
             builder = tls_client(builder, tls, &mut config.address)?;
