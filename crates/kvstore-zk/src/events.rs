@@ -221,10 +221,10 @@ impl DirtySource {
             zxid = zxid.max(stat_zxid(&node.stat));
             reads.insert(node.path, Some((node.data, node.stat)));
         }
-        // The directory's znode and its parent: the revision of a missing or empty directory.
-        let mut top_reads = Reads::new();
+        // The directory's znode and its parent: the revision of a missing or empty directory
+        // (neither is below the directory, so neither is a pair of it).
         let top_paths = BTreeSet::from([self.dir_path.clone()]);
-        zxid = zxid.max(self.read_paths(client, top_paths, &mut top_reads).await?);
+        zxid = zxid.max(self.read_paths(client, top_paths, &mut reads).await?);
         zxid = zxid.max(self.settle(client, &mut reads).await?);
         Ok((self.pairs(&reads), zxid))
     }
