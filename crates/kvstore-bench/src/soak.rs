@@ -7,9 +7,12 @@
 //! CAS task (about 100 puts, 100 gets and 20 CAS per second, and a `list` of the watched
 //! directory each second). Every `--soak-sample` (10 s) it records the process's RSS
 //! (`VmRSS`), its open file descriptors (`/proc/self/fd`), its threads, the calls and watch
-//! events so far, and for redb the file's size. Growth is measured from the first sample at or
-//! after `--soak-settle` (one minute by default: connections, caches and the allocator have
-//! settled by then) to the last; "flat" means under 5 % for both.
+//! events so far, and for redb the file's size. The samples from `--soak-settle` on (one minute
+//! by default: connections, caches and the allocator have settled by then) are split into two
+//! halves, and growth is the second half's peak over the first half's; "flat" means under 5 %
+//! for both. Peaks, not single samples: a connection pool that reaches its high-water mark once
+//! (a burst of calls while the machine is loaded opens connections that stay idle in the pool
+//! for their idle timeout) is bounded, while a leak keeps raising the peak half after half.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -55,6 +58,36 @@ pub(crate) struct Sample {
     pub(crate) file_mib: Option<f64>,
 }
 
+/// The highest RSS and descriptor count over some samples.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub(crate) struct Peak {
+    pub(crate) rss_mib: f64,
+    pub(crate) fds: usize,
+}
+
+/// The peaks of the first and the second half of the samples from `settle` seconds on (all the
+/// samples when none is that late).
+fn half_peaks(samples: &[Sample], settle: f64) -> [Peak; 2] {
+    let measured: Vec<&Sample> = samples.iter().filter(|s| s.secs >= settle).collect();
+    let measured = if measured.is_empty() {
+        samples.iter().collect()
+    } else {
+        measured
+    };
+    let peak = |half: &[&Sample]| {
+        half.iter().fold(Peak::default(), |p, s| Peak {
+            rss_mib: p.rss_mib.max(s.rss_mib),
+            fds: p.fds.max(s.fds),
+        })
+    };
+    // With an odd count the middle sample belongs to both halves; with one, it is both.
+    let (first, second) = (
+        &measured[..measured.len().div_ceil(2)],
+        &measured[measured.len() / 2..],
+    );
+    [peak(first), peak(second)]
+}
+
 /// One backend's soak.
 #[derive(Debug, Serialize)]
 pub(crate) struct SoakRecord {
@@ -63,6 +96,8 @@ pub(crate) struct SoakRecord {
     pub(crate) watchers: usize,
     pub(crate) registrations: usize,
     pub(crate) samples: Vec<Sample>,
+    /// The peaks of the first and the second half of the samples after `settle_secs`.
+    pub(crate) peaks: [Peak; 2],
     pub(crate) rss_growth_percent: f64,
     pub(crate) fd_growth_percent: f64,
     /// Where growth is measured from, seconds into the soak.
@@ -275,12 +310,8 @@ pub(crate) async fn run(
     }
     let _ = store.delete_tree(&dir).await;
 
-    let baseline = samples
-        .iter()
-        .find(|s| s.secs >= plan.settle.as_secs_f64())
-        .unwrap_or(&samples[0])
-        .clone();
-    let last = samples.last().expect("at least one sample").clone();
+    let peaks = half_peaks(&samples, plan.settle.as_secs_f64());
+    let [baseline, last] = peaks;
     let growth = |from: f64, to: f64| {
         if from > 0.0 {
             (to - from) / from * 100.0
@@ -292,7 +323,7 @@ pub(crate) async fn run(
     let fd_growth_percent = growth(baseline.fds as f64, last.fds as f64);
     Ok(SoakRecord {
         backend,
-        secs: last.secs,
+        secs: samples.last().map_or(0.0, |s| s.secs),
         watchers: plan.watchers,
         registrations: plan.registrations,
         settle_secs: plan.settle.as_secs_f64(),
@@ -300,6 +331,7 @@ pub(crate) async fn run(
         rss_growth_percent,
         fd_growth_percent,
         samples,
+        peaks,
         registrations_alive: alive,
         first_errors: std::mem::take(
             &mut *counters
@@ -337,15 +369,11 @@ pub(crate) fn failures(record: &SoakRecord) -> Vec<String> {
 
 pub(crate) fn markdown(records: &[SoakRecord]) -> String {
     let mut out = String::from(
-        "| backend | length | watchers | keep-alive | calls/s | events/s | errors | RSS MiB settled → end | RSS growth | fds settled → end | fd growth | registrations alive | flat |\n\
+        "| backend | length | watchers | keep-alive | calls/s | events/s | errors | RSS MiB peak, 1st → 2nd half | RSS growth | fds peak, 1st → 2nd half | fd growth | registrations alive | flat |\n\
          | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- | ---: | ---: | --- |\n",
     );
     for r in records {
-        let base = r
-            .samples
-            .iter()
-            .find(|s| s.secs >= r.settle_secs)
-            .unwrap_or(&r.samples[0]);
+        let [base, peak] = r.peaks;
         let last = r.samples.last().expect("samples");
         out.push_str(&format!(
             "| {} | {:.0} s | {} | {} | {:.0} | {:.0} | {} | {:.1} → {:.1} | {:+.1} % | {} → {} | {:+.1} % | {}/{} | {} |\n",
@@ -357,10 +385,10 @@ pub(crate) fn markdown(records: &[SoakRecord]) -> String {
             last.events as f64 / last.secs,
             last.errors,
             base.rss_mib,
-            last.rss_mib,
+            peak.rss_mib,
             r.rss_growth_percent,
             base.fds,
-            last.fds,
+            peak.fds,
             r.fd_growth_percent,
             r.registrations_alive,
             r.registrations,
@@ -378,4 +406,42 @@ pub(crate) fn markdown(records: &[SoakRecord]) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn samples(fds: &[usize]) -> Vec<Sample> {
+        fds.iter()
+            .enumerate()
+            .map(|(i, &fds)| Sample {
+                secs: i as f64 * 10.0,
+                rss_mib: 10.0,
+                fds,
+                threads: 1,
+                calls: 0,
+                events: 0,
+                errors: 0,
+                registered: 0,
+                file_mib: None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_pool_that_steps_once_is_flat_a_leak_is_not() {
+        // Settle at 90 s: the samples from 90 s to 180 s are measured, 90-130 and 130-180.
+        let step = samples(&[
+            60, 70, 70, 70, 70, 70, 70, 70, 70, 70, 130, 130, 130, 130, 130, 130, 130, 130, 130,
+        ]);
+        let [first, second] = half_peaks(&step, 90.0);
+        assert_eq!((first.fds, second.fds), (130, 130));
+        let leak: Vec<usize> = (0..19).map(|i| 70 + i * 2).collect();
+        let [first, second] = half_peaks(&samples(&leak), 90.0);
+        assert_eq!((first.fds, second.fds), (96, 106));
+        // No sample that late: every sample is measured.
+        let [first, second] = half_peaks(&samples(&[5, 6, 7]), 900.0);
+        assert_eq!((first.fds, second.fds), (6, 7));
+    }
 }
