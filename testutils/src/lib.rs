@@ -540,13 +540,15 @@ macro_rules! conformance_tests {
 }
 
 /// Generates one `#[tokio::test]` per recipe case (`Counter`, `update`, `update_many`,
-/// `Group`, `Semaphore`, `RwLock`) for the [`Opener`] expression given, as [`conformance_tests!`] does. The recipes
-/// run over the `Store` contract alone, so a store runs them once, on its main server, rather
-/// than with every configuration its conformance suite covers.
+/// `Group`, `Semaphore`, `RwLock`) and for [`large_directory`] (100,000 keys) and
+/// [`largest_values`], for the
+/// [`Opener`] expression given, as [`conformance_tests!`] does. These run over the `Store`
+/// contract alone, or are too heavy to repeat, so a store runs them once, on its main server,
+/// rather than with every configuration its conformance suite covers.
 #[macro_export]
 macro_rules! recipe_tests {
     (optional: $opener:expr) => {
-        $crate::conformance_tests!(@gen $opener; store: ; opener: counter_adds_exactly,
+        $crate::conformance_tests!(@gen $opener; store: large_directory, largest_values; opener: counter_adds_exactly,
             counter_refuses_bad_values, update_loses_no_update, update_many_is_atomic,
             group_membership, semaphore_never_over_permits, rwlock_writer_not_starved);
     };

@@ -17,6 +17,16 @@ use crate::BACKEND;
 use crate::config::EtcdConfig;
 use crate::error::from_etcd;
 
+/// Keys per page of a directory read (see [`Inner::read_tree`]).
+const PAGE_KEYS: i64 = 1_000;
+
+/// Why a paged read stopped.
+enum Paging {
+    /// The revision the pages are read at was compacted: the read starts over.
+    Compacted(Error),
+    Failed(Error),
+}
+
 /// etcd-client's TLS options for `tls`: the CA file's roots (else the platform's), the client
 /// certificate, and the name to verify.
 pub(crate) fn tls_options(tls: &kvstore_core::TlsConfig) -> Result<etcd_client::TlsOptions> {
@@ -284,37 +294,124 @@ impl Inner {
 
     /// Reads `dir` and its descendants in one transaction; `None` when neither exists. Also
     /// returns the revision of the read.
+    /// Every key under `dir` at one revision, and that revision: `None` when neither `dir` nor
+    /// anything under it exists.
+    ///
+    /// The range is read in pages of at most [`PAGE_KEYS`] keys, so no reply passes the
+    /// client's 4 MiB decode limit however large the directory (100,000 keys of 64 bytes are
+    /// a 14 MB reply). The first page is read in a txn with `dir`'s own key, which fixes the
+    /// revision; the pages after it are read at that revision (source: etcd API reference,
+    /// `RangeRequest.revision` and `RangeResponse.more`), so together they are the directory
+    /// at one moment. A page that still passes the limit (large values) is read again at half
+    /// the size. When the server compacts that revision before the last page, the read starts
+    /// over at the current revision.
     pub(crate) async fn read_tree(
         &self,
         dir: &str,
         consistent: bool,
     ) -> Result<(Option<Vec<KvPair>>, i64)> {
+        let mut attempts = 0;
+        loop {
+            match self.read_tree_once(dir, consistent).await {
+                Err(Paging::Compacted(_)) if attempts < 3 => attempts += 1,
+                Err(Paging::Compacted(err) | Paging::Failed(err)) => return Err(err),
+                Ok(read) => return Ok(read),
+            }
+        }
+    }
+
+    async fn read_tree_once(
+        &self,
+        dir: &str,
+        consistent: bool,
+    ) -> std::result::Result<(Option<Vec<KvPair>>, i64), Paging> {
         let (start, end) = self.tree_range(dir);
-        let mut range = GetOptions::new().with_range(end);
-        if !consistent {
-            range = range.with_serializable();
-        }
-        let mut ops = vec![TxnOp::get(start, Some(range))];
-        if !dir.is_empty() {
-            ops.push(TxnOp::get(self.data_key(dir), None));
-        }
+        let mut limit = PAGE_KEYS;
+        let options = |limit: i64| {
+            let range = GetOptions::new().with_range(end.clone()).with_limit(limit);
+            if consistent {
+                range
+            } else {
+                range.with_serializable()
+            }
+        };
         let resp = self
-            .call(self.client().txn(Txn::new().and_then(ops)))
+            .page(&mut limit, |limit| {
+                let mut ops = vec![TxnOp::get(start.clone(), Some(options(limit)))];
+                if !dir.is_empty() {
+                    ops.push(TxnOp::get(self.data_key(dir), None));
+                }
+                let mut client = self.client();
+                async move { client.txn(Txn::new().and_then(ops)).await }
+            })
             .await?;
         let revision = resp.header().map_or(0, |h| h.revision());
         let mut responses = resp.op_responses().into_iter();
         let Some(TxnOpResponse::Get(range)) = responses.next() else {
-            return Err(Error::backend(BACKEND, "txn returned no range response"));
+            return Err(Paging::Failed(Error::backend(
+                BACKEND,
+                "txn returned no range response",
+            )));
         };
-        let pairs: Vec<KvPair> = range.kvs().iter().filter_map(|kv| self.pair(kv)).collect();
         let dir_exists = match responses.next() {
             Some(TxnOpResponse::Get(get)) => !get.kvs().is_empty(),
             _ => false,
         };
+        let mut pairs: Vec<KvPair> = range.kvs().iter().filter_map(|kv| self.pair(kv)).collect();
+        let (mut more, mut last) = (range.more(), range.kvs().last().map(|kv| kv.key().to_vec()));
+        while more {
+            let Some(mut from) = last.take() else { break };
+            // The next key after the last one read.
+            from.push(0);
+            let page = self
+                .page(&mut limit, |limit| {
+                    let (mut client, from) = (self.client(), from.clone());
+                    let options = options(limit).with_revision(revision);
+                    async move { client.get(from, Some(options)).await }
+                })
+                .await?;
+            pairs.extend(page.kvs().iter().filter_map(|kv| self.pair(kv)));
+            more = page.more();
+            last = page.kvs().last().map(|kv| kv.key().to_vec());
+        }
         Ok((
             (dir.is_empty() || dir_exists || !pairs.is_empty()).then_some(pairs),
             revision,
         ))
+    }
+
+    /// One page request with `limit` keys, within `request_timeout`; read again with half the
+    /// keys while its reply passes the client's decode limit.
+    async fn page<T, F>(
+        &self,
+        limit: &mut i64,
+        request: impl Fn(i64) -> F,
+    ) -> std::result::Result<T, Paging>
+    where
+        F: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        loop {
+            let reply = tokio::time::timeout(self.config.request_timeout, request(*limit))
+                .await
+                .map_err(|_| Paging::Failed(Error::Timeout))?;
+            match reply {
+                Ok(reply) => return Ok(reply),
+                Err(etcd_client::Error::GRpcStatus(status))
+                    if status.code() == tonic::Code::OutOfRange
+                        && status.message().contains("compacted") =>
+                {
+                    let err = etcd_client::Error::GRpcStatus(status);
+                    return Err(Paging::Compacted(from_etcd(err)));
+                }
+                // tonic's own refusal of a reply over its decode limit.
+                Err(etcd_client::Error::GRpcStatus(status))
+                    if *limit > 1 && status.message().contains("message length too large") =>
+                {
+                    *limit /= 2;
+                }
+                Err(err) => return Err(Paging::Failed(from_etcd(err))),
+            }
+        }
     }
 
     pub(crate) async fn grant(&self, ttl: Duration) -> Result<i64> {

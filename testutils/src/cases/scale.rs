@@ -1,5 +1,6 @@
 //! Scale: many concurrent calls and many watchers on one store.
 
+use futures::StreamExt;
 use futures::future::join_all;
 use kvstore_core::Store;
 
@@ -81,5 +82,93 @@ pub async fn many_watchers(store: &dyn Store) {
         missed.first()
     );
     drop(watches);
+    cleanup(store, &dir).await;
+}
+
+/// Keys in [`large_directory`] (`KVSTORE_LARGE_KEYS` overrides it, for a quicker local run).
+pub const LARGE_DIRECTORY_KEYS: usize = 100_000;
+
+/// A directory of 100,000 keys with 64-byte values: written in transactions of the store's
+/// `max_txn_ops`, 16 at a time; `list` returns every key once, in bytewise order, with its
+/// value (a reply the server or client limits is paginated, never refused); `delete_tree`
+/// removes them all.
+pub async fn large_directory(store: &dyn Store) {
+    let keys = std::env::var("KVSTORE_LARGE_KEYS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(LARGE_DIRECTORY_KEYS);
+    let dir = scratch_dir("large_directory");
+    let value = |i: usize| format!("{i:064}").into_bytes();
+    let key = |i: usize| format!("{dir}/d{}/k{i:06}", i % 16);
+    let batch = store.capabilities().max_txn_ops.clamp(1, 128);
+    let batches: Vec<Vec<usize>> = (0..keys)
+        .collect::<Vec<_>>()
+        .chunks(batch)
+        .map(<[usize]>::to_vec)
+        .collect();
+    let written = futures::stream::iter(batches)
+        .map(|batch| async move {
+            let mut txn = kvstore_core::Txn::new();
+            for &i in &batch {
+                txn = txn.put(&key(i), value(i));
+            }
+            store.txn(&txn).await.map(|_| batch.len())
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+    let mut total = 0;
+    for w in written {
+        total += ok(w, "a transaction writing the directory");
+    }
+    assert_eq!(total, keys, "every key written");
+
+    let listed = ok(store.list(&dir, None).await, "list of the large directory");
+    assert_eq!(listed.len(), keys, "list returns every key once");
+    let mut expected: Vec<(String, usize)> = (0..keys).map(|i| (key(i), i)).collect();
+    expected.sort();
+    for (pair, (key, i)) in listed.iter().zip(&expected) {
+        assert_eq!(&pair.key, key, "list is in bytewise key order");
+        assert_eq!(pair.value, value(*i), "{key}: its value");
+    }
+    ok(
+        store.delete_tree(&dir).await,
+        "delete_tree of the large directory",
+    );
+    assert_err!(
+        store.list(&dir, None).await,
+        kvstore_core::Error::KeyNotFound { .. },
+        "list after delete_tree"
+    );
+}
+
+/// Values at the store's `max_value_size` (at most 1 MiB): eight keys written, read back whole
+/// by `get` and by one `list` (several MiB in all, so a store whose replies are limited must
+/// page the list), then deleted.
+pub async fn largest_values(store: &dyn Store) {
+    let size = store.capabilities().max_value_size.min(1 << 20);
+    let dir = scratch_dir("largest_values");
+    let value = |i: usize| -> Vec<u8> {
+        (0..size)
+            .map(|j| u8::try_from((j * 31 + i * 7) % 251).expect("below 251"))
+            .collect()
+    };
+    for i in 0..8 {
+        let key = format!("{dir}/k{i}");
+        ok(
+            store.put(&key, &value(i), None).await,
+            &format!("put of {size} bytes"),
+        );
+        let got = ok(store.get(&key, None).await, "get of the largest value");
+        assert!(
+            got.value == value(i),
+            "{key}: the {size}-byte value reads back whole"
+        );
+    }
+    let listed = ok(store.list(&dir, None).await, "list of the largest values");
+    assert_eq!(listed.len(), 8, "list returns every key");
+    for (i, pair) in listed.iter().enumerate() {
+        assert!(pair.value == value(i), "{}: listed whole", pair.key);
+    }
     cleanup(store, &dir).await;
 }
