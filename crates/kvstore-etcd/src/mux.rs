@@ -12,6 +12,13 @@
 //! - **A slow watch never stalls the others**: responses queue per watch (up to
 //!   [`ROUTE_CAPACITY`]); a watch whose queue is full is cancelled on the server and closed,
 //!   and the driver resumes it from its next revision, so nothing is lost.
+//! - **A revision too large for one reply** (a `delete_tree` of 100,000 keys is one revision
+//!   of 100,000 events, past the client's 4 MiB decode limit) arrives in fragments: every watch
+//!   asks for them (`WatchCreateRequest.fragment`, source: etcd API reference, "fragment
+//!   enables splitting large revisions into multiple watch responses"), and the hub joins a
+//!   watch's fragments into one response before routing it, so a watch never sees half a
+//!   revision. Without fragments the server sends the revision whole, the client refuses it,
+//!   the stream breaks, and every watch resumes into the same refusal.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -140,13 +147,15 @@ impl WatchHub {
 /// The hub's task: owns the stream, sends creates and cancels, routes responses.
 async fn run(client: Client, mut commands: mpsc::UnboundedReceiver<Command>) {
     let mut routes: HashMap<i64, mpsc::Sender<WatchResponse>> = HashMap::new();
+    // Per watch, the fragments of a revision received so far, joined into the first one.
+    let mut fragments: HashMap<i64, WatchResponse> = HashMap::new();
     let mut stream: Option<(WatchRequestSender, WatchResponseStream)> = None;
     loop {
         tokio::select! {
             command = commands.recv() => match command {
                 None => return,
                 Some(Command::Watch { id, key, options, route, reply }) => {
-                    let options = options.with_watch_id(id);
+                    let options = options.with_watch_id(id).with_fragment();
                     let sent = match stream.as_mut() {
                         Some((sender, _)) => sender.watch(key, Some(options)).await,
                         None => {
@@ -166,6 +175,7 @@ async fn run(client: Client, mut commands: mpsc::UnboundedReceiver<Command>) {
                     let _ = reply.send(sent);
                 }
                 Some(Command::Cancel { id }) => {
+                    fragments.remove(&id);
                     if routes.remove(&id).is_some()
                         && let Some((sender, _)) = stream.as_mut()
                     {
@@ -174,8 +184,26 @@ async fn run(client: Client, mut commands: mpsc::UnboundedReceiver<Command>) {
                 }
             },
             response = next_response(&mut stream) => match response {
-                Some(response) => {
+                Some(mut response) => {
                     let id = response.watch_id();
+                    // `.0`: etcd-client's protobuf message (`pub-response-field`), whose
+                    // `fragment` flag it has no accessor for.
+                    if response.0.fragment {
+                        match fragments.entry(id) {
+                            std::collections::hash_map::Entry::Occupied(mut first) => {
+                                first.get_mut().0.events.append(&mut response.0.events);
+                            }
+                            std::collections::hash_map::Entry::Vacant(none) => {
+                                none.insert(response);
+                            }
+                        }
+                        continue;
+                    }
+                    if let Some(mut first) = fragments.remove(&id) {
+                        first.0.events.append(&mut response.0.events);
+                        first.0.fragment = false;
+                        response = first;
+                    }
                     if response.created() && response.events().is_empty() && !response.canceled() {
                         continue;
                     }
@@ -193,6 +221,7 @@ async fn run(client: Client, mut commands: mpsc::UnboundedReceiver<Command>) {
                     tracing::debug!(backend = BACKEND, watches = routes.len(), "the shared watch stream broke");
                     stream = None;
                     routes.clear();
+                    fragments.clear();
                 }
             },
         }

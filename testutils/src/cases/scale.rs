@@ -131,10 +131,39 @@ pub async fn large_directory(store: &dyn Store) {
         assert_eq!(&pair.key, key, "list is in bytewise key order");
         assert_eq!(pair.value, value(*i), "{key}: its value");
     }
+    // A watcher of the directory sees the whole listing, then the directory emptied by one
+    // `delete_tree` (on etcd one revision of 100,000 delete events, more than one reply).
+    let mut watch = if store.capabilities().watch_tree {
+        let mut watch = ok(store.watch_tree(&dir, None).await, "watch_tree");
+        let first = ok(next_within(&mut watch, "the first listing").await, "first");
+        assert_eq!(
+            first.len(),
+            keys,
+            "the watcher's first listing has every key"
+        );
+        Some(watch)
+    } else {
+        None
+    };
     ok(
         store.delete_tree(&dir).await,
         "delete_tree of the large directory",
     );
+    if let Some(watch) = &mut watch {
+        let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT * 6;
+        loop {
+            let item = tokio::time::timeout_at(deadline, watch.next())
+                .await
+                .expect("the watcher sees the directory emptied");
+            let listing = ok(
+                item.expect("the watch goes on"),
+                "watch_tree after delete_tree",
+            );
+            if listing.is_empty() {
+                break;
+            }
+        }
+    }
     assert_err!(
         store.list(&dir, None).await,
         kvstore_core::Error::KeyNotFound { .. },
