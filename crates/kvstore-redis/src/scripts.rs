@@ -299,20 +299,29 @@ return out
     )
 });
 
-/// KEYS: index, rev. ARGV: key prefix, dir, then names of plain strings found by SCAN (only
-/// with `foreign_strings`). Deletes dir and every descendant, under one revision, each a
-/// logged delete. Returns a status.
+/// Index members one `DELETE_TREE` run removes at most, so no run blocks the server for a
+/// whole large directory (100,000 keys in one run held it for 2.5 s; 1,000 take about 25 ms).
+pub(crate) const TREE_CHUNK: usize = 1_000;
+
+/// KEYS: index, rev. ARGV: key prefix, dir, the most index members to take ([`TREE_CHUNK`]),
+/// then names of plain strings found by SCAN (only with `foreign_strings`). Deletes `dir`, the
+/// names given and up to that many of its descendants, under one revision, each a logged
+/// delete. Returns {pairs deleted, 1 when the directory may hold more descendants else 0}.
 pub(crate) static DELETE_TREE: LazyLock<Script> = LazyLock::new(|| {
     with_log(
         r"
 local members
+local limit = tonumber(ARGV[3])
 if ARGV[2] == '' then
-  members = redis.call('ZRANGE', KEYS[1], 0, -1)
+  members = redis.call('ZRANGE', KEYS[1], 0, limit - 1)
 else
-  members = redis.call('ZRANGEBYLEX', KEYS[1], '[' .. ARGV[2] .. '/', '(' .. ARGV[2] .. '0')
-  members[#members + 1] = ARGV[2]
+  members = redis.call('ZRANGEBYLEX', KEYS[1], '[' .. ARGV[2] .. '/', '(' .. ARGV[2] .. '0',
+    'LIMIT', 0, limit)
 end
-for i = 3, #ARGV do members[#members + 1] = ARGV[i] end
+local more = 0
+if #members == limit then more = 1 end
+if ARGV[2] ~= '' then members[#members + 1] = ARGV[2] end
+for i = 4, #ARGV do members[#members + 1] = ARGV[i] end
 local deleted = {}
 for _, m in ipairs(members) do
   if redis.call('DEL', ARGV[1] .. m) == 1 then
@@ -321,10 +330,11 @@ for _, m in ipairs(members) do
   end
   redis.call('ZREM', KEYS[1], m)
 end
-if #deleted == 0 then return 2 end
-local rev = redis.call('INCR', KEYS[2])
-for i, m in ipairs(deleted) do log_event(KEYS[2], rev, i - 1, m, nil) end
-return 0
+if #deleted > 0 then
+  local rev = redis.call('INCR', KEYS[2])
+  for i, m in ipairs(deleted) do log_event(KEYS[2], rev, i - 1, m, nil) end
+end
+return {#deleted, more}
 ",
     )
 });

@@ -147,22 +147,32 @@ impl Backend for Redis {
         self.inner.remove(key, precondition).await
     }
 
+    /// `DELETE_TREE` runs of at most [`scripts::TREE_CHUNK`] descendants each, until none is
+    /// left: the server is never blocked for a whole large directory, so the tree is not
+    /// deleted at one revision (watchers may see it emptied in steps, as on ZooKeeper).
     async fn delete_tree(&self, dir: &str) -> Result<()> {
-        let foreign = self.inner.foreign_strings(dir).await?;
-        let status: i64 = scripts::DELETE_TREE
-            .key(self.inner.index_key())
-            .key(self.inner.rev_key())
-            .arg(&self.inner.prefix)
-            .arg(dir)
-            .arg(&foreign)
-            .invoke_async(&mut self.inner.write_conn())
-            .await
-            .map_err(from_redis)?;
-        match status {
-            scripts::OK => Ok(()),
-            scripts::NOT_FOUND => Err(Error::not_found(dir)),
-            _ => Err(protocol("delete_tree status")),
+        let mut foreign = self.inner.foreign_strings(dir).await?;
+        let mut deleted = 0;
+        loop {
+            let (count, more): (i64, i64) = scripts::DELETE_TREE
+                .key(self.inner.index_key())
+                .key(self.inner.rev_key())
+                .arg(&self.inner.prefix)
+                .arg(dir)
+                .arg(scripts::TREE_CHUNK)
+                .arg(std::mem::take(&mut foreign))
+                .invoke_async(&mut self.inner.write_conn())
+                .await
+                .map_err(from_redis)?;
+            deleted += count;
+            if more == 0 {
+                break;
+            }
         }
+        if deleted == 0 {
+            return Err(Error::not_found(dir));
+        }
+        Ok(())
     }
 
     async fn txn(&self, txn: Arc<CheckedTxn>) -> Result<Vec<Option<KvPair>>> {
