@@ -51,15 +51,20 @@ impl Open for Zk {
             format!("/{}", config.prefix)
         };
         let ttl_nodes = probe_ttl_nodes(&client, &root, &config).await?;
+        let client = Arc::new(client);
+        let syncs = crate::sync::SyncBatcher::default();
+        let alone =
+            crate::sync::standalone(config.hosts.len(), &client, config.request_timeout).await;
+        syncs.learn(&client, alone);
         Ok(Zk {
             inner: Arc::new(Inner {
                 config,
                 root,
-                session: RwLock::new(Some(Arc::new(client))),
+                session: RwLock::new(Some(client)),
                 reconnecting: tokio::sync::Mutex::new(()),
                 cancel: CancellationToken::new(),
                 lock_sessions: tokio::sync::Mutex::default(),
-                syncs: crate::sync::SyncBatcher::default(),
+                syncs,
                 ttl_nodes,
             }),
         })

@@ -8,10 +8,15 @@
 //! in flight has been answered (group commit). An idle store sends at once, so a lone read
 //! waits for nothing; under load, one `sync` serves every read that arrived during the last
 //! one's round trip.
+//!
+//! A session on a standalone server sends no `sync` at all (see [`standalone`]): with one
+//! server there is no leader to catch up with, and the server answers a session's requests in
+//! the order they were sent, after every write it acknowledged before (source: ZooKeeper
+//! Programmer's Guide, "Consistency Guarantees" — the lag `sync` closes is a follower's).
 
 use std::future::Future;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use futures::FutureExt;
 use futures::channel::oneshot;
@@ -27,9 +32,33 @@ struct Batch {
     done: Shared<oneshot::Receiver<Result<(), zk::Error>>>,
 }
 
+/// Whether the server `client`'s session is on runs standalone: the connect string names one
+/// server, and its `/zookeeper/config` (the ensemble's dynamic configuration, source:
+/// ZooKeeper Dynamic Reconfiguration, "Retrieving the current dynamic configuration") names no
+/// `server.N`. An ensemble member lists every member there; a standalone server leaves it
+/// empty. A failed read counts as an ensemble, so the reads keep their `sync`.
+pub(crate) async fn standalone(
+    hosts: usize,
+    client: &Client,
+    timeout: std::time::Duration,
+) -> bool {
+    if hosts != 1 {
+        return false;
+    }
+    match tokio::time::timeout(timeout, client.get_config()).await {
+        Ok(Ok((config, _))) => !String::from_utf8_lossy(&config)
+            .lines()
+            .any(|line| line.trim_start().starts_with("server.")),
+        _ => false,
+    }
+}
+
 /// The `sync` batches of one store.
 #[derive(Default)]
 pub(crate) struct SyncBatcher {
+    /// The session (its address, as in [`Batch::session`]) on a standalone server whose reads
+    /// need no `sync`; 0 for none.
+    standalone: AtomicUsize,
     next: Mutex<Option<Batch>>,
     /// The batch whose `sync` was sent last, until it is answered.
     in_flight: Mutex<Option<Batch>>,
@@ -43,6 +72,17 @@ impl std::fmt::Debug for SyncBatcher {
 }
 
 impl SyncBatcher {
+    /// Records whether `client`, a new session, is on a standalone server (see
+    /// [`standalone`]); called before the session serves any read.
+    pub(crate) fn learn(&self, client: &Client, standalone: bool) {
+        let session = if standalone {
+            std::ptr::from_ref(client) as usize
+        } else {
+            0
+        };
+        self.standalone.store(session, Ordering::Release);
+    }
+
     /// Runs the read that `request` issues after a `sync` that was sent after this call began,
     /// on `client`'s session. `request` may be called twice (when the batch's sender went
     /// away, the read falls back to a `sync` of its own).
@@ -56,6 +96,9 @@ impl SyncBatcher {
         Fut: Future<Output = Result<T, zk::Error>>,
     {
         let session = std::ptr::from_ref(client) as usize;
+        if self.standalone.load(Ordering::Acquire) == session {
+            return request().await;
+        }
         let role = {
             let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
             match next.as_ref() {

@@ -7,28 +7,12 @@ use std::time::Duration;
 use kvstore_core::Store;
 use kvstore_testutils::{backend_url, eventually, next_within, ok, scratch_dir};
 use kvstore_zk::ZkStore;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// The server's count of watches (the `mntr` four-letter command, `zk_watch_count`).
+mod common;
+
+/// The server's count of watches (`mntr`'s `zk_watch_count`).
 async fn server_watches(url: &str) -> u64 {
-    let host = url
-        .trim_start_matches("zk://")
-        .split([',', '/', '?'])
-        .next()
-        .expect("a host");
-    let mut conn = tokio::net::TcpStream::connect(host)
-        .await
-        .expect("connect for mntr");
-    conn.write_all(b"mntr").await.expect("send mntr");
-    let mut out = String::new();
-    tokio::time::timeout(Duration::from_secs(5), conn.read_to_string(&mut out))
-        .await
-        .expect("mntr answers in time")
-        .expect("read mntr");
-    out.lines()
-        .find_map(|l| l.strip_prefix("zk_watch_count\t"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no zk_watch_count in mntr: {out}"))
+    common::mntr(url, "zk_watch_count").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,3 +22,28 @@ pub(crate) fn opener_for_url(url: &str) -> Opener {
 pub(crate) fn opener(var: &str) -> Option<Opener> {
     Some(opener_for_url(&backend_url(var)?))
 }
+
+/// A figure of the server at `url` (its first host) from the `mntr` four-letter command
+/// (source: ZooKeeper Administrator's Guide, "The Four Letter Words").
+#[allow(dead_code)] // Not every test file that shares this module uses it.
+pub(crate) async fn mntr(url: &str, field: &str) -> u64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = url
+        .trim_start_matches("zk://")
+        .split([',', '/', '?'])
+        .next()
+        .expect("a host");
+    let mut conn = tokio::net::TcpStream::connect(host)
+        .await
+        .expect("connect for mntr");
+    conn.write_all(b"mntr").await.expect("send mntr");
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(5), conn.read_to_string(&mut out))
+        .await
+        .expect("mntr answers in time")
+        .expect("read mntr");
+    out.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix('\t'))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in mntr: {out}"))
+}
