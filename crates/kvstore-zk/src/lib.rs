@@ -17,7 +17,9 @@
 //!   which restart when a key is re-created, so comparing them alone would let an old pair
 //!   overwrite a re-created key); that is two round trips. `delete` likewise reads first,
 //!   to tell a key from a hidden parent. Reads with `consistent` (the default) pipeline a
-//!   `sync` before the read: one round-trip time, two requests.
+//!   `sync` before the read on an ensemble: one round-trip time, two requests. On a standalone
+//!   server (one host in the URL, and no `server.N` in its `/zookeeper/config`, checked for
+//!   each new session) every read is already current, and a consistent read is one request.
 //! - `list(dir)` and `delete_tree(dir)` walk the tree level by level with one `multiRead` per
 //!   level (ZooKeeper 3.6+).
 //! - A value put on a key that already has children (a former parent) is kept by a hidden
