@@ -147,7 +147,7 @@ impl Backend for Redis {
         self.inner.remove(key, precondition).await
     }
 
-    /// `DELETE_TREE` runs of at most [`scripts::TREE_CHUNK`] descendants each, until none is
+    /// `DELETE_TREE` runs of at most 1,000 descendants each (`TREE_CHUNK`), until none is
     /// left: the server is never blocked for a whole large directory, so the tree is not
     /// deleted at one revision (watchers may see it emptied in steps, as on ZooKeeper).
     async fn delete_tree(&self, dir: &str) -> Result<()> {
