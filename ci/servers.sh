@@ -397,13 +397,15 @@ kv_firewall_clean() {
     return 0
 }
 
-# kv_member_ready MEMBER: whether MEMBER serves requests (with a leader, for quorum systems).
+# kv_member_ready MEMBER: whether MEMBER serves requests (with a leader, for quorum systems;
+# a Consul server also votes again).
 kv_member_ready() {
     local port
     port=$(kv_port "$1" port)
     case $1 in
     etcd-c*) curl -fsS "http://127.0.0.1:$port/health" | grep -q '"health":"true"' ;;
     zk-c*) kv_zk_ready "$port" leader follower ;;
+    consul-c*) kv_consul_ready "$port" && kv_consul_voter "$port" "$1" ;;
     consul-*) kv_consul_ready "$port" ;;
     # A replica is ready once its initial sync is done: promoted before that, it would lose
     # every key (Sentinel still elects a replica whose link has been down for less than ten

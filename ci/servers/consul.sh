@@ -5,6 +5,17 @@
 
 kv_consul_ready() { curl -fsS "http://127.0.0.1:$1/v1/status/leader" | grep -q ':'; }
 
+# kv_consul_voter PORT NODE: the Raft configuration the server at PORT reads names NODE a
+# voter. A server that rejoins after a restart comes back as a non-voter until Consul's
+# autopilot promotes it (server_stabilization_time, 10 s by default; Consul docs, "Autopilot");
+# a fault taken before that leaves no quorum where one was expected.
+kv_consul_voter() {
+    curl -fsS "http://127.0.0.1:$1/v1/operator/raft/configuration" |
+        python3 -c 'import json, sys
+servers = json.load(sys.stdin)["Servers"]
+sys.exit(0 if any(s["Node"] == sys.argv[1] and s["Voter"] for s in servers) else 1)' "$2"
+}
+
 # kv_consul_tls_ready CURL_COMMAND... BASE_URL
 kv_consul_tls_ready() { "${@:1:$#-1}" "${*: -1}/v1/status/leader" | grep -q ':'; }
 

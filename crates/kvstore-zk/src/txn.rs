@@ -9,9 +9,12 @@
 //! (or deleted and re-created) since the read has another version, so the `multi` fails and the
 //! transaction starts over from the reads (up to 16 times). An absent key is kept absent by a
 //! `create` and `delete` of it inside the `multi`. `Held` is a version check of the lock's
-//! first waiter, whose data records the token of its hold. Requests per call: three without
-//! `Held` (sync, multiRead, multi), four with it; missing parents of new keys are created (as
-//! hidden containers) before the `multi`.
+//! first waiter, whose data records the token of its hold. Requests per call: two without
+//! `Held` (multiRead, multi), three with it; missing parents of new keys are created (as
+//! hidden containers) before the `multi`. The first reads go without a `sync`: the `multi`'s
+//! version checks refuse a commit on a stale read, and a condition that fails is read again
+//! after a `sync` (shared with concurrent reads) before it is reported, as is every attempt
+//! after a `multi` that raced.
 
 use std::collections::HashMap;
 
@@ -82,8 +85,11 @@ impl Inner {
             });
         }
         let client = self.client().await?;
-        for _ in 0..MAX_ATTEMPTS {
-            if let Attempt::Done(written) = self.txn_once(&client, txn).await? {
+        for attempt in 0..MAX_ATTEMPTS {
+            // The first attempt reads without a `sync`: its `multi` checks the version of every
+            // znode it read, so a stale read cannot commit — it fails the `multi`, or fails a
+            // condition, and either way the next attempt reads after a `sync`.
+            if let Attempt::Done(written) = self.txn_once(&client, txn, attempt > 0).await? {
                 return Ok(written);
             }
         }
@@ -93,11 +99,13 @@ impl Inner {
         ))
     }
 
-    /// Reads every path the transaction compares or writes (after a `sync`, pipelined).
+    /// Reads every path the transaction compares or writes (`synced`: after a `sync`,
+    /// pipelined).
     async fn read_nodes(
         &self,
         client: &Client,
         paths: &[String],
+        synced: bool,
     ) -> Result<HashMap<String, Option<Node>>> {
         let read = || {
             let mut reader = client.new_multi_reader();
@@ -110,10 +118,13 @@ impl Inner {
                 reader.commit().await
             }
         };
-        // A consistent read: it joins the store's shared `sync`s (see `crate::sync`).
-        let results = timed(self.timeout(), self.syncs.synced(client, read))
-            .await
-            .map_err(from_zk)?;
+        // A consistent read joins the store's shared `sync`s (see `crate::sync`).
+        let results = if synced {
+            timed(self.timeout(), self.syncs.synced(client, read)).await
+        } else {
+            timed(self.timeout(), read()).await
+        }
+        .map_err(from_zk)?;
         let mut results = results.into_iter();
         let mut nodes = HashMap::with_capacity(paths.len());
         for path in paths {
@@ -176,7 +187,7 @@ impl Inner {
         }
     }
 
-    async fn txn_once(&self, client: &Client, txn: &CheckedTxn) -> Result<Attempt> {
+    async fn txn_once(&self, client: &Client, txn: &CheckedTxn, synced: bool) -> Result<Attempt> {
         let mut paths: Vec<String> = Vec::new();
         for key in txn
             .checks
@@ -190,7 +201,7 @@ impl Inner {
                 paths.push(path);
             }
         }
-        let nodes = self.read_nodes(client, &paths).await?;
+        let nodes = self.read_nodes(client, &paths, synced).await?;
         let mut holders = HashMap::new();
         for check in &txn.checks {
             if let Check::Held { lock_key, .. } = check {
@@ -210,7 +221,8 @@ impl Inner {
             ),
             other => Found::Key(node(other.key()).and_then(|n| n.key_index())),
         }) {
-            return Err(err);
+            // A failed condition is reported only on a current read.
+            return if synced { Err(err) } else { Ok(Attempt::Raced) };
         }
 
         // Parents of the znodes the multi creates, created first as hidden containers.

@@ -175,10 +175,28 @@ pub async fn ttl_expiry(opener: &Opener) {
         store.put(&key, b"forever", None).await,
         "overwrite without TTL",
     );
+    // So does a compare-and-swap without a TTL.
+    let swapped = format!("{dir}/swapped");
+    let prev = ok(
+        store
+            .atomic_put(&swapped, b"v", None, Some(&ttl(opener.ttl)))
+            .await,
+        "atomic_put with TTL",
+    );
+    ok(
+        store
+            .atomic_put(&swapped, b"forever", Some(&prev), None)
+            .await,
+        "compare-and-swap without TTL",
+    );
     tokio::time::sleep(bound).await;
     assert!(
         ok(store.exists(&key, None).await, "exists"),
         "overwriting without TTL must clear the TTL"
+    );
+    assert!(
+        ok(store.exists(&swapped, None).await, "exists"),
+        "a compare-and-swap without TTL must clear the TTL"
     );
     cleanup(&*store, &dir).await;
     let _ = store.close().await;
