@@ -189,6 +189,9 @@ async fn run(client: Client, mut commands: mpsc::UnboundedReceiver<Command>) {
                     // `.0`: etcd-client's protobuf message (`pub-response-field`), whose
                     // `fragment` flag it has no accessor for.
                     if response.0.fragment {
+                        if !routes.contains_key(&id) {
+                            continue;
+                        }
                         match fragments.entry(id) {
                             std::collections::hash_map::Entry::Occupied(mut first) => {
                                 first.get_mut().0.events.append(&mut response.0.events);
