@@ -292,8 +292,6 @@ impl Inner {
         Ok((resp.kvs().first().and_then(|kv| self.pair(kv)), revision))
     }
 
-    /// Reads `dir` and its descendants in one transaction; `None` when neither exists. Also
-    /// returns the revision of the read.
     /// Every key under `dir` at one revision, and that revision: `None` when neither `dir` nor
     /// anything under it exists.
     ///

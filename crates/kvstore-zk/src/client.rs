@@ -59,8 +59,9 @@ impl Inner {
         }
         tracing::warn!(backend = BACKEND, "session expired; opening a new one");
         let fresh = Arc::new(connect(&self.config, self.config.session_timeout).await?);
-        let alone = crate::sync::standalone(self.config.hosts.len(), &fresh, self.timeout()).await;
-        self.syncs.learn(&fresh, alone);
+        self.syncs
+            .learn(&fresh, self.config.hosts.len(), self.timeout())
+            .await;
         {
             let mut session = self.session.write().unwrap_or_else(|e| e.into_inner());
             if session.is_none() {

@@ -53,9 +53,9 @@ impl Open for Zk {
         let ttl_nodes = probe_ttl_nodes(&client, &root, &config).await?;
         let client = Arc::new(client);
         let syncs = crate::sync::SyncBatcher::default();
-        let alone =
-            crate::sync::standalone(config.hosts.len(), &client, config.request_timeout).await;
-        syncs.learn(&client, alone);
+        syncs
+            .learn(&client, config.hosts.len(), config.request_timeout)
+            .await;
         Ok(Zk {
             inner: Arc::new(Inner {
                 config,

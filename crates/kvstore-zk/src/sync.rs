@@ -37,11 +37,7 @@ struct Batch {
 /// ZooKeeper Dynamic Reconfiguration, "Retrieving the current dynamic configuration") names no
 /// `server.N`. An ensemble member lists every member there; a standalone server leaves it
 /// empty. A failed read counts as an ensemble, so the reads keep their `sync`.
-pub(crate) async fn standalone(
-    hosts: usize,
-    client: &Client,
-    timeout: std::time::Duration,
-) -> bool {
+async fn standalone(hosts: usize, client: &Client, timeout: std::time::Duration) -> bool {
     if hosts != 1 {
         return false;
     }
@@ -72,10 +68,11 @@ impl std::fmt::Debug for SyncBatcher {
 }
 
 impl SyncBatcher {
-    /// Records whether `client`, a new session, is on a standalone server (see
-    /// [`standalone`]); called before the session serves any read.
-    pub(crate) fn learn(&self, client: &Client, standalone: bool) {
-        let session = if standalone {
+    /// Learns whether `client`, a new session of a store whose connect string names `hosts`
+    /// servers, is on a standalone server (see [`standalone`]: one request, within
+    /// `timeout`); called before the session serves any read.
+    pub(crate) async fn learn(&self, client: &Client, hosts: usize, timeout: std::time::Duration) {
+        let session = if standalone(hosts, client, timeout).await {
             std::ptr::from_ref(client) as usize
         } else {
             0
