@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: unit, doc and conformance tests on every backend, against real
 # servers that this script installs (Debian packages, a cached Consul build) and starts on
-# 127.0.0.1. Extra arguments go to `cargo test`.
+# 127.0.0.1. Extra arguments go to one plain `cargo test` run instead of the phases below.
 #
 # Without root (for apt-get), Go (for the Consul and etcd 3.6 builds) or a server, it says what
 # it skips and runs the rest: tests whose server is missing print "skipping". Set
@@ -19,10 +19,35 @@ mapfile -t KV_SERVERS < <(kv_startable "${KV_SERVERS[@]}")
 kv_start "${KV_SERVERS[@]}"
 # Fault tests restart a server on the same port through this script.
 export KVSTORE_RESTART_SCRIPT="$PWD/ci/restart.sh"
-cargo test --workspace --all-features --locked "$@"
+# Each phase's heading says how far into this script it starts, so a slow phase shows.
+phase() { echo "== $* (at $((SECONDS / 60)) min $((SECONDS % 60)) s)"; }
+if (($#)); then
+    # Arguments given: one plain run with them, as cargo would.
+    cargo test --workspace --all-features --locked "$@"
+else
+    # Everything but the liveness cases and the two heavy scale cases, which run below: the
+    # liveness cases of one backend pause or restart its server, so they must not overlap that
+    # backend's other tests, and 100,000 writes beside the timing-heavy cases slowed those.
+    phase "unit, doc, conformance, fault and TLS tests"
+    cargo test --workspace --all-features --locked -- \
+        --skip liveness:: --skip large_directory --skip largest_values
+    # The four backends' liveness suites at once: each pauses, restarts or cuts off only its
+    # own server, and they mostly wait on TTLs, so together they take the time of the longest.
+    phase "the liveness suites of the four network backends, at once"
+    ci/parallel-tests.py --workspace --all-features --locked --test liveness -- liveness::
+    phase "the 100,000-key directory and the largest values on every store"
+    out=$(cargo test --workspace --all-features --locked --test conformance -- \
+        large_directory largest_values 2>&1) || { echo "$out"; exit 1; }
+    echo "$out"
+    ran=$(grep -Eo '^running [0-9]+ tests?$' <<<"$out" | awk '{n += $2} END {print n + 0}')
+    # Two cases on each of the six stores (redb's file and memory, Redis, etcd, ZooKeeper,
+    # Consul): fewer means a renamed case ran as "0 tests".
+    ((ran >= 12)) || { echo "the scale cases ran $ran tests, not 12" >&2; exit 1; }
+fi
 # Each network backend alone (its own feature set, no other crate's TLS provider in the
 # graph) connects over TLS and reports refusals as PermissionDenied.
 # The name filter must match tests: a renamed test would otherwise pass as "0 tests".
+phase "TLS refusals, each network backend alone"
 for backend in redis etcd zk consul; do
     out=$(cargo test -p "kvstore-$backend" --locked --test tls -- refusals 2>&1) || { echo "$out"; exit 1; }
     echo "$out"
@@ -31,6 +56,7 @@ for backend in redis etcd zk consul; do
 done
 # Leaders killed and nemeses injected under load on the clusters started above, with the
 # history checked.
+phase "failover checks on the clusters"
 KVSTORE_IN_TEST_SH=1 ci/failover.sh
 # The clusters are done with: stopped, they leave the cores to the soak.
 for cluster in etcd-cluster zk-cluster consul-cluster redis-sentinel; do
@@ -41,4 +67,5 @@ done
 # registration alive at the end (the 10-minute one is ci/soak.sh alone).
 # Growth is measured after 90 s, not 60: on a CI machine the load still ramps up after the
 # first minute (etcd's RSS stepped up 2 MiB between 60 and 90 s, then stayed within 0.3 %).
+phase "the 3-minute soak"
 KVSTORE_IN_TEST_SH=1 SOAK_PROFILE=dev SOAK_DURATION="${KVSTORE_SOAK_DURATION:-3m}" ci/soak.sh --soak-settle 90s

@@ -399,11 +399,25 @@ pub async fn rewrite_registration(store: &dyn Store, key: &str, n: usize, ttl: D
 /// slack); `registration_slack` is how far past its TTL a paused owner's registration may stay
 /// on the server (at most 1 s, plus ZooKeeper's container check interval); `registrant_pause`
 /// how long the owner stays paused (past its session timeout where it has one).
+///
+/// The tests are generated in a module `liveness` that glob-imports the invoking module, so
+/// the expressions given name items of that module (not `super::…` paths); their names are
+/// `liveness::<case>`, and the file's own tests that must not overlap them lock
+/// `liveness::LIVENESS_SERIAL`.
 #[macro_export]
 macro_rules! liveness_tests {
     (server: $server:expr, url: $var:expr, opener: $opener:expr, ttl: $ttl:expr, takeover: $takeover:expr,
      registration_slack: $registration_slack:expr, registrant_pause: $registrant_pause:expr $(,)?) => {
-        static LIVENESS_SERIAL: ::tokio::sync::Mutex<()> = ::tokio::sync::Mutex::const_new(());
+        /// The liveness tests, in one module so that `cargo test -- liveness::` selects them
+        /// (and `--skip liveness::` leaves them out): `ci/test.sh` runs the four backends'
+        /// suites at once, after everything else.
+        mod liveness {
+        #[allow(unused_imports)]
+        use super::*;
+        /// Held by every liveness test, and by the file's own tests that must not overlap
+        /// them (`liveness::LIVENESS_SERIAL`).
+        pub(crate) static LIVENESS_SERIAL: ::tokio::sync::Mutex<()> =
+            ::tokio::sync::Mutex::const_new(());
         const LIVENESS_SLACK: ::std::time::Duration = ::std::time::Duration::from_millis(500);
 
         $crate::liveness_tests!(@test a_paused_server_ends_the_hold_within_its_ttl,
@@ -425,21 +439,21 @@ macro_rules! liveness_tests {
         $crate::liveness_tests!(@test a_killed_leader_is_replaced_within_its_ttl,
             backend_url, $var, $opener, |opener| {
             $crate::killed_leader_is_replaced(
-                &opener, "a_killed_leader_is_replaced_within_its_ttl", $ttl, $takeover,
+                &opener, concat!("liveness::", "a_killed_leader_is_replaced_within_its_ttl"), $ttl, $takeover,
             )
             .await;
         });
         $crate::liveness_tests!(@test a_paused_leader_is_replaced_and_knows_it_on_resuming,
             backend_url, $var, $opener, |opener| {
             $crate::paused_leader_is_replaced(
-                &opener, "a_paused_leader_is_replaced_and_knows_it_on_resuming", $ttl, $takeover,
+                &opener, concat!("liveness::", "a_paused_leader_is_replaced_and_knows_it_on_resuming"), $ttl, $takeover,
             )
             .await;
         });
         $crate::liveness_tests!(@test a_killed_member_leaves_the_group_within_its_ttl,
             backend_url, $var, $opener, |opener| {
             $crate::killed_member_leaves_the_group(
-                &opener, "a_killed_member_leaves_the_group_within_its_ttl", $ttl,
+                &opener, concat!("liveness::", "a_killed_member_leaves_the_group_within_its_ttl"), $ttl,
                 $registration_slack,
             )
             .await;
@@ -447,7 +461,7 @@ macro_rules! liveness_tests {
         $crate::liveness_tests!(@test a_paused_registrant_disappears_and_registers_again,
             backend_url, $var, $opener, |opener| {
             $crate::paused_registrant_disappears(
-                &opener, "a_paused_registrant_disappears_and_registers_again", $ttl,
+                &opener, concat!("liveness::", "a_paused_registrant_disappears_and_registers_again"), $ttl,
                 $registration_slack, $registrant_pause,
             )
             .await;
@@ -499,10 +513,11 @@ macro_rules! liveness_tests {
         $crate::liveness_tests!(@test a_paused_holder_is_replaced_and_knows_it_on_resuming,
             backend_url, $var, $opener, |opener| {
             $crate::paused_holder_is_replaced(
-                &opener, "a_paused_holder_is_replaced_and_knows_it_on_resuming", $ttl, $takeover,
+                &opener, concat!("liveness::", "a_paused_holder_is_replaced_and_knows_it_on_resuming"), $ttl, $takeover,
             )
             .await;
         });
+        }
     };
     // One test through the fault proxy: an opener straight to the server and one through a
     // new proxy in front of it (or skip when either the server or Toxiproxy is missing).

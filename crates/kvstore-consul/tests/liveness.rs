@@ -52,7 +52,7 @@ async fn rewriting_a_registration_leaves_one_session() {
     let Some(url) = backend_url("KVSTORE_CONSUL_URL") else {
         return;
     };
-    let _serial = LIVENESS_SERIAL.lock().await;
+    let _serial = liveness::LIVENESS_SERIAL.lock().await;
     let config = ConsulConfig::from_str(&url).unwrap();
     let base = config.address.as_str().trim_end_matches('/').to_owned();
     let http = reqwest::Client::new();

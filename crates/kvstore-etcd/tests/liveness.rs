@@ -41,7 +41,7 @@ async fn rewriting_a_registration_leaves_one_lease() {
     let Some(url) = backend_url("KVSTORE_ETCD_URL") else {
         return;
     };
-    let _serial = LIVENESS_SERIAL.lock().await;
+    let _serial = liveness::LIVENESS_SERIAL.lock().await;
     let config = EtcdConfig::from_str(&url).unwrap();
     let mut raw = etcd_client::Client::connect(&config.endpoints, None)
         .await
