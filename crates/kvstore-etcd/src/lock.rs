@@ -1,7 +1,10 @@
 //! Locks: a lease plus a waiter key `<prefix>\x01kvstore/lock/<key>/<lease>` per contender; the
 //! contender whose key has the lowest create revision holds the lock, and each waiter watches
 //! only the key just before its own (source: etcd docs, "concurrency" package / v3lock recipe).
-//! The lock is taken by one transaction after the predecessor released: it writes the hidden
+//! Uncontended, one transaction queues the waiter key and takes the lock, so a lock and its
+//! unlock are three requests: the lease grant, that transaction and the revoke. Contended, the
+//! transaction only queues, and the lock is taken by a second one after the predecessor
+//! released. Taking writes the hidden
 //! holder key `<prefix>\x01kvstore/held/<key>` (and the value) with the lease, and its revision
 //! is the fencing token — the value's `last_index` and the holder key's `mod_revision`, which
 //! `Txn::when_held` compares — so every later holder's is greater.
@@ -100,44 +103,64 @@ pub(crate) async fn acquire(
 
     let prefix = inner.lock_prefix(key);
     let waiter = format!("{prefix}{lease:016x}");
-    let put = inner
-        .call(inner.client().put(
+    let queue = || {
+        TxnOp::put(
             waiter.clone(),
             Vec::new(),
             Some(PutOptions::new().with_lease(lease)),
-        ))
-        .await?;
-    let my_rev = put.header().map_or(0, |h| h.revision());
-    let turn = wait_turn(inner, key, &prefix, my_rev, &lost).await?;
-
-    // Take the lock in one transaction, only while our waiter key is still the one we
-    // created: the holder key (its revision is the token that `Txn::when_held` compares)
-    // and the value, both with the lease. With `delete_on_unlock` the value is attached to
-    // the lease, so the server deletes it with the lease: on revoke (any release) and on
-    // expiry (a lost hold).
-    let mut ops = vec![TxnOp::put(
-        inner.holder_key(key),
-        waiter.clone(),
-        Some(PutOptions::new().with_lease(lease)),
-    )];
-    if let Some(value) = &opts.value {
-        let bound = opts
-            .delete_on_unlock
-            .then(|| PutOptions::new().with_lease(lease));
-        ops.push(TxnOp::put(inner.data_key(key), value.to_vec(), bound));
-    }
-    let txn = Txn::new()
-        .when([Compare::create_revision(waiter, CompareOp::Equal, my_rev)])
-        .and_then(ops);
-    let resp = inner.call(inner.client().txn(txn)).await?;
-    if !resp.succeeded() {
-        return Err(Error::CannotLock {
-            key: key.clone(),
-            source: "the lock's lease expired while acquiring".into(),
-        });
-    }
-    // The transaction's revision: the holder key's and the value's, and the token.
-    let token = resp.header().map_or(turn, |h| h.revision());
+        )
+    };
+    // The lock is taken by the holder key (its revision is the token that `Txn::when_held`
+    // compares) and the value, both with the lease. With `delete_on_unlock` the value is
+    // attached to the lease, so the server deletes it with the lease: on revoke (any release)
+    // and on expiry (a lost hold).
+    let take = || {
+        let mut ops = vec![TxnOp::put(
+            inner.holder_key(key),
+            waiter.clone(),
+            Some(PutOptions::new().with_lease(lease)),
+        )];
+        if let Some(value) = &opts.value {
+            let bound = opts
+                .delete_on_unlock
+                .then(|| PutOptions::new().with_lease(lease));
+            ops.push(TxnOp::put(inner.data_key(key), value.to_vec(), bound));
+        }
+        ops
+    };
+    // Uncontended, one transaction queues and takes: when no waiter key is under the prefix
+    // (the holder's stays there until its lease goes), ours is the oldest. A compare over a
+    // key range holds for every key in it, and an empty range compares as one zero key-value,
+    // whose create revision is 0 (source: etcd API reference, "Txn" — `Compare.range_end`;
+    // etcd's `applyCompare`). Otherwise the same transaction only queues, and we wait.
+    let first = Txn::new()
+        .when([Compare::create_revision(prefix.as_str(), CompareOp::Equal, 0).with_prefix()])
+        .and_then([vec![queue()], take()].concat())
+        .or_else([queue()]);
+    let resp = inner.call(inner.client().txn(first)).await?;
+    let my_rev = resp.header().map_or(0, |h| h.revision());
+    let token = if resp.succeeded() {
+        my_rev
+    } else {
+        let turn = wait_turn(inner, key, &prefix, my_rev, &lost).await?;
+        // Take the lock only while our waiter key is still the one we created.
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                waiter.as_str(),
+                CompareOp::Equal,
+                my_rev,
+            )])
+            .and_then(take());
+        let resp = inner.call(inner.client().txn(txn)).await?;
+        if !resp.succeeded() {
+            return Err(Error::CannotLock {
+                key: key.clone(),
+                source: "the lock's lease expired while acquiring".into(),
+            });
+        }
+        resp.header().map_or(turn, |h| h.revision())
+    };
+    // The taking transaction's revision: the holder key's and the value's, and the token.
     let token = u64::try_from(token).map_err(|_| Error::backend(BACKEND, "negative revision"))?;
     held.set_token(token);
     Ok(held)
