@@ -3,6 +3,7 @@
 //! `keep_alive` lease and registrar for the lease engine.
 
 use derive_where::derive_where;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
@@ -10,7 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use kvstore_core::backend::{Lease, Precondition, Release, Renewal, Since, Tasks, ttl_millis};
-use kvstore_core::{Error, Event, KvPair, Result, normalize_key};
+use kvstore_core::{Error, Event, EventKind, KvPair, Result, normalize_key};
 use redis::Value;
 
 use crate::BACKEND;
@@ -183,21 +184,110 @@ impl Inner {
     }
 
     /// `None` when neither `dir` nor any descendant exists.
+    ///
+    /// A directory of up to [`LIST_PAGE`] keys is one `LIST` run, as before; a larger one is
+    /// read in pages joined at one revision ([`read_pages`](Self::read_pages)), so no run
+    /// blocks the server for the whole directory.
     pub(crate) async fn read_tree(&self, dir: &str) -> Result<Option<Vec<KvPair>>> {
-        let (pairs, _) = self.list_script(dir, false).await?;
-        Ok(pairs)
+        let foreign = self.foreign_strings(dir).await?;
+        let first = self.list_page(dir, false, "", LIST_PAGE, &foreign).await?;
+        if first.more.is_none() {
+            return Ok(first.exists.then_some(first.pairs));
+        }
+        let (pairs, _) = self.read_pages(dir, &foreign).await?;
+        // Emptied while it was read: one run says whether `dir` itself is there.
+        if pairs.is_empty() {
+            let whole = self.list_page(dir, false, "", 0, &foreign).await?;
+            return Ok(whole.exists.then_some(whole.pairs));
+        }
+        Ok(Some(pairs))
     }
 
     /// `list_at`: the pairs under `dir`, the revision they were read at, and the change log's
-    /// epoch; expiries are logged first, so the pairs are the state at that revision.
+    /// epoch; expiries are logged first, so the pairs are the state at that revision. Read in
+    /// pages as [`read_tree`](Self::read_tree) is.
     pub(crate) async fn read_tree_at(&self, dir: &str) -> Result<(Vec<KvPair>, Logged)> {
-        let (pairs, at) = self.list_script(dir, true).await?;
-        Ok((pairs.unwrap_or_default(), at))
+        let foreign = self.foreign_strings(dir).await?;
+        let first = self.list_page(dir, true, "", LIST_PAGE, &foreign).await?;
+        if first.more.is_none() {
+            return Ok((first.pairs, first.at));
+        }
+        self.read_pages(dir, &foreign).await
     }
 
-    /// The `LIST` script; `at`: with the revision (see [`scripts::LIST`]).
-    async fn list_script(&self, dir: &str, at: bool) -> Result<(Option<Vec<KvPair>>, Logged)> {
-        let foreign = self.foreign_strings(dir).await?;
+    /// A directory larger than one page, read as one state: pages of [`LIST_PAGE`] index
+    /// members, each at the revision its run read it at, then the change log's events under
+    /// `dir` after the first page's revision, each applied to the page read before it. Every
+    /// page is thereby rolled forward to the revision of that log read, which is the
+    /// listing's. The log holds every change with its new value (each write appends to it in
+    /// the same script), so this is exact. When the log no longer reaches back to the first
+    /// page, or started again, the read starts again; after [`PAGED_ATTEMPTS`], the directory
+    /// is read in one run.
+    async fn read_pages(&self, dir: &str, foreign: &[String]) -> Result<(Vec<KvPair>, Logged)> {
+        'attempt: for _ in 0..PAGED_ATTEMPTS {
+            let mut pairs = BTreeMap::new();
+            // Per page, in order: the last index member it covers (`None` for the last page)
+            // and the revision it was read at.
+            let mut pages: Vec<(Option<String>, u64)> = Vec::new();
+            let mut after = String::new();
+            let mut epoch: Option<String> = None;
+            loop {
+                let names = if after.is_empty() { foreign } else { &[] };
+                let page = self.list_page(dir, true, &after, LIST_PAGE, names).await?;
+                if *epoch.get_or_insert_with(|| page.at.epoch.clone()) != page.at.epoch {
+                    continue 'attempt;
+                }
+                pages.push((page.more.clone(), page.at.revision));
+                pairs.extend(page.pairs.into_iter().map(|p| (p.key.clone(), p)));
+                match page.more {
+                    Some(last) => after = last,
+                    None => break,
+                }
+            }
+            let (since, at) = self.read_since(dir, pages[0].1).await?;
+            let (Some(epoch), Since::Events(events, _)) = (epoch, since) else {
+                continue;
+            };
+            if epoch != at.epoch {
+                continue;
+            }
+            for event in events {
+                // The page whose range holds the key: the first whose last member is not
+                // before it.
+                let page = pages.partition_point(|(last, _)| {
+                    last.as_deref()
+                        .is_some_and(|last| last < event.key.as_str())
+                });
+                if pages
+                    .get(page)
+                    .is_none_or(|&(_, read_at)| event.last_index <= read_at)
+                {
+                    continue;
+                }
+                match event.kind {
+                    EventKind::Put => {
+                        let pair = KvPair::new(event.key.clone(), event.value, event.last_index);
+                        pairs.insert(event.key, pair);
+                    }
+                    _ => drop(pairs.remove(&event.key)),
+                }
+            }
+            return Ok((pairs.into_values().collect(), at));
+        }
+        let whole = self.list_page(dir, true, "", 0, foreign).await?;
+        Ok((whole.pairs, whole.at))
+    }
+
+    /// One `LIST` run (see [`scripts::LIST`]): at a revision when `at`, from after the index
+    /// member `after` (`""`: from the first), of at most `limit` members (0: all).
+    async fn list_page(
+        &self,
+        dir: &str,
+        at: bool,
+        after: &str,
+        limit: usize,
+        foreign: &[String],
+    ) -> Result<ListPage> {
         let mut script = scripts::LIST.key(self.index_key());
         if at {
             script.key(self.rev_key());
@@ -206,13 +296,19 @@ impl Inner {
         let reply: Vec<Value> = script
             .arg(&self.prefix)
             .arg(dir)
-            .arg(&foreign)
+            .arg(after)
+            .arg(limit)
+            .arg(foreign)
             .invoke_async(&mut conn)
             .await
             .map_err(from_redis)?;
         let mut items = reply.into_iter();
         let exists = matches!(items.next(), Some(Value::Int(1)));
         let at = Logged::parse(items.next(), items.next())?;
+        let more: String = items
+            .next()
+            .and_then(|v| redis::from_redis_value(v).ok())
+            .ok_or_else(|| protocol("list continuation"))?;
         let mut pairs = Vec::new();
         while let (Some(key), Some(value), Some(index)) = (items.next(), items.next(), items.next())
         {
@@ -226,7 +322,12 @@ impl Inner {
             // The script appends plain strings after the sorted index members.
             pairs.sort_by(|a, b| a.key.cmp(&b.key));
         }
-        Ok((exists.then_some(pairs), at))
+        Ok(ListPage {
+            exists,
+            at,
+            more: (!more.is_empty()).then_some(more),
+            pairs,
+        })
     }
 
     /// `watch_events`' read: the changes under `dir` after revision `after` (see
@@ -421,6 +522,25 @@ impl Inner {
             _ => Err(protocol("delete status")),
         }
     }
+}
+
+/// Index members one `LIST` run reads at most before a listing goes on in pages: 1,000 take
+/// about 6 ms of the server's time, where 100,000 in one run held it for 0.62 s.
+pub(crate) const LIST_PAGE: usize = 1_000;
+
+/// Paged reads of a directory that changes faster than the change log keeps up with, before
+/// it is read in one run.
+const PAGED_ATTEMPTS: usize = 3;
+
+/// One `LIST` run's answer.
+struct ListPage {
+    /// `dir` or a descendant exists.
+    exists: bool,
+    /// The revision and log epoch it was read at (0 and `""` without `at`).
+    at: Logged,
+    /// The last index member read, when more may follow it.
+    more: Option<String>,
+    pairs: Vec<KvPair>,
 }
 
 /// Where a read of the change log was made: the store's revision and the log's epoch (which

@@ -242,27 +242,34 @@ return 0
     )
 });
 
-/// KEYS: index, and for `list_at` the revision counter. ARGV: key prefix, dir ('' = all),
-/// then names of plain strings found by SCAN (only with `foreign_strings`). Returns {dir
-/// exists (0/1), revision, log epoch, key, value, index, key, value, index, …}: the index's
-/// members sorted, then the extra names that are plain strings; index entries whose pair
-/// expired are dropped on the way. With the counter (`list_at`), expiries are logged first
-/// (`reap`), so the listing is the state at the revision it returns; without it, the
-/// revision is 0 and the epoch empty.
+/// KEYS: index, and for a read at a revision (`list_at`, and every page of a paged `list`)
+/// the revision counter. ARGV: key prefix, dir ('' = all), the index member after which to
+/// start ('' = from the first), the most index members to read (0 = all of them), then names
+/// of plain strings found by SCAN (only with `foreign_strings`). Returns {dir exists (0/1),
+/// revision, log epoch, the last member read when the index may hold more after it else '',
+/// key, value, index, key, value, index, …}: the index's members sorted, then the extra names
+/// that are plain strings; index entries whose pair expired are dropped on the way. With the
+/// counter, expiries are logged first (`reap`), so the listing is the state at the revision it
+/// returns; without it, the revision is 0 and the epoch empty.
 pub(crate) static LIST: LazyLock<Script> = LazyLock::new(|| {
     with_current(
         r"
-local out = {0, '0', ''}
+local out = {0, '0', '', ''}
 if KEYS[2] then
   reap(KEYS[2], KEYS[1], ARGV[1])
   local rev, _, epoch = log_state(KEYS[2])
   out[2], out[3] = rid(rev), epoch
 end
+local lo, hi = '-', '+'
+if ARGV[2] ~= '' then lo, hi = '[' .. ARGV[2] .. '/', '(' .. ARGV[2] .. '0' end
+if ARGV[3] ~= '' then lo = '(' .. ARGV[3] end
+local limit = tonumber(ARGV[4])
 local members
-if ARGV[2] == '' then
-  members = redis.call('ZRANGE', KEYS[1], 0, -1)
+if limit > 0 then
+  members = redis.call('ZRANGEBYLEX', KEYS[1], lo, hi, 'LIMIT', 0, limit)
+  if #members == limit then out[4] = members[limit] end
 else
-  members = redis.call('ZRANGEBYLEX', KEYS[1], '[' .. ARGV[2] .. '/', '(' .. ARGV[2] .. '0')
+  members = redis.call('ZRANGEBYLEX', KEYS[1], lo, hi)
 end
 local seen = {}
 local function emit(m, t)
@@ -289,11 +296,11 @@ for _, m in ipairs(members) do
     redis.call('ZREM', KEYS[1], m)
   end
 end
-for i = 3, #ARGV do
+for i = 5, #ARGV do
   local m = ARGV[i]
   if not seen[m] and redis.call('TYPE', ARGV[1] .. m).ok == 'string' then emit(m, 'string') end
 end
-if ARGV[2] == '' or #out > 3 or redis.call('EXISTS', ARGV[1] .. ARGV[2]) == 1 then out[1] = 1 end
+if ARGV[2] == '' or #out > 4 or redis.call('EXISTS', ARGV[1] .. ARGV[2]) == 1 then out[1] = 1 end
 return out
 ",
     )
