@@ -1,7 +1,8 @@
 //! Group commit: concurrent writers share one durable commit, as bbolt's `DB.Batch` does.
 //!
-//! Every `put`, `atomic_put`, `delete` and `atomic_delete` of a database is queued to one
-//! committer thread. The thread takes whatever is queued (up to [`MAX_BATCH`] writes), applies
+//! Every `put`, `atomic_put`, `delete`, `atomic_delete`, `increment` and `txn` of a database,
+//! and every renewal and release of a lock or a `keep_alive` key, is queued to one committer
+//! thread. The thread takes whatever is queued (up to [`MAX_BATCH`] writes), applies
 //! them in order in one write transaction, commits it — one fsync for the batch — and only then
 //! answers each caller. While a commit is in flight the next writes queue up, so the batch grows
 //! with the load and a lone writer pays nothing extra.
@@ -9,7 +10,7 @@
 //! - **Durability is unchanged**: a caller's write is acknowledged only after the commit that
 //!   holds it returned (redb's default `Durability::Immediate`).
 //! - **A refused write writes nothing**: the preconditions (`KeyExists`, `KeyModified`,
-//!   `KeyNotFound`) are checked before a write touches a table, so a refusal answers its own
+//!   `KeyNotFound`, and a transaction's `LockNotHeld`) are checked before a write touches a table, so a refusal answers its own
 //!   caller and leaves the batch intact.
 //! - **A failed commit fails every caller in it**; so does any storage error while applying a
 //!   write (the transaction is aborted, so none of the batch is written).
@@ -66,7 +67,10 @@ pub(crate) struct Committer<S> {
 fn is_refusal(err: &Error) -> bool {
     matches!(
         err,
-        Error::KeyExists { .. } | Error::KeyModified { .. } | Error::KeyNotFound { .. }
+        Error::KeyExists { .. }
+            | Error::KeyModified { .. }
+            | Error::KeyNotFound { .. }
+            | Error::LockNotHeld { .. }
     )
 }
 

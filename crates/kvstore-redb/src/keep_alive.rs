@@ -12,15 +12,16 @@ use crate::client::{EXPIRY, KV, Shared, deadline_ms, is_live, now_ms};
 use crate::error::from_redb;
 
 impl Shared {
-    /// Pushes the expiry of a kept-alive key to now + `ttl`; `false` when the key is no
-    /// longer the write that registered it (rewritten, deleted or expired).
-    pub(crate) fn renew_key(&self, key: &str, index: u64, ttl: Duration) -> Result<bool> {
-        let txn = self.db().begin_write().map_err(from_redb)?;
-        if !extend_expiry(&txn, key, index, ttl)? {
-            return Ok(false);
-        }
-        txn.commit().map_err(from_redb)?;
-        Ok(true)
+    /// Pushes the expiry of a kept-alive key to now + `ttl`, through the group commit; `false`
+    /// when the key is no longer the write that registered it (rewritten, deleted or expired).
+    pub(crate) async fn renew_key(
+        self: &Arc<Self>,
+        key: String,
+        index: u64,
+        ttl: Duration,
+    ) -> Result<bool> {
+        self.group_commit(move |_, txn| Ok((extend_expiry(txn, &key, index, ttl)?, Vec::new())))
+            .await
     }
 }
 
@@ -68,10 +69,7 @@ pub(crate) struct KeyLease {
 impl Lease for KeyLease {
     async fn renew(&self) -> Result<Renewal> {
         let (key, index, ttl) = (self.key.clone(), self.index, self.ttl);
-        let renewed = self
-            .shared
-            .blocking(move |s| s.renew_key(&key, index, ttl))
-            .await?;
+        let renewed = self.shared.renew_key(key, index, ttl).await?;
         Ok(Renewal::held(renewed))
     }
 

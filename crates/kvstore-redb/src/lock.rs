@@ -38,7 +38,10 @@ impl Lease for LockLease {
         let bound_value = self.bound_value;
         let renewed = self
             .shared
-            .blocking(move |s| s.renew_lock(&key, owner, token, ttl, bound_value))
+            .group_commit(move |s, txn| {
+                let held = s.renew_lock(txn, &key, owner, token, ttl, bound_value)?;
+                Ok((held, Vec::new()))
+            })
             .await?;
         Ok(Renewal::held(renewed))
     }
@@ -47,9 +50,7 @@ impl Lease for LockLease {
         // With `delete_on_unlock` the value ends with the hold, however it ends.
         let delete = self.delete_on_unlock;
         let (key, owner, token) = (self.key.clone(), self.owner, self.token);
-        self.shared
-            .blocking(move |s| s.release_lock(&key, owner, token, delete))
-            .await
+        self.shared.release_lock(key, owner, token, delete).await
     }
 }
 
@@ -142,7 +143,7 @@ async fn attempt(
                 let mut state = pending.lock().unwrap_or_else(|e| e.into_inner());
                 if matches!(*state, Pending::Abandoned) {
                     drop(state);
-                    s.release_lock(&key, owner, token, bound)?;
+                    s.release_lock_alone(&key, owner, token, bound)?;
                 } else {
                     *state = Pending::Acquired(token);
                 }
@@ -185,9 +186,7 @@ impl Drop for AbandonGuard {
                 let (shared, key, owner) = (self.shared.clone(), self.key.clone(), self.owner);
                 let delete_value = self.delete_value;
                 self.tasks.spawn(async move {
-                    let released = shared
-                        .blocking(move |s| s.release_lock(&key, owner, token, delete_value))
-                        .await;
+                    let released = shared.release_lock(key, owner, token, delete_value).await;
                     if let Err(err) = released {
                         tracing::warn!(error = %err, "releasing an abandoned lock failed; it expires with its TTL");
                     }
@@ -264,17 +263,18 @@ impl Shared {
         Ok(Acquire::Acquired(token))
     }
 
-    /// Extends a held lock (and its value, when `bound_value` and the value is still the one
-    /// the lock wrote); `false` when it is no longer held by `owner` with `token`.
+    /// In `txn` (a group commit's transaction), extends a held lock (and its value, when
+    /// `bound_value` and the value is still the one the lock wrote); `false` when it is no
+    /// longer held by `owner` with `token`.
     pub(crate) fn renew_lock(
         &self,
+        txn: &redb::WriteTransaction,
         key: &str,
         owner: u64,
         token: u64,
         ttl: Duration,
         bound_value: bool,
     ) -> Result<bool> {
-        let txn = self.db().begin_write().map_err(from_redb)?;
         {
             let mut locks = txn.open_table(LOCKS).map_err(from_redb)?;
             let held = locks.get(key).map_err(from_redb)?.is_some_and(|e| {
@@ -288,54 +288,74 @@ impl Shared {
                 .map_err(from_redb)?;
         }
         if bound_value {
-            extend_expiry(&txn, key, token, ttl)?;
+            extend_expiry(txn, key, token, ttl)?;
         }
-        txn.commit().map_err(from_redb)?;
         Ok(true)
     }
 
-    /// Releases a lock held by `owner` with `token`, deleting the key too when asked.
-    pub(crate) fn release_lock(
-        &self,
-        key: &str,
+    /// Releases a lock held by `owner` with `token` (deleting the key too when asked) through
+    /// the group commit.
+    pub(crate) async fn release_lock(
+        self: &Arc<Self>,
+        key: String,
         owner: u64,
         token: u64,
         delete_value: bool,
     ) -> Result<()> {
+        self.group_commit(move |s, txn| {
+            let changes = s.release_in(txn, &key, owner, token, delete_value)?;
+            Ok(((), changes))
+        })
+        .await
+    }
+
+    /// [`release_lock`](Self::release_lock) in a write transaction of its own, for a caller
+    /// already on a blocking thread.
+    fn release_lock_alone(&self, key: &str, owner: u64, token: u64, delete: bool) -> Result<()> {
         let txn = self.db().begin_write().map_err(from_redb)?;
-        let deleted_value = {
-            let mut locks = txn.open_table(LOCKS).map_err(from_redb)?;
-            let ours = locks
-                .get(key)
-                .map_err(from_redb)?
-                .is_some_and(|e| e.value().0 == token && e.value().2 == owner);
-            if !ours {
-                return Ok(());
-            }
-            locks.remove(key).map_err(from_redb)?;
-            let mut deleted = false;
-            if delete_value {
-                let mut kv = txn.open_table(KV).map_err(from_redb)?;
-                let mut expiry = txn.open_table(EXPIRY).map_err(from_redb)?;
-                if let Some(old_exp) = kv.remove(key).map_err(from_redb)?.map(|e| e.value().1) {
-                    deleted = true;
-                    if old_exp != 0 {
-                        expiry.remove((old_exp, key)).map_err(from_redb)?;
-                    }
-                    // An expired value was already gone for readers: only a live one is news.
-                    if is_live(old_exp, now_ms()) {
-                        let revision = next_revision(&txn)?;
-                        log::append(&txn, revision, [log::delete(key, revision)])?;
-                    }
+        let changes = self.release_in(&txn, key, owner, token, delete)?;
+        txn.commit().map_err(from_redb)?;
+        for change in changes {
+            self.publish(change);
+        }
+        Ok(())
+    }
+
+    /// In `txn`, releases a lock held by `owner` with `token`, deleting the key too when asked;
+    /// returns the changes to publish once committed.
+    fn release_in(
+        &self,
+        txn: &redb::WriteTransaction,
+        key: &str,
+        owner: u64,
+        token: u64,
+        delete_value: bool,
+    ) -> Result<Vec<Change>> {
+        let mut locks = txn.open_table(LOCKS).map_err(from_redb)?;
+        let ours = locks
+            .get(key)
+            .map_err(from_redb)?
+            .is_some_and(|e| e.value().0 == token && e.value().2 == owner);
+        if !ours {
+            return Ok(Vec::new());
+        }
+        locks.remove(key).map_err(from_redb)?;
+        let mut changes = vec![Change::Lock(key.into())];
+        if delete_value {
+            let mut kv = txn.open_table(KV).map_err(from_redb)?;
+            let mut expiry = txn.open_table(EXPIRY).map_err(from_redb)?;
+            if let Some(old_exp) = kv.remove(key).map_err(from_redb)?.map(|e| e.value().1) {
+                changes.push(Change::Key(key.into()));
+                if old_exp != 0 {
+                    expiry.remove((old_exp, key)).map_err(from_redb)?;
+                }
+                // An expired value was already gone for readers: only a live one is news.
+                if is_live(old_exp, now_ms()) {
+                    let revision = next_revision(txn)?;
+                    log::append(txn, revision, [log::delete(key, revision)])?;
                 }
             }
-            deleted
-        };
-        txn.commit().map_err(from_redb)?;
-        if deleted_value {
-            self.publish(Change::Key(key.into()));
         }
-        self.publish(Change::Lock(key.into()));
-        Ok(())
+        Ok(changes)
     }
 }

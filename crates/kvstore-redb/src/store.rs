@@ -219,7 +219,7 @@ impl Backend for Redb {
     }
 
     async fn txn(&self, txn: Arc<CheckedTxn>) -> Result<Vec<Option<KvPair>>> {
-        self.shared.blocking(move |s| s.txn(&txn)).await
+        self.shared.group_commit(move |s, w| s.txn(w, &txn)).await
     }
 
     async fn register_again(&self, lost: LostRegistration<'_>) -> Result<Option<Arc<dyn Lease>>> {

@@ -1,6 +1,6 @@
-//! `Store::txn`: one redb write transaction checks every condition, then applies every
-//! operation under one new revision; nothing is written when a condition fails (dropping the
-//! transaction aborts it).
+//! `Store::txn`: in a group commit's write transaction (`commit.rs`), checks every condition,
+//! then applies every operation under one new revision; a failed condition is a refusal
+//! returned before anything is written, so it leaves the rest of the batch intact.
 
 use kvstore_core::backend::{Check, CheckedTxn, Found, Write, condition_error};
 use kvstore_core::{KvPair, Result};
@@ -15,10 +15,14 @@ use crate::log::{self, next_revision};
 pub(crate) const MAX_TXN_OPS: usize = 1024;
 
 impl Shared {
-    /// Runs a checked transaction (keys normalized, see `check_txn`).
-    pub(crate) fn txn(&self, txn: &CheckedTxn) -> Result<Vec<Option<KvPair>>> {
+    /// Runs a checked transaction (keys normalized, see `check_txn`) in `w`, a group commit's
+    /// transaction; returns what it wrote and the changes to publish once committed.
+    pub(crate) fn txn(
+        &self,
+        w: &redb::WriteTransaction,
+        txn: &CheckedTxn,
+    ) -> Result<(Vec<Option<KvPair>>, Vec<Change>)> {
         let now = now_ms();
-        let w = self.db().begin_write().map_err(from_redb)?;
         let written = {
             let mut kv = w.open_table(KV).map_err(from_redb)?;
             let mut expiry = w.open_table(EXPIRY).map_err(from_redb)?;
@@ -50,7 +54,7 @@ impl Shared {
                     return Err(err);
                 }
             }
-            let index = next_revision(&w)?;
+            let index = next_revision(w)?;
             let mut written = Vec::with_capacity(txn.writes.len());
             let mut live = Vec::with_capacity(txn.writes.len());
             for op in &txn.writes {
@@ -80,13 +84,14 @@ impl Shared {
                     Write::Put { key, value } => Some(log::put(key, value, index)),
                     Write::Delete { key } => was.then(|| log::delete(key, index)),
                 });
-            log::append(&w, index, events)?;
+            log::append(w, index, events)?;
             written
         };
-        w.commit().map_err(from_redb)?;
-        for op in &txn.writes {
-            self.publish(Change::Key(op.key().into()));
-        }
-        Ok(written)
+        let changes = txn
+            .writes
+            .iter()
+            .map(|op| Change::Key(op.key().into()))
+            .collect();
+        Ok((written, changes))
     }
 }

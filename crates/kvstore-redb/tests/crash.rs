@@ -1,7 +1,8 @@
 //! A process doing acknowledged writes is SIGKILLed at random points (five times, each within
 //! a bounded time); after each kill the file reopens, passes redb's integrity check, and holds
 //! every write that was acknowledged — the group commit answers a caller only after the commit
-//! holding its write is durable.
+//! holding its write is durable. Half the writers write through `txn` (two keys at once), which
+//! shares the group commit too: both of its keys must be there.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -24,8 +25,13 @@ fn value_of(key: &str) -> Vec<u8> {
     key.repeat(1 + 300 / key.len()).into_bytes()
 }
 
-/// The child: writes `round-<r>/<writer>/<n>` from many tasks and prints each key once its
-/// write was acknowledged. Stops by itself after 20 s in case the parent is gone.
+/// The sibling key a transaction writes with `key`.
+fn sibling(key: &str) -> String {
+    format!("{key}.txn")
+}
+
+/// The child: writes `round-<r>/<writer>/<n>` from many tasks (odd writers through a `txn` that
+/// also writes its [`sibling`]) and prints each key once its write was acknowledged. Stops by itself after 20 s in case the parent is gone.
 async fn write_until_killed(path: &Path, round: &str) {
     let store = std::sync::Arc::new(RedbStore::open(RedbConfig::file(path)).await.expect("open"));
     let mut tasks = Vec::new();
@@ -35,7 +41,14 @@ async fn write_until_killed(path: &Path, round: &str) {
         tasks.push(tokio::spawn(async move {
             for n in 0.. {
                 let key = format!("{round}/{writer}/{n}");
-                store.put(&key, &value_of(&key), None).await.expect("put");
+                if writer % 2 == 0 {
+                    store.put(&key, &value_of(&key), None).await.expect("put");
+                } else {
+                    let txn = kvstore_core::Txn::new()
+                        .put(&key, value_of(&key))
+                        .put(&sibling(&key), value_of(&key));
+                    store.txn(&txn).await.expect("txn");
+                }
                 let mut out = std::io::stdout().lock();
                 writeln!(out, "{key}")
                     .and_then(|()| out.flush())
@@ -126,6 +139,17 @@ async fn acknowledged_writes_survive_sigkill() {
                 .await
                 .unwrap_or_else(|e| panic!("round {round}: acknowledged {key} is lost: {e}"));
             assert_eq!(pair.value, value_of(key), "round {round}: {key}");
+            let writer: usize = key
+                .split('/')
+                .nth(1)
+                .and_then(|w| w.parse().ok())
+                .expect("writer");
+            if writer % 2 == 1 {
+                let other = store.get(&sibling(key), None).await.unwrap_or_else(|e| {
+                    panic!("round {round}: the txn's other key of {key} is lost: {e}")
+                });
+                assert_eq!(other.value, value_of(key), "round {round}: {key}'s txn");
+            }
         }
         store.close().await.unwrap();
         drop(store);
