@@ -127,30 +127,29 @@ async fn attempt(
         lock.opts.value.clone(),
         lock.opts.delete_on_unlock,
     );
+    // A value that ends with the hold has a deadline the expiry reaper must learn.
+    let expires_value = bound && value.is_some();
+    // Through the group commit. Whether the caller still waits is read, and a hold recorded,
+    // under `pending`'s mutex in the same step as the write, so a caller that leaves either
+    // takes nothing or finds the hold to give back (`AbandonGuard`).
     let result = shared
-        .blocking(move |s| {
-            // A caller that went away while this waited for the blocking pool or the
-            // write lock takes nothing: only one that leaves during the transaction itself
-            // leaves a hold for the mark below to release.
-            let wanted = || {
-                !matches!(
-                    *pending.lock().unwrap_or_else(|e| e.into_inner()),
-                    Pending::Abandoned
-                )
-            };
-            let outcome = s.try_acquire(&key, owner, ttl, value.as_deref(), bound, &wanted)?;
-            if let Acquire::Acquired(token) = outcome {
-                let mut state = pending.lock().unwrap_or_else(|e| e.into_inner());
-                if matches!(*state, Pending::Abandoned) {
-                    drop(state);
-                    s.release_lock_alone(&key, owner, token, bound)?;
-                } else {
-                    *state = Pending::Acquired(token);
-                }
+        .group_commit(move |s, txn| {
+            let mut state = pending.lock().unwrap_or_else(|e| e.into_inner());
+            if matches!(*state, Pending::Abandoned) {
+                // Nobody waits for the answer; "held" makes no one retry.
+                return Ok((Acquire::Held(0), Vec::new()));
             }
-            Ok(outcome)
+            let (outcome, changes) =
+                s.try_acquire(txn, &key, owner, ttl, value.as_deref(), bound)?;
+            if let Acquire::Acquired(token) = outcome {
+                *state = Pending::Acquired(token);
+            }
+            Ok((outcome, changes))
         })
         .await;
+    if expires_value && matches!(result, Ok(Acquire::Acquired(_))) {
+        shared.expiry_wakeup.notify_one();
+    }
     guard.armed = false;
     result
 }
@@ -206,61 +205,49 @@ pub(crate) enum Acquire {
 }
 
 impl Shared {
-    /// Takes the lock on `key` for `owner` if it is free or its holder's TTL ran out; writes the
-    /// lock's value in the same transaction — with the lock's deadline when `bound`, so the
-    /// reaper deletes it if the hold is lost. Takes nothing once `wanted` says the caller left.
+    /// In `txn` (a group commit's transaction), takes the lock on `key` for `owner` if it is
+    /// free or its holder's TTL ran out; writes the lock's value in the same transaction — with
+    /// the lock's deadline when `bound`, so the reaper deletes it if the hold is lost. Returns
+    /// the outcome and the changes to publish once committed.
     pub(crate) fn try_acquire(
         &self,
+        txn: &redb::WriteTransaction,
         key: &str,
         owner: u64,
         ttl: Duration,
         value: Option<&[u8]>,
         bound: bool,
-        wanted: &dyn Fn() -> bool,
-    ) -> Result<Acquire> {
-        let txn = self.db().begin_write().map_err(from_redb)?;
-        if !wanted() {
-            // Nobody waits for the answer; "held" makes no one retry.
-            return Ok(Acquire::Held(0));
-        }
-        let token = {
-            let mut locks = txn.open_table(LOCKS).map_err(from_redb)?;
-            if let Some(entry) = locks.get(key).map_err(from_redb)? {
-                let (_, expires_at, _) = entry.value();
-                if expires_at > now_ms() {
-                    return Ok(Acquire::Held(expires_at));
-                }
+    ) -> Result<(Acquire, Vec<Change>)> {
+        let mut locks = txn.open_table(LOCKS).map_err(from_redb)?;
+        if let Some(entry) = locks.get(key).map_err(from_redb)? {
+            let (_, expires_at, _) = entry.value();
+            if expires_at > now_ms() {
+                return Ok((Acquire::Held(expires_at), Vec::new()));
             }
-            let token = next_revision(&txn)?;
-            let deadline = deadline_ms(ttl);
-            locks
-                .insert(key, (token, deadline, owner))
+        }
+        let token = next_revision(txn)?;
+        let deadline = deadline_ms(ttl);
+        locks
+            .insert(key, (token, deadline, owner))
+            .map_err(from_redb)?;
+        let mut changes = Vec::new();
+        if let Some(value) = value {
+            let mut kv = txn.open_table(KV).map_err(from_redb)?;
+            let mut expiry = txn.open_table(EXPIRY).map_err(from_redb)?;
+            let old_exp = kv.get(key).map_err(from_redb)?.map(|e| e.value().1);
+            if let Some(old_exp) = old_exp.filter(|&e| e != 0) {
+                expiry.remove((old_exp, key)).map_err(from_redb)?;
+            }
+            let expires_at = if bound { deadline } else { 0 };
+            kv.insert(key, (token, expires_at, value))
                 .map_err(from_redb)?;
-            if let Some(value) = value {
-                let mut kv = txn.open_table(KV).map_err(from_redb)?;
-                let mut expiry = txn.open_table(EXPIRY).map_err(from_redb)?;
-                let old_exp = kv.get(key).map_err(from_redb)?.map(|e| e.value().1);
-                if let Some(old_exp) = old_exp.filter(|&e| e != 0) {
-                    expiry.remove((old_exp, key)).map_err(from_redb)?;
-                }
-                let expires_at = if bound { deadline } else { 0 };
-                kv.insert(key, (token, expires_at, value))
-                    .map_err(from_redb)?;
-                if bound {
-                    expiry.insert((expires_at, key), ()).map_err(from_redb)?;
-                }
-                log::append(&txn, token, [log::put(key, value, token)])?;
-            }
-            token
-        };
-        txn.commit().map_err(from_redb)?;
-        if value.is_some() {
-            self.publish(Change::Key(key.into()));
             if bound {
-                self.expiry_wakeup.notify_one();
+                expiry.insert((expires_at, key), ()).map_err(from_redb)?;
             }
+            log::append(txn, token, [log::put(key, value, token)])?;
+            changes.push(Change::Key(key.into()));
         }
-        Ok(Acquire::Acquired(token))
+        Ok((Acquire::Acquired(token), changes))
     }
 
     /// In `txn` (a group commit's transaction), extends a held lock (and its value, when
@@ -307,18 +294,6 @@ impl Shared {
             Ok(((), changes))
         })
         .await
-    }
-
-    /// [`release_lock`](Self::release_lock) in a write transaction of its own, for a caller
-    /// already on a blocking thread.
-    fn release_lock_alone(&self, key: &str, owner: u64, token: u64, delete: bool) -> Result<()> {
-        let txn = self.db().begin_write().map_err(from_redb)?;
-        let changes = self.release_in(&txn, key, owner, token, delete)?;
-        txn.commit().map_err(from_redb)?;
-        for change in changes {
-            self.publish(change);
-        }
-        Ok(())
     }
 
     /// In `txn`, releases a lock held by `owner` with `token`, deleting the key too when asked;
