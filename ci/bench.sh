@@ -14,5 +14,5 @@ kv_start redis etcd zk consul
 mkdir -p target/bench
 command -v go >/dev/null || { kv_log "Go is needed to build the valkeyrie side"; exit 1; }
 (cd crates/kvstore-bench/go && GOFLAGS=-mod=readonly go build -trimpath -o ../../../target/bench/valkeyrie-bench .)
-cargo run --release --locked -p kvstore-bench --bin kvstore-bench -- --valkeyrie target/bench/valkeyrie-bench \
+cargo run --release --locked -p kvstore-bench --bin kvstore-bench -- --valkeyrie target/bench/valkeyrie-bench --open-loop \
     --markdown target/bench/results.md --json target/bench/results.json "$@"

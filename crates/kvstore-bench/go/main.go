@@ -5,8 +5,15 @@
 //	prepare OP WORKERS DIR   set up OP (get, put, atomic_put, list, lock) for WORKERS
 //	                         goroutines under DIR; answers "ok", "unsupported" or "error: ..."
 //	run MILLIS               run OP for MILLIS ms; answers one JSON object
-//	                         {"ops_per_sec", "p50_us", "p99_us"} or "error: ..."
+//	                         {"ops_per_sec", "p50_us", "p99_us", "cpu_us"} or "error: ..."
+//	calls N                  run exactly N calls of OP, spread over the workers (for the
+//	                         server's request counter); answers "ok" or "error: ..."
+//	cleanup DIR              delete DIR and everything under it; answers "ok" or "error: ..."
 //	quit
+//
+// The keys and values are kvstore-bench's: 64-byte values; get reads 100 keys in turn, put
+// writes 10 keys per worker, and each lock is released with its renewal stopped (a lock's
+// RenewLock channel closed after Unlock), so no lease, session or goroutine outlives its call.
 //
 // The Redis store uses valkeyrie's JSON codec (redis.NewWithCodec with redis.JSONCodec): through
 // NewStore it stores raw values with LastIndex 0, and its AtomicPut and Lock fail on values
@@ -26,6 +33,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/kvtools/boltdb"
@@ -38,7 +46,7 @@ import (
 )
 
 // op is one call of the measured operation by worker w.
-type op func(ctx context.Context, w int) error
+type op func(ctx context.Context, w, i int) error
 
 func open(ctx context.Context, backend, addr string) (store.Store, error) {
 	endpoints := []string{addr}
@@ -60,24 +68,24 @@ func open(ctx context.Context, backend, addr string) (store.Store, error) {
 	return nil, fmt.Errorf("unknown backend %q", backend)
 }
 
-var value = []byte(strings.Repeat("v", 100))
+var value = []byte(strings.Repeat("v", 64))
 
 func prepare(ctx context.Context, kv store.Store, name string, workers int, dir string) (op, error) {
 	key := func(w int) string { return fmt.Sprintf("%s/k%d", dir, w) }
 	switch name {
 	case "get":
-		for w := 0; w < workers; w++ {
-			if err := kv.Put(ctx, key(w), value, nil); err != nil {
+		for i := 0; i < 100; i++ {
+			if err := kv.Put(ctx, fmt.Sprintf("%s/k%d", dir, i), value, nil); err != nil {
 				return nil, err
 			}
 		}
-		return func(ctx context.Context, w int) error {
-			_, err := kv.Get(ctx, key(w), nil)
+		return func(ctx context.Context, w, i int) error {
+			_, err := kv.Get(ctx, fmt.Sprintf("%s/k%d", dir, i%100), nil)
 			return err
 		}, nil
 	case "put":
-		return func(ctx context.Context, w int) error {
-			return kv.Put(ctx, key(w), value, nil)
+		return func(ctx context.Context, w, i int) error {
+			return kv.Put(ctx, fmt.Sprintf("%s/w%d/k%d", dir, w, i%10), value, nil)
 		}, nil
 	case "atomic_put":
 		previous := make([]*store.KVPair, workers)
@@ -88,7 +96,7 @@ func prepare(ctx context.Context, kv store.Store, name string, workers int, dir 
 			}
 			previous[w] = pair
 		}
-		return func(ctx context.Context, w int) error {
+		return func(ctx context.Context, w, _ int) error {
 			ok, pair, err := kv.AtomicPut(ctx, key(w), value, previous[w], nil)
 			if err != nil {
 				return err
@@ -106,7 +114,7 @@ func prepare(ctx context.Context, kv store.Store, name string, workers int, dir 
 				return nil, err
 			}
 		}
-		return func(ctx context.Context, w int) error {
+		return func(ctx context.Context, _, _ int) error {
 			pairs, err := kv.List(ctx, listDir, nil)
 			if err == nil && len(pairs) != 100 {
 				err = fmt.Errorf("list returned %d pairs", len(pairs))
@@ -114,8 +122,19 @@ func prepare(ctx context.Context, kv store.Store, name string, workers int, dir 
 			return err
 		}, nil
 	case "lock":
-		return func(ctx context.Context, w int) error {
-			lock, err := kv.NewLock(ctx, key(w)+"-lock", &store.LockOptions{TTL: 20 * time.Second})
+		return func(ctx context.Context, w, _ int) error {
+			// Closing RenewLock ends the lock's renewal goroutine (and with it, on etcd and
+			// Consul, the lease or session it keeps alive).
+			renew := make(chan struct{})
+			defer func() {
+				select {
+				case <-renew: // already closed: Consul's Unlock closes it itself
+				default:
+					close(renew)
+				}
+			}()
+			options := &store.LockOptions{TTL: 20 * time.Second, RenewLock: renew}
+			lock, err := kv.NewLock(ctx, key(w)+"-lock", options)
 			if err != nil {
 				return err
 			}
@@ -132,6 +151,37 @@ type result struct {
 	OpsPerSec float64 `json:"ops_per_sec"`
 	P50Us     float64 `json:"p50_us"`
 	P99Us     float64 `json:"p99_us"`
+	// CPU time of this whole process (user and system, every goroutine) per call.
+	CPUUs float64 `json:"cpu_us"`
+}
+
+// cpuTime is the CPU time this process has used so far (getrusage(RUSAGE_SELF)).
+func cpuTime() time.Duration {
+	var usage syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &usage); err != nil {
+		return 0
+	}
+	return time.Duration(usage.Utime.Nano() + usage.Stime.Nano())
+}
+
+// calls runs exactly n calls, worker w making calls w, w+workers, ...
+func calls(ctx context.Context, call op, workers, n int) error {
+	errs := make([]error, workers)
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := w; i < n; i += workers {
+				if err := call(ctx, w, i/workers); err != nil {
+					errs[w] = err
+					return
+				}
+			}
+		}(w)
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 func run(ctx context.Context, call op, workers int, d time.Duration) (result, error) {
@@ -139,14 +189,14 @@ func run(ctx context.Context, call op, workers int, d time.Duration) (result, er
 	latencies := make([][]time.Duration, workers)
 	errs := make([]error, workers)
 	var wg sync.WaitGroup
-	start := time.Now()
+	start, cpuStart := time.Now(), cpuTime()
 	for w := 0; w < workers; w++ {
 		wg.Add(1)
 		go func(w int) {
 			defer wg.Done()
-			for time.Now().Before(deadline) {
+			for i := 0; time.Now().Before(deadline); i++ {
 				t := time.Now()
-				if err := call(ctx, w); err != nil {
+				if err := call(ctx, w, i); err != nil {
 					errs[w] = err
 					return
 				}
@@ -155,7 +205,7 @@ func run(ctx context.Context, call op, workers int, d time.Duration) (result, er
 		}(w)
 	}
 	wg.Wait()
-	elapsed := time.Since(start)
+	elapsed, cpu := time.Since(start), cpuTime()-cpuStart
 	var all []time.Duration
 	for w := 0; w < workers; w++ {
 		if errs[w] != nil {
@@ -174,6 +224,7 @@ func run(ctx context.Context, call op, workers int, d time.Duration) (result, er
 		OpsPerSec: float64(len(all)) / elapsed.Seconds(),
 		P50Us:     pct(0.50),
 		P99Us:     pct(0.99),
+		CPUUs:     float64(cpu.Microseconds()) / float64(len(all)),
 	}, nil
 }
 
@@ -212,7 +263,7 @@ func main() {
 			if err == nil && prepared != nil {
 				// One call first: a backend without the operation says so only when called
 				// (BoltDB's locks).
-				err = prepared(ctx, 0)
+				err = prepared(ctx, 0, 0)
 				if errors.Is(err, store.ErrCallNotSupported) {
 					prepared, err = nil, nil
 				}
@@ -239,6 +290,23 @@ func main() {
 			}
 			text, _ := json.Marshal(r)
 			reply("%s", text)
+		case "calls":
+			n, _ := strconv.Atoi(fields[1])
+			if call == nil {
+				reply("error: nothing prepared")
+			} else if err := calls(ctx, call, workers, n); err != nil {
+				reply("error: %v", err)
+			} else {
+				reply("ok")
+			}
+		case "cleanup":
+			if len(fields) != 2 {
+				reply("error: cleanup DIR")
+			} else if err := kv.DeleteTree(ctx, fields[1]); err != nil && !errors.Is(err, store.ErrKeyNotFound) {
+				reply("error: %v", err)
+			} else {
+				reply("ok")
+			}
 		case "quit":
 			return
 		default:

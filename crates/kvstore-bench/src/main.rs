@@ -37,7 +37,8 @@ pub(crate) enum Op {
     Get,
     /// `get` with `ReadOptions::with_consistent(false)`: a read any server may answer from
     /// its own state (ZooKeeper: no `sync` first; etcd: a serializable read). The raw client
-    /// and valkeyrie do their usual `get`.
+    /// reads the same way (etcd: serializable; Consul: `?stale`; ZooKeeper's `getData` and
+    /// Redis have one kind of read); valkeyrie does its usual `get`.
     GetStale,
     /// `put` (overwrites after the first round).
     Put,
@@ -91,7 +92,7 @@ struct Args {
     rounds: usize,
     /// Length of one batch, in milliseconds; a round runs one batch of kvstore and one of the
     /// raw client.
-    #[arg(long, default_value_t = 400)]
+    #[arg(long, default_value_t = 1000)]
     batch_ms: u64,
     /// Calls per worker over which the server's request counter is read (at each concurrency).
     #[arg(long, default_value_t = 50)]
@@ -151,6 +152,12 @@ struct Args {
     /// Query options for the redb store's URL (`cache_size=4194304`), to compare settings.
     #[arg(long)]
     redb_options: Option<String>,
+    /// After each cell's closed-loop rounds, also measure latency in an open loop (calls
+    /// started on a fixed schedule, timed from it) at 50 % and 80 % of each side's measured
+    /// throughput, kvstore and raw client, one batch each (not for watch latency, nor for
+    /// locks, whose calls on one worker's key would contend).
+    #[arg(long)]
+    open_loop: bool,
     /// The `valkeyrie-bench` binary (built from `go/` by ci/bench.sh): also run each operation
     /// through valkeyrie v1 on the same server, interleaved, and report kvstore/valkeyrie.
     #[arg(long)]
@@ -166,6 +173,20 @@ enum Raw {
     Consul(String),
 }
 
+impl Raw {
+    /// Deletes what the raw side of a cell wrote under `dir` (`raw/<dir>` on a server).
+    async fn cleanup(&self, dir: &str) -> anyhow::Result<()> {
+        let on_server = format!("raw/{dir}");
+        match self {
+            Raw::Redb(db) => raw::cleanup::redb(db.clone(), dir).await,
+            Raw::Redis(url) => raw::cleanup::redis(url, &on_server).await,
+            Raw::Etcd(endpoint) => raw::cleanup::etcd(endpoint, &on_server).await,
+            Raw::Zk(hosts) => raw::cleanup::zk(hosts, &on_server).await,
+            Raw::Consul(base) => raw::cleanup::consul(base, &on_server).await,
+        }
+    }
+}
+
 struct Backend {
     name: &'static str,
     url: String,
@@ -175,9 +196,15 @@ struct Backend {
 
 #[derive(Debug, Serialize)]
 struct Side {
+    /// Median over the rounds.
     ops_per_sec: f64,
+    /// Latency percentiles, microseconds: of every call of every round (the rounds' latency
+    /// histograms merged), or for valkeyrie, which reports only percentiles, their median over
+    /// the rounds.
     p50_us: f64,
     p99_us: f64,
+    /// `None` for valkeyrie.
+    p999_us: Option<f64>,
     /// Requests the server counted per call (`None` for embedded stores).
     round_trips: Option<f64>,
     /// Client CPU time per call, microseconds (median over the rounds).
@@ -191,13 +218,34 @@ struct Record {
     concurrency: usize,
     kvstore: Side,
     raw: Option<Side>,
-    /// kvstore throughput / raw throughput: median, min, max over the rounds.
+    /// kvstore throughput / raw throughput: the geometric mean over the rounds, and its 95 %
+    /// confidence interval (`measure::ratio_ci`).
     ratio: Option<[f64; 3]>,
     /// valkeyrie v1 doing the same, when `--valkeyrie` is given and it has the operation.
     valkeyrie: Option<Side>,
-    /// kvstore throughput / valkeyrie throughput: median, min, max over the rounds.
+    /// kvstore throughput / valkeyrie throughput: geometric mean and 95 % confidence interval.
     vs_valkeyrie: Option<[f64; 3]>,
+    /// Open-loop latency (`--open-loop`).
+    open_loop: Vec<OpenLoop>,
 }
+
+/// Latency of one side at a fixed offered load (`measure::run_open`).
+#[derive(Debug, Serialize)]
+struct OpenLoop {
+    /// `kvstore` or `raw`.
+    side: &'static str,
+    /// The offered load as a fraction of the side's closed-loop throughput.
+    load: f64,
+    /// Calls started per second, and completed per second over the batch.
+    offered_per_sec: f64,
+    completed_per_sec: f64,
+    p50_us: f64,
+    p99_us: f64,
+    p999_us: f64,
+}
+
+/// Fractions of each side's closed-loop throughput at which `--open-loop` measures.
+const OPEN_LOOP_LOADS: [f64; 2] = [0.5, 0.8];
 
 #[derive(Debug, Serialize)]
 struct Report {
@@ -301,10 +349,16 @@ async fn prepare_raw(raw: &Raw, op: Op, workers: usize, dir: &str) -> anyhow::Re
 fn side(batches: &[Batch], round_trips: Option<f64>) -> Side {
     let pick = |f: fn(&Batch) -> f64| median(&batches.iter().map(f).collect::<Vec<_>>());
     let cpu: Vec<f64> = batches.iter().filter_map(|b| b.cpu_us).collect();
+    let merged = batches.iter().try_fold(measure::histogram(), |mut all, b| {
+        all.add(b.latencies.as_ref()?).ok()?;
+        Some(all)
+    });
+    let at = |q| merged.as_ref().map(|h| h.value_at_quantile(q) as f64);
     Side {
         ops_per_sec: pick(|b| b.ops_per_sec),
-        p50_us: pick(|b| b.p50_us),
-        p99_us: pick(|b| b.p99_us),
+        p50_us: at(0.50).unwrap_or_else(|| pick(|b| b.p50_us)),
+        p99_us: at(0.99).unwrap_or_else(|| pick(|b| b.p99_us)),
+        p999_us: at(0.999),
         round_trips,
         cpu_us: (!cpu.is_empty()).then(|| median(&cpu)),
     }
@@ -355,20 +409,26 @@ async fn measure(
             op.name(),
             round + 1
         ));
-        // Alternate who goes first, so drift in the machine's load hits both alike.
-        let kv_first = round % 2 == 0;
-        let mut kv_batch = None;
-        let mut raw_batch = None;
-        for turn in 0..2 {
-            if (turn == 0) == kv_first {
-                kv_batch = Some(measure::run(&kv_op, batch, concurrency).await?);
-            } else if let Some(raw_op) = &raw_op {
-                raw_batch = Some(measure::run(raw_op, batch, concurrency).await?);
+        // Each side goes first, second and third in turn, so drift in the machine's load hits
+        // them alike.
+        let (mut kv_batch, mut raw_batch, mut go_batch) = (None, None, None);
+        for turn in 0..3 {
+            match (round + turn) % 3 {
+                0 => kv_batch = Some(measure::run(&kv_op, batch, concurrency).await?),
+                1 => {
+                    if let Some(raw_op) = &raw_op {
+                        raw_batch = Some(measure::run(raw_op, batch, concurrency).await?);
+                    }
+                }
+                _ => {
+                    if let Some(go) = valkeyrie.as_mut() {
+                        go_batch = Some(go.run(batch).await?);
+                    }
+                }
             }
         }
         let kv_batch = kv_batch.context("kvstore batch")?;
-        if let Some(go) = valkeyrie.as_mut() {
-            let go_batch = go.run(batch).await?;
+        if let Some(go_batch) = go_batch {
             go_ratios.push(kv_batch.ops_per_sec / go_batch.ops_per_sec);
             go_batches.push(go_batch);
         }
@@ -379,7 +439,38 @@ async fn measure(
         kv_batches.push(kv_batch);
         progress.inc(1);
     }
-    let (mut kv_rt, mut raw_rt) = (None, None);
+    let mut open_loop = Vec::new();
+    if args.open_loop && !matches!(op, Op::Watch | Op::Lock) {
+        let median_rate =
+            |batches: &[Batch]| median(&batches.iter().map(|b| b.ops_per_sec).collect::<Vec<_>>());
+        let mut sides = vec![("kvstore", &kv_op, median_rate(&kv_batches))];
+        if let Some(raw_op) = &raw_op {
+            sides.push(("raw", raw_op, median_rate(&raw_batches)));
+        }
+        for load in OPEN_LOOP_LOADS {
+            for (side, op_fn, peak) in &sides {
+                progress.set_message(format!(
+                    "{} {} c={concurrency} open loop {side} at {:.0} %",
+                    backend.name,
+                    op.name(),
+                    load * 100.0
+                ));
+                let offered = peak * load;
+                let (latencies, completed) =
+                    measure::run_open(op_fn, offered, batch, concurrency, 4096).await?;
+                open_loop.push(OpenLoop {
+                    side,
+                    load,
+                    offered_per_sec: offered,
+                    completed_per_sec: completed,
+                    p50_us: latencies.value_at_quantile(0.50) as f64,
+                    p99_us: latencies.value_at_quantile(0.99) as f64,
+                    p999_us: latencies.value_at_quantile(0.999) as f64,
+                });
+            }
+        }
+    }
+    let (mut kv_rt, mut raw_rt, mut go_rt) = (None, None, None);
     if let Some(counter) = &backend.counter {
         // At concurrency 32 too: calls may share requests there (ZooKeeper's `sync`s).
         let n = args.counted_calls * concurrency;
@@ -391,16 +482,24 @@ async fn measure(
                 counters::per_op(counter, n, || measure::run_count(raw_op, n, concurrency)).await?,
             );
         }
+        if let Some(go) = valkeyrie.as_mut() {
+            go_rt = Some(counters::per_op(counter, n, || go.calls(n)).await?);
+        }
     }
+    // Every side's keys go after each cell, so no cell runs over an earlier one's keys (a
+    // SCAN-based list slows with every key left behind).
+    if let Some(go) = valkeyrie.as_mut() {
+        let go_dir = format!("{dir}-valkeyrie");
+        match &backend.raw {
+            // valkeyrie's ZooKeeper `DeleteTree` refuses a znode with grandchildren ("node has
+            // children"); its keys are plain znodes, which the raw cleanup deletes.
+            Raw::Zk(hosts) => raw::cleanup::zk(hosts, &go_dir).await?,
+            _ => go.cleanup(&go_dir).await?,
+        }
+    }
+    backend.raw.cleanup(&dir).await?;
     let _ = store.delete_tree(&dir).await;
-    let spread = |ratios: &[f64]| {
-        (!ratios.is_empty()).then(|| {
-            let min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
-            let max = ratios.iter().copied().fold(0.0, f64::max);
-            [median(ratios), min, max]
-        })
-    };
-    let ratio = spread(&ratios);
+    let ratio = measure::ratio_ci(&ratios);
     Ok(Some(Record {
         backend: backend.name,
         op,
@@ -408,40 +507,45 @@ async fn measure(
         kvstore: side(&kv_batches, kv_rt),
         raw: (!raw_batches.is_empty()).then(|| side(&raw_batches, raw_rt)),
         ratio,
-        valkeyrie: (!go_batches.is_empty()).then(|| side(&go_batches, None)),
-        vs_valkeyrie: spread(&go_ratios),
+        valkeyrie: (!go_batches.is_empty()).then(|| side(&go_batches, go_rt)),
+        vs_valkeyrie: measure::ratio_ci(&go_ratios),
+        open_loop,
     }))
 }
 
-/// A ratio's median with its spread, `0.95 (0.90–1.02)`, or `—`.
+/// A ratio with its 95 % confidence interval, `0.95 (0.90–1.02)`, or `—`.
 fn spread_text(ratio: Option<[f64; 3]>) -> String {
     ratio.map_or("—".into(), |[m, lo, hi]| {
         format!("{m:.2} ({lo:.2}–{hi:.2})")
     })
 }
 
+/// `p50 / p99 / p99.9` in microseconds (`p50 / p99` where p99.9 is unknown).
+fn latency_text(side: &Side) -> String {
+    match side.p999_us {
+        Some(p999) => format!("{:.0} / {:.0} / {p999:.0}", side.p50_us, side.p99_us),
+        None => format!("{:.0} / {:.0}", side.p50_us, side.p99_us),
+    }
+}
+
 fn markdown(report: &Report) -> String {
     let mut out = String::new();
-    out.push_str("| backend | operation | conc. | kvstore ops/s | raw ops/s | kvstore/raw (min–max) | kvstore p50 / p99 µs | raw p50 / p99 µs | requests per call kvstore / raw | client CPU µs per call kvstore / raw |\n");
+    out.push_str("| backend | operation | conc. | kvstore ops/s | raw ops/s | kvstore/raw (95 % CI) | kvstore p50 / p99 / p99.9 µs | raw p50 / p99 / p99.9 µs | requests per call kvstore / raw | client CPU µs per call kvstore / raw |\n");
     out.push_str("| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | --- | --- |\n");
     let rt = |v: Option<f64>| v.map_or("—".to_owned(), |v| format!("{v:.2}"));
     let cpu = |v: Option<f64>| v.map_or("—".to_owned(), |v| format!("{v:.1}"));
     for r in &report.records {
         let raw = r.raw.as_ref();
         out.push_str(&format!(
-            "| {} | {} | {} | {:.0} | {} | {} | {:.0} / {:.0} | {} | {} / {} | {} / {} |\n",
+            "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} / {} | {} / {} |\n",
             r.backend,
             r.op.name(),
             r.concurrency,
             r.kvstore.ops_per_sec,
             raw.map_or("—".into(), |s| format!("{:.0}", s.ops_per_sec)),
             spread_text(r.ratio),
-            r.kvstore.p50_us,
-            r.kvstore.p99_us,
-            raw.map_or("—".into(), |s| format!(
-                "{:.0} / {:.0}",
-                s.p50_us, s.p99_us
-            )),
+            latency_text(&r.kvstore),
+            raw.map_or("—".into(), latency_text),
             rt(r.kvstore.round_trips),
             rt(raw.and_then(|s| s.round_trips)),
             cpu(r.kvstore.cpu_us),
@@ -457,23 +561,52 @@ fn markdown(report: &Report) -> String {
         .filter(|r| r.valkeyrie.is_some())
         .collect();
     if !compared.is_empty() {
-        out.push_str("\n| backend | operation | conc. | kvstore ops/s | valkeyrie ops/s | kvstore/valkeyrie (min–max) | kvstore p50 / p99 µs | valkeyrie p50 / p99 µs |\n");
-        out.push_str("| --- | --- | ---: | ---: | ---: | --- | ---: | ---: |\n");
+        out.push_str("\n| backend | operation | conc. | kvstore ops/s | valkeyrie ops/s | kvstore/valkeyrie (95 % CI) | kvstore p50 / p99 / p99.9 µs | valkeyrie p50 / p99 µs | requests per call kvstore / valkeyrie | client CPU µs per call kvstore / valkeyrie |\n");
+        out.push_str("| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | --- | --- |\n");
         for r in compared {
             let go = r.valkeyrie.as_ref().expect("filtered");
             out.push_str(&format!(
-                "| {} | {} | {} | {:.0} | {:.0} | {} | {:.0} / {:.0} | {:.0} / {:.0} |\n",
+                "| {} | {} | {} | {:.0} | {:.0} | {} | {} | {} | {} / {} | {} / {} |\n",
                 r.backend,
                 r.op.name(),
                 r.concurrency,
                 r.kvstore.ops_per_sec,
                 go.ops_per_sec,
                 spread_text(r.vs_valkeyrie),
-                r.kvstore.p50_us,
-                r.kvstore.p99_us,
-                go.p50_us,
-                go.p99_us,
+                latency_text(&r.kvstore),
+                latency_text(go),
+                rt(r.kvstore.round_trips),
+                rt(go.round_trips),
+                cpu(r.kvstore.cpu_us),
+                cpu(go.cpu_us),
             ));
+        }
+    }
+    let open: Vec<&Record> = report
+        .records
+        .iter()
+        .filter(|r| !r.open_loop.is_empty())
+        .collect();
+    if !open.is_empty() {
+        out.push_str("\nOpen loop: calls started on a fixed schedule at a fraction of the side's own closed-loop throughput, each timed from its scheduled start.\n\n");
+        out.push_str("| backend | operation | conc. | side | load | offered / completed per s | p50 / p99 / p99.9 µs |\n");
+        out.push_str("| --- | --- | ---: | --- | ---: | ---: | ---: |\n");
+        for r in open {
+            for o in &r.open_loop {
+                out.push_str(&format!(
+                    "| {} | {} | {} | {} | {:.0} % | {:.0} / {:.0} | {:.0} / {:.0} / {:.0} |\n",
+                    r.backend,
+                    r.op.name(),
+                    r.concurrency,
+                    o.side,
+                    o.load * 100.0,
+                    o.offered_per_sec,
+                    o.completed_per_sec,
+                    o.p50_us,
+                    o.p99_us,
+                    o.p999_us,
+                ));
+            }
         }
     }
     out

@@ -87,4 +87,14 @@ impl Valkeyrie {
         let line = self.ask(&format!("run {}", batch.as_millis())).await?;
         serde_json::from_str(&line).with_context(|| format!("valkeyrie-bench answered {line:?}"))
     }
+
+    /// Runs exactly `n` calls of the prepared operation (for the server's request counter).
+    pub(crate) async fn calls(&mut self, n: usize) -> anyhow::Result<()> {
+        self.ask(&format!("calls {n}")).await.map(drop)
+    }
+
+    /// Deletes `dir` and everything under it, through valkeyrie (which knows its own layout).
+    pub(crate) async fn cleanup(&mut self, dir: &str) -> anyhow::Result<()> {
+        self.ask(&format!("cleanup {dir}")).await.map(drop)
+    }
 }

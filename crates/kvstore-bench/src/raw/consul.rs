@@ -48,8 +48,16 @@ pub(crate) async fn consul(
             for i in 0..100 {
                 put(http.clone(), kv(&format!("{dir}/k{i}"))).await?;
             }
+            // The same consistency as kvstore's read: `?consistent` by default, `?stale` for
+            // a stale one (source: Consul docs, "Consistency modes" of the HTTP API).
+            let mode = if op == Op::GetStale {
+                "stale"
+            } else {
+                "consistent"
+            };
             Arc::new(move |_, i| {
-                let (http, url) = (http.clone(), kv(&format!("{dir}/k{}", i % 100)));
+                let url = format!("{}?{mode}", kv(&format!("{dir}/k{}", i % 100)));
+                let http = http.clone();
                 async move {
                     let entries: Vec<Entry> = http
                         .get(url)
@@ -259,4 +267,12 @@ pub(crate) async fn consul(
             })
         }
     }))
+}
+
+/// Deletes the keys under `dir` (`DELETE /v1/kv/<dir>/?recurse`).
+pub(crate) async fn cleanup(base: &str, dir: &str) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder().no_proxy().build()?;
+    let url = format!("{}/v1/kv/{dir}/?recurse", base.trim_end_matches('/'));
+    http.delete(url).send().await?.error_for_status()?;
+    Ok(())
 }

@@ -25,10 +25,14 @@ pub(crate) async fn etcd(
             for i in 0..100 {
                 c.put(format!("{dir}/k{i}"), &VALUE[..], None).await?;
             }
+            // A stale read is a serializable one, as kvstore's is (source: etcd API
+            // reference, RangeRequest.serializable).
+            let stale = op == Op::GetStale;
             Arc::new(move |_, i| {
                 let (mut c, key) = (client.clone(), format!("{dir}/k{}", i % 100));
+                let options = stale.then(|| GetOptions::new().with_serializable());
                 async move {
-                    anyhow::ensure!(!c.get(key, None).await?.kvs().is_empty(), "missing");
+                    anyhow::ensure!(!c.get(key, options).await?.kvs().is_empty(), "missing");
                     Ok(None)
                 }
                 .boxed()
@@ -146,4 +150,12 @@ pub(crate) async fn etcd(
             })
         }
     }))
+}
+
+/// Deletes the keys under `dir`.
+pub(crate) async fn cleanup(endpoint: &str, dir: &str) -> anyhow::Result<()> {
+    let mut client = etcd_client::Client::connect([endpoint], None).await?;
+    let options = etcd_client::DeleteOptions::new().with_prefix();
+    client.delete(format!("{dir}/"), Some(options)).await?;
+    Ok(())
 }

@@ -17,6 +17,15 @@ pub(crate) use redb::redb;
 pub(crate) use redis::redis;
 pub(crate) use zk::zk;
 
+/// Deleting what one cell's raw side wrote under its directory, per backend.
+pub(crate) mod cleanup {
+    pub(crate) use super::consul::cleanup as consul;
+    pub(crate) use super::etcd::cleanup as etcd;
+    pub(crate) use super::redb::cleanup as redb;
+    pub(crate) use super::redis::cleanup as redis;
+    pub(crate) use super::zk::cleanup as zk;
+}
+
 pub(super) type Rx = Arc<Mutex<tokio::sync::mpsc::UnboundedReceiver<(Vec<u8>, Instant)>>>;
 
 pub(super) fn channel() -> (tokio::sync::mpsc::UnboundedSender<(Vec<u8>, Instant)>, Rx) {

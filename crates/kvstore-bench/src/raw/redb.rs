@@ -141,3 +141,16 @@ pub(crate) async fn redb(
         Op::Watch | Op::Lock => return Ok(None),
     }))
 }
+
+/// Deletes the keys under `dir`.
+pub(crate) async fn cleanup(db: Arc<redb::Database>, dir: &str) -> anyhow::Result<()> {
+    let prefix = format!("{dir}/");
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let txn = db.begin_write()?;
+        txn.open_table(TABLE)?
+            .retain(|key, _| !key.starts_with(prefix.as_str()))?;
+        txn.commit()?;
+        Ok(())
+    })
+    .await?
+}

@@ -192,3 +192,34 @@ pub(crate) async fn redis(
         }
     }))
 }
+
+/// Deletes the keys under `dir` (`SCAN` for the pattern, then `UNLINK` in batches).
+pub(crate) async fn cleanup(url: &str, dir: &str) -> anyhow::Result<()> {
+    use redis::AsyncCommands;
+    let mut conn = redis::Client::open(url)?
+        .get_multiplexed_async_connection()
+        .await?;
+    let pattern = format!("{}/*", glob_escape(dir));
+    let keys: Vec<redis::RedisResult<String>> =
+        conn.scan_match::<_, String>(pattern).await?.collect().await;
+    let keys = keys
+        .into_iter()
+        .collect::<redis::RedisResult<Vec<String>>>()?;
+    for batch in keys.chunks(1000) {
+        let _: () = redis::cmd("UNLINK")
+            .arg(batch)
+            .query_async(&mut conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// `text` with Redis's glob characters escaped.
+fn glob_escape(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| match c {
+            '*' | '?' | '[' | ']' | '\\' => vec!['\\', c],
+            c => vec![c],
+        })
+        .collect()
+}

@@ -184,3 +184,26 @@ pub(crate) async fn zk(
         }
     }))
 }
+
+/// Deletes the znode `/<dir>` and every znode under it, children before their parent.
+pub(crate) async fn cleanup(hosts: &str, dir: &str) -> anyhow::Result<()> {
+    let client = zookeeper_client::Client::connect(hosts).await?;
+    let mut stack = vec![(format!("/{dir}"), false)];
+    while let Some((path, listed)) = stack.pop() {
+        if listed {
+            match client.delete(&path, None).await {
+                Ok(()) | Err(zookeeper_client::Error::NoNode) => {}
+                Err(err) => return Err(err.into()),
+            }
+            continue;
+        }
+        let children = match client.list_children(&path).await {
+            Ok(children) => children,
+            Err(zookeeper_client::Error::NoNode) => continue,
+            Err(err) => return Err(err.into()),
+        };
+        stack.push((path.clone(), true));
+        stack.extend(children.iter().map(|c| (format!("{path}/{c}"), false)));
+    }
+    Ok(())
+}
