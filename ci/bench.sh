@@ -16,3 +16,5 @@ command -v go >/dev/null || { kv_log "Go is needed to build the valkeyrie side";
 (cd crates/kvstore-bench/go && GOFLAGS=-mod=readonly go build -trimpath -o ../../../target/bench/valkeyrie-bench .)
 cargo run --release --locked -p kvstore-bench --bin kvstore-bench -- --valkeyrie target/bench/valkeyrie-bench --open-loop \
     --markdown target/bench/results.md --json target/bench/results.json "$@"
+# Each cell marked met or missed against the goals (docs/benchmarks.md, "Goals").
+ci/bench-goals.py target/bench/results.json | tee -a target/bench/results.md
