@@ -135,6 +135,22 @@ pub(crate) async fn prepare(
                 .boxed()
             })
         }
+        Op::LockPerCall => {
+            if !store.capabilities().lock {
+                return Ok(None);
+            }
+            let dir = dir.to_owned();
+            Arc::new(move |w, _| {
+                let (store, key) = (store.clone(), format!("{dir}/n{w}"));
+                async move {
+                    let mut lock = store.new_lock(&key, None).await?;
+                    lock.lock().await?;
+                    lock.unlock().await?;
+                    Ok(None)
+                }
+                .boxed()
+            })
+        }
         Op::Txn2 | Op::Txn8 => {
             let (dir, n) = (dir.to_owned(), op.txn_puts());
             Arc::new(move |w, i| {

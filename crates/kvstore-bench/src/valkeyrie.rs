@@ -29,7 +29,7 @@ fn op_name(op: Op) -> Option<&'static str> {
         Op::Put => Some("put"),
         Op::AtomicPut => Some("atomic_put"),
         Op::List => Some("list"),
-        Op::Lock => Some("lock"),
+        Op::Lock | Op::LockPerCall => Some("lock"),
         Op::Watch | Op::Txn2 | Op::Txn8 => None,
     }
 }

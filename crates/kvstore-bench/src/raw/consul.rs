@@ -205,7 +205,7 @@ pub(crate) async fn consul(
                 .boxed()
             })
         }
-        Op::Lock => {
+        Op::Lock | Op::LockPerCall => {
             let session_url = kv("").replace("/v1/kv/", "/v1/session/");
             Arc::new(move |w, _| {
                 let (http, sessions, url) = (

@@ -118,7 +118,7 @@ pub(crate) async fn etcd(
                 .boxed()
             })
         }
-        Op::Lock => Arc::new(move |w, _| {
+        Op::Lock | Op::LockPerCall => Arc::new(move |w, _| {
             let (mut c, name) = (client.clone(), format!("{dir}/l{w}"));
             async move {
                 // Source: etcd's v3lock service — a lease is what frees a dead holder's lock.

@@ -19,7 +19,7 @@ pub(crate) async fn redb(
     _workers: usize,
     dir: &str,
 ) -> anyhow::Result<Option<OpFn>> {
-    use redb::{ReadableDatabase, ReadableTable};
+    use redb::ReadableDatabase;
     let write = |db: Arc<redb::Database>, key: String| async move {
         tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
             let txn = db.begin_write()?;
@@ -69,7 +69,9 @@ pub(crate) async fn redb(
             })
         }
         // Writes: see the module docs. redb has no watches or locks of its own.
-        Op::Put | Op::AtomicPut | Op::Txn2 | Op::Txn8 | Op::Watch | Op::Lock => return Ok(None),
+        Op::Put | Op::AtomicPut | Op::Txn2 | Op::Txn8 | Op::Watch | Op::Lock | Op::LockPerCall => {
+            return Ok(None);
+        }
     }))
 }
 

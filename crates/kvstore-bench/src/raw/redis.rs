@@ -151,7 +151,7 @@ pub(crate) async fn redis(
                 .boxed()
             })
         }
-        Op::Lock => {
+        Op::Lock | Op::LockPerCall => {
             let unlock = redis::Script::new(UNLOCK);
             Arc::new(move |w, i| {
                 let (mut c, key, unlock) = (conn.clone(), format!("{dir}/l{w}"), unlock.clone());

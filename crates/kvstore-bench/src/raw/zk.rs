@@ -133,7 +133,7 @@ pub(crate) async fn zk(
                 .boxed()
             })
         }
-        Op::Lock => {
+        Op::Lock | Op::LockPerCall => {
             let ephemeral = CreateMode::EphemeralSequential.with_acls(Acls::anyone_all());
             for w in 0..workers {
                 client.mkdir(&format!("{dir}/l{w}"), &persistent).await?;
