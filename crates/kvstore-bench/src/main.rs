@@ -787,7 +787,11 @@ async fn main() -> anyhow::Result<()> {
         for &op in &ops {
             let levels: &[usize] = if op == Op::Watch { &[1] } else { &[1, 32] };
             for &concurrency in levels {
-                let cell = format!("{} {} at concurrency {concurrency}", backend.name, op.name());
+                let cell = format!(
+                    "{} {} at concurrency {concurrency}",
+                    backend.name,
+                    op.name()
+                );
                 match measure(
                     &args,
                     backend,
