@@ -598,7 +598,7 @@ fn markdown(report: &Report) -> String {
         .filter(|r| !r.open_loop.is_empty())
         .collect();
     if !open.is_empty() {
-        out.push_str("\nOpen loop: calls started on a fixed schedule at a fraction of the side's own closed-loop throughput, each timed from its scheduled start.\n\n");
+        out.push_str("\nOpen loop: calls started on a fixed schedule at a fraction of the side's own closed-loop throughput, each timed from when the generator reached it (its schedule, or the timer tick just after).\n\n");
         out.push_str("| backend | operation | conc. | side | load | offered / completed per s | p50 / p99 / p99.9 µs |\n");
         out.push_str("| --- | --- | ---: | --- | ---: | ---: | ---: |\n");
         for r in open {
