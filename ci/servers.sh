@@ -63,7 +63,7 @@ kv_free_port() {
 }
 
 kv_install() {
-    local want=(redis-server redis-sentinel etcd-server etcd-client zookeeper protobuf-compiler libprotobuf-dev python3 curl openssl iptables)
+    local want=(redis-server redis-sentinel etcd-server etcd-client zookeeper postgresql protobuf-compiler libprotobuf-dev python3 curl openssl iptables)
     local missing=()
     for pkg in "${want[@]}"; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
@@ -113,6 +113,7 @@ kv_available() {
     etcd*) command -v etcd >/dev/null ;;
     zk*) command -v java >/dev/null && [ -f /usr/share/java/zookeeper.jar ] ;;
     consul*) [ -x "$KV_CONSUL_BIN" ] ;;
+    postgres*) [ -x "$(kv_pg_bin)/postgres" ] ;;
     toxiproxy) [ -x "$KV_TOXIPROXY_BIN" ] ;;
     *) return 1 ;;
     esac
@@ -514,6 +515,7 @@ kv_start_one() {
     etcd*) kv_start_etcd "$name" "$dir" "$port" || return 1 ;;
     zk*) kv_start_zk "$name" "$dir" "$port" || return 1 ;;
     consul*) kv_start_consul "$name" "$dir" "$port" || return 1 ;;
+    postgres*) kv_start_postgres "$name" "$dir" "$port" || return 1 ;;
     *)
         kv_log "unknown server $name"
         return 1
@@ -528,7 +530,8 @@ kv_stop_one() {
     [ -f "$pid_file" ] || return 0
     local pid
     pid=$(cat "$pid_file")
-    kill "$pid" 2>/dev/null || true
+    # PostgreSQL's SIGTERM waits for every client to leave; SIGINT is its fast shutdown.
+    case $1 in postgres*) kill -INT "$pid" 2>/dev/null || true ;; *) kill "$pid" 2>/dev/null || true ;; esac
     for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -9 "$pid" 2>/dev/null || true
     rm -f "$pid_file"

@@ -1,0 +1,22 @@
+//! The conformance suite's store opener, shared by the test files that run a suite against
+//! the server.
+
+use std::time::Duration;
+
+use kvstore_postgres::Postgres;
+use kvstore_testutils::{Opener, backend_url};
+
+/// An opener for the server at `url`. Each opener's stores share one table, as the suite's
+/// stores share one server on the other backends.
+pub(crate) fn opener_for_url(url: &str) -> Opener {
+    // Expired keys are invisible at once; watches hear of them at the next reap (250 ms).
+    Opener::backend::<Postgres>(url)
+        .with_ttl(Duration::from_secs(1))
+        .with_ttl_slack(Duration::from_secs(1))
+}
+
+/// An opener for the server named by the environment variable `var` (see [`backend_url`]).
+#[allow(dead_code)] // Not every test file that shares this module uses it.
+pub(crate) fn opener(var: &str) -> Option<Opener> {
+    Some(opener_for_url(&backend_url(var)?))
+}

@@ -1,0 +1,11 @@
+//! The conformance suite against a real PostgreSQL server (`KVSTORE_POSTGRES_URL`, set by
+//! ci/test.sh).
+
+mod common;
+
+kvstore_testutils::conformance_tests!(optional: common::opener("KVSTORE_POSTGRES_URL"));
+
+/// The coordination recipes (`Counter`, `update`, `update_many`, `Group`), once per server.
+mod recipes {
+    kvstore_testutils::recipe_tests!(optional: super::common::opener("KVSTORE_POSTGRES_URL"));
+}
