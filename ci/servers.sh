@@ -537,13 +537,35 @@ kv_stop_one() {
     rm -f "$pid_file"
 }
 
+# kv_signal NAME SIGNAL: sends SIGNAL to server NAME by its recorded PID. A PostgreSQL server
+# is a postmaster and one process per connection, its children: SIGSTOP, SIGCONT and SIGKILL
+# go to all of them (the postmaster first when stopping, so it forks no new one meanwhile).
+kv_signal() {
+    local name=$1 sig=$2 pid children
+    pid=$(cat "$KV_RUN_DIR/$name/pid")
+    case $name in
+    postgres*)
+        children=$(pgrep -P "$pid" || true)
+        if [ "$sig" = CONT ]; then
+            # shellcheck disable=SC2086
+            kill -CONT $children "$pid" 2>/dev/null || true
+        else
+            kill "-$sig" "$pid" 2>/dev/null || true
+            # shellcheck disable=SC2086
+            [ -z "$children" ] || kill "-$sig" $children 2>/dev/null || true
+        fi
+        ;;
+    *) kill "-$sig" "$pid" 2>/dev/null || true ;;
+    esac
+}
+
 # SIGKILLs one server or member (no chance to flush or say goodbye) and waits until it is gone.
 kv_kill_one() {
     local pid_file="$KV_RUN_DIR/$1/pid"
     [ -f "$pid_file" ] || return 0
     local pid
     pid=$(cat "$pid_file")
-    kill -9 "$pid" 2>/dev/null || true
+    kv_signal "$1" KILL
     for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
     rm -f "$pid_file"
 }

@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 # shellcheck source=servers.sh
 source ci/servers.sh
 
-KV_SERVERS=(${KVSTORE_SERVERS:-toxiproxy redis etcd etcd36 zk consul redis-stock redis-cluster zk-stock consul-stock redis-tls etcd-tls zk-tls consul-tls
+KV_SERVERS=(${KVSTORE_SERVERS:-toxiproxy redis etcd etcd36 zk consul redis-stock redis-cluster zk-stock consul-stock postgres redis-tls etcd-tls zk-tls consul-tls postgres-tls
     etcd-cluster zk-cluster consul-cluster redis-sentinel})
 kv_install
 kv_protoc
@@ -29,16 +29,16 @@ else
     # pause or restart its server, so they must not overlap that backend's other tests.
     phase "unit, doc, conformance, fault and TLS tests"
     cargo test --workspace --all-features --locked -- --skip liveness::
-    # The four backends' liveness suites at once: each pauses, restarts or cuts off only its
+    # The five network backends' liveness suites at once: each pauses, restarts or cuts off only its
     # own server, and they mostly wait on TTLs, so together they take the time of the longest.
-    phase "the liveness suites of the four network backends, at once"
+    phase "the liveness suites of the five network backends, at once"
     ci/parallel-tests.py --workspace --all-features --locked --test liveness -- liveness::
 fi
 # Each network backend alone (its own feature set, no other crate's TLS provider in the
 # graph) connects over TLS and reports refusals as PermissionDenied.
 # The name filter must match tests: a renamed test would otherwise pass as "0 tests".
 phase "TLS refusals, each network backend alone"
-for backend in redis etcd zk consul; do
+for backend in redis etcd zk consul postgres; do
     out=$(cargo test -p "kvstore-$backend" --locked --test tls -- refusals 2>&1) || { echo "$out"; exit 1; }
     echo "$out"
     grep -Eq '^running [1-9][0-9]* tests?$' <<<"$out" ||

@@ -1,6 +1,8 @@
 # shellcheck shell=bash
-# PostgreSQL: postgres (Debian's PostgreSQL 15, initdb'd into the run directory, a per-run
-# password, loopback only).
+# PostgreSQL: postgres (Debian's PostgreSQL, initdb'd into the run directory with a per-run
+# password and otherwise the server's default settings: loopback only) and postgres-tls (TLS
+# only, with a client certificate from the run's CA and a password; a read-only role
+# `reader`).
 # Sourced by ci/servers.sh, whose helpers (kv_wait, kv_secret, kv_export_url…) it uses.
 
 # The newest installed PostgreSQL's bin directory (Debian: /usr/lib/postgresql/<major>/bin).
@@ -39,9 +41,42 @@ kv_start_postgres() {
         }
         rm -f "$dir/pwfile"
     fi
+    local tls=()
+    if [ "$name" = postgres-tls ]; then
+        kv_certs
+        local c="$KVSTORE_TLS_DIR"
+        # The server reads its key only when the server's user owns it and no one else may.
+        cp "$c/server.pem" "$c/server-key.pem" "$c/ca.pem" "$dir/"
+        [ "$(id -u)" != 0 ] || chown postgres "$dir/server.pem" "$dir/server-key.pem" "$dir/ca.pem"
+        chmod 600 "$dir/server-key.pem"
+        # TLS only: a plain connection matches no line and is refused; a TLS one needs a
+        # client certificate the run's CA signed and the password.
+        printf '%s\n' "local all postgres peer" \
+            "hostssl all all 127.0.0.1/32 scram-sha-256 clientcert=verify-ca" >"$dir/hba.conf"
+        [ "$(id -u)" != 0 ] || chown postgres "$dir/hba.conf"
+        tls=(-c ssl=on -c "ssl_cert_file=$dir/server.pem" -c "ssl_key_file=$dir/server-key.pem"
+            -c "ssl_ca_file=$dir/ca.pem" -c "hba_file=$dir/hba.conf")
+    fi
     (kv_as_postgres "$bin/postgres" -D "$dir/data" -k "$dir" -p "$port" \
-        -c listen_addresses=127.0.0.1 -c max_connections=400) >"$dir/log" 2>&1 &
+        -c listen_addresses=127.0.0.1 "${tls[@]}") >"$dir/log" 2>&1 &
     echo $! >"$dir/pid"
     kv_wait "$name" 30 "$bin/pg_isready" -q -h 127.0.0.1 -p "$port"
-    kv_export_url "$name" "postgres://postgres:$pw@127.0.0.1:$port/postgres"
+    if [ "$name" = postgres-tls ]; then
+        if [ ! -f "$dir/roles" ]; then
+            # reader may read every table the store creates, and write none. Over the local
+            # socket, as the server's own user (the hba file's `peer` line).
+            (kv_as_postgres "$bin/psql" -X -q -v ON_ERROR_STOP=1 -h "$dir" -p "$port" -U postgres -d postgres \
+                -c "CREATE ROLE reader LOGIN PASSWORD '$pw'" \
+                -c "ALTER DEFAULT PRIVILEGES FOR ROLE postgres IN SCHEMA public GRANT SELECT ON TABLES TO reader") \
+                >"$dir/roles.log" 2>&1 || {
+                cat "$dir/roles.log" >&2
+                return 1
+            }
+            touch "$dir/roles"
+        fi
+        local c="$KVSTORE_TLS_DIR"
+        export KVSTORE_POSTGRES_TLS_URL="postgres://postgres:$pw@127.0.0.1:$port/postgres?tls_ca=$c/ca.pem&tls_cert=$c/client.pem&tls_key=$c/client-key.pem"
+    else
+        kv_export_url "$name" "postgres://postgres:$pw@127.0.0.1:$port/postgres"
+    fi
 }

@@ -66,13 +66,46 @@ pub(crate) fn pg_config(config: &PostgresConfig) -> tokio_postgres::Config {
 
 /// The TLS connector: the CA file's certificates (or the platform's roots) and the client
 /// certificate, when given. Plain connections (`sslmode` disable) never use it.
-pub(crate) fn tls_connector(config: &PostgresConfig) -> Result<MakeRustlsConnect> {
+pub(crate) fn tls_connector(config: &PostgresConfig) -> Result<Tls> {
     kvstore_core::backend::tls::install_crypto_provider();
     let files = match &config.tls {
         Some(tls) => load_tls(tls, BACKEND)?,
-        None => return Ok(MakeRustlsConnect::new(no_tls())),
+        None => {
+            return Ok(Tls {
+                connect: MakeRustlsConnect::new(no_tls()),
+                server_name: None,
+            });
+        }
     };
-    Ok(MakeRustlsConnect::new(client_config(&files)?))
+    Ok(Tls {
+        connect: MakeRustlsConnect::new(client_config(&files)?),
+        server_name: files.server_name.clone(),
+    })
+}
+
+/// rustls for tokio-postgres, verifying the server's certificate against `server_name` when
+/// given (`tls_server_name`), else against the host connected to.
+#[derive(Clone)]
+pub(crate) struct Tls {
+    connect: MakeRustlsConnect,
+    server_name: Option<String>,
+}
+
+impl<S> tokio_postgres::tls::MakeTlsConnect<S> for Tls
+where
+    MakeRustlsConnect: tokio_postgres::tls::MakeTlsConnect<S>,
+{
+    type Stream = <MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<S>>::Stream;
+    type TlsConnect = <MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<S>>::TlsConnect;
+    type Error = <MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<S>>::Error;
+
+    fn make_tls_connect(
+        &mut self,
+        domain: &str,
+    ) -> std::result::Result<Self::TlsConnect, Self::Error> {
+        let name = self.server_name.as_deref().unwrap_or(domain);
+        self.connect.make_tls_connect(name)
+    }
 }
 
 fn no_tls() -> rustls::ClientConfig {

@@ -20,6 +20,9 @@ use tokio_util::sync::CancellationToken;
 use crate::BACKEND;
 use crate::client::{Inner, bigint, pg_config, revision, tls_connector, under};
 
+/// How many reaper rounds pass between two trims of the change log (instead of a reap).
+const TRIM_EVERY: u32 = 40;
+
 /// How many changes the broadcast keeps for a slow receiver before it lags (a lagging
 /// receiver reads again, so nothing is lost).
 const CAPACITY: usize = 1024;
@@ -237,7 +240,44 @@ async fn listen(
     if let Some(ready) = ready.take() {
         let _ = ready.send(Ok(()));
     }
-    while let Some(payload) = notifications.recv().await {
+    // The reaper runs on this connection too: it never waits for a pooled connection that a
+    // lease renewal needs.
+    let reap = client
+        .prepare(&inner.sql.reap)
+        .await
+        .map_err(crate::error::from_pg)?;
+    let trim = client
+        .prepare(&inner.sql.trim)
+        .await
+        .map_err(crate::error::from_pg)?;
+    let keep = i64::try_from(config.log_retention).unwrap_or(i64::MAX);
+    let mut reaper = tokio::time::interval(config.reap_interval);
+    reaper.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut round = 0u32;
+    loop {
+        let payload = tokio::select! {
+            payload = notifications.recv() => match payload {
+                Some(payload) => payload,
+                None => break,
+            },
+            _ = reaper.tick() => {
+                round = round.wrapping_add(1);
+                let trimming = round.is_multiple_of(TRIM_EVERY);
+                let outcome = if trimming {
+                    bounded(timeout, client.query(&trim, &[&keep])).await
+                } else {
+                    bounded(timeout, client.query(&reap, &[])).await
+                };
+                if let Err(err) = outcome {
+                    if client.is_closed() {
+                        return Err(err);
+                    }
+                    // A role that may not delete (a read-only user) leaves reaping to others.
+                    tracing::debug!(error = %err, trimming, "postgres reaper");
+                }
+                continue;
+            }
+        };
         let mut payloads = vec![payload];
         while let Ok(more) = notifications.try_recv() {
             payloads.push(more);

@@ -15,23 +15,20 @@ use crate::schema::{Names, Sql};
 /// semantics of every backend. Open it with [`BackendStore::open`] and a [`PostgresConfig`].
 pub type PostgresStore = BackendStore<Postgres>;
 
-/// The PostgreSQL backend of [`PostgresStore`]: the pool, the listener and the reaper.
+/// The PostgreSQL backend of [`PostgresStore`]: the pool, the listener (which also reaps).
 #[derive(Debug)]
 pub struct Postgres {
     inner: Arc<Inner>,
-    /// Dropped with the backend: ends the listener and the reaper.
+    /// Dropped with the backend: ends the listener (which also reaps).
     _stop: DropGuard,
 }
-
-/// How many reaper rounds pass between two trims of the change log.
-const TRIM_EVERY: u32 = 40;
 
 impl Open for Postgres {
     type Config = PostgresConfig;
     const NAME: &str = BACKEND;
 
     /// Connects, creates the schema when missing (or checks its version), and starts the
-    /// listener and the reaper.
+    /// listener (which also reaps).
     ///
     /// # Errors
     ///
@@ -71,34 +68,7 @@ impl Open for Postgres {
             .await
             .map_err(|_| unreachable())?
             .map_err(|_| Error::Closed { backend: BACKEND })??;
-        tasks.spawn(reap(Arc::downgrade(&inner), tasks.cancel_token().clone()));
         Ok(Postgres { inner, _stop: stop })
-    }
-}
-
-/// Deletes expired keys and holds every `reap_interval`, and trims the change log every
-/// [`TRIM_EVERY`] rounds, until `cancel` fires. Errors wait for the next round.
-async fn reap(inner: std::sync::Weak<Inner>, cancel: CancellationToken) {
-    let mut round = 0u32;
-    loop {
-        let Some(interval) = inner.upgrade().map(|i| i.config.reap_interval) else {
-            return;
-        };
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            () = tokio::time::sleep(interval) => {}
-        }
-        let Some(inner) = inner.upgrade() else { return };
-        if let Err(err) = inner.query(&inner.sql.reap, &[]).await {
-            tracing::debug!(error = %err, "postgres reaper");
-        }
-        round = round.wrapping_add(1);
-        if round.is_multiple_of(TRIM_EVERY) {
-            let keep = i64::try_from(inner.config.log_retention).unwrap_or(i64::MAX);
-            if let Err(err) = inner.query(&inner.sql.trim, &[&keep]).await {
-                tracing::debug!(error = %err, "postgres log trim");
-            }
-        }
     }
 }
 

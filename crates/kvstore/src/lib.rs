@@ -13,6 +13,7 @@
 //! | `etcd://[user:pass@]h1:p1,h2:p2` | etcd v3 | `etcd` |
 //! | `zk://[user:pass@]h1:p1,h2:p2[/chroot]` | ZooKeeper 3.6+ | `zk` |
 //! | `consul://host:port` | Consul (HTTP API) | `consul` |
+//! | `postgres://[user:pass@]h1[:p1][,h2[:p2]][/db]`, `postgresql://…` | PostgreSQL 12+ (one table per store) | `postgres` |
 //!
 //! # TLS and authentication
 //!
@@ -20,16 +21,16 @@
 //! config); every file is PEM and read at connect, and the server's certificate is always
 //! verified:
 //!
-//! | option | meaning | Redis | etcd | ZooKeeper | Consul |
-//! | --- | --- | --- | --- | --- | --- |
-//! | `tls=true` | TLS with the platform's trusted roots | use `rediss://` | ✓ | needs `tls_ca` | ✓ |
-//! | `tls_ca=PATH` | trust only these CA certificates | ✓ | ✓ | ✓ (required) | ✓ |
-//! | `tls_cert=PATH`, `tls_key=PATH` | mutual TLS: present this client certificate and key | ✓ | ✓ | ✓ | ✓ |
-//! | `tls_server_name=NAME` | verify the certificate against `NAME`, not the URL's host | refused | ✓ | refused | ✓ |
+//! | option | meaning | Redis | etcd | ZooKeeper | Consul | PostgreSQL |
+//! | --- | --- | --- | --- | --- | --- | --- |
+//! | `tls=true` | TLS with the platform's trusted roots | use `rediss://` | ✓ | needs `tls_ca` | ✓ | ✓ (or `sslmode=require`) |
+//! | `tls_ca=PATH` | trust only these CA certificates | ✓ | ✓ | ✓ (required) | ✓ | ✓ |
+//! | `tls_cert=PATH`, `tls_key=PATH` | mutual TLS: present this client certificate and key | ✓ | ✓ | ✓ | ✓ | ✓ |
+//! | `tls_server_name=NAME` | verify the certificate against `NAME`, not the URL's host | refused | ✓ | refused | ✓ | ✓ |
 //!
-//! | credentials | Redis | etcd | ZooKeeper | Consul |
-//! | --- | --- | --- | --- | --- |
-//! | in the URL | `redis://user:pass@…` (ACL user; `:pass@` for `requirepass`); with Sentinel, the servers' login there and the Sentinels' as `?sentinel_user=…&sentinel_password=…` | `etcd://user:pass@…` (token refreshed when it expires) | `zk://user:pass@…` (`digest`, or SASL DIGEST-MD5 with `auth=sasl`; nodes get the creator ACL, see `acl=`) | `consul://…?token=…` (`X-Consul-Token`) |
+//! | credentials | Redis | etcd | ZooKeeper | Consul | PostgreSQL |
+//! | --- | --- | --- | --- | --- | --- |
+//! | in the URL | `redis://user:pass@…` (ACL user; `:pass@` for `requirepass`); with Sentinel, the servers' login there and the Sentinels' as `?sentinel_user=…&sentinel_password=…` | `etcd://user:pass@…` (token refreshed when it expires) | `zk://user:pass@…` (`digest`, or SASL DIGEST-MD5 with `auth=sasl`; nodes get the creator ACL, see `acl=`) | `consul://…?token=…` (`X-Consul-Token`) | `postgres://user:pass@…` (SCRAM or MD5, as the server asks) |
 //!
 //! A refusal no retry can fix — a wrong password or token, a user or token without permission
 //! on the key, no client certificate where the server demands one, a client certificate the
@@ -141,6 +142,9 @@ pub use kvstore_core::*;
 #[cfg(feature = "etcd")]
 #[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
 pub use kvstore_etcd as etcd;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use kvstore_postgres as postgres;
 /// The embedded redb store and the in-memory store (features `redb` or `memory`).
 #[cfg(any(feature = "redb", feature = "memory"))]
 #[cfg_attr(docsrs, doc(cfg(any(feature = "redb", feature = "memory"))))]
@@ -221,6 +225,10 @@ impl Default for Registry {
         registry.register(kvstore_zk::SCHEME, open_url::<kvstore_zk::Zk>);
         #[cfg(feature = "consul")]
         registry.register(kvstore_consul::SCHEME, open_url::<kvstore_consul::Consul>);
+        #[cfg(feature = "postgres")]
+        for scheme in kvstore_postgres::SCHEMES {
+            registry.register(scheme, open_url::<kvstore_postgres::Postgres>);
+        }
         registry
     }
 }
