@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 source ci/servers.sh
 
 kv_install
-kv_start redis etcd zk consul
+kv_start redis etcd zk consul postgres
 mkdir -p target/bench
 command -v go >/dev/null || { kv_log "Go is needed to build the valkeyrie side"; exit 1; }
 (cd crates/kvstore-bench/go && GOFLAGS=-mod=readonly go build -trimpath -o ../../../target/bench/valkeyrie-bench .)

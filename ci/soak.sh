@@ -16,7 +16,7 @@ source ci/servers.sh
 
 if [ -z "${KVSTORE_IN_TEST_SH:-}" ]; then
     kv_install
-    kv_start redis etcd zk consul
+    kv_start redis etcd zk consul postgres
 fi
 profile=${SOAK_PROFILE:-release}
 cargo build --profile "$profile" --locked -p kvstore-bench --bin kvstore-bench
@@ -28,6 +28,7 @@ backends=(redb)
 [ -z "${KVSTORE_ETCD_URL:-}" ] || backends+=(etcd)
 [ -z "${KVSTORE_ZK_URL:-}" ] || backends+=(zk)
 [ -z "${KVSTORE_CONSUL_URL:-}" ] || backends+=(consul)
+[ -z "${KVSTORE_POSTGRES_URL:-}" ] || backends+=(postgres)
 pids=()
 for backend in "${backends[@]}"; do
     "$bin" --soak "${SOAK_DURATION:-10m}" --soak-sample "${SOAK_SAMPLE:-10s}" --backends "$backend" \

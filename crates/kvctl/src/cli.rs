@@ -31,7 +31,7 @@ user:pass@ or token=); --password-file and --token-file keep secrets out of the 
 #[derive(Debug, Parser)]
 #[command(name = "kvctl", version, after_help = EXIT_CODES)]
 pub(crate) struct Cli {
-    /// Store URL, any that kvstore::open accepts (redis://, etcd://, zk://, consul://, redb:FILE, memory://); required by every command but copy, completions and man
+    /// Store URL, any that kvstore::open accepts (redis://, etcd://, zk://, consul://, postgres://, redb:FILE, memory://); required by every command but copy, completions and man
     #[arg(long, env = "KVSTORE_URL", hide_env_values = true, global = true)]
     pub(crate) url: Option<String>,
 

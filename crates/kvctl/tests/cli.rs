@@ -557,6 +557,8 @@ macro_rules! per_backend {
                 fn zk() { super::$case("zk") }
                 #[test]
                 fn consul() { super::$case("consul") }
+                #[test]
+                fn postgres() { super::$case("postgres") }
             }
         )*
     };
@@ -794,7 +796,7 @@ fn run_locked_commands(
 /// Three `kvctl lock -n 2` processes: never more than two commands run at once.
 #[test]
 fn concurrent_permits_never_exceed_n() {
-    for name in ["redis", "etcd", "zk", "consul"] {
+    for name in ["redis", "etcd", "zk", "consul", "postgres"] {
         let Some(b) = backend(name) else { continue };
         let dir = scratch("permits");
         let pool = format!("{dir}/pool");
@@ -813,7 +815,7 @@ fn concurrent_permits_never_exceed_n() {
 /// holder's token is the greater.
 #[test]
 fn concurrent_locks_never_overlap() {
-    for name in ["redis", "etcd", "zk", "consul"] {
+    for name in ["redis", "etcd", "zk", "consul", "postgres"] {
         let Some(b) = backend(name) else { continue };
         let dir = scratch("overlap");
         let lock_key = format!("{dir}/lock");

@@ -62,6 +62,7 @@ fn lock_lost_on_paused_servers() {
         ("etcd", "KVSTORE_ETCD_URL", true),
         ("zk", "KVSTORE_ZK_URL", false),
         ("consul", "KVSTORE_CONSUL_URL", true),
+        ("postgres", "KVSTORE_POSTGRES_URL", false),
     ] {
         lock_lost_stops_the_command(name, var, ignore_term);
     }

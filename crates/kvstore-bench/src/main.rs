@@ -175,6 +175,7 @@ enum Raw {
     Etcd(String),
     Zk(String),
     Consul(String),
+    Postgres(String),
 }
 
 impl Raw {
@@ -187,6 +188,7 @@ impl Raw {
             Raw::Etcd(endpoint) => raw::cleanup::etcd(endpoint, &on_server).await,
             Raw::Zk(hosts) => raw::cleanup::zk(hosts, &on_server).await,
             Raw::Consul(base) => raw::cleanup::consul(base, &on_server).await,
+            Raw::Postgres(url) => raw::cleanup::postgres(url, &on_server).await,
         }
     }
 }
@@ -307,40 +309,49 @@ fn backends(
             counter: None,
         });
     }
-    let mut network = |name: &'static str, var: &str, make: &dyn Fn(&str) -> (Raw, Counter)| {
-        if !want(name) {
-            return;
-        }
-        match std::env::var(var) {
-            Ok(url) if !url.is_empty() => {
-                let (raw, counter) = make(&url);
-                found.push(Backend {
-                    name,
-                    url,
-                    raw,
-                    counter: Some(counter),
-                });
+    let mut network =
+        |name: &'static str, var: &str, make: &dyn Fn(&str) -> (Raw, Option<Counter>)| {
+            if !want(name) {
+                return;
             }
-            _ => skipped.push((
-                name.to_owned(),
-                format!("{var} is not set (start the servers with ci/bench.sh)"),
-            )),
-        }
-    };
+            match std::env::var(var) {
+                Ok(url) if !url.is_empty() => {
+                    let (raw, counter) = make(&url);
+                    found.push(Backend {
+                        name,
+                        url,
+                        raw,
+                        counter,
+                    });
+                }
+                _ => skipped.push((
+                    name.to_owned(),
+                    format!("{var} is not set (start the servers with ci/bench.sh)"),
+                )),
+            }
+        };
     network("redis", "KVSTORE_REDIS_URL", &|url| {
-        (Raw::Redis(url.to_owned()), Counter::Redis(url.to_owned()))
+        (
+            Raw::Redis(url.to_owned()),
+            Some(Counter::Redis(url.to_owned())),
+        )
     });
     network("etcd", "KVSTORE_ETCD_URL", &|url| {
         let http = format!("http://{}", host_port(url, "etcd://"));
-        (Raw::Etcd(http.clone()), Counter::Etcd(http))
+        (Raw::Etcd(http.clone()), Some(Counter::Etcd(http)))
     });
     network("zk", "KVSTORE_ZK_URL", &|url| {
         let hosts = host_port(url, "zk://");
-        (Raw::Zk(hosts.clone()), Counter::Zk(hosts))
+        (Raw::Zk(hosts.clone()), Some(Counter::Zk(hosts)))
     });
     network("consul", "KVSTORE_CONSUL_URL", &|url| {
         let http = format!("http://{}", host_port(url, "consul://"));
-        (Raw::Consul(http.clone()), Counter::Consul(http))
+        (Raw::Consul(http.clone()), Some(Counter::Consul(http)))
+    });
+    // No request counter: PostgreSQL's statistics views are flushed by each backend process
+    // at most once a second, so a cell's count would not be exact.
+    network("postgres", "KVSTORE_POSTGRES_URL", &|url| {
+        (Raw::Postgres(url.to_owned()), None)
     });
     Ok((found, skipped))
 }
@@ -352,6 +363,7 @@ async fn prepare_raw(raw: &Raw, op: Op, workers: usize, dir: &str) -> anyhow::Re
         Raw::Etcd(endpoint) => raw::etcd(endpoint, op, workers, dir).await,
         Raw::Zk(hosts) => raw::zk(hosts, op, workers, dir).await,
         Raw::Consul(base) => raw::consul(base, op, workers, dir).await,
+        Raw::Postgres(url) => raw::postgres(url, op, workers, dir).await,
     }
 }
 

@@ -78,7 +78,13 @@ fn all_yaml_includes_every_backend_file() {
     included.sort();
     assert_eq!(
         included,
-        ["consul.yaml", "etcd.yaml", "redis.yaml", "zookeeper.yaml"]
+        [
+            "consul.yaml",
+            "etcd.yaml",
+            "postgres.yaml",
+            "redis.yaml",
+            "zookeeper.yaml"
+        ]
     );
     for file in &included {
         assert!(repo().join("compose").join(file).exists(), "{file} exists");
@@ -93,6 +99,16 @@ fn redis_has_keyspace_notifications_like_ci() {
         "{command}"
     );
     assert!(read("ci/servers/redis.sh").contains("--notify-keyspace-events KEA"));
+}
+
+/// The image's major version is the one CI installs (Debian's `postgresql` package), and it
+/// runs the server's defaults as CI does (only a password, which the image requires).
+#[test]
+fn postgres_is_the_tested_major_version_with_default_settings() {
+    let settings = check_service("postgres.yaml", "postgres", "postgres:15.18");
+    assert_eq!(settings.trim(), "POSTGRES_PASSWORD=kvstore", "{settings}");
+    let servers = read("ci/servers/postgres.sh");
+    assert!(servers.contains("/usr/lib/postgresql/15/bin"), "ci installs PostgreSQL 15");
 }
 
 #[test]

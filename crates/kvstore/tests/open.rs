@@ -79,7 +79,8 @@ async fn malformed_urls_and_options_are_invalid_config() {
     feature = "redis",
     feature = "etcd",
     feature = "zk",
-    feature = "consul"
+    feature = "consul",
+    feature = "postgres"
 ))]
 #[tokio::test]
 async fn options_that_would_weaken_tls_are_invalid_config() {
@@ -94,6 +95,8 @@ async fn options_that_would_weaken_tls_are_invalid_config() {
         "etcd://127.0.0.1:1?tls_ca=/ca.pem&tls=false",
         "zk://127.0.0.1:1?tls_cert=/c.pem&tls_key=/k.pem&tls=false",
         "consul://127.0.0.1:1?tls=false&tls_server_name=kv",
+        "postgres://127.0.0.1:1#insecure",
+        "postgres://127.0.0.1:1?tls=false&tls_ca=/ca.pem",
     ] {
         match kvstore::open(url).await {
             Err(Error::InvalidConfig { source, .. }) => {
@@ -115,7 +118,8 @@ async fn options_that_would_weaken_tls_are_invalid_config() {
     feature = "redis",
     feature = "etcd",
     feature = "zk",
-    feature = "consul"
+    feature = "consul",
+    feature = "postgres"
 ))]
 #[tokio::test]
 async fn ci_servers_report_every_capability() {
@@ -129,6 +133,8 @@ async fn ci_servers_report_every_capability() {
         "KVSTORE_ETCD_TLS_URL",
         "KVSTORE_ZK_TLS_URL",
         "KVSTORE_CONSUL_TLS_URL",
+        "KVSTORE_POSTGRES_URL",
+        "KVSTORE_POSTGRES_TLS_URL",
     ] {
         let Some(url) = kvstore_testutils::backend_url(var) else {
             continue;
@@ -279,6 +285,34 @@ async fn opens_consul_by_url_with_a_prefix() {
         root.get(&format!("{prefix}/k"), None).await,
         Err(kvstore::Error::KeyNotFound { .. })
     ));
+}
+
+/// Two `table`s in one database are two stores: neither sees the other's keys, and
+/// `postgresql://` opens the same store as `postgres://`.
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn opens_postgres_by_url_with_a_table() {
+    let Some(url) = kvstore_testutils::backend_url("KVSTORE_POSTGRES_URL") else {
+        return;
+    };
+    let key = format!("{}/k", kvstore_testutils::scratch_dir("open_postgres"));
+    let with = |table: &str| format!("{url}?table={table}&timeout=2s");
+    let a = kvstore::open(&with("kv_open_a")).await.unwrap();
+    let b = kvstore::open(&with("kv_open_b")).await.unwrap();
+    assert_eq!(a.backend(), "postgres");
+    a.put(&key, b"a", None).await.unwrap();
+    assert!(matches!(
+        b.get(&key, None).await,
+        Err(kvstore::Error::KeyNotFound { .. })
+    ));
+    let again = kvstore::open(&with("kv_open_a").replacen("postgres://", "postgresql://", 1))
+        .await
+        .unwrap();
+    assert_eq!(&again.get(&key, None).await.unwrap().value[..], b"a");
+    a.delete(&key).await.unwrap();
+    for store in [a, b, again] {
+        store.close().await.unwrap();
+    }
 }
 
 #[tokio::test]

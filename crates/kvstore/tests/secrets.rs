@@ -2,7 +2,7 @@
 //! and stores, the `Display`, `Debug` and source chain of errors (malformed URLs, refused
 //! credentials), and everything logged at `trace` level during a full conformance run over
 //! TLS with authentication on every network backend (the servers `ci/servers.sh` starts as
-//! `redis-tls`, `etcd-tls`, `zk-tls` and `consul-tls`).
+//! `redis-tls`, `etcd-tls`, `zk-tls`, `consul-tls` and `postgres-tls`).
 
 use std::io::Write;
 use std::str::FromStr;
@@ -25,6 +25,10 @@ fn secure_urls() -> Option<Vec<(String, Credential)>> {
         (
             backend_url("KVSTORE_CONSUL_TLS_URL")?,
             Credential::Query("token"),
+        ),
+        (
+            backend_url("KVSTORE_POSTGRES_TLS_URL")?,
+            Credential::Password,
         ),
     ])
 }
@@ -93,6 +97,9 @@ async fn secrets_stay_out_of_debug_and_errors() {
         format!("consul://127.0.0.1:notaport?token={PLANTED}"),
         format!("consul://127.0.0.1:8500/path?token={PLANTED}"),
         format!("consul://127.0.0.1:8500?token={PLANTED}&tls=maybe"),
+        format!("postgres://u:{PLANTED}@127.0.0.1:notaport/db"),
+        format!("postgresql://u:{PLANTED}@127.0.0.1:5432/db?table=Not-An-Identifier"),
+        format!("postgres://u:{PLANTED}@127.0.0.1:5432/db?sslmode=maybe"),
     ] {
         match kvstore::open(&url).await {
             Err(err @ Error::InvalidConfig { .. }) => {
@@ -108,6 +115,7 @@ async fn secrets_stay_out_of_debug_and_errors() {
             format!("{:?}", kvstore_etcd::EtcdConfig::from_str(&url)),
             format!("{:?}", kvstore_zk::ZkConfig::from_str(&url)),
             format!("{:?}", kvstore_consul::ConsulConfig::from_str(&url)),
+            format!("{:?}", kvstore_postgres::PostgresConfig::from_str(&url)),
         ];
         for shown in configs {
             assert_no_secret(&shown, &secrets, "a config's Debug");

@@ -42,7 +42,7 @@ pub fn backend(name: &'static str) -> Option<Backend> {
 }
 
 /// Every backend, in a fixed order.
-pub const BACKENDS: [&str; 5] = ["redb", "redis", "etcd", "zk", "consul"];
+pub const BACKENDS: [&str; 6] = ["redb", "redis", "etcd", "zk", "consul", "postgres"];
 
 /// `kvctl --url URL` ready to get arguments.
 pub fn kvctl(url: &str) -> assert_cmd::Command {

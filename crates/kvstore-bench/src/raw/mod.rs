@@ -3,6 +3,7 @@
 
 mod consul;
 mod etcd;
+mod postgres;
 mod redb;
 mod redis;
 mod zk;
@@ -13,6 +14,7 @@ use tokio::sync::Mutex;
 
 pub(crate) use consul::consul;
 pub(crate) use etcd::etcd;
+pub(crate) use postgres::postgres;
 pub(crate) use redb::redb;
 pub(crate) use redis::redis;
 pub(crate) use zk::zk;
@@ -21,6 +23,7 @@ pub(crate) use zk::zk;
 pub(crate) mod cleanup {
     pub(crate) use super::consul::cleanup as consul;
     pub(crate) use super::etcd::cleanup as etcd;
+    pub(crate) use super::postgres::cleanup as postgres;
     pub(crate) use super::redb::cleanup as redb;
     pub(crate) use super::redis::cleanup as redis;
     pub(crate) use super::zk::cleanup as zk;
