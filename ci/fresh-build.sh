@@ -41,11 +41,11 @@ echo "== example election on memory://"
 cargo run --locked -p kvstore-any --example election -- memory://
 
 echo "== crates a user depends on, without protoc"
-for pkg in kvstore-redb kvstore-redis kvstore-zk kvstore-consul; do
+for pkg in kvstore-redb kvstore-redis kvstore-zk kvstore-consul kvstore-postgres; do
     cargo build --locked -p "$pkg"
 done
 cargo build --locked -p kvstore-any --no-default-features --features redis
-cargo build --locked -p kvstore-any --no-default-features --features memory,redis,zk,consul
+cargo build --locked -p kvstore-any --no-default-features --features memory,redis,zk,consul,postgres
 
 echo "== the README's protoc recipe, with protoc still hidden"
 cargo install --locked protoc-bin-vendored && export PROTOC=$(protoc-bin-which)

@@ -319,7 +319,8 @@ pub async fn open_backend<B: kvstore_core::backend::Open>(
 /// function for the backend (what this module's cases take), and the whole conformance suite
 /// against the URL in the environment variable `var`, with the suite's TTL and slack where
 /// given: `secure_suite!(backend: kvstore_etcd::Etcd, var: "KVSTORE_ETCD_TLS_URL", ttl: …,
-/// slack: …)`. The backend's own refusal tests stay beside it.
+/// slack: …)`, its cases in a module `secure_suite`. The backend's own refusal tests stay
+/// beside it.
 #[macro_export]
 macro_rules! secure_suite {
     (backend: $backend:ty, var: $var:expr $(, ttl: $ttl:expr, slack: $slack:expr)? $(,)?) => {
@@ -330,8 +331,15 @@ macro_rules! secure_suite {
             $crate::secure::open_backend::<$backend>(url).await
         }
 
-        $crate::conformance_tests!(optional: $crate::backend_url($var).map(|url| {
-            $crate::Opener::backend::<$backend>(&url) $( .with_ttl($ttl).with_ttl_slack($slack) )?
-        }));
+        /// The conformance suite over TLS, in one module so that `cargo test -- secure_suite::`
+        /// selects it (and `--skip secure_suite::` leaves it out): `ci/test.sh` runs every
+        /// backend's at once, each against its own server.
+        mod secure_suite {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::conformance_tests!(optional: $crate::backend_url($var).map(|url| {
+                $crate::Opener::backend::<$backend>(&url) $( .with_ttl($ttl).with_ttl_slack($slack) )?
+            }));
+        }
     };
 }

@@ -18,7 +18,8 @@ use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
 use crate::BACKEND;
-use crate::client::{Inner, bigint, pg_config, revision, tls_connector, under};
+use crate::config::PostgresConfig;
+use crate::wire::{bigint, pg_config, revision, tls_connector, under};
 
 /// How many reaper rounds pass between two trims of the change log (instead of a reap).
 const TRIM_EVERY: u32 = 40;
@@ -146,37 +147,49 @@ impl Subscription {
     }
 }
 
+/// What the listener needs of its store: the hub it feeds, how to connect, and the
+/// statements it runs.
+#[derive(Debug)]
+pub(crate) struct Listener {
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) config: PostgresConfig,
+    /// The `NOTIFY` channel.
+    pub(crate) channel: String,
+    pub(crate) changed_keys: String,
+    pub(crate) revision: String,
+    pub(crate) reap: String,
+    pub(crate) trim: String,
+}
+
 /// Runs the listener until `cancel` fires: connects, `LISTEN`s, then turns each notification
 /// into a [`Change`]; reconnects with backoff (50 ms doubling to 2 s) when the connection is
 /// lost. `ready` is told after the first `LISTEN` (or the first error), so `open` fails when
 /// the store cannot listen.
 pub(crate) async fn run(
-    inner: std::sync::Weak<Inner>,
+    listener: Listener,
     cancel: CancellationToken,
     ready: tokio::sync::oneshot::Sender<Result<()>>,
 ) {
     let mut ready = Some(ready);
     let mut backoff = backoff();
     while !cancel.is_cancelled() {
-        let Some(shared) = inner.upgrade() else {
-            return;
-        };
+        let mut listened = false;
         let outcome = tokio::select! {
             () = cancel.cancelled() => return,
-            outcome = listen(&shared, &mut ready) => outcome,
+            outcome = listen(&listener, &mut ready, &mut listened) => outcome,
         };
-        shared.hub.connected.send_replace(false);
-        match outcome {
-            Ok(()) => backoff = self::backoff(),
-            Err(err) => {
-                if let Some(ready) = ready.take() {
-                    let _ = ready.send(Err(err));
-                    return;
-                }
-                tracing::debug!(error = %err, "postgres listener lost its connection");
-            }
+        if listened {
+            // A connection that worked starts the backoff over.
+            backoff = self::backoff();
         }
-        drop(shared);
+        listener.hub.connected.send_replace(false);
+        if let Err(err) = outcome {
+            if let Some(ready) = ready.take() {
+                let _ = ready.send(Err(err));
+                return;
+            }
+            tracing::debug!(error = %err, "postgres listener lost its connection");
+        }
         let pause = backoff.next().unwrap_or(Duration::from_secs(2));
         tokio::select! {
             () = cancel.cancelled() => return,
@@ -193,10 +206,11 @@ fn backoff() -> backon::ExponentialBackoff {
         .build()
 }
 
-/// One connection's life: returns when it is lost (`Ok` once it had listened).
+/// One connection's life: returns when it is lost.
 async fn listen(
-    inner: &Inner,
+    inner: &Listener,
     ready: &mut Option<tokio::sync::oneshot::Sender<Result<()>>>,
+    listened: &mut bool,
 ) -> Result<()> {
     let config = &inner.config;
     let pg = pg_config(config);
@@ -226,16 +240,17 @@ async fn listen(
     let timeout = config.request_timeout;
     bounded(
         timeout,
-        client.batch_execute(&format!("LISTEN \"{}\"", inner.names.channel)),
+        client.batch_execute(&format!("LISTEN \"{}\"", inner.channel)),
     )
     .await?;
     let changed = client
-        .prepare(&inner.sql.changed_keys)
+        .prepare(&inner.changed_keys)
         .await
         .map_err(crate::error::from_pg)?;
-    let first = bounded(timeout, client.query_one(&inner.sql.revision, &[])).await?;
+    let first = bounded(timeout, client.query_one(&inner.revision, &[])).await?;
     let mut last = revision(first.get(0));
     inner.hub.connected.send_replace(true);
+    *listened = true;
     let _ = inner.hub.changes.send(Change::All);
     if let Some(ready) = ready.take() {
         let _ = ready.send(Ok(()));
@@ -243,11 +258,11 @@ async fn listen(
     // The reaper runs on this connection too: it never waits for a pooled connection that a
     // lease renewal needs.
     let reap = client
-        .prepare(&inner.sql.reap)
+        .prepare(&inner.reap)
         .await
         .map_err(crate::error::from_pg)?;
     let trim = client
-        .prepare(&inner.sql.trim)
+        .prepare(&inner.trim)
         .await
         .map_err(crate::error::from_pg)?;
     let keep = i64::try_from(config.log_retention).unwrap_or(i64::MAX);

@@ -76,6 +76,7 @@ mod lock;
 mod schema;
 mod store;
 mod watch;
+mod wire;
 
 pub use config::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_LOG_RETENTION, DEFAULT_MAX_VALUE_SIZE, DEFAULT_POOL_SIZE,

@@ -4,7 +4,8 @@
 use kvstore_core::backend::prelude::*;
 use tokio::time::Instant;
 
-use crate::client::{Shared, bigint, millis, revision};
+use crate::client::Shared;
+use crate::wire::{bigint, millis, revision};
 
 /// A `keep_alive` key's lease: renewing pushes the key's expiry while it still holds the
 /// `last_index` this store wrote.

@@ -6,10 +6,11 @@ use kvstore_core::backend::prelude::*;
 use tokio_postgres::types::ToSql;
 
 use crate::BACKEND;
-use crate::client::{Inner, bigint, millis, range, revision};
+use crate::client::Inner;
 use crate::config::PostgresConfig;
 use crate::lock::KeyLease;
 use crate::schema::{Names, Sql};
+use crate::wire::{bigint, millis, range, revision};
 
 /// A store on a PostgreSQL database: every call of [`Store`](kvstore_core::Store) with the
 /// semantics of every backend. Open it with [`BackendStore::open`] and a [`PostgresConfig`].
@@ -40,11 +41,11 @@ impl Open for Postgres {
         let names = Names::new(&config.schema, &config.table);
         let tasks = Tasks::new();
         let inner = Arc::new(Inner {
-            pool: crate::client::pool(&config)?,
+            pool: crate::wire::pool(&config)?,
             sql: Sql::new(&names),
             names,
             config,
-            hub: crate::hub::Hub::default(),
+            hub: Arc::default(),
             tasks: tasks.clone(),
         });
         let stop = tasks.cancel_token().clone().drop_guard();
@@ -59,8 +60,17 @@ impl Open for Postgres {
             .await
             .map_err(|_| unreachable())??;
         let (ready_tx, ready) = tokio::sync::oneshot::channel();
+        let listener = crate::hub::Listener {
+            hub: inner.hub.clone(),
+            config: inner.config.clone(),
+            channel: inner.names.channel.clone(),
+            changed_keys: inner.sql.changed_keys.clone(),
+            revision: inner.sql.revision.clone(),
+            reap: inner.sql.reap.clone(),
+            trim: inner.sql.trim.clone(),
+        };
         tasks.spawn(crate::hub::run(
-            Arc::downgrade(&inner),
+            listener,
             tasks.cancel_token().clone(),
             ready_tx,
         ));

@@ -108,7 +108,10 @@ fn postgres_is_the_tested_major_version_with_default_settings() {
     let settings = check_service("postgres.yaml", "postgres", "postgres:15.18");
     assert_eq!(settings.trim(), "POSTGRES_PASSWORD=kvstore", "{settings}");
     let servers = read("ci/servers/postgres.sh");
-    assert!(servers.contains("/usr/lib/postgresql/15/bin"), "ci installs PostgreSQL 15");
+    assert!(
+        servers.contains("/usr/lib/postgresql/15/bin"),
+        "ci installs PostgreSQL 15"
+    );
 }
 
 #[test]
