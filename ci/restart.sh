@@ -5,7 +5,8 @@
 # its recorded PID. `start-nowait` starts a cluster member without waiting for it to be ready;
 # `ready` waits (60 s at most) until it is. `isolate` cuts a member of zk-cluster, etcd-cluster or
 # consul-cluster off from its peers (not from its clients) with a packet filter (servers.sh,
-# kv_isolate; needs root); `rejoin` heals that.
+# kv_isolate; needs root); `rejoin` heals that. `promote` makes the PostgreSQL replica
+# postgres-r1 a primary.
 # restart.sh CLUSTER leader prints the member that leads CLUSTER now (the Redis primary);
 # restart.sh CLUSTER members prints its members, one per line.
 # Needs KV_RUN_DIR from ci/test.sh.
@@ -26,7 +27,8 @@ resume) kv_signal "$name" CONT ;;
 kill) kv_kill_one "$name" ;;
 isolate) kv_isolate "$name" on ;;
 rejoin) kv_isolate "$name" off ;;
+promote) kv_promote_postgres "$name" ;;
 leader) kv_leader "$name" ;;
 members) kv_members "$name" ;;
-*) echo "usage: restart.sh NAME [stop|start|start-nowait|ready|restart|pause|resume|kill|isolate|rejoin|leader|members]" >&2; exit 2 ;;
+*) echo "usage: restart.sh NAME [stop|start|start-nowait|ready|restart|pause|resume|kill|isolate|rejoin|promote|leader|members]" >&2; exit 2 ;;
 esac

@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 source ci/servers.sh
 
 KV_SERVERS=(${KVSTORE_SERVERS:-toxiproxy redis etcd etcd36 zk consul redis-stock redis-cluster zk-stock consul-stock postgres redis-tls etcd-tls zk-tls consul-tls postgres-tls
-    etcd-cluster zk-cluster consul-cluster redis-sentinel})
+    etcd-cluster zk-cluster consul-cluster redis-sentinel postgres-p1 postgres-r1})
 kv_install
 kv_protoc
 mapfile -t KV_SERVERS < <(kv_startable "${KV_SERVERS[@]}")

@@ -1,8 +1,10 @@
 # shellcheck shell=bash
 # PostgreSQL: postgres (Debian's PostgreSQL, initdb'd into the run directory with a per-run
-# password and otherwise the server's default settings: loopback only) and postgres-tls (TLS
+# password and otherwise the server's default settings: loopback only), postgres-tls (TLS
 # only, with a client certificate from the run's CA and a password; a read-only role
-# `reader`).
+# `reader`), and postgres-p1 with postgres-r1, a primary and its asynchronous streaming replica
+# (`pg_basebackup -R`), for the failover case (KVSTORE_POSTGRES_FAILOVER_URL names both, with
+# target_session_attrs=read-write). `ci/restart.sh postgres-r1 promote` promotes the replica.
 # Sourced by ci/servers.sh, whose helpers (kv_wait, kv_secret, kv_export_url…) it uses.
 
 # The newest installed PostgreSQL's bin directory (Debian: /usr/lib/postgresql/<major>/bin).
@@ -25,6 +27,18 @@ kv_as_postgres() {
 kv_start_postgres() {
     local name=$1 dir=$2 port=$3 bin pw
     bin=$(kv_pg_bin) pw=$(kv_secret postgres)
+    if [ "$name" = postgres-r1 ] && [ ! -f "$dir/data/PG_VERSION" ]; then
+        # A copy of the running primary that streams from it (standby.signal and
+        # primary_conninfo written by -R).
+        local primary
+        primary=$(kv_port postgres-p1 port)
+        [ "$(id -u)" != 0 ] || { chmod a+x "$KV_RUN_DIR"; chown postgres "$dir"; }
+        (PGPASSWORD=$pw kv_as_postgres "$bin/pg_basebackup" -h 127.0.0.1 -p "$primary" -U postgres \
+            -D "$dir/data" -R -X stream --no-sync) >"$dir/basebackup.log" 2>&1 || {
+            cat "$dir/basebackup.log" >&2
+            return 1
+        }
+    fi
     if [ ! -f "$dir/data/PG_VERSION" ]; then
         if [ "$(id -u)" = 0 ]; then
             # The postgres user reaches its directory through the run directory.
@@ -61,7 +75,15 @@ kv_start_postgres() {
         -c listen_addresses=127.0.0.1 "${tls[@]}") >"$dir/log" 2>&1 &
     echo $! >"$dir/pid"
     kv_wait "$name" 30 "$bin/pg_isready" -q -h 127.0.0.1 -p "$port"
-    if [ "$name" = postgres-tls ]; then
+    case $name in
+    postgres-p1) ;;
+    postgres-r1)
+        local p1 r1
+        p1=$(kv_port postgres-p1 port) r1=$port
+        export KVSTORE_POSTGRES_FAILOVER_URL="postgres://postgres:$pw@127.0.0.1:$p1,127.0.0.1:$r1/postgres?target_session_attrs=read-write"
+        export KVSTORE_POSTGRES_REPLICA_URL="postgres://postgres:$pw@127.0.0.1:$r1/postgres"
+        ;;
+    postgres-tls)
         if [ ! -f "$dir/roles" ]; then
             # reader may read every table the store creates, and write none. Over the local
             # socket, as the server's own user (the hba file's `peer` line).
@@ -76,7 +98,15 @@ kv_start_postgres() {
         fi
         local c="$KVSTORE_TLS_DIR"
         export KVSTORE_POSTGRES_TLS_URL="postgres://postgres:$pw@127.0.0.1:$port/postgres?tls_ca=$c/ca.pem&tls_cert=$c/client.pem&tls_key=$c/client-key.pem"
-    else
-        kv_export_url "$name" "postgres://postgres:$pw@127.0.0.1:$port/postgres"
-    fi
+        ;;
+    *) kv_export_url "$name" "postgres://postgres:$pw@127.0.0.1:$port/postgres" ;;
+    esac
+}
+
+# kv_promote_postgres NAME: promotes the streaming replica NAME to a primary and waits (30 s at
+# most) until it accepts writes.
+kv_promote_postgres() {
+    local name=$1 dir="$KV_RUN_DIR/$1" bin
+    bin=$(kv_pg_bin)
+    (kv_as_postgres "$bin/pg_ctl" promote -w -t 30 -D "$dir/data") >>"$dir/log" 2>&1
 }
