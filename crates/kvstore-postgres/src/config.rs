@@ -61,6 +61,7 @@ pub enum TargetSession {
 /// | `pool_size` | pooled connections | 16 |
 /// | `reap_interval` | time between looks for expired keys and holds | 250 ms |
 /// | `log_retention` | revisions the change log keeps | 100,000 |
+/// | `application_name` | the name the store's sessions show in `pg_stat_activity` | `kvstore` |
 /// | `target_session_attrs` | `any`, or `read-write` to pick the primary of several hosts | `any` |
 /// | `sslmode` | `disable`, or `require`/`verify-ca`/`verify-full` (all verify the server's certificate, as `verify-full` does) | `disable` |
 /// | `tls`, `tls_ca`, `tls_cert`, `tls_key`, `tls_server_name` | TLS with a private CA, a client certificate and another name to verify ([`TlsConfig`]) | no TLS |
@@ -111,6 +112,8 @@ pub struct PostgresConfig {
     pub watch_reconnect_timeout: Duration,
     /// Which of several hosts to connect to.
     pub target_session: TargetSession,
+    /// The name the store's sessions show in `pg_stat_activity`.
+    pub application_name: String,
     /// TLS settings; `None`: plain TCP.
     pub tls: Option<TlsConfig>,
 }
@@ -151,6 +154,7 @@ impl PostgresConfig {
             log_retention: DEFAULT_LOG_RETENTION,
             watch_reconnect_timeout: DEFAULT_WATCH_RECONNECT_TIMEOUT,
             target_session: TargetSession::Any,
+            application_name: "kvstore".into(),
             tls: None,
         }
     }
@@ -292,6 +296,7 @@ impl FromStr for PostgresConfig {
                 "watch_reconnect_timeout" => {
                     config.watch_reconnect_timeout = duration_option(BACKEND, name, value)?;
                 }
+                "application_name" => config.application_name = value.to_owned(),
                 "target_session_attrs" => {
                     config.target_session = choice_option(
                         BACKEND,

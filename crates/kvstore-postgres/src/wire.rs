@@ -22,7 +22,7 @@ pub(crate) fn pg_config(config: &PostgresConfig) -> tokio_postgres::Config {
     }
     pg.user(&config.user)
         .dbname(&config.database)
-        .application_name("kvstore")
+        .application_name(&config.application_name)
         .connect_timeout(config.connect_timeout)
         // Dead peers are noticed by TCP keepalives, not only when a request times out.
         .keepalives(true)
