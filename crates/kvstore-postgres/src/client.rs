@@ -50,19 +50,6 @@ impl Inner {
             .map_err(|_| Error::Timeout)?
     }
 
-    /// Runs `sql` on a pooled connection within the request timeout; returns how many rows it
-    /// changed.
-    pub(crate) async fn execute(&self, sql: &str, params: Params<'_>) -> Result<u64> {
-        let run = async {
-            let client = self.pool.get().await.map_err(from_pool)?;
-            let statement = client.prepare_cached(sql).await.map_err(from_pg)?;
-            client.execute(&statement, params).await.map_err(from_pg)
-        };
-        tokio::time::timeout(self.config.request_timeout, run)
-            .await
-            .map_err(|_| Error::Timeout)?
-    }
-
     /// As [`query`](Self::query), for a statement that returns exactly one row.
     pub(crate) async fn query_one(&self, sql: &str, params: Params<'_>) -> Result<Row> {
         self.query(sql, params)

@@ -38,10 +38,22 @@
 //! The tables and functions are created on first use (by a role that may create them) in one
 //! transaction under an advisory lock, so several stores may open at once. The `<table>_meta`
 //! row records the schema version (1); a store refuses tables of a newer version with
-//! `InvalidConfig`. Later versions migrate older tables in place when they open them, in one
-//! transaction. A role with only `SELECT`, `INSERT`, `UPDATE`, `DELETE` on the tables and
+//! `InvalidConfig`. A later version of this crate that changes the schema raises the version
+//! and migrates older tables in place when it opens them (its tables and functions altered or
+//! replaced in one transaction, under the same advisory lock); until then, opening never
+//! changes an existing schema. A role with only `SELECT`, `INSERT`, `UPDATE`, `DELETE` on the tables and
 //! `EXECUTE` on the functions uses an existing store. Several applications share a database
 //! with the `schema` and `table` URL options.
+//!
+//! # Client
+//!
+//! [`tokio-postgres`](https://docs.rs/tokio-postgres) with a
+//! [`deadpool-postgres`](https://docs.rs/deadpool-postgres) pool (up to `pool_size`
+//! connections, made on demand, statements prepared once per connection), and
+//! `tokio-postgres-rustls` for TLS on kvstore's one rustls stack. tokio-postgres is the async
+//! driver much of the Rust ecosystem builds on; it hands a `LISTEN`ing connection's
+//! notifications to its owner (`Connection::poll_message`), which the listener needs, and needs
+//! no compile-time query checking, database at build time or macros, which sqlx would bring.
 //!
 //! # Backend differences
 //!

@@ -23,8 +23,8 @@ impl Lease for KeyLease {
         let (inner, key) = (&self.inner, self.key.as_str());
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
             [&key, &bigint(self.index), &millis(self.ttl)];
-        let rows = inner.execute(&inner.sql.renew_key, &params).await?;
-        Ok(Renewal::held(rows == 1))
+        let rows = inner.query(&inner.sql.renew_key, &params).await?;
+        Ok(Renewal::held(rows.len() == 1))
     }
 
     /// A registration's key stays until its TTL runs out.

@@ -123,7 +123,7 @@ impl Sql {
             register: format!("SELECT {}($1, $2, $3)", n.func("register")),
             renew_key: format!(
                 "UPDATE {} SET expires_at = clock_timestamp() + $3 * interval '1 millisecond' \
-                 WHERE key = $1 AND last_index = $2 AND expires_at > clock_timestamp()",
+                 WHERE key = $1 AND last_index = $2 AND expires_at > clock_timestamp() RETURNING 1",
                 n.pairs
             ),
             lock: format!("SELECT * FROM {}($1, $2, $3, $4)", n.func("lock")),
@@ -185,6 +185,16 @@ CREATE TABLE IF NOT EXISTS {locks} (
     expires_at timestamptz NOT NULL
 );
 
+-- Writes p_value at p_key with revision p_rev and expiry p_expires (NULL: none), and logs it.
+-- The caller holds the meta row's lock.
+CREATE OR REPLACE FUNCTION {put}(p_key text, p_value bytea, p_rev bigint,
+    p_expires timestamptz) RETURNS void LANGUAGE sql AS $fn$
+    INSERT INTO {pairs} VALUES (p_key, p_value, p_rev, p_expires)
+    ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, last_index = EXCLUDED.last_index,
+        expires_at = EXCLUDED.expires_at;
+    INSERT INTO {log} VALUES (p_rev, p_key, p_value);
+$fn$;
+
 -- A write: cond 0 none, 1 absent, 2 at index. Status 0 written, 1 exists, 2 not found,
 -- 3 modified.
 CREATE OR REPLACE FUNCTION {write}(p_key text, p_value bytea, p_cond smallint, p_index bigint,
@@ -198,11 +208,7 @@ BEGIN
     IF p_cond = 2 AND cur IS NULL THEN RETURN QUERY SELECT 2::smallint, 0::bigint; RETURN; END IF;
     IF p_cond = 2 AND cur <> p_index THEN RETURN QUERY SELECT 3::smallint, 0::bigint; RETURN; END IF;
     UPDATE {meta} m SET revision = m.revision + 1 WHERE id = 1 RETURNING m.revision INTO rev;
-    INSERT INTO {pairs} AS p VALUES (p_key, p_value, rev,
-        clock_timestamp() + p_ttl_ms * interval '1 millisecond')
-    ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, last_index = EXCLUDED.last_index,
-        expires_at = EXCLUDED.expires_at;
-    INSERT INTO {log} VALUES (rev, p_key, p_value);
+    PERFORM {put}(p_key, p_value, rev, clock_timestamp() + p_ttl_ms * interval '1 millisecond');
     PERFORM pg_notify('{channel}', rev::text);
     RETURN QUERY SELECT 0::smallint, rev;
 END $fn$;
@@ -278,10 +284,7 @@ BEGIN
             DELETE FROM {pairs} p WHERE p.key = w_keys[i];
             IF FOUND THEN INSERT INTO {log} VALUES (rev, w_keys[i], NULL); END IF;
         ELSE
-            INSERT INTO {pairs} AS p VALUES (w_keys[i], w_values[i], rev, NULL)
-            ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value,
-                last_index = EXCLUDED.last_index, expires_at = NULL;
-            INSERT INTO {log} VALUES (rev, w_keys[i], w_values[i]);
+            PERFORM {put}(w_keys[i], w_values[i], rev, NULL);
         END IF;
     END LOOP;
     PERFORM pg_notify('{channel}', rev::text);
@@ -298,11 +301,7 @@ BEGIN
     SELECT p.value INTO cur FROM {pairs} p WHERE p.key = p_key AND {live} FOR UPDATE;
     IF FOUND AND cur <> p_value THEN RETURN NULL; END IF;
     UPDATE {meta} m SET revision = m.revision + 1 WHERE id = 1 RETURNING m.revision INTO rev;
-    INSERT INTO {pairs} AS p VALUES (p_key, p_value, rev,
-        clock_timestamp() + p_ttl_ms * interval '1 millisecond')
-    ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, last_index = EXCLUDED.last_index,
-        expires_at = EXCLUDED.expires_at;
-    INSERT INTO {log} VALUES (rev, p_key, p_value);
+    PERFORM {put}(p_key, p_value, rev, clock_timestamp() + p_ttl_ms * interval '1 millisecond');
     PERFORM pg_notify('{channel}', rev::text);
     RETURN rev;
 END $fn$;
@@ -314,8 +313,13 @@ CREATE OR REPLACE FUNCTION {lock}(p_key text, p_ttl_ms bigint, p_value bytea, p_
 RETURNS TABLE (token bigint, wait_ms bigint) LANGUAGE plpgsql AS $fn$
 DECLARE held timestamptz; rev bigint; deadline timestamptz;
 BEGIN
-    PERFORM 1 FROM {meta} WHERE id = 1 FOR UPDATE;
-    SELECT l.expires_at INTO held FROM {locks} l WHERE l.key = p_key FOR UPDATE;
+    -- A live hold is answered without the meta row's lock, so waiters that look again do not
+    -- hold up the store's writes; a hold that looks free is checked again under it.
+    SELECT l.expires_at INTO held FROM {locks} l WHERE l.key = p_key;
+    IF NOT FOUND OR held <= clock_timestamp() THEN
+        PERFORM 1 FROM {meta} WHERE id = 1 FOR UPDATE;
+        SELECT l.expires_at INTO held FROM {locks} l WHERE l.key = p_key FOR UPDATE;
+    END IF;
     IF FOUND AND held > clock_timestamp() THEN
         RETURN QUERY SELECT NULL::bigint,
             ceil(extract(epoch FROM held - clock_timestamp()) * 1000)::bigint;
@@ -326,11 +330,7 @@ BEGIN
     INSERT INTO {locks} AS l VALUES (p_key, rev, deadline)
     ON CONFLICT (key) DO UPDATE SET token = EXCLUDED.token, expires_at = EXCLUDED.expires_at;
     IF p_value IS NOT NULL THEN
-        INSERT INTO {pairs} AS p VALUES (p_key, p_value, rev,
-            CASE WHEN p_bound THEN deadline END)
-        ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value,
-            last_index = EXCLUDED.last_index, expires_at = EXCLUDED.expires_at;
-        INSERT INTO {log} VALUES (rev, p_key, p_value);
+        PERFORM {put}(p_key, p_value, rev, CASE WHEN p_bound THEN deadline END);
         PERFORM pg_notify('{channel}', rev::text);
     END IF;
     RETURN QUERY SELECT rev, 0::bigint;
@@ -409,6 +409,7 @@ BEGIN
 END $fn$;
 "#,
         live = LIVE.replace("expires_at", "p.expires_at"),
+        put = f("put"),
         write = f("write"),
         delete = f("delete"),
         delete_tree = f("delete_tree"),

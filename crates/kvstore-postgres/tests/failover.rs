@@ -6,11 +6,9 @@
 //! loss rule still holds: the holder is told it lost the lock while there is no primary, before
 //! anyone can take it on the new one, and the registration comes back there.
 
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use kvstore_core::{Store, WriteOptions};
-use kvstore_postgres::PostgresConfig;
 use kvstore_testutils::{
     Opener, backend_url, controlled_backend_url, eventually, lock_ttl, next_within, ok,
     retry_transient, scratch_dir, server_control, take_lock,
@@ -18,22 +16,13 @@ use kvstore_testutils::{
 
 const TTL: Duration = Duration::from_secs(2);
 
+mod common;
+
 /// Whether the replica has applied `key` = `value` (a read on the standby itself).
 async fn replicated(replica: &str, key: &str, value: &[u8]) -> bool {
-    let config = PostgresConfig::from_str(replica).unwrap();
-    let mut pg = tokio_postgres::Config::new();
-    let (host, port) = &config.hosts[0];
-    pg.host(host)
-        .port(*port)
-        .user(&config.user)
-        .dbname(&config.database);
-    if let Some(password) = &config.password {
-        pg.password(password);
-    }
-    let Ok((client, connection)) = pg.connect(tokio_postgres::NoTls).await else {
+    let Ok(client) = common::sql(replica).await else {
         return false;
     };
-    tokio::spawn(connection);
     let row = client
         .query_opt("SELECT value FROM kvstore WHERE key = $1", &[&key])
         .await;

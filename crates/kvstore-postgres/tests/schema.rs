@@ -11,21 +11,23 @@ use kvstore_core::{Error, Store, WatchEvent, WatchOptions};
 use kvstore_postgres::{PostgresConfig, PostgresStore};
 use kvstore_testutils::{backend_url, eventually, next_within, ok, scratch_dir};
 
+mod common;
+
 /// A plain client on the server, for what only SQL shows.
 async fn sql(url: &str) -> tokio_postgres::Client {
-    let config = PostgresConfig::from_str(url).unwrap();
-    let mut pg = tokio_postgres::Config::new();
-    let (host, port) = &config.hosts[0];
-    pg.host(host)
-        .port(*port)
-        .user(&config.user)
-        .dbname(&config.database);
-    if let Some(password) = &config.password {
-        pg.password(password);
-    }
-    let (client, connection) = pg.connect(tokio_postgres::NoTls).await.expect("connect");
-    tokio::spawn(connection);
-    client
+    common::sql(url).await.expect("connect")
+}
+
+/// How many sessions carry the application name `name`.
+async fn sessions(client: &tokio_postgres::Client, name: &str) -> i64 {
+    let row = client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+            &[&name],
+        )
+        .await
+        .unwrap();
+    row.get(0)
 }
 
 /// A name no other run uses: `prefix` and 8 random hex digits.
@@ -195,33 +197,17 @@ async fn a_store_holds_at_most_its_pool_and_one_listener_however_many_watches() 
     }
     let client = sql(&url).await;
     // The store's sessions carry its application name.
-    let row = client
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
-            &[&name],
-        )
-        .await
-        .unwrap();
-    let sessions = row.get::<_, i64>(0);
+    let open = sessions(&client, &name).await;
     assert!(
-        (1..=4).contains(&sessions),
-        "200 watches: {sessions} sessions, not at most the pool (3) and the listener"
+        (1..=4).contains(&open),
+        "200 watches: {open} sessions, not at most the pool (3) and the listener"
     );
     drop(watches);
     ok(store.close().await, "close");
     // Closing ends them all.
     let gone = eventually(Duration::from_secs(5), || {
         let (client, name) = (&client, &name);
-        async move {
-            let row = client
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
-                    &[name],
-                )
-                .await
-                .unwrap();
-            row.get::<_, i64>(0) == 0
-        }
+        async move { sessions(client, name).await == 0 }
     })
     .await;
     assert!(gone, "close must end every session of the store");

@@ -1,9 +1,10 @@
 //! The conformance suite's store opener, shared by the test files that run a suite against
 //! the server.
 
+use std::str::FromStr;
 use std::time::Duration;
 
-use kvstore_postgres::Postgres;
+use kvstore_postgres::{Postgres, PostgresConfig};
 use kvstore_testutils::{Opener, backend_url};
 
 /// An opener for the server at `url`. Each opener's stores share one table, as the suite's
@@ -19,4 +20,26 @@ pub(crate) fn opener_for_url(url: &str) -> Opener {
 #[allow(dead_code)] // Not every test file that shares this module uses it.
 pub(crate) fn opener(var: &str) -> Option<Opener> {
     Some(opener_for_url(&backend_url(var)?))
+}
+
+/// A plain client on the first server `url` names, for what only SQL shows.
+///
+/// # Errors
+///
+/// The connect's.
+#[allow(dead_code)] // Not every test file that shares this module uses it.
+pub(crate) async fn sql(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let config = PostgresConfig::from_str(url).expect("a postgres URL");
+    let mut pg = tokio_postgres::Config::new();
+    let (host, port) = &config.hosts[0];
+    pg.host(host)
+        .port(*port)
+        .user(&config.user)
+        .dbname(&config.database);
+    if let Some(password) = &config.password {
+        pg.password(password);
+    }
+    let (client, connection) = pg.connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    Ok(client)
 }
