@@ -194,7 +194,9 @@ impl Inner {
         if first.more.is_none() {
             return Ok(first.exists.then_some(first.pairs));
         }
-        let (pairs, _) = self.read_pages(dir, &foreign).await?;
+        // The first page was read without a revision (a plain read may go to any connection),
+        // so the paged read starts over with one that has it.
+        let (pairs, _) = self.read_pages(dir, &foreign, None).await?;
         // Emptied while it was read: one run says whether `dir` itself is there.
         if pairs.is_empty() {
             let whole = self.list_page(dir, false, "", 0, &foreign).await?;
@@ -212,7 +214,7 @@ impl Inner {
         if first.more.is_none() {
             return Ok((first.pairs, first.at));
         }
-        self.read_pages(dir, &foreign).await
+        self.read_pages(dir, &foreign, Some(first)).await
     }
 
     /// A directory larger than one page, read as one state: pages of [`LIST_PAGE`] index
@@ -222,8 +224,14 @@ impl Inner {
     /// listing's. The log holds every change with its new value (each write appends to it in
     /// the same script), so this is exact. When the log no longer reaches back to the first
     /// page, or started again, the read starts again; after [`PAGED_ATTEMPTS`], the directory
-    /// is read in one run.
-    async fn read_pages(&self, dir: &str, foreign: &[String]) -> Result<(Vec<KvPair>, Logged)> {
+    /// is read in one run. `first`, when given, is the first page already read at its revision
+    /// (it serves the first attempt).
+    async fn read_pages(
+        &self,
+        dir: &str,
+        foreign: &[String],
+        mut first: Option<ListPage>,
+    ) -> Result<(Vec<KvPair>, Logged)> {
         'attempt: for _ in 0..PAGED_ATTEMPTS {
             let mut pairs = BTreeMap::new();
             // Per page, in order: the last index member it covers (`None` for the last page)
@@ -232,8 +240,13 @@ impl Inner {
             let mut after = String::new();
             let mut epoch: Option<String> = None;
             loop {
-                let names = if after.is_empty() { foreign } else { &[] };
-                let page = self.list_page(dir, true, &after, LIST_PAGE, names).await?;
+                let page = match first.take().filter(|_| after.is_empty()) {
+                    Some(page) => page,
+                    None => {
+                        let names = if after.is_empty() { foreign } else { &[] };
+                        self.list_page(dir, true, &after, LIST_PAGE, names).await?
+                    }
+                };
                 if *epoch.get_or_insert_with(|| page.at.epoch.clone()) != page.at.epoch {
                     continue 'attempt;
                 }
