@@ -1,7 +1,8 @@
 //! A directory larger than one `LIST` run (1,000 index members) is read in pages against a real
 //! Redis (`KVSTORE_REDIS_URL`), and still as one state: while a writer keeps changing the
 //! first and the last key of the directory together in one transaction (they fall in the
-//! first and the last page), every `list` shows the two equal, and every key once.
+//! first and the last page), every `list` and `list_at` shows the two equal, and every key
+//! once (`list_at` at a revision no pair is newer than).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -46,9 +47,19 @@ async fn a_paged_list_is_one_state_while_the_directory_changes() {
         }
     });
     let mut moved = 0;
-    for _ in 0..LISTINGS {
+    for listing in 0..LISTINGS {
         let before = written.load(Ordering::Acquire);
-        let pairs = ok(store.list(&dir, None).await, "list");
+        // Every other listing is a `list_at`, whose paged read starts from its first page.
+        let pairs = if listing % 2 == 0 {
+            ok(store.list(&dir, None).await, "list")
+        } else {
+            let (pairs, revision) = ok(store.list_at(&dir, None).await, "list_at");
+            assert!(
+                pairs.iter().all(|p| p.last_index <= revision),
+                "newer than {revision}"
+            );
+            pairs
+        };
         let after = written.load(Ordering::Acquire);
         moved += u64::from(after > before);
         assert_eq!(pairs.len(), KEYS, "every key once");
