@@ -8,7 +8,8 @@ after a `cargo test` with the same arguments), then starts every test binary car
 in its package's directory as `cargo test` does, with TEST_BINARY_ARGS. Each binary's output is
 printed whole when it ends, so the logs do not interleave. Fails if any binary fails, or runs no
 test (a filter that no longer matches would otherwise pass as "0 tests"). Every binary is
-bounded by KVSTORE_PARALLEL_TIMEOUT seconds (default 900): past it, it is killed and fails.
+bounded by KVSTORE_PARALLEL_TIMEOUT seconds (default 900) from its start: past it, it is killed
+and fails. KVSTORE_PARALLEL_JOBS (default: all) bounds how many run at a time.
 """
 
 import json
@@ -41,17 +42,23 @@ def main(argv):
     if not binaries:
         sys.exit("cargo built no test binary for: " + " ".join(cargo_args))
     timeout = float(os.environ.get("KVSTORE_PARALLEL_TIMEOUT", "900"))
+    jobs = int(os.environ.get("KVSTORE_PARALLEL_JOBS", "0")) or len(binaries)
     started = time.monotonic()
+    pending = list(binaries)
     running = []
-    for package_dir, executable in binaries:
+    failed = []
+
+    def start_next():
+        package_dir, executable = pending.pop(0)
         log = tempfile.TemporaryFile("w+")
         process = subprocess.Popen(
             [executable, *test_args], cwd=package_dir, stdout=log, stderr=subprocess.STDOUT
         )
-        running.append((package_dir, executable, process, log))
-    failed = []
-    for package_dir, executable, process, log in running:
-        left = max(1.0, timeout - (time.monotonic() - started))
+        running.append((package_dir, executable, process, log, time.monotonic()))
+
+    def finish(entry):
+        package_dir, executable, process, log, began = entry
+        left = max(1.0, timeout - (time.monotonic() - began))
         try:
             code = process.wait(timeout=left)
         except subprocess.TimeoutExpired:
@@ -69,7 +76,25 @@ def main(argv):
             failed.append(f"{name}: exit status {code}")
         elif sum(counts) == 0:
             failed.append(f"{name}: ran no test for {' '.join(test_args)!r}")
-    print(f"{len(running)} test binaries at once in {time.monotonic() - started:.1f} s", flush=True)
+
+    total = len(binaries)
+    while pending or running:
+        while pending and len(running) < jobs:
+            start_next()
+        # The first to end frees a slot (each binary is bounded by its own timeout).
+        while True:
+            done = [entry for entry in running if entry[2].poll() is not None]
+            overdue = [e for e in running if time.monotonic() - e[4] > timeout]
+            if done or overdue:
+                break
+            time.sleep(0.1)
+        for entry in done or overdue[:1]:
+            running.remove(entry)
+            finish(entry)
+    print(
+        f"{total} test binaries, {min(jobs, total)} at a time, in {time.monotonic() - started:.1f} s",
+        flush=True,
+    )
     if failed:
         sys.exit("failed:\n  " + "\n  ".join(failed))
 

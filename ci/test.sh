@@ -27,12 +27,15 @@ if (($#)); then
 else
     # Everything but the liveness cases, which run below: the liveness cases of one backend
     # pause or restart its server, so they must not overlap that backend's other tests.
-    phase "unit, doc, conformance and fault tests"
-    cargo test --workspace --all-features --locked -- --skip liveness:: --skip secure_suite::
-    # The conformance suite over TLS of the five network backends at once: each runs against
-    # its own TLS server, and mostly waits on TTLs.
-    phase "the conformance suites over TLS, at once"
-    ci/parallel-tests.py --workspace --all-features --locked --test tls -- secure_suite::
+    phase "unit, doc, recipe and fault tests"
+    cargo test --workspace --all-features --locked -- --skip liveness:: --skip secure_suite:: \
+        --skip backend_suite::
+    # The conformance suites — redb and memory, and each network server plain, over TLS and as
+    # a cluster — four at a time: each runs against its own server and mostly waits on TTLs.
+    # (The same cargo arguments as above, so nothing is built again.)
+    phase "the conformance suites, four at a time"
+    KVSTORE_PARALLEL_JOBS=4 ci/parallel-tests.py --workspace --all-features --locked \
+        --test conformance --test cluster --test etcd36 --test tls -- backend_suite:: secure_suite::
     # The five network backends' liveness suites at once: each pauses, restarts or cuts off only its
     # own server, and they mostly wait on TTLs, so together they take the time of the longest.
     phase "the liveness suites of the five network backends, at once"

@@ -36,16 +36,25 @@ async fn memory_opener() -> Opener {
     )
 }
 
-mod file {
-    kvstore_testutils::conformance_tests!(super::file_opener().await);
-    mod recipes {
-        kvstore_testutils::recipe_tests!(super::super::file_opener().await);
+/// The suites, in a module so that `ci/test.sh` runs them with the network backends' at once
+/// (`-- backend_suite::`).
+mod backend_suite {
+    mod file {
+        kvstore_testutils::conformance_tests!(super::super::file_opener().await);
+    }
+
+    mod memory {
+        kvstore_testutils::conformance_tests!(super::super::memory_opener().await);
     }
 }
 
-mod memory {
-    kvstore_testutils::conformance_tests!(super::memory_opener().await);
-    mod recipes {
+/// The coordination recipes (the 100,000-key directory among them), in the main run.
+mod recipes {
+    mod file {
+        kvstore_testutils::recipe_tests!(super::super::file_opener().await);
+    }
+
+    mod memory {
         kvstore_testutils::recipe_tests!(super::super::memory_opener().await);
     }
 }
