@@ -30,6 +30,16 @@ async fn sessions(client: &tokio_postgres::Client, name: &str) -> i64 {
     row.get(0)
 }
 
+/// Drops the four tables of the store `table` in the public schema.
+async fn drop_tables(client: &tokio_postgres::Client, table: &str) {
+    client
+        .batch_execute(&format!(
+            "DROP TABLE \"{table}\", \"{table}_meta\", \"{table}_log\", \"{table}_locks\""
+        ))
+        .await
+        .unwrap();
+}
+
 /// A name no other run uses: `prefix` and 8 random hex digits.
 fn fresh(prefix: &str) -> String {
     let random = scratch_dir("n");
@@ -104,12 +114,7 @@ async fn a_schema_of_a_newer_version_is_refused() {
             other.map(|_| ())
         ),
     }
-    client
-        .batch_execute(&format!(
-            "DROP TABLE \"{table}\", \"{table}_meta\", \"{table}_log\", \"{table}_locks\""
-        ))
-        .await
-        .unwrap();
+    drop_tables(&client, &table).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -162,12 +167,7 @@ async fn a_resume_from_before_the_trimmed_log_starts_with_a_snapshot() {
         "nothing more without a change"
     );
     ok(store.close().await, "close");
-    client
-        .batch_execute(&format!(
-            "DROP TABLE \"{table}\", \"{table}_meta\", \"{table}_log\", \"{table}_locks\""
-        ))
-        .await
-        .unwrap();
+    drop_tables(&client, &table).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
