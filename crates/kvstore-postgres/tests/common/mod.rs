@@ -36,7 +36,9 @@ pub(crate) async fn sql(url: &str) -> Result<tokio_postgres::Client, tokio_postg
     pg.host(host)
         .port(*port)
         .user(&config.user)
-        .dbname(&config.database);
+        .dbname(&config.database)
+        // Bounded: a server that takes the connection and never answers fails the test.
+        .connect_timeout(Duration::from_secs(5));
     if let Some(password) = &config.password {
         pg.password(password);
     }
