@@ -259,6 +259,13 @@ async fn run_while_held(
     let (program, arguments) = command
         .split_first()
         .ok_or_else(|| Failure::Usage("no command given after --".into()))?;
+    // Listening before the command starts: a signal sent once the command is running is
+    // forwarded to it, never taken by kvctl's default action.
+    let mut signals = Vec::new();
+    for (kind, forwarded) in FORWARDED {
+        let stream = signal(kind).map_err(|e| Failure::Io("listening for signals".into(), e))?;
+        signals.push((stream, forwarded));
+    }
     let mut child = Command::new(program)
         .args(arguments)
         .envs(env.iter().map(|(k, v)| (k, v)))
@@ -266,11 +273,6 @@ async fn run_while_held(
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| Failure::Io(format!("starting {program:?}"), e))?;
-    let mut signals = Vec::new();
-    for (kind, forwarded) in FORWARDED {
-        let stream = signal(kind).map_err(|e| Failure::Io("listening for signals".into(), e))?;
-        signals.push((stream, forwarded));
-    }
     let received = futures::stream::select_all(signals.iter_mut().map(|(stream, forwarded)| {
         let forwarded = *forwarded;
         futures::stream::poll_fn(move |cx| stream.poll_recv(cx)).map(move |()| forwarded)

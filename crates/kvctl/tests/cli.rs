@@ -212,30 +212,34 @@ fn watches(name: &'static str) {
         "--exec runs once per change with the change in its environment"
     );
 
-    // elect --follow sees a leader with its term, then none after it resigns.
+    // elect --follow sees a leader with its term, then none after it resigns. The leader's
+    // command holds until the follower has printed it (a leader that resigned before the
+    // follower's first read is, rightly, never printed: the follower shows the latest state).
     let election = format!("{dir}/leader");
     let follower = Running::start(url, &["elect", "--follow", &election]);
     assert_eq!(follower.next_line("no leader yet"), "none");
-    let marker = tempfile::NamedTempFile::new().unwrap();
-    let (code, _, err) = run(
+    let release_dir = tempfile::tempdir().unwrap();
+    let release = release_dir.path().join("release");
+    let script = format!(
+        "echo $KVSTORE_TERM; i=0; while [ ! -e {} ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done",
+        release.display()
+    );
+    let mut leader = Running::start(
         url,
         &[
-            "elect",
-            &election,
-            "node-1",
-            "--ttl",
-            "5s",
-            "--",
-            "sh",
-            "-c",
-            &format!("echo $KVSTORE_TERM > {}", marker.path().display()),
+            "elect", &election, "node-1", "--ttl", "5s", "--", "sh", "-c", &script,
         ],
     );
-    assert_eq!(code, 0, "{err}");
-    let term = std::fs::read_to_string(marker.path()).unwrap();
+    let term = leader.next_line("the leader's term");
     assert_eq!(
         follower.next_line("the leader"),
         format!("{} node-1", term.trim())
+    );
+    std::fs::write(&release, b"").unwrap();
+    assert_eq!(
+        common::wait_bounded(&mut leader.child, kvstore_testutils::EVENT_TIMEOUT),
+        Some(0),
+        "the leader's command ended and kvctl resigned"
     );
     assert_eq!(follower.next_line("the resignation"), "none");
     assert_eq!(follower.interrupt(), Some(0));
@@ -510,7 +514,7 @@ fn recipe_commands(name: &'static str) {
     // A member while its command runs; gone when it ends.
     let group = format!("{dir}/workers");
     let script =
-        "echo joined $KVSTORE_MEMBER_KEY; trap 'exit 0' TERM; while :; do sleep 0.05; done";
+        "trap 'exit 0' TERM; echo joined $KVSTORE_MEMBER_KEY; while :; do sleep 0.05; done";
     let mut member = Running::start(
         url,
         &[
