@@ -1,12 +1,13 @@
 //! `watch_events` on the Redis change log, against a real Redis (`KVSTORE_REDIS_URL`): a
 //! resume gives exactly the missed events, expiries included; a resume from before the log's
-//! bound starts with a `Snapshot` while the log stays within its bound; a server that lost its
+//! bound starts with a `Snapshot` while the log stays within its bounds (bytes and entries),
+//! and one from its floor gets exactly the changes after it; a server that lost its
 //! data ends the stream with an error; dropping a stream unsubscribes its pattern.
 
 use std::time::Duration;
 
 use futures::StreamExt;
-use kvstore_core::{EventKind, Store, WatchEvent, WatchOptions, WriteOptions};
+use kvstore_core::{EventKind, Store, Txn, WatchEvent, WatchOptions, WriteOptions};
 use kvstore_redis::RedisStore;
 use kvstore_testutils::{backend_url, cleanup, eventually, next_within, ok, scratch_dir};
 
@@ -119,6 +120,99 @@ async fn a_resume_from_before_the_logs_bound_starts_with_a_snapshot() {
         }
         other => panic!("the log moved past {revision}: a Snapshot first, not {other:?}"),
     }
+    drop(stream);
+    ok(store.delete_tree("d").await, "cleanup");
+    let internal =
+        ["rev", "index", "log", "logmeta", "ttl"].map(|n| format!("{prefix}/\u{1}kvstore/{n}"));
+    let _: () = redis::cmd("DEL")
+        .arg(&internal)
+        .query_async(&mut conn)
+        .await
+        .expect("DEL the log");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_keeps_at_most_its_entries_and_resumes_exactly_from_its_floor() {
+    let Some(base) = backend_url("KVSTORE_REDIS_URL") else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let prefix = scratch_dir("redis_log_entries");
+    let url = url_with(&base, None, &prefix);
+    let store = ok(RedisStore::open_url(&url).await, "connect");
+    let max_ops = store.capabilities().max_txn_ops;
+    let keys: Vec<String> = (0..max_ops).map(|i| format!("d/k{i}")).collect();
+    // Past the log's bound of 100,000 entries: each transaction logs one entry per put.
+    let mut logged = 0;
+    while logged < 102_000 {
+        let txn = keys.iter().fold(Txn::new(), |txn, k| txn.put(k, "v"));
+        ok(store.txn(&txn).await, "txn");
+        logged += keys.len();
+    }
+    let mut conn = raw(&base).await;
+    let log = format!("{prefix}/\u{1}kvstore/log");
+    let meta = format!("{prefix}/\u{1}kvstore/logmeta");
+    let len: u64 = redis::cmd("XLEN")
+        .arg(&log)
+        .query_async(&mut conn)
+        .await
+        .expect("XLEN");
+    assert!(
+        (90_000..=100_000).contains(&len),
+        "the log holds {len} entries: at most its bound, trimmed by a step"
+    );
+    let (floor, bytes): (u64, u64) = redis::cmd("HMGET")
+        .arg(&meta)
+        .arg("floor")
+        .arg("bytes")
+        .query_async(&mut conn)
+        .await
+        .expect("HMGET");
+    let first: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(&log)
+        .arg("-")
+        .arg("+")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(&mut conn)
+        .await
+        .expect("XRANGE");
+    let first_revision: u64 = first[0].0.split('-').next().unwrap().parse().unwrap();
+    assert!(
+        floor + 1 >= first_revision && floor <= first_revision,
+        "floor {floor}: every change after it is in the log, which starts at {}",
+        first[0].0
+    );
+    // The size of every entry's fields but the kind, summed on the server (one reply).
+    let counted: u64 = redis::Script::new(
+        "local n = 0 for _, e in ipairs(redis.call('XRANGE', KEYS[1], '-', '+')) do \
+         n = n + #e[2][2] if e[2][4] then n = n + #e[2][4] end end return n",
+    )
+    .key(&log)
+    .invoke_async(&mut conn)
+    .await
+    .expect("the log's size");
+    assert_eq!(bytes, counted, "the recorded size is the log's");
+
+    // From the floor: the changes after it, exactly; from before it: a Snapshot.
+    let opts = WatchOptions::default().with_since(floor);
+    let mut stream = ok(store.watch_events("d", Some(&opts)).await, "watch_events");
+    match ok(next_within(&mut stream, "the first item").await, "item") {
+        WatchEvent::Changes { events, .. } => {
+            assert!(events.iter().all(|e| e.last_index > floor), "{floor}");
+        }
+        other => panic!("every change after the floor {floor} is logged, not {other:?}"),
+    }
+    drop(stream);
+    let opts = WatchOptions::default().with_since(floor - 1);
+    let mut stream = ok(store.watch_events("d", Some(&opts)).await, "watch_events");
+    assert!(
+        matches!(
+            ok(next_within(&mut stream, "the first item").await, "item"),
+            WatchEvent::Snapshot { .. }
+        ),
+        "a change at the floor is gone: a Snapshot first"
+    );
     drop(stream);
     ok(store.delete_tree("d").await, "cleanup");
     let internal =
