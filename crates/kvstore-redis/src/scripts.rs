@@ -71,22 +71,28 @@ local function sibling(revk, name) return string.sub(revk, 1, -4) .. name end
 /// with Lua" (scripts are replicated by their effects since Redis 5, so TIME may precede a
 /// write).
 const LOG: &str = r"
-local function log_event(revk, rev, seq, member, value)
-  local lk, mk = sibling(revk, 'log'), sibling(revk, 'logmeta')
+local function log_append(revk, rev, seq, member, value)
   local id = rid(rev) .. '-' .. seq
-  local size = #member
   if value then
-    redis.call('XADD', lk, id, 'p', member, 'v', value)
-    size = size + #value
-  else
-    redis.call('XADD', lk, id, 'd', member)
+    redis.call('XADD', sibling(revk, 'log'), id, 'p', member, 'v', value)
+    return #member + #value
   end
+  redis.call('XADD', sibling(revk, 'log'), id, 'd', member)
+  return #member
+end
+local function log_close(revk, rev, last_seq, size)
+  local lk, mk = sibling(revk, 'log'), sibling(revk, 'logmeta')
   local bytes = redis.call('HINCRBY', mk, 'bytes', size)
   if bytes == size then
     redis.call('HSETNX', mk, 'floor', rid(rev - 1))
     redis.call('HSETNX', mk, 'epoch', rid(now_ms()))
   end
-  if bytes > LOG_BYTES or redis.call('XLEN', lk) > LOG_ENTRIES then trim(lk, mk, id, bytes) end
+  if bytes > LOG_BYTES or redis.call('XLEN', lk) > LOG_ENTRIES then
+    trim(lk, mk, rid(rev) .. '-' .. last_seq, bytes)
+  end
+end
+local function log_event(revk, rev, seq, member, value)
+  log_close(revk, rev, seq, log_append(revk, rev, seq, member, value))
 end
 ";
 
@@ -160,7 +166,9 @@ local function reap(revk, idxk, prefix)
   until #due < 1000
   if #gone > 0 then
     local rev = redis.call('INCR', revk)
-    for i, m in ipairs(gone) do log_event(revk, rev, i - 1, m, nil) end
+    local size = 0
+    for i, m in ipairs(gone) do size = size + log_append(revk, rev, i - 1, m, nil) end
+    log_close(revk, rev, #gone - 1, size)
   end
 end
 local function log_state(revk)
@@ -388,7 +396,9 @@ for _, m in ipairs(members) do
 end
 if #deleted > 0 then
   local rev = redis.call('INCR', KEYS[2])
-  for i, m in ipairs(deleted) do log_event(KEYS[2], rev, i - 1, m, nil) end
+  local size = 0
+  for i, m in ipairs(deleted) do size = size + log_append(KEYS[2], rev, i - 1, m, nil) end
+  log_close(KEYS[2], rev, #deleted - 1, size)
 end
 return {#deleted, more}
 ",
@@ -531,26 +541,37 @@ for i = 1, nc do
     end
   end
 end
-local w = a
+-- Each put's key type, read before anything is written: a type kvstore cannot read fails
+-- the whole transaction here, with nothing changed.
+local types, w = {}, a
 for j = 1, nw do
-  if ARGV[w] == 'put' then current(KEYS[2 + nc + j]) end
+  if ARGV[w] == 'put' then
+    local k = KEYS[2 + nc + j]
+    local t = redis.call('TYPE', k).ok
+    if t ~= 'hash' and t ~= 'string' and t ~= 'none' then
+      error('WRONGTYPE the key holds a Redis ' .. t .. ', which kvstore cannot read as a value')
+    end
+    types[j] = t
+  end
   w = w + 3
 end
 local idx = redis.call('INCR', KEYS[1])
-local seq = 0
+local seq, size = 0, 0
 for j = 1, nw do
   local kind, value, member, k = ARGV[a], ARGV[a + 1], ARGV[a + 2], KEYS[2 + nc + j]
   a = a + 3
   if kind == 'put' then
-    log_event(KEYS[1], idx, seq, member, value)
+    size = size + log_append(KEYS[1], idx, seq, member, value)
     seq = seq + 1
-    local t = redis.call('TYPE', k).ok
-    if t == 'string' then redis.call('DEL', k) end
-    redis.call('HSET', k, 'v', value, 'i', idx)
-    redis.call('PERSIST', k)
-    if t ~= 'hash' then redis.call('ZADD', KEYS[2], 0, member) end
+    -- Another client's string becomes a hash. (A key is in at most one operation.)
+    if types[j] == 'string' then redis.call('DEL', k) end
+    if redis.call('HSET', k, 'v', value, 'i', idx) == 2 then
+      redis.call('ZADD', KEYS[2], 0, member)
+    else
+      redis.call('PERSIST', k)
+    end
   elseif redis.call('DEL', k) == 1 then
-    log_event(KEYS[1], idx, seq, member, nil)
+    size = size + log_append(KEYS[1], idx, seq, member, nil)
     seq = seq + 1
     redis.call('ZREM', KEYS[2], member)
     forget_expiry(KEYS[1], member)
@@ -558,6 +579,7 @@ for j = 1, nw do
     redis.call('ZREM', KEYS[2], member)
   end
 end
+if seq > 0 then log_close(KEYS[1], idx, seq - 1, size) end
 return {0, idx}
 ",
     )

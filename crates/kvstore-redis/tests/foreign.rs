@@ -2,9 +2,9 @@
 //! written the way valkeyrie, Traefik and `redis-cli SET` write them are read by kvstore —
 //! `get`, `exists`, `watch` and CAS always, `list`, `watch_tree` and `delete_tree` with the
 //! `foreign_strings` option — and a kvstore write turns such a key into kvstore's layout (a
-//! hash: `HGET key v`). Pins the claims of docs/go-migration.md.
+//! hash: `HGET key v`), in a transaction too. Pins the claims of docs/go-migration.md.
 
-use kvstore_core::{Error, Store};
+use kvstore_core::{Error, Store, Txn};
 use kvstore_redis::{RedisConfig, RedisStore};
 use kvstore_testutils::{
     backend_url, cas_on_foreign_key, foreign_sample, keys, ok, reads_foreign_sample, scratch_dir,
@@ -121,6 +121,49 @@ async fn single_key_calls_read_plain_strings_without_the_option() {
         }
         other => panic!("expected a Backend error naming the type, got {other:?}"),
     }
+    let names: Vec<String> = raw.keys(format!("{dir}/*")).await.expect("KEYS");
+    let _: () = raw.del(names).await.expect("DEL");
+}
+
+#[tokio::test]
+async fn a_txn_converts_plain_strings_and_refuses_other_types_before_writing() {
+    let Some((store, mut raw)) = setup("").await else {
+        return;
+    };
+    let dir = scratch_dir("foreign-txn");
+    let (plain, gone, fresh, queue) = (
+        format!("{dir}/plain"),
+        format!("{dir}/gone"),
+        format!("{dir}/fresh"),
+        format!("{dir}/queue"),
+    );
+    let _: () = raw.set(&plain, "from redis-cli").await.expect("SET");
+    let _: () = raw.set(&gone, "from redis-cli").await.expect("SET");
+    // A string becomes a hash, a deleted string goes; every written key is listed.
+    let txn = Txn::new().put(&plain, "p").delete(&gone).put(&fresh, "f");
+    ok(store.txn(&txn).await, "txn");
+    for (key, value) in [(&plain, "p"), (&fresh, "f")] {
+        let v: Vec<u8> = raw.hget(key, "v").await.expect("HGET");
+        assert_eq!(v, value.as_bytes(), "{key}");
+    }
+    let exists: bool = raw.exists(&gone).await.expect("EXISTS");
+    assert!(!exists, "the deleted string is gone");
+    assert_eq!(
+        keys(&ok(store.list(&dir, None).await, "list")),
+        [fresh.clone(), plain.clone()]
+    );
+
+    // A Redis list among the written keys: an error naming it, and nothing written.
+    let _: () = raw.rpush(&queue, "x").await.expect("RPUSH");
+    let txn = Txn::new().put(&fresh, "changed").put(&queue, "q");
+    match store.txn(&txn).await {
+        Err(err @ Error::Backend { .. }) => {
+            let text = kvstore_testutils::error_chain(&err);
+            assert!(text.contains("holds a Redis list"), "{text}");
+        }
+        other => panic!("expected a Backend error naming the type, got {other:?}"),
+    }
+    assert_eq!(&ok(store.get(&fresh, None).await, "get").value[..], b"f");
     let names: Vec<String> = raw.keys(format!("{dir}/*")).await.expect("KEYS");
     let _: () = raw.del(names).await.expect("DEL");
 }
