@@ -2,7 +2,8 @@
 // kvstore ports, so kvstore-bench can report kvstore/valkeyrie on the same servers in the same
 // run. kvstore-bench starts it once per backend and drives it over stdin/stdout:
 //
-//	prepare OP WORKERS DIR   set up OP (get, put, atomic_put, list, lock) for WORKERS
+//	prepare OP WORKERS DIR   set up OP (get, put, atomic_put, list, list10k, list100k,
+//	                         lock) for WORKERS
 //	                         goroutines under DIR; answers "ok", "unsupported" or "error: ..."
 //	run MILLIS               run OP for MILLIS ms; answers one JSON object
 //	                         {"ops_per_sec", "p50_us", "p99_us", "cpu_us"} or "error: ..."
@@ -11,7 +12,8 @@
 //	cleanup DIR              delete DIR and everything under it; answers "ok" or "error: ..."
 //	quit
 //
-// The keys and values are kvstore-bench's: 64-byte values; get reads 100 keys in turn, put
+// The keys and values are kvstore-bench's: 64-byte values; get reads 100 keys in turn, list
+// lists a directory of 100, 10,000 or 100,000 keys, put
 // writes 10 keys per worker, and each lock is released with its renewal stopped (a lock's
 // RenewLock channel closed after Unlock), so no lease, session or goroutine outlives its call.
 //
@@ -107,17 +109,16 @@ func prepare(ctx context.Context, kv store.Store, name string, workers int, dir 
 			previous[w] = pair
 			return nil
 		}, nil
-	case "list":
+	case "list", "list10k", "list100k":
+		n := map[string]int{"list": 100, "list10k": 10000, "list100k": 100000}[name]
 		listDir := dir + "/list"
-		for i := 0; i < 100; i++ {
-			if err := kv.Put(ctx, fmt.Sprintf("%s/k%03d", listDir, i), value, nil); err != nil {
-				return nil, err
-			}
+		if err := fill(ctx, kv, listDir, n); err != nil {
+			return nil, err
 		}
 		return func(ctx context.Context, _, _ int) error {
 			pairs, err := kv.List(ctx, listDir, nil)
-			if err == nil && len(pairs) != 100 {
-				err = fmt.Errorf("list returned %d pairs", len(pairs))
+			if err == nil && len(pairs) != n {
+				err = fmt.Errorf("list returned %d of %d pairs", len(pairs), n)
 			}
 			return err
 		}, nil
@@ -156,6 +157,43 @@ type result struct {
 }
 
 // cpuTime is the CPU time this process has used so far (getrusage(RUSAGE_SELF)).
+// fill writes n keys (kvstore-bench's names: k000000, k000001, ...) into dir, 32 at a time.
+func fill(ctx context.Context, kv store.Store, dir string, n int) error {
+	var wg sync.WaitGroup
+	errs := make(chan error, 32)
+	next := make(chan int)
+	for g := 0; g < 32; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				if err := kv.Put(ctx, fmt.Sprintf("%s/k%06d", dir, i), value, nil); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	var err error
+feed:
+	for i := 0; i < n; i++ {
+		select {
+		case next <- i:
+		case err = <-errs:
+			break feed
+		}
+	}
+	close(next)
+	wg.Wait()
+	if err == nil {
+		select {
+		case err = <-errs:
+		default:
+		}
+	}
+	return err
+}
+
 func cpuTime() time.Duration {
 	var usage syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &usage); err != nil {

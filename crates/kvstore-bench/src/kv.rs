@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::{FutureExt, StreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use kvstore::{KvPair, Locker, ReadOptions, Store, Txn};
 use tokio::sync::Mutex;
 
@@ -13,6 +13,27 @@ use crate::measure::OpFn;
 /// The value every write stores: 64 bytes.
 pub(crate) const VALUE: &[u8; 64] =
     b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+/// The `i`-th key of a listed directory, on every side.
+pub(crate) fn list_key(dir: &str, i: usize) -> String {
+    format!("{dir}/k{i:06}")
+}
+
+/// Writes `n` keys into `dir` in transactions, eight at a time.
+async fn fill(store: &Arc<dyn Store>, dir: &str, n: usize) -> anyhow::Result<()> {
+    let per = store.capabilities().max_txn_ops.clamp(1, 512);
+    let txns = (0..n).step_by(per).map(|start| {
+        let txn = (start..(start + per).min(n))
+            .fold(Txn::new(), |txn, i| txn.put(&list_key(dir, i), &VALUE[..]));
+        let store = store.clone();
+        async move { store.txn(&txn).await.map(drop) }
+    });
+    futures::stream::iter(txns)
+        .buffer_unordered(8)
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(())
+}
 
 /// Prepares `op` for `workers` workers under `dir`; `None` when the store cannot do it.
 pub(crate) async fn prepare(
@@ -69,18 +90,15 @@ pub(crate) async fn prepare(
                 .boxed()
             })
         }
-        Op::List => {
-            for i in 0..100 {
-                store
-                    .put(&format!("{dir}/list/k{i:03}"), VALUE, None)
-                    .await?;
-            }
+        Op::List | Op::List10k | Op::List100k => {
+            let n = op.list_keys();
             let dir = format!("{dir}/list");
+            fill(&store, &dir, n).await?;
             Arc::new(move |_, _| {
                 let (store, dir) = (store.clone(), dir.clone());
                 async move {
                     let listed = store.list(&dir, None).await?;
-                    anyhow::ensure!(listed.len() == 100, "listed {} keys", listed.len());
+                    anyhow::ensure!(listed.len() == n, "listed {} of {n} keys", listed.len());
                     Ok(None)
                 }
                 .boxed()

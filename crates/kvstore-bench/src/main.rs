@@ -46,6 +46,12 @@ pub(crate) enum Op {
     AtomicPut,
     /// `list` of a directory of 100 keys.
     List,
+    /// `list` of a directory of 10,000 keys (concurrency 1; with the client's peak heap).
+    #[value(name = "list-10k")]
+    List10k,
+    /// `list` of a directory of 100,000 keys (concurrency 1; with the client's peak heap).
+    #[value(name = "list-100k")]
+    List100k,
     /// Watch latency: from just before a write to the delivery of its event (concurrency 1).
     Watch,
     /// `lock()` + `unlock()` of an uncontended lock (one `Locker` per worker, reused).
@@ -60,6 +66,22 @@ pub(crate) enum Op {
 }
 
 impl Op {
+    /// The keys in the listed directory of a list operation (0 for the others).
+    pub(crate) fn list_keys(self) -> usize {
+        match self {
+            Op::List => 100,
+            Op::List10k => 10_000,
+            Op::List100k => 100_000,
+            _ => 0,
+        }
+    }
+
+    /// Measured at concurrency 1 only: watch latency, and lists of large directories (32
+    /// copies of 100,000 pairs at once would measure the machine's memory).
+    fn single_worker(self) -> bool {
+        matches!(self, Op::Watch | Op::List10k | Op::List100k)
+    }
+
     /// The puts per transaction of `Txn2`/`Txn8`.
     pub(crate) fn txn_puts(self) -> usize {
         match self {
@@ -78,6 +100,8 @@ impl Op {
             Op::Put => "put",
             Op::AtomicPut => "atomic_put",
             Op::List => "list (100 keys)",
+            Op::List10k => "list (10,000 keys)",
+            Op::List100k => "list (100,000 keys)",
             Op::Watch => "watch latency",
             Op::Lock => "lock + unlock",
             Op::LockPerCall => "new_lock + lock + unlock",
@@ -181,14 +205,21 @@ enum Raw {
 impl Raw {
     /// Deletes what the raw side of a cell wrote under `dir` (`raw/<dir>` on a server).
     async fn cleanup(&self, dir: &str) -> anyhow::Result<()> {
-        let on_server = format!("raw/{dir}");
         match self {
             Raw::Redb(db) => raw::cleanup::redb(db.clone(), dir).await,
-            Raw::Redis(url) => raw::cleanup::redis(url, &on_server).await,
-            Raw::Etcd(endpoint) => raw::cleanup::etcd(endpoint, &on_server).await,
-            Raw::Zk(hosts) => raw::cleanup::zk(hosts, &on_server).await,
-            Raw::Consul(base) => raw::cleanup::consul(base, &on_server).await,
-            Raw::Postgres(url) => raw::cleanup::postgres(url, &on_server).await,
+            _ => self.cleanup_exact(&format!("raw/{dir}")).await,
+        }
+    }
+
+    /// Deletes everything under `path` on the server (a redb file: under `path` in its table).
+    async fn cleanup_exact(&self, path: &str) -> anyhow::Result<()> {
+        match self {
+            Raw::Redb(db) => raw::cleanup::redb(db.clone(), path).await,
+            Raw::Redis(url) => raw::cleanup::redis(url, path).await,
+            Raw::Etcd(endpoint) => raw::cleanup::etcd(endpoint, path).await,
+            Raw::Zk(hosts) => raw::cleanup::zk(hosts, path).await,
+            Raw::Consul(base) => raw::cleanup::consul(base, path).await,
+            Raw::Postgres(url) => raw::cleanup::postgres(url, path).await,
         }
     }
 }
@@ -215,6 +246,9 @@ struct Side {
     round_trips: Option<f64>,
     /// Client CPU time per call, microseconds (median over the rounds).
     cpu_us: Option<f64>,
+    /// The most heap one call allocated beyond what was in use before it, MiB (lists of
+    /// 10,000 keys and more; not for valkeyrie, another process).
+    heap_peak_mib: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -233,6 +267,8 @@ struct Record {
     vs_valkeyrie: Option<[f64; 3]>,
     /// Open-loop latency (`--open-loop`).
     open_loop: Vec<OpenLoop>,
+    /// Why valkeyrie has no figures for this cell, when it failed.
+    valkeyrie_error: Option<String>,
 }
 
 /// Latency of one side at a fixed offered load (`measure::run_open`).
@@ -382,7 +418,20 @@ fn side(batches: &[Batch], round_trips: Option<f64>) -> Side {
         p999_us: at(0.999),
         round_trips,
         cpu_us: (!cpu.is_empty()).then(|| median(&cpu)),
+        heap_peak_mib: None,
     }
+}
+
+/// Every allocation is counted, so a call's peak heap can be read (`heap_peak_mib`).
+#[global_allocator]
+static HEAP: peak_alloc::PeakAlloc = peak_alloc::PeakAlloc;
+
+/// The peak heap one call of `op_fn` allocates above what is in use before it, in MiB.
+async fn heap_peak_mib(op_fn: &OpFn) -> anyhow::Result<f64> {
+    let before = HEAP.current_usage();
+    HEAP.reset_peak_usage();
+    op_fn(0, 0).await?;
+    Ok(HEAP.peak_usage().saturating_sub(before) as f64 / (1024.0 * 1024.0))
 }
 
 /// Measures one operation at one concurrency on one backend.
@@ -393,7 +442,7 @@ async fn measure(
     op: Op,
     concurrency: usize,
     progress: &ProgressBar,
-    mut valkeyrie: Option<&mut valkeyrie::Valkeyrie>,
+    go_slot: &mut Option<valkeyrie::Valkeyrie>,
 ) -> anyhow::Result<Option<Record>> {
     let dir = format!(
         "kvstore-bench/{}-{op:?}-c{concurrency}-{:08x}",
@@ -404,12 +453,35 @@ async fn measure(
         return Ok(None);
     };
     let raw_op = prepare_raw(&backend.raw, op, concurrency, &dir).await?;
-    if let Some(go) = valkeyrie.as_mut()
-        && !go
-            .prepare(op, concurrency, &format!("{dir}-valkeyrie"))
-            .await?
-    {
-        valkeyrie = None;
+    // valkeyrie failing a cell (a list of 100,000 keys slower than its driver's deadline) is
+    // reported with the cell, and its process is dropped (its answers may be out of step); a
+    // new one runs the next cell. kvstore and the raw client are still measured.
+    let mut valkeyrie_error = None;
+    let go_failed = |err: anyhow::Error, slot: &mut Option<valkeyrie::Valkeyrie>| {
+        progress.println(format!(
+            "{} {} c={concurrency}: valkeyrie failed: {err:#}",
+            backend.name,
+            op.name()
+        ));
+        *slot = None;
+        Some(format!("{err:#}"))
+    };
+    let mut valkeyrie = false;
+    if let Some(go) = go_slot.as_mut() {
+        let warmup = std::time::Duration::from_millis(args.batch_ms / 4);
+        let ready = async {
+            let prepared = go
+                .prepare(op, concurrency, &format!("{dir}-valkeyrie"))
+                .await?;
+            if prepared {
+                go.run(warmup).await?;
+            }
+            anyhow::Ok(prepared)
+        };
+        match ready.await {
+            Ok(prepared) => valkeyrie = prepared,
+            Err(err) => valkeyrie_error = go_failed(err, go_slot),
+        }
     }
     let batch = std::time::Duration::from_millis(args.batch_ms);
     // Warm up both (connections, caches, JIT on the server side).
@@ -417,9 +489,6 @@ async fn measure(
     measure::run(&kv_op, warmup, concurrency).await?;
     if let Some(raw_op) = &raw_op {
         measure::run(raw_op, warmup, concurrency).await?;
-    }
-    if let Some(go) = valkeyrie.as_mut() {
-        go.run(warmup).await?;
     }
     let (mut kv_batches, mut raw_batches, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     let (mut go_batches, mut go_ratios) = (Vec::new(), Vec::new());
@@ -442,8 +511,16 @@ async fn measure(
                     }
                 }
                 _ => {
-                    if let Some(go) = valkeyrie.as_mut() {
-                        go_batch = Some(go.run(batch).await?);
+                    if let Some(go) = go_slot.as_mut().filter(|_| valkeyrie) {
+                        match go.run(batch).await {
+                            Ok(b) => go_batch = Some(b),
+                            Err(err) => {
+                                valkeyrie_error = go_failed(err, go_slot);
+                                valkeyrie = false;
+                                go_batches.clear();
+                                go_ratios.clear();
+                            }
+                        }
                     }
                 }
             }
@@ -492,10 +569,24 @@ async fn measure(
             }
         }
     }
+    let (mut kv_heap, mut raw_heap) = (None, None);
+    if op.list_keys() >= 10_000 {
+        kv_heap = Some(heap_peak_mib(&kv_op).await?);
+        if let Some(raw_op) = &raw_op {
+            raw_heap = Some(heap_peak_mib(raw_op).await?);
+        }
+    }
     let (mut kv_rt, mut raw_rt, mut go_rt) = (None, None, None);
     if let Some(counter) = &backend.counter {
-        // At concurrency 32 too: calls may share requests there (ZooKeeper's `sync`s).
-        let n = args.counted_calls * concurrency;
+        // At concurrency 32 too: calls may share requests there (ZooKeeper's `sync`s). Lists
+        // of large directories count 2 calls (valkeyrie's Redis `List` of 100,000 keys takes
+        // half a minute).
+        let per_worker = if op.list_keys() >= 10_000 {
+            2
+        } else {
+            args.counted_calls
+        };
+        let n = per_worker * concurrency;
         kv_rt = Some(
             counters::per_op(counter, n, || measure::run_count(&kv_op, n, concurrency)).await?,
         );
@@ -504,20 +595,23 @@ async fn measure(
                 counters::per_op(counter, n, || measure::run_count(raw_op, n, concurrency)).await?,
             );
         }
-        if let Some(go) = valkeyrie.as_mut() {
+        if let Some(go) = go_slot.as_mut().filter(|_| valkeyrie) {
             go_rt = Some(counters::per_op(counter, n, || go.calls(n)).await?);
         }
     }
     // Every side's keys go after each cell, so no cell runs over an earlier one's keys (a
     // SCAN-based list slows with every key left behind).
-    if let Some(go) = valkeyrie.as_mut() {
-        let go_dir = format!("{dir}-valkeyrie");
-        match &backend.raw {
-            // valkeyrie's ZooKeeper `DeleteTree` refuses a znode with grandchildren ("node has
-            // children"); its keys are plain znodes, which the raw cleanup deletes.
-            Raw::Zk(hosts) => raw::cleanup::zk(hosts, &go_dir).await?,
-            _ => go.cleanup(&go_dir).await?,
+    let go_dir = format!("{dir}-valkeyrie");
+    match (go_slot.as_mut(), &backend.raw) {
+        // valkeyrie's ZooKeeper `DeleteTree` refuses a znode with grandchildren ("node has
+        // children"); its keys are plain znodes, which the raw cleanup deletes.
+        (_, Raw::Zk(hosts)) if valkeyrie || valkeyrie_error.is_some() => {
+            raw::cleanup::zk(hosts, &go_dir).await?;
         }
+        (Some(go), _) if valkeyrie => go.cleanup(&go_dir).await?,
+        // A failed valkeyrie's keys are plain keys on the server.
+        (_, raw) if valkeyrie_error.is_some() => raw.cleanup_exact(&go_dir).await?,
+        _ => {}
     }
     backend.raw.cleanup(&dir).await?;
     let _ = store.delete_tree(&dir).await;
@@ -526,12 +620,19 @@ async fn measure(
         backend: backend.name,
         op,
         concurrency,
-        kvstore: side(&kv_batches, kv_rt),
-        raw: (!raw_batches.is_empty()).then(|| side(&raw_batches, raw_rt)),
+        kvstore: Side {
+            heap_peak_mib: kv_heap,
+            ..side(&kv_batches, kv_rt)
+        },
+        raw: (!raw_batches.is_empty()).then(|| Side {
+            heap_peak_mib: raw_heap,
+            ..side(&raw_batches, raw_rt)
+        }),
         ratio,
         valkeyrie: (!go_batches.is_empty()).then(|| side(&go_batches, go_rt)),
         vs_valkeyrie: measure::ratio_ci(&go_ratios),
         open_loop,
+        valkeyrie_error,
     }))
 }
 
@@ -576,6 +677,38 @@ fn markdown(report: &Report) -> String {
     }
     for (name, why) in &report.skipped {
         out.push_str(&format!("\nSkipped {name}: {why}\n"));
+    }
+    let large: Vec<&Record> = report
+        .records
+        .iter()
+        .filter(|r| r.kvstore.heap_peak_mib.is_some())
+        .collect();
+    if !large.is_empty() {
+        out.push_str("\nLarge directories: one `list` at a time; heap is the most one call allocated above what was in use before it.\n\n");
+        out.push_str("| backend | keys | kvstore ms per list | raw ms per list | kvstore heap MiB | raw heap MiB | valkeyrie ms per list |\n");
+        out.push_str("| --- | ---: | ---: | ---: | ---: | ---: | --- |\n");
+        let ms = |s: &Side| format!("{:.1}", 1000.0 / s.ops_per_sec);
+        let mib = |s: Option<&Side>| {
+            s.and_then(|s| s.heap_peak_mib)
+                .map_or("—".into(), |m| format!("{m:.1}"))
+        };
+        for r in large {
+            let go = match (&r.valkeyrie, &r.valkeyrie_error) {
+                (Some(go), _) => ms(go),
+                (None, Some(err)) => format!("failed: {err}"),
+                (None, None) => "—".into(),
+            };
+            out.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} | {} |\n",
+                r.backend,
+                r.op.list_keys(),
+                ms(&r.kvstore),
+                r.raw.as_ref().map_or("—".into(), ms),
+                mib(Some(&r.kvstore)),
+                mib(r.raw.as_ref()),
+                go,
+            ));
+        }
     }
     let compared: Vec<&Record> = report
         .records
@@ -751,6 +884,8 @@ async fn main() -> anyhow::Result<()> {
             Op::Put,
             Op::AtomicPut,
             Op::List,
+            Op::List10k,
+            Op::List100k,
             Op::Watch,
             Op::Lock,
             Op::LockPerCall,
@@ -763,7 +898,7 @@ async fn main() -> anyhow::Result<()> {
     let steps = backends.len()
         * ops
             .iter()
-            .map(|o| if *o == Op::Watch { 1 } else { 2 })
+            .map(|o| if o.single_worker() { 1 } else { 2 })
             .sum::<usize>()
         * args.rounds;
     let progress = ProgressBar::new(steps as u64);
@@ -790,31 +925,23 @@ async fn main() -> anyhow::Result<()> {
                 continue;
             }
         };
-        let mut go = match (&args.valkeyrie, valkeyrie_target(backend, tmp.path())) {
-            (Some(bin), Some((name, addr))) => {
-                Some(valkeyrie::Valkeyrie::start(bin, name, &addr).await?)
-            }
-            _ => None,
-        };
+        let target = valkeyrie_target(backend, tmp.path());
+        let mut go = None;
         for &op in &ops {
-            let levels: &[usize] = if op == Op::Watch { &[1] } else { &[1, 32] };
+            let levels: &[usize] = if op.single_worker() { &[1] } else { &[1, 32] };
             for &concurrency in levels {
                 let cell = format!(
                     "{} {} at concurrency {concurrency}",
                     backend.name,
                     op.name()
                 );
-                match measure(
-                    &args,
-                    backend,
-                    &store,
-                    op,
-                    concurrency,
-                    &progress,
-                    go.as_mut(),
-                )
-                .await
+                // (Again after a cell where it failed.)
+                if go.is_none()
+                    && let (Some(bin), Some((name, addr))) = (&args.valkeyrie, &target)
                 {
+                    go = Some(valkeyrie::Valkeyrie::start(bin, name, addr).await?);
+                }
+                match measure(&args, backend, &store, op, concurrency, &progress, &mut go).await {
                     Ok(record) => report.records.extend(record),
                     // One failed cell (a server's rate limit, a timeout) is reported, and the
                     // run goes on: its other cells stay measured.

@@ -29,6 +29,8 @@ fn op_name(op: Op) -> Option<&'static str> {
         Op::Put => Some("put"),
         Op::AtomicPut => Some("atomic_put"),
         Op::List => Some("list"),
+        Op::List10k => Some("list10k"),
+        Op::List100k => Some("list100k"),
         Op::Lock | Op::LockPerCall => Some("lock"),
         Op::Watch | Op::Txn2 | Op::Txn8 => None,
     }
@@ -59,7 +61,8 @@ impl Valkeyrie {
             .write_all(format!("{command}\n").as_bytes())
             .await?;
         self.stdin.flush().await?;
-        let line = tokio::time::timeout(Duration::from_secs(120), self.lines.next_line())
+        // Long enough for a prepare that writes 100,000 keys one `Put` at a time.
+        let line = tokio::time::timeout(Duration::from_secs(600), self.lines.next_line())
             .await
             .context("valkeyrie-bench did not answer")??
             .context("valkeyrie-bench exited")?;

@@ -2,10 +2,10 @@
 
 use super::channel;
 use crate::Op;
-use crate::kv::{VALUE, delivered};
+use crate::kv::{VALUE, delivered, list_key};
 use crate::measure::OpFn;
 use base64::Engine;
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
@@ -125,11 +125,14 @@ pub(crate) async fn consul(
                 .boxed()
             })
         }
-        Op::List => {
-            for i in 0..100 {
-                put(http.clone(), kv(&format!("{dir}/list/k{i:03}"))).await?;
-            }
-            let url = format!("{}?recurse", kv(&format!("{dir}/list/")));
+        Op::List | Op::List10k | Op::List100k => {
+            let n = op.list_keys();
+            let list = format!("{dir}/list");
+            futures::stream::iter((0..n).map(|i| put(http.clone(), kv(&list_key(&list, i)))))
+                .buffer_unordered(32)
+                .try_collect::<Vec<()>>()
+                .await?;
+            let url = format!("{}?recurse", kv(&format!("{list}/")));
             Arc::new(move |_, _| {
                 let (http, url) = (http.clone(), url.clone());
                 async move {
@@ -140,7 +143,7 @@ pub(crate) async fn consul(
                         .error_for_status()?
                         .json()
                         .await?;
-                    anyhow::ensure!(entries.len() == 100, "listed {}", entries.len());
+                    anyhow::ensure!(entries.len() == n, "listed {} of {n}", entries.len());
                     Ok(None)
                 }
                 .boxed()

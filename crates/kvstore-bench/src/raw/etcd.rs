@@ -2,7 +2,7 @@
 
 use super::channel;
 use crate::Op;
-use crate::kv::{VALUE, delivered};
+use crate::kv::{VALUE, delivered, list_key};
 use crate::measure::OpFn;
 use futures::FutureExt;
 use std::sync::Arc;
@@ -70,18 +70,48 @@ pub(crate) async fn etcd(
                 .boxed()
             })
         }
-        Op::List => {
+        Op::List | Op::List10k | Op::List100k => {
+            let n = op.list_keys();
+            let list = format!("{dir}/list");
             let mut c = client.clone();
-            for i in 0..100 {
-                c.put(format!("{dir}/list/k{i:03}"), &VALUE[..], None)
-                    .await?;
+            // etcd's default --max-txn-ops is 128.
+            for start in (0..n).step_by(128) {
+                let puts: Vec<TxnOp> = (start..(start + 128).min(n))
+                    .map(|i| TxnOp::put(list_key(&list, i), &VALUE[..], None))
+                    .collect();
+                c.txn(Txn::new().and_then(puts)).await?;
             }
-            let prefix = format!("{dir}/list/");
+            // The keys from `<list>/` up to `<list>0` ('0' follows '/').
+            let (prefix, end) = (format!("{list}/"), format!("{list}0"));
             Arc::new(move |_, _| {
-                let (mut c, prefix) = (client.clone(), prefix.clone());
+                let (mut c, prefix, end) = (client.clone(), prefix.clone(), end.clone());
                 async move {
-                    let resp = c.get(prefix, Some(GetOptions::new().with_prefix())).await?;
-                    anyhow::ensure!(resp.kvs().len() == 100, "listed {}", resp.kvs().len());
+                    // Pages of 1,000 keys at the first page's revision, as kvstore reads: one
+                    // range of 100,000 pairs passes the client's 4 MiB reply limit.
+                    let (mut from, mut revision) = (prefix.into_bytes(), 0);
+                    let mut pairs = Vec::new();
+                    loop {
+                        let mut opts = GetOptions::new()
+                            .with_range(end.as_bytes())
+                            .with_limit(1000);
+                        if revision > 0 {
+                            opts = opts.with_revision(revision);
+                        }
+                        let mut resp = c.get(from.clone(), Some(opts)).await?;
+                        if revision == 0 {
+                            revision = resp.header().map_or(0, |h| h.revision());
+                        }
+                        let more = resp.more();
+                        pairs.extend(resp.take_kvs());
+                        match pairs.last() {
+                            Some(last) if more => {
+                                from = last.key().to_vec();
+                                from.push(0);
+                            }
+                            _ => break,
+                        }
+                    }
+                    anyhow::ensure!(pairs.len() == n, "listed {} of {n}", pairs.len());
                     Ok(None)
                 }
                 .boxed()

@@ -15,7 +15,7 @@ use tokio_postgres::NoTls;
 
 use super::channel;
 use crate::Op;
-use crate::kv::{VALUE, delivered};
+use crate::kv::{VALUE, delivered, list_key};
 use crate::measure::OpFn;
 
 /// kvstore's default pool size.
@@ -118,16 +118,24 @@ pub(crate) async fn postgres(
                 .boxed()
             })
         }
-        Op::List => {
-            for i in 0..100 {
-                put(pool.clone(), format!("{dir}/list/k{i:03}")).await?;
+        Op::List | Op::List10k | Op::List100k => {
+            let n = op.list_keys();
+            let list = format!("{dir}/list");
+            for start in (0..n).step_by(1000) {
+                let keys: Vec<String> = (start..(start + 1000).min(n))
+                    .map(|i| list_key(&list, i))
+                    .collect();
+                let values: Vec<Option<&[u8]>> = keys.iter().map(|_| Some(&VALUE[..])).collect();
+                query(&pool, TXN, &[&keys, &values]).await?;
             }
-            let (from, to) = (format!("{dir}/list/"), format!("{dir}/list0"));
+            let (from, to) = (format!("{list}/"), format!("{list}0"));
             Arc::new(move |_, _| {
                 let (pool, from, to) = (pool.clone(), from.clone(), to.clone());
                 async move {
-                    let n = query(&pool, LIST, &[&from, &to]).await?.len();
-                    anyhow::ensure!(n == 100, "listed {n}");
+                    let rows = query(&pool, LIST, &[&from, &to]).await?;
+                    let pairs: Vec<(String, Vec<u8>)> =
+                        rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+                    anyhow::ensure!(pairs.len() == n, "listed {} of {n}", pairs.len());
                     Ok(None)
                 }
                 .boxed()

@@ -5,7 +5,7 @@
 //! harness rather than kvstore (issue #28). valkeyrie's BoltDB is the comparison for writes.
 
 use crate::Op;
-use crate::kv::VALUE;
+use crate::kv::{VALUE, list_key};
 use crate::measure::OpFn;
 use futures::FutureExt;
 use std::sync::Arc;
@@ -46,23 +46,35 @@ pub(crate) async fn redb(
                 .boxed()
             })
         }
-        Op::List => {
-            for i in 0..100 {
-                write(db.clone(), format!("{dir}/list/k{i:03}")).await?;
-            }
-            let (start, end) = (format!("{dir}/list/"), format!("{dir}/list0"));
+        Op::List | Op::List10k | Op::List100k => {
+            let n = op.list_keys();
+            let list = format!("{dir}/list");
+            let fill = (db.clone(), list.clone());
+            tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+                let (db, list) = fill;
+                let txn = db.begin_write()?;
+                {
+                    let mut table = txn.open_table(TABLE)?;
+                    for i in 0..n {
+                        table.insert(list_key(&list, i).as_str(), &VALUE[..])?;
+                    }
+                }
+                txn.commit()?;
+                Ok(())
+            })
+            .await??;
+            let (start, end) = (format!("{list}/"), format!("{list}0"));
             Arc::new(move |_, _| {
                 let (db, start, end) = (db.clone(), start.clone(), end.clone());
                 async move {
                     let txn = db.begin_read()?;
                     let table = txn.open_table(TABLE)?;
-                    let mut n = 0;
+                    let mut pairs = Vec::new();
                     for entry in table.range(start.as_str()..end.as_str())? {
                         let (k, v) = entry?;
-                        std::hint::black_box((k.value().len(), v.value().len()));
-                        n += 1;
+                        pairs.push((k.value().to_owned(), v.value().to_vec()));
                     }
-                    anyhow::ensure!(n == 100, "listed {n}");
+                    anyhow::ensure!(pairs.len() == n, "listed {} of {n}", pairs.len());
                     Ok(None)
                 }
                 .boxed()

@@ -2,7 +2,7 @@
 
 use super::channel;
 use crate::Op;
-use crate::kv::{VALUE, delivered};
+use crate::kv::{VALUE, delivered, list_key};
 use crate::measure::OpFn;
 use futures::{FutureExt, StreamExt};
 use std::sync::Arc;
@@ -78,12 +78,17 @@ pub(crate) async fn redis(
                 .boxed()
             })
         }
-        Op::List => {
+        Op::List | Op::List10k | Op::List100k => {
+            let n = op.list_keys();
+            let list = format!("{dir}/list");
             let mut c = conn.clone();
-            for i in 0..100 {
-                let _: () = c.set(format!("{dir}/list/k{i:03}"), &VALUE[..]).await?;
+            for start in (0..n).step_by(1000) {
+                let pairs: Vec<(String, &[u8])> = (start..(start + 1000).min(n))
+                    .map(|i| (list_key(&list, i), &VALUE[..]))
+                    .collect();
+                let _: () = c.mset(&pairs).await?;
             }
-            let pattern = format!("{dir}/list/*");
+            let pattern = format!("{list}/*");
             Arc::new(move |_, _| {
                 let (mut c, pattern) = (conn.clone(), pattern.clone());
                 async move {
@@ -105,8 +110,14 @@ pub(crate) async fn redis(
                         cursor = next;
                     }
                     keys.sort();
-                    let values: Vec<Vec<u8>> = c.mget(&keys).await?;
-                    anyhow::ensure!(values.len() == 100, "listed {}", values.len());
+                    // Values in runs of 1,000 keys, as kvstore reads pages, so neither side
+                    // holds the server for the whole directory.
+                    let mut values: Vec<Vec<u8>> = Vec::with_capacity(keys.len());
+                    for run in keys.chunks(1000) {
+                        let got: Vec<Vec<u8>> = c.mget(run).await?;
+                        values.extend(got);
+                    }
+                    anyhow::ensure!(values.len() == n, "listed {} of {n}", values.len());
                     Ok(None)
                 }
                 .boxed()

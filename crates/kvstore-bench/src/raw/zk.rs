@@ -2,9 +2,9 @@
 
 use super::channel;
 use crate::Op;
-use crate::kv::{VALUE, delivered};
+use crate::kv::{VALUE, delivered, list_key};
 use crate::measure::OpFn;
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::Mutex;
@@ -79,21 +79,29 @@ pub(crate) async fn zk(
                 .boxed()
             })
         }
-        Op::List => {
-            for i in 0..100 {
-                create(client.clone(), format!("{dir}/list/k{i:03}")).await?;
-            }
+        Op::List | Op::List10k | Op::List100k => {
+            let n = op.list_keys();
             let path = format!("{dir}/list");
+            futures::stream::iter((0..n).map(|i| create(client.clone(), list_key(&path, i))))
+                .buffer_unordered(256)
+                .try_collect::<Vec<()>>()
+                .await?;
             Arc::new(move |_, _| {
                 let (c, path) = (client.clone(), path.clone());
                 async move {
-                    let children = c.list_children(&path).await?;
-                    let mut reader = c.new_multi_reader();
-                    for child in &children {
-                        reader.add_get_data(&format!("{path}/{child}"))?;
+                    let mut children = c.list_children(&path).await?;
+                    children.sort();
+                    // Reads in runs of 1,000 (one multi read each), as kvstore reads a
+                    // large directory: one reply for 100,000 values passes jute.maxbuffer.
+                    let mut pairs = Vec::with_capacity(children.len());
+                    for run in children.chunks(1000) {
+                        let mut reader = c.new_multi_reader();
+                        for child in run {
+                            reader.add_get_data(&format!("{path}/{child}"))?;
+                        }
+                        pairs.extend(run.iter().zip(reader.commit().await?));
                     }
-                    let results = reader.commit().await?;
-                    anyhow::ensure!(results.len() == 100, "listed {}", results.len());
+                    anyhow::ensure!(pairs.len() == n, "listed {} of {n}", pairs.len());
                     Ok(None)
                 }
                 .boxed()
