@@ -6,6 +6,7 @@
 
 use std::collections::HashSet;
 
+use futures::StreamExt;
 use futures::future::join_all;
 use kvstore_core::{KvPair, Result};
 use zookeeper_client::{self as zk, Client, MultiReadResult, Stat};
@@ -17,6 +18,9 @@ use crate::session::timed;
 
 /// Znodes per multi-read request.
 const CHUNK: usize = 200;
+/// Multi-read requests of one level in flight at once: a level of 100,000 znodes read one
+/// request at a time was 500 round trips in a row (0.51x the raw client's flat reads).
+const IN_FLIGHT: usize = 8;
 
 /// One znode of a walk.
 pub(crate) struct Node {
@@ -81,33 +85,43 @@ pub(crate) async fn walk(
     let mut depth = 1;
     while !frontier.is_empty() {
         let mut next = Vec::new();
-        for chunk in frontier.chunks(CHUNK) {
+        // Up to IN_FLIGHT multi-reads pipelined on the session, their results taken in order.
+        let chunks: Vec<Vec<String>> = frontier.chunks(CHUNK).map(<[String]>::to_vec).collect();
+        let mut reads = futures::stream::iter(chunks.into_iter().map(|chunk| async move {
             let mut reader = client.new_multi_reader();
-            for path in chunk {
+            for path in &chunk {
                 reader.add_get_data(path).map_err(from_zk)?;
                 reader.add_get_children(path).map_err(from_zk)?;
             }
             let results = timed(inner.timeout(), reader.commit())
                 .await
                 .map_err(from_zk)?;
+            Ok::<_, kvstore_core::Error>((chunk, results))
+        }))
+        .buffered(IN_FLIGHT);
+        while let Some(read) = reads.next().await {
+            let (chunk, results) = read?;
             let mut results = results.into_iter();
             for path in chunk {
                 let (data, children) = (results.next(), results.next());
                 match data {
-                    Some(MultiReadResult::Data { data, stat }) => nodes.push(Node {
-                        path: path.clone(),
-                        data,
-                        stat,
-                        depth,
-                    }),
+                    Some(MultiReadResult::Data { data, stat }) => {
+                        if let Some(MultiReadResult::Children { children }) = children {
+                            next.extend(child_paths(inner, &path, &children));
+                        }
+                        nodes.push(Node {
+                            path,
+                            data,
+                            stat,
+                            depth,
+                        });
+                    }
                     // Deleted since its parent was read.
                     _ => continue,
                 }
-                if let Some(MultiReadResult::Children { children }) = children {
-                    next.extend(child_paths(inner, path, &children));
-                }
             }
         }
+        drop(reads);
         frontier = next;
         depth += 1;
     }
