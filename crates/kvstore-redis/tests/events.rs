@@ -32,6 +32,30 @@ async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
         .expect("raw connection")
 }
 
+/// A store under a prefix of its own, so its log is trimmed and no other test's: the prefix
+/// and the store.
+async fn own_log(base: &str, name: &str) -> (String, RedisStore) {
+    let prefix = scratch_dir(name);
+    let url = url_with(base, None, &prefix);
+    (prefix, ok(RedisStore::open_url(&url).await, "connect"))
+}
+
+/// Deletes what [`own_log`]'s store wrote under `d` and its bookkeeping keys.
+async fn drop_own_log(
+    store: &RedisStore,
+    conn: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+) {
+    ok(store.delete_tree("d").await, "cleanup");
+    let internal =
+        ["rev", "index", "log", "logmeta", "ttl"].map(|n| format!("{prefix}/\u{1}kvstore/{n}"));
+    let _: () = redis::cmd("DEL")
+        .arg(&internal)
+        .query_async(conn)
+        .await
+        .expect("DEL the log");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resume_gives_exactly_the_missed_events_expiries_included() {
     let Some(url) = backend_url("KVSTORE_REDIS_URL") else {
@@ -85,10 +109,7 @@ async fn a_resume_from_before_the_logs_bound_starts_with_a_snapshot() {
         return;
     };
     let _serial = SERIAL.lock().await;
-    // A prefix of its own: this store's log is trimmed, no other test's.
-    let prefix = scratch_dir("redis_log_bound");
-    let url = url_with(&base, None, &prefix);
-    let store = ok(RedisStore::open_url(&url).await, "connect");
+    let (prefix, store) = own_log(&base, "redis_log_bound").await;
     ok(store.put("d/first", b"1", None).await, "put first");
     let (_, revision) = ok(store.list_at("d", None).await, "list_at");
     // 40 values of 1 MiB: more than the log's 32 MiB.
@@ -121,14 +142,7 @@ async fn a_resume_from_before_the_logs_bound_starts_with_a_snapshot() {
         other => panic!("the log moved past {revision}: a Snapshot first, not {other:?}"),
     }
     drop(stream);
-    ok(store.delete_tree("d").await, "cleanup");
-    let internal =
-        ["rev", "index", "log", "logmeta", "ttl"].map(|n| format!("{prefix}/\u{1}kvstore/{n}"));
-    let _: () = redis::cmd("DEL")
-        .arg(&internal)
-        .query_async(&mut conn)
-        .await
-        .expect("DEL the log");
+    drop_own_log(&store, &mut conn, &prefix).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,9 +151,7 @@ async fn the_log_keeps_at_most_its_entries_and_resumes_exactly_from_its_floor() 
         return;
     };
     let _serial = SERIAL.lock().await;
-    let prefix = scratch_dir("redis_log_entries");
-    let url = url_with(&base, None, &prefix);
-    let store = ok(RedisStore::open_url(&url).await, "connect");
+    let (prefix, store) = own_log(&base, "redis_log_entries").await;
     let max_ops = store.capabilities().max_txn_ops;
     let keys: Vec<String> = (0..max_ops).map(|i| format!("d/k{i}")).collect();
     // Past the log's bound of 100,000 entries: each transaction logs one entry per put.
@@ -214,14 +226,7 @@ async fn the_log_keeps_at_most_its_entries_and_resumes_exactly_from_its_floor() 
         "a change at the floor is gone: a Snapshot first"
     );
     drop(stream);
-    ok(store.delete_tree("d").await, "cleanup");
-    let internal =
-        ["rev", "index", "log", "logmeta", "ttl"].map(|n| format!("{prefix}/\u{1}kvstore/{n}"));
-    let _: () = redis::cmd("DEL")
-        .arg(&internal)
-        .query_async(&mut conn)
-        .await
-        .expect("DEL the log");
+    drop_own_log(&store, &mut conn, &prefix).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
