@@ -429,6 +429,23 @@ impl Inner {
     }
 }
 
+/// Doubles the next page's `limit` (up to [`MAX_PAGE_KEYS`]) when the page just read, `kvs`,
+/// was a full page under half of [`PAGE_BYTES`], so the next one stays under it.
+fn grow(limit: &mut i64, kvs: &[etcd_client::KeyValue]) {
+    let bytes: usize = kvs.iter().map(|kv| kv.key().len() + kv.value().len()).sum();
+    *limit = next_limit(*limit, kvs.len(), bytes);
+}
+
+/// [`grow`]'s rule: the next page's size after a page of `keys` keys and `bytes` bytes read
+/// with `limit`.
+fn next_limit(limit: i64, keys: usize, bytes: usize) -> i64 {
+    if i64::try_from(keys).unwrap_or(i64::MAX) >= limit && bytes < PAGE_BYTES / 2 {
+        (limit * 2).min(MAX_PAGE_KEYS)
+    } else {
+        limit
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -441,18 +458,21 @@ mod tests {
     }
 
     #[test]
+    fn pages_grow_only_while_full_and_small() {
+        // 1,000 small pairs: doubles, up to the cap.
+        assert_eq!(next_limit(1_000, 1_000, 150_000), 2_000);
+        assert_eq!(next_limit(16_384, 16_384, 400_000), MAX_PAGE_KEYS);
+        assert_eq!(next_limit(12_000, 12_000, 400_000), MAX_PAGE_KEYS);
+        // The last (short) page, or a page of large values: stays.
+        assert_eq!(next_limit(1_000, 10, 1_500), 1_000);
+        assert_eq!(next_limit(8, 8, 8 << 20), 8);
+        assert_eq!(next_limit(2_000, 2_000, PAGE_BYTES / 2), 2_000);
+    }
+
+    #[test]
     fn prefix_end_is_the_next_key() {
         assert_eq!(prefix_end(b"a/"), b"a0");
         assert_eq!(prefix_end(b"a\xff"), b"b");
         assert_eq!(prefix_end(b""), b"\0");
-    }
-}
-
-/// Doubles the next page's `limit` (up to [`MAX_PAGE_KEYS`]) when the page just read, `kvs`,
-/// was a full page under half of [`PAGE_BYTES`], so the next one stays under it.
-fn grow(limit: &mut i64, kvs: &[etcd_client::KeyValue]) {
-    let bytes: usize = kvs.iter().map(|kv| kv.key().len() + kv.value().len()).sum();
-    if kvs.len() as i64 >= *limit && bytes < PAGE_BYTES / 2 {
-        *limit = (*limit * 2).min(MAX_PAGE_KEYS);
     }
 }
