@@ -213,14 +213,21 @@ impl DirtySource {
         self.dirty.clear();
         self.resync = false;
         let top_is_root = self.dir_path == self.inner.dir_path("");
-        let (top, nodes) =
-            crate::tree::walk(&self.inner, client, &self.dir_path, top_is_root, true).await?;
         let mut reads = Reads::new();
-        let mut zxid = top.as_ref().map_or(0, |t| stat_zxid(&t.stat));
-        for node in nodes {
-            zxid = zxid.max(stat_zxid(&node.stat));
-            reads.insert(node.path, Some((node.data, node.stat)));
-        }
+        let mut zxid = 0;
+        let top = crate::tree::walk(
+            &self.inner,
+            client,
+            &self.dir_path,
+            top_is_root,
+            true,
+            |n| {
+                zxid = zxid.max(stat_zxid(&n.stat));
+                reads.insert(n.path, Some((n.data, n.stat)));
+            },
+        )
+        .await?;
+        zxid = zxid.max(top.as_ref().map_or(0, |t| stat_zxid(&t.stat)));
         // The directory's znode and its parent: the revision of a missing or empty directory
         // (neither is below the directory, so neither is a pair of it).
         let top_paths = BTreeSet::from([self.dir_path.clone()]);

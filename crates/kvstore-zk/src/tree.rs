@@ -30,16 +30,19 @@ pub(crate) struct Node {
     pub(crate) depth: usize,
 }
 
-/// The znode at `dir_path` (unless it is the store's root) and all its descendants; `None`
-/// for the top when it does not exist. Children that are not part of the keyspace
-/// ([`Inner::skipped_child`]) are not entered.
+/// Walks the znode at `dir_path` and all its descendants: returns the top (`None` when it does
+/// not exist, or is the store's root) and hands every descendant to `visit` as it is read, so
+/// a caller that keeps less than the whole node (a `list` keeps its pairs) never holds a
+/// directory twice. Children that are not part of the keyspace ([`Inner::skipped_child`]) are
+/// not entered.
 pub(crate) async fn walk(
     inner: &Inner,
     client: &Client,
     dir_path: &str,
     top_is_root: bool,
     consistent: bool,
-) -> Result<(Option<Node>, Vec<Node>)> {
+    mut visit: impl FnMut(Node),
+) -> Result<Option<Node>> {
     let read = || {
         let mut first = client.new_multi_reader();
         let added = first
@@ -67,7 +70,7 @@ pub(crate) async fn walk(
         Some(MultiReadResult::Children { children }) => children,
         Some(MultiReadResult::Error {
             err: zk::Error::NoNode,
-        }) => return Ok((None, Vec::new())),
+        }) => return Ok(None),
         Some(MultiReadResult::Error { err }) => return Err(from_zk(err)),
         _ => Vec::new(),
     };
@@ -81,13 +84,17 @@ pub(crate) async fn walk(
         _ => None,
     };
     let mut frontier: Vec<String> = child_paths(inner, dir_path, &children);
-    let mut nodes = Vec::new();
     let mut depth = 1;
     while !frontier.is_empty() {
         let mut next = Vec::new();
-        // Up to IN_FLIGHT multi-reads pipelined on the session, their results taken in order.
-        let chunks: Vec<Vec<String>> = frontier.chunks(CHUNK).map(<[String]>::to_vec).collect();
-        let mut reads = futures::stream::iter(chunks.into_iter().map(|chunk| async move {
+        // The level's paths move into its chunks (no copy); up to IN_FLIGHT multi-reads are
+        // pipelined on the session, their results taken in order.
+        let mut paths = std::mem::take(&mut frontier).into_iter();
+        let chunks = std::iter::from_fn(|| {
+            let chunk: Vec<String> = paths.by_ref().take(CHUNK).collect();
+            (!chunk.is_empty()).then_some(chunk)
+        });
+        let mut reads = futures::stream::iter(chunks.map(|chunk| async move {
             let mut reader = client.new_multi_reader();
             for path in &chunk {
                 reader.add_get_data(path).map_err(from_zk)?;
@@ -109,7 +116,7 @@ pub(crate) async fn walk(
                         if let Some(MultiReadResult::Children { children }) = children {
                             next.extend(child_paths(inner, &path, &children));
                         }
-                        nodes.push(Node {
+                        visit(Node {
                             path,
                             data,
                             stat,
@@ -121,11 +128,10 @@ pub(crate) async fn walk(
                 }
             }
         }
-        drop(reads);
         frontier = next;
         depth += 1;
     }
-    Ok((top, nodes))
+    Ok(top)
 }
 
 fn child_paths(inner: &Inner, path: &str, children: &[String]) -> Vec<String> {
@@ -146,12 +152,12 @@ pub(crate) async fn list(
     consistent: bool,
 ) -> Result<Option<Vec<KvPair>>> {
     let dir_path = inner.dir_path(dir);
-    let (top, nodes) = walk(inner, client, &dir_path, dir.is_empty(), consistent).await?;
-    let mut pairs: Vec<KvPair> = nodes
-        .iter()
-        .filter_map(|n| inner.pair(&n.path, &n.data, &n.stat))
-        .collect();
-    pairs.sort_by(|a, b| a.key.cmp(&b.key));
+    let mut pairs: Vec<KvPair> = Vec::new();
+    let top = walk(inner, client, &dir_path, dir.is_empty(), consistent, |n| {
+        pairs.extend(inner.pair(&n.path, &n.data, &n.stat));
+    })
+    .await?;
+    pairs.sort_unstable_by(|a, b| a.key.cmp(&b.key));
     let top_visible = top.is_some_and(|t| decode(&t.data).is_some());
     Ok((dir.is_empty() || top_visible || !pairs.is_empty()).then_some(pairs))
 }
@@ -168,7 +174,11 @@ pub(crate) async fn delete_tree(
     dir: &str,
 ) -> Result<HashSet<String>> {
     let dir_path = inner.dir_path(dir);
-    let (top, mut nodes) = walk(inner, client, &dir_path, dir.is_empty(), true).await?;
+    let mut nodes = Vec::new();
+    let top = walk(inner, client, &dir_path, dir.is_empty(), true, |n| {
+        nodes.push(n)
+    })
+    .await?;
     if let Some(top) = top {
         nodes.push(top);
     }
