@@ -233,7 +233,9 @@ impl Inner {
         mut first: Option<ListPage>,
     ) -> Result<(Vec<KvPair>, Logged)> {
         'attempt: for _ in 0..PAGED_ATTEMPTS {
-            let mut pairs = BTreeMap::new();
+            // The pages' pairs, in one vector (a map keyed by a copy of each key held the
+            // directory's keys twice).
+            let mut pairs: Vec<KvPair> = Vec::new();
             // Per page, in order: the last index member it covers (`None` for the last page)
             // and the revision it was read at.
             let mut pages: Vec<(Option<String>, u64)> = Vec::new();
@@ -251,7 +253,7 @@ impl Inner {
                     continue 'attempt;
                 }
                 pages.push((page.more.clone(), page.at.revision));
-                pairs.extend(page.pairs.into_iter().map(|p| (p.key.clone(), p)));
+                pairs.extend(page.pairs);
                 match page.more {
                     Some(last) => after = last,
                     None => break,
@@ -264,6 +266,8 @@ impl Inner {
             if epoch != at.epoch {
                 continue;
             }
+            // The last change of each key that a page has not seen yet.
+            let mut changes: BTreeMap<String, Option<KvPair>> = BTreeMap::new();
             for event in events {
                 // The page whose range holds the key: the first whose last member is not
                 // before it.
@@ -277,15 +281,20 @@ impl Inner {
                 {
                     continue;
                 }
-                match event.kind {
-                    EventKind::Put => {
-                        let pair = KvPair::new(event.key.clone(), event.value, event.last_index);
-                        pairs.insert(event.key, pair);
-                    }
-                    _ => drop(pairs.remove(&event.key)),
-                }
+                let change = match event.kind {
+                    EventKind::Put => Some(KvPair::new(
+                        event.key.clone(),
+                        event.value,
+                        event.last_index,
+                    )),
+                    _ => None,
+                };
+                changes.insert(event.key, change);
             }
-            return Ok((pairs.into_values().collect(), at));
+            // Pages are in key order but the first one's plain strings are not in the index.
+            pairs.sort_by(|a, b| a.key.cmp(&b.key));
+            roll_forward(&mut pairs, changes);
+            return Ok((pairs, at));
         }
         let whole = self.list_page(dir, true, "", 0, foreign).await?;
         Ok((whole.pairs, whole.at))
@@ -537,6 +546,37 @@ impl Inner {
     }
 }
 
+/// Applies `changes` (per key, its new pair or `None` for a deletion) to `pairs`, sorted by
+/// key, in place: a changed key is replaced or removed where it stands, a new one appended,
+/// and the vector sorted again only when something was appended (a stable sort of two sorted
+/// runs is one merge).
+fn roll_forward(pairs: &mut Vec<KvPair>, changes: BTreeMap<String, Option<KvPair>>) {
+    // Positions to remove, ascending (the changes come in key order), dropped in one pass.
+    let mut removed = Vec::new();
+    let mut added = Vec::new();
+    for (key, change) in changes {
+        match (pairs.binary_search_by(|p| p.key.as_str().cmp(&key)), change) {
+            (Ok(at), Some(pair)) => pairs[at] = pair,
+            (Ok(at), None) => removed.push(at),
+            (Err(_), Some(pair)) => added.push(pair),
+            (Err(_), None) => {}
+        }
+    }
+    if !removed.is_empty() {
+        let mut removed = removed.into_iter().peekable();
+        let mut at = 0;
+        pairs.retain(|_| {
+            let gone = removed.next_if_eq(&at).is_some();
+            at += 1;
+            !gone
+        });
+    }
+    if !added.is_empty() {
+        pairs.extend(added);
+        pairs.sort_by(|a, b| a.key.cmp(&b.key));
+    }
+}
+
 /// Index members one `LIST` run reads at most before a listing goes on in pages: 1,000 take
 /// about 6 ms of the server's time, where 100,000 in one run held it for 0.62 s.
 pub(crate) const LIST_PAGE: usize = 1_000;
@@ -691,7 +731,40 @@ impl crate::pubsub::Owner for Inner {
 
 #[cfg(test)]
 mod tests {
-    use super::escape_glob;
+    use std::collections::BTreeMap;
+
+    use kvstore_core::KvPair;
+
+    use super::{escape_glob, roll_forward};
+
+    fn pair(key: &str, index: u64) -> KvPair {
+        KvPair::new(key, format!("v{index}").into_bytes(), index)
+    }
+
+    #[test]
+    fn rolling_pages_forward_replaces_removes_and_inserts_in_key_order() {
+        let mut pairs = vec![
+            pair("d/a", 1),
+            pair("d/b", 2),
+            pair("d/c", 3),
+            pair("d/e", 4),
+        ];
+        let changes = BTreeMap::from([
+            ("d/0".to_owned(), Some(pair("d/0", 9))),
+            ("d/a".to_owned(), None),
+            ("d/c".to_owned(), Some(pair("d/c", 7))),
+            ("d/d".to_owned(), Some(pair("d/d", 8))),
+            ("d/e".to_owned(), None),
+            ("d/x".to_owned(), None),
+        ]);
+        roll_forward(&mut pairs, changes);
+        let got: Vec<(&str, u64)> = pairs
+            .iter()
+            .map(|p| (p.key.as_str(), p.last_index))
+            .collect();
+        assert_eq!(got, [("d/0", 9), ("d/b", 2), ("d/c", 7), ("d/d", 8)]);
+        assert_eq!(&pairs[2].value[..], b"v7");
+    }
 
     #[test]
     fn glob_metacharacters_are_escaped() {
