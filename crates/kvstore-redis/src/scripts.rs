@@ -59,9 +59,9 @@ local function sibling(revk, name) return string.sub(revk, 1, -4) .. name end
 /// to a stream beside the revision counter: entry `<revision>-<n>` for the n-th change of a
 /// revision, with fields `p <key> v <value>` for a put (its `last_index` is the revision) or
 /// `d <key>` for a delete. The stream keeps the last [`LOG_ENTRIES`] entries and at most
-/// [`LOG_BYTES`] of keys and values (see [`TRIM`]); `logmeta` holds `floor` (every change after it is in the
-/// stream), `bytes`, and `epoch` (set when the log starts: a log that starts again after the
-/// server lost its data has another one).
+/// [`LOG_BYTES`] of keys and values (see [`TRIM`]); `logmeta` holds `floor` (every change
+/// after it is in the stream), `bytes`, and `epoch` (set when the log starts: a log that starts
+/// again after the server lost its data has another one).
 ///
 /// Redis drops an expired pair by itself, without a script; so every TTL write also records
 /// its deadline (server time, ms) in the `ttl` sorted set, and `reap` — run by the scripts
@@ -215,8 +215,9 @@ pub(crate) const NOT_FOUND: i64 = 2;
 pub(crate) const MODIFIED: i64 = 3;
 
 /// KEYS: data, rev, index. ARGV: value, ttl_ms (0 = none), mode (any|absent|index|same),
-/// expected index, member. Returns {status, new index}. The write is logged (see [`LOG`]). Mode `same` writes only when the key is
-/// absent or holds this value (a registration written again), else MODIFIED.
+/// expected index, member. Returns {status, new index}. The write is logged (see [`LOG`]).
+/// Mode `same` writes only when the key is absent or holds this value (a registration written
+/// again), else MODIFIED.
 ///
 /// Mode `any` (a plain `put`, the hot path) reads nothing first: `INCR`, then `HSET`, whose
 /// answer says whether the hash is new (2 fields added: `ZADD` it to the index; an existing
