@@ -1,5 +1,7 @@
 //! `--watchers N`: N watchers on distinct keys under 10 directories of one store. Measures the
-//! time to open them all, the delivery latency of one write to each key (p50/p99), the
+//! time to open them all, the delivery latency of one write to each key (p50/p99, from the
+//! write's start to the watch's new state) beside the writes' own latency (a delivery cannot
+//! come before its write is committed, so the write's p99 is the floor of the delivery's), the
 //! process's RSS, its TCP connections to the server, and the watches the server counts where
 //! it can (ZooKeeper `mntr` → `zk_watch_count`, etcd `/metrics` →
 //! `etcd_debugging_mvcc_watcher_total`).
@@ -28,6 +30,9 @@ pub(crate) struct WatcherRecord {
     pub(crate) delivered: usize,
     pub(crate) p50_ms: f64,
     pub(crate) p99_ms: f64,
+    /// The writes' own latency, p50 and p99, in ms.
+    pub(crate) write_p50_ms: f64,
+    pub(crate) write_p99_ms: f64,
     pub(crate) rss_mib: f64,
     pub(crate) connections: Option<usize>,
     pub(crate) server_watches: Option<f64>,
@@ -169,16 +174,21 @@ pub(crate) async fn run(
         .map(|(i, key)| {
             let (store, sent) = (store.clone(), sent.clone());
             async move {
-                let _ = sent[i].set(Instant::now());
-                store.put(key, b"v", None).await
+                let start = Instant::now();
+                let _ = sent[i].set(start);
+                let written = store.put(key, b"v", None).await;
+                (written, start.elapsed())
             }
         })
         .buffer_unordered(WRITERS)
         .collect::<Vec<_>>()
         .await;
-    for write in writes {
-        write.context("put")?;
+    let mut write_latencies = Vec::with_capacity(n);
+    for (written, took) in writes {
+        written.context("put")?;
+        write_latencies.push(took);
     }
+    write_latencies.sort();
     let mut latencies = Vec::with_capacity(n);
     while let Some(joined) = waiters.join_next().await {
         if let Some(latency) = joined? {
@@ -195,6 +205,8 @@ pub(crate) async fn run(
         delivered: latencies.len(),
         p50_ms: percentile(&latencies, 0.50) / 1000.0,
         p99_ms: percentile(&latencies, 0.99) / 1000.0,
+        write_p50_ms: percentile(&write_latencies, 0.50) / 1000.0,
+        write_p99_ms: percentile(&write_latencies, 0.99) / 1000.0,
         rss_mib: rss,
         connections,
         server_watches: watches_on_server,
@@ -204,17 +216,19 @@ pub(crate) async fn run(
 /// The results as a Markdown table.
 pub(crate) fn markdown(records: &[WatcherRecord]) -> String {
     let mut out = String::from(
-        "| backend | watchers | time to open | delivered | delivery p50 / p99 | client RSS | TCP connections to the server | server-side watches |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        "| backend | watchers | time to open | delivered | delivery p50 / p99 | the writes' own p50 / p99 | client RSS | TCP connections to the server | server-side watches |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
     for r in records {
         out.push_str(&format!(
-            "| {} | {} | {:.2} s | {} | {:.1} / {:.1} ms | {:.0} MiB | {} | {} |\n",
+            "| {} | {} | {:.2} s | {} | {:.1} / {:.1} ms | {:.1} / {:.1} ms | {:.0} MiB | {} | {} |\n",
             r.backend,
             r.watchers,
             r.open_secs,
             r.delivered,
             r.p50_ms,
             r.p99_ms,
+            r.write_p50_ms,
+            r.write_p99_ms,
             r.rss_mib,
             r.connections.map_or("—".into(), |c| c.to_string()),
             r.server_watches.map_or("—".into(), |w| format!("{w:.0}")),
