@@ -1,5 +1,6 @@
 //! Typed configuration for the Consul store, and its URL form.
 
+use derive_where::derive_where;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -83,6 +84,7 @@ fn budget(name: &str, value: &str) -> Result<usize> {
 /// # Ok::<(), kvstore_core::Error>(())
 /// ```
 #[derive(Clone)]
+#[derive_where(Debug)]
 #[non_exhaustive]
 pub struct ConsulConfig {
     /// Base URL of the agent's HTTP API (`http://host:port/`).
@@ -90,6 +92,7 @@ pub struct ConsulConfig {
     /// Directory (normalized) that holds every key; `""`: the whole keyspace.
     pub prefix: String,
     /// ACL token sent as `X-Consul-Token` (hidden in `Debug`).
+    #[derive_where(skip)]
     pub token: Option<String>,
     /// Datacenter (`?dc=`); `None`: the agent's own.
     pub datacenter: Option<String>,
@@ -112,25 +115,6 @@ pub struct ConsulConfig {
     pub max_watch_queries: usize,
     /// TLS settings; `Some` exactly when `address` is `https://`.
     pub tls: Option<TlsConfig>,
-}
-
-impl std::fmt::Debug for ConsulConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConsulConfig")
-            .field("address", &self.address.as_str())
-            .field("prefix", &self.prefix)
-            .field("token", &self.token.as_ref().map(|_| "***"))
-            .field("datacenter", &self.datacenter)
-            .field("namespace", &self.namespace)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("request_timeout", &self.request_timeout)
-            .field("watch_wait", &self.watch_wait)
-            .field("max_value_size", &self.max_value_size)
-            .field("max_requests", &self.max_requests)
-            .field("max_watch_queries", &self.max_watch_queries)
-            .field("tls", &self.tls)
-            .finish_non_exhaustive()
-    }
 }
 
 impl ConsulConfig {

@@ -1,5 +1,6 @@
 //! Typed configuration for the etcd store, and its URL form.
 
+use derive_where::derive_where;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -50,6 +51,7 @@ pub const DEFAULT_WATCH_RECONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 /// # Ok::<(), kvstore_core::Error>(())
 /// ```
 #[derive(Clone)]
+#[derive_where(Debug)]
 #[non_exhaustive]
 pub struct EtcdConfig {
     /// Client URLs (`http://host:port`).
@@ -59,6 +61,7 @@ pub struct EtcdConfig {
     /// User name for etcd authentication.
     pub username: Option<String>,
     /// Password for etcd authentication (hidden in `Debug`).
+    #[derive_where(skip)]
     pub password: Option<String>,
     /// Connect timeout.
     pub connect_timeout: Duration,
@@ -73,21 +76,6 @@ pub struct EtcdConfig {
     pub watch_reconnect_timeout: Duration,
     /// TLS settings; `Some` makes every endpoint `https://`.
     pub tls: Option<TlsConfig>,
-}
-
-impl std::fmt::Debug for EtcdConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EtcdConfig")
-            .field("endpoints", &self.endpoints)
-            .field("prefix", &self.prefix)
-            .field("leading_slash", &self.leading_slash)
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "***"))
-            .field("connect_timeout", &self.connect_timeout)
-            .field("request_timeout", &self.request_timeout)
-            .field("tls", &self.tls)
-            .finish_non_exhaustive()
-    }
 }
 
 impl EtcdConfig {

@@ -1,5 +1,6 @@
 //! Typed configuration for the PostgreSQL store, and its URL form.
 
+use derive_where::derive_where;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -82,6 +83,7 @@ pub enum TargetSession {
 /// # Ok::<(), kvstore_core::Error>(())
 /// ```
 #[derive(Clone)]
+#[derive_where(Debug)]
 #[non_exhaustive]
 pub struct PostgresConfig {
     /// `(host, port)` of each server, tried in order.
@@ -89,6 +91,7 @@ pub struct PostgresConfig {
     /// The database user.
     pub user: String,
     /// The password (hidden in `Debug`).
+    #[derive_where(skip)]
     pub password: Option<String>,
     /// The database.
     pub database: String,
@@ -116,24 +119,6 @@ pub struct PostgresConfig {
     pub application_name: String,
     /// TLS settings; `None`: plain TCP.
     pub tls: Option<TlsConfig>,
-}
-
-impl std::fmt::Debug for PostgresConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PostgresConfig")
-            .field("hosts", &self.hosts)
-            .field("user", &self.user)
-            .field("password", &self.password.as_ref().map(|_| "***"))
-            .field("database", &self.database)
-            .field("schema", &self.schema)
-            .field("table", &self.table)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("request_timeout", &self.request_timeout)
-            .field("pool_size", &self.pool_size)
-            .field("target_session", &self.target_session)
-            .field("tls", &self.tls)
-            .finish_non_exhaustive()
-    }
 }
 
 impl PostgresConfig {
