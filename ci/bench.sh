@@ -10,6 +10,13 @@ cd "$(dirname "$0")/.."
 source ci/servers.sh
 
 kv_install
+# kvstore, the raw clients and valkeyrie all run from 127.0.0.1, and their pools keep idle
+# connections between cells: together they pass the agent's default of 200 connections per
+# client address, past which it answers 429 (source: Consul agent configuration reference,
+# "limits" → http_max_conns_per_client). Each side alone stays under it.
+export KV_CONSUL_HCL='limits {
+  http_max_conns_per_client = 1000
+}'
 kv_start redis etcd zk consul postgres
 mkdir -p target/bench
 command -v go >/dev/null || { kv_log "Go is needed to build the valkeyrie side"; exit 1; }

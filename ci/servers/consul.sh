@@ -30,8 +30,12 @@ kv_start_consul() {
         # consul-stock keeps the agent's default session_ttl_min (10 s).
         local ttl_min='session_ttl_min = "1s"'
         [ "$name" = consul ] || ttl_min=''
+        # KV_CONSUL_HCL: more agent settings for `consul` (ci/bench.sh raises a limit).
+        local extra=''
+        [ "$name" = consul ] && extra=${KV_CONSUL_HCL:-}
         cat >"$dir/consul.hcl" <<EOF
 $ttl_min
+$extra
 telemetry {
   prometheus_retention_time = "1h"
   disable_hostname = true
