@@ -510,6 +510,13 @@ macro_rules! liveness_tests {
             )
             .await;
         });
+        $crate::liveness_tests!(@proxied a_delayed_watch_ends_on_the_latest_value,
+            $var, $opener, |direct, through, proxy| {
+            $crate::delayed_watch_ends_on_latest(
+                &direct, &through, &proxy, ::std::time::Duration::from_secs(1),
+            )
+            .await;
+        });
         $crate::liveness_tests!(@test a_paused_holder_is_replaced_and_knows_it_on_resuming,
             backend_url, $var, $opener, |opener| {
             $crate::paused_holder_is_replaced(

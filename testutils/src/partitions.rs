@@ -471,6 +471,86 @@ pub async fn latency_beyond_request_timeout_fails_in_time(
     let _ = other.close().await;
 }
 
+/// A watcher behind latency beyond its `request_timeout` (one and a half times it in each
+/// direction: a read's round trip times out, while the connection itself stays up) while
+/// another client writes: once the latency goes, the watch shows that write — with no further
+/// change to wake it. A watch whose read after a notification failed must read again, not wait
+/// for the next notification: the key may never change again.
+pub async fn delayed_watch_ends_on_latest(
+    direct: &Opener,
+    through: &Opener,
+    proxy: &FaultProxy,
+    request_timeout: Duration,
+) {
+    use futures::StreamExt;
+
+    let (watcher, other) = (through.open().await, direct.open().await);
+    let dir = scratch_dir("delayed_watch");
+    let key = format!("{dir}/k");
+    ok(other.put(&key, b"v0", None).await, "put v0");
+    let mut stream = ok(watcher.watch(&key, None).await, "watch");
+    let first = tokio::time::timeout(EVENT_TIMEOUT, stream.next())
+        .await
+        .expect("the current state")
+        .expect("an item");
+    assert_eq!(
+        ok(first, "first item").map(|p| p.value),
+        Some("v0".into()),
+        "the watch starts on v0"
+    );
+    let latency = request_timeout * 3 / 2;
+    proxy.delay(latency).await;
+    let latest = ok(other.put(&key, b"v1", None).await, "put v1");
+    // The watch is polled meanwhile, so whatever it does with the notification happens under
+    // the latency: the notification arrives, and a read's round trip (two latencies) outlasts
+    // the request timeout. The fault lasts long enough for both.
+    let during = latency * 2 + request_timeout * 2;
+    let seen_during = tokio::time::timeout(during, async {
+        while let Some(item) = stream.next().await {
+            if let Ok(Some(pair)) = item
+                && pair == latest
+            {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    proxy.heal().await;
+    if !seen_during {
+        let reached = tokio::time::timeout(EVENT_TIMEOUT, async {
+            while let Some(item) = stream.next().await {
+                let pair = ok(item, "watch item after the latency").expect("the key exists");
+                if pair == latest {
+                    return;
+                }
+            }
+            panic!("the watch ended before the latest value");
+        })
+        .await;
+        assert!(
+            reached.is_ok(),
+            "the watch must show the write made under latency once it goes, without another \
+             write to wake it"
+        );
+    }
+    eprintln!(
+        "{}: a watch behind {latency:?} of latency (request timeout {request_timeout:?}) \
+         showed the write {}",
+        other.backend(),
+        if seen_during {
+            "under the latency"
+        } else {
+            "after it"
+        }
+    );
+    drop(stream);
+    cleanup(&*other, &dir).await;
+    let _ = watcher.close().await;
+    let _ = other.close().await;
+}
+
 /// An event stream cut off (`through` the fault proxy) while another client writes, deletes
 /// and updates keys for `cut`: once the cut heals, the fold of the items received reaches
 /// `list(dir)` — no event lost or invented across the partition.

@@ -14,8 +14,9 @@
 //! The loop is the core watch driver of `kvstore_core::backend`. A server drops a
 //! connection's watches when the connection ends, so once the client has reconnected (same
 //! session) or opened a new session, the stream registers its persistent watch again, re-reads
-//! and emits the state if it changed. The stream ends with an error only when no new session
-//! can be opened.
+//! and emits the state if it changed. A read that fails on a connection that stays up (it
+//! timed out behind a slow server) is simply made again. The stream ends with an error only
+//! when no new session can be opened.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -132,12 +133,34 @@ impl<T: PartialEq + Clone + Send + Sync + 'static> WatchSource for WatcherSource
         }
     }
 
-    /// Waits for the client to reconnect or for the session to end, then registers the watch
-    /// again on the store's current session (the reconnected one or a new one).
+    /// After a failed read on a connection that is still up (the read timed out), reads again
+    /// at once: the watch is still registered, and waiting for the next notification would
+    /// leave the change that woke the read unshown until the key changes again, perhaps never.
+    /// Otherwise waits for the client to reconnect or for the session to end, then registers
+    /// the watch again on the store's current session (the reconnected one or a new one).
     async fn reconnect(&mut self) -> Result<()> {
         if let Some(watcher) = self.watcher.as_mut() {
-            // Every session event but `Disconnected` is `Register`.
-            Self::next_event(watcher, self.mode).await;
+            let connected = matches!(
+                self.inner.current()?.state(),
+                zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly
+            );
+            // Events already queued: a session event among them means the server dropped the
+            // watch (it is not asked again after one: zookeeper-client panics after a terminal
+            // event); the others call for the read that follows anyway.
+            let mut lost = false;
+            while let Some(event) = watcher.changed().now_or_never() {
+                if classify(&event, self.mode) == Next::Register {
+                    lost = true;
+                    break;
+                }
+            }
+            if connected && !lost {
+                return Ok(());
+            }
+            if !lost {
+                // Every session event but `Disconnected` is `Register`.
+                Self::next_event(watcher, self.mode).await;
+            }
         }
         // Registered before the old watcher is dropped, so the client keeps the path watched.
         let watcher = register(&self.inner, &self.path, self.mode).await?;
