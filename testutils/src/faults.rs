@@ -517,6 +517,13 @@ macro_rules! liveness_tests {
             )
             .await;
         });
+        $crate::liveness_tests!(@proxied a_delayed_waiter_takes_the_lock_once_freed,
+            $var, $opener, |direct, through, proxy| {
+            $crate::delayed_waiter_takes_the_lock(
+                &direct, &through, &proxy, ::std::time::Duration::from_secs(1), $ttl,
+            )
+            .await;
+        });
         $crate::liveness_tests!(@test a_paused_holder_is_replaced_and_knows_it_on_resuming,
             backend_url, $var, $opener, |opener| {
             $crate::paused_holder_is_replaced(

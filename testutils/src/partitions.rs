@@ -551,6 +551,82 @@ pub async fn delayed_watch_ends_on_latest(
     let _ = other.close().await;
 }
 
+/// A `lock()` waiting behind latency beyond its store's `request_timeout` (its requests time
+/// out, its lease may run out) while the holder unlocks: once the latency goes, the waiter
+/// takes the lock, or its `lock()` has failed with a transient error (`NotReachable`,
+/// `Timeout`: the documented outcome of connection failures, which retrying fixes) and one
+/// more `lock()` takes it. Never a non-transient error such as `CannotLock`, which tells the
+/// caller that retrying is pointless.
+pub async fn delayed_waiter_takes_the_lock(
+    direct: &Opener,
+    through: &Opener,
+    proxy: &FaultProxy,
+    request_timeout: Duration,
+    ttl: Duration,
+) {
+    let (waiter_store, holder_store) = (through.open().await, direct.open().await);
+    let dir = scratch_dir("delayed_waiter");
+    let key = format!("{dir}/lock");
+    let (mut holder, _lost, token) = take_lock(&*holder_store, &key, ttl).await;
+    let mut waiter = ok(
+        waiter_store.new_lock(&key, Some(&lock_ttl(ttl))).await,
+        "new_lock",
+    );
+    let mut waiting = tokio::spawn(async move {
+        let taken = waiter.lock().await.map(|_| waiter.fencing_token());
+        (taken, waiter)
+    });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut waiting)
+            .await
+            .is_err(),
+        "the waiter waits while the lock is held"
+    );
+    let latency = request_timeout * 3 / 2;
+    proxy.delay(latency).await;
+    tokio::time::sleep(latency * 2 + request_timeout * 2).await;
+    ok(holder.unlock().await, "unlock");
+    proxy.heal().await;
+    let healed = Instant::now();
+    let (taken, waiter) = tokio::time::timeout(ttl * 2 + EVENT_TIMEOUT, waiting)
+        .await
+        .expect("the waiter takes the lock once the latency goes")
+        .expect("the waiter's task");
+    let (taken, mut waiter, how) = match taken {
+        Ok(token) => (token, waiter, "while waiting"),
+        Err(err) if err.is_transient() => {
+            let mut waiter = waiter;
+            let again = tokio::time::timeout(ttl * 2 + EVENT_TIMEOUT, waiter.lock())
+                .await
+                .expect("lock() again takes the free lock");
+            ok(again, "lock() again after a transient failure");
+            eprintln!(
+                "{}: the waiter's lock() failed with a transient error: {}",
+                holder_store.backend(),
+                crate::error_chain(&err)
+            );
+            (waiter.fencing_token(), waiter, "on its second lock()")
+        }
+        Err(err) => panic!(
+            "lock() behind latency must take the lock or fail with a transient error, not {}",
+            crate::error_chain(&err)
+        ),
+    };
+    assert!(
+        taken.is_some_and(|t| t > token),
+        "the waiter holds with a greater token"
+    );
+    eprintln!(
+        "{}: a waiter behind {latency:?} of latency took the lock {how}, {:?} after the heal",
+        holder_store.backend(),
+        healed.elapsed()
+    );
+    ok(waiter.unlock().await, "unlock");
+    cleanup(&*holder_store, &dir).await;
+    let _ = waiter_store.close().await;
+    let _ = holder_store.close().await;
+}
+
 /// An event stream cut off (`through` the fault proxy) while another client writes, deletes
 /// and updates keys for `cut`: once the cut heals, the fold of the items received reaches
 /// `list(dir)` — no event lost or invented across the partition.

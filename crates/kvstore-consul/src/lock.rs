@@ -119,11 +119,13 @@ pub(crate) async fn acquire(
     let lock_key = inner.lock_key(&lock.key);
     let token = tokio::select! {
         token = take(inner, lock, &lock_key, &session) => token?,
+        // The waiter's session ran out: its renewals failed for the loss deadline, so the agent
+        // was not reached in time. Transient: `lock()` again queues anew.
         () = lost.clone() => {
-            return Err(Error::CannotLock {
-                key: lock.key.clone(),
-                source: "the lock's session was lost while waiting".into(),
-            });
+            return Err(Error::not_reachable(
+                BACKEND,
+                format!("the session of the waiter for {} ran out while waiting", lock.key),
+            ));
         }
     };
     held.set_token(token);

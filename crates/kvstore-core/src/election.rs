@@ -218,7 +218,7 @@ impl Candidate {
             };
             match failure {
                 err @ Error::CannotLock { .. } => {
-                    tracing::debug!(backend = self.store.backend(), key, error = %err, "campaign lost its lease while waiting; queueing again");
+                    tracing::debug!(backend = self.store.backend(), key, error = %err, "campaign could not take the lock; queueing again");
                 }
                 err if err.is_transient() => {
                     tracing::warn!(backend = self.store.backend(), key, error = %err, "campaign failed; retrying");

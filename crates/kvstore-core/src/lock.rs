@@ -32,7 +32,9 @@ pub trait Locker: fmt::Debug + Send + Sync {
     ///
     /// `CannotLock` when the backend refuses the lock (for example the session cannot be
     /// created); `Closed` after the store was closed; `NotReachable`/`Timeout` on connection
-    /// failures.
+    /// failures — among them a waiter whose own lease or session ran out while it waited
+    /// because its renewals did not reach the server in time. These two are transient:
+    /// calling `lock()` again queues anew.
     ///
     /// # Cancel safety
     ///

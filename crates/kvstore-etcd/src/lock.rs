@@ -58,8 +58,13 @@ async fn wait_turn(
             .await?;
         loop {
             tokio::select! {
+                // The waiter's lease ran out: its renewals failed for the loss deadline, so the
+                // server was not reached in time. Transient: `lock()` again queues anew.
                 () = lost.clone() => {
-                    return Err(Error::CannotLock { key: key.to_owned(), source: "the lock's lease expired while waiting".into() });
+                    return Err(Error::not_reachable(
+                        BACKEND,
+                        format!("the lease of the waiter for {key} ran out while waiting"),
+                    ));
                 }
                 message = watch.message() => match message {
                     Some(resp) if resp.events().iter().any(|e| e.event_type() == EventType::Delete) => break,
