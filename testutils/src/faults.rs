@@ -517,6 +517,13 @@ macro_rules! liveness_tests {
             )
             .await;
         });
+        $crate::liveness_tests!(@proxied delayed_tree_watches_end_on_the_latest_state,
+            $var, $opener, |direct, through, proxy| {
+            $crate::delayed_tree_streams_end_on_latest(
+                &direct, &through, &proxy, ::std::time::Duration::from_secs(1),
+            )
+            .await;
+        });
         $crate::liveness_tests!(@proxied a_delayed_waiter_takes_the_lock_once_freed,
             $var, $opener, |direct, through, proxy| {
             $crate::delayed_waiter_takes_the_lock(

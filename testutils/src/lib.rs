@@ -59,7 +59,8 @@ pub use foreign::{
 };
 pub use partitions::{
     Cut, cut_off_events_catch_up, cut_off_holder_loses_first, cut_off_permit_holder_loses_first,
-    cut_off_registration_comes_back, cut_off_watch_ends_on_latest, delayed_waiter_takes_the_lock,
+    cut_off_registration_comes_back, cut_off_watch_ends_on_latest,
+    delayed_tree_streams_end_on_latest, delayed_waiter_takes_the_lock,
     delayed_watch_ends_on_latest, isolated_leader_holder_loses_first,
     latency_beyond_request_timeout_fails_in_time, latency_is_no_false_loss, upstream_of,
 };

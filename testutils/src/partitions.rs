@@ -551,6 +551,100 @@ pub async fn delayed_watch_ends_on_latest(
     let _ = other.close().await;
 }
 
+/// [`delayed_watch_ends_on_latest`] for a directory: a `watch_tree` and a `watch_events`
+/// stream, both polled while another client writes a burst under the directory behind latency
+/// beyond the watcher's `request_timeout`. Once the latency goes — with no further write —
+/// the tree watch shows the store's listing and the fold of the events reaches `list_at`.
+pub async fn delayed_tree_streams_end_on_latest(
+    direct: &Opener,
+    through: &Opener,
+    proxy: &FaultProxy,
+    request_timeout: Duration,
+) {
+    use futures::StreamExt;
+
+    let (watcher, other) = (through.open().await, direct.open().await);
+    let dir = scratch_dir("delayed_tree");
+    crate::cases::write_burst(&*other, &dir, "a").await;
+    let mut tree = ok(watcher.watch_tree(&dir, None).await, "watch_tree");
+    let mut shown = tokio::time::timeout(EVENT_TIMEOUT, tree.next())
+        .await
+        .expect("the tree's current state")
+        .map(|item| ok(item, "the tree's first item"));
+    let mut events = if crate::cases::can_watch_events(&*watcher, &dir).await {
+        let mut stream = ok(watcher.watch_events(&dir, None).await, "watch_events");
+        let mut folded = crate::cases::Folded::default();
+        crate::cases::fold_next(&mut stream, &mut folded, &dir, "the Snapshot").await;
+        Some((stream, folded))
+    } else {
+        None
+    };
+    let latency = request_timeout * 3 / 2;
+    proxy.delay(latency).await;
+    crate::cases::write_burst(&*other, &dir, "b").await;
+    // Both streams are polled under the latency, so what they do with the notifications of
+    // the burst happens behind it (a read's round trip outlasts the request timeout).
+    let during = latency * 2 + request_timeout * 2;
+    let drive_tree = tokio::time::timeout(during, async {
+        while let Some(item) = tree.next().await {
+            if let Ok(list) = item {
+                shown = Some(list);
+            }
+        }
+    });
+    let drive_events = async {
+        if let Some((stream, folded)) = events.as_mut() {
+            let _ = tokio::time::timeout(during, async {
+                while let Some(Ok(item)) = stream.next().await {
+                    folded.apply(&item, &dir);
+                }
+            })
+            .await;
+        }
+    };
+    let _ = tokio::join!(drive_tree, drive_events);
+    proxy.heal().await;
+    let (listed, _) = ok(other.list_at(&dir, None).await, "list_at");
+    let reached = tokio::time::timeout(EVENT_TIMEOUT, async {
+        while shown.as_ref() != Some(&listed) {
+            match tree.next().await {
+                Some(item) => shown = Some(ok(item, "tree item after the latency")),
+                None => panic!("the tree watch ended before the store's listing"),
+            }
+        }
+    })
+    .await;
+    assert!(
+        reached.is_ok(),
+        "the tree watch must show the listing once the latency goes, with no write to wake it\n\
+         shown: {shown:?}\nlisted: {listed:?}"
+    );
+    if let Some((stream, folded)) = events.as_mut() {
+        crate::cases::catch_up_within(
+            &*other,
+            stream,
+            folded,
+            &dir,
+            "the events after the latency",
+            EVENT_TIMEOUT,
+        )
+        .await;
+    }
+    eprintln!(
+        "{}: a tree watch{} behind {latency:?} of latency caught up",
+        other.backend(),
+        if events.is_some() {
+            " and an event stream"
+        } else {
+            ""
+        }
+    );
+    drop((tree, events));
+    cleanup(&*other, &dir).await;
+    let _ = watcher.close().await;
+    let _ = other.close().await;
+}
+
 /// A `lock()` waiting behind latency beyond its store's `request_timeout` (its requests time
 /// out, its lease may run out) while the holder unlocks: once the latency goes, the waiter
 /// takes the lock, or its `lock()` has failed with a transient error (`NotReachable`,
