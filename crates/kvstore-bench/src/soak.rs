@@ -10,7 +10,8 @@
 //! events so far, and for redb the file's size. The samples from `--soak-settle` on (one minute
 //! by default: connections, caches and the allocator have settled by then) are split into two
 //! halves, and growth is the second half's peak over the first half's; "flat" means under 5 %
-//! for both. Peaks, not single samples: a connection pool that reaches its high-water mark once
+//! for both (descriptors may also grow by up to 8: a pool's step, see [`FD_SLACK`]). Peaks,
+//! not single samples: a connection pool that reaches its high-water mark once
 //! (a burst of calls while the machine is loaded opens connections that stay idle in the pool
 //! for their idle timeout) is bounded, while a leak keeps raising the peak half after half.
 
@@ -30,6 +31,20 @@ use crate::watchers::{rss_mib, threads};
 const KEYS: usize = 100;
 /// Growth at or above this, in percent, is not flat.
 const FLAT_PERCENT: f64 = 5.0;
+/// Descriptors that many more are flat whatever their percentage. A connection pool opens its
+/// connections one at a time as the load peaks (a Consul store may hold up to
+/// `max_requests` + `max_watch_queries`, 128 by default), and on a loaded machine its
+/// high-water mark can step twice after the settle time: once, under CI, the Consul soak
+/// went 85 → 96 → 101 descriptors (+5.2 %). A leak of one descriptor per 1,000 calls adds
+/// about 12 per half of the 3-minute soak, past this slack.
+const FD_SLACK: usize = 8;
+
+/// Whether a soak is flat: RSS under [`FLAT_PERCENT`] of growth, and descriptors under it or
+/// within [`FD_SLACK`] of the first half's peak.
+fn is_flat(rss_growth_percent: f64, fds: [usize; 2], fd_growth_percent: f64) -> bool {
+    rss_growth_percent < FLAT_PERCENT
+        && (fd_growth_percent < FLAT_PERCENT || fds[1] <= fds[0] + FD_SLACK)
+}
 
 /// What the soak asks of one store.
 pub(crate) struct Plan {
@@ -327,7 +342,11 @@ pub(crate) async fn run(
         watchers: plan.watchers,
         registrations: plan.registrations,
         settle_secs: plan.settle.as_secs_f64(),
-        flat: rss_growth_percent < FLAT_PERCENT && fd_growth_percent < FLAT_PERCENT,
+        flat: is_flat(
+            rss_growth_percent,
+            [baseline.fds, last.fds],
+            fd_growth_percent,
+        ),
         rss_growth_percent,
         fd_growth_percent,
         samples,
@@ -350,7 +369,8 @@ pub(crate) fn failures(record: &SoakRecord) -> Vec<String> {
     let mut failed = Vec::new();
     if !record.flat {
         failed.push(format!(
-            "{backend}: not flat (RSS {:+.1} %, descriptors {:+.1} %; the bound is {FLAT_PERCENT} %)",
+            "{backend}: not flat (RSS {:+.1} %, descriptors {:+.1} %; the bound is {FLAT_PERCENT} %, \
+             or {FD_SLACK} descriptors)",
             record.rss_growth_percent, record.fd_growth_percent
         ));
     }
@@ -427,6 +447,18 @@ mod tests {
                 file_mib: None,
             })
             .collect()
+    }
+
+    #[test]
+    fn descriptors_may_step_by_the_slack_memory_may_not() {
+        assert!(
+            is_flat(1.3, [96, 101], 5.2),
+            "a pool's step of 5 descriptors"
+        );
+        assert!(is_flat(0.0, [96, 104], 8.3), "exactly the slack");
+        assert!(!is_flat(0.0, [96, 105], 9.4), "past the slack and 5 %");
+        assert!(is_flat(0.0, [400, 415], 3.8), "under 5 % of many");
+        assert!(!is_flat(5.0, [10, 10], 0.0), "memory has no slack");
     }
 
     #[test]
