@@ -24,7 +24,6 @@ pub struct Consul {
 
 impl Open for Consul {
     type Config = ConsulConfig;
-    const NAME: &str = BACKEND;
 
     /// Checks that the agent answers and its cluster has a leader.
     ///
@@ -33,11 +32,7 @@ impl Open for Consul {
     /// [`Error::NotReachable`] when the agent does not answer within `connect_timeout` or has
     /// no leader; [`Error::InvalidConfig`] when the HTTP client cannot be built.
     async fn open(config: ConsulConfig) -> Result<Self> {
-        let prefix = if config.prefix.is_empty() {
-            String::new()
-        } else {
-            format!("{}/", config.prefix)
-        };
+        let prefix = kvstore_core::backend::key_prefix(&config.prefix);
         let api = Api::new(config)?;
         api.leader().await.map_err(|e| match e {
             Error::Timeout => Error::not_reachable(BACKEND, "the agent did not answer in time"),
@@ -58,9 +53,7 @@ impl Open for Consul {
 
 #[async_trait]
 impl Backend for Consul {
-    fn name(&self) -> &'static str {
-        BACKEND
-    }
+    const NAME: &str = BACKEND;
 
     fn capabilities(&self) -> Capabilities {
         Capabilities::all()
@@ -103,11 +96,11 @@ impl Backend for Consul {
         self.inner.remove(key, expected).await
     }
 
-    async fn delete_tree(&self, dir: &str) -> Result<()> {
+    async fn delete_tree(&self, dir: &str) -> Result<bool> {
         let inner = &self.inner;
         let (pairs, exists) = inner.read_dir(dir, Consistency::Consistent).await?;
         if !exists {
-            return Err(Error::not_found(dir));
+            return Ok(false);
         }
         let ops = if dir.is_empty() {
             // Everything but the held locks, which live in a top-level directory of their own:
@@ -136,7 +129,7 @@ impl Backend for Consul {
                 return Err(crate::error::from_txn_failure(what));
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     async fn txn(&self, txn: Arc<CheckedTxn>) -> Result<Vec<Option<KvPair>>> {

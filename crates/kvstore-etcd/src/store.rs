@@ -27,7 +27,6 @@ pub struct Etcd {
 
 impl Open for Etcd {
     type Config = EtcdConfig;
-    const NAME: &str = BACKEND;
 
     /// Connects and checks that a member answers (etcd-client's `connect` alone succeeds
     /// without any server).
@@ -83,11 +82,10 @@ impl Open for Etcd {
             Err(err) => return Err(err),
         };
         let slash = if config.leading_slash { "/" } else { "" };
-        let prefix = if config.prefix.is_empty() {
-            slash.to_owned()
-        } else {
-            format!("{slash}{}/", config.prefix)
-        };
+        let prefix = format!(
+            "{slash}{}",
+            kvstore_core::backend::key_prefix(&config.prefix)
+        );
         let tasks = Tasks::new();
         Ok(Etcd {
             _stop: tasks.cancel_token().clone().drop_guard(),
@@ -117,9 +115,7 @@ fn refused(key: &str, precondition: Precondition, resp: &etcd_client::TxnRespons
 
 #[async_trait]
 impl Backend for Etcd {
-    fn name(&self) -> &'static str {
-        BACKEND
-    }
+    const NAME: &str = BACKEND;
 
     fn capabilities(&self) -> Capabilities {
         Capabilities::all()
@@ -214,7 +210,7 @@ impl Backend for Etcd {
         Err(refused(key, precondition, &resp))
     }
 
-    async fn delete_tree(&self, dir: &str) -> Result<()> {
+    async fn delete_tree(&self, dir: &str) -> Result<bool> {
         let inner = &self.inner;
         let (start, end) = inner.tree_range(dir);
         let mut ops = vec![TxnOp::delete(
@@ -235,10 +231,7 @@ impl Backend for Etcd {
                 _ => 0,
             })
             .sum();
-        if deleted == 0 {
-            return Err(Error::not_found(dir));
-        }
-        Ok(())
+        Ok(deleted > 0)
     }
 
     async fn txn(&self, txn: Arc<CheckedTxn>) -> Result<Vec<Option<KvPair>>> {

@@ -26,7 +26,6 @@ pub struct Postgres {
 
 impl Open for Postgres {
     type Config = PostgresConfig;
-    const NAME: &str = BACKEND;
 
     /// Connects, creates the schema when missing (or checks its version), and starts the
     /// listener (which also reaps).
@@ -104,9 +103,7 @@ fn condition(precondition: Precondition) -> (i16, Option<i64>) {
 
 #[async_trait]
 impl Backend for Postgres {
-    fn name(&self) -> &'static str {
-        BACKEND
-    }
+    const NAME: &str = BACKEND;
 
     fn capabilities(&self) -> Capabilities {
         Capabilities::all()
@@ -155,16 +152,13 @@ impl Backend for Postgres {
         refused(key, row.get(0))
     }
 
-    async fn delete_tree(&self, dir: &str) -> Result<()> {
+    async fn delete_tree(&self, dir: &str) -> Result<bool> {
         let inner = &self.inner;
         let (from, to) = range(dir);
         let own = (!dir.is_empty()).then_some(dir);
         let params: [&(dyn ToSql + Sync); 3] = [&own, &from, &to];
         let row = inner.query_one(&inner.sql.delete_tree, &params).await?;
-        if row.get::<_, i64>(0) == 0 {
-            return Err(Error::not_found(dir));
-        }
-        Ok(())
+        Ok(row.get::<_, i64>(0) > 0)
     }
 
     async fn txn(&self, txn: Arc<CheckedTxn>) -> Result<Vec<Option<KvPair>>> {

@@ -525,7 +525,9 @@ impl Shared {
         Ok(pair)
     }
 
-    pub(crate) fn remove_tree(&self, dir: &str) -> Result<()> {
+    /// Deletes `dir` and its descendants in one commit; `Ok(false)` (nothing written) when no
+    /// live key was there.
+    pub(crate) fn remove_tree(&self, dir: &str) -> Result<bool> {
         let txn = self.db().begin_write().map_err(from_redb)?;
         {
             let mut kv = txn.open_table(KV).map_err(from_redb)?;
@@ -553,7 +555,7 @@ impl Shared {
                 }
             }
             if !any_live {
-                return Err(Error::not_found(dir));
+                return Ok(false);
             }
             for (key, expires_at) in &doomed {
                 kv.remove(key.as_str()).map_err(from_redb)?;
@@ -570,7 +572,7 @@ impl Shared {
         }
         txn.commit().map_err(from_redb)?;
         self.publish(Change::Tree(dir.into()));
-        Ok(())
+        Ok(true)
     }
 }
 

@@ -59,7 +59,6 @@ fn registry_path(path: &Path) -> PathBuf {
 
 impl Open for Redb {
     type Config = RedbConfig;
-    const NAME: &str = crate::BACKEND;
 
     fn open(config: RedbConfig) -> impl std::future::Future<Output = Result<Self>> + Send {
         Self::open_shared(config)
@@ -159,6 +158,9 @@ impl Redb {
 
 #[async_trait]
 impl Backend for Redb {
+    const NAME: &str = crate::BACKEND;
+
+    /// `redb`, or `memory` for a `memory://` store.
     fn name(&self) -> &'static str {
         self.shared.backend
     }
@@ -213,7 +215,7 @@ impl Backend for Redb {
             .await
     }
 
-    async fn delete_tree(&self, dir: &str) -> Result<()> {
+    async fn delete_tree(&self, dir: &str) -> Result<bool> {
         let d = dir.to_owned();
         self.shared.blocking(move |s| s.remove_tree(&d)).await
     }

@@ -30,7 +30,6 @@ pub struct Redis {
 
 impl Open for Redis {
     type Config = RedisConfig;
-    const NAME: &str = BACKEND;
 
     /// Connects to the server and checks it answers.
     ///
@@ -53,11 +52,7 @@ impl Open for Redis {
         // The Sentinel client gives the primary's client the configured database too.
         let db = client.get_connection_info().redis_settings().db();
         let node = Node::connect(client, &config).await?;
-        let prefix = if config.prefix.is_empty() {
-            String::new()
-        } else {
-            format!("{}/", config.prefix)
-        };
+        let prefix = kvstore_core::backend::key_prefix(&config.prefix);
         let tasks = Tasks::new();
         let inner = Arc::new(Inner {
             primary: Primary::new(node, &config),
@@ -94,9 +89,7 @@ impl Open for Redis {
 
 #[async_trait]
 impl Backend for Redis {
-    fn name(&self) -> &'static str {
-        BACKEND
-    }
+    const NAME: &str = BACKEND;
 
     fn capabilities(&self) -> Capabilities {
         // Watches and locks ride on keyspace notifications (see `check_notifications`).
@@ -150,7 +143,7 @@ impl Backend for Redis {
     /// `DELETE_TREE` runs of at most 1,000 descendants each (`TREE_CHUNK`), until none is
     /// left: the server is never blocked for a whole large directory, so the tree is not
     /// deleted at one revision (watchers may see it emptied in steps, as on ZooKeeper).
-    async fn delete_tree(&self, dir: &str) -> Result<()> {
+    async fn delete_tree(&self, dir: &str) -> Result<bool> {
         let mut foreign = self.inner.foreign_strings(dir).await?;
         let mut deleted = 0;
         loop {
@@ -169,10 +162,7 @@ impl Backend for Redis {
                 break;
             }
         }
-        if deleted == 0 {
-            return Err(Error::not_found(dir));
-        }
-        Ok(())
+        Ok(deleted > 0)
     }
 
     async fn txn(&self, txn: Arc<CheckedTxn>) -> Result<Vec<Option<KvPair>>> {

@@ -33,7 +33,6 @@ impl Drop for Zk {
 
 impl Open for Zk {
     type Config = ZkConfig;
-    const NAME: &str = BACKEND;
 
     /// Opens a session on the ensemble. Cancel-safe: a session opened by a dropped call is
     /// closed.
@@ -116,9 +115,7 @@ async fn probe_ttl_nodes(client: &Client, root: &str, config: &ZkConfig) -> Resu
 
 #[async_trait]
 impl Backend for Zk {
-    fn name(&self) -> &'static str {
-        BACKEND
-    }
+    const NAME: &str = BACKEND;
 
     fn capabilities(&self) -> Capabilities {
         Capabilities::all()
@@ -152,13 +149,10 @@ impl Backend for Zk {
         self.inner.delete_key(key, expected).await
     }
 
-    async fn delete_tree(&self, dir: &str) -> Result<()> {
+    async fn delete_tree(&self, dir: &str) -> Result<bool> {
         let client = self.inner.client().await?;
         let deleted = crate::tree::delete_tree(&self.inner, &client, dir).await?;
-        if deleted.is_empty() {
-            return Err(Error::not_found(dir));
-        }
-        Ok(())
+        Ok(!deleted.is_empty())
     }
 
     async fn txn(&self, txn: Arc<CheckedTxn>) -> Result<Vec<Option<KvPair>>> {

@@ -239,9 +239,7 @@ impl MapBackend {
 
 #[async_trait]
 impl Backend for MapBackend {
-    fn name(&self) -> &'static str {
-        "map"
-    }
+    const NAME: &str = "map";
 
     fn capabilities(&self) -> Capabilities {
         // No history kept: `watch_events` and `list_at` stay `CallNotSupported` (the trait's
@@ -304,17 +302,14 @@ impl Backend for MapBackend {
         })
     }
 
-    async fn delete_tree(&self, dir: &str) -> Result<()> {
+    async fn delete_tree(&self, dir: &str) -> Result<bool> {
         let gone: Vec<String> = self.tree(dir).into_iter().map(|p| p.key).collect();
         self.change(|state| {
             let own = state.live(dir, Instant::now()).is_some() && !dir.is_empty();
-            if gone.is_empty() && !own {
-                return Err(Error::not_found(dir));
-            }
             for key in gone.iter().map(String::as_str).chain(own.then_some(dir)) {
                 state.keys.remove(key);
             }
-            Ok(())
+            Ok(!gone.is_empty() || own)
         })
     }
 

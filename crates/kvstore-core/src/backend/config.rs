@@ -131,6 +131,23 @@ pub fn refuse_fragment(backend: &'static str, url: &str) -> Result<()> {
     Ok(())
 }
 
+/// What a backend puts before every key of a store opened with the config option `prefix`
+/// (a normalized directory, `""` for none): `""`, or the prefix and a `/`.
+///
+/// ```
+/// use kvstore_core::backend::key_prefix;
+///
+/// assert_eq!(key_prefix(""), "");
+/// assert_eq!(key_prefix("app/v1"), "app/v1/");
+/// ```
+pub fn key_prefix(prefix: &str) -> String {
+    if prefix.is_empty() {
+        String::new()
+    } else {
+        format!("{prefix}/")
+    }
+}
+
 /// Query options whose values are secrets; [`redact_url`] hides them.
 const SECRET_OPTIONS: [&str; 4] = ["password", "token", "secret", "auth"];
 

@@ -69,7 +69,7 @@ pub fn lock_lost() -> (LockLostSignal, crate::LockLost) {
     crate::LockLost::new()
 }
 pub use config::{
-    MultiHostUrl, bool_option, choice_option, duration_option, lock_arguments,
+    MultiHostUrl, bool_option, choice_option, duration_option, key_prefix, lock_arguments,
     parse_multi_host_url, redact_url, refuse_fragment, size_option, url_options,
 };
 pub use limits::{check_ttl, check_value_size, ttl_millis, write_ttl};

@@ -124,7 +124,7 @@ pub struct LockSpec {
 /// ```text
 /// #[async_trait]
 /// impl Backend for MapBackend {
-///     fn name(&self) -> &'static str { "map" }
+///     const NAME: &'static str = "map";
 ///     fn capabilities(&self) -> Capabilities { Capabilities::all() }
 ///     async fn read(&self, key: &str, consistent: bool) -> Result<Option<KvPair>> { ... }
 ///     // list, write, delete, delete_tree, txn, register_again, watch, watch_tree, acquire
@@ -133,9 +133,15 @@ pub struct LockSpec {
 /// ```
 #[async_trait]
 pub trait Backend: fmt::Debug + Send + Sync + 'static {
+    /// The backend family's name (`redb` for redb's `memory://` as well): the `backend` field
+    /// of the connect span, and what [`name`](Self::name) returns unless overridden.
+    const NAME: &'static str;
+
     /// The backend's name: what [`Store::backend`](crate::Store::backend) returns and errors
-    /// carry.
-    fn name(&self) -> &'static str;
+    /// carry. [`NAME`](Self::NAME) by default.
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
 
     /// What the backend supports, and its limits (value size, transaction size, minimum TTL);
     /// the store checks input against them before calling.
@@ -176,12 +182,9 @@ pub trait Backend: fmt::Debug + Send + Sync + 'static {
     /// `KeyNotFound` when there is no key; `KeyModified` when its index differs.
     async fn delete(&self, key: &str, precondition: Precondition) -> Result<()>;
 
-    /// Deletes `dir` and every key under it (`""`: everything).
-    ///
-    /// # Errors
-    ///
-    /// `KeyNotFound` when nothing was there.
-    async fn delete_tree(&self, dir: &str) -> Result<()>;
+    /// Deletes `dir` and every key under it (`""`: everything); `Ok(false)` when nothing was
+    /// there, which the store answers with `KeyNotFound` (it also takes that error as such).
+    async fn delete_tree(&self, dir: &str) -> Result<bool>;
 
     /// Applies a checked transaction atomically; returns what
     /// [`CheckedTxn::written`] describes. By default: `CallNotSupported`.
@@ -276,10 +279,6 @@ pub trait Open: Backend + Sized {
     /// The backend's typed configuration, parsed from a URL by its `FromStr` (`InvalidConfig`
     /// for a malformed URL or option, naming neither password nor token).
     type Config: Send + FromStr<Err = Error>;
-
-    /// The backend family's name (what [`Backend::name`] returns, `redb` for redb's
-    /// `memory://` as well): the `backend` field of the connect span.
-    const NAME: &'static str;
 
     /// Connects to (or opens) the server the configuration names.
     /// [`BackendStore::open`](crate::BackendStore::open) runs it in a `debug` span with fields

@@ -317,7 +317,9 @@ impl<B: Backend> Store for BackendStore<B> {
     async fn delete_tree(&self, dir: &str) -> Result<()> {
         self.check_open()?;
         let dir = normalize_dir(dir)?;
-        self.backend.delete_tree(dir).await?;
+        if !self.backend.delete_tree(dir).await? {
+            return Err(Error::not_found(dir));
+        }
         self.session.registrations.remove_tree(dir);
         Ok(())
     }
