@@ -59,7 +59,7 @@ pub use foreign::{
 };
 pub use partitions::{
     Cut, cut_off_events_catch_up, cut_off_holder_loses_first, cut_off_permit_holder_loses_first,
-    cut_off_registration_comes_back, cut_off_watch_ends_on_latest,
+    cut_off_registration_comes_back, cut_off_watch_ends_on_latest, delayed_registration_comes_back,
     delayed_tree_streams_end_on_latest, delayed_waiter_takes_the_lock,
     delayed_watch_ends_on_latest, isolated_leader_holder_loses_first,
     latency_beyond_request_timeout_fails_in_time, latency_is_no_false_loss, upstream_of,
@@ -199,6 +199,49 @@ pub async fn cleanup(store: &dyn Store, dir: &str) {
     match store.delete_tree(dir).await {
         Ok(()) | Err(Error::KeyNotFound { .. }) => {}
         Err(err) => panic!("cleaning up {dir} failed: {}", error_chain(&err)),
+    }
+}
+
+/// Asserts that a backend's config parser refuses each of `urls` with `InvalidConfig`, and
+/// that neither the error's message nor its `Debug` shows the URL's password (the text
+/// between `user:` and `@`; give test URLs a password no message could contain by chance,
+/// such as `SECRET`).
+///
+/// ```
+/// # use kvstore_testutils::assert_invalid_urls;
+/// # use kvstore_core::{Error, Result};
+/// #[derive(Debug)]
+/// struct Config;
+/// impl std::str::FromStr for Config {
+///     type Err = Error;
+///     fn from_str(url: &str) -> Result<Self> {
+///         Err(Error::invalid_config("demo", format!("cannot parse {}", url.len())))
+///     }
+/// }
+/// assert_invalid_urls::<Config>(&["demo://u:SECRET@h", "demo://h?x=1"]);
+/// ```
+#[track_caller]
+pub fn assert_invalid_urls<C>(urls: &[&str])
+where
+    C: std::str::FromStr<Err = Error> + std::fmt::Debug,
+{
+    for url in urls {
+        let err = match C::from_str(url) {
+            Err(err @ Error::InvalidConfig { .. }) => err,
+            other => panic!("{url}: expected InvalidConfig, got {other:?}"),
+        };
+        let password = url
+            .split_once("://")
+            .and_then(|(_, rest)| rest.split_once('@'))
+            .and_then(|(userinfo, _)| userinfo.split_once(':'))
+            .map(|(_, password)| password);
+        if let Some(password) = password.filter(|p| !p.is_empty()) {
+            let shown = format!("{err} {err:?}");
+            assert!(
+                !shown.contains(password),
+                "{url}: the error shows the password: {shown}"
+            );
+        }
     }
 }
 

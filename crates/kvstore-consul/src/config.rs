@@ -1,5 +1,6 @@
 //! Typed configuration for the Consul store, and its URL form.
 
+use derive_setters::Setters;
 use derive_where::derive_where;
 use std::str::FromStr;
 use std::time::Duration;
@@ -83,9 +84,10 @@ fn budget(name: &str, value: &str) -> Result<usize> {
 /// assert_eq!(config.datacenter.as_deref(), Some("eu1"));
 /// # Ok::<(), kvstore_core::Error>(())
 /// ```
-#[derive(Clone)]
+#[derive(Clone, Setters)]
 #[derive_where(Debug)]
 #[non_exhaustive]
+#[setters(generate = false, prefix = "with_")]
 pub struct ConsulConfig {
     /// Base URL of the agent's HTTP API (`http://host:port/`).
     pub address: url::Url,
@@ -93,20 +95,24 @@ pub struct ConsulConfig {
     pub prefix: String,
     /// ACL token sent as `X-Consul-Token` (hidden in `Debug`).
     #[derive_where(skip)]
+    #[setters(generate, strip_option, into)]
     pub token: Option<String>,
     /// Datacenter (`?dc=`); `None`: the agent's own.
     pub datacenter: Option<String>,
     /// Namespace (`?ns=`, Consul Enterprise); `None`: the default.
     pub namespace: Option<String>,
     /// Connect timeout.
+    #[setters(generate)]
     pub connect_timeout: Duration,
     /// Per-request timeout.
+    #[setters(generate)]
     pub request_timeout: Duration,
     /// Wait of one blocking query.
     pub watch_wait: Duration,
     /// How long a watch retries after errors before it ends with one.
     pub watch_reconnect_timeout: Duration,
     /// Largest value accepted, in bytes.
+    #[setters(generate)]
     pub max_value_size: usize,
     /// Requests in flight at once, blocking queries aside; more are queued. Default 64.
     pub max_requests: usize,
@@ -159,18 +165,6 @@ impl ConsulConfig {
     pub fn with_prefix(mut self, prefix: &str) -> Result<Self> {
         self.prefix = normalize_dir(prefix)?.to_owned();
         Ok(self)
-    }
-
-    /// Sets the ACL token.
-    pub fn with_token(mut self, token: impl Into<String>) -> Self {
-        self.token = Some(token.into());
-        self
-    }
-
-    /// Sets the connect timeout.
-    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
     }
 }
 
@@ -252,18 +246,13 @@ mod tests {
 
     #[test]
     fn rejects_bad_urls() {
-        for u in [
+        kvstore_testutils::assert_invalid_urls::<ConsulConfig>(&[
             "consul://",
             "etcd://h:1",
             "consul://h:1?x=1",
             "consul://h:1/path",
             "consul://h:1?timeout=x",
             "consul://h:1?tls=maybe",
-        ] {
-            assert!(
-                matches!(ConsulConfig::from_str(u), Err(Error::InvalidConfig { .. })),
-                "{u}"
-            );
-        }
+        ]);
     }
 }

@@ -1,5 +1,6 @@
 //! Typed configuration for the etcd store, and its URL form.
 
+use derive_setters::Setters;
 use derive_where::derive_where;
 use std::str::FromStr;
 use std::time::Duration;
@@ -50,9 +51,10 @@ pub const DEFAULT_WATCH_RECONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 /// assert_eq!(config.prefix, "app1");
 /// # Ok::<(), kvstore_core::Error>(())
 /// ```
-#[derive(Clone)]
+#[derive(Clone, Setters)]
 #[derive_where(Debug)]
 #[non_exhaustive]
+#[setters(generate = false, prefix = "with_")]
 pub struct EtcdConfig {
     /// Client URLs (`http://host:port`).
     pub endpoints: Vec<String>,
@@ -64,13 +66,17 @@ pub struct EtcdConfig {
     #[derive_where(skip)]
     pub password: Option<String>,
     /// Connect timeout.
+    #[setters(generate)]
     pub connect_timeout: Duration,
     /// Per-request timeout.
+    #[setters(generate)]
     pub request_timeout: Duration,
     /// Largest value accepted, in bytes.
+    #[setters(generate)]
     pub max_value_size: usize,
     /// Whether etcd keys carry a leading `/`: key `app/a` is the etcd key `/app/a` (with a
     /// prefix `p`, `/p/app/a`). For data written by tools that use path-style keys.
+    #[setters(generate)]
     pub leading_slash: bool,
     /// How long a watch retries after losing its stream.
     pub watch_reconnect_timeout: Duration,
@@ -126,12 +132,6 @@ impl EtcdConfig {
         Ok(self)
     }
 
-    /// Sets whether etcd keys carry a leading `/` (see [`leading_slash`](Self::leading_slash)).
-    pub fn with_leading_slash(mut self, leading_slash: bool) -> Self {
-        self.leading_slash = leading_slash;
-        self
-    }
-
     /// Sets user name and password.
     pub fn with_credentials(
         mut self,
@@ -140,12 +140,6 @@ impl EtcdConfig {
     ) -> Self {
         self.username = Some(username.into());
         self.password = Some(password.into());
-        self
-    }
-
-    /// Sets the connect timeout.
-    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
         self
     }
 }
@@ -229,7 +223,7 @@ mod tests {
 
     #[test]
     fn rejects_bad_urls() {
-        for u in [
+        kvstore_testutils::assert_invalid_urls::<EtcdConfig>(&[
             "etcd://",
             "redis://h:1",
             "etcd://h:1?x=1",
@@ -237,11 +231,6 @@ mod tests {
             "etcd://h:1?timeout=x",
             "etcd://u:PW@127.0.0.1:notaport",
             "etcd://h:1?tls=maybe",
-        ] {
-            assert!(
-                matches!(EtcdConfig::from_str(u), Err(Error::InvalidConfig { .. })),
-                "{u}"
-            );
-        }
+        ]);
     }
 }

@@ -1,5 +1,6 @@
 //! Typed configuration for the redb and in-memory stores, and their URL form.
 
+use derive_setters::Setters;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
@@ -59,20 +60,24 @@ pub enum Location {
 /// assert_eq!(config.open_timeout, std::time::Duration::from_secs(1));
 /// # Ok::<(), kvstore_core::Error>(())
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Setters)]
 #[non_exhaustive]
+#[setters(generate = false, prefix = "with_")]
 pub struct RedbConfig {
     /// Where the data lives.
     pub location: Location,
     /// How long `open` retries a file that another process holds before failing; default
     /// [`DEFAULT_OPEN_TIMEOUT`].
+    #[setters(generate)]
     pub open_timeout: Duration,
     /// Largest value accepted, in bytes; default [`DEFAULT_MAX_VALUE_SIZE`].
+    #[setters(generate)]
     pub max_value_size: usize,
     /// Most memory redb's page cache (read cache and write buffer together) uses, in bytes;
     /// default [`DEFAULT_CACHE_SIZE`]. A smaller cache trades reads from the file (the OS page
     /// cache) for memory; `0` caches nothing. Applies to in-memory stores too, which cache
     /// pages of their in-memory file the same way.
+    #[setters(generate)]
     pub cache_size: usize,
 }
 
@@ -93,24 +98,6 @@ impl RedbConfig {
             location: Location::Memory,
             ..RedbConfig::file("")
         }
-    }
-
-    /// Sets how long `open` retries a file held by another process.
-    pub fn with_open_timeout(mut self, timeout: Duration) -> Self {
-        self.open_timeout = timeout;
-        self
-    }
-
-    /// Sets the largest value accepted, in bytes.
-    pub fn with_max_value_size(mut self, bytes: usize) -> Self {
-        self.max_value_size = bytes;
-        self
-    }
-
-    /// Sets the most memory redb's page cache uses, in bytes.
-    pub fn with_cache_size(mut self, bytes: usize) -> Self {
-        self.cache_size = bytes;
-        self
     }
 }
 
@@ -186,7 +173,7 @@ mod tests {
 
     #[test]
     fn rejects_bad_urls_with_invalid_config() {
-        for url in [
+        kvstore_testutils::assert_invalid_urls::<RedbConfig>(&[
             "redb://host/x.redb",
             "redb:///",
             "redb:x?bogus=1",
@@ -194,11 +181,6 @@ mod tests {
             "redb:x?cache_size=-1",
             "redb:x?cache_size=1GiB",
             "etcd://h:1",
-        ] {
-            assert!(
-                matches!(parse(url), Err(Error::InvalidConfig { .. })),
-                "{url}"
-            );
-        }
+        ]);
     }
 }

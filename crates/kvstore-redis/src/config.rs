@@ -1,5 +1,6 @@
 //! Typed configuration for the Redis store, and its URL form.
 
+use derive_setters::Setters;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -57,8 +58,9 @@ pub const DEFAULT_WATCH_RECONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 /// assert_eq!(config.connect_timeout, std::time::Duration::from_secs(2));
 /// # Ok::<(), kvstore_core::Error>(())
 /// ```
-#[derive(Clone)]
+#[derive(Clone, Setters)]
 #[non_exhaustive]
+#[setters(generate = false, prefix = "with_")]
 pub struct RedisConfig {
     /// The server URL as the redis crate reads it (`redis://…` or `rediss://…`), with
     /// credentials and database number but without kvstore's options.
@@ -67,16 +69,20 @@ pub struct RedisConfig {
     /// root of the database.
     pub prefix: String,
     /// Connect timeout.
+    #[setters(generate)]
     pub connect_timeout: Duration,
     /// Per-command response timeout.
+    #[setters(generate)]
     pub request_timeout: Duration,
     /// Largest value accepted, in bytes.
+    #[setters(generate)]
     pub max_value_size: usize,
     /// How long a watch retries after losing its connection.
     pub watch_reconnect_timeout: Duration,
     /// Whether `list`, `watch_tree` and `delete_tree` also find plain strings that other
     /// clients wrote (one `SCAN … TYPE string` pass over the database per call, so O(keys in
     /// the database)). `get`, `exists`, `delete`, `watch` and CAS read such strings either way.
+    #[setters(generate)]
     pub foreign_strings: bool,
     /// How many replicas must confirm each write before it succeeds: after every mutating call
     /// (put, delete, CAS, txn, lock acquire, renew and release, `keep_alive` writes) the store
@@ -190,13 +196,6 @@ impl RedisConfig {
         Ok(())
     }
 
-    /// Sets whether directory calls also find plain strings written by other clients (see
-    /// [`foreign_strings`](Self::foreign_strings)).
-    pub fn with_foreign_strings(mut self, foreign_strings: bool) -> Self {
-        self.foreign_strings = foreign_strings;
-        self
-    }
-
     /// Sets the key prefix directory.
     ///
     /// # Errors
@@ -214,18 +213,6 @@ impl RedisConfig {
             self.server_url = format!("rediss:{rest}");
         }
         self.tls = Some(tls);
-        self
-    }
-
-    /// Sets the connect timeout.
-    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
-    }
-
-    /// Sets the response timeout.
-    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
-        self.request_timeout = timeout;
         self
     }
 
@@ -502,35 +489,25 @@ mod tests {
             !format!("{c:?}").contains("p@"),
             "Debug must hide the password"
         );
-        for bad in [
+        kvstore_testutils::assert_invalid_urls::<RedisConfig>(&[
             "redis+sentinel://h1,h2",
             "redis+sentinel://h1/svc/notadb",
             "redis+sentinel://h1/svc/0/extra",
             "redis+sentinel://h1/svc?tls_ca=/ca.pem",
             "redis+sentinel://h1/svc?wait_replicas=1&wait_timeout=5s",
             "redis+sentinel://h1:notaport/svc",
-        ] {
-            assert!(
-                matches!(RedisConfig::from_str(bad), Err(Error::InvalidConfig { .. })),
-                "{bad}"
-            );
-        }
+        ]);
     }
 
     #[test]
     fn bad_urls_are_invalid_config() {
-        for u in [
+        kvstore_testutils::assert_invalid_urls::<RedisConfig>(&[
             "redis://h:1?x=1",
             "redis://h:1?timeout=never",
             "http://h:1",
             "redis://user:PW@127.0.0.1:notaport/0",
             "rediss://h:1?tls_server_name=x",
             "redis://h:1?tls=true",
-        ] {
-            assert!(
-                matches!(RedisConfig::from_str(u), Err(Error::InvalidConfig { .. })),
-                "{u}"
-            );
-        }
+        ]);
     }
 }
