@@ -389,9 +389,12 @@ pub async fn rewrite_registration(store: &dyn Store, key: &str, n: usize, ttl: D
 /// [`cut_off_holder_loses_first`](crate::cut_off_holder_loses_first),
 /// [`cut_off_registration_comes_back`](crate::cut_off_registration_comes_back),
 /// [`cut_off_watch_ends_on_latest`](crate::cut_off_watch_ends_on_latest),
-/// [`latency_is_no_false_loss`](crate::latency_is_no_false_loss) and
+/// [`latency_is_no_false_loss`](crate::latency_is_no_false_loss),
 /// [`latency_beyond_request_timeout_fails_in_time`](crate::latency_beyond_request_timeout_fails_in_time)
-/// — as `#[tokio::test]`s that run one at a time (they pause
+/// and the other latency cases ([`delayed_watch_ends_on_latest`](crate::delayed_watch_ends_on_latest),
+/// [`delayed_tree_streams_end_on_latest`](crate::delayed_tree_streams_end_on_latest),
+/// [`delayed_waiter_takes_the_lock`](crate::delayed_waiter_takes_the_lock),
+/// [`delayed_registration_comes_back`](crate::delayed_registration_comes_back)) — as `#[tokio::test]`s that run one at a time (they pause
 /// or restart the server the other tests use): `liveness_tests!(server: "redis", url:
 /// "KVSTORE_REDIS_URL", opener: |url| …, ttl: …, takeover: …, registration_slack: …,
 /// registrant_pause: …)`. `opener` turns the server URL into an [`Opener`]; `takeover` bounds
@@ -521,6 +524,14 @@ macro_rules! liveness_tests {
             $var, $opener, |direct, through, proxy| {
             $crate::delayed_tree_streams_end_on_latest(
                 &direct, &through, &proxy, ::std::time::Duration::from_secs(1),
+            )
+            .await;
+        });
+        $crate::liveness_tests!(@proxied a_delayed_registration_comes_back_and_stays_deleted,
+            $var, $opener, |direct, through, proxy| {
+            $crate::delayed_registration_comes_back(
+                &direct, &through, &proxy, ::std::time::Duration::from_secs(1), $ttl,
+                $registration_slack,
             )
             .await;
         });

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use kvstore_core::{Error, Store, Txn, WriteOptions};
+use kvstore_core::{Error, KvPair, Store, Txn, WatchStream, WriteOptions};
 
 use crate::proxy::FaultProxy;
 use crate::{
@@ -309,6 +309,89 @@ pub async fn cut_off_registration_comes_back(
     let _ = other.close().await;
 }
 
+/// A `keep_alive` registration whose owner sits behind latency beyond its `request_timeout`
+/// (one and a half times it each way, for two TTLs: every renewal's answer comes too late,
+/// while the requests themselves still reach the server, late) is on the server with its value
+/// within `2 × ttl + 2 s` once the latency goes, and the same store works again. Then the
+/// owner deletes it, and it stays deleted for `ttl + slack` plus two latencies: no renewal or
+/// rewrite that the latency held back brings it back.
+pub async fn delayed_registration_comes_back(
+    direct: &Opener,
+    through: &Opener,
+    proxy: &FaultProxy,
+    request_timeout: Duration,
+    ttl: Duration,
+    slack: Duration,
+) {
+    let (owner, other) = (through.open().await, direct.open().await);
+    let dir = scratch_dir("delayed_registration");
+    let key = format!("{dir}/svc");
+    let registration = WriteOptions::default().with_ttl(ttl).with_keep_alive(true);
+    ok(
+        owner.put(&key, b"registered", Some(&registration)).await,
+        "register",
+    );
+    let latency = request_timeout * 3 / 2;
+    proxy.delay(latency).await;
+    // Renewals and any rewrite go out meanwhile, and time out on the client.
+    let delayed_at = Instant::now();
+    let mut seen_gone = false;
+    while delayed_at.elapsed() < ttl * 2 + latency {
+        seen_gone |= matches!(other.exists(&key, None).await, Ok(false));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    proxy.heal().await;
+    let healed = Instant::now();
+    let back_bound = ttl * 2 + Duration::from_secs(2);
+    let back = eventually(back_bound, || async {
+        matches!(other.get(&key, None).await, Ok(pair) if &pair.value[..] == b"registered")
+    })
+    .await;
+    assert!(
+        back,
+        "the registration must be there within {back_bound:?} of the latency going"
+    );
+    eprintln!(
+        "{}: a registration behind {latency:?} of latency (request timeout \
+         {request_timeout:?}) {} under it, and is there {:?} after it",
+        other.backend(),
+        if seen_gone {
+            "left the server"
+        } else {
+            "stayed"
+        },
+        healed.elapsed()
+    );
+    let check = format!("{dir}/after");
+    let written = once_answered(EVENT_TIMEOUT, || owner.put(&check, b"ok", None)).await;
+    ok(written, "put through the store after the latency");
+    ok(
+        once_answered(EVENT_TIMEOUT, || owner.delete(&key)).await,
+        "end the registration",
+    );
+    // Nothing to wait for here but the absence of a write: watch the key for the longest a
+    // held-back renewal or rewrite could take to land and take effect.
+    let quiet = ttl + slack + latency * 2;
+    let mut watch = ok(other.watch(&key, None).await, "watch the deleted key");
+    let came_back = tokio::time::timeout(quiet, async {
+        use futures::StreamExt;
+        while let Some(item) = watch.next().await {
+            if let Some(pair) = ok(item, "watch item of the deleted key") {
+                return pair;
+            }
+        }
+        panic!("the watch of the deleted key ended");
+    })
+    .await;
+    if let Ok(pair) = came_back {
+        panic!("the deleted registration came back: {pair:?}");
+    }
+    drop(watch);
+    cleanup(&*other, &dir).await;
+    let _ = owner.close().await;
+    let _ = other.close().await;
+}
+
 /// The first answer of `call` that is not a transient error, retried every 100 ms while the
 /// store reconnects after a heal.
 ///
@@ -349,6 +432,54 @@ pub fn upstream_of(url: &str) -> String {
         .to_owned()
 }
 
+/// Writes `v0` at `key` through `other`, watches it through `watcher`, and returns the stream
+/// once it has shown `v0`, with `v0`'s `last_index`.
+async fn watch_from_v0(watcher: &dyn Store, other: &dyn Store, key: &str) -> (WatchStream, u64) {
+    use futures::StreamExt;
+
+    ok(other.put(key, b"v0", None).await, "put v0");
+    let mut stream = ok(watcher.watch(key, None).await, "watch");
+    let first = tokio::time::timeout(EVENT_TIMEOUT, stream.next())
+        .await
+        .expect("the current state within EVENT_TIMEOUT")
+        .expect("an item");
+    let first = ok(first, "first item").expect("the key exists");
+    assert_eq!(first.value, "v0", "the watch starts on v0");
+    (stream, first.last_index)
+}
+
+/// Whether `stream` shows `latest` within `bound`, its items' `last_index` never going back
+/// from `last_index` (the last one seen, updated). `strict`: an error item, an absent key or
+/// the stream's end fails the test (after a fault has gone); otherwise they are passed over
+/// (while it lasts).
+async fn watch_reaches(
+    stream: &mut WatchStream,
+    latest: &KvPair,
+    last_index: &mut u64,
+    bound: Duration,
+    strict: bool,
+) -> bool {
+    use futures::StreamExt;
+
+    let reached = tokio::time::timeout(bound, async {
+        while let Some(item) = stream.next().await {
+            let pair = match item {
+                Ok(Some(pair)) => pair,
+                other if strict => panic!("watch item {other:?} before {latest:?}"),
+                _ => continue,
+            };
+            assert!(pair.last_index >= *last_index, "a watch never goes back");
+            *last_index = pair.last_index;
+            if pair == *latest {
+                return true;
+            }
+        }
+        assert!(!strict, "the watch ended before the latest value");
+        false
+    });
+    reached.await.unwrap_or(false)
+}
+
 /// A watcher cut off while the key changes twice ends on the latest value once the cut heals:
 /// items stay in order (`last_index` never goes back), and the last one is the second write.
 pub async fn cut_off_watch_ends_on_latest(
@@ -357,18 +488,10 @@ pub async fn cut_off_watch_ends_on_latest(
     proxy: &FaultProxy,
     cut: Duration,
 ) {
-    use futures::StreamExt;
-
     let (watcher, other) = (through.open().await, direct.open().await);
     let dir = scratch_dir("cut_watch");
     let key = format!("{dir}/k");
-    ok(other.put(&key, b"v0", None).await, "put v0");
-    let mut stream = ok(watcher.watch(&key, None).await, "watch");
-    let first = tokio::time::timeout(EVENT_TIMEOUT, stream.next())
-        .await
-        .expect("the current state")
-        .expect("an item");
-    let mut last_index = ok(first, "first item").expect("present").last_index;
+    let (mut stream, mut last_index) = watch_from_v0(&*watcher, &*other, &key).await;
 
     proxy.cut().await;
     let cut_at = Instant::now();
@@ -376,20 +499,15 @@ pub async fn cut_off_watch_ends_on_latest(
     let latest = ok(other.put(&key, b"v2", None).await, "put v2");
     tokio::time::sleep(cut.saturating_sub(cut_at.elapsed())).await;
     proxy.heal().await;
-    let reached = tokio::time::timeout(EVENT_TIMEOUT * 2, async {
-        while let Some(item) = stream.next().await {
-            let pair = ok(item, "watch item after the heal").expect("the key exists");
-            assert!(pair.last_index >= last_index, "a watch never goes back");
-            last_index = pair.last_index;
-            if pair == latest {
-                return;
-            }
-        }
-        panic!("the watch ended before the latest value");
-    })
-    .await;
     assert!(
-        reached.is_ok(),
+        watch_reaches(
+            &mut stream,
+            &latest,
+            &mut last_index,
+            EVENT_TIMEOUT * 2,
+            true
+        )
+        .await,
         "the watch must reach the latest value after the heal"
     );
     drop(stream);
@@ -482,22 +600,10 @@ pub async fn delayed_watch_ends_on_latest(
     proxy: &FaultProxy,
     request_timeout: Duration,
 ) {
-    use futures::StreamExt;
-
     let (watcher, other) = (through.open().await, direct.open().await);
     let dir = scratch_dir("delayed_watch");
     let key = format!("{dir}/k");
-    ok(other.put(&key, b"v0", None).await, "put v0");
-    let mut stream = ok(watcher.watch(&key, None).await, "watch");
-    let first = tokio::time::timeout(EVENT_TIMEOUT, stream.next())
-        .await
-        .expect("the current state")
-        .expect("an item");
-    assert_eq!(
-        ok(first, "first item").map(|p| p.value),
-        Some("v0".into()),
-        "the watch starts on v0"
-    );
+    let (mut stream, mut last_index) = watch_from_v0(&*watcher, &*other, &key).await;
     let latency = request_timeout * 3 / 2;
     proxy.delay(latency).await;
     let latest = ok(other.put(&key, b"v1", None).await, "put v1");
@@ -505,36 +611,14 @@ pub async fn delayed_watch_ends_on_latest(
     // the latency: the notification arrives, and a read's round trip (two latencies) outlasts
     // the request timeout. The fault lasts long enough for both.
     let during = latency * 2 + request_timeout * 2;
-    let seen_during = tokio::time::timeout(during, async {
-        while let Some(item) = stream.next().await {
-            if let Ok(Some(pair)) = item
-                && pair == latest
-            {
-                return true;
-            }
-        }
-        false
-    })
-    .await
-    .unwrap_or(false);
+    let seen_during = watch_reaches(&mut stream, &latest, &mut last_index, during, false).await;
     proxy.heal().await;
-    if !seen_during {
-        let reached = tokio::time::timeout(EVENT_TIMEOUT, async {
-            while let Some(item) = stream.next().await {
-                let pair = ok(item, "watch item after the latency").expect("the key exists");
-                if pair == latest {
-                    return;
-                }
-            }
-            panic!("the watch ended before the latest value");
-        })
-        .await;
-        assert!(
-            reached.is_ok(),
-            "the watch must show the write made under latency once it goes, without another \
-             write to wake it"
-        );
-    }
+    assert!(
+        seen_during
+            || watch_reaches(&mut stream, &latest, &mut last_index, EVENT_TIMEOUT, true).await,
+        "the watch must show the write made under latency once it goes, without another \
+         write to wake it"
+    );
     eprintln!(
         "{}: a watch behind {latency:?} of latency (request timeout {request_timeout:?}) \
          showed the write {}",
