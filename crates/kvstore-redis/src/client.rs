@@ -291,8 +291,10 @@ impl Inner {
                 };
                 changes.insert(event.key, change);
             }
-            // Pages are in key order but the first one's plain strings are not in the index.
-            pairs.sort_by(|a, b| a.key.cmp(&b.key));
+            // Pages are in key order, but the first one's plain strings are not in the index.
+            if !foreign.is_empty() {
+                pairs.sort_by(|a, b| a.key.cmp(&b.key));
+            }
             roll_forward(&mut pairs, changes);
             return Ok((pairs, at));
         }
