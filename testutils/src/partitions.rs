@@ -3,6 +3,7 @@
 //! reaches the server directly — the race fencing tokens exist for, which pausing the server
 //! cannot produce (a paused server expires nothing). Every wait is bounded.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kvstore_core::{Error, KvPair, Store, Txn, WatchStream, WriteOptions};
@@ -247,6 +248,34 @@ fn split_hosts(url: &str, i: usize) -> (String, String) {
     )
 }
 
+/// Opens the owner (through the proxy) and another client (direct), and registers
+/// `<scratch dir>/svc` = `registered` through the owner with `ttl` and `keep_alive`; returns
+/// both stores, the scratch directory and the key.
+async fn registered(
+    direct: &Opener,
+    through: &Opener,
+    case: &str,
+    ttl: Duration,
+) -> (Arc<dyn Store>, Arc<dyn Store>, String, String) {
+    let (owner, other) = (through.open().await, direct.open().await);
+    let dir = scratch_dir(case);
+    let key = format!("{dir}/svc");
+    let registration = WriteOptions::default().with_ttl(ttl).with_keep_alive(true);
+    ok(
+        owner.put(&key, b"registered", Some(&registration)).await,
+        "register",
+    );
+    (owner, other, dir, key)
+}
+
+/// Whether `store` reads `key` = `registered` within `bound`.
+async fn is_registered_within(store: &dyn Store, key: &str, bound: Duration) -> bool {
+    eventually(bound, || async {
+        matches!(store.get(key, None).await, Ok(pair) if &pair.value[..] == b"registered")
+    })
+    .await
+}
+
 /// A `keep_alive` registration whose owner is cut off for `cut` (longer than its lease or
 /// session timeout) leaves the server within `ttl + slack` of the cut, and is back within
 /// `2 × ttl + 2 s` (two renewal deadlines, and the client library's reconnect backoff) after
@@ -259,14 +288,7 @@ pub async fn cut_off_registration_comes_back(
     slack: Duration,
     cut: Duration,
 ) {
-    let (owner, other) = (through.open().await, direct.open().await);
-    let dir = scratch_dir("cut_registration");
-    let key = format!("{dir}/svc");
-    let registration = WriteOptions::default().with_ttl(ttl).with_keep_alive(true);
-    ok(
-        owner.put(&key, b"registered", Some(&registration)).await,
-        "register",
-    );
+    let (owner, other, dir, key) = registered(direct, through, "cut_registration", ttl).await;
     let present = || async { matches!(other.exists(&key, None).await, Ok(true)) };
 
     proxy.cut().await;
@@ -286,12 +308,8 @@ pub async fn cut_off_registration_comes_back(
         "the cut-off owner's registration left only {gone_after:?} after the cut (bound {bound:?})"
     );
     let back_bound = ttl * 2 + Duration::from_secs(2);
-    let back = eventually(back_bound, || async {
-        matches!(other.get(&key, None).await, Ok(pair) if &pair.value[..] == b"registered")
-    })
-    .await;
     assert!(
-        back,
+        is_registered_within(&*other, &key, back_bound).await,
         "the registration must be back within {back_bound:?} of the heal (cut {cut:?})"
     );
     eprintln!(
@@ -323,14 +341,7 @@ pub async fn delayed_registration_comes_back(
     ttl: Duration,
     slack: Duration,
 ) {
-    let (owner, other) = (through.open().await, direct.open().await);
-    let dir = scratch_dir("delayed_registration");
-    let key = format!("{dir}/svc");
-    let registration = WriteOptions::default().with_ttl(ttl).with_keep_alive(true);
-    ok(
-        owner.put(&key, b"registered", Some(&registration)).await,
-        "register",
-    );
+    let (owner, other, dir, key) = registered(direct, through, "delayed_registration", ttl).await;
     let latency = request_timeout * 3 / 2;
     proxy.delay(latency).await;
     // Renewals and any rewrite go out meanwhile, and time out on the client.
@@ -343,12 +354,8 @@ pub async fn delayed_registration_comes_back(
     proxy.heal().await;
     let healed = Instant::now();
     let back_bound = ttl * 2 + Duration::from_secs(2);
-    let back = eventually(back_bound, || async {
-        matches!(other.get(&key, None).await, Ok(pair) if &pair.value[..] == b"registered")
-    })
-    .await;
     assert!(
-        back,
+        is_registered_within(&*other, &key, back_bound).await,
         "the registration must be there within {back_bound:?} of the latency going"
     );
     eprintln!(
