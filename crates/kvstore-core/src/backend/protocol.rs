@@ -183,7 +183,8 @@ pub trait Backend: fmt::Debug + Send + Sync + 'static {
     async fn delete(&self, key: &str, precondition: Precondition) -> Result<()>;
 
     /// Deletes `dir` and every key under it (`""`: everything); `Ok(false)` when nothing was
-    /// there, which the store answers with `KeyNotFound` (it also takes that error as such).
+    /// there, which the store answers with `KeyNotFound` (a `KeyNotFound` error from the
+    /// backend reaches the caller unchanged too).
     async fn delete_tree(&self, dir: &str) -> Result<bool>;
 
     /// Applies a checked transaction atomically; returns what
