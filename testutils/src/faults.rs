@@ -391,11 +391,13 @@ pub async fn rewrite_registration(store: &dyn Store, key: &str, n: usize, ttl: D
 /// [`cut_off_watch_ends_on_latest`](crate::cut_off_watch_ends_on_latest),
 /// [`latency_is_no_false_loss`](crate::latency_is_no_false_loss),
 /// [`latency_beyond_request_timeout_fails_in_time`](crate::latency_beyond_request_timeout_fails_in_time)
-/// and the other latency cases ([`delayed_watch_ends_on_latest`](crate::delayed_watch_ends_on_latest),
+/// and the other latency cases
+/// ([`delayed_watch_ends_on_latest`](crate::delayed_watch_ends_on_latest),
 /// [`delayed_tree_streams_end_on_latest`](crate::delayed_tree_streams_end_on_latest),
 /// [`delayed_waiter_takes_the_lock`](crate::delayed_waiter_takes_the_lock),
-/// [`delayed_registration_comes_back`](crate::delayed_registration_comes_back)) — as `#[tokio::test]`s that run one at a time (they pause
-/// or restart the server the other tests use): `liveness_tests!(server: "redis", url:
+/// [`delayed_registration_comes_back`](crate::delayed_registration_comes_back)) — as
+/// `#[tokio::test]`s that run one at a time (they pause or restart the server the other tests
+/// use): `liveness_tests!(server: "redis", url:
 /// "KVSTORE_REDIS_URL", opener: |url| …, ttl: …, takeover: …, registration_slack: …,
 /// registrant_pause: …)`. `opener` turns the server URL into an [`Opener`]; `takeover` bounds
 /// how long a paused holder's lock takes to be taken over (the TTL plus the backend's expiry
