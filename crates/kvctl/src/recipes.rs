@@ -49,10 +49,15 @@ async fn list_members(
         return Ok(());
     }
     let mut members = ctx.bounded(Group::follow(store, dir)).await?;
+    // One listener, polled first: its handler is in place before the first line is printed,
+    // and a Ctrl-C between two lines is not lost (as in `kvctl watch`).
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
     loop {
         let next = tokio::select! {
+            biased;
+            _ = &mut interrupted => return Ok(()),
             next = members.next() => next,
-            _ = tokio::signal::ctrl_c() => return Ok(()),
         };
         let Some(list) = next else {
             return Err(Failure::Store(kvstore::Error::not_reachable(

@@ -194,10 +194,14 @@ async fn campaign(ctx: &Context, store: Arc<dyn Store>, args: ElectArgs) -> Resu
 /// Prints each leader (`<term> <value>`, or `none`) until interrupted.
 async fn follow(ctx: &Context, store: Arc<dyn Store>, key: &str) -> Result<(), Failure> {
     let mut leaders = kvstore::follow(store, key);
+    // One listener, polled first (as in `kvctl watch`).
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
     loop {
         let leader = tokio::select! {
+            biased;
+            _ = &mut interrupted => return Ok(()),
             leader = leaders.next() => leader,
-            _ = tokio::signal::ctrl_c() => return Ok(()),
         };
         let Some(leader) = leader else {
             return Err(Failure::Store(kvstore::Error::not_reachable(

@@ -15,9 +15,13 @@ use crate::output::{Change, diff};
 
 pub(crate) async fn watch(ctx: &Context, args: WatchArgs) -> Result<(), Failure> {
     let store = ctx.open().await?;
+    // `ctrl_c` installs its handler when first polled, so it goes first (`biased`): a first
+    // line printed before it was polled, then Ctrl-C, killed the process with the signal
+    // instead of ending the watch with 0.
     let result = tokio::select! {
-        result = follow_changes(ctx, &*store, &args) => result,
+        biased;
         _ = tokio::signal::ctrl_c() => Ok(()),
+        result = follow_changes(ctx, &*store, &args) => result,
     };
     let _ = store.close().await;
     result
