@@ -71,7 +71,9 @@ impl Inner {
     /// Every live pair strictly under `dir`, in key order.
     pub(crate) async fn read_tree(&self, dir: &str) -> Result<Vec<KvPair>> {
         let (from, to) = range(dir);
-        let rows = self.query(&self.sql.list, &[&from, &to]).await?;
+        let rows = self
+            .query(self.sql.list.pick(to.as_deref()), &[&from, &to])
+            .await?;
         Ok(rows.iter().map(|row| pair(row, 0)).collect())
     }
 
@@ -79,7 +81,9 @@ impl Inner {
     /// statement (one snapshot).
     pub(crate) async fn read_tree_at(&self, dir: &str) -> Result<(Vec<KvPair>, u64)> {
         let (from, to) = range(dir);
-        let rows = self.query(&self.sql.list_at, &[&from, &to]).await?;
+        let rows = self
+            .query(self.sql.list_at.pick(to.as_deref()), &[&from, &to])
+            .await?;
         let at = rows.first().map_or(0, |row| revision(row.get(0)));
         let pairs = rows
             .iter()
@@ -93,7 +97,10 @@ impl Inner {
     pub(crate) async fn read_since(&self, dir: &str, after: u64) -> Result<Since> {
         let (from, to) = range(dir);
         let rows = self
-            .query(&self.sql.since, &[&from, &to, &bigint(after)])
+            .query(
+                self.sql.since.pick(to.as_deref()),
+                &[&from, &to, &bigint(after)],
+            )
             .await?;
         let Some(first) = rows.first() else {
             return Err(Error::backend(BACKEND, "the meta row is missing"));
