@@ -4,32 +4,15 @@
 use kvstore_core::backend::prelude::*;
 use tokio::time::Instant;
 
-use crate::client::Shared;
+use crate::client::{Inner, Shared};
 use crate::wire::{bigint, millis, revision};
 
-/// A `keep_alive` key's lease: renewing pushes the key's expiry while it still holds the
-/// `last_index` this store wrote.
-#[derive(Debug)]
-pub(crate) struct KeyLease {
-    pub(crate) inner: Shared,
-    pub(crate) key: String,
-    pub(crate) index: u64,
-    pub(crate) ttl: Duration,
-}
-
 #[async_trait]
-impl Lease for KeyLease {
-    async fn renew(&self) -> Result<Renewal> {
-        let (inner, key) = (&self.inner, self.key.as_str());
+impl RenewKey for Inner {
+    async fn renew_key(this: &Arc<Self>, key: &str, index: u64, ttl: Duration) -> Result<bool> {
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
-            [&key, &bigint(self.index), &millis(self.ttl)];
-        let rows = inner.query(&inner.sql.renew_key, &params).await?;
-        Ok(Renewal::held(rows.len() == 1))
-    }
-
-    /// A registration's key stays until its TTL runs out.
-    async fn release(&self, _why: Release) -> Result<()> {
-        Ok(())
+            [&key, &bigint(index), &millis(ttl)];
+        Ok(this.query(&this.sql.renew_key, &params).await?.len() == 1)
     }
 }
 

@@ -8,7 +8,6 @@ use tokio_postgres::types::ToSql;
 use crate::BACKEND;
 use crate::client::Inner;
 use crate::config::PostgresConfig;
-use crate::lock::KeyLease;
 use crate::schema::{Names, Sql};
 use crate::wire::{bigint, millis, range, revision};
 
@@ -130,14 +129,10 @@ impl Backend for Postgres {
         let row = inner.query_one(&inner.sql.write, &params).await?;
         refused(w.key, row.get(0))?;
         let index = revision(row.get(1));
-        let lease = w.expiry.filter(|e| e.keep_alive).map(|e| {
-            Arc::new(KeyLease {
-                inner: inner.clone(),
-                key: w.key.to_owned(),
-                index,
-                ttl: e.ttl,
-            }) as Arc<dyn Lease>
-        });
+        let lease = w
+            .expiry
+            .filter(|e| e.keep_alive)
+            .map(|e| KeyLease::shared(inner.clone(), w.key, index, e.ttl));
         Ok(Written {
             pair: KvPair::new(w.key, w.value.to_vec(), index),
             lease,
@@ -212,14 +207,9 @@ impl Backend for Postgres {
         let inner = &self.inner;
         let params: [&(dyn ToSql + Sync); 3] = [&key, &&value[..], &millis(ttl)];
         let row = inner.query_one(&inner.sql.register, &params).await?;
-        Ok(row.get::<_, Option<i64>>(0).map(|index| {
-            Arc::new(KeyLease {
-                inner: inner.clone(),
-                key: key.to_owned(),
-                index: revision(index),
-                ttl,
-            }) as Arc<dyn Lease>
-        }))
+        Ok(row
+            .get::<_, Option<i64>>(0)
+            .map(|index| KeyLease::shared(inner.clone(), key, revision(index), ttl)))
     }
 
     async fn watch(&self, w: WatchRequest<'_>) -> Result<WatchStream> {

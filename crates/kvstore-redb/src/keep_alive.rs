@@ -1,26 +1,22 @@
-//! `keep_alive` keys for the lease engine: the key lease, whose deadline is in the file.
+//! `keep_alive` keys for the lease engine: the key's deadline is in the file.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use kvstore_core::Result;
-use kvstore_core::backend::{Lease, Release, Renewal};
+use kvstore_core::backend::RenewKey;
 use redb::ReadableTable;
 
 use crate::client::{EXPIRY, KV, Shared, deadline_ms, is_live, now_ms};
 use crate::error::from_redb;
 
-impl Shared {
-    /// Pushes the expiry of a kept-alive key to now + `ttl`, through the group commit; `false`
-    /// when the key is no longer the write that registered it (rewritten, deleted or expired).
-    pub(crate) async fn renew_key(
-        self: &Arc<Self>,
-        key: String,
-        index: u64,
-        ttl: Duration,
-    ) -> Result<bool> {
-        self.group_commit(move |_, txn| Ok((extend_expiry(txn, &key, index, ttl)?, Vec::new())))
+/// A `keep_alive` key's deadline is in the file, pushed forward through the group commit.
+#[async_trait]
+impl RenewKey for Shared {
+    async fn renew_key(this: &Arc<Self>, key: &str, index: u64, ttl: Duration) -> Result<bool> {
+        let key = key.to_owned();
+        this.group_commit(move |_, txn| Ok((extend_expiry(txn, &key, index, ttl)?, Vec::new())))
             .await
     }
 }
@@ -52,29 +48,5 @@ pub(crate) fn extend_expiry(
             Ok(true)
         }
         _ => Ok(false),
-    }
-}
-
-/// A `keep_alive` key's lease: its own deadline in the file, pushed forward while the key
-/// still holds the write that registered it.
-#[derive(Debug)]
-pub(crate) struct KeyLease {
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) key: String,
-    pub(crate) index: u64,
-    pub(crate) ttl: Duration,
-}
-
-#[async_trait]
-impl Lease for KeyLease {
-    async fn renew(&self) -> Result<Renewal> {
-        let (key, index, ttl) = (self.key.clone(), self.index, self.ttl);
-        let renewed = self.shared.renew_key(key, index, ttl).await?;
-        Ok(Renewal::held(renewed))
-    }
-
-    /// Nothing to give back: the key's deadline is the lease.
-    async fn release(&self, _why: Release) -> Result<()> {
-        Ok(())
     }
 }

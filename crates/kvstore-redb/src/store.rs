@@ -12,7 +12,7 @@ use tokio::sync::{Notify, broadcast};
 use crate::client::{CHANGE_FEED_CAPACITY, Shared};
 use crate::config::{Location, RedbConfig};
 use crate::error::{from_join, from_redb};
-use crate::keep_alive::KeyLease;
+
 use crate::watch::{watch_feed, watch_key_signal};
 
 /// Directories of up to this many entries are listed in place, larger ones on the blocking
@@ -273,12 +273,7 @@ impl Backend for Redb {
 
 impl Redb {
     fn key_lease(&self, key: &str, index: u64, ttl: Duration) -> Arc<dyn Lease> {
-        Arc::new(KeyLease {
-            shared: self.shared.clone(),
-            key: key.to_owned(),
-            index,
-            ttl,
-        })
+        KeyLease::shared(self.shared.clone(), key, index, ttl)
     }
 }
 

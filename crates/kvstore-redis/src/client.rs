@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use kvstore_core::backend::{Lease, Precondition, Release, Renewal, Since, Tasks, ttl_millis};
+use kvstore_core::backend::{KeyLease, Lease, Precondition, RenewKey, Since, Tasks, ttl_millis};
 use kvstore_core::{Error, Event, EventKind, KvPair, Result, normalize_key};
 use redis::Value;
 
@@ -519,12 +519,7 @@ impl Inner {
         index: u64,
         ttl: Duration,
     ) -> Arc<dyn Lease> {
-        Arc::new(KeyLease {
-            inner: Arc::clone(self),
-            key: key.to_owned(),
-            index,
-            ttl,
-        })
+        KeyLease::shared(Arc::clone(self), key, index, ttl)
     }
 
     pub(crate) async fn remove(&self, key: &str, precondition: Precondition) -> Result<()> {
@@ -631,34 +626,21 @@ pub(crate) fn script_mode(precondition: Precondition) -> (&'static str, u64) {
     }
 }
 
-/// A `keep_alive` key's lease: its own `PEXPIRE`, renewed while the key still holds the write
-/// that registered it.
-#[derive(Debug)]
-struct KeyLease {
-    inner: Arc<Inner>,
-    key: String,
-    index: u64,
-    ttl: Duration,
-}
-
+/// A `keep_alive` key's expiry is its own `PEXPIRE`, renewed while the key still holds the
+/// write that registered it.
 #[async_trait]
-impl Lease for KeyLease {
-    async fn renew(&self) -> Result<Renewal> {
+impl RenewKey for Inner {
+    async fn renew_key(this: &Arc<Self>, key: &str, index: u64, ttl: Duration) -> Result<bool> {
         let renewed: i64 = scripts::RENEW_KEY
-            .key(self.inner.data_key(&self.key))
-            .key(self.inner.rev_key())
-            .arg(self.index)
-            .arg(ttl_millis(self.ttl))
-            .arg(&self.key)
-            .invoke_async(&mut self.inner.write_conn())
+            .key(this.data_key(key))
+            .key(this.rev_key())
+            .arg(index)
+            .arg(ttl_millis(ttl))
+            .arg(key)
+            .invoke_async(&mut this.write_conn())
             .await
             .map_err(from_redis)?;
-        Ok(Renewal::held(renewed == 1))
-    }
-
-    /// Nothing to give back: the key's expiry is the lease.
-    async fn release(&self, _why: Release) -> Result<()> {
-        Ok(())
+        Ok(renewed == 1)
     }
 }
 

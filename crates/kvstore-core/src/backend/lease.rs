@@ -95,6 +95,89 @@ pub trait Lease: fmt::Debug + Send + Sync + 'static {
     async fn release(&self, why: Release) -> Result<()>;
 }
 
+/// The protocol step of a `keep_alive` key whose expiry the server keeps on the key itself (a
+/// deadline in the row, a `PEXPIRE`), for [`KeyLease`].
+///
+/// Backends whose registrations hang on a server-side session or lease (etcd, Consul,
+/// ZooKeeper) write their own [`Lease`] instead.
+#[async_trait]
+pub trait RenewKey: fmt::Debug + Send + Sync + 'static {
+    /// Pushes the expiry of `key` to now + `ttl`, but only while the key still holds the write
+    /// at `index` and has not expired: `Ok(false)` when it was rewritten, deleted or expired
+    /// (a later write is not this registration's to keep alive).
+    ///
+    /// # Errors
+    ///
+    /// Whatever the server answered; [`Lease::renew`] says which errors are retried.
+    async fn renew_key(this: &Arc<Self>, key: &str, index: u64, ttl: Duration) -> Result<bool>;
+}
+
+/// A `keep_alive` key's [`Lease`] on a backend that implements [`RenewKey`]: renewing pushes the
+/// key's expiry while it still holds the write that registered it; releasing sends nothing, as
+/// the key's own expiry is the lease (a registration that is given back stays until its TTL
+/// runs out, as on every backend).
+///
+/// # Examples
+///
+/// ```
+/// use kvstore_core::backend::prelude::*;
+///
+/// #[derive(Debug)]
+/// struct Server;
+///
+/// #[async_trait]
+/// impl RenewKey for Server {
+///     async fn renew_key(_: &Arc<Self>, _key: &str, index: u64, _ttl: Duration) -> Result<bool> {
+///         Ok(index == 7) // the key still holds the write at 7
+///     }
+/// }
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let lease = KeyLease::new(Arc::new(Server), "svc/a", 7, Duration::from_secs(5));
+/// assert_eq!(lease.renew().await?, Renewal::Renewed);
+/// let gone = KeyLease::new(Arc::new(Server), "svc/a", 8, Duration::from_secs(5));
+/// assert_eq!(gone.renew().await?, Renewal::Gone);
+/// # Ok::<(), kvstore_core::Error>(())
+/// # }).unwrap();
+/// ```
+#[derive(Debug)]
+pub struct KeyLease<R> {
+    server: Arc<R>,
+    key: String,
+    index: u64,
+    ttl: Duration,
+}
+
+impl<R: RenewKey> KeyLease<R> {
+    /// The lease of `key`, written at `index` with `ttl`, renewed through `server`.
+    pub fn new(server: Arc<R>, key: &str, index: u64, ttl: Duration) -> Self {
+        KeyLease {
+            server,
+            key: key.to_owned(),
+            index,
+            ttl,
+        }
+    }
+
+    /// As [`new`](Self::new), ready to hand to the engine (the `lease` of a [`Written`](super::Written)).
+    pub fn shared(server: Arc<R>, key: &str, index: u64, ttl: Duration) -> Arc<dyn Lease> {
+        Arc::new(Self::new(server, key, index, ttl))
+    }
+}
+
+#[async_trait]
+impl<R: RenewKey> Lease for KeyLease<R> {
+    async fn renew(&self) -> Result<Renewal> {
+        let held = R::renew_key(&self.server, &self.key, self.index, self.ttl).await?;
+        Ok(Renewal::held(held))
+    }
+
+    /// Nothing to give back: the key's own expiry is the lease.
+    async fn release(&self, _why: Release) -> Result<()> {
+        Ok(())
+    }
+}
+
 /// Where a backend's background work runs: tasks that the store tracks, and the token that
 /// `Store::close` cancels. `close()` cancels the token, then waits (bounded) for the tracker,
 /// so every release has been sent when it returns.

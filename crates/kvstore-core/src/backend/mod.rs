@@ -35,8 +35,8 @@ mod watch;
 
 pub use events::{EventSource, Since, event_stream};
 pub use lease::{
-    HeldLease, Lease, RELEASE_TIMEOUT, Release, Renewal, Tasks, loss_margin, renewal_period,
-    retry_period,
+    HeldLease, KeyLease, Lease, RELEASE_TIMEOUT, Release, RenewKey, Renewal, Tasks, loss_margin,
+    renewal_period, retry_period,
 };
 pub use protocol::{
     Backend, Expiry, LockSpec, LostRegistration, Open, WatchRequest, WriteRequest, Written,

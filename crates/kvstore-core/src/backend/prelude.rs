@@ -16,10 +16,10 @@ pub use bytes::Bytes;
 pub use tokio_util::sync::{CancellationToken, DropGuard};
 
 pub use super::{
-    Backend, BackendStore, Check, CheckedTxn, EventSource, Expiry, Found, HeldLease, Lease,
-    LockSpec, LostRegistration, Open, Precondition, Release, Renewal, Since, Tasks, WatchRequest,
-    WatchSource, Write, WriteRequest, Written, event_stream, first_failure, watch_stream,
-    write_again,
+    Backend, BackendStore, Check, CheckedTxn, EventSource, Expiry, Found, HeldLease, KeyLease,
+    Lease, LockSpec, LostRegistration, Open, Precondition, Release, RenewKey, Renewal, Since,
+    Tasks, WatchRequest, WatchSource, Write, WriteRequest, Written, event_stream, first_failure,
+    watch_stream, write_again,
 };
 pub use crate::{
     Capabilities, Error, Event, EventStream, KvPair, Result, WatchEvent, WatchStream,
