@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use etcd_client::{Client, GetOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{Client, GetOptions};
 use etcd_client::{LeaseKeepAliveStream, LeaseKeeper};
 use kvstore_core::backend::{Lease, Release, Renewal, Tasks};
 use kvstore_core::{Error, KvPair, Result};
@@ -273,6 +273,13 @@ impl Inner {
         format!("{}\u{1}kvstore/lock/{key}/", self.prefix)
     }
 
+    /// As [`pair`](Self::pair), moving the value out of `kv` instead of copying it.
+    pub(crate) fn owned_pair(&self, kv: etcd_client::KeyValue) -> Option<KvPair> {
+        let revision = u64::try_from(kv.mod_revision()).ok()?;
+        let (key, value) = kv.into_key_value();
+        Some(KvPair::new(self.user_key(&key)?, value, revision))
+    }
+
     pub(crate) fn pair(&self, kv: &etcd_client::KeyValue) -> Option<KvPair> {
         let key = self.user_key(kv.key())?;
         Some(KvPair::new(
@@ -289,11 +296,12 @@ impl Inner {
         consistent: bool,
     ) -> Result<(Option<KvPair>, i64)> {
         let opts = (!consistent).then(|| GetOptions::new().with_serializable());
-        let resp = self
+        let mut resp = self
             .call(self.client().get(self.data_key(key), opts))
             .await?;
         let revision = resp.header().map_or(0, |h| h.revision());
-        Ok((resp.kvs().first().and_then(|kv| self.pair(kv)), revision))
+        let kv = resp.take_kvs().into_iter().next();
+        Ok((kv.and_then(|kv| self.owned_pair(kv)), revision))
     }
 
     /// Every key under `dir` at one revision, and that revision: `None` when neither `dir` nor
@@ -304,8 +312,8 @@ impl Inner {
     /// a 14 MB reply); a page whose reply was under [`PAGE_BYTES`] doubles the next one, up to
     /// [`MAX_PAGE_KEYS`]. Few pages matter: etcd 3.4 walks the rest of the range for every
     /// page it answers (its index lookup takes no limit), so 1,000-key pages made a listing of
-    /// 100,000 keys 100 walks of the remaining range: about 1 s where one range took 0.15 s. The first page is read in a txn with `dir`'s own key, which fixes the
-    /// revision; the pages after it are read at that revision (source: etcd API reference,
+    /// 100,000 keys 100 walks of the remaining range: about 1 s where one range took 0.15 s. The first page fixes the revision; the pages
+    /// after it, and `dir`'s own key when the range is empty, are read at that revision (source: etcd API reference,
     /// `RangeRequest.revision` and `RangeResponse.more`), so together they are the directory
     /// at one moment. A page that still passes the limit (large values) is read again at half
     /// the size. When the server compacts that revision before the last page, the read starts
@@ -340,51 +348,55 @@ impl Inner {
                 range.with_serializable()
             }
         };
-        let resp = self
+        let mut range = self
             .page(&mut limit, |limit| {
-                let mut ops = vec![TxnOp::get(start.clone(), Some(options(limit)))];
-                if !dir.is_empty() {
-                    ops.push(TxnOp::get(self.data_key(dir), None));
-                }
-                let mut client = self.client();
-                async move { client.txn(Txn::new().and_then(ops)).await }
+                let (mut client, start) = (self.client(), start.clone());
+                let options = options(limit);
+                async move { client.get(start, Some(options)).await }
             })
             .await?;
-        let revision = resp.header().map_or(0, |h| h.revision());
-        let mut responses = resp.op_responses().into_iter();
-        let Some(TxnOpResponse::Get(range)) = responses.next() else {
-            return Err(Paging::Failed(Error::backend(
-                BACKEND,
-                "txn returned no range response",
-            )));
+        let revision = range.header().map_or(0, |h| h.revision());
+        // An empty directory exists when its own key does: read it at the same revision, so
+        // both answers come from one snapshot. A range alone, not a transaction of both, for
+        // every directory with keys: etcd serves a range for less than a transaction, and
+        // `op_responses` would clone every pair of the reply.
+        let dir_exists = || async {
+            let own = self
+                .page(&mut 1, |_| {
+                    let mut client = self.client();
+                    let options = GetOptions::new().with_revision(revision);
+                    let key = self.data_key(dir);
+                    async move { client.get(key, Some(options)).await }
+                })
+                .await?;
+            Ok::<_, Paging>(!own.kvs().is_empty())
         };
-        let dir_exists = match responses.next() {
-            Some(TxnOpResponse::Get(get)) => !get.kvs().is_empty(),
-            _ => false,
-        };
-        grow(&mut limit, range.kvs());
-        let mut pairs: Vec<KvPair> = range.kvs().iter().filter_map(|kv| self.pair(kv)).collect();
-        let (mut more, mut last) = (range.more(), range.kvs().last().map(|kv| kv.key().to_vec()));
-        while more {
-            let Some(mut from) = last.take() else { break };
+        let mut pairs = Vec::new();
+        loop {
+            grow(&mut limit, range.kvs());
+            let more = range.more();
+            let last = range.kvs().last().map(|kv| kv.key().to_vec());
+            pairs.extend(
+                range
+                    .take_kvs()
+                    .into_iter()
+                    .filter_map(|kv| self.owned_pair(kv)),
+            );
+            let Some(mut from) = last.filter(|_| more) else {
+                break;
+            };
             // The next key after the last one read.
             from.push(0);
-            let page = self
+            range = self
                 .page(&mut limit, |limit| {
                     let (mut client, from) = (self.client(), from.clone());
                     let options = options(limit).with_revision(revision);
                     async move { client.get(from, Some(options)).await }
                 })
                 .await?;
-            grow(&mut limit, page.kvs());
-            pairs.extend(page.kvs().iter().filter_map(|kv| self.pair(kv)));
-            more = page.more();
-            last = page.kvs().last().map(|kv| kv.key().to_vec());
         }
-        Ok((
-            (dir.is_empty() || dir_exists || !pairs.is_empty()).then_some(pairs),
-            revision,
-        ))
+        let exists = dir.is_empty() || !pairs.is_empty() || dir_exists().await?;
+        Ok((exists.then_some(pairs), revision))
     }
 
     /// One page request with `limit` keys, within `request_timeout`; read again with half the

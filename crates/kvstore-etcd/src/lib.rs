@@ -25,8 +25,9 @@
 //!   byte for byte); `last_index` is its `mod_revision`.
 //! - `atomic_put`/`atomic_delete` are one transaction comparing `mod_revision` (create-only:
 //!   `create_revision == 0`), with a read in the else branch to tell `KeyNotFound` from
-//!   `KeyModified` in the same round trip. `list` and `delete_tree` are one transaction over
-//!   the range `dir/`..`dir0` plus `dir` itself, so `a` never touches `ab`.
+//!   `KeyModified` in the same round trip. `list` reads the range `dir/`..`dir0` (so `a` never
+//!   touches `ab`), and `dir` itself, at the same revision, only when that range is empty;
+//!   `delete_tree` is one transaction over the range plus `dir`.
 //! - TTL: a lease of the TTL rounded up to whole seconds (one extra round trip to grant it);
 //!   etcd checks lease expiry about every 500 ms, so a key disappears within TTL + 1 s.
 //!   `keep_alive` keeps the lease alive until the store is closed.
