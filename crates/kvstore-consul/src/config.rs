@@ -196,11 +196,10 @@ impl FromStr for ConsulConfig {
             )));
         }
         let port = parsed.port().unwrap_or(8500);
-        let mut config = ConsulConfig::new(&format!("{host}:{port}"))?;
-        let mut tls = None;
+        let config = ConsulConfig::new(&format!("{host}:{port}"))?;
         let query: Vec<(String, String)> = parsed.query_pairs().into_owned().collect();
         let query = query.iter().map(|(n, v)| (n.as_str(), v.as_str()));
-        url_options(BACKEND, query, &mut tls, |name, value| {
+        let option = |config: &mut Self, name: &str, value: &str| {
             let duration = || duration_option(BACKEND, name, value);
             match name {
                 "prefix" => config.prefix = normalize_dir(value)?.to_owned(),
@@ -216,11 +215,8 @@ impl FromStr for ConsulConfig {
                 _ => return Ok(false),
             }
             Ok(true)
-        })?;
-        if let Some(tls) = tls {
-            config = config.with_tls(tls);
-        }
-        Ok(config)
+        };
+        url_options(BACKEND, config, query, Self::with_tls, option)
     }
 }
 

@@ -169,9 +169,8 @@ impl FromStr for EtcdConfig {
         if let Some((user, password)) = parsed.credentials {
             config = config.with_credentials(user, password);
         }
-        let mut tls = None;
         let query = parsed.query.iter().map(|(n, v)| (n.as_str(), v.as_str()));
-        url_options(BACKEND, query, &mut tls, |name, value| {
+        let option = |config: &mut Self, name: &str, value: &str| {
             match name {
                 "prefix" => config.prefix = normalize_dir(value)?.to_owned(),
                 "leading_slash" => config.leading_slash = bool_option(BACKEND, name, value)?,
@@ -183,11 +182,8 @@ impl FromStr for EtcdConfig {
                 _ => return Ok(false),
             }
             Ok(true)
-        })?;
-        if let Some(tls) = tls {
-            config = config.with_tls(tls);
-        }
-        Ok(config)
+        };
+        url_options(BACKEND, config, query, EtcdConfig::with_tls, option)
     }
 }
 

@@ -242,10 +242,9 @@ impl FromStr for PostgresConfig {
             parsed.path.clone()
         };
         let (mut schema, mut table) = (config.schema.clone(), config.table.clone());
-        let mut tls = None;
         let mut ssl = false;
         let query = parsed.query.iter().map(|(n, v)| (n.as_str(), v.as_str()));
-        url_options(BACKEND, query, &mut tls, |name, value| {
+        let option = |config: &mut Self, name: &str, value: &str| {
             match name {
                 "schema" => schema = value.to_owned(),
                 "table" => table = value.to_owned(),
@@ -298,15 +297,14 @@ impl FromStr for PostgresConfig {
                 _ => return Ok(false),
             }
             Ok(true)
-        })?;
-        let mut config = config.with_table(&schema, &table)?;
-        if ssl && tls.is_none() {
-            tls = Some(TlsConfig::default());
-        }
-        if let Some(tls) = tls {
-            config = config.with_tls(tls);
-        }
-        Ok(config)
+        };
+        let config = url_options(BACKEND, config, query, Self::with_tls, option)?;
+        let config = config.with_table(&schema, &table)?;
+        Ok(if ssl && config.tls.is_none() {
+            config.with_tls(TlsConfig::default())
+        } else {
+            config
+        })
     }
 }
 

@@ -234,9 +234,8 @@ impl FromStr for ZkConfig {
             config = config.with_digest(user, password);
         }
         let mut prefix = None;
-        let mut tls = None;
         let query = parsed.query.iter().map(|(n, v)| (n.as_str(), v.as_str()));
-        url_options(BACKEND, query, &mut tls, |name, value| {
+        let option = |config: &mut Self, name: &str, value: &str| {
             let duration = || duration_option(BACKEND, name, value);
             match name {
                 "prefix" => prefix = Some(normalize_dir(value)?.to_owned()),
@@ -249,8 +248,8 @@ impl FromStr for ZkConfig {
                 _ => return Ok(false),
             }
             Ok(true)
-        })?;
-        config.tls = tls;
+        };
+        let mut config = url_options(BACKEND, config, query, Self::with_tls, option)?;
         if let Some(prefix) = prefix.filter(|p| !p.is_empty()) {
             config.prefix = if config.prefix.is_empty() {
                 prefix

@@ -280,10 +280,11 @@ pub fn choice_option<T: Copy>(
         })
 }
 
-/// Walks a URL's query options the same way on every network backend: the TLS options
-/// (`tls`, `tls_ca`, `tls_cert`, `tls_key`, `tls_server_name`) are checked together
-/// ([`check_tls_url_options`](crate::backend::check_tls_url_options)) and collected into
-/// `tls`; every other option goes to `option`, which sets it and returns whether it knows it.
+/// Walks a URL's query options into `config` the same way on every network backend: the TLS
+/// options (`tls`, `tls_ca`, `tls_cert`, `tls_key`, `tls_server_name`) are checked together
+/// ([`check_tls_url_options`](crate::backend::check_tls_url_options)), collected, and given to
+/// `with_tls` once at the end if any was present; every other option goes to `option`, which
+/// sets it on the config and returns whether it knows it.
 ///
 /// # Errors
 ///
@@ -294,29 +295,39 @@ pub fn choice_option<T: Copy>(
 ///
 /// ```
 /// use std::time::Duration;
+/// use kvstore_core::TlsConfig;
 /// use kvstore_core::backend::{duration_option, url_options};
 ///
-/// let (mut timeout, mut tls) = (Duration::ZERO, None);
-/// url_options("etcd", [("timeout", "2s"), ("tls_ca", "/ca.pem")], &mut tls, |name, value| {
+/// #[derive(Default)]
+/// struct Config { timeout: Duration, tls: Option<TlsConfig> }
+/// let with_tls = |c: Config, tls| Config { tls: Some(tls), ..c };
+///
+/// let query = [("timeout", "2s"), ("tls_ca", "/ca.pem")];
+/// let config = url_options("etcd", Config::default(), query, with_tls, |c, name, value| {
 ///     Ok(match name {
-///         "timeout" => { timeout = duration_option("etcd", name, value)?; true }
+///         "timeout" => { c.timeout = duration_option("etcd", name, value)?; true }
 ///         _ => false,
 ///     })
 /// })?;
-/// assert_eq!(timeout, Duration::from_secs(2));
-/// assert!(tls.is_some());
-/// assert!(url_options("etcd", [("colour", "red")], &mut None, |_, _| Ok(false)).is_err());
+/// assert_eq!(config.timeout, Duration::from_secs(2));
+/// assert!(config.tls.is_some());
+/// let unknown = [("colour", "red")];
+/// assert!(url_options("etcd", Config::default(), unknown, with_tls, |_, _, _| Ok(false)).is_err());
 /// # Ok::<(), kvstore_core::Error>(())
 /// ```
-pub fn url_options<'a>(
+pub fn url_options<'a, C>(
     backend: &'static str,
+    mut config: C,
     query: impl IntoIterator<Item = (&'a str, &'a str)> + Clone,
-    tls: &mut Option<crate::TlsConfig>,
-    mut option: impl FnMut(&str, &str) -> Result<bool>,
-) -> Result<()> {
+    with_tls: impl FnOnce(C, crate::TlsConfig) -> C,
+    mut option: impl FnMut(&mut C, &str, &str) -> Result<bool>,
+) -> Result<C> {
     crate::tls::check_tls_url_options(backend, query.clone())?;
+    let mut tls = None;
     for (name, value) in query {
-        if crate::tls::tls_url_option(tls, backend, name, value)? || option(name, value)? {
+        if crate::tls::tls_url_option(&mut tls, backend, name, value)?
+            || option(&mut config, name, value)?
+        {
             continue;
         }
         return Err(Error::invalid_config(
@@ -324,7 +335,10 @@ pub fn url_options<'a>(
             format!("unknown option {name:?}"),
         ));
     }
-    Ok(())
+    Ok(match tls {
+        Some(tls) => with_tls(config, tls),
+        None => config,
+    })
 }
 
 /// Checks the arguments of `Store::new_lock` the same way on every backend, before any I/O:
