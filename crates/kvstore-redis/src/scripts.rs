@@ -308,7 +308,10 @@ return 0
 /// key, value, index, key, value, index, …}: the index's members sorted, then the extra names
 /// that are plain strings; index entries whose pair expired are dropped on the way. With the
 /// counter, expiries are logged first (`reap`), so the listing is the state at the revision it
-/// returns; without it, the revision is 0 and the epoch empty.
+/// returns; without it, the revision is 0 and the epoch empty. Each member costs one command
+/// (`HMGET`), not a `TYPE` before it: the type is read only from the `WRONGTYPE` error of a
+/// key another client overwrote. Source: Redis docs, "Scripting with Lua" — `redis.pcall`
+/// returns an error reply as a table with an `err` field instead of raising it.
 pub(crate) static LIST: LazyLock<Script> = LazyLock::new(|| {
     with_current(
         r"
@@ -330,33 +333,30 @@ else
   members = redis.call('ZRANGEBYLEX', KEYS[1], lo, hi)
 end
 local seen = {}
-local function emit(m, t)
-  local k = ARGV[1] .. m
-  if t == 'hash' then
-    local r = redis.call('HMGET', k, 'v', 'i')
-    if not r[2] then return false end
-    out[#out + 1] = m
-    out[#out + 1] = r[1]
-    out[#out + 1] = tonumber(r[2])
-  else
-    local v = redis.call('GET', k)
-    out[#out + 1] = m
-    out[#out + 1] = v
-    out[#out + 1] = fingerprint(v)
-  end
+local function push(m, v, i)
+  out[#out + 1] = m
+  out[#out + 1] = v
+  out[#out + 1] = i
   seen[m] = true
   return true
 end
+-- The plain string another client SET at m, if that is what the key holds.
+local function emit_string(m)
+  local v = redis.pcall('GET', ARGV[1] .. m)
+  return type(v) == 'string' and push(m, v, fingerprint(v))
+end
+-- One call per key: HMGET answers a hash (or a missing key, as two nils) and fails with
+-- WRONGTYPE on anything else, which only then is read as a plain string.
+local function emit(m)
+  local r = redis.pcall('HMGET', ARGV[1] .. m, 'v', 'i')
+  if r.err then return emit_string(m) end
+  return r[2] and push(m, r[1], tonumber(r[2]))
+end
 for _, m in ipairs(members) do
-  local t = redis.call('TYPE', ARGV[1] .. m).ok
-  -- A member overwritten by another client's SET is read as a plain string.
-  if not ((t == 'hash' or t == 'string') and emit(m, t)) then
-    redis.call('ZREM', KEYS[1], m)
-  end
+  if not emit(m) then redis.call('ZREM', KEYS[1], m) end
 end
 for i = 5, #ARGV do
-  local m = ARGV[i]
-  if not seen[m] and redis.call('TYPE', ARGV[1] .. m).ok == 'string' then emit(m, 'string') end
+  if not seen[ARGV[i]] then emit_string(ARGV[i]) end
 end
 if ARGV[2] == '' or #out > 4 or redis.call('EXISTS', ARGV[1] .. ARGV[2]) == 1 then out[1] = 1 end
 return out
