@@ -89,7 +89,8 @@ pub(crate) async fn walk(
         // The level's data first; the children only of the znodes whose stat counts any (a
         // directory of leaves, the usual case, is one `getData` per key, not two operations).
         let mut parents = Vec::new();
-        read_level(inner, client, std::mem::take(&mut frontier), false, |path, read| {
+        let level = std::mem::take(&mut frontier);
+        read_level(inner, client, level, false, |path, read| {
             // Anything but data: deleted since its parent was read.
             if let MultiReadResult::Data { data, stat } = read {
                 if stat.num_children > 0 {
