@@ -244,6 +244,15 @@ async fn wait_for_absent(store: &dyn Store, key: &str) {
 
 /// What a follower saw through twenty successions: leaders in term order (a subsequence of the
 /// log, `last_index` strictly increasing), the last leader's pair, and `None` at the end.
+///
+/// A campaign can win the lock on the server and still not return a leadership: the hold
+/// was lost before `campaign` could hand it out (renewals late on a loaded machine), or the
+/// answer of the request that took it was lost (a transient error; the hold then runs out at
+/// its TTL). That win was real on the server, so a follower — which shows the server's
+/// latest state — may report it, with its candidate's value and a term the log never got.
+/// Such a state is accepted (and printed) only if its value is a candidate's and its term
+/// falls strictly between two logged terms; a logged term seen with another value, or an
+/// unknown value, fails.
 fn check_followed(states: &[Option<KvPair>], log: &[(u64, String)], last: &KvPair) {
     let leaders: Vec<&KvPair> = states.iter().filter_map(|s| s.as_ref()).collect();
     for pair in leaders.windows(2) {
@@ -254,23 +263,41 @@ fn check_followed(states: &[Option<KvPair>], log: &[(u64, String)], last: &KvPai
             pair[1]
         );
     }
-    // Each state the follower saw is a leader's value with that leader's term as last_index.
+    let candidates: Vec<String> = (0..CANDIDATES).map(|i| format!("candidate-{i}")).collect();
+    let (first_term, last_term) = (log[0].0, log[log.len() - 1].0);
+    let mut logged = Vec::new();
     for pair in &leaders {
         let value = String::from_utf8_lossy(&pair.value);
-        assert!(
-            log.iter()
-                .any(|(term, v)| *term == pair.last_index && *v == value),
-            "the follower saw {pair:?}, which is no leader's value and term"
-        );
+        match log.iter().find(|(term, _)| *term == pair.last_index) {
+            Some((_, v)) => {
+                assert_eq!(
+                    *v, value,
+                    "the follower saw {pair:?}, but that term's leader had another value"
+                );
+                logged.push(*pair);
+            }
+            None => {
+                assert!(
+                    candidates.iter().any(|c| *c == value)
+                        && pair.last_index > first_term
+                        && pair.last_index < last_term,
+                    "the follower saw {pair:?}, which is no leader's value and term"
+                );
+                eprintln!(
+                    "the follower saw {pair:?}: a win its campaign did not hand out (lost as it \
+                     was won, or its answer lost)"
+                );
+            }
+        }
     }
     // In term order: each value the follower saw matches a later entry of the log.
     let mut next = 0;
-    for pair in &leaders {
+    for pair in &logged {
         let value = String::from_utf8_lossy(&pair.value);
         match log[next..].iter().position(|(_, v)| *v == value) {
             Some(at) => next += at + 1,
             None => panic!(
-                "the follower saw {value} out of term order (leaders: {:?}, seen: {leaders:?})",
+                "the follower saw {value} out of term order (leaders: {:?}, seen: {logged:?})",
                 log.iter().map(|(_, v)| v).collect::<Vec<_>>()
             ),
         }
