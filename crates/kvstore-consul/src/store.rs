@@ -17,9 +17,8 @@ pub type ConsulStore = BackendStore<Consul>;
 /// queries of the watches.
 #[derive(Debug)]
 pub struct Consul {
-    inner: Arc<Inner>,
     /// Dropped with the backend: ends the shared blocking queries.
-    _stop: DropGuard,
+    inner: Owned<Inner>,
 }
 
 impl Open for Consul {
@@ -39,14 +38,14 @@ impl Open for Consul {
             other => other,
         })?;
         let tasks = Tasks::new();
+        let inner = Inner {
+            api,
+            prefix,
+            hub: crate::hub::Hub::default(),
+            tasks: tasks.clone(),
+        };
         Ok(Consul {
-            _stop: tasks.cancel_token().clone().drop_guard(),
-            inner: Arc::new(Inner {
-                api,
-                prefix,
-                hub: crate::hub::Hub::default(),
-                tasks,
-            }),
+            inner: Owned::new(inner, &tasks),
         })
     }
 }

@@ -20,9 +20,8 @@ pub type EtcdStore = BackendStore<Etcd>;
 /// The etcd backend of [`EtcdStore`]: the client connection and the shared watch stream.
 #[derive(Debug)]
 pub struct Etcd {
-    inner: Arc<Inner>,
     /// Dropped with the backend: ends the shared watch stream's task so it releases the client.
-    _stop: DropGuard,
+    inner: Owned<Inner>,
 }
 
 impl Open for Etcd {
@@ -87,15 +86,15 @@ impl Open for Etcd {
             kvstore_core::backend::key_prefix(&config.prefix)
         );
         let tasks = Tasks::new();
+        let inner = Inner {
+            client,
+            config,
+            prefix,
+            tasks: tasks.clone(),
+            watch_hub: crate::mux::WatchHub::default(),
+        };
         Ok(Etcd {
-            _stop: tasks.cancel_token().clone().drop_guard(),
-            inner: Arc::new(Inner {
-                client,
-                config,
-                prefix,
-                tasks,
-                watch_hub: crate::mux::WatchHub::default(),
-            }),
+            inner: Owned::new(inner, &tasks),
         })
     }
 }
@@ -186,7 +185,7 @@ impl Backend for Etcd {
         Ok(Written {
             pair: KvPair::new(key, value.to_vec(), index),
             lease: lease
-                .map(|id| Arc::new(EtcdLease::new(inner.clone(), id, None)) as Arc<dyn Lease>),
+                .map(|id| Arc::new(EtcdLease::new(Arc::clone(inner), id, None)) as Arc<dyn Lease>),
         })
     }
 
@@ -257,7 +256,7 @@ impl Backend for Etcd {
         ] {
             let txn = Txn::new().when([compare]).and_then([put()]);
             if inner.call(inner.client().txn(txn)).await?.succeeded() {
-                return Ok(Some(Arc::new(EtcdLease::new(inner.clone(), id, None))));
+                return Ok(Some(Arc::new(EtcdLease::new(Arc::clone(inner), id, None))));
             }
         }
         let _ = inner.client().lease_revoke(id).await;

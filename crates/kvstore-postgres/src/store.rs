@@ -18,9 +18,8 @@ pub type PostgresStore = BackendStore<Postgres>;
 /// The PostgreSQL backend of [`PostgresStore`]: the pool, the listener (which also reaps).
 #[derive(Debug)]
 pub struct Postgres {
-    inner: Arc<Inner>,
     /// Dropped with the backend: ends the listener (which also reaps).
-    _stop: DropGuard,
+    inner: Owned<Inner>,
 }
 
 impl Open for Postgres {
@@ -38,15 +37,15 @@ impl Open for Postgres {
     async fn open(config: PostgresConfig) -> Result<Self> {
         let names = Names::new(&config.schema, &config.table);
         let tasks = Tasks::new();
-        let inner = Arc::new(Inner {
+        let inner = Inner {
             pool: crate::wire::pool(&config)?,
             sql: Sql::new(&names),
             names,
             config,
             hub: Arc::default(),
             tasks: tasks.clone(),
-        });
-        let stop = tasks.cancel_token().clone().drop_guard();
+        };
+        let inner = Owned::new(inner, &tasks);
         let connect_timeout = inner.config.connect_timeout;
         let unreachable = || {
             Error::not_reachable(
@@ -76,7 +75,7 @@ impl Open for Postgres {
             .await
             .map_err(|_| unreachable())?
             .map_err(|_| Error::Closed { backend: BACKEND })??;
-        Ok(Postgres { inner, _stop: stop })
+        Ok(Postgres { inner })
     }
 }
 
@@ -132,7 +131,7 @@ impl Backend for Postgres {
         let lease = w
             .expiry
             .filter(|e| e.keep_alive)
-            .map(|e| KeyLease::shared(inner.clone(), w.key, index, e.ttl));
+            .map(|e| KeyLease::shared(Arc::clone(inner), w.key, index, e.ttl));
         Ok(Written {
             pair: KvPair::new(w.key, w.value.to_vec(), index),
             lease,
@@ -209,7 +208,7 @@ impl Backend for Postgres {
         let row = inner.query_one(&inner.sql.register, &params).await?;
         Ok(row
             .get::<_, Option<i64>>(0)
-            .map(|index| KeyLease::shared(inner.clone(), key, revision(index), ttl)))
+            .map(|index| KeyLease::shared(Arc::clone(inner), key, revision(index), ttl)))
     }
 
     async fn watch(&self, w: WatchRequest<'_>) -> Result<WatchStream> {

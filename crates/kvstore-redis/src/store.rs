@@ -22,10 +22,9 @@ pub type RedisStore = BackendStore<Redis>;
 /// connection of the watches and lock waiters.
 #[derive(Debug)]
 pub struct Redis {
-    inner: Arc<Inner>,
     /// Dropped with the backend: ends the Sentinel follower and the pub/sub tasks so they
     /// release the connections.
-    _stop: DropGuard,
+    inner: Owned<Inner>,
 }
 
 impl Open for Redis {
@@ -54,15 +53,16 @@ impl Open for Redis {
         let node = Node::connect(client, &config).await?;
         let prefix = kvstore_core::backend::key_prefix(&config.prefix);
         let tasks = Tasks::new();
-        let inner = Arc::new(Inner {
+        let inner = Inner {
             primary: Primary::new(node, &config),
             config,
             prefix,
             db,
-            tasks,
+            tasks: tasks.clone(),
             notifications: AtomicU8::new(0),
             pubsub: crate::pubsub::PubSub::default(),
-        });
+        };
+        let inner = Owned::new(inner, &tasks);
         let _: String = redis::cmd("PING")
             .query_async(&mut inner.conn())
             .await
@@ -80,10 +80,7 @@ impl Open for Redis {
                 sentinel,
             ));
         }
-        Ok(Redis {
-            _stop: inner.tasks.cancel_token().clone().drop_guard(),
-            inner,
-        })
+        Ok(Redis { inner })
     }
 }
 

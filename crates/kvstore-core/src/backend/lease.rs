@@ -178,6 +178,45 @@ impl<R: RenewKey> Lease for KeyLease<R> {
     }
 }
 
+/// A backend's shared state, owned by the backend value: its tasks hold `Arc` clones of the
+/// state, and dropping the backend (the last `Store` handle) cancels their token, so a
+/// dropped store ends its background work without `close()`. Derefs to the `Arc`, so
+/// `self.inner.clone()` hands a task the state.
+///
+/// ```
+/// use kvstore_core::backend::{Owned, Tasks};
+///
+/// struct Inner { tasks: Tasks }
+/// let tasks = Tasks::new();
+/// let owned = Owned::new(Inner { tasks: tasks.clone() }, &tasks);
+/// let for_a_task = owned.clone();
+/// drop(owned);
+/// assert!(for_a_task.tasks.cancel_token().is_cancelled());
+/// ```
+#[derive(Debug)]
+pub struct Owned<I> {
+    inner: Arc<I>,
+    _stop: tokio_util::sync::DropGuard,
+}
+
+impl<I> Owned<I> {
+    /// Owns `inner`, whose background work runs on `tasks`.
+    pub fn new(inner: I, tasks: &Tasks) -> Self {
+        Owned {
+            inner: Arc::new(inner),
+            _stop: tasks.cancel.clone().drop_guard(),
+        }
+    }
+}
+
+impl<I> std::ops::Deref for Owned<I> {
+    type Target = Arc<I>;
+
+    fn deref(&self) -> &Arc<I> {
+        &self.inner
+    }
+}
+
 /// Where a backend's background work runs: tasks that the store tracks, and the token that
 /// `Store::close` cancels. `close()` cancels the token, then waits (bounded) for the tracker,
 /// so every release has been sent when it returns.

@@ -35,7 +35,7 @@ mod watch;
 
 pub use events::{EventSource, Since, event_stream};
 pub use lease::{
-    HeldLease, KeyLease, Lease, RELEASE_TIMEOUT, Release, RenewKey, Renewal, Tasks, loss_margin,
+    HeldLease, KeyLease, Lease, Owned, RELEASE_TIMEOUT, Release, RenewKey, Renewal, Tasks, loss_margin,
     renewal_period, retry_period,
 };
 pub use protocol::{
