@@ -35,8 +35,8 @@ mod watch;
 
 pub use events::{EventSource, Since, event_stream};
 pub use lease::{
-    HeldLease, KeyLease, Lease, Owned, RELEASE_TIMEOUT, Release, RenewKey, Renewal, Tasks, loss_margin,
-    renewal_period, retry_period,
+    HeldLease, KeyLease, Lease, Owned, RELEASE_TIMEOUT, Release, RenewKey, Renewal, Tasks,
+    loss_margin, renewal_period, retry_period,
 };
 pub use protocol::{
     Backend, Expiry, LockSpec, LostRegistration, Open, WatchRequest, WriteRequest, Written,

@@ -18,9 +18,9 @@ pub use tokio_util::sync::{CancellationToken, DropGuard};
 
 pub use super::{
     Backend, BackendStore, Check, CheckedTxn, EventSource, Expiry, Found, HeldLease, KeyLease,
-    Lease, LockSpec, LostRegistration, Open, Owned, Precondition, Release, RenewKey, Renewal, Since,
-    Tasks, WatchRequest, WatchSource, Write, WriteRequest, Written, event_stream, first_failure,
-    watch_stream, write_again,
+    Lease, LockSpec, LostRegistration, Open, Owned, Precondition, Release, RenewKey, Renewal,
+    Since, Tasks, WatchRequest, WatchSource, Write, WriteRequest, Written, event_stream,
+    first_failure, watch_stream, write_again,
 };
 pub use crate::{
     Capabilities, Error, Event, EventStream, KvPair, Result, WatchEvent, WatchStream,
