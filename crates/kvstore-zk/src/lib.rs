@@ -47,14 +47,14 @@
 //!
 //! # Locks
 //!
-//! Ephemeral sequential waiters `<root>/.kvstore-locks/<key>/lock-<nonce>-<seq>` on a
-//! session whose timeout is the lock's TTL (shared by this store's locks of that TTL); each
-//! waiter watches only its predecessor. The fencing token is the `zxid` of the value's write
-//! (its `last_index`), or without a value the lock directory's `pzxid` when the waiter became
-//! first: both come after the previous holder's release. The random `nonce` keeps a waiter's
-//! path unique even after the server reaps the empty lock directory and a new one numbers its
-//! waiters from 0 again, so a holder whose session expired can never mistake the next
-//! holder's waiter for its own.
+//! Ephemeral sequential waiters `<root>/.kvstore-locks/<key>/lock-<seq>` on a session whose
+//! timeout is the lock's TTL (shared by this store's locks of that TTL); each waiter watches
+//! only its predecessor. The fencing token is the `zxid` of the value's write (its
+//! `last_index`), or without a value the lock directory's `pzxid` when the waiter became
+//! first: both come after the previous holder's release. A release runs on the lock's own
+//! session, so a holder whose session expired sends nothing — even when the next holder's
+//! waiter has its old path, which happens once the server has reaped the empty lock
+//! directory and a new one numbers its waiters from 0 again.
 //!
 //! Lock holds and `keep_alive` registrations follow the loss rule of
 //! [`kvstore_core::backend`]: renewed every quarter TTL, lost at four fifths of the TTL after

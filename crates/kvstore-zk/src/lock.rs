@@ -3,14 +3,8 @@
 //! Locks of one TTL share a session of the store's whose timeout is that TTL (clamped by the
 //! server to its `minSessionTimeout`..`maxSessionTimeout`), opened on first use and kept until
 //! the store closes or it expires. Each `lock()` creates an ephemeral sequential waiter
-//! `<root>/.kvstore-locks/<key>/lock-<nonce>-<seq>` whose data is the hidden marker and the
-//! attempt's nonce (64 random bits, 16 hex digits in the name). The nonce makes the path of a
-//! waiter unique for good: the lock directory is a container that the server reaps once its
-//! last waiter is gone, and a directory created again numbers its children from 0 (the
-//! sequence comes from the parent's `cversion`; source: ZooKeeper Programmer's Guide,
-//! "Sequence Nodes -- Unique Naming"), so without it a holder whose session expired would find
-//! its own path held by the next holder's waiter, and its release (guarded by its waiter's
-//! existence) would delete the next holder's value. The waiter with
+//! `<root>/.kvstore-locks/<key>/lock-<seq>` whose data is the hidden marker and a nonce of the
+//! attempt. The waiter with
 //! the lowest sequence holds the lock; every other waiter watches only the waiter just before
 //! its own (source: ZooKeeper docs, "ZooKeeper Recipes and Solutions" → "Locks", which avoids
 //! the herd effect). The fencing token is a zxid from after the predecessor's release: the
@@ -35,7 +29,12 @@
 //!
 //! The value is written on the lock's session too; with `delete_on_unlock` it is an ephemeral
 //! znode of that session, so the server deletes it when the session ends (source: ZooKeeper
-//! Programmer's Guide, "Ephemeral Nodes") and it lives exactly as long as the hold.
+//! Programmer's Guide, "Ephemeral Nodes") and it lives exactly as long as the hold. The release
+//! deletes it on that session as well, guarded by the waiter: a waiter's path is not unique
+//! for good (the lock directory is reaped once empty, and a new one numbers its waiters from 0
+//! again), but on a live session the waiter is this holder's own, and on an expired one
+//! nothing is sent — so a holder whose session expired never deletes the value of the next
+//! holder, whose waiter may have its old path.
 
 use derive_where::derive_where;
 use std::sync::Arc;
@@ -103,7 +102,7 @@ impl Lease for WaiterLease {
         // The value goes first, but a failed delete never keeps the lock held. On `close` the
         // lock's session closes, which deletes an ephemeral value with it.
         let deleted = if why != Release::Close && self.delete_on_unlock {
-            delete_lock_value(&self.inner, &self.key, &self.node).await
+            delete_lock_value(&self.inner, &self.client, &self.key, &self.node).await
         } else {
             Ok(())
         };
@@ -152,15 +151,9 @@ pub(crate) fn waiter_token(data: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(token.try_into().ok()?))
 }
 
-/// The name prefix of the waiter of the attempt with `nonce`; the server appends the sequence.
-fn waiter_prefix(nonce: u64) -> String {
-    format!("{WAITER}{nonce:016x}-")
-}
-
-/// The sequence number of a waiter name (`lock-<nonce>-<seq>`, or `lock-<seq>` as written
-/// before waiter names had a nonce), for ordering.
+/// The sequence number of a waiter name, for ordering.
 pub(crate) fn sequence(name: &str) -> Option<u64> {
-    name.strip_prefix(WAITER)?.rsplit('-').next()?.parse().ok()
+    name.strip_prefix(WAITER)?.parse().ok()
 }
 
 impl Acquisition {
@@ -199,10 +192,9 @@ impl Acquisition {
         }
     }
 
-    /// Creates this contender's waiter for the attempt with `nonce`, with `data` (marker and
-    /// nonce); returns its path.
-    async fn enqueue(&self, client: &Client, dir: &str, nonce: u64, data: &[u8]) -> Result<String> {
-        let prefix = format!("{dir}/{}", waiter_prefix(nonce));
+    /// Creates this contender's waiter with `data` (marker and nonce); returns its path.
+    async fn enqueue(&self, client: &Client, dir: &str, data: &[u8]) -> Result<String> {
+        let prefix = format!("{dir}/{WAITER}");
         let opts = create_options(CreateMode::EphemeralSequential, self.inner.config.acl);
         let mut parents_created = false;
         loop {
@@ -273,7 +265,7 @@ struct WaiterGuard {
     tasks: Tasks,
     client: Arc<Client>,
     dir: String,
-    nonce: u64,
+    data: Vec<u8>,
     node: Option<String>,
     armed: bool,
 }
@@ -283,11 +275,11 @@ impl Drop for WaiterGuard {
         if !self.armed {
             return;
         }
-        let (inner, client, dir, nonce, node) = (
+        let (inner, client, dir, data, node) = (
             self.inner.clone(),
             self.client.clone(),
             std::mem::take(&mut self.dir),
-            self.nonce,
+            std::mem::take(&mut self.data),
             self.node.take(),
         );
         // Drop cannot wait: a tracked task (which `close` waits for) deletes the waiter.
@@ -295,7 +287,7 @@ impl Drop for WaiterGuard {
             let deleted = timed(inner.timeout(), async {
                 let node = match node {
                     Some(node) => Some(node),
-                    None => own_waiter(&client, &dir, nonce).await?,
+                    None => own_waiter(&client, &dir, &data).await?,
                 };
                 match node {
                     Some(node) => match client.delete(&node, None).await {
@@ -313,21 +305,26 @@ impl Drop for WaiterGuard {
     }
 }
 
-/// The waiter in `dir` of the attempt with `nonce`, if any.
+/// The waiter in `dir` whose data is `data` (this attempt's nonce), if any.
 async fn own_waiter(
     client: &Client,
     dir: &str,
-    nonce: u64,
+    data: &[u8],
 ) -> std::result::Result<Option<String>, zk::Error> {
-    let prefix = waiter_prefix(nonce);
-    match client.list_children(dir).await {
-        Ok(children) => Ok(children
-            .into_iter()
-            .find(|c| c.starts_with(&prefix))
-            .map(|c| format!("{dir}/{c}"))),
-        Err(zk::Error::NoNode) => Ok(None),
-        Err(err) => Err(err),
+    let children = match client.list_children(dir).await {
+        Ok(children) => children,
+        Err(zk::Error::NoNode) => return Ok(None),
+        Err(err) => return Err(err),
+    };
+    for child in children.iter().filter(|c| sequence(c).is_some()) {
+        let path = format!("{dir}/{child}");
+        match client.get_data(&path).await {
+            Ok((found, _)) if found == data => return Ok(Some(path)),
+            Ok(_) | Err(zk::Error::NoNode) => {}
+            Err(err) => return Err(err),
+        }
     }
+    Ok(None)
 }
 
 impl Acquisition {
@@ -335,19 +332,19 @@ impl Acquisition {
         let dir = self.inner.lock_dir(&self.key);
         let (client, node, data, token, sent) = loop {
             let client = self.inner.lock_session(self.opts.ttl).await?;
-            let nonce = rand::random::<u64>();
-            let data = [MARKER, &nonce.to_be_bytes()[..]].concat();
+            let mut data = MARKER.to_vec();
+            data.extend_from_slice(&rand::random::<u64>().to_be_bytes());
             // Dropping this future deletes the waiter, created or not yet answered.
             let mut guard = WaiterGuard {
                 inner: self.inner.clone(),
                 tasks: self.tasks.clone(),
                 client: client.clone(),
                 dir: dir.clone(),
-                nonce,
+                data: data.clone(),
                 node: None,
                 armed: true,
             };
-            let node = self.enqueue(&client, &dir, nonce, &data).await?;
+            let node = self.enqueue(&client, &dir, &data).await?;
             guard.node = Some(node.clone());
             match self.wait_turn(&client, &dir, &node).await {
                 Ok((sent, token)) => {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use kvstore_core::backend::{Expiry, Precondition, check_ttl, check_value_size};
 use kvstore_core::{Error, KvPair, Result, normalize_key};
-use zookeeper_client::{self as zk, Client, CreateMode, MultiWriteResult, Stat};
+use zookeeper_client::{self as zk, Client, CreateMode, MultiWriteResult, SessionState, Stat};
 
 use crate::BACKEND;
 use crate::error::from_zk;
@@ -441,14 +441,30 @@ impl Inner {
     /// the delete and a check of `guard` go in one `multi`, so nothing is deleted once it has
     /// gone (source: ZooKeeper Programmer's Guide, "Multi-update": all operations succeed or
     /// none). A gone guard is `Ok(false)`.
+    ///
+    /// The guard is an ephemeral znode, and everything runs on the session that created it,
+    /// never on the store's own: a path alone does not name one znode for good. A lock's
+    /// directory is a container, which the server deletes once its last waiter has gone, and a
+    /// directory created again numbers its waiters from 0 (the sequence is the parent's
+    /// `cversion`; Programmer's Guide, "Sequence Nodes -- Unique Naming"), so the next holder's
+    /// waiter can have a former holder's path. While the session lives, its ephemeral guard is
+    /// the one this holder created; once the session has expired, every request on it fails
+    /// and nothing is deleted.
     pub(crate) async fn delete_key_while(
         &self,
         key: &str,
         expected: Option<u64>,
-        guard: Option<&str>,
+        guard: Option<(&Client, &str)>,
     ) -> Result<bool> {
         let key = normalize_key(key)?;
-        let client = self.client().await?;
+        let own;
+        let (client, guard) = match guard {
+            Some((client, guard)) => (client, Some(guard)),
+            None => {
+                own = self.client().await?;
+                (&*own, None)
+            }
+        };
         let path = self.path(key);
         for _ in 0..MAX_ATTEMPTS {
             let (data, stat) = match timed(self.timeout(), client.get_data(&path)).await {
@@ -462,7 +478,7 @@ impl Inner {
             if expected.is_some_and(|e| e != index(&stat)) {
                 return Err(Error::KeyModified { key: key.into() });
             }
-            let removed = self.remove_node(&client, &path, &stat, guard).await;
+            let removed = self.remove_node(client, &path, &stat, guard).await;
             if removed.is_err()
                 && let Some(guard) = guard
                 && timed(self.timeout(), client.check_stat(guard))
@@ -503,12 +519,23 @@ pub(crate) fn created_stat(
         .ok_or_else(|| zk::Error::UnexpectedError("transaction returned no create".into()))
 }
 
-/// Deletes a lock's value on unlock with `delete_on_unlock`, only while the hold's `waiter`
-/// znode exists: a holder whose session expired (and whose lock another client may hold now,
-/// with its own value) deletes nothing.
-pub(crate) async fn delete_lock_value(inner: &Inner, key: &str, waiter: &str) -> Result<()> {
-    match inner.delete_key_while(key, None, Some(waiter)).await {
+/// Deletes a lock's value on unlock with `delete_on_unlock`, on the lock's session `client`
+/// and only while the hold's `waiter` znode exists: a holder whose session expired (and whose
+/// lock another client may hold now, with its own value) deletes nothing. Its value went with
+/// the session when it was ephemeral; a persistent one (on a key that has children) stays, as
+/// when a holder dies.
+pub(crate) async fn delete_lock_value(
+    inner: &Inner,
+    client: &Client,
+    key: &str,
+    waiter: &str,
+) -> Result<()> {
+    match inner
+        .delete_key_while(key, None, Some((client, waiter)))
+        .await
+    {
         Ok(_) | Err(Error::KeyNotFound { .. }) => Ok(()),
+        Err(_) if matches!(client.state(), SessionState::Expired | SessionState::Closed) => Ok(()),
         Err(err) => Err(err),
     }
 }

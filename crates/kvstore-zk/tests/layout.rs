@@ -212,20 +212,29 @@ async fn digest_credentials_and_creator_acl_protect_the_nodes() {
     cleanup(&owner, &dir).await;
 }
 
-/// A holder whose waiter went (its session expired: the server deletes its ephemeral waiter
-/// and value) and whose lock directory the server then reaped leaves a directory that the next
-/// holder creates again, and whose first waiter could get the same sequence number. The stale
-/// holder's release is guarded by its waiter; a guard that checked only the waiter's path
-/// deleted the next holder's value. The waiter's name carries its attempt's nonce, so no later
-/// waiter has the stale one's path.
+/// A holder cut off (through the fault proxy) until the server expires its lock session: its
+/// ephemeral waiter and value go, and the server reaps the empty lock directory. The next
+/// holder's waiter, in a directory created again, gets the stale holder's path (sequences
+/// start from 0 again). After the heal the stale holder's store still has its own session
+/// (10 s) but not the lock's; its release must not delete the next holder's value — with the
+/// waiter's path as the only guard, checked on the store's session, it did (CI stop 41: a new
+/// leader whose key vanished).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_holder_never_deletes_the_next_holders_value() {
     use kvstore_core::LockOptions;
-    let Some((first, raw)) = setup().await else {
+    use kvstore_testutils::proxy::FaultProxy;
+    let Some((second, raw)) = setup().await else {
         return;
     };
     let url = backend_url("KVSTORE_ZK_URL").expect("set");
-    let second = ok(ZkStore::open_url(&url).await, "connect");
+    let upstream = kvstore_testutils::upstream_of(&url);
+    let Some(proxy) = FaultProxy::start(&upstream).await else {
+        return;
+    };
+    let first = ok(
+        ZkStore::open_url(&proxy.url_through(&url, &upstream)).await,
+        "connect through the proxy",
+    );
     let dir = scratch_dir("zk_stale_holder");
     let key = format!("{dir}/leader");
     let lock_dir = format!("/.kvstore-locks/{key}");
@@ -233,7 +242,7 @@ async fn a_stale_holder_never_deletes_the_next_holders_value() {
         LockOptions::default()
             .with_value(value)
             .with_delete_on_unlock(true)
-            .with_ttl(Duration::from_secs(20))
+            .with_ttl(Duration::from_secs(2))
     };
     let mut stale = ok(first.new_lock(&key, Some(&opts("first"))).await, "new_lock");
     let stale_lost = ok(stale.lock().await, "lock");
@@ -241,41 +250,47 @@ async fn a_stale_holder_never_deletes_the_next_holders_value() {
     let [stale_waiter] = &waiters[..] else {
         panic!("one waiter expected, found {waiters:?}")
     };
-    // What the server does when the holder's session expires.
-    raw.delete(&format!("{lock_dir}/{stale_waiter}"), None)
-        .await
-        .expect("delete the waiter");
-    raw.delete(&format!("/{key}"), None)
-        .await
-        .expect("delete the value");
+
+    proxy.cut().await;
+    // The server expires the lock's session (2 s): its waiter and value go, then the empty
+    // directory is reaped.
+    let expired = eventually(Duration::from_secs(10), || async {
+        matches!(second.exists(&key, None).await, Ok(false))
+    })
+    .await;
+    assert!(
+        expired,
+        "the cut-off holder's value must go with its session"
+    );
     let reaped = eventually(REAPED, || async {
         raw.check_stat(&lock_dir).await.unwrap().is_none()
     })
     .await;
     assert!(reaped, "the empty lock directory must be reaped");
-
     let mut holder = ok(
         second.new_lock(&key, Some(&opts("second"))).await,
         "new_lock",
     );
     let lost = ok(holder.lock().await, "lock");
     let waiters = raw.list_children(&lock_dir).await.expect("list waiters");
-    assert_eq!(waiters.len(), 1, "one waiter: {waiters:?}");
-    assert_ne!(
-        &waiters[0], stale_waiter,
-        "a new waiter never has a stale one's path"
+    assert_eq!(
+        &waiters[..],
+        std::slice::from_ref(stale_waiter),
+        "the new directory's first waiter has the stale one's path: the case under test"
     );
-    // The stale holder finds out, on its next renewal or here, and releases.
-    let _ = stale.unlock().await;
+
+    proxy.heal().await;
     assert!(
-        tokio::time::timeout(Duration::from_secs(5), stale_lost)
+        tokio::time::timeout(Duration::from_secs(10), stale_lost)
             .await
             .is_ok(),
         "the stale holder knows it lost the lock"
     );
+    let _ = stale.unlock().await;
     let value = ok(second.get(&key, None).await, "the holder's value stays");
     assert_eq!(&value.value[..], b"second");
     assert!(!lost.is_lost(), "the holder still holds the lock");
     ok(holder.unlock().await, "unlock");
     cleanup(&second, &dir).await;
+    let _ = first.close().await;
 }
