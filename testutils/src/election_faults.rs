@@ -7,7 +7,7 @@ use futures::StreamExt;
 use kvstore_core::{Candidate, ElectionOptions, Error, Leadership, Store, WatchStream, follow};
 
 use crate::cases::{follow_to, next_state};
-use crate::faults::{loss_report, report_loss_after_pause, signal};
+use crate::faults::{PauseWatch, loss_report, report_loss_after_pause, signal};
 use crate::{
     EVENT_TIMEOUT, HolderProcess, Opener, cleanup, error_chain, ok, scratch_dir, server_control,
 };
@@ -20,8 +20,14 @@ fn opts(ttl: Duration) -> ElectionOptions {
     ElectionOptions::default().with_ttl(ttl)
 }
 
-/// In the child: campaigns for `key` with the value `child` and prints `leading <term>`.
-async fn lead_in_child(opener: &Opener, key: &str, ttl: Duration) -> kvstore_core::Leadership {
+/// In the child: campaigns for `key` with the value `child`; then calls `before_print` and
+/// prints `leading <term>` (the line the parent waits for).
+async fn lead_in_child<T>(
+    opener: &Opener,
+    key: &str,
+    ttl: Duration,
+    before_print: impl FnOnce() -> T,
+) -> (kvstore_core::Leadership, T) {
     let store = opener.open().await;
     let leadership = ok(
         Candidate::new(store, key, "child", Some(&opts(ttl)))
@@ -29,8 +35,9 @@ async fn lead_in_child(opener: &Opener, key: &str, ttl: Duration) -> kvstore_cor
             .await,
         "campaign",
     );
+    let before = before_print();
     println!("leading {}", leadership.term());
-    leadership
+    (leadership, before)
 }
 
 /// How many times [`follow_to_new_leader`] campaigns again when the new leader loses its lease
@@ -108,7 +115,7 @@ pub async fn killed_leader_is_replaced(
     bound: Duration,
 ) -> Duration {
     if let Ok(key) = std::env::var(LEADER_VAR) {
-        let _leadership = lead_in_child(opener, &key, ttl).await;
+        let _leadership = lead_in_child(opener, &key, ttl, || ()).await;
         std::future::pending::<()>().await;
     }
     let dir = scratch_dir("killed_leader");
@@ -174,8 +181,8 @@ pub async fn paused_leader_is_replaced(
     bound: Duration,
 ) {
     if let Ok(key) = std::env::var(LEADER_VAR) {
-        let leadership = lead_in_child(opener, &key, ttl).await;
-        report_loss_after_pause(ttl, leadership.lost(), || {
+        let (leadership, pause) = lead_in_child(opener, &key, ttl, || PauseWatch::start(ttl)).await;
+        report_loss_after_pause(pause, leadership.lost(), || {
             format!("leader {}", leadership.is_leader())
         })
         .await;

@@ -172,8 +172,9 @@ pub async fn paused_holder_is_replaced(
         let store = opener.open().await;
         let mut lock = ok(store.new_lock(&key, Some(&lock_ttl(ttl))).await, "new_lock");
         let lost = ok(lock.lock().await, "lock");
+        let pause = PauseWatch::start(ttl);
         println!("locked {}", lock.fencing_token().expect("token"));
-        report_loss_after_pause(ttl, lost, || format!("token {:?}", lock.fencing_token())).await;
+        report_loss_after_pause(pause, lost, || format!("token {:?}", lock.fencing_token())).await;
         std::future::pending::<()>().await;
     }
     let dir = scratch_dir("paused_holder");
@@ -295,25 +296,55 @@ pub async fn paused_registrant_disappears(
     let _ = store.close().await;
 }
 
-/// In a child that a fault case pauses: waits until the process has been paused (a timer tick
-/// late by more than half the TTL) and resumed, then until `lost` resolves, and prints
-/// `lost <ms> ms after resuming; <state>` with the state `describe` gives then.
+/// In a child that a fault case pauses: notices the pause from this process's own timers (a
+/// 10 ms tick that comes more than half the TTL late: the process was stopped, and has just
+/// resumed), counting from the moment it is started. Start it just before the child prints
+/// the line that the parent pauses it on: the pause can come at once, before the child's next
+/// step — a watch that began counting after the print missed such a pause and never reported
+/// (seen in a liveness run under load).
+pub(crate) struct PauseWatch(tokio::sync::watch::Receiver<Option<Instant>>);
+
+impl PauseWatch {
+    pub(crate) fn start(ttl: Duration) -> PauseWatch {
+        let (resumed, watch) = tokio::sync::watch::channel(None);
+        // Counted from here, not from the task's first poll, which may come after the pause.
+        let mut last_tick = Instant::now();
+        tokio::spawn(async move {
+            // After the pause, the first thing the runtime does is look at its timers.
+            let mut ticks = tokio::time::interval(Duration::from_millis(10));
+            loop {
+                ticks.tick().await;
+                let now = Instant::now();
+                if now - last_tick > ttl / 2 {
+                    let _ = resumed.send(Some(now));
+                    return;
+                }
+                last_tick = now;
+            }
+        });
+        PauseWatch(watch)
+    }
+
+    /// When the process resumed from its pause (waits for the pause first).
+    async fn resumed(mut self) -> Instant {
+        let resumed = self
+            .0
+            .wait_for(Option::is_some)
+            .await
+            .expect("the pause watch runs");
+        resumed.expect("a resume instant")
+    }
+}
+
+/// In a child that a fault case pauses: waits until `pause` saw the process paused and
+/// resumed, then until `lost` resolves, and prints `lost <ms> ms after resuming; <state>` with
+/// the state `describe` gives then.
 pub(crate) async fn report_loss_after_pause<F: std::future::Future<Output = ()>>(
-    ttl: Duration,
+    pause: PauseWatch,
     lost: F,
     describe: impl FnOnce() -> String,
 ) {
-    // After the pause, the first thing the runtime does is look at its timers.
-    let mut ticks = tokio::time::interval(Duration::from_millis(10));
-    let mut last_tick = Instant::now();
-    let resumed_at = loop {
-        ticks.tick().await;
-        let now = Instant::now();
-        if now - last_tick > ttl / 2 {
-            break now; // the process was paused: it has just resumed
-        }
-        last_tick = now;
-    };
+    let resumed_at = pause.resumed().await;
     tokio::time::timeout(EVENT_TIMEOUT, lost)
         .await
         .expect("the hold ends after resuming");
